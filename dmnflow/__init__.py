@@ -1,0 +1,81 @@
+"""dmnflow: declarative dataflow for low-latency ML pipelines.
+
+Users and node authors import from ``dmnflow`` (and ``dmnflow.testing``) only; the
+module names (spec, compiler, plan, codecs, node, viz, ...) are a map of the source,
+and ``__all__`` below is the whole public surface.
+"""
+
+import contextlib as _contextlib
+
+from .codecs import Codec as Codec
+from .codecs import codec_names as codec_names
+from .codecs import register_codec as register_codec
+from .compiler import compile_graph as compile_graph
+from .compiler import validate as validate
+from .errors import CodecError as CodecError
+from .errors import CompileError as CompileError
+from .errors import DecodeError as DecodeError
+from .errors import DmnflowError as DmnflowError
+from .errors import EncodeError as EncodeError
+from .errors import ExitCode as ExitCode
+from .errors import GraphError as GraphError
+from .errors import Issue as Issue
+from .errors import LaunchError as LaunchError
+from .errors import Location as Location
+from .errors import NodeError as NodeError
+from .errors import SendTimeout as SendTimeout
+from .errors import SpecError as SpecError
+from .errors import TransportError as TransportError
+from .errors import format_issues as format_issues
+from .node import Input as Input
+from .node import Node as Node
+from .node import Output as Output
+from .node import Ports as Ports
+from .node import Tensor as Tensor
+from .plan import Plan as Plan
+from .spec import json_schema as json_schema
+from .spec import load_graph as load_graph
+from .viz import FORMATS as FORMATS
+from .viz import render as render
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMATS",
+    "Codec",
+    "CodecError",
+    "CompileError",
+    "DecodeError",
+    "DmnflowError",
+    "EncodeError",
+    "ExitCode",
+    "GraphError",
+    "Input",
+    "Issue",
+    "LaunchError",
+    "Location",
+    "Node",
+    "NodeError",
+    "Output",
+    "Plan",
+    "Ports",
+    "SendTimeout",
+    "SpecError",
+    "Tensor",
+    "TransportError",
+    "codec_names",
+    "compile_graph",
+    "format_issues",
+    "json_schema",
+    "load_graph",
+    "register_codec",
+    "render",
+    "validate",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or callable(_obj):
+        with _contextlib.suppress(AttributeError, TypeError):
+            _obj.__module__ = "dmnflow"
+del _name, _obj

@@ -1,0 +1,190 @@
+"""The ``dmnflow`` command: parse flags, call one library function, render with Rich, and map
+errors to exit codes (``ExitCode``: 0 ok, 1 invalid graph, 2 usage, 3 node failed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .compiler import compile_graph, validate
+from .errors import DmnflowError, ExitCode, GraphError, Issue, format_issues
+from .plan import Plan
+from .spec import json_schema
+from .viz import FORMATS, render
+
+app = typer.Typer(
+    name="dmnflow",
+    help="Declarative dataflow for low-latency ML pipelines: validate, plan and draw YAML graphs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+GraphArg = Annotated[Path, typer.Argument(help="the graph YAML file", show_default=False)]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", help="override a value before validation: KEY=VALUE, KEY dotted "
+    "(e.g. nodes.lstm.params.hidden=64); VALUE is read as YAML; repeatable")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="apply the graph's profile NAME")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
+
+
+def _print_issues(issues: list[Issue]) -> None:
+    """Errors and warnings as compilers print them, coloured when stderr is a terminal."""
+    for line in format_issues(issues).splitlines():
+        text = Text(line)
+        text.highlight_regex(r"error\[[\w-]+\]", "bold red")
+        text.highlight_regex(r"warning\[[\w-]+\]", "bold yellow")
+        text.highlight_regex(r"^\S+:\d+:\d+:", "bold")
+        text.highlight_regex(r"help:", "cyan")
+        err.print(text, soft_wrap=True)
+
+
+def _fail(exc: DmnflowError) -> NoReturn:
+    if isinstance(exc, GraphError):
+        _print_issues(exc.issues)
+    else:
+        err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
+    raise typer.Exit(ExitCode.INVALID)
+
+
+def _plan(graph: Path, sets: list[str] | None, profile: str | None) -> Plan:
+    try:
+        return compile_graph(graph, sets or [], profile=profile)
+    except DmnflowError as exc:
+        _fail(exc)
+
+
+@app.command("validate")
+def validate_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Check a graph and report every problem with file:line:col; exit 1 if any is an error."""
+    issues = validate(graph, sets or [], profile=profile)
+    errors = sum(i.is_error for i in issues)
+    if as_json:
+        out.print_json(json.dumps({"file": str(graph), "valid": errors == 0, "errors": errors,
+                                   "warnings": len(issues) - errors,
+                                   "issues": [i.to_dict() for i in issues]}))
+    elif issues:
+        _print_issues(issues)
+    if errors:
+        raise typer.Exit(ExitCode.INVALID)
+    if not as_json:
+        out.print(f"[green]ok[/green] {graph}")
+
+
+@app.command("plan")
+def plan_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
+             as_json: JsonOpt = False) -> None:
+    """Show the compiled plan: processes, pins, sockets, codecs and queue bounds."""
+    plan = _plan(graph, sets, profile)
+    if as_json:
+        sys.stdout.write(plan.to_json() + "\n")
+        return
+    _render_plan(plan)
+
+
+@app.command("viz")
+def viz_cmd(
+    graph: GraphArg,
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help=f"one of {', '.join(FORMATS)} "
+                                            "(default: from -o's extension, else mermaid)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
+    sets: SetOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Draw the graph as mermaid, dot, svg, png, html or json; works offline."""
+    if fmt is None:
+        ext = output.suffix.lstrip(".").lower() if output else ""
+        fmt = {"mmd": "mermaid", "gv": "dot"}.get(ext, ext) if ext else "mermaid"
+    if fmt not in FORMATS:
+        err.print(f"error: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise typer.Exit(ExitCode.USAGE)
+    data = render(_plan(graph, sets, profile), fmt)
+    if output is None:
+        if isinstance(data, bytes):
+            if sys.stdout.isatty():
+                err.print(f"error: {fmt} is binary; write it to a file with -o FILE")
+                raise typer.Exit(ExitCode.USAGE)
+            sys.stdout.buffer.write(data)
+        else:
+            sys.stdout.write(data if data.endswith("\n") else data + "\n")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, bytes):
+        output.write_bytes(data)
+    else:
+        output.write_text(data, encoding="utf-8")
+    err.print(f"wrote {output} ({fmt})")
+
+
+@app.command("schema")
+def schema_cmd(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
+) -> None:
+    """Print the JSON Schema of graph files, for editors (yaml-language-server, VS Code)."""
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"dmnflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """dmnflow: declarative dataflow for low-latency ML pipelines."""
+
+
+def _render_plan(plan: Plan) -> None:
+    out.print(f"[bold]{plan.graph}[/bold]  ({plan.file}{', profile ' + plan.profile if plan.profile else ''})"
+              f"  {len(plan.processes)} processes, {len(plan.nodes)} nodes, {len(plan.edges)} edges, "
+              f"machine cores {','.join(map(str, plan.machine_cpus))}")
+    procs = Table(title="processes", title_justify="left")
+    for col in ("process", "nodes", "cpus"):
+        procs.add_column(col)
+    for p in plan.processes:
+        procs.add_row(p.name, ", ".join(p.nodes), ",".join(map(str, p.cpus)) or "any")
+    out.print(procs)
+    nodes = Table(title="nodes (topological order)", title_justify="left")
+    for col in ("node", "uses", "layer", "restart", "outputs: codec -> binds (hwm)"):
+        nodes.add_column(col, overflow="fold")
+    for n in plan.nodes:
+        binds = "\n".join(f"{o.port}: {o.codec} -> " + ", ".join(
+            f"{b.pattern} {b.endpoint} ({b.hwm})" for b in o.binds) for o in n.outputs)
+        nodes.add_row(n.name, n.uses, n.layer or "", f"{n.restart.policy} x{n.restart.max_restarts}", binds)
+    out.print(nodes)
+    edges = Table(title="edges", title_justify="left")
+    for col in ("#", "from", "to", "transport", "pattern", "codec", "queue", "policy", "topics"):
+        edges.add_column(col, overflow="fold")
+    for e in plan.edges:
+        edges.add_row(str(e.id), f"{e.src}.{e.src_port}", f"{e.dst}.{e.dst_port}" + (" (feedback)" * e.feedback),
+                      e.transport, e.pattern, e.codec, str(e.queue), e.policy, ", ".join(e.topics) or "all")
+    out.print(edges)
+    for w in plan.warnings:
+        err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,676 @@
+"""Graph file -> networkx graph -> every check -> Plan.
+
+The compiler imports each node class named by ``uses:``, validates its params, matches
+ports, types, codecs, pins and model files, finds loops, and lays out the sockets. It
+reports *every* problem in one pass, each with file:line:col and a fix; a node that fails
+one check is still checked for the others, and references to a broken node are not
+reported again. ``validate`` returns the issues; ``compile_graph`` raises them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import inspect
+import os
+import pkgutil
+import re
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from pydantic import BaseModel, ValidationError
+
+from .codecs import codec_names, get_codec
+from .errors import CompileError, Issue, IssueList, Location, SpecError
+from .node import Input, Node, Output, Ports, check_types, describe_type
+from .plan import (
+    RUN_DIR,
+    BatchPlan,
+    BindPlan,
+    ConnectPlan,
+    EdgePlan,
+    InputPlan,
+    ModelPlan,
+    NodePlan,
+    OutputPlan,
+    Plan,
+    ProcessPlan,
+    RestartPlan,
+)
+from .spec import LoadedGraph, NodeEntry, SourceMap, load_graph
+
+__all__ = ["compile_graph", "validate"]
+
+_REPLICA_RE = re.compile(r"^(?P<base>.+)\[(?P<index>\d+)\]$")
+
+
+def validate(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
+             profile: str | None = None, machine_cpus: Sequence[int] | None = None) -> list[Issue]:
+    """Every problem in a graph file, errors and warnings, in file order. Empty when clean."""
+    _, issues = _compile(path, overrides, profile, machine_cpus)
+    return issues
+
+
+def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
+                  profile: str | None = None, machine_cpus: Sequence[int] | None = None) -> Plan:
+    """Compile a graph file into a Plan.
+
+    Raises:
+        SpecError: the file cannot be read as a graph (YAML, schema, substitution).
+        CompileError: it reads, but does not hold together (imports, ports, types, pins).
+    """
+    plan, issues = _compile(path, overrides, profile, machine_cpus)
+    if plan is None:
+        spec_codes = {"yaml-syntax", "duplicate-key", "unknown-key", "missing-key", "invalid-value",
+                      "file-not-found", "file-unreadable", "empty-graph", "unknown-var", "unset-env",
+                      "var-cycle", "bad-substitution", "bad-override", "include-cycle", "bad-name",
+                      "unknown-profile"}
+        only_spec = all(i.code in spec_codes for i in issues if i.is_error)
+        raise (SpecError if only_spec else CompileError)(issues)
+    return plan
+
+
+def _compile(path: str | os.PathLike[str], overrides: Sequence[str], profile: str | None,
+             machine_cpus: Sequence[int] | None) -> tuple[Plan | None, list[Issue]]:
+    graph = load_graph(path, overrides, profile=profile)
+    cpus = sorted(machine_cpus if machine_cpus is not None else os.sched_getaffinity(0))
+    compiler = _Compiler(graph, cpus)
+    plan = compiler.run()
+    return plan, compiler.issues.issues
+
+
+@dataclass
+class _Node:
+    """What the compiler knows of one YAML node."""
+
+    entry: NodeEntry
+    cls: type[Node] | None = None
+    params: BaseModel | None = None
+    ports: Ports | None = None
+    instances: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return self.ports is not None
+
+
+@dataclass
+class _Edge:
+    src: str  # YAML node names
+    src_port: str
+    dst: str
+    dst_port: str
+    replica: int | None  # the producer replica named in the reference, if any
+    type: str
+    feedback: bool
+
+
+class _Compiler:
+    def __init__(self, graph: LoadedGraph, machine_cpus: list[int]) -> None:
+        self.graph = graph
+        self.srcmap: SourceMap = graph.srcmap
+        self.cpus = machine_cpus
+        self.issues = IssueList(list(graph.issues))
+        self.nodes: dict[str, _Node] = {}
+        self.edges: list[_Edge] = []
+
+    # -------------------------------------------------------------- helpers
+
+    def loc(self, *path: str | int, key: bool = False) -> Location | None:
+        return self.srcmap.at(path, key=key)
+
+    def add(self, code: str, message: str, loc: Location | None, path: str, hint: str = "",
+            severity: str = "error") -> None:
+        self.issues.add(code, message, loc, path=path, hint=hint, severity=severity)  # type: ignore[arg-type]
+
+    # -------------------------------------------------------------- the pass
+
+    def run(self) -> Plan | None:
+        for name, entry in self.graph.nodes.items():
+            node = self.nodes[name] = _Node(entry)
+            node.instances = [name] if entry.spec.replicas == 1 else [
+                f"{name}[{i}]" for i in range(entry.spec.replicas)]
+            self.resolve_class(node)
+            self.check_params(node)
+            self.check_ports(node)
+            self.check_pins(node)
+            self.check_model(node)
+        for node in self.nodes.values():
+            self.connect(node)
+        template = self.template_graph()
+        self.check_cycles(template)
+        self.check_unused(template)
+        codecs = self.check_codecs()
+        self.check_tcp_ports()
+        self.check_busy_cores()
+        if self.issues.has_errors:
+            return None
+        return self.build_plan(codecs)
+
+    # -------------------------------------------------------------- classes, params, ports
+
+    def resolve_class(self, node: _Node) -> None:
+        uses = node.entry.spec.uses
+        where = self.loc("nodes", node.entry.name, "uses")
+        path = f"nodes.{node.entry.name}.uses"
+        module_name, _, qualname = uses.partition(":")
+        if os.getcwd() not in sys.path:  # resolve users' packages like `python -m` does
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                self.add("import-error", f"cannot import {module_name!r}: no module named {exc.name!r}",
+                         where, path, _module_hint(exc.name))
+            else:
+                self.add("import-error", f"importing {module_name!r} failed: {exc}{_user_frame(exc)}",
+                         where, path, f"install the missing package {exc.name!r}")
+            return
+        except Exception as exc:  # user code ran at import time; show where it broke
+            self.add("import-error", f"importing {module_name!r} raised {type(exc).__name__}: "
+                     f"{exc}{_user_frame(exc)}", where, path, "fix the error in that module")
+            return
+        obj: Any = module
+        for part in qualname.split("."):
+            nxt = getattr(obj, part, None)
+            if nxt is None:
+                classes = [n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, Node)
+                           and v is not Node]
+                near = difflib.get_close_matches(part, classes, n=1)
+                hint = f"did you mean {module_name}:{near[0]}?" if near else (
+                    f"node classes there: {', '.join(sorted(classes))}" if classes else "")
+                self.add("import-error", f"module {module_name!r} has no {part!r}", where, path, hint)
+                return
+            obj = nxt
+        if not (inspect.isclass(obj) and issubclass(obj, Node)):
+            self.add("not-a-node", f"{uses} is not a dmnflow Node class", where, path,
+                     "subclass dmnflow.Node and declare its ports")
+            return
+        node.cls = obj
+
+    def check_params(self, node: _Node) -> None:
+        if node.cls is None or "params" in node.entry.invalid:
+            return
+        name = node.entry.name
+        raw = node.entry.spec.params
+        model = node.cls.Params
+        base = ("nodes", name, "params")
+        fields = {f.alias or n for n, f in model.model_fields.items()} | set(model.model_fields)
+        extra_ok = model.model_config.get("extra") == "allow"
+        unknown = [] if extra_ok else [k for k in raw if k not in fields]
+        for key in unknown:
+            near = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = f"did you mean {near[0]!r}?" if near else (
+                f"{node.cls.__name__} takes {', '.join(sorted(fields))}" if fields else
+                f"{node.cls.__name__} takes no params")
+            self.add("unknown-param", f"{node.cls.__name__} has no param {key!r}",
+                     self.loc(*base, key, key=True), f"nodes.{name}.params.{key}", hint)
+        try:
+            node.params = model.model_validate({k: v for k, v in raw.items() if k not in unknown})
+        except ValidationError as exc:
+            for err in exc.errors():
+                parts = tuple(err["loc"])
+                where = self.loc(*base, *parts)
+                dotted = ".".join(str(p) for p in ("nodes", name, "params", *parts))
+                if any(dotted == u or dotted.startswith(u + ".") for u in self.graph.unresolved):
+                    continue  # a failed ${...} was reported where it was written
+                if err["type"] == "missing":
+                    self.add("missing-param", f"{node.cls.__name__} needs param {parts[-1]!r}",
+                             self.loc(*base) or self.loc("nodes", name, key=True), dotted,
+                             _field_hint(model, str(parts[0])))
+                else:
+                    msg = err["msg"].removeprefix("Value error, ")
+                    got = f" (got {err['input']!r})" if "input" in err and err["type"] != "value_error" else ""
+                    self.add("invalid-param", msg[:1].lower() + msg[1:] + got, where, dotted,
+                             _field_hint(model, str(parts[0])))
+            return
+        if unknown:
+            node.params = None  # the node itself is fine; its params are not
+
+    def check_ports(self, node: _Node) -> None:
+        if node.cls is None:
+            return
+        name = node.entry.name
+        spec = node.entry.spec
+        params = node.params
+        if params is None:
+            if node.entry.spec.params and node.cls.Params.model_fields:
+                return  # ports may depend on params we could not validate
+            try:
+                params = node.cls.Params()
+            except ValidationError:
+                return
+        try:
+            ports = node.cls.ports(params)
+        except Exception as exc:
+            self.add("node-error", f"{node.cls.__name__}.ports() raised {type(exc).__name__}: {exc}",
+                     self.loc("nodes", name, "uses"), f"nodes.{name}", "fix the node class")
+            return
+        node.ports = ports
+        cls_name = node.cls.__name__
+        for port in spec.inputs:
+            if port not in ports.inputs:
+                self.add("unknown-input", f"{cls_name} has no input {port!r}",
+                         self.loc("nodes", name, "inputs", port, key=True), f"nodes.{name}.inputs.{port}",
+                         _choices(port, ports.inputs, "inputs"))
+        for port in spec.outputs:
+            if port not in ports.outputs:
+                self.add("unknown-output", f"{cls_name} has no output {port!r}",
+                         self.loc("nodes", name, "outputs", port, key=True), f"nodes.{name}.outputs.{port}",
+                         _choices(port, ports.outputs, "outputs"))
+        for port, decl in ports.inputs.items():
+            if port not in spec.inputs and not decl.optional and "inputs" not in node.entry.invalid:
+                self.add("missing-input", f"input {port!r} of {cls_name} has no producer",
+                         self.loc("nodes", name, "inputs", key=True) or self.loc("nodes", name, key=True),
+                         f"nodes.{name}.inputs.{port}",
+                         f"connect it: inputs: {{{port}: <node>.<output>}} ({describe_type(decl.type)})")
+            if port in spec.inputs and not node.cls.handles(port):
+                self.add("missing-handler", f"{cls_name} has no on_{port}() or on_message() for input "
+                         f"{port!r}", self.loc("nodes", name, "uses"), f"nodes.{name}.inputs.{port}",
+                         f"add `def on_{port}(self, value, ctx)` to {cls_name}")
+
+    # -------------------------------------------------------------- placement and models
+
+    def check_pins(self, node: _Node) -> None:
+        cpus = node.entry.spec.cpus
+        if cpus is None:
+            return
+        missing = [c for c in cpus if c not in self.cpus]
+        if missing:
+            name = node.entry.name
+            self.add("pin-range", f"core{'s' * (len(missing) > 1)} {_cores(missing)} "
+                     f"do{'es' * (len(missing) == 1)} not exist on this machine (cores: {_cores(self.cpus)})",
+                     self.loc("nodes", name, "cpus"), f"nodes.{name}.cpus",
+                     f"pin within {_cores(self.cpus)}, or move machine-specific pins into a profile "
+                     "and select it with --profile")
+
+    def check_model(self, node: _Node) -> None:
+        model = node.entry.spec.model
+        if model is None:
+            return
+        file = (node.entry.base_dir / model.path)
+        if not file.is_file():
+            name = node.entry.name
+            self.add("model-missing", f"model file {model.path!r} does not exist (looked for {file})",
+                     self.loc("nodes", name, "model", "path"), f"nodes.{name}.model.path",
+                     "paths are relative to the YAML file; train or export the model first")
+
+    # -------------------------------------------------------------- connections
+
+    def ref_loc(self, name: str, port: str, index: int) -> Location | None:
+        base = ("nodes", name, "inputs", port)
+        for path in (base + ("from", index), base + ("from",), base + (index,), base):
+            if path in self.srcmap.values:
+                return self.srcmap.values[path]
+        return self.srcmap.at(base)
+
+    def connect(self, node: _Node) -> None:
+        name = node.entry.name
+        for port, spec in node.entry.spec.inputs.items():
+            declared: Input | None = node.ports.inputs.get(port) if node.ports else None
+            for i, ref in enumerate(spec.from_):
+                where = self.ref_loc(name, port, i)
+                path = f"nodes.{name}.inputs.{port}"
+                target, _, out_port = ref.removeprefix("/").rpartition(".")
+                replica = None
+                match = _REPLICA_RE.match(target)
+                if match and match["base"] in self.graph.nodes:
+                    target, replica = match["base"], int(match["index"])
+                if target not in self.graph.nodes:
+                    if target not in self.graph.broken:
+                        self.add("unknown-node", f"no node {target!r} (in {ref!r})", where, path,
+                                 _choices(target, self.graph.nodes, "nodes"))
+                    continue
+                producer = self.nodes[target]
+                if replica is not None and replica >= len(producer.instances):
+                    self.add("unknown-node", f"node {target!r} has {len(producer.instances)} "
+                             f"replica(s); there is no {target}[{replica}]", where, path,
+                             f"use {target}.{out_port} to take every replica")
+                    continue
+                out_decl: Output | None = None
+                if producer.ports is not None:
+                    out_decl = producer.ports.outputs.get(out_port)
+                    if out_decl is None:
+                        self.add("unknown-port", f"node {target!r} has no output {out_port!r}", where, path,
+                                 _choices(out_port, producer.ports.outputs, "outputs"))
+                        continue
+                if out_decl is not None and declared is not None:
+                    bad = check_types(out_decl.type, declared.type)
+                    if bad:
+                        code, reason = bad
+                        self.add(code, f"{target}.{out_port} sends {describe_type(out_decl.type)}, "
+                                 f"but {name}.{port} takes {describe_type(declared.type)}: {reason}",
+                                 where, path, "connect a port of the matching type, or convert it "
+                                 "in a node between them")
+                        continue
+                type_text = describe_type(out_decl.type if out_decl is not None else Any)
+                self.edges.append(_Edge(target, out_port, name, port, replica, type_text, spec.feedback))
+
+    def template_graph(self) -> nx.MultiDiGraph:
+        graph = nx.MultiDiGraph()
+        graph.add_nodes_from(self.nodes)
+        for e in self.edges:
+            graph.add_edge(e.src, e.dst, key=(e.src_port, e.dst_port), edge=e)
+        return graph
+
+    def check_cycles(self, graph: nx.MultiDiGraph) -> None:
+        forward = nx.DiGraph()
+        forward.add_nodes_from(graph)
+        forward.add_edges_from((e.src, e.dst) for e in self.edges if not e.feedback)
+        for component in nx.strongly_connected_components(forward):
+            sub = forward.subgraph(component)
+            if len(component) == 1 and not sub.has_edge(*(2 * list(component))):
+                continue
+            start = min(component, key=list(self.nodes).index)
+            cycle = nx.find_cycle(sub, source=start)
+            names = [u for u, _ in cycle] + [cycle[0][0]]
+            last_src, last_dst = cycle[-1]
+            edge = next(e for e in self.edges if e.src == last_src and e.dst == last_dst and not e.feedback)
+            index = self.graph.nodes[edge.dst].spec.inputs[edge.dst_port].from_
+            ref_i = next((i for i, r in enumerate(index) if r.removeprefix("/").startswith(edge.src)), 0)
+            self.add("cycle", f"these nodes form a loop: {' -> '.join(names)}",
+                     self.ref_loc(edge.dst, edge.dst_port, ref_i), f"nodes.{edge.dst}.inputs.{edge.dst_port}",
+                     f"if the loop is intended, mark one input on it `feedback: true` "
+                     f"(e.g. {edge.dst}.inputs.{edge.dst_port})")
+
+    def check_unused(self, graph: nx.MultiDiGraph) -> None:
+        if self.graph.broken or any(n.entry.invalid or n.cls is None for n in self.nodes.values()):
+            return  # some consumers could not be read; "goes nowhere" might be false
+        used = {(e.src, e.src_port) for e in self.edges}
+        for name, node in self.nodes.items():
+            if node.ports is None:
+                continue
+            for port in node.ports.outputs:
+                out = node.entry.spec.outputs.get(port)
+                if (name, port) in used or (out is not None and out.port is not None):
+                    continue  # a fixed tcp port is for consumers outside the graph
+                self.add("unused-output", f"output {port!r} of {name!r} goes nowhere",
+                         self.loc("nodes", name, "outputs", port, key=True) or self.loc("nodes", name, key=True),
+                         f"nodes.{name}.outputs.{port}",
+                         "connect it to an input, or ignore this warning if it is for `dmnflow tap`",
+                         severity="warning")
+
+    # -------------------------------------------------------------- codecs, ports, cores
+
+    def check_codecs(self) -> dict[tuple[str, str], str]:
+        """The codec of every output; unknown codecs and codecs that cannot carry the type."""
+        chosen: dict[tuple[str, str], str] = {}
+        for name, node in self.nodes.items():
+            if node.ports is None:
+                continue
+            for port, decl in node.ports.outputs.items():
+                out = node.entry.spec.outputs.get(port)
+                if out is not None and out.codec is not None:
+                    codec, where = out.codec, self.loc("nodes", name, "outputs", port, "codec")
+                elif decl.codec is not None:
+                    codec, where = decl.codec, self.loc("nodes", name, "uses")
+                elif describe_type(decl.type).startswith("tensor["):
+                    codec, where = "tensor", self.loc("nodes", name, "uses")
+                else:
+                    codec = node.entry.defaults.codec
+                    where = self.loc("defaults", "codec") if "/" not in name else None
+                    where = where or self.loc("nodes", name, key=True)
+                path = f"nodes.{name}.outputs.{port}.codec"
+                if codec not in codec_names():
+                    self.add("unknown-codec", f"no codec {codec!r}", where, path,
+                             _choices(codec, codec_names(), "codecs"))
+                    continue
+                if not get_codec(codec).carries(decl.type):
+                    fits = [c for c in codec_names() if get_codec(c).carries(decl.type) and c != "pickle"]
+                    self.add("codec-type", f"codec {codec!r} cannot carry {describe_type(decl.type)} "
+                             f"({name}.{port})", where, path,
+                             f"set outputs.{port}.codec to {' or '.join(fits) or 'pickle'}")
+                    continue
+                if not get_codec(codec).network_safe and self.output_transport(node, port) == "tcp":
+                    self.add("codec-unsafe", f"codec {codec!r} may run code while decoding; it is "
+                             "refused on tcp edges", where, path, "use msgpack or tensor on tcp edges")
+                    continue
+                chosen[(name, port)] = codec
+        return chosen
+
+    def output_transport(self, node: _Node, port: str) -> str:
+        out = node.entry.spec.outputs.get(port)
+        if out is not None and (out.port is not None or out.transport == "tcp"):
+            return "tcp"
+        if out is not None and out.transport is not None:
+            return out.transport
+        return node.entry.defaults.transport
+
+    def check_tcp_ports(self) -> None:
+        taken: dict[int, tuple[str, Location | None]] = {}
+        for name, node in self.nodes.items():
+            for port, out in node.entry.spec.outputs.items():
+                if out.port is None:
+                    continue
+                where = self.loc("nodes", name, "outputs", port, "port")
+                path = f"nodes.{name}.outputs.{port}.port"
+                if len(node.instances) > 1:
+                    self.add("duplicate-port", f"node {name!r} has {len(node.instances)} replicas and each "
+                             f"would bind tcp port {out.port}", where, path,
+                             "drop the fixed port (ports are then chosen at launch) or the replicas")
+                if out.port in taken:
+                    other, other_loc = taken[out.port]
+                    self.add("duplicate-port", f"tcp port {out.port} is also bound by {other}"
+                             + (f" ({other_loc})" if other_loc else ""), where, path,
+                             "give each output its own port")
+                else:
+                    taken[out.port] = (f"{name}.{port}", where)
+
+    def check_busy_cores(self) -> None:
+        on_core: dict[int, list[str]] = {}
+        for node in self.nodes.values():
+            spec = node.entry.spec
+            busy = spec.busy if spec.busy is not None else bool(node.cls and node.cls.busy)
+            if busy and spec.cpus is not None and len(spec.cpus) == 1:
+                on_core.setdefault(spec.cpus[0], []).extend(node.instances)
+        for core, names in sorted(on_core.items()):
+            if len(names) > 1:
+                last = names[-1].split("[")[0]
+                self.add("pin-shared", f"busy nodes {', '.join(names)} are all pinned to core {core}; "
+                         "they will take turns on it", self.loc("nodes", last, "cpus"), f"nodes.{last}.cpus",
+                         "pin busy nodes to different cores, or mark one `busy: false`", severity="warning")
+
+    # -------------------------------------------------------------- the plan
+
+    def build_plan(self, codecs: dict[tuple[str, str], str]) -> Plan:
+        order = {name: i for i, name in enumerate(self.nodes)}
+        instances = nx.DiGraph()
+        for node in self.nodes.values():
+            instances.add_nodes_from(node.instances)
+        inst_edges: list[tuple[str, str, _Edge]] = []
+        for e in self.edges:
+            producers = self.nodes[e.src].instances
+            if e.replica is not None:
+                producers = [producers[e.replica]]
+            for src in producers:
+                for dst in self.nodes[e.dst].instances:
+                    inst_edges.append((src, dst, e))
+                    if not e.feedback:
+                        instances.add_edge(src, dst)
+        topo = list(nx.lexicographical_topological_sort(
+            instances, key=lambda n: (order[_template(n)], n)))
+        process_of = {inst: (node.entry.spec.group or inst) for node in self.nodes.values()
+                      for inst in node.instances}
+
+        # every instance edge gets an id, a transport, a pattern and a bind
+        edge_plans: list[EdgePlan] = []
+        binds: dict[tuple[str, str], dict[tuple[str, str, str], list[int]]] = {}
+        for i, (src, dst, e) in enumerate(sorted(inst_edges, key=lambda t: (
+                topo.index(t[0]), t[2].src_port, topo.index(t[1]), t[2].dst_port))):
+            consumer = self.nodes[e.dst]
+            inp = consumer.entry.spec.inputs[e.dst_port]
+            policy = inp.policy or consumer.entry.defaults.policy
+            transport = "inproc" if process_of[src] == process_of[dst] else \
+                self.output_transport(self.nodes[e.src], e.src_port)
+            share = len(consumer.instances) > 1 and consumer.entry.spec.dispatch == "share"
+            pattern = "push" if policy == "block" or share else "pub"
+            # a PUB serves all subscribers; a PUSH serves one consumer, or one replica set
+            target = "" if pattern == "pub" else (e.dst if share else dst) + "." + e.dst_port
+            binds.setdefault((src, e.src_port), {}).setdefault((transport, pattern, target), []).append(i)
+            edge_plans.append(EdgePlan(
+                id=i, src=src, src_port=e.src_port, dst=dst, dst_port=e.dst_port, type=e.type,
+                codec=codecs[(e.src, e.src_port)], transport=transport, endpoint="", pattern=pattern,
+                policy=policy, queue=inp.queue or consumer.entry.defaults.queue, topics=inp.topics,
+                feedback=e.feedback))
+
+        endpoint_of: dict[int, str] = {}
+        node_plans: list[NodePlan] = []
+        for inst in topo:
+            node = self.nodes[_template(inst)]
+            entry, spec = node.entry, node.entry.spec
+            assert node.ports is not None and node.cls is not None and node.params is not None
+            outputs = []
+            for port, decl in node.ports.outputs.items():
+                out = spec.outputs.get(port)
+                groups = binds.get((inst, port), {})
+                fixed = out.port if out is not None else None
+                if not groups or fixed is not None and not any(k[:2] == ("tcp", "pub") for k in groups):
+                    # a fixed port, or no consumer: bind a PUB anyway, for consumers outside the graph
+                    groups = {(self.output_transport(node, port), "pub", ""): [], **groups}
+                bind_plans = []
+                for (transport, pattern, target), ids in groups.items():
+                    endpoint = self.endpoint(inst, port, transport, pattern, target, node, fixed)
+                    if transport == "tcp" and pattern == "pub":
+                        fixed = None  # only one bind may take the fixed port
+                    for edge_id in ids:
+                        endpoint_of[edge_id] = endpoint
+                    bind_plans.append(BindPlan(endpoint=endpoint, transport=transport, pattern=pattern,
+                                               hwm=(out.queue if out and out.queue else entry.defaults.queue),
+                                               edges=ids))
+                outputs.append(OutputPlan(
+                    port=port, type=describe_type(decl.type), codec=codecs[(entry.name, port)],
+                    compress_above=(out.compress_above if out and out.compress_above is not None
+                                    else entry.defaults.compress_above)
+                    if codecs[(entry.name, port)] == "msgpack+lz4" else None,
+                    binds=bind_plans))
+            restart = spec.restart or entry.defaults.restart
+            model = spec.model
+            node_plans.append(NodePlan(
+                name=inst, spec_name=entry.name, uses=spec.uses, params=node.params.model_dump(mode="json"),
+                layer=spec.layer, process=process_of[inst], cpus=spec.cpus or [], gpu=spec.gpu,
+                replica=None if len(node.instances) == 1 else node.instances.index(inst),
+                replicas=len(node.instances), restart=RestartPlan(
+                    policy=restart.policy, max_restarts=restart.max_restarts, backoff_s=restart.backoff,
+                    backoff_max_s=restart.backoff_max),
+                busy=spec.busy if spec.busy is not None else node.cls.busy, source=node.cls.is_source(),
+                model=None if model is None else ModelPlan(
+                    path=str((entry.base_dir / model.path).resolve()), device=model.device, dtype=model.dtype),
+                inputs=[], outputs=outputs, loc=str(self.loc("nodes", entry.name, key=True) or entry.name)))
+
+        edge_plans = [e.model_copy(update={"endpoint": endpoint_of[e.id]}) for e in edge_plans]
+        by_input: dict[tuple[str, str], list[EdgePlan]] = {}
+        for e in edge_plans:
+            by_input.setdefault((e.dst, e.dst_port), []).append(e)
+        final_nodes = []
+        for plan_node in node_plans:
+            node = self.nodes[plan_node.spec_name]
+            inputs = []
+            for port, inp in node.entry.spec.inputs.items():
+                edges = by_input.get((plan_node.name, port), [])
+                declared = node.ports.inputs[port] if node.ports else None
+                inputs.append(InputPlan(
+                    port=port, type=describe_type(declared.type if declared else Any),
+                    policy=inp.policy or node.entry.defaults.policy,
+                    queue=inp.queue or node.entry.defaults.queue, topics=inp.topics, feedback=inp.feedback,
+                    batch=BatchPlan(max=inp.batch.max, wait_s=inp.batch.wait) if inp.batch else None,
+                    connects=[ConnectPlan(edge=e.id, node=e.src, port=e.src_port, endpoint=e.endpoint,
+                                          transport=e.transport, pattern=e.pattern) for e in edges]))
+            final_nodes.append(plan_node.model_copy(update={"inputs": inputs}))
+
+        processes: dict[str, list[str]] = {}
+        for inst in topo:
+            processes.setdefault(process_of[inst], []).append(inst)
+        process_plans = [ProcessPlan(name=p, nodes=members, cpus=sorted({
+            c for m in members for c in (self.nodes[_template(m)].entry.spec.cpus or [])}))
+            for p, members in processes.items()]
+        return Plan(graph=self.graph.name, file=self.graph.file, profile=self.graph.profile,
+                    machine_cpus=self.cpus, nodes=final_nodes, edges=edge_plans, processes=process_plans,
+                    warnings=[i.to_dict() for i in self.issues.issues if not i.is_error])
+
+    def endpoint(self, inst: str, port: str, transport: str, pattern: str, target: str, node: _Node,
+                 fixed: int | None) -> str:
+        suffix = "" if pattern == "pub" else "." + _safe(target)
+        if transport == "inproc":
+            return f"inproc://{inst}.{port}{suffix}"
+        if transport == "ipc":
+            name = f"{_safe(inst)}.{port}{suffix}"
+            if len(name) > 60:  # unix socket paths are limited to ~107 bytes
+                name = "e" + hashlib.sha1(name.encode()).hexdigest()[:16]
+            return f"ipc://{RUN_DIR}/{name}"
+        out = node.entry.spec.outputs.get(port)
+        host = (out.host if out and out.host else None) or node.entry.defaults.host
+        return f"tcp://{host}:{fixed if fixed is not None else '*'}"
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _template(instance: str) -> str:
+    match = _REPLICA_RE.match(instance)
+    return match["base"] if match else instance
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _cores(cores: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    out: list[str] = []
+    cores = sorted(cores)
+    start = prev = cores[0] if cores else 0
+    for c in [*cores[1:], None]:
+        if c is not None and c == prev + 1:
+            prev = c
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if c is not None:
+            start = prev = c
+    return ",".join(out) if cores else "none"
+
+
+def _choices(word: str, options: Any, what: str) -> str:
+    names = sorted(options)
+    near = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if near:
+        return f"did you mean {near[0]!r}?"
+    return f"{what} are {', '.join(repr(n) for n in names)}" if names else f"there are no {what}"
+
+
+def _field_hint(model: type[BaseModel], key: str) -> str:
+    info = model.model_fields.get(key)
+    if info is None:
+        return ""
+    kind = getattr(info.annotation, "__name__", str(info.annotation))
+    doc = f": {info.description}" if info.description else ""
+    return f"{key} is {kind}{doc}"
+
+
+def _module_hint(missing: str) -> str:
+    parent, _, leaf = missing.rpartition(".")
+    if parent:
+        try:
+            package = importlib.import_module(parent)
+        except Exception:
+            return f"is the package {parent!r} installed?"
+        found = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
+        near = difflib.get_close_matches(leaf, found, n=1)
+        if near:
+            return f"did you mean {parent}.{near[0]}?"
+        return f"modules in {parent}: {', '.join(sorted(found))}" if found else ""
+    return "is it installed, or is the current directory the project root?"
+
+
+def _user_frame(exc: BaseException) -> str:
+    """`` (at file:line)`` of the deepest frame outside dmnflow and importlib, if any."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" (at {exc.filename}:{exc.lineno}:{exc.offset or 0})"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "importlib" not in f.filename and "dmnflow" not in Path(f.filename).parts]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""

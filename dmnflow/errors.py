@@ -1,0 +1,239 @@
+"""The one exception tree of dmnflow, and the located validation issues it carries.
+
+    DmnflowError                 anything dmnflow raises on purpose
+    ├── GraphError               the graph file is wrong; found before any process starts
+    │   ├── SpecError            the YAML itself: syntax, schema, substitution, includes
+    │   └── CompileError         what the compiler finds: imports, params, ports, types, pins
+    ├── CodecError               a payload could not be encoded or decoded
+    │   ├── EncodeError
+    │   └── DecodeError
+    ├── TransportError           a socket could not do what the plan asked
+    │   └── SendTimeout
+    ├── NodeError                user code in a node raised
+    └── LaunchError              the runtime could not start or keep the graph running
+
+A `GraphError` holds every `Issue` found, not only the first: validation collects.
+Foreign errors (zmq, msgpack, lz4, yaml, pydantic) are translated where they enter,
+chained with ``raise ... from exc``. This module imports nothing else of dmnflow.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "CodecError",
+    "CompileError",
+    "DecodeError",
+    "DmnflowError",
+    "EncodeError",
+    "ExitCode",
+    "GraphError",
+    "Issue",
+    "LaunchError",
+    "Location",
+    "NodeError",
+    "SendTimeout",
+    "SpecError",
+    "TransportError",
+    "format_issues",
+]
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of the `dmnflow` command, defined once."""
+
+    OK = 0
+    INVALID = 1  # the graph (or another input the user wrote) is wrong
+    USAGE = 2  # the command line is wrong
+    NODE_FAILED = 3  # a node failed past its restart policy
+
+
+@dataclass(frozen=True, order=True)
+class Location:
+    """A place in a file that a person can jump to: 1-based line and column.
+
+    ``line == 0`` means the whole file (or a command-line argument, whose "file" is the
+    argument's text).
+    """
+
+    file: str
+    line: int = 0
+    col: int = 0
+
+    def __str__(self) -> str:
+        if self.line <= 0:
+            return self.file
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found in a graph: where, which key, a stable code, what, and the fix.
+
+    ``code`` values are stable and listed in docs/errors.md; tests match on them.
+    """
+
+    code: str
+    message: str
+    loc: Location | None = None
+    path: str = ""
+    hint: str = ""
+    severity: Severity = "error"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    def __str__(self) -> str:
+        where = f"{self.loc}: " if self.loc else ""
+        key = f"{self.path}: " if self.path else ""
+        text = f"{where}{self.severity}[{self.code}] {key}{self.message}"
+        if self.hint:
+            text += f"\n    help: {self.hint}"
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "hint": self.hint,
+            "path": self.path,
+            "file": self.loc.file if self.loc else None,
+            "line": self.loc.line if self.loc else None,
+            "col": self.loc.col if self.loc else None,
+        }
+
+
+def sort_issues(issues: list[Issue]) -> list[Issue]:
+    """Issues in file order (errors before warnings at one place), duplicates removed."""
+    seen: set[tuple[object, ...]] = set()
+    unique: list[Issue] = []
+    for issue in issues:
+        key = (issue.code, issue.loc, issue.path, issue.message)
+        if key not in seen:
+            seen.add(key)
+            unique.append(issue)
+
+    def order(issue: Issue) -> tuple[object, ...]:
+        loc = issue.loc or Location("")
+        return (loc.file, loc.line, loc.col, issue.severity != "error", issue.code)
+
+    return sorted(unique, key=order)
+
+
+def format_issues(issues: list[Issue], *, source_lines: bool = True) -> str:
+    """Render issues the way compilers do: location, code, message, the line and a caret."""
+    out: list[str] = []
+    cache: dict[str, list[str] | None] = {}
+    for issue in sort_issues(issues):
+        out.append(str(issue))
+        loc = issue.loc
+        if not (source_lines and loc and loc.line > 0):
+            continue
+        if loc.file not in cache:
+            try:
+                cache[loc.file] = Path(loc.file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError):
+                cache[loc.file] = None
+        lines = cache[loc.file]
+        if lines and loc.line <= len(lines):
+            out.append(f"    | {lines[loc.line - 1]}")
+            out.append(f"    | {' ' * max(loc.col - 1, 0)}^")
+    errors = sum(1 for i in issues if i.is_error)
+    warnings = len(issues) - errors
+    out.append(f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}")
+    return "\n".join(out)
+
+
+class DmnflowError(Exception):
+    """Base of every error dmnflow raises on purpose."""
+
+
+class GraphError(DmnflowError):
+    """The graph is invalid; ``issues`` lists every problem found, errors and warnings."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues: list[Issue] = sort_issues(issues)
+        errors = [i for i in self.issues if i.is_error]
+        first = str(errors[0]).splitlines()[0] if errors else "invalid graph"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(first + more)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.is_error]
+
+
+class SpecError(GraphError):
+    """The graph file cannot be read as a graph: YAML, schema, substitution, includes."""
+
+
+class CompileError(GraphError):
+    """The graph reads fine but does not hold together: imports, params, ports, pins."""
+
+
+class CodecError(DmnflowError):
+    """A payload could not be encoded or decoded."""
+
+
+class EncodeError(CodecError):
+    """A value cannot be encoded by the edge's codec."""
+
+
+class DecodeError(CodecError):
+    """A received frame is malformed or breaks a decoding limit."""
+
+
+class TransportError(DmnflowError):
+    """A socket could not do what the plan asked."""
+
+
+class SendTimeout(TransportError):
+    """A blocking send waited past its timeout: the receiver is not reading."""
+
+
+@dataclass
+class _NodeContext:
+    node: str = ""
+    port: str = ""
+    seq: int | None = None
+
+
+class NodeError(DmnflowError):
+    """User code inside a node raised; the node, port and sequence number are attached."""
+
+    def __init__(self, message: str, *, node: str = "", port: str = "", seq: int | None = None):
+        self.where = _NodeContext(node, port, seq)
+        parts = [p for p in (f"node {node!r}" if node else "", f"port {port!r}" if port else "",
+                             f"seq {seq}" if seq is not None else "") if p]
+        super().__init__(f"{', '.join(parts)}: {message}" if parts else message)
+
+
+class LaunchError(DmnflowError):
+    """The runtime could not start the graph or keep it running."""
+
+
+@dataclass
+class IssueList:
+    """Collects issues during a pass; raises one GraphError subclass at the end if needed."""
+
+    issues: list[Issue] = field(default_factory=list)
+
+    def add(self, code: str, message: str, loc: Location | None = None, *, path: str = "",
+            hint: str = "", severity: Severity = "error") -> None:
+        self.issues.append(Issue(code, message, loc, path, hint, severity))
+
+    def extend(self, issues: list[Issue]) -> None:
+        self.issues.extend(issues)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(i.is_error for i in self.issues)

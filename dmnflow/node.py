@@ -1,0 +1,181 @@
+"""The Node API that node authors write against: ports, params, handlers.
+
+A node class declares its ports as class attributes (``ticks = Input(Tick)``,
+``features = Output(Tensor("float32", shape=(8,)))``) and its parameters as a nested
+pydantic ``Params`` model. The compiler reads these declarations to check a graph
+before any process starts; the runtime calls the handlers (``on_<port>`` or
+``on_message``) and a source's ``run``.
+
+This module must not import ``runtime/`` or ``nodes/``.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Input", "Node", "Output", "Ports", "Tensor", "check_types", "describe_type"]
+
+DTYPES = (
+    "bool", "uint8", "int8", "int16", "int32", "int64",
+    "float16", "bfloat16", "float32", "float64", "complex64", "complex128",
+)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """The type of a port that carries an n-d array (numpy or torch, CPU).
+
+    ``dtype=None`` accepts any dtype; ``shape=None`` any shape; a ``None`` dimension
+    accepts any size (``shape=(None, 8)`` is "a batch of rows of 8 features").
+    """
+
+    dtype: str | None = None
+    shape: tuple[int | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"unknown tensor dtype {self.dtype!r}; use one of {DTYPES}")
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(self.shape))
+
+    def __str__(self) -> str:
+        dims = "" if self.shape is None else f", {_shape(self.shape)}"
+        return f"tensor[{self.dtype or 'any'}{dims}]"
+
+
+class _Port:
+    """A declared port; its name comes from the attribute it is assigned to."""
+
+    kind: ClassVar[str] = "port"
+
+    def __init__(self, type: Any = Any, *, doc: str = "") -> None:  # noqa: A002 - reads well
+        self.type = type
+        self.doc = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({describe_type(self.type)}, name={self.name!r})"
+
+
+class Input(_Port):
+    """An input port. ``optional=True`` lets a graph leave it unconnected."""
+
+    kind = "input"
+
+    def __init__(self, type: Any = Any, *, optional: bool = False, doc: str = "") -> None:  # noqa: A002
+        super().__init__(type, doc=doc)
+        self.optional = optional
+
+
+class Output(_Port):
+    """An output port. ``codec`` is the port's preferred codec when the YAML names none."""
+
+    kind = "output"
+
+    def __init__(self, type: Any = Any, *, codec: str | None = None, doc: str = "") -> None:  # noqa: A002
+        super().__init__(type, doc=doc)
+        self.codec = codec
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The ports of one node as configured: what the compiler checks a graph against."""
+
+    inputs: Mapping[str, Input]
+    outputs: Mapping[str, Output]
+
+
+class NoParams(BaseModel):
+    """Params of a node that takes none: any key given in the YAML is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Node:
+    """Base class of every node. Subclass it, declare ports and ``Params``, add handlers.
+
+    Handlers: ``on_<input>(self, value, ctx)`` per input, or one ``on_message``;
+    a source implements ``run(self, ctx)``. ``busy = True`` marks a node that keeps a
+    core busy (busy-polls or computes continuously), so the compiler warns when two
+    such nodes are pinned to the same core.
+    """
+
+    Params: ClassVar[type[BaseModel]] = NoParams
+    busy: ClassVar[bool] = False
+
+    @classmethod
+    def ports(cls, params: BaseModel) -> Ports:
+        """The ports for these params. Override when ports depend on params (model nodes)."""
+        inputs: dict[str, Input] = {}
+        outputs: dict[str, Output] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, Input):
+                    inputs[name] = value
+                elif isinstance(value, Output):
+                    outputs[name] = value
+        return Ports(inputs, outputs)
+
+    @classmethod
+    def is_source(cls) -> bool:
+        """A source produces data on its own (``run``) rather than in reply to inputs."""
+        return callable(getattr(cls, "run", None))
+
+    @classmethod
+    def handles(cls, port: str) -> bool:
+        """Whether messages arriving on ``port`` have a handler to go to."""
+        return callable(getattr(cls, f"on_{port}", None)) or callable(getattr(cls, "on_message", None))
+
+
+def describe_type(tp: Any) -> str:
+    """A short, stable text for a port type, as shown in errors and in the plan."""
+    if tp is Any:
+        return "any"
+    if isinstance(tp, Tensor):
+        return str(tp)
+    if isinstance(tp, type):
+        return tp.__name__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
+    return repr(tp)
+
+
+def _origin(tp: Any) -> Any:
+    """The runtime class behind a typing construct (``dict[str, int]`` -> ``dict``)."""
+    return typing.get_origin(tp) or tp
+
+
+def check_types(produced: Any, accepted: Any) -> tuple[str, str] | None:
+    """Whether an output of type ``produced`` may feed an input of type ``accepted``.
+
+    Returns None when it may, else ``(code, reason)`` with code ``type-mismatch``,
+    ``dtype-mismatch`` or ``shape-mismatch``.
+    """
+    if accepted is Any or produced is Any:
+        return None
+    if isinstance(accepted, Tensor) or isinstance(produced, Tensor):
+        if not (isinstance(accepted, Tensor) and isinstance(produced, Tensor)):
+            return "type-mismatch", f"{describe_type(produced)} cannot feed {describe_type(accepted)}"
+        if accepted.dtype and produced.dtype and accepted.dtype != produced.dtype:
+            return "dtype-mismatch", f"dtype {produced.dtype} cannot feed dtype {accepted.dtype}"
+        if accepted.shape is not None and produced.shape is not None:
+            a, p = accepted.shape, produced.shape
+            if len(a) != len(p) or any(x is not None and y is not None and x != y for x, y in zip(p, a, strict=True)):
+                return "shape-mismatch", f"shape {_shape(p)} cannot feed shape {_shape(a)}"
+        return None
+    src, dst = _origin(produced), _origin(accepted)
+    if isinstance(src, type) and isinstance(dst, type):
+        if issubclass(src, dst) or (dst is float and src is int):
+            return None
+        return "type-mismatch", f"{describe_type(produced)} cannot feed {describe_type(accepted)}"
+    return None  # unions and other typing forms: checked at run time by the codec
+
+
+def _shape(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

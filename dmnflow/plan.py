@@ -1,0 +1,193 @@
+"""The compiled plan: everything a worker needs, and nothing that needs the YAML again.
+
+A `Plan` is what `dmnflow plan --json` prints and what the supervisor hands to each
+worker. It is plain JSON: params are dumped in JSON mode (the worker re-validates them
+against the node's ``Params``), types are carried as text, and ipc endpoints hold the
+``{run_dir}`` placeholder that the runtime fills with a fresh per-run directory; tcp
+endpoints ending in ``:*`` get their port when the publisher binds.
+
+This module imports nothing of dmnflow but errors-free pydantic models.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "BindPlan",
+    "ConnectPlan",
+    "EdgePlan",
+    "InputPlan",
+    "NodePlan",
+    "OutputPlan",
+    "Plan",
+    "ProcessPlan",
+    "RestartPlan",
+]
+
+Transport = Literal["inproc", "ipc", "tcp"]
+Pattern = Literal["pub", "push"]
+Policy = Literal["drop", "block", "latest"]
+
+RUN_DIR = "{run_dir}"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RestartPlan(_Frozen):
+    """When a dead worker is started again, how often, and how long to wait between tries."""
+
+    policy: Literal["never", "on-failure", "always"]
+    max_restarts: int
+    backoff_s: float
+    backoff_max_s: float
+
+
+class BatchPlan(_Frozen):
+    """Micro-batching of one input: up to ``max`` messages, waiting at most ``wait_s``."""
+
+    max: int
+    wait_s: float
+
+
+class BindPlan(_Frozen):
+    """One socket an output binds. A PUB bind serves every subscriber; a PUSH bind serves
+    one consumer (or one set of replicas sharing the load)."""
+
+    endpoint: str
+    transport: Transport
+    pattern: Pattern
+    hwm: int
+    edges: list[int]
+
+
+class ConnectPlan(_Frozen):
+    """One connection an input makes to a producer's bind."""
+
+    edge: int
+    node: str
+    port: str
+    endpoint: str
+    transport: Transport
+    pattern: Pattern
+
+
+class OutputPlan(_Frozen):
+    port: str
+    type: str
+    codec: str
+    compress_above: int | None
+    binds: list[BindPlan]
+
+
+class InputPlan(_Frozen):
+    port: str
+    type: str
+    policy: Policy
+    queue: int
+    topics: list[str]
+    feedback: bool
+    batch: BatchPlan | None
+    connects: list[ConnectPlan]
+
+
+class ModelPlan(_Frozen):
+    """The model a model node runs; ``path`` is absolute."""
+
+    path: str
+    device: str
+    dtype: str
+
+
+class NodePlan(_Frozen):
+    """One running node instance (a replica of a YAML node is an instance of its own)."""
+
+    name: str
+    spec_name: str  # the YAML node it comes from (differs for replicas)
+    uses: str
+    params: dict[str, Any]
+    layer: str | None
+    process: str
+    cpus: list[int]
+    gpu: int | None
+    replica: int | None
+    replicas: int
+    restart: RestartPlan
+    busy: bool
+    source: bool
+    model: ModelPlan | None
+    inputs: list[InputPlan]
+    outputs: list[OutputPlan]
+    loc: str  # file:line:col of the node in its YAML, for run-time messages
+
+
+class EdgePlan(_Frozen):
+    """One connection from an output port to an input port of another node instance."""
+
+    id: int
+    src: str
+    src_port: str
+    dst: str
+    dst_port: str
+    type: str
+    codec: str
+    transport: Transport
+    endpoint: str
+    pattern: Pattern
+    policy: Policy
+    queue: int
+    topics: list[str]
+    feedback: bool
+
+
+class ProcessPlan(_Frozen):
+    """One OS process: the nodes it hosts (several for a ``group``) and its CPU pins."""
+
+    name: str
+    nodes: list[str]
+    cpus: list[int]
+
+
+class Plan(_Frozen):
+    """The validated, JSON-serialisable form of a graph, ready to launch."""
+
+    version: Literal[1] = 1
+    graph: str
+    file: str
+    profile: str | None
+    machine_cpus: list[int]
+    nodes: list[NodePlan]  # in topological order (feedback edges ignored)
+    edges: list[EdgePlan]
+    processes: list[ProcessPlan]
+    warnings: list[dict[str, Any]]
+
+    def node(self, name: str) -> NodePlan:
+        """The node instance called ``name``; KeyError names the known ones."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no node {name!r} in plan; nodes: {[n.name for n in self.nodes]}")
+
+    @property
+    def order(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    @property
+    def layers(self) -> dict[str, list[str]]:
+        """Node names per ``layer:`` (nodes without one fall under ``""``), in plan order."""
+        out: dict[str, list[str]] = {}
+        for node in self.nodes:
+            out.setdefault(node.layer or "", []).append(node.name)
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return self.model_dump_json(indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Plan:
+        return cls.model_validate(json.loads(text))

@@ -1,0 +1,877 @@
+"""The graph file: its pydantic schema, and loading it with every value's file:line:col.
+
+Loading goes, per file: parse YAML (keeping locations) -> overlay the chosen profile ->
+apply ``--set`` overrides -> substitute ``${vars.x}`` / ``${env:NAME:-default}`` ->
+validate against the schema -> load ``include:``s, each in its own scope, and put their
+nodes under ``<include-name>/``. Problems are collected, never raised one at a time,
+so one run of ``dmnflow validate`` shows them all. Unknown keys are errors at every depth.
+
+Replicas are expanded by the compiler, not here: a YAML node stays one entry, so its
+mistakes are reported once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from .errors import Issue, IssueList, Location
+
+__all__ = [
+    "BatchSpec",
+    "Defaults",
+    "GraphSpec",
+    "IncludeSpec",
+    "InputSpec",
+    "LoadedGraph",
+    "ModelSpec",
+    "NodeEntry",
+    "NodeSpec",
+    "OutputSpec",
+    "RestartSpec",
+    "SourceMap",
+    "json_schema",
+    "load_graph",
+    "parse_cpus",
+    "parse_duration",
+    "parse_size",
+]
+
+Path_ = tuple[str | int, ...]
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+USES_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+# ---------------------------------------------------------------- units and pins
+
+_DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``"200us"``, ``"1.5ms"``, ``"5s"``, ``"2m"`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '200us', '5ms' or '2s'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration; write e.g. '200us', '5ms', '2s', '1m'")
+        seconds = float(match[1]) * _DURATION_UNITS[match[2] or "s"]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``"64KiB"``, ``"1MB"`` or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '64KiB' or 4096")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE_RE.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a size; write e.g. 4096, '64KiB', '1MB'")
+        size = int(float(match[1]) * _SIZE_UNITS[match[2] or "B"])
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
+
+
+def parse_cpus(value: Any) -> list[int]:
+    """Core numbers from ``3``, ``"0-3"``, ``"0,2,4-5"`` or ``[0, "2-3"]``, sorted, unique."""
+    items: Sequence[Any] = value if isinstance(value, list | tuple) else [value]
+    cores: set[int] = set()
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError("cpus are core numbers such as 0, '0-3' or [0, 2]")
+        parts = [str(item)] if isinstance(item, int) else [p.strip() for p in str(item).split(",") if p.strip()]
+        for part in parts:
+            match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+            if not match:
+                raise ValueError(f"{part!r} is not a core or a range of cores (e.g. 2 or '0-3')")
+            lo, hi = int(match[1]), int(match[2] if match[2] is not None else match[1])
+            if hi < lo:
+                raise ValueError(f"range {part!r} runs backwards; write '{hi}-{lo}'")
+            cores.update(range(lo, hi + 1))
+    if not cores:
+        raise ValueError("cpus is empty; leave it out to let the OS place the node")
+    return sorted(cores)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=str | float)]
+Size = Annotated[int, BeforeValidator(parse_size, json_schema_input_type=str | int)]
+CpuSet = Annotated[list[int], BeforeValidator(parse_cpus, json_schema_input_type=int | str | list[int | str])]
+
+# ---------------------------------------------------------------- the schema
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+Policy = Literal["drop", "block", "latest"]
+
+
+class RestartSpec(_Spec):
+    """What the supervisor does when a node's process dies."""
+
+    policy: Literal["never", "on-failure", "always"] = "on-failure"
+    max_restarts: int = Field(5, ge=0, description="give up after this many restarts")
+    backoff: Duration = Field(0.1, description="first wait before a restart; doubles each time")
+    backoff_max: Duration = Field(5.0, description="the longest wait between restarts")
+
+
+def _restart_shorthand(value: Any) -> Any:
+    return {"policy": value} if isinstance(value, str) else value
+
+
+Restart = Annotated[RestartSpec, BeforeValidator(_restart_shorthand, json_schema_input_type=str | RestartSpec)]
+
+
+class Defaults(_Spec):
+    """Graph-wide defaults; each node, input and output may override them."""
+
+    transport: Literal["ipc", "tcp"] = Field("ipc", description="between processes on one host")
+    host: str = Field("127.0.0.1", description="address tcp outputs bind to")
+    codec: str = Field("msgpack", description="codec of outputs whose port names none")
+    compress_above: Size = Field(1024, description="msgpack+lz4 compresses payloads above this")
+    queue: int = Field(1000, ge=1, description="messages buffered per edge (ZeroMQ HWM)")
+    policy: Policy = Field("drop", description="when a queue is full: drop (counted), block, or keep latest")
+    restart: Restart = Field(default_factory=RestartSpec)
+
+
+class BatchSpec(_Spec):
+    """Hand a handler up to ``max`` queued messages at once, waiting at most ``wait``."""
+
+    max: int = Field(ge=1)
+    wait: Duration = 200e-6
+
+
+def _input_shorthand(value: Any) -> Any:
+    if isinstance(value, str | list):
+        return {"from": value}
+    return value
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class InputSpec(_Spec):
+    """Where an input's messages come from and how they queue."""
+
+    from_: Annotated[list[str], BeforeValidator(_one_or_many, json_schema_input_type=str | list[str])] = Field(
+        alias="from", description="producer 'node.port' (or a list of them)")
+    topics: Annotated[list[str], BeforeValidator(_one_or_many, json_schema_input_type=str | list[str])] = Field(
+        default_factory=list, description="topic prefixes to receive; empty receives all")
+    queue: int | None = Field(None, ge=1)
+    policy: Policy | None = None
+    feedback: bool = Field(False, description="this input closes a loop; allowed in a cycle")
+    batch: BatchSpec | None = None
+
+    @field_validator("from_")
+    @classmethod
+    def _refs(cls, refs: list[str]) -> list[str]:
+        if not refs:
+            raise ValueError("name at least one producer as 'node.port'")
+        for ref in refs:
+            if "." not in ref.lstrip("/"):
+                raise ValueError(f"{ref!r} is not 'node.port' (e.g. 'market.ticks')")
+        return refs
+
+
+Input = Annotated[InputSpec, BeforeValidator(_input_shorthand, json_schema_input_type=str | list[str] | InputSpec)]
+
+
+class OutputSpec(_Spec):
+    """How an output is sent: codec, compression, transport, fixed port."""
+
+    codec: str | None = None
+    compress_above: Size | None = None
+    transport: Literal["ipc", "tcp"] | None = None
+    port: int | None = Field(None, ge=1, le=65535, description="fixed tcp port (implies transport: tcp)")
+    host: str | None = None
+    queue: int | None = Field(None, ge=1)
+
+
+class ModelSpec(_Spec):
+    """The model file a model node runs, and where and how it runs."""
+
+    path: str = Field(description="TorchScript (.pt) or torch.export (.pt2) file, relative to this YAML")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+class NodeSpec(_Spec):
+    """One node of the graph, as written in YAML."""
+
+    uses: str = Field(description="the node class, 'package.module:Class'")
+    description: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, Input] = Field(default_factory=dict)
+    outputs: dict[str, OutputSpec] = Field(default_factory=dict)
+    layer: str | None = Field(None, description="a label grouping nodes in pictures")
+    group: str | None = Field(None, description="nodes of one group share one process (inproc)")
+    cpus: CpuSet | None = None
+    gpu: int | None = Field(None, ge=0)
+    replicas: int = Field(1, ge=1)
+    dispatch: Literal["share", "broadcast"] = Field(
+        "share", description="replicas share the inputs' messages, or each gets them all")
+    restart: Restart | None = None
+    busy: bool | None = Field(None, description="keeps a core busy; overrides the class's flag")
+    model: ModelSpec | None = None
+
+    @field_validator("uses")
+    @classmethod
+    def _uses(cls, uses: str) -> str:
+        if not USES_RE.match(uses):
+            raise ValueError(f"{uses!r} is not 'package.module:Class' (e.g. 'nodes.basic:Counter')")
+        return uses
+
+
+class IncludeSpec(_Spec):
+    """Another graph file whose nodes join this graph under ``<include-name>/``."""
+
+    path: str
+    vars: dict[str, Any] = Field(default_factory=dict, description="the included file's vars")
+    set: dict[str, Any] = Field(default_factory=dict, description="dotted overrides inside it")
+
+
+def _include_shorthand(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+Include = Annotated[IncludeSpec, BeforeValidator(_include_shorthand, json_schema_input_type=str | IncludeSpec)]
+
+
+class GraphSpec(_Spec):
+    """A dmnflow graph file."""
+
+    graph: str | None = Field(None, description="the graph's name (default: the file name)")
+    description: str = ""
+    vars: dict[str, Any] = Field(default_factory=dict)
+    defaults: Defaults = Field(default_factory=Defaults)
+    include: dict[str, Include] = Field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    nodes: dict[str, NodeSpec] = Field(default_factory=dict)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the graph file, for editors. Any value may also be a ``${...}``."""
+    schema = GraphSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "dmnflow graph"
+    _allow_substitution(schema)
+    return schema
+
+
+_SUBST_SCHEMA = {"type": "string", "pattern": r"\$\{[^}]+\}"}
+
+
+def _allow_substitution(schema: Any) -> None:
+    """Let every property also be a ``${...}`` string: it is substituted before validation."""
+    if isinstance(schema, dict):
+        for key in ("properties", "$defs"):
+            for name, sub in list(schema.get(key, {}).items()):
+                _allow_substitution(sub)
+                if key == "properties" and sub.get("type") != "string":
+                    schema[key][name] = {"anyOf": [sub, _SUBST_SCHEMA]}
+                    for meta in ("description", "default", "title"):
+                        if meta in sub:
+                            schema[key][name][meta] = sub[meta]
+        for key in ("additionalProperties", "items"):
+            if isinstance(schema.get(key), dict):
+                _allow_substitution(schema[key])
+        for key in ("anyOf", "oneOf", "allOf"):
+            for sub in schema.get(key, []):
+                _allow_substitution(sub)
+
+
+# ---------------------------------------------------------------- YAML with locations
+
+
+@dataclass
+class SourceMap:
+    """Where each value (and each mapping key) of a loaded document was written."""
+
+    values: dict[Path_, Location] = field(default_factory=dict)
+    keys: dict[Path_, Location] = field(default_factory=dict)
+
+    def at(self, path: Path_, *, key: bool = False) -> Location | None:
+        """The location of ``path``, or of its nearest written ancestor."""
+        if key and path in self.keys:
+            return self.keys[path]
+        for end in range(len(path), -1, -1):
+            loc = self.values.get(path[:end])
+            if loc is not None:
+                return loc
+        return None
+
+    def graft(self, other: SourceMap, src: Path_, dst: Path_) -> None:
+        """Copy ``other``'s locations under ``src`` to this map under ``dst``."""
+        n = len(src)
+        for table, into in ((other.values, self.values), (other.keys, self.keys)):
+            for path, loc in list(table.items()):
+                if path[:n] == src:
+                    into[dst + path[n:]] = loc
+
+    def mark(self, path: Path_, loc: Location) -> None:
+        """Attribute ``path`` and everything under it to ``loc`` (a ``--set`` argument)."""
+        n = len(path)
+        for table in (self.values, self.keys):
+            for p in [p for p in table if p[:n] == path]:
+                del table[p]
+        self.values[path] = loc
+
+
+def _loc(file: str, mark: yaml.Mark) -> Location:
+    return Location(file, mark.line + 1, mark.column + 1)
+
+
+def parse_yaml(text: str, file: str, issues: IssueList) -> tuple[Any, SourceMap]:
+    """Parse YAML text into plain data plus a SourceMap; syntax errors become issues."""
+    srcmap = SourceMap()
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = _loc(file, mark) if mark else Location(file)
+        problem = exc.problem or "invalid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        issues.add("yaml-syntax", f"{problem}{context}", loc,
+                   hint="check indentation, quotes and ':' on this line and the one above")
+        return None, srcmap
+    except yaml.YAMLError as exc:
+        issues.add("yaml-syntax", str(exc).splitlines()[0], Location(file))
+        return None, srcmap
+    finally:
+        loader.dispose()
+    if root is None:
+        return None, srcmap
+
+    def build(node: yaml.Node, path: Path_) -> Any:
+        srcmap.values[path] = _loc(file, node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    key = str(key)
+                if key in out:
+                    issues.add("duplicate-key", f"key {key!r} appears twice in this mapping; "
+                               "YAML would silently keep only the last",
+                               _loc(file, key_node.start_mark), path=_dotted(path + (key,)),
+                               hint="remove or rename one of them")
+                srcmap.keys[path + (key,)] = _loc(file, key_node.start_mark)
+                out[key] = build(value_node, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [build(item, path + (i,)) for i, item in enumerate(node.value)]
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            issues.add("yaml-syntax", exc.problem or "cannot read this value", _loc(file, node.start_mark))
+            return None
+
+    try:
+        return build(root, ()), srcmap
+    except yaml.YAMLError as exc:  # pragma: no cover - composer already validated the tree
+        issues.add("yaml-syntax", str(exc).splitlines()[0], Location(file))
+        return None, srcmap
+
+
+def _dotted(path: Path_) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
+
+
+def _suggest(word: str, options: Iterator[str] | Sequence[str] | Mapping[str, Any]) -> str:
+    """``did you mean 'x'?`` for the closest option, or the list of options when few."""
+    choices = sorted(str(o) for o in options)
+    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if near:
+        return f"did you mean {near[0]!r}?"
+    if not choices:
+        return ""
+    shown = ", ".join(repr(c) for c in choices[:12])
+    return f"expected one of {shown}{' ...' if len(choices) > 12 else ''}"
+
+
+# ---------------------------------------------------------------- overrides and profiles
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``path=value`` setting, from ``--set`` or an include's ``set:``."""
+
+    path: tuple[str, ...]
+    value: Any
+    loc: Location
+    text: str
+
+    @classmethod
+    def parse(cls, text: str, issues: IssueList) -> Override | None:
+        loc = Location(f"--set {text}")
+        key, sep, raw = text.partition("=")
+        segments = tuple(s.strip() for s in key.split("."))
+        if not sep or not key.strip() or not all(segments):
+            issues.add("bad-override", f"{text!r} is not KEY=VALUE with a dotted KEY", loc,
+                       hint="e.g. --set nodes.lstm.params.hidden=64")
+            return None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        return cls(segments, value, loc, text)
+
+
+def _apply_override(data: dict[str, Any], srcmap: SourceMap, ov: Override, issues: IssueList) -> None:
+    """Set one dotted path; routes ``nodes.<inc>/<node>...`` into include ``<inc>``'s set."""
+    path = ov.path
+    if path[0] == "nodes" and len(path) >= 2:
+        name = path[1]
+        nodes = data.get("nodes") if isinstance(data.get("nodes"), dict) else {}
+        if "/" in name and name not in nodes:
+            inc, rest = name.split("/", 1)
+            includes = data.get("include") if isinstance(data.get("include"), dict) else {}
+            if inc not in includes:
+                issues.add("bad-override", f"no include {inc!r} for node {name!r}", ov.loc,
+                           hint=_suggest(inc, includes))
+                return
+            entry = includes[inc]
+            if isinstance(entry, str):
+                entry = includes[inc] = {"path": entry}
+            if isinstance(entry, dict):
+                entry.setdefault("set", {})[".".join(("nodes", rest) + path[2:])] = ov.value
+            srcmap.mark(("include", inc, "set"), ov.loc)
+            return
+        if name not in nodes:
+            issues.add("bad-override", f"no node {name!r} to set {'.'.join(path)} on", ov.loc,
+                       hint=_suggest(name, nodes))
+            return
+    target: Any = data
+    for depth, seg in enumerate(path[:-1]):
+        nxt = target.get(seg) if isinstance(target, dict) else None
+        if nxt is None:
+            nxt = target[seg] = {}
+        if not isinstance(nxt, dict):
+            issues.add("bad-override", f"{'.'.join(path[: depth + 1])} is not a mapping, "
+                       f"so {'.'.join(path)} cannot be set", ov.loc)
+            return
+        target = nxt
+    target[path[-1]] = ov.value
+    srcmap.mark(path, ov.loc)
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any], srcmap: SourceMap, src: Path_,
+           dst: Path_) -> None:
+    """Deep-merge a profile overlay: mappings merge, anything else replaces."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, srcmap, src + (key,), dst + (key,))
+        else:
+            base[key] = value
+            srcmap.mark(dst + (key,), srcmap.at(src + (key,)) or Location(""))
+            srcmap.graft(srcmap, src + (key,), dst + (key,))
+
+
+# ---------------------------------------------------------------- substitution
+
+_SUBST_RE = re.compile(r"\$(\$?)\{([^}]*)\}")
+_ENV_RE = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.S)
+
+
+class _Substituter:
+    """Resolves ``${vars.a.b}``, ``${env:NAME}`` and ``${env:NAME:-default}``; ``$${`` escapes.
+
+    A whole-value reference keeps the variable's type (a list stays a list); inside text
+    it is formatted in. Variables may refer to other variables; loops are reported.
+    """
+
+    def __init__(self, raw_vars: dict[str, Any], srcmap: SourceMap, issues: IssueList,
+                 env: Mapping[str, str]) -> None:
+        self.raw = raw_vars
+        self.done: dict[str, Any] = {}
+        self.stack: list[str] = []
+        self.srcmap = srcmap
+        self.issues = issues
+        self.env = env
+        self.unresolved: set[Path_] = set()
+
+    def var(self, name: str, loc: Location | None, path: Path_) -> Any:
+        if name in self.done:
+            return self.done[name]
+        if name in self.stack:
+            cycle = " -> ".join(self.stack[self.stack.index(name):] + [name])
+            self.issues.add("var-cycle", f"variables refer to each other in a loop: {cycle}", loc,
+                            path=_dotted(path))
+            return None
+        self.stack.append(name)
+        value = self.value(self.raw[name], ("vars", name))
+        self.stack.pop()
+        self.done[name] = value
+        return value
+
+    def lookup(self, expr: str, loc: Location | None, path: Path_) -> tuple[bool, Any]:
+        env = _ENV_RE.match(expr)
+        if env:
+            name, default = env[1], env[2]
+            if name in self.env:
+                return True, self.env[name]
+            if default is not None:
+                return True, default
+            self.issues.add("unset-env", f"environment variable {name} is not set", loc,
+                            path=_dotted(path),
+                            hint=f"export {name}=..., or give a default: ${{env:{name}:-value}}")
+            return False, None
+        parts = expr.strip().split(".")
+        if parts[0] != "vars" or len(parts) < 2 or not all(parts):
+            self.issues.add("bad-substitution", f"${{{expr}}} is not ${{vars.NAME}} or ${{env:NAME}}",
+                            loc, path=_dotted(path), hint="write ${vars.NAME} or ${env:NAME:-default}")
+            return False, None
+        if parts[1] not in self.raw:
+            self.issues.add("unknown-var", f"no variable {parts[1]!r} in vars", loc,
+                            path=_dotted(path), hint=_suggest(parts[1], self.raw))
+            return False, None
+        value = self.var(parts[1], loc, path)
+        for i, part in enumerate(parts[2:], start=2):
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            else:
+                self.issues.add("unknown-var", f"vars.{'.'.join(parts[1:i])} has no {part!r}", loc,
+                                path=_dotted(path))
+                return False, None
+        return True, value
+
+    def value(self, data: Any, path: Path_) -> Any:
+        if isinstance(data, dict):
+            return {k: self.value(v, path + (k,)) for k, v in data.items()}
+        if isinstance(data, list):
+            return [self.value(v, path + (i,)) for i, v in enumerate(data)]
+        if not isinstance(data, str) or "${" not in data:
+            return data
+        loc = self.srcmap.at(path)
+        whole = _SUBST_RE.fullmatch(data)
+        if whole and not whole[1]:
+            ok, value = self.lookup(whole[2], loc, path)
+            if ok and whole[2].startswith("env:") and isinstance(value, str):
+                with contextlib.suppress(yaml.YAMLError):  # RATE=1000 reads as a number
+                    value = yaml.safe_load(value) if value.strip() else value
+            if not ok:
+                self.unresolved.add(path)
+            return value if ok else data
+
+        def repl(match: re.Match[str]) -> str:
+            if match[1]:
+                return "${" + match[2] + "}"
+            ok, value = self.lookup(match[2], loc, path)
+            if not ok:
+                self.unresolved.add(path)
+            return str(value) if ok else match[0]
+
+        return _SUBST_RE.sub(repl, data)
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass
+class NodeEntry:
+    """One YAML node after includes are resolved, with the defaults of its own file."""
+
+    name: str
+    spec: NodeSpec
+    defaults: Defaults
+    base_dir: Path  # relative paths in this node (model files) start here
+    invalid: frozenset[str] = frozenset()  # keys dropped for schema errors: checks skip them
+
+    @property
+    def path(self) -> Path_:
+        return ("nodes", self.name)
+
+
+@dataclass
+class LoadedGraph:
+    """A graph file and its includes, validated against the schema, with locations."""
+
+    name: str
+    file: str
+    profile: str | None
+    nodes: dict[str, NodeEntry]
+    broken: set[str]  # nodes that failed the schema: references to them are not re-reported
+    srcmap: SourceMap
+    issues: list[Issue]
+    unresolved: set[str] = field(default_factory=set)  # dotted paths of failed ${...}
+
+
+def load_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
+               profile: str | None = None, env: Mapping[str, str] | None = None) -> LoadedGraph:
+    """Read a graph file with its includes; problems are collected in ``issues``."""
+    issues = IssueList()
+    parsed = [o for o in (Override.parse(text, issues) for text in overrides) if o is not None]
+    graph = _load_file(Path(path), parsed, profile, os.environ if env is None else env, issues, [])
+    graph.issues = issues.issues
+    return graph
+
+
+def _display(path: Path) -> str:
+    """The path as a person would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,
+               env: Mapping[str, str], issues: IssueList, stack: list[Path],
+               include_loc: Location | None = None) -> LoadedGraph:
+    file = _display(path)
+    empty = LoadedGraph(path.stem, file, profile, {}, set(), SourceMap(), [])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        issues.add("file-not-found", f"graph file {file} does not exist", include_loc or Location(file),
+                   hint="check the path; relative include paths start at the including file")
+        return empty
+    except (OSError, UnicodeDecodeError) as exc:
+        issues.add("file-unreadable", f"cannot read {file}: {exc}", include_loc or Location(file))
+        return empty
+
+    data, srcmap = parse_yaml(text, file, issues)
+    if data is None:
+        if not issues.has_errors:
+            issues.add("empty-graph", "the graph file is empty", Location(file, 1, 1),
+                       hint="start from graphs/quickstart.yaml")
+        return empty
+    if not isinstance(data, dict):
+        issues.add("invalid-value", "a graph file is a mapping with 'nodes:' at the top",
+                   srcmap.at(()), hint="start from graphs/quickstart.yaml")
+        return empty
+
+    # 1. profile overlay: file < profile < --set
+    profiles = data.get("profiles")
+    if profile is not None:
+        if isinstance(profiles, dict) and isinstance(profiles.get(profile), dict):
+            overlay = profiles[profile]
+            data_wo = {k: v for k, v in data.items() if k != "profiles"}
+            _merge(data_wo, overlay, srcmap, ("profiles", profile), ())
+            data = {**data_wo, "profiles": profiles}
+        elif not stack:  # included files need not define every profile
+            names = profiles if isinstance(profiles, dict) else {}
+            issues.add("unknown-profile", f"no profile {profile!r} in {file}",
+                       srcmap.at(("profiles",), key=True) or Location(file),
+                       hint=_suggest(profile, names) or "define it under profiles:")
+
+    # 2. --set / include set:
+    for ov in overrides:
+        _apply_override(data, srcmap, ov, issues)
+
+    # 3. ${...}
+    raw_vars = data.get("vars") if isinstance(data.get("vars"), dict) else {}
+    subst = _Substituter(raw_vars, srcmap, issues, env)
+    data = {k: (v if k in ("vars", "profiles") else subst.value(v, (k,))) for k, v in data.items()}
+    data["vars"] = {name: subst.var(name, srcmap.at(("vars", name)), ("vars", name)) for name in raw_vars}
+
+    # 4. schema: the top level and each node on its own, so one bad node hides nothing else
+    raw_nodes = data.get("nodes")
+    top = {k: v for k, v in data.items() if k != "nodes"}
+    spec = _validate(GraphSpec, top, (), srcmap, issues, subst.unresolved) or GraphSpec()
+    if raw_nodes is None:
+        issues.add("missing-key", "the graph has no nodes", srcmap.at(()), path="nodes",
+                   hint="add a 'nodes:' mapping; see graphs/quickstart.yaml")
+        raw_nodes = {}
+    elif not isinstance(raw_nodes, dict):
+        issues.add("invalid-value", "'nodes' must be a mapping of node name to node",
+                   srcmap.at(("nodes",)), path="nodes")
+        raw_nodes = {}
+
+    graph = LoadedGraph(spec.graph or path.stem, file, profile, {}, set(), srcmap, [],
+                        {_dotted(p) for p in subst.unresolved})
+    for name, raw in raw_nodes.items():
+        if not NAME_RE.match(name):
+            issues.add("bad-name", f"node name {name!r} may hold only letters, digits, '_' and '-' "
+                       "and must not start with a digit", srcmap.at(("nodes", name), key=True),
+                       path=f"nodes.{name}", hint="rename the node")
+            graph.broken.add(name)
+            continue
+        node, bad_keys = _validate_node(raw, ("nodes", name), srcmap, issues, subst.unresolved)
+        if node is None:
+            graph.broken.add(name)
+        else:
+            graph.nodes[name] = NodeEntry(name, node, spec.defaults, path.parent, bad_keys)
+
+    # 5. includes, each in its own scope
+    for inc_name, inc in spec.include.items():
+        inc_loc = srcmap.at(("include", inc_name))
+        if not NAME_RE.match(inc_name):
+            issues.add("bad-name", f"include name {inc_name!r} may hold only letters, digits, '_' and '-'",
+                       srcmap.at(("include", inc_name), key=True), path=f"include.{inc_name}")
+            continue
+        child_path = (path.parent / inc.path).resolve()
+        if child_path in stack or child_path == path.resolve():
+            chain = " -> ".join(_display(p) for p in [*stack, path.resolve(), child_path])
+            issues.add("include-cycle", f"graph files include each other: {chain}", inc_loc,
+                       path=f"include.{inc_name}", hint="remove one of the includes")
+            continue
+        set_loc = srcmap.at(("include", inc_name, "set"))
+        child_ovs = [Override(tuple(str(k).split(".")), v, srcmap.at(("include", inc_name, "set", k)) or
+                              set_loc or Location(file), f"{k}={v}") for k, v in inc.set.items()]
+        child_ovs = [Override(("vars", k), v, srcmap.at(("include", inc_name, "vars", k)) or Location(file),
+                              f"vars.{k}") for k, v in inc.vars.items()] + child_ovs
+        child = _load_file(child_path, child_ovs, profile, env, issues, [*stack, path.resolve()],
+                           inc_loc)
+        for name, entry in child.nodes.items():
+            scoped = f"{inc_name}/{name}"
+            if scoped in graph.nodes:  # a scoped name cannot clash; kept as a guard for nesting
+                continue
+            graph.srcmap.graft(child.srcmap, ("nodes", name), ("nodes", scoped))
+            graph.nodes[scoped] = NodeEntry(scoped, _scope(entry.spec, inc_name), entry.defaults,
+                                            entry.base_dir, entry.invalid)
+        graph.broken.update(f"{inc_name}/{name}" for name in child.broken)
+        graph.unresolved.update(_rescope(p, inc_name) for p in child.unresolved)
+    return graph
+
+
+def _scope(spec: NodeSpec, prefix: str) -> NodeSpec:
+    """The node with its references put under ``prefix/``; ``/name.port`` stays at the root."""
+    inputs = {
+        port: inp.model_copy(update={"from_": [r if r.startswith("/") else f"{prefix}/{r}" for r in inp.from_]})
+        for port, inp in spec.inputs.items()
+    }
+    group = f"{prefix}/{spec.group}" if spec.group else None
+    return spec.model_copy(update={"inputs": inputs, "group": group})
+
+
+def _rescope(dotted: str, prefix: str) -> str:
+    return f"nodes.{prefix}/{dotted[len('nodes.'):]}" if dotted.startswith("nodes.") else dotted
+
+
+def _validate(model: type[BaseModel], raw: Any, base: Path_, srcmap: SourceMap, issues: IssueList,
+              unresolved: set[Path_]) -> Any:
+    """Validate ``raw`` against ``model``; every pydantic error becomes a located issue."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        _report(model, exc, base, srcmap, issues, unresolved)
+        return None
+
+
+def _report(model: type[BaseModel], exc: ValidationError, base: Path_, srcmap: SourceMap,
+            issues: IssueList, unresolved: set[Path_]) -> set[str]:
+    """Turn pydantic's errors into issues; returns the top-level keys that had errors."""
+    bad: set[str] = set()
+    for err in exc.errors():
+        loc_path = base + tuple(p for p in err["loc"] if not _is_union_tag(p))
+        bad.add(str(err["loc"][0]) if err["loc"] else "")
+        if any(loc_path[: len(u)] == u for u in unresolved):
+            continue  # a failed ${...} was reported where it was written
+        _pydantic_issue(model, err, loc_path, base, srcmap, issues)
+    return bad
+
+
+def _validate_node(raw: Any, base: Path_, srcmap: SourceMap, issues: IssueList,
+                   unresolved: set[Path_]) -> tuple[NodeSpec | None, frozenset[str]]:
+    """Validate one node; if some keys are wrong, keep the rest so they are checked too."""
+    try:
+        return NodeSpec.model_validate(raw), frozenset()
+    except ValidationError as exc:
+        bad = _report(NodeSpec, exc, base, srcmap, issues, unresolved)
+    if not isinstance(raw, dict) or "uses" in bad or "" in bad:
+        return None, frozenset(bad)
+    try:
+        return NodeSpec.model_validate({k: v for k, v in raw.items() if k not in bad}), frozenset(bad)
+    except ValidationError:
+        return None, frozenset(bad)
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic names union members and validators in error paths; they are not YAML keys."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "list[str]", "int", "float"})
+
+
+def _pydantic_issue(model: type[BaseModel], err: Any, path: Path_, base: Path_,
+                    srcmap: SourceMap, issues: IssueList) -> None:
+    kind = err["type"]
+    dotted = _dotted(path)
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        known = _fields_at(model, path[len(base):-1])
+        issues.add("unknown-key", f"unknown key {key!r}", srcmap.at(path, key=True), path=dotted,
+                   hint=_suggest(key, known) if known else "")
+        return
+    if kind == "missing":
+        issues.add("missing-key", f"missing required key {str(path[-1])!r}", srcmap.at(path[:-1]),
+                   path=_dotted(path[:-1]))
+        return
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    message = message[:1].lower() + message[1:]
+    if kind not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict):
+        message += f" (got {err['input']!r})"
+    issues.add("invalid-value", message, srcmap.at(path), path=dotted)
+
+
+def _fields_at(model: type[BaseModel], rel: Path_) -> list[str]:
+    """The keys a mapping at ``rel`` (relative to ``model``) accepts, for did-you-mean hints."""
+    current: Any = model
+    for part in rel:
+        if isinstance(current, _MapOf):  # a mapping of names: the part is a name, not a key
+            current = current.model
+            continue
+        if not _is_model(current):
+            return []
+        info = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+        if info is None:
+            return []
+        current = _unwrap(info.annotation)
+    if _is_model(current):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+@dataclass(frozen=True)
+class _MapOf:
+    model: Any
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The model inside ``X | None`` or ``Annotated[X, ...]``; ``_MapOf(X)`` for ``dict[str, X]``."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(args[0])
+    if origin is dict:
+        return _MapOf(_unwrap(args[1]))
+    if args:
+        models = [a for a in (_unwrap(a) for a in args) if _is_model(a)]
+        return models[0] if models else annotation
+    return annotation
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)

@@ -1,0 +1,78 @@
+"""Small, general nodes: a counting source, a scaling transform, a collecting sink.
+
+They are what ``graphs/quickstart.yaml`` wires together, and what tests use to exercise
+the framework without any trading logic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dmnflow import Input, Node, Output
+
+
+class Counter(Node):
+    """Counts from ``start`` upwards, ``count`` numbers at ``rate_hz`` (0: as fast as possible)."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        count: int = Field(100, ge=0, description="how many numbers to send before ending")
+        start: int = Field(0, description="the first number")
+        rate_hz: float = Field(0.0, ge=0, description="numbers per second; 0 sends as fast as possible")
+
+    numbers = Output(int)
+
+    def run(self, ctx: Any) -> Iterator[tuple[str, int]]:
+        p = ctx.params
+        period = 1.0 / p.rate_hz if p.rate_hz else 0.0
+        due = time.perf_counter()
+        for n in range(p.start, p.start + p.count):
+            if period:
+                due += period
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            yield "numbers", n
+
+
+class Scale(Node):
+    """Multiplies each number by ``factor`` and adds ``offset``."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        factor: float = Field(1.0, description="multiplier")
+        offset: float = Field(0.0, description="added after multiplying")
+
+    value = Input(float)
+    scaled = Output(float)
+
+    def on_value(self, value: float, ctx: Any) -> None:
+        ctx.emit("scaled", value * ctx.params.factor + ctx.params.offset)
+
+
+class Collect(Node):
+    """Keeps every value it receives; writes them as JSON lines to ``path`` when it ends."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        path: str | None = Field(None, description="JSON-lines file written at the end; none keeps them in memory")
+
+    values = Input(Any)
+
+    def setup(self, ctx: Any) -> None:
+        self.received: list[Any] = []
+
+    def on_values(self, value: Any, ctx: Any) -> None:
+        self.received.append(value)
+
+    def teardown(self, ctx: Any) -> None:
+        if ctx.params.path:
+            out = Path(ctx.params.path)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("".join(json.dumps(v) + "\n" for v in self.received), encoding="utf-8")
