@@ -41,7 +41,6 @@ from .viz import render as render
 __version__ = "0.1.0"
 
 __all__ = [
-    "FORMATS",
     "Codec",
     "CodecError",
     "CompileError",
@@ -49,6 +48,7 @@ __all__ = [
     "DmnflowError",
     "EncodeError",
     "ExitCode",
+    "FORMATS",
     "GraphError",
     "Input",
     "Issue",

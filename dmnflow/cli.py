@@ -11,8 +11,8 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from . import __version__
 from .compiler import compile_graph, validate
@@ -153,32 +153,29 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 def _render_plan(plan: Plan) -> None:
-    out.print(f"[bold]{plan.graph}[/bold]  ({plan.file}{', profile ' + plan.profile if plan.profile else ''})"
-              f"  {len(plan.processes)} processes, {len(plan.nodes)} nodes, {len(plan.edges)} edges, "
-              f"machine cores {','.join(map(str, plan.machine_cpus))}")
-    procs = Table(title="processes", title_justify="left")
-    for col in ("process", "nodes", "cpus"):
-        procs.add_column(col)
-    for p in plan.processes:
-        procs.add_row(p.name, ", ".join(p.nodes), ",".join(map(str, p.cpus)) or "any")
-    out.print(procs)
-    nodes = Table(title="nodes (topological order)", title_justify="left")
-    for col in ("node", "uses", "layer", "restart", "outputs: codec -> binds (hwm)"):
-        nodes.add_column(col, overflow="fold")
-    for n in plan.nodes:
-        binds = "\n".join(f"{o.port}: {o.codec} -> " + ", ".join(
-            f"{b.pattern} {b.endpoint} ({b.hwm})" for b in o.binds) for o in n.outputs)
-        nodes.add_row(n.name, n.uses, n.layer or "", f"{n.restart.policy} x{n.restart.max_restarts}", binds)
-    out.print(nodes)
-    edges = Table(title="edges", title_justify="left")
-    for col in ("#", "from", "to", "transport", "pattern", "codec", "queue", "policy", "topics"):
-        edges.add_column(col, overflow="fold")
-    for e in plan.edges:
-        edges.add_row(str(e.id), f"{e.src}.{e.src_port}", f"{e.dst}.{e.dst_port}" + (" (feedback)" * e.feedback),
-                      e.transport, e.pattern, e.codec, str(e.queue), e.policy, ", ".join(e.topics) or "all")
-    out.print(edges)
+    """Processes, then their nodes, then each node's inputs and outputs, as a tree."""
+    profile = f", profile {plan.profile}" if plan.profile else ""
+    root = Tree(f"[bold]{plan.graph}[/bold] ({plan.file}{profile}): {len(plan.processes)} processes, "
+                f"{len(plan.nodes)} nodes, {len(plan.edges)} edges; machine cores "
+                f"{','.join(map(str, plan.machine_cpus))}")
+    for proc in plan.processes:
+        branch = root.add(f"[bold]process {proc.name}[/bold]  cpus {','.join(map(str, proc.cpus)) or 'any'}")
+        for name in proc.nodes:
+            n = plan.node(name)
+            node = branch.add(f"[cyan]{n.name}[/cyan]  {n.uses}  restart {n.restart.policy} "
+                              f"(max {n.restart.max_restarts})" + (f"  layer {n.layer}" if n.layer else ""))
+            for i in n.inputs:
+                for c in i.connects:
+                    node.add(f"in  {i.port} <- {c.node}.{c.port}  {c.transport} {c.pattern}  "
+                             f"queue {i.queue} {i.policy}" + (f"  topics {', '.join(i.topics)}" if i.topics else "")
+                             + ("  feedback" if i.feedback else ""))
+            for o in n.outputs:
+                for b in o.binds:
+                    node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {b.hwm}  "
+                             f"({len(b.edges)} edge{'s' * (len(b.edges) != 1)})")
+    out.print(root)
     for w in plan.warnings:
-        err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}")
+        err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}", soft_wrap=True)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ import networkx as nx
 from pydantic import BaseModel, ValidationError
 
 from .codecs import codec_names, get_codec
-from .errors import CompileError, Issue, IssueList, Location, SpecError
+from .errors import CompileError, Issue, IssueList, Location, SpecError, sort_issues
 from .node import Input, Node, Output, Ports, check_types, describe_type
 from .plan import (
     RUN_DIR,
@@ -54,7 +54,7 @@ def validate(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
              profile: str | None = None, machine_cpus: Sequence[int] | None = None) -> list[Issue]:
     """Every problem in a graph file, errors and warnings, in file order. Empty when clean."""
     _, issues = _compile(path, overrides, profile, machine_cpus)
-    return issues
+    return sort_issues(issues)
 
 
 def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
@@ -239,15 +239,10 @@ class _Compiler:
         name = node.entry.name
         spec = node.entry.spec
         params = node.params
-        if params is None:
-            if node.entry.spec.params and node.cls.Params.model_fields:
-                return  # ports may depend on params we could not validate
-            try:
-                params = node.cls.Params()
-            except ValidationError:
-                return
+        if params is None and node.cls.ports.__func__ is not Node.ports.__func__:  # type: ignore[attr-defined]
+            return  # this class's ports depend on params that did not validate
         try:
-            ports = node.cls.ports(params)
+            ports = node.cls.ports(params)  # type: ignore[arg-type]
         except Exception as exc:
             self.add("node-error", f"{node.cls.__name__}.ports() raised {type(exc).__name__}: {exc}",
                      self.loc("nodes", name, "uses"), f"nodes.{name}", "fix the node class")
@@ -380,8 +375,8 @@ class _Compiler:
                      f"(e.g. {edge.dst}.inputs.{edge.dst_port})")
 
     def check_unused(self, graph: nx.MultiDiGraph) -> None:
-        if self.graph.broken or any(n.entry.invalid or n.cls is None for n in self.nodes.values()):
-            return  # some consumers could not be read; "goes nowhere" might be false
+        if self.issues.has_errors:
+            return  # a broken node or reference may be the missing consumer: warn once it is fixed
         used = {(e.src, e.src_port) for e in self.edges}
         for name, node in self.nodes.items():
             if node.ports is None:

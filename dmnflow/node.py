@@ -113,7 +113,12 @@ class Node:
 
     @classmethod
     def ports(cls, params: BaseModel) -> Ports:
-        """The ports for these params. Override when ports depend on params (model nodes)."""
+        """The ports for these params. Override when ports depend on params (model nodes).
+
+        The base implementation reads the class's ``Input``/``Output`` attributes and
+        ignores ``params``, so the compiler can check a node's connections even when its
+        params are wrong.
+        """
         inputs: dict[str, Input] = {}
         outputs: dict[str, Output] = {}
         for klass in reversed(cls.__mro__):

@@ -374,17 +374,21 @@ def parse_yaml(text: str, file: str, issues: IssueList) -> tuple[Any, SourceMap]
     def build(node: yaml.Node, path: Path_) -> Any:
         srcmap.values[path] = _loc(file, node.start_mark)
         if isinstance(node, yaml.MappingNode):
-            loader.flatten_mapping(node)
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = loader.construct_object(key_node, deep=True)
-                if not isinstance(key, str):
-                    key = str(key)
-                if key in out:
+            written: set[str] = set()
+            for key_node, _ in node.value:  # duplicates among the keys written here, not merged ones
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = str(loader.construct_object(key_node, deep=True))
+                if key in written:
                     issues.add("duplicate-key", f"key {key!r} appears twice in this mapping; "
                                "YAML would silently keep only the last",
                                _loc(file, key_node.start_mark), path=_dotted(path + (key,)),
                                hint="remove or rename one of them")
+                written.add(key)
+            loader.flatten_mapping(node)  # `<<: *anchor` keys first, so written keys win
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = str(loader.construct_object(key_node, deep=True))
                 srcmap.keys[path + (key,)] = _loc(file, key_node.start_mark)
                 out[key] = build(value_node, path + (key,))
             return out

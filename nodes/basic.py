@@ -1,4 +1,4 @@
-"""Small, general nodes: a counting source, a scaling transform, a collecting sink.
+"""Small, general nodes: sources, transforms and a sink, for numbers and for tensors.
 
 They are what ``graphs/quickstart.yaml`` wires together, and what tests use to exercise
 the framework without any trading logic.
@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from dmnflow import Input, Node, Output
+from dmnflow import Input, Node, Output, Tensor
 
 
 class Counter(Node):
@@ -76,3 +77,30 @@ class Collect(Node):
             out = Path(ctx.params.path)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text("".join(json.dumps(v) + "\n" for v in self.received), encoding="utf-8")
+
+
+class Noise(Node):
+    """Sends ``count`` float32 vectors of ``size`` Gaussian numbers (seeded, reproducible)."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        count: int = Field(100, ge=0, description="how many vectors to send")
+        size: int = Field(8, ge=1, description="length of each vector")
+        seed: int = Field(0, description="random seed")
+
+    vectors = Output(Tensor("float32", shape=(None,)))
+
+    def run(self, ctx: Any) -> Iterator[tuple[str, np.ndarray]]:
+        rng = np.random.default_rng(ctx.params.seed)
+        for _ in range(ctx.params.count):
+            yield "vectors", rng.standard_normal(ctx.params.size, dtype=np.float32)
+
+
+class Mean(Node):
+    """The mean of each float32 vector, as a plain number."""
+
+    vectors = Input(Tensor("float32", shape=(None,)))
+    mean = Output(float)
+
+    def on_vectors(self, vector: np.ndarray, ctx: Any) -> None:
+        ctx.emit("mean", float(vector.mean()))

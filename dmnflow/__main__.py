@@ -1,0 +1,5 @@
+"""``python -m dmnflow`` runs the ``dmnflow`` command."""
+
+from .cli import main
+
+main()

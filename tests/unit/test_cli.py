@@ -1,0 +1,104 @@
+"""The `dmnflow` command: exit codes, located messages, JSON output, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dmnflow.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_validate_ok():
+    result = run("validate", "graphs/quickstart.yaml")
+    assert result.exit_code == 0, result.output
+    assert "ok graphs/quickstart.yaml" in result.output
+
+
+def test_validate_reports_every_error_with_location(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes:\n  a: {uses: nodes.basic:Counter, params: {cuont: 1}}\n"
+                   "  b: {uses: nodes.basic:Collect, inputs: {values: a.numbrs}}\n")
+    result = run("validate", str(bad))
+    assert result.exit_code == 1
+    assert f"{bad}:2:43: error[unknown-param]" in result.output
+    assert f"{bad}:3:51: error[unknown-port]" in result.output
+    assert "did you mean 'numbers'?" in result.output
+    assert "2 errors, 0 warnings" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_validate_json(tmp_path):
+    result = run("validate", "graphs/quickstart.yaml", "--json", "--set", "nodes.counter.params.count=-1")
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert data["valid"] is False and data["errors"] == 1
+    [issue] = data["issues"]
+    assert issue["code"] == "invalid-param" and issue["file"] == "--set nodes.counter.params.count=-1"
+
+
+def test_missing_file_is_a_located_error_not_a_traceback():
+    result = run("validate", "graphs/nope.yaml")
+    assert result.exit_code == 1
+    assert "error[file-not-found]" in result.output and "Traceback" not in result.output
+
+
+def test_usage_errors_exit_2():
+    assert run("validate").exit_code == 2
+    assert run("frobnicate").exit_code == 2
+    assert run("plan", "graphs/quickstart.yaml", "--bogus").exit_code == 2
+
+
+def test_plan_table_and_json():
+    table = run("plan", "graphs/quickstart.yaml")
+    assert table.exit_code == 0, table.output
+    for text in ("process counter", "in  value <- counter.numbers  ipc pub  queue 1000 drop",
+                 "out numbers [msgpack] -> pub ipc://{run_dir}/counter.numbers"):
+        assert text in table.output
+    as_json = run("plan", "graphs/quickstart.yaml", "--json")
+    plan = json.loads(as_json.output)
+    assert [n["name"] for n in plan["nodes"]] == ["counter", "scale", "sink"]
+
+
+def test_plan_of_an_invalid_graph_exits_1(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes:\n  a: {uses: nodes.basic:Countr}\n")
+    result = run("plan", str(bad))
+    assert result.exit_code == 1 and "did you mean nodes.basic:Counter?" in result.output
+
+
+def test_schema_to_file(tmp_path):
+    out = tmp_path / "schema.json"
+    assert run("schema", "-o", str(out)).exit_code == 0
+    assert json.loads(out.read_text())["title"] == "dmnflow graph"
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.startswith("dmnflow ")
+
+
+def test_the_installed_command_runs_as_a_process(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes:\n  a:\n    uses: nodes.basic:Counter\n   params: {}\n")
+    proc = subprocess.run([sys.executable, "-m", "dmnflow", "validate", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"{bad}:4:" in proc.stderr and "error[yaml-syntax]" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

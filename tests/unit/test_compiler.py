@@ -1,0 +1,238 @@
+"""Compiling graphs into plans: topology, sockets, replicas, groups, pins, and the errors."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dmnflow
+from dmnflow import CompileError, Plan, SpecError, Tensor
+from dmnflow.node import check_types
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+CHAIN = """
+    graph: chain
+    nodes:
+      sink: {uses: nodes.basic:Collect, inputs: {values: b.scaled}, layer: out}
+      b: {uses: nodes.basic:Scale, inputs: {value: a.scaled}, params: {factor: 3}}
+      a: {uses: nodes.basic:Scale, inputs: {value: src.numbers}}
+      src: {uses: nodes.basic:Counter, params: {count: 10}}
+    """
+
+
+def test_plan_is_topological_and_round_trips_through_json(tmp_path):
+    plan = dmnflow.compile_graph(write(tmp_path / "g.yaml", CHAIN), machine_cpus=[0, 1])
+    assert plan.order == ["src", "a", "b", "sink"]
+    assert plan.graph == "chain" and plan.machine_cpus == [0, 1]
+    assert [(e.src, e.dst) for e in plan.edges] == [("src", "a"), ("a", "b"), ("b", "sink")]
+    assert plan.node("b").params == {"factor": 3.0, "offset": 0.0}
+    assert plan.node("src").source and not plan.node("a").source
+    assert Plan.from_json(plan.to_json()) == plan
+
+
+def test_every_edge_has_a_bind_and_a_matching_connect(tmp_path):
+    plan = dmnflow.compile_graph(write(tmp_path / "g.yaml", CHAIN))
+    for edge in plan.edges:
+        assert edge.transport == "ipc" and edge.pattern == "pub" and edge.codec == "msgpack"
+        assert edge.endpoint.startswith("ipc://{run_dir}/")
+        [out] = [o for o in plan.node(edge.src).outputs if o.port == edge.src_port]
+        assert any(edge.id in b.edges and b.endpoint == edge.endpoint for b in out.binds)
+        [inp] = [i for i in plan.node(edge.dst).inputs if i.port == edge.dst_port]
+        assert [(c.edge, c.endpoint) for c in inp.connects] == [(edge.id, edge.endpoint)]
+    assert len({e.endpoint for e in plan.edges}) == len(plan.edges)
+
+
+def test_groups_share_a_process_and_talk_inproc(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter, group: front, cpus: 0}
+          a: {uses: nodes.basic:Scale, inputs: {value: src.numbers}, group: front, cpus: 1}
+          sink: {uses: nodes.basic:Collect, inputs: {values: [a.scaled, src.numbers]}}
+        """)
+    plan = dmnflow.compile_graph(g, machine_cpus=[0, 1])
+    procs = {p.name: p for p in plan.processes}
+    assert procs["front"].nodes == ["src", "a"] and procs["front"].cpus == [0, 1]
+    assert procs["sink"].nodes == ["sink"]
+    kinds = {(e.src, e.dst): e.transport for e in plan.edges}
+    assert kinds == {("src", "a"): "inproc", ("src", "sink"): "ipc", ("a", "sink"): "ipc"}
+    # one output, two transports: two PUB binds
+    [numbers] = plan.node("src").outputs
+    assert sorted(b.transport for b in numbers.binds) == ["inproc", "ipc"]
+
+
+def test_fixed_tcp_port_and_block_policy(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        defaults: {queue: 50}
+        nodes:
+          src:
+            uses: nodes.basic:Counter
+            outputs: {numbers: {port: 5601, queue: 10}}
+          live: {uses: nodes.basic:Collect, inputs: {values: src.numbers}}
+          careful:
+            uses: nodes.basic:Collect
+            inputs: {values: {from: src.numbers, policy: block, queue: 7}}
+        """)
+    plan = dmnflow.compile_graph(g)
+    [out] = plan.node("src").outputs
+    binds = {(b.pattern, b.endpoint) for b in out.binds}
+    assert ("pub", "tcp://127.0.0.1:5601") in binds
+    assert ("push", "tcp://127.0.0.1:*") in binds  # one fixed port only; the PUSH gets its own
+    assert all(b.hwm == 10 for b in out.binds)
+    edges = {e.dst: e for e in plan.edges}
+    assert (edges["live"].pattern, edges["live"].policy, edges["live"].queue) == ("pub", "drop", 50)
+    assert (edges["careful"].pattern, edges["careful"].policy, edges["careful"].queue) == ("push", "block", 7)
+
+
+def test_unconsumed_output_with_fixed_port_still_binds_and_draws_no_warning(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter, outputs: {numbers: {port: 5602}}}
+        """)
+    assert dmnflow.validate(g) == []
+    [out] = dmnflow.compile_graph(g).node("src").outputs
+    assert [b.endpoint for b in out.binds] == ["tcp://127.0.0.1:5602"]
+
+
+def test_replicas_share_or_broadcast(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter}
+          work: {uses: nodes.basic:Scale, inputs: {value: src.numbers}, replicas: 3}
+          echo: {uses: nodes.basic:Scale, inputs: {value: src.numbers}, replicas: 2, dispatch: broadcast}
+          sink: {uses: nodes.basic:Collect, inputs: {values: [work.scaled, "echo[1].scaled"]}}
+        """)
+    plan = dmnflow.compile_graph(g)
+    assert [n.name for n in plan.nodes if n.spec_name == "work"] == ["work[0]", "work[1]", "work[2]"]
+    assert plan.node("work[2]").replica == 2 and plan.node("work[2]").replicas == 3
+    [out] = plan.node("src").outputs
+    push = [b for b in out.binds if b.pattern == "push"]
+    pub = [b for b in out.binds if b.pattern == "pub"]
+    assert len(push) == 1 and len(push[0].edges) == 3  # one PUSH spreads the load over the replicas
+    assert len(pub) == 1 and len(pub[0].edges) == 2  # broadcast replicas subscribe
+    [sink_in] = plan.node("sink").inputs
+    assert sorted(c.node for c in sink_in.connects) == ["echo[1]", "work[0]", "work[1]", "work[2]"]
+
+
+def test_feedback_input_allows_a_loop(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter}
+          loop:
+            uses: tests.unit.test_compiler:Adder
+            inputs: {a: src.numbers, b: {from: loop.total, feedback: true}}
+        """)
+    plan = dmnflow.compile_graph(g)
+    [loop_edge] = [e for e in plan.edges if e.src == "loop"]
+    assert loop_edge.feedback and loop_edge.dst == "loop"
+
+
+def test_a_loop_without_feedback_is_an_error_naming_the_nodes(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          a: {uses: nodes.basic:Scale, inputs: {value: c.scaled}}
+          b: {uses: nodes.basic:Scale, inputs: {value: a.scaled}}
+          c: {uses: nodes.basic:Scale, inputs: {value: b.scaled}}
+        """)
+    [issue] = dmnflow.validate(g)
+    assert issue.code == "cycle" and "a -> b -> c -> a" in issue.message
+    assert issue.loc.line in (2, 3, 4) and "feedback: true" in issue.hint
+
+
+class Adder(dmnflow.Node):
+    """Adds its two inputs; its sum may feed back into ``b``."""
+
+    a = dmnflow.Input(float)
+    b = dmnflow.Input(float, optional=True)
+    total = dmnflow.Output(float)
+
+    def on_message(self, port: str, value: float, ctx: Any) -> None:
+        ctx.emit("total", value)
+
+
+def test_optional_inputs_may_stay_unconnected(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter}
+          add: {uses: tests.unit.test_compiler:Adder, inputs: {a: src.numbers}}
+        """)
+    issues = dmnflow.validate(g)
+    assert [i.code for i in issues] == ["unused-output"]
+
+
+def test_errors_raise_spec_or_compile_error(tmp_path):
+    with pytest.raises(SpecError) as spec_err:
+        dmnflow.compile_graph(write(tmp_path / "a.yaml", "nodes: {a: {use: x:Y}}\n"))
+    assert {i.code for i in spec_err.value.issues} == {"unknown-key", "missing-key"}
+    with pytest.raises(CompileError) as compile_err:
+        dmnflow.compile_graph(write(tmp_path / "b.yaml", "nodes: {a: {uses: nodes.basic:Nope}}\n"))
+    assert compile_err.value.errors[0].code == "import-error"
+    assert "b.yaml:1:" in str(compile_err.value)
+
+
+def test_tensor_ports_default_to_the_tensor_codec(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          noise: {uses: nodes.basic:Noise, params: {size: 4}}
+          mean: {uses: nodes.basic:Mean, inputs: {vectors: noise.vectors}}
+          sink: {uses: nodes.basic:Collect, inputs: {values: mean.mean}}
+        """)
+    plan = dmnflow.compile_graph(g)
+    assert {(e.src, e.codec) for e in plan.edges} == {("noise", "tensor"), ("mean", "msgpack")}
+    assert plan.edges[0].type == "tensor[float32, (?,)]"
+
+
+def test_busy_nodes_on_one_core_warn(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter, cpus: 0, busy: true}
+          spin: {uses: nodes.basic:Scale, inputs: {value: src.numbers}, cpus: 0, busy: true}
+          sink: {uses: nodes.basic:Collect, inputs: {values: spin.scaled}, cpus: 0}
+        """)
+    issues = dmnflow.validate(g, machine_cpus=[0])
+    assert [(i.code, i.severity) for i in issues] == [("pin-shared", "warning")]
+    assert "src, spin" in issues[0].message
+
+
+def test_many_independent_mistakes_are_all_reported(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter, params: {cuont: 3}, cpus: 64}
+          a: {uses: nodes.basic:Scale, inputs: {value: srcc.numbers}}
+          b: {uses: nodes.basic:Scale, inputs: {value: src.numbers}, outputs: {scaled: {codec: tensor}}}
+          sink: {uses: nodes.basic:Collect, inputs: {values: [a.scaled, b.scaledd]}, replicas: 0}
+        """)
+    issues = dmnflow.validate(g, machine_cpus=[0, 1])
+    found = sorted((i.code, i.loc.line) for i in issues if i.is_error)
+    assert found == [("codec-type", 4), ("invalid-value", 5), ("pin-range", 2), ("unknown-node", 3),
+                     ("unknown-param", 2), ("unknown-port", 5)]
+
+
+@pytest.mark.parametrize(("produced", "accepted", "code"), [
+    (int, float, None), (bool, int, None), (float, int, "type-mismatch"), (Any, int, None),
+    (dict[str, int], dict, None), (str, bytes, "type-mismatch"),
+    (Tensor("float32", (None, 8)), Tensor("float32", (4, 8)), None),
+    (Tensor("float32", (4, 8)), Tensor("float64", (4, 8)), "dtype-mismatch"),
+    (Tensor("float32", (4, 8)), Tensor("float32", (4, 9)), "shape-mismatch"),
+    (Tensor("float32", (8,)), Tensor("float32", (1, 8)), "shape-mismatch"),
+    (Tensor(), Tensor("int8", (2,)), None), (Tensor("float32"), float, "type-mismatch"),
+])
+def test_port_type_rules(produced, accepted, code):
+    result = check_types(produced, accepted)
+    assert (result[0] if result else None) == code
+
+
+def test_the_quickstart_graph_compiles_from_the_repo_root(monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv("DMNFLOW_OUT", "/tmp/dmnflow-test-out")
+    plan = dmnflow.compile_graph("graphs/quickstart.yaml")
+    assert plan.order == ["counter", "scale", "sink"]
+    assert plan.node("sink").params == {"path": "/tmp/dmnflow-test-out/quickstart.jsonl"}
+    assert plan.node("counter").loc == "graphs/quickstart.yaml:11:3"

@@ -1,0 +1,32 @@
+"""The front door: `dmnflow.__all__` is sorted, complete, and every export says `dmnflow`."""
+
+from __future__ import annotations
+
+import types
+
+import dmnflow
+
+
+def test_all_is_sorted_and_unique():
+    assert list(dmnflow.__all__) == sorted(set(dmnflow.__all__))
+
+
+def test_all_is_complete():
+    public = {n for n, v in vars(dmnflow).items()
+              if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    assert public == set(dmnflow.__all__)
+
+
+def test_exports_report_the_package():
+    for name in dmnflow.__all__:
+        obj = getattr(dmnflow, name)
+        if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__module__")):
+            assert obj.__module__ == "dmnflow", name
+
+
+def test_error_tree():
+    assert issubclass(dmnflow.SpecError, dmnflow.GraphError)
+    assert issubclass(dmnflow.CompileError, dmnflow.GraphError)
+    assert issubclass(dmnflow.GraphError, dmnflow.DmnflowError)
+    assert issubclass(dmnflow.DecodeError, dmnflow.CodecError)
+    assert issubclass(dmnflow.SendTimeout, dmnflow.TransportError)
