@@ -230,6 +230,11 @@ class _Compiler:
                     self.add("invalid-param", msg[:1].lower() + msg[1:] + got, where, dotted,
                              _field_hint(model, str(parts[0])))
             return
+        except Exception as exc:  # a validator in the user's Params raised something else
+            self.add("node-error", f"validating params of {node.cls.__name__} raised {type(exc).__name__}: "
+                     f"{exc}{_user_frame(exc)}", self.loc(*base) or self.loc("nodes", name, "uses"),
+                     f"nodes.{name}.params", "fix the Params model: validators should raise ValueError")
+            return
         if unknown:
             node.params = None  # the node itself is fine; its params are not
 

@@ -371,8 +371,29 @@ def parse_yaml(text: str, file: str, issues: IssueList) -> tuple[Any, SourceMap]
     if root is None:
         return None, srcmap
 
+    budget = [_MAX_VALUES]
+    ancestors: set[int] = set()
+
     def build(node: yaml.Node, path: Path_) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _TooLarge(node)
         srcmap.values[path] = _loc(file, node.start_mark)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if id(node) in ancestors:
+                raise _SelfReference(node)
+            ancestors.add(id(node))
+            try:
+                return build_collection(node, path)
+            finally:
+                ancestors.discard(id(node))
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            issues.add("yaml-syntax", exc.problem or "cannot read this value", _loc(file, node.start_mark))
+            return None
+
+    def build_collection(node: yaml.Node, path: Path_) -> Any:
         if isinstance(node, yaml.MappingNode):
             written: set[str] = set()
             for key_node, _ in node.value:  # duplicates among the keys written here, not merged ones
@@ -392,19 +413,31 @@ def parse_yaml(text: str, file: str, issues: IssueList) -> tuple[Any, SourceMap]
                 srcmap.keys[path + (key,)] = _loc(file, key_node.start_mark)
                 out[key] = build(value_node, path + (key,))
             return out
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, path + (i,)) for i, item in enumerate(node.value)]
-        try:
-            return loader.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as exc:
-            issues.add("yaml-syntax", exc.problem or "cannot read this value", _loc(file, node.start_mark))
-            return None
+        return [build(item, path + (i,)) for i, item in enumerate(node.value)]
 
     try:
         return build(root, ()), srcmap
-    except yaml.YAMLError as exc:  # pragma: no cover - composer already validated the tree
+    except _SelfReference as exc:
+        issues.add("yaml-syntax", "an alias refers to the anchor it is inside of (a value that contains "
+                   "itself)", _loc(file, exc.args[0].start_mark), hint="copy the values instead of the alias")
+    except _TooLarge as exc:
+        issues.add("yaml-syntax", f"the file expands to more than {_MAX_VALUES:,} values (aliases "
+                   "repeating aliases?)", _loc(file, exc.args[0].start_mark),
+                   hint="a graph file this large is a mistake or an attack; use fewer aliases")
+    except yaml.YAMLError as exc:
         issues.add("yaml-syntax", str(exc).splitlines()[0], Location(file))
-        return None, srcmap
+    return None, srcmap
+
+
+_MAX_VALUES = 200_000  # a large real graph has a few thousand
+
+
+class _SelfReference(Exception):
+    """A YAML alias inside its own anchor: the value would contain itself."""
+
+
+class _TooLarge(Exception):
+    """The document expands (through aliases) past ``_MAX_VALUES`` values."""
 
 
 def _dotted(path: Path_) -> str:

@@ -299,3 +299,18 @@ def test_include_cycles_are_errors(tmp_path):
     graph = load_graph(tmp_path / "a.yaml")
     assert codes(graph) == ["include-cycle"]
     assert graph.issues[0].loc.file.endswith("b.yaml")
+
+
+def test_self_referencing_alias_is_an_error_not_a_crash(tmp_path):
+    g = write(tmp_path / "g.yaml", "a: &a\n  b: *a\nnodes: {}\n")
+    graph = load_graph(g)
+    assert [(i.code, i.loc.line) for i in graph.issues] == [("yaml-syntax", 1)]
+
+
+def test_alias_bombs_are_refused(tmp_path):
+    rows = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
+        rows.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
+    g = write(tmp_path / "g.yaml", "\n".join(rows) + "\nnodes: {}\n")
+    graph = load_graph(g)
+    assert [i.code for i in graph.issues] == ["yaml-syntax"] and "more than" in graph.issues[0].message
