@@ -125,6 +125,13 @@ class _Compiler:
     def loc(self, *path: str | int, key: bool = False) -> Location | None:
         return self.srcmap.at(path, key=key)
 
+    def key_loc(self, *paths: tuple[str | int, ...]) -> Location | None:
+        """Where the first of these keys is written (a node's name when nothing deeper is)."""
+        for path in paths:
+            if path in self.srcmap.keys:
+                return self.srcmap.keys[path]
+        return self.srcmap.at(paths[-1])
+
     def add(self, code: str, message: str, loc: Location | None, path: str, hint: str = "",
             severity: str = "error") -> None:
         self.issues.add(code, message, loc, path=path, hint=hint, severity=severity)  # type: ignore[arg-type]
@@ -172,7 +179,7 @@ class _Compiler:
                 self.add("import-error", f"importing {module_name!r} failed: {exc}{_user_frame(exc)}",
                          where, path, f"install the missing package {exc.name!r}")
             return
-        except Exception as exc:  # user code ran at import time; show where it broke
+        except (Exception, SystemExit) as exc:  # user code ran at import time; show where it broke
             self.add("import-error", f"importing {module_name!r} raised {type(exc).__name__}: "
                      f"{exc}{_user_frame(exc)}", where, path, "fix the error in that module")
             return
@@ -191,6 +198,10 @@ class _Compiler:
         if not (inspect.isclass(obj) and issubclass(obj, Node)):
             self.add("not-a-node", f"{uses} is not a dmnflow Node class", where, path,
                      "subclass dmnflow.Node and declare its ports")
+            return
+        if not (inspect.isclass(obj.Params) and issubclass(obj.Params, BaseModel)):
+            self.add("node-error", f"{obj.__name__}.Params is not a pydantic model", where, path,
+                     "declare `class Params(pydantic.BaseModel)` inside the node class")
             return
         node.cls = obj
 
@@ -222,7 +233,7 @@ class _Compiler:
                     continue  # a failed ${...} was reported where it was written
                 if err["type"] == "missing":
                     self.add("missing-param", f"{node.cls.__name__} needs param {parts[-1]!r}",
-                             self.loc(*base) or self.loc("nodes", name, key=True), dotted,
+                             self.key_loc(base, ("nodes", name)), dotted,
                              _field_hint(model, str(parts[0])))
                 else:
                     msg = err["msg"].removeprefix("Value error, ")
@@ -249,13 +260,19 @@ class _Compiler:
         try:
             ports = node.cls.ports(params)  # type: ignore[arg-type]
         except Exception as exc:
-            self.add("node-error", f"{node.cls.__name__}.ports() raised {type(exc).__name__}: {exc}",
-                     self.loc("nodes", name, "uses"), f"nodes.{name}", "fix the node class")
+            self.add("node-error", f"{node.cls.__name__}.ports() raised {type(exc).__name__}: {exc}"
+                     f"{_user_frame(exc)}", self.loc("nodes", name, "uses"), f"nodes.{name}", "fix the node class")
+            return
+        if not (isinstance(ports, Ports) and all(isinstance(v, Input) for v in ports.inputs.values())
+                and all(isinstance(v, Output) for v in ports.outputs.values())):
+            self.add("node-error", f"{node.cls.__name__}.ports() returned {type(ports).__name__}, not Ports "
+                     "of Input and Output", self.loc("nodes", name, "uses"), f"nodes.{name}",
+                     "return dmnflow.Ports(inputs={...: Input(...)}, outputs={...: Output(...)})")
             return
         node.ports = ports
         cls_name = node.cls.__name__
-        for port in spec.inputs:
-            if port not in ports.inputs:
+        misnamed = [port for port in spec.inputs if port not in ports.inputs]
+        for port in misnamed:
                 self.add("unknown-input", f"{cls_name} has no input {port!r}",
                          self.loc("nodes", name, "inputs", port, key=True), f"nodes.{name}.inputs.{port}",
                          _choices(port, ports.inputs, "inputs"))
@@ -265,9 +282,9 @@ class _Compiler:
                          self.loc("nodes", name, "outputs", port, key=True), f"nodes.{name}.outputs.{port}",
                          _choices(port, ports.outputs, "outputs"))
         for port, decl in ports.inputs.items():
-            if port not in spec.inputs and not decl.optional and "inputs" not in node.entry.invalid:
+            if port not in spec.inputs and not decl.optional and not misnamed and not node.entry.invalid:
                 self.add("missing-input", f"input {port!r} of {cls_name} has no producer",
-                         self.loc("nodes", name, "inputs", key=True) or self.loc("nodes", name, key=True),
+                         self.key_loc(("nodes", name, "inputs"), ("nodes", name)),
                          f"nodes.{name}.inputs.{port}",
                          f"connect it: inputs: {{{port}: <node>.<output>}} ({describe_type(decl.type)})")
             if port in spec.inputs and not node.cls.handles(port):
@@ -323,7 +340,7 @@ class _Compiler:
                 if match and match["base"] in self.graph.nodes:
                     target, replica = match["base"], int(match["index"])
                 if target not in self.graph.nodes:
-                    if target not in self.graph.broken:
+                    if not self.graph.is_broken(target):
                         self.add("unknown-node", f"no node {target!r} (in {ref!r})", where, path,
                                  _choices(target, self.graph.nodes, "nodes"))
                     continue
@@ -391,7 +408,7 @@ class _Compiler:
                 if (name, port) in used or (out is not None and out.port is not None):
                     continue  # a fixed tcp port is for consumers outside the graph
                 self.add("unused-output", f"output {port!r} of {name!r} goes nowhere",
-                         self.loc("nodes", name, "outputs", port, key=True) or self.loc("nodes", name, key=True),
+                         self.key_loc(("nodes", name, "outputs", port), ("nodes", name)),
                          f"nodes.{name}.outputs.{port}",
                          "connect it to an input, or ignore this warning if it is for `dmnflow tap`",
                          severity="warning")
@@ -416,10 +433,13 @@ class _Compiler:
                     codec = node.entry.defaults.codec
                     where = self.loc("defaults", "codec") if "/" not in name else None
                     where = where or self.loc("nodes", name, key=True)
+                from_defaults = codec == node.entry.defaults.codec and (out is None or out.codec is None) \
+                    and decl.codec is None
                 path = f"nodes.{name}.outputs.{port}.codec"
                 if codec not in codec_names():
-                    self.add("unknown-codec", f"no codec {codec!r}", where, path,
-                             _choices(codec, codec_names(), "codecs"))
+                    # an unknown default codec is one mistake, however many outputs use it
+                    self.add("unknown-codec", f"no codec {codec!r}", where,
+                             "defaults.codec" if from_defaults else path, _choices(codec, codec_names(), "codecs"))
                     continue
                 if not get_codec(codec).carries(decl.type):
                     fits = [c for c in codec_names() if get_codec(c).carries(decl.type) and c != "pickle"]

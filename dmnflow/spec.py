@@ -349,8 +349,14 @@ def _loc(file: str, mark: yaml.Mark) -> Location:
     return Location(file, mark.line + 1, mark.column + 1)
 
 
-def parse_yaml(text: str, file: str, issues: IssueList) -> tuple[Any, SourceMap]:
-    """Parse YAML text into plain data plus a SourceMap; syntax errors become issues."""
+def parse_yaml(text: str, file: str, issues: IssueList,
+               failed: set[Path_] | None = None) -> tuple[Any, SourceMap]:
+    """Parse YAML text into plain data plus a SourceMap; syntax errors become issues.
+
+    Mapping keys are taken as written (``on:`` is the name "on", not YAML 1.1's True).
+    Paths of values that could not be read are added to ``failed``, so later checks
+    do not report them again.
+    """
     srcmap = SourceMap()
     loader = yaml.SafeLoader(text)
     try:
@@ -374,6 +380,11 @@ def parse_yaml(text: str, file: str, issues: IssueList) -> tuple[Any, SourceMap]
     budget = [_MAX_VALUES]
     ancestors: set[int] = set()
 
+    def _key(key_node: yaml.Node) -> str:
+        if isinstance(key_node, yaml.ScalarNode):
+            return str(key_node.value)
+        return str(loader.construct_object(key_node, deep=True))
+
     def build(node: yaml.Node, path: Path_) -> Any:
         budget[0] -= 1
         if budget[0] < 0:
@@ -390,7 +401,10 @@ def parse_yaml(text: str, file: str, issues: IssueList) -> tuple[Any, SourceMap]
         try:
             return loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            issues.add("yaml-syntax", exc.problem or "cannot read this value", _loc(file, node.start_mark))
+            issues.add("yaml-syntax", exc.problem or "cannot read this value", _loc(file, node.start_mark),
+                       hint="graph files are plain YAML: no !!python tags")
+            if failed is not None:
+                failed.add(path)
             return None
 
     def build_collection(node: yaml.Node, path: Path_) -> Any:
@@ -399,7 +413,7 @@ def parse_yaml(text: str, file: str, issues: IssueList) -> tuple[Any, SourceMap]
             for key_node, _ in node.value:  # duplicates among the keys written here, not merged ones
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
-                key = str(loader.construct_object(key_node, deep=True))
+                key = _key(key_node)
                 if key in written:
                     issues.add("duplicate-key", f"key {key!r} appears twice in this mapping; "
                                "YAML would silently keep only the last",
@@ -409,7 +423,7 @@ def parse_yaml(text: str, file: str, issues: IssueList) -> tuple[Any, SourceMap]
             loader.flatten_mapping(node)  # `<<: *anchor` keys first, so written keys win
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
-                key = str(loader.construct_object(key_node, deep=True))
+                key = _key(key_node)
                 srcmap.keys[path + (key,)] = _loc(file, key_node.start_mark)
                 out[key] = build(value_node, path + (key,))
             return out
@@ -495,7 +509,7 @@ def _apply_override(data: dict[str, Any], srcmap: SourceMap, ov: Override, issue
             includes = data.get("include") if isinstance(data.get("include"), dict) else {}
             if inc not in includes:
                 issues.add("bad-override", f"no include {inc!r} for node {name!r}", ov.loc,
-                           hint=_suggest(inc, includes))
+                           path=".".join(path), hint=_suggest(inc, includes))
                 return
             entry = includes[inc]
             if isinstance(entry, str):
@@ -506,7 +520,7 @@ def _apply_override(data: dict[str, Any], srcmap: SourceMap, ov: Override, issue
             return
         if name not in nodes:
             issues.add("bad-override", f"no node {name!r} to set {'.'.join(path)} on", ov.loc,
-                       hint=_suggest(name, nodes))
+                       path=".".join(path), hint=_suggest(name, nodes))
             return
     target: Any = data
     for depth, seg in enumerate(path[:-1]):
@@ -515,7 +529,7 @@ def _apply_override(data: dict[str, Any], srcmap: SourceMap, ov: Override, issue
             nxt = target[seg] = {}
         if not isinstance(nxt, dict):
             issues.add("bad-override", f"{'.'.join(path[: depth + 1])} is not a mapping, "
-                       f"so {'.'.join(path)} cannot be set", ov.loc)
+                       f"so {'.'.join(path)} cannot be set", ov.loc, path=".".join(path))
             return
         target = nxt
     target[path[-1]] = ov.value
@@ -540,6 +554,9 @@ _SUBST_RE = re.compile(r"\$(\$?)\{([^}]*)\}")
 _ENV_RE = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.S)
 
 
+_FAILED = object()
+
+
 class _Substituter:
     """Resolves ``${vars.a.b}``, ``${env:NAME}`` and ``${env:NAME:-default}``; ``$${`` escapes.
 
@@ -548,26 +565,29 @@ class _Substituter:
     """
 
     def __init__(self, raw_vars: dict[str, Any], srcmap: SourceMap, issues: IssueList,
-                 env: Mapping[str, str]) -> None:
+                 env: Mapping[str, str], unresolved: set[Path_]) -> None:
         self.raw = raw_vars
         self.done: dict[str, Any] = {}
         self.stack: list[str] = []
         self.srcmap = srcmap
         self.issues = issues
         self.env = env
-        self.unresolved: set[Path_] = set()
+        self.unresolved = unresolved  # paths whose ${...} failed; reported once, where written
 
     def var(self, name: str, loc: Location | None, path: Path_) -> Any:
+        """The variable's value with its own references resolved, or ``_FAILED``."""
         if name in self.done:
             return self.done[name]
         if name in self.stack:
             cycle = " -> ".join(self.stack[self.stack.index(name):] + [name])
             self.issues.add("var-cycle", f"variables refer to each other in a loop: {cycle}", loc,
-                            path=_dotted(path))
-            return None
+                            path=_dotted(path), hint="give one of them a plain value")
+            return _FAILED
         self.stack.append(name)
         value = self.value(self.raw[name], ("vars", name))
         self.stack.pop()
+        if any(p[:2] == ("vars", name) for p in self.unresolved):
+            value = _FAILED
         self.done[name] = value
         return value
 
@@ -593,6 +613,8 @@ class _Substituter:
                             path=_dotted(path), hint=_suggest(parts[1], self.raw))
             return False, None
         value = self.var(parts[1], loc, path)
+        if value is _FAILED:
+            return False, None  # reported where the variable is defined
         for i, part in enumerate(parts[2:], start=2):
             if isinstance(value, dict) and part in value:
                 value = value[part]
@@ -659,10 +681,14 @@ class LoadedGraph:
     file: str
     profile: str | None
     nodes: dict[str, NodeEntry]
-    broken: set[str]  # nodes that failed the schema: references to them are not re-reported
+    broken: set[str]  # failed nodes, and "name/" of failed includes: not re-reported when referenced
     srcmap: SourceMap
     issues: list[Issue]
     unresolved: set[str] = field(default_factory=set)  # dotted paths of failed ${...}
+
+    def is_broken(self, node: str) -> bool:
+        """Whether ``node`` failed to load (or lies in an include that did)."""
+        return node in self.broken or any(node.startswith(b) for b in self.broken if b.endswith("/"))
 
 
 def load_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
@@ -670,7 +696,13 @@ def load_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
     """Read a graph file with its includes; problems are collected in ``issues``."""
     issues = IssueList()
     parsed = [o for o in (Override.parse(text, issues) for text in overrides) if o is not None]
-    graph = _load_file(Path(path), parsed, profile, os.environ if env is None else env, issues, [])
+    file = Path(path)
+    graph = _load_file(file, parsed, profile, os.environ if env is None else env, issues, [])
+    if graph is None:
+        graph = LoadedGraph(file.stem, _display(file), profile, {}, set(), SourceMap(), [])
+    elif not graph.nodes and not graph.broken and not issues.has_errors:
+        issues.add("empty-graph", "the graph has no nodes", graph.srcmap.at(("nodes",)) or Location(graph.file),
+                   path="nodes", hint="add nodes under 'nodes:', or include a graph file that has some")
     graph.issues = issues.issues
     return graph
 
@@ -685,29 +717,32 @@ def _display(path: Path) -> str:
 
 def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,
                env: Mapping[str, str], issues: IssueList, stack: list[Path],
-               include_loc: Location | None = None) -> LoadedGraph:
+               include_loc: Location | None = None, include_key: str = "") -> LoadedGraph | None:
+    """One file and, recursively, its includes; None when the file itself could not be read."""
     file = _display(path)
-    empty = LoadedGraph(path.stem, file, profile, {}, set(), SourceMap(), [])
+    where = include_loc or Location(file)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        issues.add("file-not-found", f"graph file {file} does not exist", include_loc or Location(file),
+        issues.add("file-not-found", f"graph file {file} does not exist", where, path=include_key,
                    hint="check the path; relative include paths start at the including file")
-        return empty
+        return None
     except (OSError, UnicodeDecodeError) as exc:
-        issues.add("file-unreadable", f"cannot read {file}: {exc}", include_loc or Location(file))
-        return empty
+        issues.add("file-unreadable", f"cannot read {file}: {exc}", where, path=include_key,
+                   hint="a graph file is UTF-8 YAML text")
+        return None
 
-    data, srcmap = parse_yaml(text, file, issues)
+    unresolved: set[Path_] = set()
+    data, srcmap = parse_yaml(text, file, issues, unresolved)
     if data is None:
         if not issues.has_errors:
             issues.add("empty-graph", "the graph file is empty", Location(file, 1, 1),
                        hint="start from graphs/quickstart.yaml")
-        return empty
+        return None
     if not isinstance(data, dict):
         issues.add("invalid-value", "a graph file is a mapping with 'nodes:' at the top",
                    srcmap.at(()), hint="start from graphs/quickstart.yaml")
-        return empty
+        return None
 
     # 1. profile overlay: file < profile < --set
     profiles = data.get("profiles")
@@ -720,42 +755,41 @@ def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,
         elif not stack:  # included files need not define every profile
             names = profiles if isinstance(profiles, dict) else {}
             issues.add("unknown-profile", f"no profile {profile!r} in {file}",
-                       srcmap.at(("profiles",), key=True) or Location(file),
+                       srcmap.at(("profiles",), key=True) or Location(file), path="profiles",
                        hint=_suggest(profile, names) or "define it under profiles:")
 
     # 2. --set / include set:
     for ov in overrides:
         _apply_override(data, srcmap, ov, issues)
 
-    # 3. ${...}
-    raw_vars = data.get("vars") if isinstance(data.get("vars"), dict) else {}
-    subst = _Substituter(raw_vars, srcmap, issues, env)
+    # 3. ${...}; a misspelt `vars:` (reported by the schema) still serves, so its uses are not errors too
+    raw_vars = data.get("vars", _misspelt(data, "vars"))
+    subst = _Substituter(raw_vars if isinstance(raw_vars, dict) else {}, srcmap, issues, env, unresolved)
     data = {k: (v if k in ("vars", "profiles") else subst.value(v, (k,))) for k, v in data.items()}
-    data["vars"] = {name: subst.var(name, srcmap.at(("vars", name)), ("vars", name)) for name in raw_vars}
+    if isinstance(data.get("vars"), dict):
+        resolved = {name: subst.var(name, srcmap.at(("vars", name)), ("vars", name)) for name in data["vars"]}
+        data["vars"] = {name: (None if v is _FAILED else v) for name, v in resolved.items()}
 
-    # 4. schema: the top level and each node on its own, so one bad node hides nothing else
-    raw_nodes = data.get("nodes")
-    top = {k: v for k, v in data.items() if k != "nodes"}
-    spec = _validate(GraphSpec, top, (), srcmap, issues, subst.unresolved) or GraphSpec()
-    if raw_nodes is None:
-        issues.add("missing-key", "the graph has no nodes", srcmap.at(()), path="nodes",
-                   hint="add a 'nodes:' mapping; see graphs/quickstart.yaml")
-        raw_nodes = {}
-    elif not isinstance(raw_nodes, dict):
+    # 4. schema: the top level and each node on its own, so one bad key hides nothing else
+    raw_nodes = data.pop("nodes", None)
+    spec, bad_top = _validate_partial(GraphSpec, data, (), srcmap, issues, unresolved)
+    spec = spec or GraphSpec()
+    graph = LoadedGraph(spec.graph or path.stem, file, profile, {}, set(), srcmap, [],
+                        {_dotted(p) for p in unresolved})
+    if "include" in bad_top and isinstance(data.get("include"), dict):
+        graph.broken.update(f"{name}/" for name in data["include"])
+    if raw_nodes is not None and not isinstance(raw_nodes, dict):
         issues.add("invalid-value", "'nodes' must be a mapping of node name to node",
                    srcmap.at(("nodes",)), path="nodes")
-        raw_nodes = {}
-
-    graph = LoadedGraph(spec.graph or path.stem, file, profile, {}, set(), srcmap, [],
-                        {_dotted(p) for p in subst.unresolved})
-    for name, raw in raw_nodes.items():
+        raw_nodes = None
+    for name, raw in (raw_nodes or {}).items():
         if not NAME_RE.match(name):
             issues.add("bad-name", f"node name {name!r} may hold only letters, digits, '_' and '-' "
                        "and must not start with a digit", srcmap.at(("nodes", name), key=True),
                        path=f"nodes.{name}", hint="rename the node")
             graph.broken.add(name)
             continue
-        node, bad_keys = _validate_node(raw, ("nodes", name), srcmap, issues, subst.unresolved)
+        node, bad_keys = _validate_partial(NodeSpec, raw, ("nodes", name), srcmap, issues, unresolved)
         if node is None:
             graph.broken.add(name)
         else:
@@ -763,34 +797,43 @@ def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,
 
     # 5. includes, each in its own scope
     for inc_name, inc in spec.include.items():
+        key = f"include.{inc_name}"
         inc_loc = srcmap.at(("include", inc_name))
+        graph.broken.add(f"{inc_name}/")  # until it loads
         if not NAME_RE.match(inc_name):
             issues.add("bad-name", f"include name {inc_name!r} may hold only letters, digits, '_' and '-'",
-                       srcmap.at(("include", inc_name), key=True), path=f"include.{inc_name}")
+                       srcmap.at(("include", inc_name), key=True), path=key, hint="rename the include")
             continue
         child_path = (path.parent / inc.path).resolve()
         if child_path in stack or child_path == path.resolve():
             chain = " -> ".join(_display(p) for p in [*stack, path.resolve(), child_path])
             issues.add("include-cycle", f"graph files include each other: {chain}", inc_loc,
-                       path=f"include.{inc_name}", hint="remove one of the includes")
+                       path=key, hint="remove one of the includes")
             continue
         set_loc = srcmap.at(("include", inc_name, "set"))
-        child_ovs = [Override(tuple(str(k).split(".")), v, srcmap.at(("include", inc_name, "set", k)) or
-                              set_loc or Location(file), f"{k}={v}") for k, v in inc.set.items()]
         child_ovs = [Override(("vars", k), v, srcmap.at(("include", inc_name, "vars", k)) or Location(file),
-                              f"vars.{k}") for k, v in inc.vars.items()] + child_ovs
+                              f"vars.{k}") for k, v in inc.vars.items()]
+        child_ovs += [Override(tuple(str(k).split(".")), v, srcmap.at(("include", inc_name, "set", k)) or
+                               set_loc or Location(file), f"{k}={v}") for k, v in inc.set.items()]
         child = _load_file(child_path, child_ovs, profile, env, issues, [*stack, path.resolve()],
-                           inc_loc)
+                           inc_loc, key)
+        if child is None:
+            continue
+        graph.broken.discard(f"{inc_name}/")
         for name, entry in child.nodes.items():
             scoped = f"{inc_name}/{name}"
-            if scoped in graph.nodes:  # a scoped name cannot clash; kept as a guard for nesting
-                continue
             graph.srcmap.graft(child.srcmap, ("nodes", name), ("nodes", scoped))
             graph.nodes[scoped] = NodeEntry(scoped, _scope(entry.spec, inc_name), entry.defaults,
                                             entry.base_dir, entry.invalid)
         graph.broken.update(f"{inc_name}/{name}" for name in child.broken)
         graph.unresolved.update(_rescope(p, inc_name) for p in child.unresolved)
     return graph
+
+
+def _misspelt(data: dict[str, Any], key: str) -> Any:
+    """The value of a top-level key that looks like a typo of ``key`` (``var:`` for ``vars:``)."""
+    near = difflib.get_close_matches(key, [k for k in data if k not in GraphSpec.model_fields], n=1, cutoff=0.7)
+    return data[near[0]] if near else None
 
 
 def _scope(spec: NodeSpec, prefix: str) -> NodeSpec:
@@ -807,42 +850,44 @@ def _rescope(dotted: str, prefix: str) -> str:
     return f"nodes.{prefix}/{dotted[len('nodes.'):]}" if dotted.startswith("nodes.") else dotted
 
 
-def _validate(model: type[BaseModel], raw: Any, base: Path_, srcmap: SourceMap, issues: IssueList,
-              unresolved: set[Path_]) -> Any:
-    """Validate ``raw`` against ``model``; every pydantic error becomes a located issue."""
+def _validate_partial(model: type[BaseModel], raw: Any, base: Path_, srcmap: SourceMap,
+                      issues: IssueList, unresolved: set[Path_]) -> tuple[Any, frozenset[str]]:
+    """Validate ``raw``; if some keys are wrong, report them and keep the rest, so they are
+    checked too. Returns the model (None if nothing usable is left) and the bad keys."""
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw), frozenset()
     except ValidationError as exc:
-        _report(model, exc, base, srcmap, issues, unresolved)
-        return None
+        bad = _report(model, exc, base, srcmap, issues, unresolved)
+    required = {f.alias or n for n, f in model.model_fields.items() if f.is_required()}
+    if not isinstance(raw, dict) or "" in bad or bad & required:
+        return None, frozenset(bad)
+    try:
+        return model.model_validate({k: v for k, v in raw.items() if k not in bad}), frozenset(bad)
+    except ValidationError:
+        return None, frozenset(bad)
 
 
 def _report(model: type[BaseModel], exc: ValidationError, base: Path_, srcmap: SourceMap,
             issues: IssueList, unresolved: set[Path_]) -> set[str]:
     """Turn pydantic's errors into issues; returns the top-level keys that had errors."""
     bad: set[str] = set()
-    for err in exc.errors():
-        loc_path = base + tuple(p for p in err["loc"] if not _is_union_tag(p))
-        bad.add(str(err["loc"][0]) if err["loc"] else "")
+    errors = exc.errors()
+    unknown: dict[Path_, list[str]] = {}
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+    for err in errors:
+        rel = tuple(p for p in err["loc"] if not _is_union_tag(p))
+        bad.add(str(rel[0]) if rel else "")
+        loc_path = base + rel
         if any(loc_path[: len(u)] == u for u in unresolved):
             continue  # a failed ${...} was reported where it was written
+        if err["type"] == "missing" and difflib.get_close_matches(
+                str(rel[-1]), unknown.get(rel[:-1], []), n=1, cutoff=0.6):
+            continue  # `use:` for `uses:`: the unknown key's "did you mean" says it all
         _pydantic_issue(model, err, loc_path, base, srcmap, issues)
     return bad
-
-
-def _validate_node(raw: Any, base: Path_, srcmap: SourceMap, issues: IssueList,
-                   unresolved: set[Path_]) -> tuple[NodeSpec | None, frozenset[str]]:
-    """Validate one node; if some keys are wrong, keep the rest so they are checked too."""
-    try:
-        return NodeSpec.model_validate(raw), frozenset()
-    except ValidationError as exc:
-        bad = _report(NodeSpec, exc, base, srcmap, issues, unresolved)
-    if not isinstance(raw, dict) or "uses" in bad or "" in bad:
-        return None, frozenset(bad)
-    try:
-        return NodeSpec.model_validate({k: v for k, v in raw.items() if k not in bad}), frozenset(bad)
-    except ValidationError:
-        return None, frozenset(bad)
 
 
 def _is_union_tag(part: Any) -> bool:
@@ -861,8 +906,10 @@ def _pydantic_issue(model: type[BaseModel], err: Any, path: Path_, base: Path_,
                    hint=_suggest(key, known) if known else "")
         return
     if kind == "missing":
-        issues.add("missing-key", f"missing required key {str(path[-1])!r}", srcmap.at(path[:-1]),
-                   path=_dotted(path[:-1]))
+        parent = path[:-1]
+        issues.add("missing-key", f"missing required key {str(path[-1])!r}",
+                   srcmap.keys.get(parent) or srcmap.at(parent), path=_dotted(parent),
+                   hint=f"add `{path[-1]}:`")
         return
     message = err["msg"]
     if message.startswith("Value error, "):

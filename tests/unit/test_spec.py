@@ -314,3 +314,19 @@ def test_alias_bombs_are_refused(tmp_path):
     g = write(tmp_path / "g.yaml", "\n".join(rows) + "\nnodes: {}\n")
     graph = load_graph(g)
     assert [i.code for i in graph.issues] == ["yaml-syntax"] and "more than" in graph.issues[0].message
+
+
+def test_keys_are_names_as_written_not_yaml_booleans(tmp_path):
+    g = write(tmp_path / "g.yaml", "nodes:\n  on: {uses: nodes.basic:Counter}\n  yes: {uses: nodes.basic:Counter}\n")
+    assert set(load_graph(g).nodes) == {"on", "yes"}
+
+
+def test_a_graph_without_nodes_is_an_error(tmp_path):
+    graph = load_graph(write(tmp_path / "g.yaml", "graph: nothing\nnodes: {}\n"))
+    assert [(i.code, i.loc.line) for i in graph.issues] == [("empty-graph", 2)]
+
+
+def test_a_file_of_only_includes_needs_no_nodes_key(tmp_path):
+    write(tmp_path / "part.yaml", "nodes:\n  src: {uses: nodes.basic:Counter}\n")
+    graph = load_graph(write(tmp_path / "g.yaml", "include: {p: part.yaml}\n"))
+    assert graph.issues == [] and set(graph.nodes) == {"p/src"}
