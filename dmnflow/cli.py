@@ -18,7 +18,7 @@ from . import __version__
 from .compiler import compile_graph, validate
 from .errors import DmnflowError, ExitCode, GraphError, Issue, format_issues
 from .plan import Plan
-from .spec import json_schema
+from .spec import format_cpus, json_schema
 from .viz import FORMATS, render
 
 app = typer.Typer(
@@ -157,9 +157,9 @@ def _render_plan(plan: Plan) -> None:
     profile = f", profile {plan.profile}" if plan.profile else ""
     root = Tree(f"[bold]{plan.graph}[/bold] ({plan.file}{profile}): {len(plan.processes)} processes, "
                 f"{len(plan.nodes)} nodes, {len(plan.edges)} edges; machine cores "
-                f"{','.join(map(str, plan.machine_cpus))}")
+                f"{format_cpus(plan.machine_cpus)}")
     for proc in plan.processes:
-        branch = root.add(f"[bold]process {proc.name}[/bold]  cpus {','.join(map(str, proc.cpus)) or 'any'}")
+        branch = root.add(f"[bold]process {proc.name}[/bold]  cpus {format_cpus(proc.cpus) or 'any'}")
         for name in proc.nodes:
             n = plan.node(name)
             node = branch.add(f"[cyan]{n.name}[/cyan]  {n.uses}  restart {n.restart.policy} "

@@ -43,7 +43,7 @@ from .plan import (
     ProcessPlan,
     RestartPlan,
 )
-from .spec import LoadedGraph, NodeEntry, SourceMap, load_graph
+from .spec import LoadedGraph, NodeEntry, SourceMap, format_cpus, load_graph
 
 __all__ = ["compile_graph", "validate"]
 
@@ -301,10 +301,10 @@ class _Compiler:
         missing = [c for c in cpus if c not in self.cpus]
         if missing:
             name = node.entry.name
-            self.add("pin-range", f"core{'s' * (len(missing) > 1)} {_cores(missing)} "
-                     f"do{'es' * (len(missing) == 1)} not exist on this machine (cores: {_cores(self.cpus)})",
+            self.add("pin-range", f"core{'s' * (len(missing) > 1)} {format_cpus(missing)} "
+                     f"do{'es' * (len(missing) == 1)} not exist on this machine (cores: {format_cpus(self.cpus)})",
                      self.loc("nodes", name, "cpus"), f"nodes.{name}.cpus",
-                     f"pin within {_cores(self.cpus)}, or move machine-specific pins into a profile "
+                     f"pin within {format_cpus(self.cpus)}, or move machine-specific pins into a profile "
                      "and select it with --profile")
 
     def check_model(self, node: _Node) -> None:
@@ -638,21 +638,6 @@ def _template(instance: str) -> str:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def _cores(cores: Sequence[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
-    out: list[str] = []
-    cores = sorted(cores)
-    start = prev = cores[0] if cores else 0
-    for c in [*cores[1:], None]:
-        if c is not None and c == prev + 1:
-            prev = c
-            continue
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-        if c is not None:
-            start = prev = c
-    return ",".join(out) if cores else "none"
 
 
 def _choices(word: str, options: Any, what: str) -> str:

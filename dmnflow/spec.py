@@ -49,6 +49,7 @@ __all__ = [
     "SourceMap",
     "json_schema",
     "load_graph",
+    "format_cpus",
     "parse_cpus",
     "parse_duration",
     "parse_size",
@@ -117,6 +118,17 @@ def parse_cpus(value: Any) -> list[int]:
     if not cores:
         raise ValueError("cpus is empty; leave it out to let the OS place the node")
     return sorted(cores)
+
+
+def format_cpus(cores: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``: cores the way the YAML writes them (``""`` for none)."""
+    parts: list[list[int]] = []
+    for core in sorted(set(cores)):
+        if parts and core == parts[-1][-1] + 1:
+            parts[-1].append(core)
+        else:
+            parts.append([core])
+    return ",".join(str(p[0]) if len(p) == 1 else f"{p[0]}-{p[-1]}" for p in parts)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=str | float)]

@@ -330,3 +330,12 @@ def test_a_file_of_only_includes_needs_no_nodes_key(tmp_path):
     write(tmp_path / "part.yaml", "nodes:\n  src: {uses: nodes.basic:Counter}\n")
     graph = load_graph(write(tmp_path / "g.yaml", "include: {p: part.yaml}\n"))
     assert graph.issues == [] and set(graph.nodes) == {"p/src"}
+
+
+@pytest.mark.parametrize(("cores", "text"), [([0, 1, 2, 5], "0-2,5"), ([], ""), ([3], "3"), ([7, 1, 2], "1-2,7")])
+def test_format_cpus_writes_what_parse_cpus_reads(cores, text):
+    from dmnflow.spec import format_cpus
+
+    assert format_cpus(cores) == text
+    if cores:
+        assert parse_cpus(text) == sorted(set(cores))
