@@ -4,21 +4,26 @@ errors to exit codes (``ExitCode``: 0 ok, 1 invalid graph, 2 usage, 3 node faile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from . import __version__
 from .compiler import compile_graph, validate
-from .errors import DmnflowError, ExitCode, GraphError, Issue, format_issues
+from .errors import DmnflowError, ExitCode, GraphError, Issue, LaunchError, format_issues
 from .plan import Plan
-from .spec import format_cpus, json_schema
+from .runtime import Report, launch
+from .spec import format_cpus, json_schema, parse_duration
 from .viz import FORMATS, render
 
 app = typer.Typer(
@@ -128,6 +133,36 @@ def viz_cmd(
     err.print(f"wrote {output} ({fmt})")
 
 
+@app.command("launch")
+def launch_cmd(
+    graph: GraphArg,
+    sets: SetOpt = None,
+    profile: ProfileOpt = None,
+    duration: Annotated[str | None, typer.Option("--duration", "-d", help="stop (drain) after this long, "
+                                                 "e.g. 30s; default: run until the graph ends or Ctrl-C")] = None,
+    report: Annotated[Path | None, typer.Option("--report", "-r", help="write the report as JSON here")] = None,
+) -> None:
+    """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
+    try:
+        duration_s = parse_duration(duration) if duration is not None else None
+    except ValueError as exc:
+        err.print(f"error: --duration: {exc}")
+        raise typer.Exit(ExitCode.USAGE) from None
+    plan = _plan(graph, sets, profile)
+    try:
+        with _live_status(plan) as show:
+            result = launch(plan, duration_s=duration_s, on_status=show)
+    except LaunchError as exc:
+        err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
+        raise typer.Exit(ExitCode.NODE_FAILED) from None
+    _render_report(result)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(result.to_json(), encoding="utf-8")
+        err.print(f"wrote {report}")
+    raise typer.Exit(result.exit_code)
+
+
 @app.command("schema")
 def schema_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
@@ -176,6 +211,56 @@ def _render_plan(plan: Plan) -> None:
     out.print(root)
     for w in plan.warnings:
         err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}", soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _live_status(plan: Plan) -> Iterator[Callable[[Report], None] | None]:
+    """A live table of per-node counts while the graph runs (only on a terminal)."""
+    if not err.is_terminal:
+        yield None
+        return
+    with Live(console=err, refresh_per_second=4, transient=True) as live:
+        def show(report: Report) -> None:
+            table = Table(title=f"{plan.graph}: running {report.duration_s:.1f}s", title_justify="left")
+            for col in ("node", "in", "out", "restarts"):
+                table.add_column(col, justify="left" if col == "node" else "right")
+            for n in report.nodes.values():
+                table.add_row(n.name, str(n.messages_in), str(n.messages_out), str(n.restarts))
+            live.update(table)
+        yield show
+
+
+def _render_report(report: Report) -> None:
+    colour = {"finished": "green", "stopped": "yellow", "failed": "red"}[report.status]
+    out.print(f"[bold]{report.graph}[/bold] [{colour}]{report.status}[/{colour}] in {report.duration_s:.2f}s "
+              f"(start-up {report.startup_s:.2f}s)")
+    nodes = Table(title="nodes", title_justify="left")
+    for col in ("node", "in", "out", "cpu s", "restarts", "status"):
+        nodes.add_column(col, justify="left" if col in ("node", "status") else "right")
+    for n in report.nodes.values():
+        nodes.add_row(n.name, str(n.messages_in), str(n.messages_out), f"{n.cpu_s:.2f}", str(n.restarts), n.status)
+    out.print(nodes)
+    edges = Table(title="edges", title_justify="left")
+    for col in ("edge", "sent", "received", "lost", "decode errors", "p50 us", "p99 us"):
+        edges.add_column(col, justify="left" if col == "edge" else "right")
+    for e in report.edges:
+        lost = f"[red]{e.lost}[/red]" if e.lost else "0"
+        edges.add_row(f"{e.src} -> {e.dst}", str(e.sent), str(e.received), lost, str(e.decode_errors),
+                      _us(e.p50_us), _us(e.p99_us))
+    out.print(edges)
+    if report.e2e:
+        e2e = Table(title="end to end", title_justify="left")
+        for col in ("source", "sink", "messages", "p50 us", "p99 us"):
+            e2e.add_column(col, justify="left" if col in ("source", "sink") else "right")
+        for row in report.e2e:
+            e2e.add_row(row["source"], row["sink"], str(row["messages"]), _us(row["p50_us"]), _us(row["p99_us"]))
+        out.print(e2e)
+    for line in report.errors:
+        err.print(Text(f"error: {line}", style="red"), soft_wrap=True)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
 
 
 def main() -> None:

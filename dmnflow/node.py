@@ -11,14 +11,15 @@ This module must not import ``runtime/`` or ``nodes/``.
 
 from __future__ import annotations
 
+import logging
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Input", "Node", "Output", "Ports", "Tensor", "check_types", "describe_type"]
+__all__ = ["Context", "Input", "Message", "Node", "Output", "Ports", "Tensor", "check_types", "describe_type"]
 
 DTYPES = (
     "bool", "uint8", "int8", "int16", "int32", "int64",
@@ -138,6 +139,47 @@ class Node:
     def handles(cls, port: str) -> bool:
         """Whether messages arriving on ``port`` have a handler to go to."""
         return callable(getattr(cls, f"on_{port}", None)) or callable(getattr(cls, "on_message", None))
+
+
+@dataclass(slots=True)
+class Message:
+    """Where the message being handled came from: ``ctx.message`` inside a handler.
+
+    ``origin_ns`` is the wall-clock time (``time.time_ns()``) at which the data it derives
+    from entered the graph; ``event_time`` the time of the data itself (a bar's date, a
+    tick's exchange time), carried unchanged through every node that emits in reply.
+    """
+
+    port: str = ""
+    topic: str = ""
+    seq: int = 0
+    origin_ns: int = 0
+    event_time: Any = None
+
+
+class Context:
+    """What a node's handlers receive: its params, ``emit``, a logger, the current message.
+
+    The runtime (or ``dmnflow.testing``) creates it; node code only reads it and calls
+    ``emit``. An ``emit`` from a handler carries the handled message's origin time and
+    event time forward, so end-to-end latency and event-time joins need no help from the
+    author; a source may pass ``event_time`` itself.
+    """
+
+    __slots__ = ("name", "params", "log", "replica", "message", "_emit")
+
+    def __init__(self, name: str, params: BaseModel, emit: Callable[[str, Any, str | None, Any], None],
+                 *, replica: int | None = None) -> None:
+        self.name = name
+        self.params = params
+        self.log = logging.getLogger(f"dmnflow.node.{name}")
+        self.replica = replica
+        self.message = Message()
+        self._emit = emit
+
+    def emit(self, port: str, value: Any, *, topic: str | None = None, event_time: Any = None) -> None:
+        """Send ``value`` on output ``port`` (topic defaults to the port's name)."""
+        self._emit(port, value, topic, event_time)
 
 
 def describe_type(tp: Any) -> str:

@@ -173,6 +173,10 @@ class Plan(_Frozen):
                 return node
         raise KeyError(f"no node {name!r} in plan; nodes: {[n.name for n in self.nodes]}")
 
+    def output_ids(self) -> dict[tuple[str, str], int]:
+        """A number for every (node, output port), carried in each message's header."""
+        return {(n.name, o.port): i for i, (n, o) in enumerate((n, o) for n in self.nodes for o in n.outputs)}
+
     @property
     def order(self) -> list[str]:
         return [n.name for n in self.nodes]

@@ -236,4 +236,4 @@ def test_the_quickstart_graph_compiles_from_the_repo_root(monkeypatch):
     plan = dmnflow.compile_graph("graphs/quickstart.yaml")
     assert plan.order == ["counter", "scale", "sink"]
     assert plan.node("sink").params == {"path": "/tmp/dmnflow-test-out/quickstart.jsonl"}
-    assert plan.node("counter").loc == "graphs/quickstart.yaml:11:3"
+    assert plan.node("counter").loc == "graphs/quickstart.yaml:12:3"

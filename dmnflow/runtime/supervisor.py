@@ -1,0 +1,372 @@
+"""The supervisor: starts one worker per process of the plan, brings them up in lock-step,
+watches them, restarts them per policy, drains them on Ctrl-C, and reports.
+
+Start-up runs in phases so that nothing is lost: every worker binds its outputs
+(``bound``), then connects its inputs (``connect`` → ``connected``), then waits until
+every consumer has joined each output (``ready``); only then are sources started
+(``start``). Stopping is a drain: sources end, end-of-stream follows the data through
+the graph, and every worker exits by itself. Only past ``grace_s`` does the supervisor
+escalate: SIGTERM, then SIGKILL, and it always waits for (reaps) every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from ..errors import ExitCode, LaunchError
+from ..plan import Plan
+from ..transport import Histogram
+
+__all__ = ["EdgeReport", "NodeReport", "Report", "launch"]
+
+log = logging.getLogger("dmnflow.supervisor")
+
+
+@dataclass
+class NodeReport:
+    name: str
+    messages_in: int = 0
+    messages_out: int = 0
+    cpu_s: float = 0.0
+    restarts: int = 0
+    status: str = "pending"  # pending, running, done, failed
+
+
+@dataclass
+class EdgeReport:
+    id: int
+    src: str
+    dst: str
+    sent: int = 0
+    received: int = 0
+    dropped: int = 0
+    gaps: int = 0
+    decode_errors: int = 0
+    restarts_seen: int = 0
+    p50_us: float | None = None
+    p99_us: float | None = None
+
+    @property
+    def lost(self) -> int:
+        """Every message that did not arrive: dropped at the sender, or a gap at the receiver."""
+        return self.dropped + self.gaps
+
+
+@dataclass
+class Report:
+    """What a run did: per node, per edge, end to end, and how it ended."""
+
+    graph: str
+    status: str  # finished, stopped, failed
+    exit_code: int
+    duration_s: float
+    startup_s: float
+    nodes: dict[str, NodeReport]
+    edges: list[EdgeReport]
+    e2e: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        def edge(e: EdgeReport) -> dict[str, Any]:
+            return {**e.__dict__, "lost": e.lost}
+
+        return json.dumps({"graph": self.graph, "status": self.status, "exit_code": self.exit_code,
+                           "duration_s": self.duration_s, "startup_s": self.startup_s,
+                           "nodes": {n: v.__dict__ for n, v in self.nodes.items()},
+                           "edges": [edge(e) for e in self.edges], "e2e": self.e2e, "errors": self.errors},
+                          indent=2)
+
+
+class _Proc:
+    """One worker process as the supervisor sees it."""
+
+    def __init__(self, name: str, nodes: list[str]) -> None:
+        self.name = name
+        self.nodes = nodes
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.state = "new"  # new, bound, connected, ready, running, done, failed
+        self.restarts = 0
+        self.inc = 0
+        self.restart_at: float | None = None
+        self.stats: dict[str, Any] = {}
+        self.cpu_before = 0.0  # cpu of earlier incarnations
+
+
+def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
+           startup_timeout_s: float = 60.0, on_status: Callable[[Report], None] | None = None) -> Report:
+    """Run a compiled graph until it ends by itself, ``duration_s`` passes, or Ctrl-C.
+
+    Raises:
+        LaunchError: the graph could not be started (a worker failed during start-up).
+    """
+    return _Supervisor(plan, grace_s, startup_timeout_s).run(duration_s, on_status)
+
+
+class _Supervisor:
+    def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float) -> None:
+        self.plan = plan
+        self.grace_s = grace_s
+        self.startup_timeout_s = startup_timeout_s
+        self.procs = {p.name: _Proc(p.name, p.nodes) for p in plan.processes}
+        self.proc_of = {n: p.name for p in plan.processes for n in p.nodes}
+        self.restart = {n.name: n.restart for n in plan.nodes}
+        self.resolved: dict[str, str] = {}
+        self.errors: list[str] = []
+        self.stop_requested = False
+        self.run_dir = ""
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def run(self, duration_s: float | None, on_status: Callable[[Report], None] | None) -> Report:
+        self.run_dir = tempfile.mkdtemp(prefix="dmnflow-")  # mode 0700: only we reach the sockets
+        Path(self.run_dir, "plan.json").write_text(self.plan.to_json(indent=None))
+        zctx = zmq.Context()
+        self.control = zctx.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(f"ipc://{self.run_dir}/control")
+        old_int = signal.signal(signal.SIGINT, self._on_signal)
+        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        t0 = time.monotonic()
+        status, startup_s = "failed", 0.0
+        try:
+            for proc in self.procs.values():
+                self.spawn(proc)
+            self.bring_up(t0)
+            startup_s = time.monotonic() - t0
+            status = self.supervise(duration_s, on_status, t0)
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+            self.stop_all()
+            self.control.close()
+            zctx.term()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        code = ExitCode.NODE_FAILED if status == "failed" else ExitCode.OK
+        return self.report(status, int(code), time.monotonic() - t0, startup_s)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_requested:  # a second Ctrl-C: stop waiting for the drain
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def spawn(self, proc: _Proc) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
+        proc.popen = subprocess.Popen(
+            [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, proc.name, str(proc.inc)],
+            env=env, start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
+        proc.state = "new"
+
+    def tell(self, proc: _Proc, *msg: Any) -> None:
+        self.control.send_multipart([proc.name.encode(), msgpack.packb(list(msg), use_bin_type=True)])
+
+    def hear(self, timeout_ms: int) -> tuple[_Proc, list[Any]] | None:
+        if not self.control.poll(timeout_ms):
+            return None
+        identity, body = self.control.recv_multipart()
+        proc = self.procs.get(identity.decode())
+        if proc is None:
+            return None
+        return proc, msgpack.unpackb(body, raw=False, strict_map_key=False)
+
+    # ---------------------------------------------------------------- start-up in phases
+
+    def bring_up(self, t0: float) -> None:
+        phase_next = {"bound": "connected", "connected": "ready"}
+        while True:
+            states = {p.state for p in self.procs.values()}
+            if states == {"ready"}:
+                break
+            if states == {"bound"}:
+                for proc in self.procs.values():
+                    self.tell(proc, "connect", self.resolved)
+                    proc.state = "connecting"
+            if self.stop_requested:
+                raise LaunchError("interrupted during start-up")
+            if time.monotonic() - t0 > self.startup_timeout_s:
+                late = sorted(p.name for p in self.procs.values() if p.state != "ready")
+                raise LaunchError(f"start-up timed out after {self.startup_timeout_s:.0f}s waiting for "
+                                  f"{', '.join(late)}")
+            for proc in self.procs.values():
+                if proc.popen is not None and proc.popen.poll() is not None:
+                    detail = f"; {self.errors[-1]}" if self.errors else ""
+                    raise LaunchError(f"worker {proc.name} (pid {proc.popen.pid}) exited with code "
+                                      f"{proc.popen.returncode} during start-up{detail}")
+            got = self.hear(50)
+            if got is None:
+                continue
+            proc, msg = got
+            if msg[0] == "bound":
+                self.resolved.update(msg[1])
+                proc.state = "bound"
+            elif msg[0] in phase_next.values():
+                proc.state = msg[0]
+            elif msg[0] == "error":
+                self.errors.append(f"{proc.name}: {msg[1]}")
+                sys.stderr.write(msg[2])
+        for proc in self.procs.values():
+            self.tell(proc, "start")
+            proc.state = "running"
+
+    # ---------------------------------------------------------------- running
+
+    def supervise(self, duration_s: float | None, on_status: Callable[[Report], None] | None,
+                  t0: float) -> str:
+        start = time.monotonic()
+        stop_sent_at: float | None = None
+        next_status = start + 0.5
+        failed = False
+        while True:
+            now = time.monotonic()
+            if (self.stop_requested or (duration_s is not None and now - start >= duration_s)) \
+                    and stop_sent_at is None:
+                stop_sent_at = now
+                for proc in self.procs.values():
+                    if proc.state in ("running", "ready"):
+                        self.tell(proc, "stop")
+            if stop_sent_at is not None and now - stop_sent_at > self.grace_s:
+                log.warning("the graph did not drain within %.1fs; terminating workers", self.grace_s)
+                return "stopped"
+            got = self.hear(50)
+            if got is not None:
+                proc, msg = got
+                self.on_message(proc, msg)
+            for proc in self.procs.values():
+                failed |= self.check(proc, stop_sent_at is not None)
+            if failed:
+                return "failed"
+            if all(p.state == "done" for p in self.procs.values()):
+                return "stopped" if stop_sent_at is not None else "finished"
+            if on_status is not None and now >= next_status:
+                on_status(self.report("running", 0, now - t0, 0.0))
+                next_status = now + 0.5
+
+    def on_message(self, proc: _Proc, msg: list[Any]) -> None:
+        kind = msg[0]
+        if kind in ("hb", "done"):
+            proc.stats = msg[1]
+            if kind == "done":
+                proc.state = "done"
+        elif kind == "bound":  # a restarted worker
+            self.resolved.update(msg[1])
+            self.tell(proc, "connect", self.resolved)
+        elif kind == "connected":
+            proc.state = "connected"
+            self.rehello(proc)
+        elif kind == "ready":
+            self.tell(proc, "start")
+            proc.state = "running"
+        elif kind == "error":
+            self.errors.append(f"{proc.name}: {msg[1]}")
+
+    def rehello(self, proc: _Proc) -> None:
+        """A restarted worker's push outputs must hear from their consumers again."""
+        mine = set(proc.nodes)
+        consumers = {self.proc_of[e.dst] for e in self.plan.edges if e.src in mine and e.pattern == "push"}
+        for name in consumers:
+            if self.procs[name].state == "running":
+                self.tell(self.procs[name], "rehello")
+
+    def check(self, proc: _Proc, stopping: bool) -> bool:
+        """Notice a dead worker; restart it per policy. True when the run has failed."""
+        if proc.popen is None:
+            if proc.restart_at is not None and time.monotonic() >= proc.restart_at:
+                proc.restart_at = None
+                proc.inc += 1
+                self.spawn(proc)
+            return False
+        code = proc.popen.poll()
+        if code is None or proc.state == "done":
+            return False
+        pid = proc.popen.pid
+        proc.cpu_before += float(proc.stats.get("cpu_s", 0.0))
+        proc.popen = None
+        policy = self.restart[proc.nodes[0]]
+        wants = policy.policy == "always" or (policy.policy == "on-failure" and code != 0)
+        if stopping or not wants or proc.restarts >= policy.max_restarts:
+            self.errors.append(f"worker {proc.name} (pid {pid}) exited with code {code}; "
+                               f"restart policy {policy.policy}, {proc.restarts} restart(s) used")
+            proc.state = "failed"
+            return True
+        backoff = min(policy.backoff_s * (2 ** proc.restarts), policy.backoff_max_s)
+        proc.restarts += 1
+        proc.restart_at = time.monotonic() + backoff
+        proc.state = "restarting"
+        log.warning("worker %s (pid %d) exited with code %s; restarting in %.2fs (%d/%d)", proc.name, pid,
+                    code, backoff, proc.restarts, policy.max_restarts)
+        return False
+
+    # ---------------------------------------------------------------- shutdown
+
+    def stop_all(self) -> None:
+        """TERM, wait, KILL, reap: no worker outlives the supervisor's return."""
+        live = [p.popen for p in self.procs.values() if p.popen is not None]
+        deadline = time.monotonic() + self.grace_s
+        for popen in live:  # workers that finished exit by themselves; give them the grace period
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(max(0.0, deadline - time.monotonic()))
+        for popen in live:
+            if popen.poll() is None:
+                popen.terminate()
+        for popen in live:
+            try:
+                popen.wait(2.0)
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d ignored SIGTERM for 2s; sending SIGKILL", popen.pid)
+                popen.kill()
+                popen.wait()
+
+    # ---------------------------------------------------------------- the report
+
+    def report(self, status: str, code: int, duration_s: float, startup_s: float) -> Report:
+        nodes = {n.name: NodeReport(n.name) for n in self.plan.nodes}
+        edges = [EdgeReport(e.id, f"{e.src}.{e.src_port}", f"{e.dst}.{e.dst_port}") for e in self.plan.edges]
+        hist = {e.id: Histogram() for e in self.plan.edges}
+        e2e: dict[tuple[int, str], Histogram] = {}
+        for proc in self.procs.values():
+            stats = proc.stats
+            share = len(proc.nodes)
+            for name in proc.nodes:
+                node = nodes[name]
+                node.restarts = proc.restarts
+                node.status = proc.state
+                node.cpu_s = (proc.cpu_before + float(stats.get("cpu_s", 0.0))) / share
+                ns = stats.get("nodes", {}).get(name, {})
+                node.messages_in, node.messages_out = ns.get("in", 0), ns.get("out", 0)
+                for origin, sparse in ns.get("e2e", {}).items():
+                    e2e.setdefault((int(origin), name), Histogram()).merge(Histogram.from_sparse(sparse))
+            for e, st in stats.get("edges", {}).items():
+                edge = edges[int(e)]
+                for key in ("sent", "received", "dropped", "gaps", "decode_errors", "restarts_seen"):
+                    if key in st:
+                        setattr(edge, key, st[key])
+                if "latency" in st:
+                    hist[int(e)].merge(Histogram.from_sparse(st["latency"]))
+        for edge in edges:
+            p50, p99 = hist[edge.id].quantile(0.5), hist[edge.id].quantile(0.99)
+            edge.p50_us = None if p50 is None else round(p50 / 1e3, 1)
+            edge.p99_us = None if p99 is None else round(p99 / 1e3, 1)
+        names = [n.name for n in self.plan.nodes]
+        paths = []
+        for (origin, sink), h in sorted(e2e.items()):
+            p50, p99 = h.quantile(0.5), h.quantile(0.99)
+            paths.append({"source": names[origin], "sink": sink, "messages": h.n,
+                          "p50_us": round((p50 or 0) / 1e3, 1), "p99_us": round((p99 or 0) / 1e3, 1)})
+        return Report(self.plan.graph, status, code, round(duration_s, 3), round(startup_s, 3), nodes, edges,
+                      paths, list(self.errors))

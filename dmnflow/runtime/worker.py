@@ -1,0 +1,347 @@
+"""A worker process: hosts the nodes of one process of the plan and runs their loop.
+
+Started only by the supervisor (``python -m dmnflow.runtime.worker RUN_DIR PROCESS INC``).
+It dies with the supervisor (parent-death signal), ignores Ctrl-C (the supervisor drives
+shutdown), and talks to the supervisor over a DEALER socket:
+
+    worker -> supervisor: bound {endpoint: actual}, connected, ready, hb {...}, done {...}, error text
+    supervisor -> worker: connect {endpoint: actual}, start, stop, rehello
+
+A node ends when every (non-feedback) input has received end-of-stream from every
+producer, or, for a source, when its ``run`` generator returns; it then runs
+``teardown`` and sends end-of-stream on each output. The process exits when all its
+nodes have ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from ..codecs import Limits
+from ..node import Context, Node
+from ..plan import NodePlan, Plan
+from ..transport import Histogram, Inlet, Outlet, make_decoder, make_encoder
+
+LINGER_S = 5.0
+BATCH = 256  # messages read from one socket before looking at the others
+SOURCE_STEPS = 64  # items taken from a source's generator per turn of the loop
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the supervisor dies, so no worker is orphaned."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before we asked
+        os._exit(1)
+
+
+def _load_class(uses: str) -> type[Node]:
+    module, _, qualname = uses.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class NodeRunner:
+    """One node instance inside the worker: its object, context, handlers and counters."""
+
+    def __init__(self, plan_node: NodePlan, index: int, outlets: dict[str, Outlet]) -> None:
+        self.plan = plan_node
+        self.index = index
+        self.cls = _load_class(plan_node.uses)
+        params = self.cls.Params.model_validate(plan_node.params)
+        self.ports = self.cls.ports(params)
+        self.outlets = outlets
+        self.node = self.cls()
+        self.ctx = Context(plan_node.name, params, self._emit, replica=plan_node.replica)
+        self.origin_ns = 0
+        self.origin = -1
+        self.messages_in = 0
+        self.messages_out = 0
+        self.e2e: dict[int, Histogram] = {}  # per origin source, at sinks
+        self.is_sink = not plan_node.outputs
+        self.handlers = {i.port: getattr(self.node, f"on_{i.port}", None) for i in plan_node.inputs}
+        self.on_message = getattr(self.node, "on_message", None)
+        self.gen: Iterator[Any] | None = None
+        self.done = False
+
+    def setup(self) -> None:
+        if hasattr(self.node, "setup"):
+            self.node.setup(self.ctx)
+        if self.plan.source:
+            gen = self.node.run(self.ctx)  # type: ignore[attr-defined]
+            if not hasattr(gen, "__next__"):
+                raise TypeError(f"{self.cls.__name__}.run() must be a generator that yields (port, value)")
+            self.gen = gen
+
+    def _emit(self, port: str, value: Any, topic: str | None, event_time: Any) -> None:
+        outlet = self.outlets.get(port)
+        if outlet is None:
+            raise KeyError(f"{self.cls.__name__} has no output {port!r}; outputs: {sorted(self.outlets)}")
+        if self.origin < 0:  # a source: the data enters the graph now
+            origin_ns, origin = time.time_ns(), self.index
+        else:
+            origin_ns, origin = self.origin_ns, self.origin
+            if event_time is None:
+                event_time = self.ctx.message.event_time
+        outlet.send(value, topic.encode() if topic is not None else None, origin_ns, origin, event_time)
+        self.messages_out += 1
+
+    def deliver(self, port: str, value: Any, header: list[Any]) -> None:
+        message = self.ctx.message
+        message.port, message.seq = port, header[3]
+        message.origin_ns, message.event_time = header[4], header[7]
+        self.origin_ns, self.origin = header[4], header[5]
+        self.messages_in += 1
+        handler = self.handlers.get(port)
+        if handler is not None:
+            handler(value, self.ctx)
+        else:
+            self.on_message(port, value, self.ctx)  # type: ignore[misc]
+        if self.is_sink and header[5] >= 0:
+            hist = self.e2e.get(header[5])
+            if hist is None:
+                hist = self.e2e[header[5]] = Histogram()
+            hist.add(time.time_ns() - header[4])
+        self.origin = -1
+
+    def step(self, steps: int) -> None:
+        """Take up to ``steps`` items from the source's generator; end the stream when it returns."""
+        assert self.gen is not None
+        for _ in range(steps):
+            try:
+                item = next(self.gen)
+            except StopIteration:
+                self.gen = None
+                return
+            if item is not None:
+                port, value = item[0], item[1]
+                self._emit(port, value, None, item[2] if len(item) > 2 else None)
+
+    def stop_source(self) -> None:
+        if self.gen is not None:
+            close = getattr(self.gen, "close", None)
+            if close is not None:
+                close()
+            self.gen = None
+
+    def finish(self) -> None:
+        """The node's inputs (or its source) ended: teardown, then end-of-stream downstream."""
+        self.done = True
+        if hasattr(self.node, "teardown"):
+            self.node.teardown(self.ctx)
+        for outlet in self.outlets.values():
+            outlet.send_eos()
+
+    def stats(self) -> dict[str, Any]:
+        return {"in": self.messages_in, "out": self.messages_out,
+                "e2e": {origin: h.to_sparse() for origin, h in self.e2e.items()}}
+
+
+class Worker:
+    """The nodes of one process, their sockets, and the control channel to the supervisor."""
+
+    def __init__(self, run_dir: str, process: str, inc: int) -> None:
+        self.run_dir = run_dir
+        self.process = process
+        self.inc = inc
+        self.plan = Plan.from_json(Path(run_dir, "plan.json").read_bytes())
+        self.zctx = zmq.Context()
+        self.control = self.zctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
+        self.control.setsockopt(zmq.IDENTITY, process.encode())
+        self.control.connect(f"ipc://{run_dir}/control")
+        self.outlets: dict[tuple[str, str], Outlet] = {}
+        self.inlets: list[tuple[NodeRunner, Inlet]] = []
+        self.runners: list[NodeRunner] = []
+
+    def tell(self, *msg: Any) -> None:
+        self.control.send(msgpack.packb(list(msg), use_bin_type=True))
+
+    def hear(self, timeout_ms: int | None) -> list[Any] | None:
+        if self.control.poll(timeout_ms):
+            return msgpack.unpackb(self.control.recv(), raw=False, strict_map_key=False)
+        return None
+
+    def expect(self, kind: str) -> list[Any]:
+        """Wait for the supervisor's ``kind`` message; a ``stop`` meanwhile ends the worker."""
+        while True:
+            msg = self.hear(None)
+            if msg and msg[0] == kind:
+                return msg
+            if msg and msg[0] == "stop":
+                raise SystemExit(0)
+
+    def run(self) -> int:
+        index = {n.name: i for i, n in enumerate(self.plan.nodes)}
+        ids = self.plan.output_ids()
+        members = next(p for p in self.plan.processes if p.name == self.process).nodes
+        bound: dict[str, str] = {}
+        for name in members:
+            node = self.plan.node(name)
+            cls = _load_class(node.uses)
+            params = cls.Params.model_validate(node.params)
+            declared = cls.ports(params)
+            outlets: dict[str, Outlet] = {}
+            for out in node.outputs:
+                encoder = make_encoder(out.codec, declared.outputs[out.port].type, out.compress_above)
+                outlet = Outlet(self.zctx, ids[(name, out.port)], self.inc, out.port, out.binds, encoder,
+                                self.run_dir, {})
+                for router in outlet.routers:
+                    router.block = any(self.plan.edges[e].policy == "block" for e in router.edges)
+                outlets[out.port] = outlet
+                self.outlets[(name, out.port)] = outlet
+                bound.update(outlet.bound)
+            self.runners.append(NodeRunner(node, index[name], outlets))
+        self.tell("bound", bound)
+
+        resolved: dict[str, str] = self.expect("connect")[1]
+        for runner in self.runners:
+            declared = runner.ports
+            for inp in runner.plan.inputs:
+                edges = {c.edge: self.plan.edges[c.edge] for c in inp.connects}
+                decoders = {e: make_decoder(edge.codec, declared.inputs[inp.port].type, Limits())
+                            for e, edge in edges.items()}
+                src_of_edge = {e: ids[(edge.src, edge.src_port)] for e, edge in edges.items()}
+                inlet = Inlet(self.zctx, inp.port, inp.connects, src_of_edge, inp.topics, inp.queue, decoders,
+                              self.run_dir, resolved, runner.plan.name.encode(), inp.feedback)
+                self.inlets.append((runner, inlet))
+        self.tell("connected")
+
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        outlet_of: dict[zmq.Socket, Outlet] = {}
+        for outlet in self.outlets.values():
+            for sock in outlet.sockets():
+                poller.register(sock, zmq.POLLIN)
+                outlet_of[sock] = outlet
+        # wait until every consumer has joined every output: nothing is sent into the void
+        while any(o.waiting_for() for o in self.outlets.values()):
+            events = dict(poller.poll(200))
+            for sock in events:
+                if sock is self.control:
+                    msg = self.hear(0)
+                    if msg and msg[0] == "stop":
+                        return 0
+                else:
+                    outlet_of[sock].service(sock)
+        for runner in self.runners:
+            runner.setup()
+        self.tell("ready")
+        self.expect("start")
+        return self.loop(poller, outlet_of)
+
+    def loop(self, poller: zmq.Poller, outlet_of: dict[zmq.Socket, Outlet]) -> int:
+        inlet_of: dict[zmq.Socket, tuple[NodeRunner, Inlet]] = {}
+        for runner, inlet in self.inlets:
+            for sock in inlet.socks:
+                poller.register(sock, zmq.POLLIN)
+                inlet_of[sock] = (runner, inlet)
+        by_runner: dict[int, list[Inlet]] = {}
+        for runner, inlet in self.inlets:
+            by_runner.setdefault(id(runner), []).append(inlet)
+        next_beat = time.monotonic() + 1.0
+        ending: list[Outlet] = []  # outputs whose end-of-stream some consumer has not acknowledged
+        next_flush = 0.0
+        while True:
+            sources = [r for r in self.runners if r.gen is not None]
+            events = dict(poller.poll(0 if sources else 2 if ending else 100))
+            for sock in events:
+                if sock is self.control:
+                    while (msg := self.hear(0)) is not None:
+                        self.command(msg)
+                elif sock in inlet_of:
+                    runner, inlet = inlet_of[sock]
+                    for value, header in inlet.receive(sock, BATCH):
+                        runner.deliver(inlet.port, value, header)
+                else:
+                    outlet_of[sock].service(sock)
+            for runner in sources:
+                runner.step(SOURCE_STEPS)
+            for runner in self.runners:
+                ended = runner.gen is None and all(i.ended for i in by_runner.get(id(runner), []))
+                if not runner.done and ended and (runner.plan.inputs or runner.plan.source):
+                    runner.finish()
+                    ending.extend(runner.outlets.values())
+            if ending and time.monotonic() >= next_flush:  # re-send the end every ~2ms until acknowledged
+                ending = [o for o in ending if not o.flush_eos()]
+                next_flush = time.monotonic() + 0.002
+            if not ending and all(r.done for r in self.runners):
+                break
+            if time.monotonic() >= next_beat:
+                self.tell("hb", self.stats())
+                next_beat += 1.0
+        self.tell("done", self.stats())
+        return 0
+
+    def command(self, msg: list[Any]) -> None:
+        if msg[0] == "stop":  # drain: sources end, and end-of-stream follows the data
+            for runner in self.runners:
+                runner.stop_source()
+        elif msg[0] == "rehello":
+            for _, inlet in self.inlets:
+                inlet.hello()
+
+    def stats(self) -> dict[str, Any]:
+        edges: dict[int, dict[str, Any]] = {}
+        for outlet in self.outlets.values():
+            for e, st in outlet.stats.items():
+                edges.setdefault(e, {}).update(sent=st.sent, dropped=st.dropped)
+        for _, inlet in self.inlets:
+            for e, st in inlet.stats.items():
+                edges.setdefault(e, {}).update(received=st.received, gaps=st.gaps, decode_errors=st.decode_errors,
+                                               restarts_seen=st.restarts_seen, latency=st.latency.to_sparse())
+        return {"cpu_s": time.process_time(), "nodes": {r.plan.name: r.stats() for r in self.runners},
+                "edges": edges}
+
+    def close(self) -> None:
+        for _, inlet in self.inlets:
+            inlet.close()
+        for outlet in self.outlets.values():
+            outlet.close()
+        self.control.close()
+        self.zctx.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    run_dir, process, inc = args[0], args[1], int(args[2])
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
+    worker = Worker(run_dir, process, inc)
+    code = 0
+    try:
+        code = worker.run()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    except BaseException as exc:  # report what broke, with the user's traceback, then fail
+        text = "".join(traceback.format_exception(exc))
+        with contextlib.suppress(zmq.ZMQError):
+            worker.tell("error", f"{type(exc).__name__}: {exc}", text)
+        sys.stderr.write(f"dmnflow worker {process} (pid {os.getpid()}) failed:\n{text}")
+        code = 1
+    finally:
+        worker.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

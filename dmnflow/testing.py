@@ -1,0 +1,131 @@
+"""Helpers for node and codec authors; more (run_node, check_transport) come with the runtime.
+
+Not imported by ``import dmnflow``: tests import ``dmnflow.testing`` themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+import numpy as np
+from pydantic import BaseModel
+
+from .codecs import get_codec
+from .errors import DecodeError
+
+__all__ = ["check_codec"]
+
+_BAD_META = (None, 0, -1, 2**40, "", "np", [], [None, None, None], ["np", "float32", [-1]],
+             ["torch", "object", [2]], [2**31] * 3)
+
+
+def check_codec(name: str, samples: Iterable[Any], tp: Any = Any) -> None:
+    """Check that the codec called ``name`` carries each sample across a simulated wire.
+
+    Each sample is encoded (uncompressed and with ``compress_above=0``), its meta sent
+    through msgpack and its frames through ``bytes``, then decoded and compared with the
+    original (arrays by dtype, shape and value). Truncated, garbled, missing and extra
+    frames and wrong meta must decode or raise DecodeError, nothing else.
+
+    Raises:
+        AssertionError: naming the codec, the sample and what went wrong.
+
+        check_codec("msgpack", [{"px": 1.5}, [1, 2]])
+        check_codec("tensor", [np.zeros((2, 3), "float32")], Tensor("float32"))
+    """
+    codec = get_codec(name)
+    samples = list(samples)
+    for compress_above in (None, 0):
+        encode = codec.encoder(tp, compress_above=compress_above)
+        decode = codec.decoder(tp)
+        for i, sample in enumerate(samples):
+            where = f"codec {name!r}, sample {i} ({type(sample).__name__}), compress_above={compress_above}"
+            meta, frames = encode(sample)
+            meta, frames = _wire(where, meta, frames)
+            got = decode(meta, frames)
+            if not _same(got, sample):
+                raise AssertionError(f"{where}: decoded {_short(got)}, expected {_short(sample)}")
+            for what, bad_meta, bad_frames in _broken(meta, frames):
+                try:
+                    decode(bad_meta, bad_frames)
+                except DecodeError:
+                    pass
+                except Exception as exc:
+                    raise AssertionError(f"{where}: {what} raised {type(exc).__name__}, "
+                                         f"not DecodeError: {exc}") from exc
+
+
+def _wire(where: str, meta: Any, frames: list[Any]) -> tuple[Any, list[memoryview]]:
+    """What the receiver gets: meta after a msgpack round trip, frames as read-only memoryviews."""
+    try:
+        header = msgpack.packb(meta, use_bin_type=True)
+    except Exception as exc:
+        raise AssertionError(f"{where}: meta {_short(meta)} is not msgpack-able") from exc
+    if len(header) > 1024:
+        raise AssertionError(f"{where}: meta takes {len(header)} bytes; the header wants a small value")
+    if not isinstance(frames, list):
+        raise AssertionError(f"{where}: frames must be a list, got {type(frames).__name__}")
+    for k, frame in enumerate(frames):
+        try:
+            contiguous = memoryview(frame).contiguous
+        except TypeError as exc:
+            raise AssertionError(f"{where}: frame {k} ({type(frame).__name__}) is not a buffer") from exc
+        if not contiguous:
+            raise AssertionError(f"{where}: frame {k} is not contiguous; zmq cannot send it")
+    return msgpack.unpackb(header, raw=False), [memoryview(bytes(frame)) for frame in frames]
+
+
+def _broken(meta: Any, frames: list[memoryview]) -> Iterable[tuple[str, Any, list[memoryview]]]:
+    """Damaged copies of one received message, each named."""
+    for k, frame in enumerate(frames):
+        data = bytes(frame)
+        others = frames[:k], frames[k + 1:]
+        for cut in sorted({0, len(data) // 2, max(len(data) - 1, 0)}):
+            yield f"frame {k} cut to {cut} bytes", meta, [*others[0], memoryview(data[:cut]), *others[1]]
+        head = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
+        yield f"frame {k} with its first bytes inverted", meta, [*others[0], memoryview(head), *others[1]]
+        yield f"frame {k} as 0xFF bytes", meta, [*others[0], memoryview(b"\xff" * len(data)), *others[1]]
+    yield "no frames", meta, []
+    yield "the last frame missing", meta, frames[:-1]
+    yield "an extra frame", meta, [*frames, memoryview(b"\x00" * 8)]
+    for bad in _BAD_META:
+        yield f"meta {bad!r}", bad, frames
+    if isinstance(meta, list):
+        for k in range(len(meta)):
+            for bad in (None, -1, "?", 2**40, [2**31, 2**31]):
+                yield f"meta[{k}] = {bad!r}", [*meta[:k], bad, *meta[k + 1:]], frames
+
+
+def _same(got: Any, expected: Any) -> bool:
+    """Equal after the wire: tuples may come back as lists, records without a type as dicts."""
+    if isinstance(expected, np.ndarray):
+        return (isinstance(got, np.ndarray) and got.shape == expected.shape  # byte order may become native
+                and got.dtype.newbyteorder("=") == expected.dtype.newbyteorder("=")
+                and np.array_equal(got, expected, equal_nan=expected.dtype.kind in "fc"))
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(expected, torch.Tensor):
+        return (isinstance(got, torch.Tensor) and got.dtype == expected.dtype and got.shape == expected.shape
+                and torch.equal(got, expected))
+    if isinstance(expected, BaseModel) and not isinstance(got, BaseModel):
+        expected = expected.model_dump(mode="json")
+    elif dataclasses.is_dataclass(expected) and not isinstance(expected, type) and not dataclasses.is_dataclass(got):
+        expected = dataclasses.asdict(expected)
+    if isinstance(expected, list | tuple):
+        return (isinstance(got, list | tuple) and len(got) == len(expected)
+                and all(_same(g, e) for g, e in zip(got, expected, strict=True)))
+    if isinstance(expected, dict):
+        return (isinstance(got, dict) and got.keys() == expected.keys()
+                and all(_same(got[key], value) for key, value in expected.items()))
+    if isinstance(expected, float) and math.isnan(expected):
+        return isinstance(got, float) and math.isnan(got)
+    return bool(got == expected)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,466 @@
+"""ZeroMQ sockets built from the Plan, the wire format, and per-edge accounting.
+
+A message is a ZeroMQ multipart: ``[topic, header, *payload]``. The header is a small
+msgpack array ``[kind, src, inc, seq, origin_ns, origin, send_ns, event_time, meta]``:
+``src`` numbers the output it came from, ``inc`` the incarnation of that output's worker
+(it grows with every restart), ``seq`` counts that output's messages per topic, so every
+input counts what it lost. Topics starting with ``\\x00`` are reserved for the runtime.
+
+Two patterns carry edges:
+
+- ``pub``: an XPUB socket the output binds, SUB sockets the inputs connect. Each input
+  subscribes to a hello topic of its own, so the publisher sees every subscriber join
+  before sources start (no slow-joiner loss).
+- ``push``: a ROUTER the output binds, DEALER sockets the inputs connect. The output
+  addresses each consumer itself: it spreads messages over the replicas that have room
+  (``share``), waits when none has (``block``) or drops and counts (``drop``).
+
+End-of-stream is acknowledged. A PUB queue that overflowed once is skipped by libzmq
+even for XPUB_NODROP sends, so a single end-of-stream frame can vanish with the data.
+The output therefore re-sends it (never blocking) until each consumer acknowledges it,
+by subscribing to its ack topic (pub) or sending it (push). Each copy queues behind all
+the data sent before it, so the consumer sees the end only after everything that
+arrived; it counts what never did from the total the frame carries.
+
+No zmq or msgpack error leaves this module untranslated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import zmq
+
+from .codecs import Decoder, Encoder, Limits, get_codec
+from .errors import DecodeError, SendTimeout, TransportError
+from .plan import BindPlan, ConnectPlan
+
+__all__ = ["EdgeStats", "Histogram", "Inlet", "Outlet", "ack_topic", "hello_topic"]
+
+DATA, EOS, HELLO = 0, 1, 2
+CONTROL_PREFIX = b"\x00"
+EOS_TOPIC = b"\x00eos"
+
+
+def hello_topic(edge: int) -> bytes:
+    """The topic an input subscribes to so the publisher sees that edge join."""
+    return b"\x00hello/%d" % edge
+
+
+def ack_topic(edge: int) -> bytes:
+    """The topic an input subscribes to (or sends, on push edges) once it has end-of-stream."""
+    return b"\x00ack/%d" % edge
+
+
+def _tagged(body: bytes, tag: bytes) -> int | None:
+    """The edge number in ``\x00<tag>/<edge>``, or None."""
+    prefix = b"\x00" + tag + b"/"
+    if body.startswith(prefix):
+        with contextlib.suppress(ValueError):
+            return int(body[len(prefix):])
+    return None
+
+
+@contextlib.contextmanager
+def zmq_errors(what: str) -> Iterator[None]:
+    """Turn a zmq error into a TransportError that says which socket operation failed."""
+    try:
+        yield
+    except zmq.Again as exc:
+        raise SendTimeout(f"{what}: the receiver is not reading") from exc
+    except zmq.ZMQError as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+
+
+class Histogram:
+    """Latencies in log-spaced buckets (8 per power of two, within ~9%); cheap to add to."""
+
+    __slots__ = ("counts", "n")
+    SUB = 3  # 2**SUB buckets per octave
+
+    def __init__(self, counts: list[int] | None = None) -> None:
+        self.counts = counts if counts is not None else [0] * (64 << self.SUB)
+        self.n = sum(self.counts)
+
+    def add(self, ns: int) -> None:
+        if ns < 16:
+            index = max(ns, 0)
+        else:
+            bits = ns.bit_length()
+            index = (bits << self.SUB) | ((ns >> (bits - 1 - self.SUB)) & ((1 << self.SUB) - 1))
+        self.counts[index] += 1
+        self.n += 1
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile in nanoseconds (the bucket's midpoint), None when empty."""
+        if not self.n:
+            return None
+        rank = q * (self.n - 1)
+        seen = 0
+        for index, count in enumerate(self.counts):
+            seen += count
+            if seen > rank:
+                return self._value(index)
+        return None  # pragma: no cover - unreachable while n counts the buckets
+
+    def _value(self, index: int) -> float:
+        if index < 16:
+            return float(index)
+        bits, sub = index >> self.SUB, index & ((1 << self.SUB) - 1)
+        low = (1 << (bits - 1)) + (sub << (bits - 1 - self.SUB))
+        return low + (1 << (bits - 1 - self.SUB)) / 2
+
+    def merge(self, other: Histogram) -> None:
+        for i, c in enumerate(other.counts):
+            self.counts[i] += c
+        self.n += other.n
+
+    def to_sparse(self) -> dict[int, int]:
+        return {i: c for i, c in enumerate(self.counts) if c}
+
+    @classmethod
+    def from_sparse(cls, sparse: dict[int, int]) -> Histogram:
+        hist = cls()
+        for i, c in sparse.items():
+            hist.counts[int(i)] = c
+        hist.n = sum(hist.counts)
+        return hist
+
+
+@dataclass
+class EdgeStats:
+    """What one edge saw: the sender counts sent and dropped, the receiver the rest."""
+
+    sent: int = 0
+    dropped: int = 0  # refused at the sender (drop policy, full queue)
+    received: int = 0
+    gaps: int = 0  # messages missing in the sequence, as seen by the receiver
+    decode_errors: int = 0
+    restarts_seen: int = 0  # the sender came back with a new incarnation
+    latency: Histogram = field(default_factory=Histogram)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sent": self.sent, "dropped": self.dropped, "received": self.received, "gaps": self.gaps,
+                "decode_errors": self.decode_errors, "restarts_seen": self.restarts_seen,
+                "latency": self.latency.to_sparse()}
+
+
+def _endpoint(template: str, run_dir: str, resolved: dict[str, str]) -> str:
+    return resolved.get(template) or template.replace("{run_dir}", run_dir)
+
+
+class Outlet:
+    """One output port: encodes once, then sends on every socket the port binds."""
+
+    def __init__(self, ctx: zmq.Context, src: int, inc: int, port: str, binds: list[BindPlan],
+                 encoder: Encoder, run_dir: str, resolved: dict[str, str]) -> None:
+        self.src, self.inc, self.port = src, inc, port
+        self.topic_default = port.encode()
+        self.encoder = encoder
+        self.binds = binds
+        self.stats: dict[int, EdgeStats] = {e: EdgeStats() for b in binds for e in b.edges}
+        self.seq: dict[bytes, int] = {}
+        self.packer = msgpack.Packer(use_bin_type=True)
+        self.pubs: list[_Pub] = []
+        self.routers: list[_Router] = []
+        self.bound: dict[str, str] = {}  # plan endpoint -> actual (tcp ports chosen at bind)
+        self.eos_header = b""
+        for bind in binds:
+            endpoint = _endpoint(bind.endpoint, run_dir, resolved)
+            sock = ctx.socket(zmq.XPUB if bind.pattern == "pub" else zmq.ROUTER)
+            # a finished producer stays until its queue (end-of-stream last) is delivered; if a
+            # consumer never reads it, the supervisor's TERM/KILL ends the wait
+            sock.setsockopt(zmq.LINGER, -1)
+            sock.setsockopt(zmq.SNDHWM, bind.hwm)
+            if bind.pattern == "push":
+                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                sock.setsockopt(zmq.RCVHWM, 0)
+            with zmq_errors(f"output {port}: bind {endpoint}"):
+                sock.bind(endpoint)
+            actual = sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind.transport != "inproc" else endpoint
+            if bind.transport == "tcp":
+                self.bound[bind.endpoint] = actual
+            if bind.pattern == "pub":
+                self.pubs.append(_Pub(sock, bind.edges))
+            else:
+                self.routers.append(_Router(sock, bind.edges))
+
+    def sockets(self) -> list[zmq.Socket]:
+        return [p.sock for p in self.pubs] + [r.sock for r in self.routers]
+
+    # -- readiness: every consumer edge said hello
+    def waiting_for(self) -> set[int]:
+        """Edges of this output whose consumer has not joined yet."""
+        missing: set[int] = set()
+        for pub in self.pubs:
+            missing.update(e for e in pub.edges if e not in pub.joined)
+        for router in self.routers:
+            missing.update(e for e in router.edges if e not in router.peers)
+        return missing
+
+    def service(self, sock: zmq.Socket) -> None:
+        """Read what consumers send to the bind: subscriptions (XPUB) or hellos (ROUTER)."""
+        for pub in self.pubs:
+            if pub.sock is sock:
+                pub.service()
+        for router in self.routers:
+            if router.sock is sock:
+                router.service()
+
+    # -- the hot path
+    def send(self, value: Any, topic: bytes | None, origin_ns: int, origin: int, event_time: Any) -> None:
+        meta, frames = self.encoder(value)
+        topic = topic if topic is not None else self.topic_default
+        seq = self.seq.get(topic, 0)
+        self.seq[topic] = seq + 1
+        header = self.packer.pack((DATA, self.src, self.inc, seq, origin_ns, origin, time.time_ns(),
+                                   event_time, meta))
+        parts = [topic, header, *frames]
+        for pub in self.pubs:
+            pub.sock.send_multipart(parts, copy=False)
+            for e in pub.edges:
+                self.stats[e].sent += 1
+        for router in self.routers:
+            router.send(parts, self.stats)
+
+    def send_eos(self) -> None:
+        """Start ending the stream: ``flush_eos`` repeats the end until every consumer has it."""
+        self.eos_header = self.packer.pack((EOS, self.src, self.inc, sum(self.seq.values()), 0, -1,
+                                            time.time_ns(), None, None))
+        self.flush_eos()
+
+    def flush_eos(self) -> bool:
+        """Send end-of-stream again to consumers that have not acknowledged it; True when all have."""
+        done = True
+        for pub in self.pubs:
+            if not pub.acked.issuperset(pub.edges):
+                done = False
+                with contextlib.suppress(zmq.Again):
+                    pub.sock.send_multipart([EOS_TOPIC, self.eos_header], zmq.NOBLOCK)
+        for router in self.routers:
+            for edge, peer in router.peers.items():
+                if edge not in router.acked:
+                    done = False
+                    with contextlib.suppress(zmq.Again, zmq.ZMQError):
+                        router.sock.send_multipart([peer, EOS_TOPIC, self.eos_header], zmq.NOBLOCK)
+        return done
+
+    def close(self) -> None:
+        for sock in self.sockets():
+            sock.close()
+
+
+class _Pub:
+    """The sending side of ``pub`` edges: which consumers joined, which acknowledged the end."""
+
+    def __init__(self, sock: zmq.Socket, edges: list[int]) -> None:
+        self.sock = sock
+        self.edges = edges
+        self.joined: set[int] = set()
+        self.acked: set[int] = set()
+
+    def service(self) -> None:
+        while True:
+            try:
+                msg = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] != b"\x01":
+                continue  # an unsubscription
+            if (edge := _tagged(msg[1:], b"hello")) is not None:
+                self.joined.add(edge)
+            elif (edge := _tagged(msg[1:], b"ack")) is not None:
+                self.acked.add(edge)
+
+
+class _Router:
+    """The sending side of ``push`` edges: one peer per consumer, addressed by name."""
+
+    def __init__(self, sock: zmq.Socket, edges: list[int]) -> None:
+        self.sock = sock
+        self.edges = edges
+        self.peers: dict[int, bytes] = {}  # edge -> the consumer's DEALER identity
+        self.acked: set[int] = set()
+        self.order: list[int] = []
+        self.next = 0
+        self.block = False  # set by the worker from the edges' policy
+
+    def service(self) -> None:
+        while True:
+            try:
+                identity, body = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue  # not a hello; ignore
+            if (edge := _tagged(body, b"hello")) is not None and edge in self.edges:
+                self.peers[edge] = identity
+                self.order = sorted(self.peers)
+            elif (edge := _tagged(body, b"ack")) is not None:
+                self.acked.add(edge)
+
+    def send(self, parts: list[Any], stats: dict[int, EdgeStats]) -> None:
+        if not self.order:
+            for e in self.edges:
+                stats[e].dropped += 1
+            return
+        n = len(self.order)
+        wait = 20e-6
+        while True:
+            for i in range(n):
+                edge = self.order[(self.next + i) % n]
+                try:
+                    self.sock.send_multipart([self.peers[edge], *parts], zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    continue
+                except zmq.ZMQError:  # the consumer went away (EHOSTUNREACH): try another
+                    continue
+                self.next = (self.next + i + 1) % n
+                stats[edge].sent += 1
+                return
+            if not self.block:
+                stats[self.order[self.next % n]].dropped += 1
+                return
+            time.sleep(wait)  # every consumer is full: back-pressure
+            wait = min(wait * 2, 1e-3)
+
+
+@dataclass
+class _Source:
+    """What an input knows about one producer output: for gap counting."""
+
+    edge: int
+    inc: int = -1
+    next_seq: dict[bytes, int] = field(default_factory=dict)
+    ended: bool = False
+
+
+class Inlet:
+    """One input port: sockets to every producer, decoding, sequence and end-of-stream checks."""
+
+    def __init__(self, ctx: zmq.Context, port: str, connects: list[ConnectPlan], src_of_edge: dict[int, int],
+                 topics: list[str], queue: int, decoders: dict[int, Decoder], run_dir: str,
+                 resolved: dict[str, str], identity: bytes, feedback: bool) -> None:
+        self.port = port
+        self.decoders = decoders  # per edge: producers of one input may use different codecs
+        self.feedback = feedback
+        self.stats: dict[int, EdgeStats] = {c.edge: EdgeStats() for c in connects}
+        self.sources: dict[int, _Source] = {src_of_edge[c.edge]: _Source(c.edge) for c in connects}
+        self.open: set[int] = {c.edge for c in connects}
+        self.unpacker_opts = {"raw": False, "strict_map_key": False, "use_list": True}
+        self.socks: list[zmq.Socket] = []
+        self.dealers: list[tuple[zmq.Socket, int]] = []
+        subs = [c for c in connects if c.pattern == "pub"]
+        if subs:
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)  # an input has nothing to flush; its (un)subscriptions may be undeliverable
+            sub.setsockopt(zmq.RCVHWM, queue)
+            for prefix in (topics or [""]):
+                sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+            if topics:
+                sub.setsockopt(zmq.SUBSCRIBE, CONTROL_PREFIX + b"eos")
+            for c in subs:
+                sub.setsockopt(zmq.SUBSCRIBE, hello_topic(c.edge))  # never sent: XPUB only sees it
+                with zmq_errors(f"input {port}: connect {c.endpoint}"):
+                    sub.connect(_endpoint(c.endpoint, run_dir, resolved))
+            self.socks.append(sub)
+        for c in connects:
+            if c.pattern != "push":
+                continue
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.RCVHWM, queue)
+            dealer.setsockopt(zmq.IDENTITY, identity + b"/%d" % c.edge)
+            with zmq_errors(f"input {port}: connect {c.endpoint}"):
+                dealer.connect(_endpoint(c.endpoint, run_dir, resolved))
+            self.socks.append(dealer)
+            self.dealers.append((dealer, c.edge))
+        self.hello()
+
+    def hello(self) -> None:
+        """Tell push producers this consumer is here (again, after either side restarted)."""
+        for dealer, edge in self.dealers:
+            dealer.send(hello_topic(edge), zmq.NOBLOCK)
+
+    @property
+    def ended(self) -> bool:
+        """Every producer has sent end-of-stream (a feedback input never holds a node open)."""
+        return self.feedback or not self.open
+
+    def receive(self, sock: zmq.Socket, limit: int) -> Iterator[tuple[Any, list[Any]]]:
+        """Up to ``limit`` decoded messages waiting on ``sock``: ``(value, header)`` pairs."""
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            now = time.time_ns()
+            topic = frames[0].bytes
+            try:
+                header = msgpack.unpackb(frames[1].buffer, **self.unpacker_opts)
+                kind, src, inc, seq = header[0], header[1], header[2], header[3]
+                source = self.sources[src]
+            except Exception:
+                self._bad_frame()
+                continue
+            stats = self.stats[source.edge]
+            if inc != source.inc:
+                if source.inc >= 0:
+                    stats.restarts_seen += 1
+                source.inc, source.next_seq = inc, {}
+            if kind == EOS:
+                if not source.ended:
+                    self._end(source, seq)
+                self._ack(source.edge)
+                continue
+            expected = source.next_seq.get(topic, 0)
+            if seq > expected:
+                stats.gaps += seq - expected
+            source.next_seq[topic] = seq + 1
+            stats.received += 1
+            stats.latency.add(now - header[6])
+            try:
+                value = self.decoders[source.edge](header[8], [f.buffer for f in frames[2:]])
+            except DecodeError:
+                stats.decode_errors += 1
+                continue
+            yield value, header
+
+    def _end(self, source: _Source, total: int) -> None:
+        stats = self.stats[source.edge]
+        seen = sum(source.next_seq.values())
+        if total > seen and not self.feedback:
+            stats.gaps += total - seen  # lost at the tail, after the last message we saw
+        source.ended = True
+        self.open.discard(source.edge)
+
+    def _ack(self, edge: int) -> None:
+        for dealer, e in self.dealers:
+            if e == edge:
+                with contextlib.suppress(zmq.ZMQError):
+                    dealer.send(ack_topic(edge), zmq.NOBLOCK)
+                return
+        self.socks[0].setsockopt(zmq.SUBSCRIBE, ack_topic(edge))  # the SUB socket comes first
+
+    def _bad_frame(self) -> None:
+        # a frame we cannot even attribute to an edge: count it on the first edge of this input
+        first = next(iter(self.stats.values()), None)
+        if first is not None:
+            first.decode_errors += 1
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+def make_encoder(codec: str, tp: Any, compress_above: int | None) -> Encoder:
+    return get_codec(codec).encoder(tp, compress_above=compress_above)
+
+
+def make_decoder(codec: str, tp: Any, limits: Limits) -> Decoder:
+    return get_codec(codec).decoder(tp, limits)
