@@ -144,11 +144,6 @@ class EdgeStats:
     restarts_seen: int = 0  # the sender came back with a new incarnation
     latency: Histogram = field(default_factory=Histogram)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"sent": self.sent, "dropped": self.dropped, "received": self.received, "gaps": self.gaps,
-                "decode_errors": self.decode_errors, "restarts_seen": self.restarts_seen,
-                "latency": self.latency.to_sparse()}
-
 
 def _endpoint(template: str, run_dir: str, resolved: dict[str, str]) -> str:
     return resolved.get(template) or template.replace("{run_dir}", run_dir)
@@ -158,7 +153,8 @@ class Outlet:
     """One output port: encodes once, then sends on every socket the port binds."""
 
     def __init__(self, ctx: zmq.Context, src: int, inc: int, port: str, binds: list[BindPlan],
-                 encoder: Encoder, run_dir: str, resolved: dict[str, str]) -> None:
+                 encoder: Encoder, run_dir: str, resolved: dict[str, str],
+                 topics: dict[int, list[str]] | None = None) -> None:
         self.src, self.inc, self.port = src, inc, port
         self.topic_default = port.encode()
         self.encoder = encoder
@@ -178,7 +174,8 @@ class Outlet:
             sock.setsockopt(zmq.LINGER, -1)
             sock.setsockopt(zmq.SNDHWM, bind.hwm)
             if bind.pattern == "push":
-                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone consumer is an error, not a drop
+                sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted consumer takes its name back
                 sock.setsockopt(zmq.RCVHWM, 0)
             with zmq_errors(f"output {port}: bind {endpoint}"):
                 sock.bind(endpoint)
@@ -186,7 +183,7 @@ class Outlet:
             if bind.transport == "tcp":
                 self.bound[bind.endpoint] = actual
             if bind.pattern == "pub":
-                self.pubs.append(_Pub(sock, bind.edges))
+                self.pubs.append(_Pub(sock, bind.edges, topics or {}))
             else:
                 self.routers.append(_Router(sock, bind.edges))
 
@@ -223,15 +220,19 @@ class Outlet:
         parts = [topic, header, *frames]
         for pub in self.pubs:
             pub.sock.send_multipart(parts, copy=False)
-            for e in pub.edges:
+            for e in pub.unfiltered:
                 self.stats[e].sent += 1
+            for e, prefixes in pub.filtered:  # count what that subscriber asked for
+                if topic.startswith(prefixes):
+                    self.stats[e].sent += 1
         for router in self.routers:
             router.send(parts, self.stats)
 
     def send_eos(self) -> None:
         """Start ending the stream: ``flush_eos`` repeats the end until every consumer has it."""
+        # the total per topic, so each consumer can count what it missed of what it subscribed to
         self.eos_header = self.packer.pack((EOS, self.src, self.inc, sum(self.seq.values()), 0, -1,
-                                            time.time_ns(), None, None))
+                                            time.time_ns(), None, self.seq))
         self.flush_eos()
 
     def flush_eos(self) -> bool:
@@ -258,9 +259,11 @@ class Outlet:
 class _Pub:
     """The sending side of ``pub`` edges: which consumers joined, which acknowledged the end."""
 
-    def __init__(self, sock: zmq.Socket, edges: list[int]) -> None:
+    def __init__(self, sock: zmq.Socket, edges: list[int], topics: dict[int, list[str]]) -> None:
         self.sock = sock
         self.edges = edges
+        self.unfiltered = [e for e in edges if not topics.get(e)]
+        self.filtered = [(e, tuple(t.encode() for t in topics[e])) for e in edges if topics.get(e)]
         self.joined: set[int] = set()
         self.acked: set[int] = set()
 
@@ -326,8 +329,10 @@ class _Router:
             if not self.block:
                 stats[self.order[self.next % n]].dropped += 1
                 return
-            time.sleep(wait)  # every consumer is full: back-pressure
+            time.sleep(wait)  # every consumer is full (or gone): back-pressure
             wait = min(wait * 2, 1e-3)
+            self.service()  # a restarted consumer says hello while we wait
+            n = len(self.order)
 
 
 @dataclass
@@ -337,7 +342,13 @@ class _Source:
     edge: int
     inc: int = -1
     next_seq: dict[bytes, int] = field(default_factory=dict)
+    seen: dict[int, int] = field(default_factory=dict)  # per producer incarnation: how many it sent
     ended: bool = False
+
+    def sent_so_far(self) -> dict[int, int]:
+        """Per incarnation, how many messages (on our topics) the producer had sent by the last
+        one we saw: the seq numbers tell, even when the producer died before reporting."""
+        return {**self.seen, self.inc: sum(self.next_seq.values())} if self.inc >= 0 else dict(self.seen)
 
 
 class Inlet:
@@ -345,13 +356,17 @@ class Inlet:
 
     def __init__(self, ctx: zmq.Context, port: str, connects: list[ConnectPlan], src_of_edge: dict[int, int],
                  topics: list[str], queue: int, decoders: dict[int, Decoder], run_dir: str,
-                 resolved: dict[str, str], identity: bytes, feedback: bool) -> None:
+                 resolved: dict[str, str], identity: bytes, feedback: bool, restarted: bool = False) -> None:
         self.port = port
+        # a restarted worker starts counting where the stream is now: what its predecessor
+        # received is not a gap (the supervisor compares sent and received across both)
+        self.baseline = restarted
         self.decoders = decoders  # per edge: producers of one input may use different codecs
         self.feedback = feedback
         self.stats: dict[int, EdgeStats] = {c.edge: EdgeStats() for c in connects}
         self.sources: dict[int, _Source] = {src_of_edge[c.edge]: _Source(c.edge) for c in connects}
         self.open: set[int] = {c.edge for c in connects}
+        self.topics = tuple(t.encode() for t in topics)
         self.unpacker_opts = {"raw": False, "strict_map_key": False, "use_list": True}
         self.socks: list[zmq.Socket] = []
         self.dealers: list[tuple[zmq.Socket, int]] = []
@@ -412,13 +427,16 @@ class Inlet:
             if inc != source.inc:
                 if source.inc >= 0:
                     stats.restarts_seen += 1
+                    source.seen[source.inc] = sum(source.next_seq.values())
                 source.inc, source.next_seq = inc, {}
             if kind == EOS:
                 if not source.ended:
-                    self._end(source, seq)
+                    self._end(source, header[8], topic_filter=self.topics)
                 self._ack(source.edge)
                 continue
-            expected = source.next_seq.get(topic, 0)
+            expected = source.next_seq.get(topic)
+            if expected is None:
+                expected = seq if self.baseline else 0
             if seq > expected:
                 stats.gaps += seq - expected
             source.next_seq[topic] = seq + 1
@@ -431,11 +449,15 @@ class Inlet:
                 continue
             yield value, header
 
-    def _end(self, source: _Source, total: int) -> None:
+    def _end(self, source: _Source, totals: Any, topic_filter: tuple[bytes, ...]) -> None:
         stats = self.stats[source.edge]
-        seen = sum(source.next_seq.values())
-        if total > seen and not self.feedback:
-            stats.gaps += total - seen  # lost at the tail, after the last message we saw
+        if isinstance(totals, dict):
+            for topic, total in totals.items():
+                if not topic_filter or topic.startswith(topic_filter):
+                    seen = source.next_seq.get(topic, 0)
+                    if isinstance(total, int) and total > seen and not self.baseline:
+                        stats.gaps += total - seen  # lost at the tail, after the last one we saw
+                    source.next_seq[topic] = max(seen, total if isinstance(total, int) else 0)
         source.ended = True
         self.open.discard(source.edge)
 

@@ -64,8 +64,9 @@ class EdgeReport:
 
     @property
     def lost(self) -> int:
-        """Every message that did not arrive: dropped at the sender, or a gap at the receiver."""
-        return self.dropped + self.gaps
+        """Messages that did not arrive: refused at the sender, plus sent but never received
+        (gaps, and whatever a crashed worker held). Exact once the run has drained."""
+        return self.dropped + max(self.sent - self.received, 0)
 
 
 @dataclass
@@ -105,7 +106,7 @@ class _Proc:
         self.inc = 0
         self.restart_at: float | None = None
         self.stats: dict[str, Any] = {}
-        self.cpu_before = 0.0  # cpu of earlier incarnations
+        self.past: list[dict[str, Any]] = []  # last stats of earlier incarnations (before restarts)
 
 
 def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
@@ -169,7 +170,8 @@ class _Supervisor:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
         proc.popen = subprocess.Popen(
-            [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, proc.name, str(proc.inc)],
+            [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, proc.name, str(proc.inc),
+             str(os.getpid())],
             env=env, start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
         proc.state = "new"
 
@@ -295,7 +297,8 @@ class _Supervisor:
         if code is None or proc.state == "done":
             return False
         pid = proc.popen.pid
-        proc.cpu_before += float(proc.stats.get("cpu_s", 0.0))
+        proc.past.append(proc.stats)
+        proc.stats = {}
         proc.popen = None
         policy = self.restart[proc.nodes[0]]
         wants = policy.policy == "always" or (policy.policy == "on-failure" and code != 0)
@@ -338,26 +341,38 @@ class _Supervisor:
         nodes = {n.name: NodeReport(n.name) for n in self.plan.nodes}
         edges = [EdgeReport(e.id, f"{e.src}.{e.src_port}", f"{e.dst}.{e.dst_port}") for e in self.plan.edges]
         hist = {e.id: Histogram() for e in self.plan.edges}
+        sent: dict[int, dict[int, int]] = {e.id: {} for e in self.plan.edges}
+        seen: dict[int, dict[int, int]] = {e.id: {} for e in self.plan.edges}
         e2e: dict[tuple[int, str], Histogram] = {}
         for proc in self.procs.values():
-            stats = proc.stats
             share = len(proc.nodes)
             for name in proc.nodes:
-                node = nodes[name]
-                node.restarts = proc.restarts
-                node.status = proc.state
-                node.cpu_s = (proc.cpu_before + float(stats.get("cpu_s", 0.0))) / share
-                ns = stats.get("nodes", {}).get(name, {})
-                node.messages_in, node.messages_out = ns.get("in", 0), ns.get("out", 0)
-                for origin, sparse in ns.get("e2e", {}).items():
-                    e2e.setdefault((int(origin), name), Histogram()).merge(Histogram.from_sparse(sparse))
-            for e, st in stats.get("edges", {}).items():
-                edge = edges[int(e)]
-                for key in ("sent", "received", "dropped", "gaps", "decode_errors", "restarts_seen"):
-                    if key in st:
-                        setattr(edge, key, st[key])
-                if "latency" in st:
-                    hist[int(e)].merge(Histogram.from_sparse(st["latency"]))
+                nodes[name].restarts = proc.restarts
+                nodes[name].status = proc.state
+            for stats in [*proc.past, proc.stats]:  # every incarnation's counts add up
+                for name in proc.nodes:
+                    node = nodes[name]
+                    node.cpu_s += float(stats.get("cpu_s", 0.0)) / share
+                    ns = stats.get("nodes", {}).get(name, {})
+                    node.messages_in += ns.get("in", 0)
+                    node.messages_out += ns.get("out", 0)
+                    for origin, sparse in ns.get("e2e", {}).items():
+                        e2e.setdefault((int(origin), name), Histogram()).merge(Histogram.from_sparse(sparse))
+                for e, st in stats.get("edges", {}).items():
+                    edge = edges[int(e)]
+                    for key in ("received", "dropped", "gaps", "decode_errors", "restarts_seen"):
+                        setattr(edge, key, getattr(edge, key) + st.get(key, 0))
+                    if "sent" in st:
+                        by_inc = sent[int(e)]
+                        by_inc[st["inc"]] = max(by_inc.get(st["inc"], 0), st["sent"])
+                    for inc, n in st.get("seen", {}).items():
+                        by_inc = seen[int(e)]
+                        by_inc[int(inc)] = max(by_inc.get(int(inc), 0), n)
+                    if "latency" in st:
+                        hist[int(e)].merge(Histogram.from_sparse(st["latency"]))
+        for edge in edges:  # a producer that died had sent at least what its consumers saw
+            incs = set(sent[edge.id]) | set(seen[edge.id])
+            edge.sent = sum(max(sent[edge.id].get(i, 0), seen[edge.id].get(i, 0)) for i in incs)
         for edge in edges:
             p50, p99 = hist[edge.id].quantile(0.5), hist[edge.id].quantile(0.99)
             edge.p50_us = None if p50 is None else round(p50 / 1e3, 1)

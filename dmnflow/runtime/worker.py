@@ -1,6 +1,6 @@
 """A worker process: hosts the nodes of one process of the plan and runs their loop.
 
-Started only by the supervisor (``python -m dmnflow.runtime.worker RUN_DIR PROCESS INC``).
+Started only by the supervisor (``python -m dmnflow.runtime.worker RUN_DIR PROCESS INC PID``).
 It dies with the supervisor (parent-death signal), ignores Ctrl-C (the supervisor drives
 shutdown), and talks to the supervisor over a DEALER socket:
 
@@ -40,15 +40,14 @@ BATCH = 256  # messages read from one socket before looking at the others
 SOURCE_STEPS = 64  # items taken from a source's generator per turn of the loop
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor: int) -> None:
     """Ask Linux to SIGKILL this process when the supervisor dies, so no worker is orphaned."""
-    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before we asked
+        pass
+    if os.getppid() != supervisor:  # it died before we asked (we were reparented)
         os._exit(1)
 
 
@@ -125,10 +124,9 @@ class NodeRunner:
 
     def step(self, steps: int) -> None:
         """Take up to ``steps`` items from the source's generator; end the stream when it returns."""
-        assert self.gen is not None
         for _ in range(steps):
             try:
-                item = next(self.gen)
+                item = next(self.gen)  # type: ignore[arg-type]
             except StopIteration:
                 self.gen = None
                 return
@@ -203,8 +201,9 @@ class Worker:
             outlets: dict[str, Outlet] = {}
             for out in node.outputs:
                 encoder = make_encoder(out.codec, declared.outputs[out.port].type, out.compress_above)
+                topics = {e: self.plan.edges[e].topics for b in out.binds for e in b.edges}
                 outlet = Outlet(self.zctx, ids[(name, out.port)], self.inc, out.port, out.binds, encoder,
-                                self.run_dir, {})
+                                self.run_dir, {}, topics)
                 for router in outlet.routers:
                     router.block = any(self.plan.edges[e].policy == "block" for e in router.edges)
                 outlets[out.port] = outlet
@@ -222,7 +221,8 @@ class Worker:
                             for e, edge in edges.items()}
                 src_of_edge = {e: ids[(edge.src, edge.src_port)] for e, edge in edges.items()}
                 inlet = Inlet(self.zctx, inp.port, inp.connects, src_of_edge, inp.topics, inp.queue, decoders,
-                              self.run_dir, resolved, runner.plan.name.encode(), inp.feedback)
+                              self.run_dir, resolved, runner.plan.name.encode(), inp.feedback,
+                              restarted=self.inc > 0)
                 self.inlets.append((runner, inlet))
         self.tell("connected")
 
@@ -275,7 +275,8 @@ class Worker:
                 else:
                     outlet_of[sock].service(sock)
             for runner in sources:
-                runner.step(SOURCE_STEPS)
+                if runner.gen is not None:  # a stop may have ended it during this turn
+                    runner.step(SOURCE_STEPS)
             for runner in self.runners:
                 ended = runner.gen is None and all(i.ended for i in by_runner.get(id(runner), []))
                 if not runner.done and ended and (runner.plan.inputs or runner.plan.source):
@@ -304,11 +305,13 @@ class Worker:
         edges: dict[int, dict[str, Any]] = {}
         for outlet in self.outlets.values():
             for e, st in outlet.stats.items():
-                edges.setdefault(e, {}).update(sent=st.sent, dropped=st.dropped)
+                edges.setdefault(e, {}).update(sent=st.sent, dropped=st.dropped, inc=self.inc)
         for _, inlet in self.inlets:
+            seen = {source.edge: source.sent_so_far() for source in inlet.sources.values()}
             for e, st in inlet.stats.items():
                 edges.setdefault(e, {}).update(received=st.received, gaps=st.gaps, decode_errors=st.decode_errors,
-                                               restarts_seen=st.restarts_seen, latency=st.latency.to_sparse())
+                                               restarts_seen=st.restarts_seen, latency=st.latency.to_sparse(),
+                                               seen=seen.get(e, {}))
         return {"cpu_s": time.process_time(), "nodes": {r.plan.name: r.stats() for r in self.runners},
                 "edges": edges}
 
@@ -324,7 +327,7 @@ class Worker:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     run_dir, process, inc = args[0], args[1], int(args[2])
-    _die_with_parent()
+    _die_with_parent(int(args[3]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
     worker = Worker(run_dir, process, inc)
     code = 0

@@ -1,0 +1,141 @@
+"""Whole graphs in real processes over real sockets: delivery, order, start-up, shutdown, faults.
+
+Every process a test starts is stopped by PID, also when the test fails (procs.launched).
+No timing is asserted except the bounds the runtime promises (drain within its grace period).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import dmnflow
+from dmnflow.runtime import launch
+
+from .procs import ROOT, alive, launched, wait_until
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def chain(tmp_path: Path, count: int, *, rate_hz: float = 0, policy: str = "block") -> Path:
+    return write(tmp_path / "chain.yaml", f"""
+        graph: chain4
+        defaults: {{policy: {policy}}}
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: {count}, rate_hz: {rate_hz}}}}}
+          a: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}}}
+          b: {{uses: nodes.basic:Scale, inputs: {{value: a.scaled}}, params: {{offset: 0.5}}}}
+          sink: {{uses: nodes.basic:Collect, inputs: {{values: b.scaled}}, params: {{path: {tmp_path}/out.jsonl}}}}
+        """)
+
+
+def received(tmp_path: Path) -> list[float]:
+    return [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+
+
+def test_100k_messages_through_a_4_node_chain_arrive_complete_and_in_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    n = 100_000
+    report = launch(dmnflow.compile_graph(chain(tmp_path, n)))
+    assert report.status == "finished" and report.exit_code == 0, report.errors
+    values = received(tmp_path)
+    assert values == [i + 0.5 for i in range(n)]  # every message, in order, with its value
+    for edge in report.edges:
+        assert (edge.sent, edge.received, edge.lost, edge.decode_errors) == (n, n, 0, 0)
+    assert report.nodes["sink"].messages_in == n
+    [path] = report.e2e
+    assert (path["source"], path["sink"], path["messages"]) == ("src", "sink", n)
+
+
+def test_a_late_subscriber_loses_nothing_at_start(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    g = write(tmp_path / "late.yaml", f"""
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: 500, rate_hz: 2000}}}}
+          sink:
+            uses: tests.integration.nodes:SlowSink
+            inputs: {{values: src.numbers}}
+            params: {{path: {tmp_path}/out.jsonl, delay_s: 1.5}}
+        """)
+    report = launch(dmnflow.compile_graph(g))  # pub/sub with the default drop policy
+    assert report.status == "finished"
+    assert received(tmp_path) == list(range(500))
+    assert report.edges[0].lost == 0
+
+
+def test_a_flooded_drop_edge_counts_every_loss(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    n = 30_000
+    report = launch(dmnflow.compile_graph(chain(tmp_path, n, policy="drop")))
+    assert report.status == "finished"  # end-of-stream arrives even after the queues overflowed
+    first = report.edges[0]
+    assert first.sent == n
+    assert first.received + first.lost == n  # nothing silent
+    values = received(tmp_path)
+    assert values == sorted(values) and len(values) == report.edges[-1].received
+
+
+def test_ctrl_c_drains_and_exits_cleanly(tmp_path):
+    graph = chain(tmp_path, 1_000_000, rate_hz=500)
+    report_file = tmp_path / "report.json"
+    with launched(graph, "--report", str(report_file)) as run:
+        pids = run.wait_for_workers({"src", "a", "b", "sink"})
+        wait_until(lambda: False, 1.5)  # let some data flow
+        run.proc.send_signal(signal.SIGINT)
+        run.proc.wait(timeout=10)
+        out, err = run.proc.communicate(timeout=5)
+        assert run.proc.returncode == 0, err
+        assert "stopped" in out
+        assert not any(alive(p) for p in pids.values())
+    report = json.loads(report_file.read_text())
+    assert report["status"] == "stopped", report
+    sent = report["edges"][0]["sent"]
+    assert sent > 0
+    assert all(e["lost"] == 0 and e["received"] == sent for e in report["edges"]), report["edges"]  # drained
+    assert len(received(tmp_path)) == sent
+
+
+def test_workers_die_with_a_killed_supervisor(tmp_path):
+    with launched(chain(tmp_path, 1_000_000, rate_hz=200)) as run:
+        pids = run.wait_for_workers({"src", "a", "b", "sink"})
+        os.kill(run.proc.pid, signal.SIGKILL)
+        assert wait_until(lambda: not any(alive(p) for p in pids.values()), 2.0), "orphaned workers"
+
+
+def test_a_killed_worker_is_restarted_and_its_loss_counted(tmp_path):
+    graph = write(tmp_path / "chain.yaml", f"""
+        defaults: {{policy: block}}
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: 6000, rate_hz: 2000}}}}
+          a: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}}}
+          b: {{uses: nodes.basic:Scale, inputs: {{value: a.scaled}}, params: {{offset: 0.5}}}}
+          sink: {{uses: tests.integration.nodes:Tap, inputs: {{values: b.scaled}}, params: {{path: {tmp_path}/out.jsonl}}}}
+        """)
+    report_file = tmp_path / "report.json"
+    out = tmp_path / "out.jsonl"
+
+    def lines() -> int:
+        return len(out.read_text().splitlines()) if out.exists() else 0
+
+    with launched(graph, "--report", str(report_file)) as run:
+        pids = run.wait_for_workers({"src", "a", "b", "sink"})
+        assert wait_until(lambda: lines() >= 500, 30.0), "no data flowed"
+        os.kill(pids["a"], signal.SIGKILL)
+        assert wait_until(lambda: run.workers().get("a") not in (None, pids["a"]), 10.0), "not restarted"
+        run.proc.wait(timeout=60)
+        assert run.proc.returncode == 0, run.proc.stderr.read() if run.proc.stderr else ""
+    report = json.loads(report_file.read_text())
+    assert report["status"] == "finished"
+    assert report["nodes"]["a"]["restarts"] == 1
+    assert report["edges"][0]["sent"] == 6000
+    for edge in report["edges"]:
+        assert edge["received"] + edge["lost"] == edge["sent"]  # whatever the crash took is counted
+    values = [float(v) for v in out.read_text().splitlines()]
+    assert len(values) == report["edges"][-1]["received"] > 500
+    assert values == sorted(values)  # a restart loses, never reorders
