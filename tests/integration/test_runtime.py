@@ -115,7 +115,10 @@ def test_a_killed_worker_is_restarted_and_its_loss_counted(tmp_path):
           src: {{uses: nodes.basic:Counter, params: {{count: 6000, rate_hz: 2000}}}}
           a: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}}}
           b: {{uses: nodes.basic:Scale, inputs: {{value: a.scaled}}, params: {{offset: 0.5}}}}
-          sink: {{uses: tests.integration.nodes:Tap, inputs: {{values: b.scaled}}, params: {{path: {tmp_path}/out.jsonl}}}}
+          sink:
+            uses: tests.integration.nodes:Tap
+            inputs: {{values: b.scaled}}
+            params: {{path: {tmp_path}/out.jsonl}}
         """)
     report_file = tmp_path / "report.json"
     out = tmp_path / "out.jsonl"
