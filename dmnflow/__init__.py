@@ -27,12 +27,16 @@ from .errors import SendTimeout as SendTimeout
 from .errors import SpecError as SpecError
 from .errors import TransportError as TransportError
 from .errors import format_issues as format_issues
+from .node import Context as Context
 from .node import Input as Input
+from .node import Message as Message
 from .node import Node as Node
 from .node import Output as Output
 from .node import Ports as Ports
 from .node import Tensor as Tensor
 from .plan import Plan as Plan
+from .runtime import Report as Report
+from .runtime import launch as launch
 from .spec import json_schema as json_schema
 from .spec import load_graph as load_graph
 from .viz import FORMATS as FORMATS
@@ -44,6 +48,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "CompileError",
+    "Context",
     "DecodeError",
     "DmnflowError",
     "EncodeError",
@@ -54,11 +59,13 @@ __all__ = [
     "Issue",
     "LaunchError",
     "Location",
+    "Message",
     "Node",
     "NodeError",
     "Output",
     "Plan",
     "Ports",
+    "Report",
     "SendTimeout",
     "SpecError",
     "Tensor",
@@ -67,6 +74,7 @@ __all__ = [
     "compile_graph",
     "format_issues",
     "json_schema",
+    "launch",
     "load_graph",
     "register_codec",
     "render",

@@ -1,4 +1,4 @@
-"""Helpers for node and codec authors; more (run_node, check_transport) come with the runtime.
+"""Helpers for node and codec authors: run a node without processes, check a codec.
 
 Not imported by ``import dmnflow``: tests import ``dmnflow.testing`` themselves.
 """
@@ -17,8 +17,51 @@ from pydantic import BaseModel
 
 from .codecs import get_codec
 from .errors import DecodeError
+from .node import Context, Node
 
-__all__ = ["check_codec"]
+__all__ = ["check_codec", "run_node"]
+
+
+def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
+             inputs: Iterable[tuple[str, Any]] = ()) -> dict[str, list[Any]]:
+    """Run a node in this process, no sockets: what it emitted, per output port.
+
+    Params are validated as the compiler would; ``setup`` runs first and ``teardown``
+    last; each ``(port, value)`` of ``inputs`` goes to its handler in order, and a
+    source's ``run`` generator is taken to its end. Exceptions from the node propagate.
+
+        out = run_node(Scale, params={"factor": 2}, inputs=[("value", 1.0), ("value", 2.5)])
+        assert out["scaled"] == [2.0, 5.0]
+    """
+    model = cls.Params.model_validate(params or {})
+    ports = cls.ports(model)
+    emitted: dict[str, list[Any]] = {port: [] for port in ports.outputs}
+
+    def emit(port: str, value: Any, topic: str | None, event_time: Any) -> None:
+        if port not in emitted:
+            raise KeyError(f"{cls.__name__} has no output {port!r}; outputs: {sorted(emitted)}")
+        emitted[port].append(value)
+
+    node = cls()
+    ctx = Context(cls.__name__, model, emit)
+    if hasattr(node, "setup"):
+        node.setup(ctx)
+    if cls.is_source():
+        for item in node.run(ctx):  # type: ignore[attr-defined]
+            if item is not None:
+                emit(item[0], item[1], None, None)
+    for port, value in inputs:
+        if port not in ports.inputs:
+            raise KeyError(f"{cls.__name__} has no input {port!r}; inputs: {sorted(ports.inputs)}")
+        ctx.message.port = port
+        handler = getattr(node, f"on_{port}", None)
+        if handler is not None:
+            handler(value, ctx)
+        else:
+            node.on_message(port, value, ctx)  # type: ignore[attr-defined]
+    if hasattr(node, "teardown"):
+        node.teardown(ctx)
+    return emitted
 
 _BAD_META = (None, 0, -1, 2**40, "", "np", [], [None, None, None], ["np", "float32", [-1]],
              ["torch", "object", [2]], [2**31] * 3)

@@ -1,0 +1,40 @@
+"""dmnflow.testing.run_node: a node's behaviour without processes or sockets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dmnflow.testing import run_node
+from nodes.basic import Collect, Counter, Mean, Noise, Scale
+
+
+def test_transform():
+    out = run_node(Scale, params={"factor": 2, "offset": 1}, inputs=[("value", 1.0), ("value", 2.5)])
+    assert out == {"scaled": [3.0, 6.0]}
+
+
+def test_source_runs_to_its_end():
+    assert run_node(Counter, params={"count": 4, "start": 10})["numbers"] == [10, 11, 12, 13]
+
+
+def test_tensor_nodes():
+    vectors = run_node(Noise, params={"count": 3, "size": 4, "seed": 1})["vectors"]
+    assert [v.shape for v in vectors] == [(4,)] * 3 and vectors[0].dtype == np.float32
+    means = run_node(Mean, inputs=[("vectors", v) for v in vectors])["mean"]
+    assert means == pytest.approx([float(v.mean()) for v in vectors])
+
+
+def test_setup_and_teardown_run(tmp_path):
+    path = tmp_path / "out.jsonl"
+    run_node(Collect, params={"path": str(path)}, inputs=[("values", 1), ("values", {"a": 2})])
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [1, {"a": 2}]
+
+
+def test_mistakes_are_named():
+    with pytest.raises(KeyError, match="no input 'vaule'"):
+        run_node(Scale, inputs=[("vaule", 1.0)])
+    with pytest.raises(ValueError, match="factor"):
+        run_node(Scale, params={"factor": "big"})
