@@ -215,8 +215,8 @@ class Outlet:
         topic = topic if topic is not None else self.topic_default
         seq = self.seq.get(topic, 0)
         self.seq[topic] = seq + 1
-        header = self.packer.pack((DATA, self.src, self.inc, seq, origin_ns, origin, time.time_ns(),
-                                   event_time, meta))
+        now = time.time_ns()
+        header = self.packer.pack((DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time, meta))
         parts = [topic, header, *frames]
         for pub in self.pubs:
             pub.sock.send_multipart(parts, copy=False)
@@ -226,7 +226,8 @@ class Outlet:
                 if topic.startswith(prefixes):
                     self.stats[e].sent += 1
         for router in self.routers:
-            router.send(parts, self.stats)
+            router.send(topic, frames, (self.src, self.inc, origin_ns, origin, now, event_time, meta), self.packer,
+                        self.stats)
 
     def send_eos(self) -> None:
         """Start ending the stream: ``flush_eos`` repeats the end until every consumer has it."""
@@ -247,8 +248,10 @@ class Outlet:
             for edge, peer in router.peers.items():
                 if edge not in router.acked:
                     done = False
-                    with contextlib.suppress(zmq.Again, zmq.ZMQError):
-                        router.sock.send_multipart([peer, EOS_TOPIC, self.eos_header], zmq.NOBLOCK)
+                    header = self.packer.pack((EOS, self.src, self.inc, sum(router.seq[edge].values()), 0, -1,
+                                               time.time_ns(), None, router.seq[edge]))
+                    with contextlib.suppress(zmq.ZMQError):
+                        router.sock.send_multipart([peer, EOS_TOPIC, header], zmq.NOBLOCK)
         return done
 
     def close(self) -> None:
@@ -292,6 +295,7 @@ class _Router:
         self.order: list[int] = []
         self.next = 0
         self.block = False  # set by the worker from the edges' policy
+        self.seq: dict[int, dict[bytes, int]] = {e: {} for e in edges}
 
     def service(self) -> None:
         while True:
@@ -307,22 +311,28 @@ class _Router:
             elif (edge := _tagged(body, b"ack")) is not None:
                 self.acked.add(edge)
 
-    def send(self, parts: list[Any], stats: dict[int, EdgeStats]) -> None:
+    def send(self, topic: bytes, frames: list[Any], fields: tuple[Any, ...], packer: msgpack.Packer,
+             stats: dict[int, EdgeStats]) -> None:
+        """Send to one consumer with room. Sequence numbers count per edge, so each replica
+        of a shared input sees a gap-free sequence of its own share."""
         if not self.order:
             for e in self.edges:
                 stats[e].dropped += 1
             return
+        src, inc, rest = fields[0], fields[1], fields[2:]
         n = len(self.order)
         wait = 20e-6
         while True:
             for i in range(n):
                 edge = self.order[(self.next + i) % n]
+                seqs = self.seq[edge]
+                seq = seqs.get(topic, 0)
+                header = packer.pack((DATA, src, inc, seq, *rest))
                 try:
-                    self.sock.send_multipart([self.peers[edge], *parts], zmq.NOBLOCK, copy=False)
-                except zmq.Again:
+                    self.sock.send_multipart([self.peers[edge], topic, header, *frames], zmq.NOBLOCK, copy=False)
+                except zmq.ZMQError:  # full (EAGAIN) or gone (EHOSTUNREACH): try the next consumer
                     continue
-                except zmq.ZMQError:  # the consumer went away (EHOSTUNREACH): try another
-                    continue
+                seqs[topic] = seq + 1
                 self.next = (self.next + i + 1) % n
                 stats[edge].sent += 1
                 return

@@ -51,6 +51,18 @@ def _die_with_parent(supervisor: int) -> None:
         os._exit(1)
 
 
+def _pin(cpus: list[int]) -> None:
+    """Run this process on ``cpus`` only; numeric libraries get one thread per pinned core."""
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as exc:  # a plan compiled for another machine: run, but say so
+        sys.stderr.write(f"dmnflow worker (pid {os.getpid()}): cannot pin to cores {cpus}: {exc}; running unpinned\n")
+        return
+    threads = str(len(cpus))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)  # before the node's modules import numpy/torch
+
+
 def _load_class(uses: str) -> type[Node]:
     module, _, qualname = uses.partition(":")
     obj: Any = importlib.import_module(module)
@@ -191,7 +203,10 @@ class Worker:
     def run(self) -> int:
         index = {n.name: i for i, n in enumerate(self.plan.nodes)}
         ids = self.plan.output_ids()
-        members = next(p for p in self.plan.processes if p.name == self.process).nodes
+        proc = next(p for p in self.plan.processes if p.name == self.process)
+        members = proc.nodes
+        if proc.cpus:
+            _pin(proc.cpus)
         bound: dict[str, str] = {}
         for name in members:
             node = self.plan.node(name)
@@ -210,6 +225,8 @@ class Worker:
                 self.outlets[(name, out.port)] = outlet
                 bound.update(outlet.bound)
             self.runners.append(NodeRunner(node, index[name], outlets))
+        if proc.cpus and "torch" in sys.modules:  # imported by a node: one thread per pinned core
+            sys.modules["torch"].set_num_threads(len(proc.cpus))
         self.tell("bound", bound)
 
         resolved: dict[str, str] = self.expect("connect")[1]

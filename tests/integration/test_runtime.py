@@ -142,3 +142,29 @@ def test_a_killed_worker_is_restarted_and_its_loss_counted(tmp_path):
     values = [float(v) for v in out.read_text().splitlines()]
     assert len(values) == report["edges"][-1]["received"] > 500
     assert values == sorted(values)  # a restart loses, never reorders
+
+
+def test_groups_tcp_and_shared_replicas_deliver_everything_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    n = 5000
+    g = write(tmp_path / "mixed.yaml", f"""
+        defaults: {{policy: block}}
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: {n}}}, group: front, cpus: 0}}
+          a: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}, group: front, cpus: 0}}
+          b: {{uses: nodes.basic:Scale, inputs: {{value: a.scaled}}, outputs: {{scaled: {{transport: tcp}}}}}}
+          c: {{uses: nodes.basic:Scale, inputs: {{value: b.scaled}}, replicas: 2, params: {{offset: 0.5}}}}
+          sink:
+            uses: nodes.basic:Collect
+            inputs: {{values: [c.scaled, a.scaled]}}
+            params: {{path: {tmp_path}/out.jsonl}}
+        """)
+    plan = dmnflow.compile_graph(g, machine_cpus=[0, 1])
+    assert {e.transport for e in plan.edges} == {"inproc", "ipc", "tcp"}
+    report = launch(plan)
+    assert report.status == "finished", report.errors
+    values = received(tmp_path)
+    assert sorted(values) == sorted([float(i) for i in range(n)] + [i + 0.5 for i in range(n)])
+    shares = [e for e in report.edges if e.src == "b.scaled"]
+    assert sum(e.received for e in shares) == n and all(e.received > 0 for e in shares)
+    assert all(e.lost == 0 for e in report.edges)
