@@ -36,6 +36,7 @@ from .plan import (
     ConnectPlan,
     EdgePlan,
     InputPlan,
+    JoinPlan,
     ModelPlan,
     NodePlan,
     OutputPlan,
@@ -146,6 +147,7 @@ class _Compiler:
             self.resolve_class(node)
             self.check_params(node)
             self.check_ports(node)
+            self.check_join(node)
             self.check_pins(node)
             self.check_model(node)
         for node in self.nodes.values():
@@ -287,10 +289,30 @@ class _Compiler:
                          self.key_loc(("nodes", name, "inputs"), ("nodes", name)),
                          f"nodes.{name}.inputs.{port}",
                          f"connect it: inputs: {{{port}: <node>.<output>}} ({describe_type(decl.type)})")
-            if port in spec.inputs and not node.cls.handles(port):
+            joined = spec.join is not None and port in spec.join.inputs
+            misjoined = spec.join is not None and not set(spec.join.inputs) <= set(spec.inputs)  # bad-join says it
+            if port in spec.inputs and not joined and not misjoined and not node.cls.handles(port):
                 self.add("missing-handler", f"{cls_name} has no on_{port}() or on_message() for input "
                          f"{port!r}", self.loc("nodes", name, "uses"), f"nodes.{name}.inputs.{port}",
                          f"add `def on_{port}(self, value, ctx)` to {cls_name}")
+
+    def check_join(self, node: _Node) -> None:
+        join = node.entry.spec.join
+        if join is None or node.ports is None or node.cls is None:
+            return
+        name = node.entry.name
+        for i, port in enumerate(join.inputs):
+            if port not in node.entry.spec.inputs:
+                self.add("bad-join", f"join names {port!r}, which is not a connected input of {name!r}",
+                         self.loc("nodes", name, "join", "inputs", i), f"nodes.{name}.join.inputs",
+                         _choices(port, node.entry.spec.inputs, "connected inputs"))
+        if len(set(join.inputs)) != len(join.inputs):
+            self.add("bad-join", "join names an input twice", self.loc("nodes", name, "join", "inputs"),
+                     f"nodes.{name}.join.inputs", "list each input once")
+        if not callable(getattr(node.cls, "on_join", None)):
+            self.add("missing-handler", f"{node.cls.__name__} has no on_join() for its join",
+                     self.loc("nodes", name, "join"), f"nodes.{name}.join",
+                     f"add `def on_join(self, values: dict, ctx)` to {node.cls.__name__}")
 
     # -------------------------------------------------------------- placement and models
 
@@ -581,6 +603,7 @@ class _Compiler:
                 busy=spec.busy if spec.busy is not None else node.cls.busy, source=node.cls.is_source(),
                 model=None if model is None else ModelPlan(
                     path=str((entry.base_dir / model.path).resolve()), device=model.device, dtype=model.dtype),
+                join=None if spec.join is None else JoinPlan(inputs=spec.join.inputs, timeout_s=spec.join.timeout),
                 inputs=[], outputs=outputs, loc=str(self.loc("nodes", entry.name, key=True) or entry.name)))
 
         edge_plans = [e.model_copy(update={"endpoint": endpoint_of[e.id]}) for e in edge_plans]

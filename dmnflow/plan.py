@@ -96,6 +96,13 @@ class InputPlan(_Frozen):
     connects: list[ConnectPlan]
 
 
+class JoinPlan(_Frozen):
+    """Inputs aligned by event time into one ``on_join`` call; ``timeout_s`` None waits."""
+
+    inputs: list[str]
+    timeout_s: float | None
+
+
 class ModelPlan(_Frozen):
     """The model a model node runs; ``path`` is absolute."""
 
@@ -121,6 +128,7 @@ class NodePlan(_Frozen):
     busy: bool
     source: bool
     model: ModelPlan | None
+    join: JoinPlan | None = None
     inputs: list[InputPlan]
     outputs: list[OutputPlan]
     loc: str  # file:line:col of the node in its YAML, for run-time messages

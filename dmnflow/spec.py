@@ -40,6 +40,7 @@ __all__ = [
     "GraphSpec",
     "IncludeSpec",
     "InputSpec",
+    "JoinSpec",
     "LoadedGraph",
     "ModelSpec",
     "NodeEntry",
@@ -216,6 +217,15 @@ class InputSpec(_Spec):
 Input = Annotated[InputSpec, BeforeValidator(_input_shorthand, json_schema_input_type=str | list[str] | InputSpec)]
 
 
+class JoinSpec(_Spec):
+    """Hand the node one call per event time, with a value from each of these inputs."""
+
+    inputs: list[str] = Field(min_length=2, description="the inputs to align")
+    by: Literal["event_time"] = "event_time"
+    timeout: Duration | None = Field(None, description="give up on an incomplete event time after "
+                                     "this long (live graphs); none waits for the data or its end")
+
+
 class OutputSpec(_Spec):
     """How an output is sent: codec, compression, transport, fixed port."""
 
@@ -253,6 +263,7 @@ class NodeSpec(_Spec):
     restart: Restart | None = None
     busy: bool | None = Field(None, description="keeps a core busy; overrides the class's flag")
     model: ModelSpec | None = None
+    join: JoinSpec | None = None
 
     @field_validator("uses")
     @classmethod

@@ -19,7 +19,10 @@ from dmnflow import Input, Node, Output, Tensor
 
 
 class Counter(Node):
-    """Counts from ``start`` upwards, ``count`` numbers at ``rate_hz`` (0: as fast as possible)."""
+    """Counts from ``start`` upwards, ``count`` numbers at ``rate_hz`` (0: as fast as possible).
+
+    Each number is also its event time, so joins downstream can align on it.
+    """
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -29,7 +32,7 @@ class Counter(Node):
 
     numbers = Output(int)
 
-    def run(self, ctx: Any) -> Iterator[tuple[str, int]]:
+    def run(self, ctx: Any) -> Iterator[tuple[str, int, int]]:
         p = ctx.params
         period = 1.0 / p.rate_hz if p.rate_hz else 0.0
         due = time.perf_counter()
@@ -39,7 +42,7 @@ class Counter(Node):
                 delay = due - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            yield "numbers", n
+            yield "numbers", n, n
 
 
 class Scale(Node):

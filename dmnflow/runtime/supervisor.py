@@ -45,6 +45,7 @@ class NodeReport:
     messages_out: int = 0
     cpu_s: float = 0.0
     restarts: int = 0
+    join_incomplete: int = 0  # event times given up on: an input never delivered them
     status: str = "pending"  # pending, running, done, failed
 
 
@@ -356,6 +357,7 @@ class _Supervisor:
                     ns = stats.get("nodes", {}).get(name, {})
                     node.messages_in += ns.get("in", 0)
                     node.messages_out += ns.get("out", 0)
+                    node.join_incomplete += ns.get("join_incomplete", 0)
                     for origin, sparse in ns.get("e2e", {}).items():
                         e2e.setdefault((int(origin), name), Histogram()).merge(Histogram.from_sparse(sparse))
                 for e, st in stats.get("edges", {}).items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import heapq
 import importlib
 import os
 import signal
@@ -71,6 +72,54 @@ def _load_class(uses: str) -> type[Node]:
     return obj
 
 
+class _Join:
+    """Aligns inputs by event time: releases an event time once every joined input has
+    delivered it, in event-time order, so the node sees the same calls on every run.
+
+    An event time is given up on (and counted) when an input that lacks it has moved past it
+    (streams arrive in event-time order), has ended, or after ``timeout_s`` (live graphs).
+    """
+
+    def __init__(self, ports: list[str], timeout_s: float | None) -> None:
+        self.ports = ports
+        self.timeout_s = timeout_s
+        self.pending: dict[Any, dict[str, Any]] = {}
+        self.first_seen: dict[Any, float] = {}
+        self.times: list[Any] = []  # a heap of the pending event times
+        self.latest: dict[str, Any] = {}
+        self.ended: set[str] = set()
+        self.incomplete = 0
+
+    def add(self, port: str, event_time: Any, value: Any) -> list[tuple[Any, dict[str, Any]]]:
+        group = self.pending.get(event_time)
+        if group is None:
+            group = self.pending[event_time] = {}
+            self.first_seen[event_time] = time.monotonic()
+            heapq.heappush(self.times, event_time)
+        group[port] = value
+        self.latest[port] = event_time
+        return self.release()
+
+    def release(self, final: bool = False) -> list[tuple[Any, dict[str, Any]]]:
+        ready = []
+        now = time.monotonic()
+        while self.times:
+            t = self.times[0]
+            group = self.pending[t]
+            if len(group) < len(self.ports):
+                missing = [p for p in self.ports if p not in group]
+                gone = final or any(p in self.ended or (p in self.latest and self.latest[p] > t) for p in missing)
+                late = self.timeout_s is not None and now - self.first_seen[t] > self.timeout_s
+                if not (gone or late):
+                    break
+                self.incomplete += 1
+            else:
+                ready.append((t, group))
+            heapq.heappop(self.times)
+            del self.pending[t], self.first_seen[t]
+        return ready
+
+
 class NodeRunner:
     """One node instance inside the worker: its object, context, handlers and counters."""
 
@@ -93,6 +142,7 @@ class NodeRunner:
         self.on_message = getattr(self.node, "on_message", None)
         self.gen: Iterator[Any] | None = None
         self.done = False
+        self.join = None if plan_node.join is None else _Join(plan_node.join.inputs, plan_node.join.timeout_s)
 
     def setup(self) -> None:
         if hasattr(self.node, "setup"):
@@ -122,8 +172,10 @@ class NodeRunner:
         message.origin_ns, message.event_time = header[4], header[7]
         self.origin_ns, self.origin = header[4], header[5]
         self.messages_in += 1
-        handler = self.handlers.get(port)
-        if handler is not None:
+        if self.join is not None and port in self.join.ports:
+            for event_time, values in self.join.add(port, header[7], value):
+                self.call_join(event_time, values)
+        elif (handler := self.handlers.get(port)) is not None:
             handler(value, self.ctx)
         else:
             self.on_message(port, value, self.ctx)  # type: ignore[misc]
@@ -133,6 +185,17 @@ class NodeRunner:
                 hist = self.e2e[header[5]] = Histogram()
             hist.add(time.time_ns() - header[4])
         self.origin = -1
+
+    def call_join(self, event_time: Any, values: dict[str, Any]) -> None:
+        self.ctx.message.port, self.ctx.message.event_time = "", event_time
+        self.node.on_join(values, self.ctx)  # type: ignore[attr-defined]
+
+    def input_ended(self, port: str) -> None:
+        """An input delivered its end-of-stream: event times still waiting for it never complete."""
+        if self.join is not None and port in self.join.ports and port not in self.join.ended:
+            self.join.ended.add(port)
+            for event_time, values in self.join.release():
+                self.call_join(event_time, values)
 
     def step(self, steps: int) -> None:
         """Take up to ``steps`` items from the source's generator; end the stream when it returns."""
@@ -156,6 +219,9 @@ class NodeRunner:
     def finish(self) -> None:
         """The node's inputs (or its source) ended: teardown, then end-of-stream downstream."""
         self.done = True
+        if self.join is not None:
+            for event_time, values in self.join.release(final=True):
+                self.call_join(event_time, values)
         if hasattr(self.node, "teardown"):
             self.node.teardown(self.ctx)
         for outlet in self.outlets.values():
@@ -163,6 +229,7 @@ class NodeRunner:
 
     def stats(self) -> dict[str, Any]:
         return {"in": self.messages_in, "out": self.messages_out,
+                "join_incomplete": self.join.incomplete if self.join is not None else 0,
                 "e2e": {origin: h.to_sparse() for origin, h in self.e2e.items()}}
 
 
@@ -276,6 +343,7 @@ class Worker:
         for runner, inlet in self.inlets:
             by_runner.setdefault(id(runner), []).append(inlet)
         next_beat = time.monotonic() + 1.0
+        timed_joins = [r for r in self.runners if r.join is not None and r.join.timeout_s is not None]
         ending: list[Outlet] = []  # outputs whose end-of-stream some consumer has not acknowledged
         next_flush = 0.0
         while True:
@@ -289,11 +357,16 @@ class Worker:
                     runner, inlet = inlet_of[sock]
                     for value, header in inlet.receive(sock, BATCH):
                         runner.deliver(inlet.port, value, header)
+                    if inlet.ended:
+                        runner.input_ended(inlet.port)
                 else:
                     outlet_of[sock].service(sock)
             for runner in sources:
                 if runner.gen is not None:  # a stop may have ended it during this turn
                     runner.step(SOURCE_STEPS)
+            for runner in timed_joins:  # live joins give up on late event times
+                for event_time, values in runner.join.release():  # type: ignore[union-attr]
+                    runner.call_join(event_time, values)
             for runner in self.runners:
                 ended = runner.gen is None and all(i.ended for i in by_runner.get(id(runner), []))
                 if not runner.done and ended and (runner.plan.inputs or runner.plan.source):

@@ -85,3 +85,14 @@ class Predict(Node):
 
     def on_vectors(self, vector: np.ndarray, ctx: Any) -> None:
         ctx.emit("prediction", float(vector.sum()))
+
+
+class Pair(Node):
+    """Joins two numbers by event time and emits their difference (used with a join typo)."""
+
+    high = Input(float)
+    low = Input(float)
+    spread = Output(float)
+
+    def on_join(self, values: dict[str, float], ctx: Any) -> None:
+        ctx.emit("spread", values["high"] - values["low"])

@@ -1,12 +1,14 @@
-"""Node classes only the runtime tests use: a sink that is slow to start."""
+"""Node classes only the runtime tests use: slow and watchable sinks, jitter, a join."""
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dmnflow import Input, Node, Output
 from nodes.basic import Collect
 
 
@@ -37,3 +39,31 @@ class Tap(Collect):
 
     def teardown(self, ctx: Any) -> None:
         self.file.close()
+
+
+class Jitter(Node):
+    """Multiplies by ``factor`` after a random pause: scheduling noise for determinism tests."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        factor: float = 1.0
+        max_delay_s: float = Field(0.002, ge=0)
+
+    value = Input(float)
+    out = Output(float)
+
+    def on_value(self, value: float, ctx: Any) -> None:
+        time.sleep(random.random() * ctx.params.max_delay_s)  # unseeded on purpose
+        ctx.emit("out", value * ctx.params.factor)
+
+
+class Combine(Node):
+    """Joins three inputs by event time and emits ``[event_time, a, b, c]``."""
+
+    a = Input(float)
+    b = Input(float)
+    c = Input(float)
+    combined = Output(list)
+
+    def on_join(self, values: dict[str, float], ctx: Any) -> None:
+        ctx.emit("combined", [ctx.message.event_time, values["a"], values["b"], values["c"]])

@@ -168,3 +168,33 @@ def test_groups_tcp_and_shared_replicas_deliver_everything_once(tmp_path, monkey
     shares = [e for e in report.edges if e.src == "b.scaled"]
     assert sum(e.received for e in shares) == n and all(e.received > 0 for e in shares)
     assert all(e.lost == 0 for e in report.edges)
+
+
+def test_fan_out_fan_in_with_a_join_gives_identical_outputs_run_after_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    n = 300
+    g = write(tmp_path / "diamond.yaml", f"""
+        defaults: {{policy: block}}
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: {n}}}}}
+          j1: {{uses: tests.integration.nodes:Jitter, inputs: {{value: src.numbers}}, params: {{factor: 1}}}}
+          j2: {{uses: tests.integration.nodes:Jitter, inputs: {{value: src.numbers}}, params: {{factor: 2}}}}
+          j3: {{uses: tests.integration.nodes:Jitter, inputs: {{value: src.numbers}}, params: {{factor: 3}}}}
+          join:
+            uses: tests.integration.nodes:Combine
+            inputs: {{a: j1.out, b: j2.out, c: j3.out}}
+            join: {{inputs: [a, b, c]}}
+          sink:
+            uses: nodes.basic:Collect
+            inputs: {{values: join.combined}}
+            params: {{path: {tmp_path}/out.jsonl}}
+        """)
+    plan = dmnflow.compile_graph(g)
+    runs = []
+    for _ in range(2):
+        report = launch(plan)
+        assert report.status == "finished", report.errors
+        assert report.nodes["join"].join_incomplete == 0
+        runs.append((tmp_path / "out.jsonl").read_text())
+    assert runs[0] == runs[1]
+    assert [json.loads(line) for line in runs[0].splitlines()] == [[i, i, 2 * i, 3 * i] for i in range(n)]

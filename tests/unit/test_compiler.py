@@ -237,3 +237,30 @@ def test_the_quickstart_graph_compiles_from_the_repo_root(monkeypatch):
     assert plan.order == ["counter", "scale", "sink"]
     assert plan.node("sink").params == {"path": "/tmp/dmnflow-test-out/quickstart.jsonl"}
     assert plan.node("counter").loc == "graphs/quickstart.yaml:12:3"
+
+
+def test_join_inputs_need_no_handlers_of_their_own_but_the_node_needs_on_join(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter}
+          add:
+            uses: tests.unit.test_compiler:Adder
+            inputs: {a: src.numbers, b: src.numbers}
+            join: {inputs: [a, b], timeout: 20ms}
+        """)
+    issues = [i for i in dmnflow.validate(g) if i.is_error]
+    assert [(i.code, i.path) for i in issues] == [("missing-handler", "nodes.add.join")]
+
+
+def test_join_plan(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter}
+          pair:
+            uses: graphs.invalid.fixture_nodes:Pair
+            inputs: {high: src.numbers, low: src.numbers}
+            join: {inputs: [high, low], timeout: 20ms}
+          sink: {uses: nodes.basic:Collect, inputs: {values: pair.spread}}
+        """)
+    join = dmnflow.compile_graph(g).node("pair").join
+    assert (join.inputs, join.timeout_s) == (["high", "low"], 0.02)
