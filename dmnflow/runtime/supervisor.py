@@ -46,6 +46,7 @@ class NodeReport:
     cpu_s: float = 0.0
     restarts: int = 0
     join_incomplete: int = 0  # event times given up on: an input never delivered them
+    conflated: int = 0  # messages a `latest` input skipped for a newer one
     status: str = "pending"  # pending, running, done, failed
 
 
@@ -358,6 +359,7 @@ class _Supervisor:
                     node.messages_in += ns.get("in", 0)
                     node.messages_out += ns.get("out", 0)
                     node.join_incomplete += ns.get("join_incomplete", 0)
+                    node.conflated += ns.get("conflated", 0)
                     for origin, sparse in ns.get("e2e", {}).items():
                         e2e.setdefault((int(origin), name), Histogram()).merge(Histogram.from_sparse(sparse))
                 for e, st in stats.get("edges", {}).items():

@@ -120,6 +120,18 @@ class _Join:
         return ready
 
 
+class _Batch:
+    """Messages of one input waiting to be handed over together (``batch: {max, wait}``)."""
+
+    __slots__ = ("max", "wait_s", "values", "header", "due")
+
+    def __init__(self, max_: int, wait_s: float) -> None:
+        self.max, self.wait_s = max_, wait_s
+        self.values: list[Any] = []
+        self.header: list[Any] = []
+        self.due = 0.0
+
+
 class NodeRunner:
     """One node instance inside the worker: its object, context, handlers and counters."""
 
@@ -143,6 +155,9 @@ class NodeRunner:
         self.gen: Iterator[Any] | None = None
         self.done = False
         self.join = None if plan_node.join is None else _Join(plan_node.join.inputs, plan_node.join.timeout_s)
+        self.batches = {i.port: _Batch(i.batch.max, i.batch.wait_s) for i in plan_node.inputs if i.batch}
+        self.latest = {i.port for i in plan_node.inputs if i.policy == "latest"}
+        self.conflated = 0  # messages a `latest` input skipped for a newer one
 
     def setup(self) -> None:
         if hasattr(self.node, "setup"):
@@ -167,6 +182,28 @@ class NodeRunner:
         self.messages_out += 1
 
     def deliver(self, port: str, value: Any, header: list[Any]) -> None:
+        batch = self.batches.get(port)
+        if batch is not None:
+            batch.values.append(value)
+            batch.header = header
+            if len(batch.values) == 1:
+                batch.due = time.monotonic() + batch.wait_s
+            if len(batch.values) >= batch.max:
+                self.flush(port, batch)
+            return
+        self.handle(port, value, header)
+
+    def flush(self, port: str, batch: _Batch) -> None:
+        """Hand the handler the batch as one list (the metadata is the last message's)."""
+        values, batch.values = batch.values, []
+        self.handle(port, values, batch.header)
+
+    def flush_due(self, now: float, force: bool = False) -> None:
+        for port, batch in self.batches.items():
+            if batch.values and (force or now >= batch.due):
+                self.flush(port, batch)
+
+    def handle(self, port: str, value: Any, header: list[Any]) -> None:
         message = self.ctx.message
         message.port, message.seq = port, header[3]
         message.origin_ns, message.event_time = header[4], header[7]
@@ -191,7 +228,11 @@ class NodeRunner:
         self.node.on_join(values, self.ctx)  # type: ignore[attr-defined]
 
     def input_ended(self, port: str) -> None:
-        """An input delivered its end-of-stream: event times still waiting for it never complete."""
+        """An input delivered its end-of-stream: its batch goes out; event times still waiting
+        for it never complete."""
+        batch = self.batches.get(port)
+        if batch is not None and batch.values:
+            self.flush(port, batch)
         if self.join is not None and port in self.join.ports and port not in self.join.ended:
             self.join.ended.add(port)
             for event_time, values in self.join.release():
@@ -219,6 +260,7 @@ class NodeRunner:
     def finish(self) -> None:
         """The node's inputs (or its source) ended: teardown, then end-of-stream downstream."""
         self.done = True
+        self.flush_due(0.0, force=True)
         if self.join is not None:
             for event_time, values in self.join.release(final=True):
                 self.call_join(event_time, values)
@@ -228,7 +270,7 @@ class NodeRunner:
             outlet.send_eos()
 
     def stats(self) -> dict[str, Any]:
-        return {"in": self.messages_in, "out": self.messages_out,
+        return {"in": self.messages_in, "out": self.messages_out, "conflated": self.conflated,
                 "join_incomplete": self.join.incomplete if self.join is not None else 0,
                 "e2e": {origin: h.to_sparse() for origin, h in self.e2e.items()}}
 
@@ -344,19 +386,27 @@ class Worker:
             by_runner.setdefault(id(runner), []).append(inlet)
         next_beat = time.monotonic() + 1.0
         timed_joins = [r for r in self.runners if r.join is not None and r.join.timeout_s is not None]
+        batched = [r for r in self.runners if r.batches]
         ending: list[Outlet] = []  # outputs whose end-of-stream some consumer has not acknowledged
         next_flush = 0.0
         while True:
             sources = [r for r in self.runners if r.gen is not None]
-            events = dict(poller.poll(0 if sources else 2 if ending else 100))
+            batching = any(b.values for r in batched for b in r.batches.values())
+            events = dict(poller.poll(0 if sources else 1 if batching else 2 if ending else 100))
             for sock in events:
                 if sock is self.control:
                     while (msg := self.hear(0)) is not None:
                         self.command(msg)
                 elif sock in inlet_of:
                     runner, inlet = inlet_of[sock]
-                    for value, header in inlet.receive(sock, BATCH):
-                        runner.deliver(inlet.port, value, header)
+                    if inlet.port in runner.latest:  # keep only the newest of what is waiting
+                        waiting = list(inlet.receive(sock, BATCH))
+                        if waiting:
+                            runner.conflated += len(waiting) - 1
+                            runner.deliver(inlet.port, *waiting[-1])
+                    else:
+                        for value, header in inlet.receive(sock, BATCH):
+                            runner.deliver(inlet.port, value, header)
                     if inlet.ended:
                         runner.input_ended(inlet.port)
                 else:
@@ -364,6 +414,10 @@ class Worker:
             for runner in sources:
                 if runner.gen is not None:  # a stop may have ended it during this turn
                     runner.step(SOURCE_STEPS)
+            if batching:
+                now = time.monotonic()
+                for runner in batched:
+                    runner.flush_due(now)
             for runner in timed_joins:  # live joins give up on late event times
                 for event_time, values in runner.join.release():  # type: ignore[union-attr]
                     runner.call_join(event_time, values)

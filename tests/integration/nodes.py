@@ -67,3 +67,28 @@ class Combine(Node):
 
     def on_join(self, values: dict[str, float], ctx: Any) -> None:
         ctx.emit("combined", [ctx.message.event_time, values["a"], values["b"], values["c"]])
+
+
+class BatchSizes(Node):
+    """Emits the size of each batch its batched input hands it, and the values in order."""
+
+    value = Input(float)
+    sizes = Output(list)
+
+    def on_value(self, values: list[float], ctx: Any) -> None:
+        ctx.emit("sizes", [len(values), values[0], values[-1]])
+
+
+class Slow(Node):
+    """Passes values on after ``delay_s``: a consumer that cannot keep up."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        delay_s: float = Field(0.005, ge=0)
+
+    value = Input(float)
+    out = Output(float)
+
+    def on_value(self, value: float, ctx: Any) -> None:
+        time.sleep(ctx.params.delay_s)
+        ctx.emit("out", value)

@@ -198,3 +198,47 @@ def test_fan_out_fan_in_with_a_join_gives_identical_outputs_run_after_run(tmp_pa
         runs.append((tmp_path / "out.jsonl").read_text())
     assert runs[0] == runs[1]
     assert [json.loads(line) for line in runs[0].splitlines()] == [[i, i, 2 * i, 3 * i] for i in range(n)]
+
+
+def test_batched_input_hands_over_lists_in_order_and_loses_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    g = write(tmp_path / "batch.yaml", f"""
+        defaults: {{policy: block}}
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: 2000}}}}
+          batcher:
+            uses: tests.integration.nodes:BatchSizes
+            inputs: {{value: {{from: src.numbers, batch: {{max: 64, wait: 2ms}}}}}}
+          sink:
+            uses: nodes.basic:Collect
+            inputs: {{values: batcher.sizes}}
+            params: {{path: {tmp_path}/out.jsonl}}
+        """)
+    report = launch(dmnflow.compile_graph(g))
+    assert report.status == "finished", report.errors
+    batches = received(tmp_path)
+    assert sum(size for size, _, _ in batches) == 2000
+    assert all(1 <= size <= 64 for size, _, _ in batches)
+    assert [first for _, first, _ in batches] == sorted(first for _, first, _ in batches)
+    assert batches[0][1] == 0 and batches[-1][2] == 1999
+
+
+def test_latest_policy_skips_to_the_newest_and_counts_what_it_skipped(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    g = write(tmp_path / "latest.yaml", f"""
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: 2000, rate_hz: 4000}}}}
+          slow:
+            uses: tests.integration.nodes:Slow
+            inputs: {{value: {{from: src.numbers, policy: latest}}}}
+          sink:
+            uses: nodes.basic:Collect
+            inputs: {{values: slow.out}}
+            params: {{path: {tmp_path}/out.jsonl}}
+        """)
+    report = launch(dmnflow.compile_graph(g))
+    assert report.status == "finished", report.errors
+    values = received(tmp_path)
+    slow = report.nodes["slow"]
+    assert slow.conflated > 0 and slow.messages_in + slow.conflated == report.edges[0].received
+    assert values == sorted(values) and len(values) == slow.messages_in
