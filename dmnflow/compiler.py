@@ -148,6 +148,7 @@ class _Compiler:
             self.check_params(node)
             self.check_ports(node)
             self.check_join(node)
+            self.check_timers(node)
             self.check_pins(node)
             self.check_model(node)
         for node in self.nodes.values():
@@ -313,6 +314,20 @@ class _Compiler:
             self.add("missing-handler", f"{node.cls.__name__} has no on_join() for its join",
                      self.loc("nodes", name, "join"), f"nodes.{name}.join",
                      f"add `def on_join(self, values: dict, ctx)` to {node.cls.__name__}")
+
+    def check_timers(self, node: _Node) -> None:
+        name = node.entry.name
+        for timer, period in node.entry.spec.timers.items():
+            where, path = self.loc("nodes", name, "timers", timer, key=True), f"nodes.{name}.timers.{timer}"
+            if period <= 0:
+                self.add("invalid-value", f"timer {timer!r} needs a period above zero", self.loc(
+                    "nodes", name, "timers", timer), path, "write e.g. 10ms or 1s")
+            if node.cls is not None and not callable(getattr(node.cls, f"on_{timer}", None)):
+                self.add("missing-handler", f"{node.cls.__name__} has no on_{timer}() for timer {timer!r}",
+                         where, path, f"add `def on_{timer}(self, ctx)` to {node.cls.__name__}")
+            if node.ports is not None and timer in node.ports.inputs:
+                self.add("bad-name", f"timer {timer!r} has the name of an input; on_{timer} would serve both",
+                         where, path, "rename the timer")
 
     # -------------------------------------------------------------- placement and models
 
@@ -604,6 +619,7 @@ class _Compiler:
                 model=None if model is None else ModelPlan(
                     path=str((entry.base_dir / model.path).resolve()), device=model.device, dtype=model.dtype),
                 join=None if spec.join is None else JoinPlan(inputs=spec.join.inputs, timeout_s=spec.join.timeout),
+                timers=spec.timers,
                 inputs=[], outputs=outputs, loc=str(self.loc("nodes", entry.name, key=True) or entry.name)))
 
         edge_plans = [e.model_copy(update={"endpoint": endpoint_of[e.id]}) for e in edge_plans]

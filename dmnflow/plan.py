@@ -129,6 +129,7 @@ class NodePlan(_Frozen):
     source: bool
     model: ModelPlan | None
     join: JoinPlan | None = None
+    timers: dict[str, float] = {}
     inputs: list[InputPlan]
     outputs: list[OutputPlan]
     loc: str  # file:line:col of the node in its YAML, for run-time messages

@@ -264,6 +264,7 @@ class NodeSpec(_Spec):
     busy: bool | None = Field(None, description="keeps a core busy; overrides the class's flag")
     model: ModelSpec | None = None
     join: JoinSpec | None = None
+    timers: dict[str, Duration] = Field(default_factory=dict, description="name: period; calls on_<name>(ctx)")
 
     @field_validator("uses")
     @classmethod

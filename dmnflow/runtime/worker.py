@@ -158,6 +158,9 @@ class NodeRunner:
         self.batches = {i.port: _Batch(i.batch.max, i.batch.wait_s) for i in plan_node.inputs if i.batch}
         self.latest = {i.port for i in plan_node.inputs if i.policy == "latest"}
         self.conflated = 0  # messages a `latest` input skipped for a newer one
+        now = time.monotonic()
+        self.timers = [[now + period, period, getattr(self.node, f"on_{name}")]
+                       for name, period in plan_node.timers.items()]
 
     def setup(self) -> None:
         if hasattr(self.node, "setup"):
@@ -238,6 +241,14 @@ class NodeRunner:
             for event_time, values in self.join.release():
                 self.call_join(event_time, values)
 
+    def fire_timers(self, now: float) -> float:
+        """Call the timers that are due; the time until the next one is due."""
+        for timer in self.timers:
+            if now >= timer[0]:
+                timer[0] = max(timer[0] + timer[1], now)  # late ticks are skipped, not bunched
+                timer[2](self.ctx)
+        return min(t[0] for t in self.timers) - now
+
     def step(self, steps: int) -> None:
         """Take up to ``steps`` items from the source's generator; end the stream when it returns."""
         for _ in range(steps):
@@ -291,6 +302,7 @@ class Worker:
         self.outlets: dict[tuple[str, str], Outlet] = {}
         self.inlets: list[tuple[NodeRunner, Inlet]] = []
         self.runners: list[NodeRunner] = []
+        self.stopping = False
 
     def tell(self, *msg: Any) -> None:
         self.control.send(msgpack.packb(list(msg), use_bin_type=True))
@@ -387,12 +399,17 @@ class Worker:
         next_beat = time.monotonic() + 1.0
         timed_joins = [r for r in self.runners if r.join is not None and r.join.timeout_s is not None]
         batched = [r for r in self.runners if r.batches]
+        timed = [r for r in self.runners if r.timers]
         ending: list[Outlet] = []  # outputs whose end-of-stream some consumer has not acknowledged
         next_flush = 0.0
         while True:
             sources = [r for r in self.runners if r.gen is not None]
             batching = any(b.values for r in batched for b in r.batches.values())
-            events = dict(poller.poll(0 if sources else 1 if batching else 2 if ending else 100))
+            wait_ms = 0 if sources else 1 if batching else 2 if ending else 100
+            if timed:
+                now = time.monotonic()
+                wait_ms = min(wait_ms, max(0, int(min(r.fire_timers(now) for r in timed) * 1000)))
+            events = dict(poller.poll(wait_ms))
             for sock in events:
                 if sock is self.control:
                     while (msg := self.hear(0)) is not None:
@@ -423,9 +440,11 @@ class Worker:
                     runner.call_join(event_time, values)
             for runner in self.runners:
                 ended = runner.gen is None and all(i.ended for i in by_runner.get(id(runner), []))
-                if not runner.done and ended and (runner.plan.inputs or runner.plan.source):
-                    runner.finish()
+                if not runner.done and ended and (runner.plan.inputs or runner.plan.source or self.stopping):
+                    runner.finish()  # a timer-only node runs until the graph is stopped
                     ending.extend(runner.outlets.values())
+                    if runner in timed:
+                        timed.remove(runner)
             if ending and time.monotonic() >= next_flush:  # re-send the end every ~2ms until acknowledged
                 ending = [o for o in ending if not o.flush_eos()]
                 next_flush = time.monotonic() + 0.002
@@ -439,6 +458,7 @@ class Worker:
 
     def command(self, msg: list[Any]) -> None:
         if msg[0] == "stop":  # drain: sources end, and end-of-stream follows the data
+            self.stopping = True
             for runner in self.runners:
                 runner.stop_source()
         elif msg[0] == "rehello":

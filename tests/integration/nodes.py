@@ -92,3 +92,16 @@ class Slow(Node):
     def on_value(self, value: float, ctx: Any) -> None:
         time.sleep(ctx.params.delay_s)
         ctx.emit("out", value)
+
+
+class Ticker(Node):
+    """Emits 0, 1, 2, ... each time its ``tick`` timer fires; has no inputs, runs until stopped."""
+
+    ticks = Output(int)
+
+    def setup(self, ctx: Any) -> None:
+        self.n = 0
+
+    def on_tick(self, ctx: Any) -> None:
+        ctx.emit("ticks", self.n)
+        self.n += 1

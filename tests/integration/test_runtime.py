@@ -242,3 +242,30 @@ def test_latest_policy_skips_to_the_newest_and_counts_what_it_skipped(tmp_path, 
     slow = report.nodes["slow"]
     assert slow.conflated > 0 and slow.messages_in + slow.conflated == report.edges[0].received
     assert values == sorted(values) and len(values) == slow.messages_in
+
+
+def test_timers_fire_until_the_graph_is_stopped_then_drain(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    g = write(tmp_path / "timer.yaml", f"""
+        nodes:
+          ticker: {{uses: tests.integration.nodes:Ticker, timers: {{tick: 10ms}}}}
+          sink:
+            uses: nodes.basic:Collect
+            inputs: {{values: ticker.ticks}}
+            params: {{path: {tmp_path}/out.jsonl}}
+        """)
+    report = launch(dmnflow.compile_graph(g), duration_s=0.5)
+    assert report.status == "stopped" and report.exit_code == 0, report.errors
+    values = received(tmp_path)
+    assert len(values) > 3 and values == list(range(len(values)))  # every tick, in order, drained
+    assert report.edges[0].lost == 0
+
+
+def test_a_timer_without_its_handler_is_a_compile_error(tmp_path):
+    g = write(tmp_path / "timer.yaml", """
+        nodes:
+          ticker: {uses: tests.integration.nodes:Ticker, timers: {tock: 10ms}}
+          sink: {uses: nodes.basic:Collect, inputs: {values: ticker.ticks}}
+        """)
+    [issue] = [i for i in dmnflow.validate(g) if i.is_error]
+    assert (issue.code, issue.loc.line) == ("missing-handler", 2) and "on_tock" in issue.message
