@@ -366,8 +366,11 @@ class Inlet:
 
     def __init__(self, ctx: zmq.Context, port: str, connects: list[ConnectPlan], src_of_edge: dict[int, int],
                  topics: list[str], queue: int, decoders: dict[int, Decoder], run_dir: str,
-                 resolved: dict[str, str], identity: bytes, feedback: bool, restarted: bool = False) -> None:
+                 resolved: dict[str, str], identity: bytes, feedback: bool, restarted: bool = False,
+                 zero_copy: bool = True) -> None:
         self.port = port
+        # zmq Frames cost an object per part; worth it only where payloads are used in place
+        self.zero_copy = zero_copy
         # a restarted worker starts counting where the stream is now: what its predecessor
         # received is not a gap (the supervisor compares sent and received across both)
         self.baseline = restarted
@@ -421,13 +424,15 @@ class Inlet:
         """Up to ``limit`` decoded messages waiting on ``sock``: ``(value, header)`` pairs."""
         for _ in range(limit):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=not self.zero_copy)
             except zmq.Again:
                 return
             now = time.time_ns()
-            topic = frames[0].bytes
+            if self.zero_copy:
+                frames = [frames[0].bytes, *(f.buffer for f in frames[1:])]
+            topic = frames[0]
             try:
-                header = msgpack.unpackb(frames[1].buffer, **self.unpacker_opts)
+                header = msgpack.unpackb(frames[1], **self.unpacker_opts)
                 kind, src, inc, seq = header[0], header[1], header[2], header[3]
                 source = self.sources[src]
             except Exception:
@@ -453,7 +458,7 @@ class Inlet:
             stats.received += 1
             stats.latency.add(now - header[6])
             try:
-                value = self.decoders[source.edge](header[8], [f.buffer for f in frames[2:]])
+                value = self.decoders[source.edge](header[8], frames[2:])
             except DecodeError:
                 stats.decode_errors += 1
                 continue

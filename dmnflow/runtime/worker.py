@@ -38,6 +38,7 @@ from ..transport import Histogram, Inlet, Outlet, make_decoder, make_encoder
 
 LINGER_S = 5.0
 BATCH = 256  # messages read from one socket before looking at the others
+ZERO_COPY = {"tensor", "raw", "pickle"}  # codecs whose payload is used in place, not parsed
 SOURCE_STEPS = 64  # items taken from a source's generator per turn of the loop
 
 
@@ -360,7 +361,8 @@ class Worker:
                 src_of_edge = {e: ids[(edge.src, edge.src_port)] for e, edge in edges.items()}
                 inlet = Inlet(self.zctx, inp.port, inp.connects, src_of_edge, inp.topics, inp.queue, decoders,
                               self.run_dir, resolved, runner.plan.name.encode(), inp.feedback,
-                              restarted=self.inc > 0)
+                              restarted=self.inc > 0,
+                              zero_copy=any(e.codec in ZERO_COPY for e in edges.values()))
                 self.inlets.append((runner, inlet))
         self.tell("connected")
 
@@ -402,9 +404,11 @@ class Worker:
         timed = [r for r in self.runners if r.timers]
         ending: list[Outlet] = []  # outputs whose end-of-stream some consumer has not acknowledged
         next_flush = 0.0
+        sources = [r for r in self.runners if r.gen is not None]
+        check_end = True  # something may have ended: look for nodes to finish (not every turn)
+        all_done = False
         while True:
-            sources = [r for r in self.runners if r.gen is not None]
-            batching = any(b.values for r in batched for b in r.batches.values())
+            batching = bool(batched) and any(b.values for r in batched for b in r.batches.values())
             wait_ms = 0 if sources else 1 if batching else 2 if ending else 100
             if timed:
                 now = time.monotonic()
@@ -414,6 +418,7 @@ class Worker:
                 if sock is self.control:
                     while (msg := self.hear(0)) is not None:
                         self.command(msg)
+                    check_end = True
                 elif sock in inlet_of:
                     runner, inlet = inlet_of[sock]
                     if inlet.port in runner.latest:  # keep only the newest of what is waiting
@@ -426,11 +431,16 @@ class Worker:
                             runner.deliver(inlet.port, value, header)
                     if inlet.ended:
                         runner.input_ended(inlet.port)
+                        check_end = True
                 else:
                     outlet_of[sock].service(sock)
-            for runner in sources:
-                if runner.gen is not None:  # a stop may have ended it during this turn
-                    runner.step(SOURCE_STEPS)
+            if sources:
+                for runner in sources:
+                    if runner.gen is not None:  # a stop may have ended it during this turn
+                        runner.step(SOURCE_STEPS)
+                if any(r.gen is None for r in sources):
+                    sources = [r for r in sources if r.gen is not None]
+                    check_end = True
             if batching:
                 now = time.monotonic()
                 for runner in batched:
@@ -438,17 +448,20 @@ class Worker:
             for runner in timed_joins:  # live joins give up on late event times
                 for event_time, values in runner.join.release():  # type: ignore[union-attr]
                     runner.call_join(event_time, values)
-            for runner in self.runners:
-                ended = runner.gen is None and all(i.ended for i in by_runner.get(id(runner), []))
-                if not runner.done and ended and (runner.plan.inputs or runner.plan.source or self.stopping):
-                    runner.finish()  # a timer-only node runs until the graph is stopped
-                    ending.extend(runner.outlets.values())
-                    if runner in timed:
-                        timed.remove(runner)
+            if check_end:
+                check_end = False
+                for runner in self.runners:
+                    ended = runner.gen is None and all(i.ended for i in by_runner.get(id(runner), []))
+                    if not runner.done and ended and (runner.plan.inputs or runner.plan.source or self.stopping):
+                        runner.finish()  # a timer-only node runs until the graph is stopped
+                        ending.extend(runner.outlets.values())
+                        if runner in timed:
+                            timed.remove(runner)
+                all_done = all(r.done for r in self.runners)
             if ending and time.monotonic() >= next_flush:  # re-send the end every ~2ms until acknowledged
                 ending = [o for o in ending if not o.flush_eos()]
                 next_flush = time.monotonic() + 0.002
-            if not ending and all(r.done for r in self.runners):
+            if all_done and not ending:
                 break
             if time.monotonic() >= next_beat:
                 self.tell("hb", self.stats())
