@@ -6,41 +6,84 @@ and ``__all__`` below is the whole public surface.
 """
 
 import contextlib as _contextlib
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
-from .codecs import Codec as Codec
-from .codecs import codec_names as codec_names
-from .codecs import register_codec as register_codec
-from .compiler import compile_graph as compile_graph
-from .compiler import validate as validate
-from .errors import CodecError as CodecError
-from .errors import CompileError as CompileError
-from .errors import DecodeError as DecodeError
-from .errors import DmnflowError as DmnflowError
-from .errors import EncodeError as EncodeError
-from .errors import ExitCode as ExitCode
-from .errors import GraphError as GraphError
-from .errors import Issue as Issue
-from .errors import LaunchError as LaunchError
-from .errors import Location as Location
-from .errors import NodeError as NodeError
-from .errors import SendTimeout as SendTimeout
-from .errors import SpecError as SpecError
-from .errors import TransportError as TransportError
-from .errors import format_issues as format_issues
-from .node import Context as Context
-from .node import Input as Input
-from .node import Message as Message
-from .node import Node as Node
-from .node import Output as Output
-from .node import Ports as Ports
-from .node import Tensor as Tensor
-from .plan import Plan as Plan
-from .runtime import Report as Report
-from .runtime import launch as launch
-from .spec import json_schema as json_schema
-from .spec import load_graph as load_graph
-from .viz import FORMATS as FORMATS
-from .viz import render as render
+# Where each public name lives. Names load on first use, so a worker process that imports
+# dmnflow.runtime.worker does not pay for the compiler, networkx, YAML or the renderers.
+_LOCATIONS: dict[str, str] = {
+    "Codec": "codecs",
+    "CodecError": "errors",
+    "CompileError": "errors",
+    "Context": "node",
+    "DecodeError": "errors",
+    "DmnflowError": "errors",
+    "EncodeError": "errors",
+    "ExitCode": "errors",
+    "FORMATS": "viz",
+    "GraphError": "errors",
+    "Input": "node",
+    "Issue": "errors",
+    "LaunchError": "errors",
+    "Location": "errors",
+    "Message": "node",
+    "Node": "node",
+    "NodeError": "errors",
+    "Output": "node",
+    "Plan": "plan",
+    "Ports": "node",
+    "Report": "runtime",
+    "SendTimeout": "errors",
+    "SpecError": "errors",
+    "Tensor": "node",
+    "TransportError": "errors",
+    "codec_names": "codecs",
+    "compile_graph": "compiler",
+    "format_issues": "errors",
+    "json_schema": "spec",
+    "launch": "runtime",
+    "load_graph": "spec",
+    "register_codec": "codecs",
+    "render": "viz",
+    "validate": "compiler",
+}
+
+if _TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from .codecs import Codec as Codec
+    from .codecs import codec_names as codec_names
+    from .codecs import register_codec as register_codec
+    from .compiler import compile_graph as compile_graph
+    from .compiler import validate as validate
+    from .errors import CodecError as CodecError
+    from .errors import CompileError as CompileError
+    from .errors import DecodeError as DecodeError
+    from .errors import DmnflowError as DmnflowError
+    from .errors import EncodeError as EncodeError
+    from .errors import ExitCode as ExitCode
+    from .errors import GraphError as GraphError
+    from .errors import Issue as Issue
+    from .errors import LaunchError as LaunchError
+    from .errors import Location as Location
+    from .errors import NodeError as NodeError
+    from .errors import SendTimeout as SendTimeout
+    from .errors import SpecError as SpecError
+    from .errors import TransportError as TransportError
+    from .errors import format_issues as format_issues
+    from .node import Context as Context
+    from .node import Input as Input
+    from .node import Message as Message
+    from .node import Node as Node
+    from .node import Output as Output
+    from .node import Ports as Ports
+    from .node import Tensor as Tensor
+    from .plan import Plan as Plan
+    from .runtime import Report as Report
+    from .runtime import launch as launch
+    from .spec import json_schema as json_schema
+    from .spec import load_graph as load_graph
+    from .viz import FORMATS as FORMATS
+    from .viz import render as render
 
 __version__ = "0.1.0"
 
@@ -81,9 +124,19 @@ __all__ = [
     "validate",
 ]
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) or callable(_obj):
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LOCATIONS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dmnflow' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    if isinstance(value, type) or callable(value):
         with _contextlib.suppress(AttributeError, TypeError):
-            _obj.__module__ = "dmnflow"
-del _name, _obj
+            value.__module__ = "dmnflow"  # tracebacks and reprs say dmnflow.GraphError
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

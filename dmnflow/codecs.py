@@ -22,6 +22,7 @@ and never imports ``runtime/`` or ``nodes/``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pickle
@@ -32,15 +33,17 @@ import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lz4.block
 import msgpack
-import numpy as np
 from pydantic import BaseModel, TypeAdapter
 from typing_extensions import Buffer
 
 from .errors import CodecError, DecodeError, EncodeError
+
+if TYPE_CHECKING:
+    import numpy as np
 from .node import DTYPES, Tensor, describe_type
 
 __all__ = ["Codec", "Decoder", "Encoder", "Limits", "codec_names", "get_codec", "register_codec"]
@@ -260,7 +263,7 @@ def _to_plain(obj: Any) -> Any:
         return obj.model_dump(mode="json")
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
-    if isinstance(obj, np.generic):
+    if type(obj).__module__ == "numpy" and hasattr(obj, "item"):  # a numpy scalar
         return obj.item()
     raise TypeError(f"cannot serialize {_type_name(obj)}")
 
@@ -403,9 +406,17 @@ def _lz4_decoder(tp: Any, limits: Limits) -> Decoder:
 
 # ------------------------------------------------------------------ tensor
 
-_NP_DTYPES = {name: np.dtype(name) for name in DTYPES if name != "bfloat16"}
-_NP_NAMES = {dtype: name for name, dtype in _NP_DTYPES.items()}
 _MAX_NDIM = 64  # numpy's own limit
+
+
+@functools.cache
+def _numpy() -> tuple[Any, dict[str, Any], dict[Any, str]]:
+    """numpy and its dtype tables, imported when a tensor codec is first built: a node that
+    never sees a tensor does not pay numpy's import time and memory."""
+    import numpy
+
+    dtypes = {name: numpy.dtype(name) for name in DTYPES if name != "bfloat16"}
+    return numpy, dtypes, {dtype: name for name, dtype in dtypes.items()}
 _TORCH_WARNING = "The given NumPy array is not writable"
 
 
@@ -419,6 +430,7 @@ def _shape_fits(shape: tuple[int, ...], declared: tuple[int | None, ...]) -> boo
 
 def _tensor_encoder(tp: Any, compress_above: int | None) -> Encoder:
     """meta = (lib, dtype, shape); one frame, the array's own memory (copied only to make it contiguous)."""
+    np, _, _NP_NAMES = _numpy()
     want_dtype = tp.dtype if isinstance(tp, Tensor) else None
     want_shape = tp.shape if isinstance(tp, Tensor) else None
     torch_names: dict[Any, str] = {}
@@ -473,6 +485,7 @@ def _tensor_encoder(tp: Any, compress_above: int | None) -> Encoder:
 
 def _tensor_decoder(tp: Any, limits: Limits) -> Decoder:
     """A read-only array (or tensor) over the received frame; nothing is copied."""
+    np, _NP_DTYPES, _ = _numpy()
     want_dtype = tp.dtype if isinstance(tp, Tensor) else None
     want_shape = tp.shape if isinstance(tp, Tensor) else None
     allowed = limits.dtypes if want_dtype is None else limits.dtypes & {want_dtype}

@@ -12,9 +12,20 @@ def test_all_is_sorted_and_unique():
 
 
 def test_all_is_complete():
-    public = {n for n, v in vars(dmnflow).items()
-              if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    public = {n for n in dir(dmnflow)
+              if not n.startswith("_") and not isinstance(getattr(dmnflow, n), types.ModuleType)}
     assert public == set(dmnflow.__all__)
+
+
+def test_a_worker_does_not_import_the_compiler_or_the_renderers():
+    import subprocess
+    import sys
+
+    code = ("import sys, dmnflow.runtime.worker; "
+            "print(sorted(m for m in ('networkx', 'yaml', 'dmnflow.viz', 'dmnflow.compiler', 'rich') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_exports_report_the_package():
