@@ -213,18 +213,19 @@ class Outlet:
     def send(self, value: Any, topic: bytes | None, origin_ns: int, origin: int, event_time: Any) -> None:
         meta, frames = self.encoder(value)
         topic = topic if topic is not None else self.topic_default
-        seq = self.seq.get(topic, 0)
-        self.seq[topic] = seq + 1
         now = time.time_ns()
-        header = self.packer.pack((DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time, meta))
-        parts = [topic, header, *frames]
-        for pub in self.pubs:
-            pub.sock.send_multipart(parts, copy=False)
-            for e in pub.unfiltered:
-                self.stats[e].sent += 1
-            for e, prefixes in pub.filtered:  # count what that subscriber asked for
-                if topic.startswith(prefixes):
+        if self.pubs:
+            seq = self.seq.get(topic, 0)
+            self.seq[topic] = seq + 1
+            header = self.packer.pack((DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time, meta))
+            parts = [topic, header, *frames]
+            for pub in self.pubs:
+                pub.sock.send_multipart(parts, copy=False)
+                for e in pub.unfiltered:
                     self.stats[e].sent += 1
+                for e, prefixes in pub.filtered:  # count what that subscriber asked for
+                    if topic.startswith(prefixes):
+                        self.stats[e].sent += 1
         for router in self.routers:
             router.send(topic, frames, (self.src, self.inc, origin_ns, origin, now, event_time, meta), self.packer,
                         self.stats)
