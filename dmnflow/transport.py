@@ -36,7 +36,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from .codecs import Decoder, Encoder, Limits, get_codec
+from .codecs import Decoder, Encoder
 from .errors import DecodeError, SendTimeout, TransportError
 from .plan import BindPlan, ConnectPlan
 
@@ -495,10 +495,3 @@ class Inlet:
         for sock in self.socks:
             sock.close()
 
-
-def make_encoder(codec: str, tp: Any, compress_above: int | None) -> Encoder:
-    return get_codec(codec).encoder(tp, compress_above=compress_above)
-
-
-def make_decoder(codec: str, tp: Any, limits: Limits) -> Decoder:
-    return get_codec(codec).decoder(tp, limits)

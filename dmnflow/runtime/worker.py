@@ -31,10 +31,10 @@ from typing import Any
 import msgpack
 import zmq
 
-from ..codecs import Limits
+from ..codecs import Limits, get_codec
 from ..node import Context, Node
 from ..plan import NodePlan, Plan
-from ..transport import Histogram, Inlet, Outlet, make_decoder, make_encoder
+from ..transport import Histogram, Inlet, Outlet
 
 LINGER_S = 5.0
 BATCH = 256  # messages read from one socket before looking at the others
@@ -136,13 +136,13 @@ class _Batch:
 class NodeRunner:
     """One node instance inside the worker: its object, context, handlers and counters."""
 
-    def __init__(self, plan_node: NodePlan, index: int, outlets: dict[str, Outlet]) -> None:
+    def __init__(self, plan_node: NodePlan, index: int) -> None:
         self.plan = plan_node
         self.index = index
         self.cls = _load_class(plan_node.uses)
         params = self.cls.Params.model_validate(plan_node.params)
         self.ports = self.cls.ports(params)
-        self.outlets = outlets
+        self.outlets: dict[str, Outlet] = {}  # filled by the worker as it binds
         self.node = self.cls()
         self.ctx = Context(plan_node.name, params, self._emit, replica=plan_node.replica)
         self.origin_ns = 0
@@ -331,22 +331,19 @@ class Worker:
             _pin(proc.cpus)
         bound: dict[str, str] = {}
         for name in members:
-            node = self.plan.node(name)
-            cls = _load_class(node.uses)
-            params = cls.Params.model_validate(node.params)
-            declared = cls.ports(params)
-            outlets: dict[str, Outlet] = {}
-            for out in node.outputs:
-                encoder = make_encoder(out.codec, declared.outputs[out.port].type, out.compress_above)
+            runner = NodeRunner(self.plan.node(name), index[name])
+            for out in runner.plan.outputs:
+                encoder = get_codec(out.codec).encoder(runner.ports.outputs[out.port].type,
+                                                       compress_above=out.compress_above)
                 topics = {e: self.plan.edges[e].topics for b in out.binds for e in b.edges}
                 outlet = Outlet(self.zctx, ids[(name, out.port)], self.inc, out.port, out.binds, encoder,
                                 self.run_dir, {}, topics)
                 for router in outlet.routers:
                     router.block = any(self.plan.edges[e].policy == "block" for e in router.edges)
-                outlets[out.port] = outlet
+                runner.outlets[out.port] = outlet
                 self.outlets[(name, out.port)] = outlet
                 bound.update(outlet.bound)
-            self.runners.append(NodeRunner(node, index[name], outlets))
+            self.runners.append(runner)
         if proc.cpus and "torch" in sys.modules:  # imported by a node: one thread per pinned core
             sys.modules["torch"].set_num_threads(len(proc.cpus))
         self.tell("bound", bound)
@@ -356,7 +353,7 @@ class Worker:
             declared = runner.ports
             for inp in runner.plan.inputs:
                 edges = {c.edge: self.plan.edges[c.edge] for c in inp.connects}
-                decoders = {e: make_decoder(edge.codec, declared.inputs[inp.port].type, Limits())
+                decoders = {e: get_codec(edge.codec).decoder(declared.inputs[inp.port].type, Limits())
                             for e, edge in edges.items()}
                 src_of_edge = {e: ids[(edge.src, edge.src_port)] for e, edge in edges.items()}
                 inlet = Inlet(self.zctx, inp.port, inp.connects, src_of_edge, inp.topics, inp.queue, decoders,
