@@ -42,7 +42,9 @@ from .plan import BindPlan, ConnectPlan
 
 __all__ = ["EdgeStats", "Histogram", "Inlet", "Outlet", "ack_topic", "hello_topic"]
 
-DATA, EOS, HELLO = 0, 1, 2
+DATA, EOS = 0, 1
+# plain ints: zmq's flag enums cost a Python enum operation per frame on the hot path
+_MORE, _NOWAIT = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 CONTROL_PREFIX = b"\x00"
 EOS_TOPIC = b"\x00eos"
 
@@ -218,9 +220,8 @@ class Outlet:
             seq = self.seq.get(topic, 0)
             self.seq[topic] = seq + 1
             header = self.packer.pack((DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time, meta))
-            parts = [topic, header, *frames]
             for pub in self.pubs:
-                pub.sock.send_multipart(parts, copy=False)
+                _send(pub.sock, topic, header, frames, 0)
                 for e in pub.unfiltered:
                     self.stats[e].sent += 1
                 for e, prefixes in pub.filtered:  # count what that subscriber asked for
@@ -258,6 +259,20 @@ class Outlet:
     def close(self) -> None:
         for sock in self.sockets():
             sock.close()
+
+
+def _send(sock: zmq.Socket, topic: bytes, header: bytes, frames: list[Any], flags: int) -> None:
+    """One message, frame by frame (send_multipart costs several Python checks per frame);
+    small frames are copied, payload frames go without copying when large."""
+    send = sock.send
+    send(topic, flags | _MORE)
+    if not frames:
+        send(header, flags)
+        return
+    send(header, flags | _MORE)
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        send(frame, flags if i == last else flags | _MORE, copy=False)
 
 
 class _Pub:
@@ -330,9 +345,10 @@ class _Router:
                 seq = seqs.get(topic, 0)
                 header = packer.pack((DATA, src, inc, seq, *rest))
                 try:
-                    self.sock.send_multipart([self.peers[edge], topic, header, *frames], zmq.NOBLOCK, copy=False)
+                    self.sock.send(self.peers[edge], _MORE | _NOWAIT)
                 except zmq.ZMQError:  # full (EAGAIN) or gone (EHOSTUNREACH): try the next consumer
                     continue
+                _send(self.sock, topic, header, frames, 0)  # the rest of a message cannot fail
                 seqs[topic] = seq + 1
                 self.next = (self.next + i + 1) % n
                 stats[edge].sent += 1
@@ -423,14 +439,17 @@ class Inlet:
 
     def receive(self, sock: zmq.Socket, limit: int) -> Iterator[tuple[Any, list[Any]]]:
         """Up to ``limit`` decoded messages waiting on ``sock``: ``(value, header)`` pairs."""
+        recv = sock.recv
         for _ in range(limit):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=not self.zero_copy)
+                first = recv(_NOWAIT, copy=False)
             except zmq.Again:
                 return
             now = time.time_ns()
-            if self.zero_copy:
-                frames = [frames[0].bytes, *(f.buffer for f in frames[1:])]
+            parts = [first]
+            while parts[-1].more:  # Frame.more, not a getsockopt(RCVMORE) per frame
+                parts.append(recv(0, copy=False))
+            frames = [first.bytes, *(f.buffer for f in parts[1:])] if self.zero_copy else [f.bytes for f in parts]
             topic = frames[0]
             try:
                 header = msgpack.unpackb(frames[1], **self.unpacker_opts)

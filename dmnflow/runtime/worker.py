@@ -295,6 +295,9 @@ class Worker:
         self.process = process
         self.inc = inc
         self.plan = Plan.from_json(Path(run_dir, "plan.json").read_bytes())
+        self.proc = next(p for p in self.plan.processes if p.name == process)
+        if self.proc.cpus:  # before the zmq context: its I/O threads inherit the pins
+            _pin(self.proc.cpus)
         self.zctx = zmq.Context()
         self.control = self.zctx.socket(zmq.DEALER)
         self.control.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
@@ -325,12 +328,9 @@ class Worker:
     def run(self) -> int:
         index = {n.name: i for i, n in enumerate(self.plan.nodes)}
         ids = self.plan.output_ids()
-        proc = next(p for p in self.plan.processes if p.name == self.process)
-        members = proc.nodes
-        if proc.cpus:
-            _pin(proc.cpus)
+        proc = self.proc
         bound: dict[str, str] = {}
-        for name in members:
+        for name in proc.nodes:
             runner = NodeRunner(self.plan.node(name), index[name])
             for out in runner.plan.outputs:
                 encoder = get_codec(out.codec).encoder(runner.ports.outputs[out.port].type,
