@@ -47,7 +47,7 @@ class NodeReport:
     restarts: int = 0
     join_incomplete: int = 0  # event times given up on: an input never delivered them
     conflated: int = 0  # messages a `latest` input skipped for a newer one
-    status: str = "pending"  # pending, running, done, failed
+    status: str = "pending"  # running while it runs; then done, failed or stopped
 
 
 @dataclass
@@ -156,7 +156,10 @@ class _Supervisor:
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
-            self.stop_all()
+            self.stop_all(self.grace_s if status in ("finished", "stopped") else 0.0)
+            for proc in self.procs.values():
+                if proc.state not in ("done", "failed"):
+                    proc.state = "stopped"
             self.control.close()
             zctx.term()
             shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -254,6 +257,7 @@ class _Supervisor:
             for proc in self.procs.values():
                 failed |= self.check(proc, stop_sent_at is not None)
             if failed:
+                self.collect_stats()
                 return "failed"
             if all(p.state == "done" for p in self.procs.values()):
                 return "stopped" if stop_sent_at is not None else "finished"
@@ -278,6 +282,20 @@ class _Supervisor:
             proc.state = "running"
         elif kind == "error":
             self.errors.append(f"{proc.name}: {msg[1]}")
+
+    def collect_stats(self, wait_s: float = 0.5) -> None:
+        """Ask the live workers for their counts, so a failed run still reports what happened."""
+        live = [p for p in self.procs.values() if p.popen is not None and p.popen.poll() is None
+                and p.state == "running"]
+        for proc in live:
+            self.tell(proc, "report")
+        deadline = time.monotonic() + wait_s
+        waiting = {p.name for p in live}
+        while waiting and time.monotonic() < deadline:
+            got = self.hear(20)
+            if got is not None:
+                self.on_message(*got)
+                waiting.discard(got[0].name)
 
     def rehello(self, proc: _Proc) -> None:
         """A restarted worker's push outputs must hear from their consumers again."""
@@ -319,10 +337,11 @@ class _Supervisor:
 
     # ---------------------------------------------------------------- shutdown
 
-    def stop_all(self) -> None:
-        """TERM, wait, KILL, reap: no worker outlives the supervisor's return."""
+    def stop_all(self, grace_s: float) -> None:
+        """Wait ``grace_s`` for workers to exit by themselves, then TERM, wait, KILL, reap:
+        no worker outlives the supervisor's return."""
         live = [p.popen for p in self.procs.values() if p.popen is not None]
-        deadline = time.monotonic() + self.grace_s
+        deadline = time.monotonic() + grace_s
         for popen in live:  # workers that finished exit by themselves; give them the grace period
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(max(0.0, deadline - time.monotonic()))

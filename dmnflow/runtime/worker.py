@@ -32,6 +32,7 @@ import msgpack
 import zmq
 
 from ..codecs import Limits, get_codec
+from ..errors import NodeError
 from ..node import Context, Node
 from ..plan import NodePlan, Plan
 from ..transport import Histogram, Inlet, Outlet
@@ -213,13 +214,17 @@ class NodeRunner:
         message.origin_ns, message.event_time = header[4], header[7]
         self.origin_ns, self.origin = header[4], header[5]
         self.messages_in += 1
-        if self.join is not None and port in self.join.ports:
-            for event_time, values in self.join.add(port, header[7], value):
-                self.call_join(event_time, values)
-        elif (handler := self.handlers.get(port)) is not None:
-            handler(value, self.ctx)
-        else:
-            self.on_message(port, value, self.ctx)  # type: ignore[misc]
+        try:
+            if self.join is not None and port in self.join.ports:
+                for event_time, values in self.join.add(port, header[7], value):
+                    self.call_join(event_time, values)
+            elif (handler := self.handlers.get(port)) is not None:
+                handler(value, self.ctx)
+            else:
+                self.on_message(port, value, self.ctx)  # type: ignore[misc]
+        except Exception as exc:
+            raise NodeError(f"{type(exc).__name__}: {exc}", node=self.plan.name, port=port,
+                            seq=header[3]) from exc
         if self.is_sink and header[5] >= 0:
             hist = self.e2e.get(header[5])
             if hist is None:
@@ -474,6 +479,8 @@ class Worker:
         elif msg[0] == "rehello":
             for _, inlet in self.inlets:
                 inlet.hello()
+        elif msg[0] == "report":  # the run is failing: send what we counted before we are stopped
+            self.tell("hb", self.stats())
 
     def stats(self) -> dict[str, Any]:
         edges: dict[int, dict[str, Any]] = {}
@@ -498,6 +505,17 @@ class Worker:
         self.zctx.term()
 
 
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of the user's code: dmnflow's own frames are not what they need to read."""
+    cause = exc.__cause__ if isinstance(exc, NodeError) and exc.__cause__ is not None else exc
+    here = str(Path(__file__).resolve().parents[1])
+    frames = [f for f in traceback.extract_tb(cause.__traceback__) if not f.filename.startswith(here)]
+    if not frames:  # the error is in dmnflow itself: show everything
+        return "".join(traceback.format_exception(cause))
+    return ("Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
+            + "".join(traceback.format_exception_only(type(cause), cause)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     run_dir, process, inc = args[0], args[1], int(args[2])
@@ -509,11 +527,14 @@ def main(argv: list[str] | None = None) -> int:
         code = worker.run()
     except SystemExit as exc:
         code = int(exc.code or 0)
-    except BaseException as exc:  # report what broke, with the user's traceback, then fail
-        text = "".join(traceback.format_exception(exc))
+    except BaseException as exc:  # report what broke, with the user's part of the traceback, then fail
+        text = _user_traceback(exc)
+        summary = str(exc) if isinstance(exc, NodeError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):  # what this incarnation counted, then why it failed
+            worker.tell("hb", worker.stats())
         with contextlib.suppress(zmq.ZMQError):
-            worker.tell("error", f"{type(exc).__name__}: {exc}", text)
-        sys.stderr.write(f"dmnflow worker {process} (pid {os.getpid()}) failed:\n{text}")
+            worker.tell("error", summary, text)
+        sys.stderr.write(f"dmnflow: process {process} (pid {os.getpid()}) failed: {summary}\n{text}")
         code = 1
     finally:
         worker.close()

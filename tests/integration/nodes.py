@@ -105,3 +105,23 @@ class Ticker(Node):
     def on_tick(self, ctx: Any) -> None:
         ctx.emit("ticks", self.n)
         self.n += 1
+
+
+class Boom(Node):
+    """Raises on its ``at``-th message: user code that fails at run time."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        at: int = Field(50, ge=1)
+
+    value = Input(float)
+    out = Output(float)
+
+    def setup(self, ctx: Any) -> None:
+        self.n = 0
+
+    def on_value(self, value: float, ctx: Any) -> None:
+        self.n += 1
+        if self.n == ctx.params.at:
+            raise ValueError(f"cannot handle {value}")
+        ctx.emit("out", value)

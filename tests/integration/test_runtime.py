@@ -269,3 +269,24 @@ def test_a_timer_without_its_handler_is_a_compile_error(tmp_path):
         """)
     [issue] = [i for i in dmnflow.validate(g) if i.is_error]
     assert (issue.code, issue.loc.line) == ("missing-handler", 2) and "on_tock" in issue.message
+
+
+def test_a_node_failing_past_its_restart_policy_fails_the_run_with_its_own_traceback(tmp_path):
+    graph = write(tmp_path / "boom.yaml", """
+        defaults: {policy: block, restart: {policy: on-failure, max_restarts: 1, backoff: 10ms}}
+        nodes:
+          src: {uses: nodes.basic:Counter, params: {count: 500, rate_hz: 2000}}
+          boom: {uses: tests.integration.nodes:Boom, inputs: {value: src.numbers}}
+          sink: {uses: nodes.basic:Collect, inputs: {values: boom.out}}
+        """)
+    report_file = tmp_path / "report.json"
+    with launched(graph, "--report", str(report_file)) as run:
+        out, err = run.proc.communicate(timeout=60)
+        assert run.proc.returncode == 3, err
+    assert "node 'boom', port 'value', seq 49: ValueError: cannot handle 49" in err
+    assert 'tests/integration/nodes.py", line' in err and "dmnflow/runtime/worker.py" not in err
+    report = json.loads(report_file.read_text())
+    assert report["status"] == "failed"
+    assert report["nodes"]["boom"]["restarts"] == 1 and report["nodes"]["boom"]["status"] == "failed"
+    assert report["nodes"]["boom"]["messages_in"] >= 49  # counts survive the failure
+    assert report["nodes"]["src"]["status"] == "stopped"
