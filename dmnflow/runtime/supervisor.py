@@ -96,6 +96,31 @@ class Report:
                           indent=2)
 
 
+RUN_DIR_PREFIX = "dmnflow-"
+
+
+def sweep_run_dirs() -> list[str]:
+    """Remove run directories whose supervisor is gone (killed with -9, it could not clean up)."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(RUN_DIR_PREFIX + "*"):
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            pid = int((path / "supervisor.pid").read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or just being created
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    return removed
+
+
 class _Proc:
     """One worker process as the supervisor sees it."""
 
@@ -137,7 +162,9 @@ class _Supervisor:
     # ---------------------------------------------------------------- lifecycle
 
     def run(self, duration_s: float | None, on_status: Callable[[Report], None] | None) -> Report:
-        self.run_dir = tempfile.mkdtemp(prefix="dmnflow-")  # mode 0700: only we reach the sockets
+        sweep_run_dirs()
+        self.run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)  # mode 0700: only we reach the sockets
+        Path(self.run_dir, "supervisor.pid").write_text(str(os.getpid()))
         Path(self.run_dir, "plan.json").write_text(self.plan.to_json(indent=None))
         zctx = zmq.Context()
         self.control = zctx.socket(zmq.ROUTER)

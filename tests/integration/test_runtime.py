@@ -106,6 +106,9 @@ def test_workers_die_with_a_killed_supervisor(tmp_path):
         pids = run.wait_for_workers({"src", "a", "b", "sink"})
         os.kill(run.proc.pid, signal.SIGKILL)
         assert wait_until(lambda: not any(alive(p) for p in pids.values()), 2.0), "orphaned workers"
+    from dmnflow.runtime.supervisor import sweep_run_dirs
+
+    sweep_run_dirs()  # the killed supervisor could not remove its run directory; the next launch would
 
 
 def test_a_killed_worker_is_restarted_and_its_loss_counted(tmp_path):
@@ -290,3 +293,27 @@ def test_a_node_failing_past_its_restart_policy_fails_the_run_with_its_own_trace
     assert report["nodes"]["boom"]["restarts"] == 1 and report["nodes"]["boom"]["status"] == "failed"
     assert report["nodes"]["boom"]["messages_in"] >= 49  # counts survive the failure
     assert report["nodes"]["src"]["status"] == "stopped"
+
+
+def test_run_dirs_of_dead_supervisors_are_swept(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from dmnflow.runtime.supervisor import sweep_run_dirs
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    stale = Path(tempfile.mkdtemp(prefix="dmnflow-"))
+    (stale / "supervisor.pid").write_text(dead.stdout.strip())
+    live = Path(tempfile.mkdtemp(prefix="dmnflow-"))
+    (live / "supervisor.pid").write_text(str(os.getpid()))
+    try:
+        removed = sweep_run_dirs()
+        assert str(stale) in removed and not stale.exists()
+        assert live.exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
