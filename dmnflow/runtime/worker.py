@@ -19,12 +19,13 @@ import contextlib
 import ctypes
 import heapq
 import importlib
+import inspect
 import os
 import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,10 @@ class _Join:
         return ready
 
 
+class _StopSource(Exception):
+    """Raised inside a plain-loop source's ``emit`` when the graph is being stopped."""
+
+
 class _Batch:
     """Messages of one input waiting to be handed over together (``batch: {max, wait}``)."""
 
@@ -155,6 +160,10 @@ class NodeRunner:
         self.handlers = {i.port: getattr(self.node, f"on_{i.port}", None) for i in plan_node.inputs}
         self.on_message = getattr(self.node, "on_message", None)
         self.gen: Iterator[Any] | None = None
+        self.loop_source = False  # a source whose run() is a plain loop, not a generator
+        self.stopping = False
+        self.check_control: Callable[[], None] = lambda: None
+        self.next_check = 0.0
         self.done = False
         self.join = None if plan_node.join is None else _Join(plan_node.join.inputs, plan_node.join.timeout_s)
         self.batches = {i.port: _Batch(i.batch.max, i.batch.wait_s) for i in plan_node.inputs if i.batch}
@@ -168,12 +177,34 @@ class NodeRunner:
         if hasattr(self.node, "setup"):
             self.node.setup(self.ctx)
         if self.plan.source:
-            gen = self.node.run(self.ctx)  # type: ignore[attr-defined]
-            if not hasattr(gen, "__next__"):
-                raise TypeError(f"{self.cls.__name__}.run() must be a generator that yields (port, value)")
-            self.gen = gen
+            run = self.node.run  # type: ignore[attr-defined]
+            if inspect.isgeneratorfunction(run):
+                self.gen = run(self.ctx)  # creating it runs nothing yet
+            else:
+                self.loop_source = True  # a plain loop calling ctx.emit: it runs once the graph starts
+
+    def run_loop(self, check_control: Callable[[], None]) -> None:
+        """Run a plain-loop source to its end; its ``emit`` looks at the control socket every
+        ~20 ms, and a stop ends the loop from inside ``emit``."""
+        self.check_control = check_control
+        try:
+            result = self.node.run(self.ctx)  # type: ignore[attr-defined]
+            for item in result if hasattr(result, "__next__") else ():
+                if item is not None:
+                    self._emit(item[0], item[1], None, item[2] if len(item) > 2 else None)
+        except _StopSource:
+            pass
+        finally:
+            self.loop_source = False
 
     def _emit(self, port: str, value: Any, topic: str | None, event_time: Any) -> None:
+        if self.loop_source:
+            now = time.monotonic()
+            if now >= self.next_check:
+                self.next_check = now + 0.02
+                self.check_control()
+            if self.stopping:
+                raise _StopSource
         outlet = self.outlets.get(port)
         if outlet is None:
             raise KeyError(f"{self.cls.__name__} has no output {port!r}; outputs: {sorted(self.outlets)}")
@@ -268,6 +299,7 @@ class NodeRunner:
                 self._emit(port, value, None, item[2] if len(item) > 2 else None)
 
     def stop_source(self) -> None:
+        self.stopping = True
         if self.gen is not None:
             close = getattr(self.gen, "close", None)
             if close is not None:
@@ -312,6 +344,7 @@ class Worker:
         self.inlets: list[tuple[NodeRunner, Inlet]] = []
         self.runners: list[NodeRunner] = []
         self.stopping = False
+        self.next_beat = time.monotonic() + 1.0
 
     def tell(self, *msg: Any) -> None:
         self.control.send(msgpack.packb(list(msg), use_bin_type=True))
@@ -400,13 +433,12 @@ class Worker:
         by_runner: dict[int, list[Inlet]] = {}
         for runner, inlet in self.inlets:
             by_runner.setdefault(id(runner), []).append(inlet)
-        next_beat = time.monotonic() + 1.0
         timed_joins = [r for r in self.runners if r.join is not None and r.join.timeout_s is not None]
         batched = [r for r in self.runners if r.batches]
         timed = [r for r in self.runners if r.timers]
         ending: list[Outlet] = []  # outputs whose end-of-stream some consumer has not acknowledged
         next_flush = 0.0
-        sources = [r for r in self.runners if r.gen is not None]
+        sources = [r for r in self.runners if r.gen is not None or r.loop_source]
         check_end = True  # something may have ended: look for nodes to finish (not every turn)
         all_done = False
         while True:
@@ -438,10 +470,12 @@ class Worker:
                     outlet_of[sock].service(sock)
             if sources:
                 for runner in sources:
-                    if runner.gen is not None:  # a stop may have ended it during this turn
+                    if runner.loop_source:
+                        runner.run_loop(self.check_control)
+                    elif runner.gen is not None:  # a stop may have ended it during this turn
                         runner.step(SOURCE_STEPS)
-                if any(r.gen is None for r in sources):
-                    sources = [r for r in sources if r.gen is not None]
+                if any(r.gen is None and not r.loop_source for r in sources):
+                    sources = [r for r in sources if r.gen is not None or r.loop_source]
                     check_end = True
             if batching:
                 now = time.monotonic()
@@ -453,7 +487,8 @@ class Worker:
             if check_end:
                 check_end = False
                 for runner in self.runners:
-                    ended = runner.gen is None and all(i.ended for i in by_runner.get(id(runner), []))
+                    inputs_ended = all(i.ended for i in by_runner.get(id(runner), []))
+                    ended = runner.gen is None and not runner.loop_source and inputs_ended
                     if not runner.done and ended and (runner.plan.inputs or runner.plan.source or self.stopping):
                         runner.finish()  # a timer-only node runs until the graph is stopped
                         ending.extend(runner.outlets.values())
@@ -465,11 +500,22 @@ class Worker:
                 next_flush = time.monotonic() + 0.002
             if all_done and not ending:
                 break
-            if time.monotonic() >= next_beat:
-                self.tell("hb", self.stats())
-                next_beat += 1.0
+            self.beat()
         self.tell("done", self.stats())
         return 0
+
+    def beat(self) -> None:
+        """A heartbeat with the counts, once a second."""
+        now = time.monotonic()
+        if now >= self.next_beat:
+            self.tell("hb", self.stats())
+            self.next_beat = now + 1.0
+
+    def check_control(self) -> None:
+        """What a plain-loop source's emit calls: obey stop, keep the heartbeat going."""
+        while (msg := self.hear(0)) is not None:
+            self.command(msg)
+        self.beat()
 
     def command(self, msg: list[Any]) -> None:
         if msg[0] == "stop":  # drain: sources end, and end-of-stream follows the data

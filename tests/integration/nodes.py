@@ -125,3 +125,20 @@ class Boom(Node):
         if self.n == ctx.params.at:
             raise ValueError(f"cannot handle {value}")
         ctx.emit("out", value)
+
+
+class LoopCounter(Node):
+    """A source written as a plain loop that calls ctx.emit (not a generator)."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        count: int = 100
+        rate_hz: float = 0.0
+
+    numbers = Output(int)
+
+    def run(self, ctx: Any) -> None:
+        for n in range(ctx.params.count):
+            if ctx.params.rate_hz:
+                time.sleep(1 / ctx.params.rate_hz)
+            ctx.emit("numbers", n)

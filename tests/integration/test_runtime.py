@@ -317,3 +317,25 @@ def test_run_dirs_of_dead_supervisors_are_swept(tmp_path, monkeypatch):
 
         shutil.rmtree(live, ignore_errors=True)
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def test_a_plain_loop_source_runs_to_its_end_or_stops_on_request(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+    def graph(count: int, rate: float) -> Path:
+        return write(tmp_path / "loop.yaml", f"""
+            defaults: {{policy: block}}
+            nodes:
+              src: {{uses: tests.integration.nodes:LoopCounter, params: {{count: {count}, rate_hz: {rate}}}}}
+              sink:
+                uses: nodes.basic:Collect
+                inputs: {{values: src.numbers}}
+                params: {{path: {tmp_path}/out.jsonl}}
+            """)
+
+    report = launch(dmnflow.compile_graph(graph(3000, 0)))
+    assert report.status == "finished" and received(tmp_path) == list(range(3000))
+    report = launch(dmnflow.compile_graph(graph(1_000_000, 1000)), duration_s=0.5)
+    assert report.status == "stopped"  # the stop reached the loop through emit
+    values = received(tmp_path)
+    assert 0 < len(values) < 1_000_000 and values == list(range(len(values)))
