@@ -200,10 +200,16 @@ def _render_plan(plan: Plan) -> None:
             node = branch.add(f"[cyan]{n.name}[/cyan]  {n.uses}  restart {n.restart.policy} "
                               f"(max {n.restart.max_restarts})" + (f"  layer {n.layer}" if n.layer else ""))
             for i in n.inputs:
+                batch = f"  batch {i.batch.max} / {i.batch.wait_s * 1e6:.0f}us" if i.batch else ""
                 for c in i.connects:
                     node.add(f"in  {i.port} <- {c.node}.{c.port}  {c.transport} {c.pattern}  "
                              f"queue {i.queue} {i.policy}" + (f"  topics {', '.join(i.topics)}" if i.topics else "")
-                             + ("  feedback" if i.feedback else ""))
+                             + ("  feedback" if i.feedback else "") + batch)
+            if n.join is not None:
+                wait = f", gives up after {n.join.timeout_s * 1e3:g}ms" if n.join.timeout_s is not None else ""
+                node.add(f"join {', '.join(n.join.inputs)} by event time{wait}")
+            for timer, period in n.timers.items():
+                node.add(f"timer {timer} every {period * 1e3:g}ms")
             for o in n.outputs:
                 for b in o.binds:
                     node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {b.hwm}  "

@@ -307,6 +307,12 @@ class _Compiler:
                 self.add("bad-join", f"join names {port!r}, which is not a connected input of {name!r}",
                          self.loc("nodes", name, "join", "inputs", i), f"nodes.{name}.join.inputs",
                          _choices(port, node.entry.spec.inputs, "connected inputs"))
+        for port in join.inputs:
+            spec_in = node.entry.spec.inputs.get(port)
+            if spec_in is not None and spec_in.batch is not None:
+                self.add("bad-join", f"input {port!r} is both joined and batched", self.loc(
+                    "nodes", name, "inputs", port, "batch"), f"nodes.{name}.inputs.{port}.batch",
+                         "a join aligns single messages by event time: drop the batch, or the input from the join")
         if len(set(join.inputs)) != len(join.inputs):
             self.add("bad-join", "join names an input twice", self.loc("nodes", name, "join", "inputs"),
                      f"nodes.{name}.join.inputs", "list each input once")

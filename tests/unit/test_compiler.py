@@ -264,3 +264,17 @@ def test_join_plan(tmp_path):
         """)
     join = dmnflow.compile_graph(g).node("pair").join
     assert (join.inputs, join.timeout_s) == (["high", "low"], 0.02)
+
+
+def test_a_joined_input_cannot_also_be_batched(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter}
+          pair:
+            uses: graphs.invalid.fixture_nodes:Pair
+            inputs: {high: {from: src.numbers, batch: {max: 8}}, low: src.numbers}
+            join: {inputs: [high, low]}
+          sink: {uses: nodes.basic:Collect, inputs: {values: pair.spread}}
+        """)
+    [issue] = [i for i in dmnflow.validate(g) if i.is_error]
+    assert (issue.code, issue.path, issue.loc.line) == ("bad-join", "nodes.pair.inputs.high.batch", 5)
