@@ -39,3 +39,11 @@ def test_every_issue_code_is_documented_and_every_documented_code_exists():
     assert len(emitted) > 30
     assert emitted - documented == set(), "codes without docs"
     assert documented - emitted == set(), "documented codes nothing emits"
+
+
+def test_the_readme_shows_the_real_quickstart_graph():
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("`graphs/quickstart.yaml`:\n\n```yaml\n", 1)[1].split("```", 1)[0].strip()
+    real = "\n".join(line for line in (ROOT / "graphs" / "quickstart.yaml").read_text().splitlines()
+                     if not line.startswith("#")).strip()
+    assert shown == real
