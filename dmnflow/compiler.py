@@ -54,7 +54,7 @@ _REPLICA_RE = re.compile(r"^(?P<base>.+)\[(?P<index>\d+)\]$")
 def validate(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
              profile: str | None = None, machine_cpus: Sequence[int] | None = None) -> list[Issue]:
     """Every problem in a graph file, errors and warnings, in file order. Empty when clean."""
-    _, issues = _compile(path, overrides, profile, machine_cpus)
+    _, issues, _ = _compile(path, overrides, profile, machine_cpus)
     return sort_issues(issues)
 
 
@@ -66,24 +66,21 @@ def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *
         SpecError: the file cannot be read as a graph (YAML, schema, substitution).
         CompileError: it reads, but does not hold together (imports, ports, types, pins).
     """
-    plan, issues = _compile(path, overrides, profile, machine_cpus)
+    plan, issues, spec_issues = _compile(path, overrides, profile, machine_cpus)
     if plan is None:
-        spec_codes = {"yaml-syntax", "duplicate-key", "unknown-key", "missing-key", "invalid-value",
-                      "file-not-found", "file-unreadable", "empty-graph", "unknown-var", "unset-env",
-                      "var-cycle", "bad-substitution", "bad-override", "include-cycle", "bad-name",
-                      "unknown-profile"}
-        only_spec = all(i.code in spec_codes for i in issues if i.is_error)
+        only_spec = all(i in spec_issues for i in issues if i.is_error)  # the file itself is the problem
         raise (SpecError if only_spec else CompileError)(issues)
     return plan
 
 
 def _compile(path: str | os.PathLike[str], overrides: Sequence[str], profile: str | None,
-             machine_cpus: Sequence[int] | None) -> tuple[Plan | None, list[Issue]]:
+             machine_cpus: Sequence[int] | None) -> tuple[Plan | None, list[Issue], list[Issue]]:
+    """The plan (None when there are errors), every issue, and those found reading the file."""
     graph = load_graph(path, overrides, profile=profile)
     cpus = sorted(machine_cpus if machine_cpus is not None else os.sched_getaffinity(0))
     compiler = _Compiler(graph, cpus)
     plan = compiler.run()
-    return plan, compiler.issues.issues
+    return plan, compiler.issues.issues, graph.issues
 
 
 @dataclass
