@@ -155,6 +155,9 @@ def launch_cmd(
     except LaunchError as exc:
         err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
         raise typer.Exit(ExitCode.NODE_FAILED) from None
+    except KeyboardInterrupt:
+        err.print("interrupted before the graph started; every worker was stopped")
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
     _render_report(result)
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)

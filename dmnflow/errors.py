@@ -50,6 +50,7 @@ class ExitCode(enum.IntEnum):
     INVALID = 1  # the graph (or another input the user wrote) is wrong
     USAGE = 2  # the command line is wrong
     NODE_FAILED = 3  # a node failed past its restart policy
+    INTERRUPTED = 130  # Ctrl-C before the graph had started (128 + SIGINT, as shells report it)
 
 
 @dataclass(frozen=True, order=True)

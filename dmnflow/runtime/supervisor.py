@@ -231,8 +231,8 @@ class _Supervisor:
                 for proc in self.procs.values():
                     self.tell(proc, "connect", self.resolved)
                     proc.state = "connecting"
-            if self.stop_requested:
-                raise LaunchError("interrupted during start-up")
+            if self.stop_requested:  # nothing ran yet: nothing to drain
+                raise KeyboardInterrupt
             if time.monotonic() - t0 > self.startup_timeout_s:
                 late = sorted(p.name for p in self.procs.values() if p.state != "ready")
                 raise LaunchError(f"start-up timed out after {self.startup_timeout_s:.0f}s waiting for "

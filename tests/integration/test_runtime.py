@@ -339,3 +339,22 @@ def test_a_plain_loop_source_runs_to_its_end_or_stops_on_request(tmp_path, monke
     assert report.status == "stopped"  # the stop reached the loop through emit
     values = received(tmp_path)
     assert 0 < len(values) < 1_000_000 and values == list(range(len(values)))
+
+
+def test_ctrl_c_during_start_up_exits_130_and_leaves_nothing(tmp_path):
+    graph = write(tmp_path / "slow.yaml", f"""
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: 10}}}}
+          sink:
+            uses: tests.integration.nodes:SlowSink
+            inputs: {{values: src.numbers}}
+            params: {{path: {tmp_path}/out.jsonl, delay_s: 20}}
+        """)
+    with launched(graph) as run:
+        pids = run.wait_for_workers({"src", "sink"})
+        wait_until(lambda: False, 1.0)  # the sink is in its 20 s setup: start-up is not over
+        run.proc.send_signal(signal.SIGINT)
+        out, err = run.proc.communicate(timeout=20)
+        assert run.proc.returncode == 130, err
+        assert "interrupted before the graph started" in err
+        assert not any(alive(p) for p in pids.values())
