@@ -608,7 +608,8 @@ class _Compiler:
                     compress_above=(out.compress_above if out and out.compress_above is not None
                                     else entry.defaults.compress_above)
                     if codecs[(entry.name, port)] == "msgpack+lz4" else None,
-                    binds=bind_plans))
+                    binds=bind_plans,
+                    shm_above=entry.defaults.shm_above if codecs[(entry.name, port)] == "tensor" else None))
             restart = spec.restart or entry.defaults.restart
             model = spec.model
             node_plans.append(NodePlan(

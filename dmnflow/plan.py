@@ -83,6 +83,7 @@ class OutputPlan(_Frozen):
     codec: str
     compress_above: int | None
     binds: list[BindPlan]
+    shm_above: int | None = None  # tensor payloads from this size go through shared memory (push, same host)
 
 
 class InputPlan(_Frozen):

@@ -169,6 +169,8 @@ class Defaults(_Spec):
     host: str = Field("127.0.0.1", description="address tcp outputs bind to")
     codec: str = Field("msgpack", description="codec of outputs whose port names none")
     compress_above: Size = Field(1024, description="msgpack+lz4 compresses payloads above this")
+    shm_above: Size | None = Field(2**20, description="tensors this large on same-host push edges go "
+                                   "through shared memory; none: always the socket")
     queue: int = Field(1000, ge=1, description="messages buffered per edge (ZeroMQ HWM)")
     policy: Policy = Field("drop", description="when a queue is full: drop (counted), block, or keep latest")
     restart: Restart = Field(default_factory=RestartSpec)

@@ -22,15 +22,24 @@ by subscribing to its ack topic (pub) or sending it (push). Each copy queues beh
 the data sent before it, so the consumer sees the end only after everything that
 arrived; it counts what never did from the total the frame carries.
 
+Large tensors on same-host push edges go through shared memory: the output copies the
+payload into a slot of its pool and sends the slot's name; the consumer maps it and hands
+the node an array over it, without copying. The slot is freed (a ``free`` message back
+to the output) only when that array and every view of it are gone, so a node may keep
+what it received. When every slot is in use, payloads go through the socket.
+
 No zmq or msgpack error leaves this module untranslated.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
 import msgpack
@@ -156,7 +165,7 @@ class Outlet:
 
     def __init__(self, ctx: zmq.Context, src: int, inc: int, port: str, binds: list[BindPlan],
                  encoder: Encoder, run_dir: str, resolved: dict[str, str],
-                 topics: dict[int, list[str]] | None = None) -> None:
+                 topics: dict[int, list[str]] | None = None, shm_above: int | None = None) -> None:
         self.src, self.inc, self.port = src, inc, port
         self.topic_default = port.encode()
         self.encoder = encoder
@@ -187,7 +196,8 @@ class Outlet:
             if bind.pattern == "pub":
                 self.pubs.append(_Pub(sock, bind.edges, topics or {}))
             else:
-                self.routers.append(_Router(sock, bind.edges))
+                same_host = shm_above is not None and bind.transport != "tcp"
+                self.routers.append(_Router(sock, bind.edges, _ShmPool(shm_above) if same_host else None))
 
     def sockets(self) -> list[zmq.Socket]:
         return [p.sock for p in self.pubs] + [r.sock for r in self.routers]
@@ -259,6 +269,9 @@ class Outlet:
     def close(self) -> None:
         for sock in self.sockets():
             sock.close()
+        for router in self.routers:
+            if router.pool is not None:
+                router.pool.close()
 
 
 def _send(sock: zmq.Socket, topic: bytes, header: bytes, frames: list[Any], flags: int) -> None:
@@ -303,9 +316,10 @@ class _Pub:
 class _Router:
     """The sending side of ``push`` edges: one peer per consumer, addressed by name."""
 
-    def __init__(self, sock: zmq.Socket, edges: list[int]) -> None:
+    def __init__(self, sock: zmq.Socket, edges: list[int], pool: _ShmPool | None = None) -> None:
         self.sock = sock
         self.edges = edges
+        self.pool = pool
         self.peers: dict[int, bytes] = {}  # edge -> the consumer's DEALER identity
         self.acked: set[int] = set()
         self.order: list[int] = []
@@ -326,6 +340,10 @@ class _Router:
                 self.order = sorted(self.peers)
             elif (edge := _tagged(body, b"ack")) is not None:
                 self.acked.add(edge)
+            elif body.startswith(b"\x00free/") and self.pool is not None:
+                with contextlib.suppress(ValueError):
+                    slot, gen = body[len(b"\x00free/"):].split(b"/")
+                    self.pool.free(int(slot), int(gen))
 
     def send(self, topic: bytes, frames: list[Any], fields: tuple[Any, ...], packer: msgpack.Packer,
              stats: dict[int, EdgeStats]) -> None:
@@ -336,6 +354,13 @@ class _Router:
                 stats[e].dropped += 1
             return
         src, inc, rest = fields[0], fields[1], fields[2:]
+        lease = None
+        if self.pool is not None:
+            self.service()  # frees waiting on the socket: a source may not return to the loop for a while
+            lease = self.pool.put(frames)
+        if lease is not None:  # the payload now lives in a shared-memory slot; the message names it
+            rest = (*rest[:-1], [*lease, rest[-1]])
+            frames = []
         n = len(self.order)
         wait = 20e-6
         while True:
@@ -355,11 +380,115 @@ class _Router:
                 return
             if not self.block:
                 stats[self.order[self.next % n]].dropped += 1
+                if lease is not None:
+                    self.pool.free(lease[2], lease[3])  # type: ignore[union-attr]
                 return
             time.sleep(wait)  # every consumer is full (or gone): back-pressure
             wait = min(wait * 2, 1e-3)
             self.service()  # a restarted consumer says hello while we wait
             n = len(self.order)
+
+
+SHM_SLOTS = 16  # slots per output; when all are in use (or held by consumers) payloads take the socket
+_CREATED: set[str] = set()  # segments this process made (a group may hold producer and consumer)
+
+
+def _segment(size: int) -> shared_memory.SharedMemory:
+    segment = shared_memory.SharedMemory(create=True, size=size)
+    _CREATED.add(segment.name)
+    return segment
+
+
+class _ShmPool:
+    """Shared-memory slots of one output's push edges, each in use until its consumer frees it."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.slots: list[list[Any]] = []  # [segment, in use, generation]
+
+    def put(self, frames: list[Any]) -> list[Any] | None:
+        """Copy a large single-frame payload into a free slot: ``["shm", name, slot, gen, size]``."""
+        if len(frames) != 1:
+            return None
+        payload = memoryview(frames[0]).cast("B")
+        size = payload.nbytes
+        if size < self.threshold:
+            return None
+        index = next((i for i, s in enumerate(self.slots) if not s[1] and s[0].size >= size), None)
+        if index is None:
+            index = self._grow(size)
+            if index is None:
+                return None
+        slot = self.slots[index]
+        slot[1], slot[2] = True, slot[2] + 1
+        slot[0].buf[:size] = payload
+        return ["shm", slot[0].name, index, slot[2], size]
+
+    def _grow(self, size: int) -> int | None:
+        """A new slot, or a free one that was too small made bigger; None when all are in use."""
+        segment = _segment(size) if len(self.slots) < SHM_SLOTS else None
+        if segment is not None:
+            self.slots.append([segment, False, 0])
+            return len(self.slots) - 1
+        small = next((i for i, s in enumerate(self.slots) if not s[1]), None)
+        if small is None:
+            return None
+        old = self.slots[small][0]
+        old.close()
+        old.unlink()
+        self.slots[small] = [_segment(size), False, self.slots[small][2]]
+        return small
+
+    def free(self, index: int, gen: int) -> None:
+        if 0 <= index < len(self.slots) and self.slots[index][2] == gen:
+            self.slots[index][1] = False
+
+    def in_use(self) -> int:
+        return sum(1 for s in self.slots if s[1])
+
+    def close(self) -> None:
+        for segment, _, _ in self.slots:
+            with contextlib.suppress(BufferError, FileNotFoundError):
+                segment.close()
+                segment.unlink()
+        self.slots = []
+
+
+class _ShmMaps:
+    """The consumer's side: maps named segments once, and hands out leases on slots."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, shared_memory.SharedMemory] = {}
+        self.frees: list[tuple[int, int, int]] = []  # (edge, slot, gen) whose arrays are gone
+
+    def attach(self, edge: int, lease: list[Any]) -> Any:
+        """A buffer over the slot that stays valid while any array over it lives; when the
+        last one is gone, the slot is queued to be freed."""
+        _, name, slot, gen, size = lease
+        segment = self.maps.get(name)
+        if segment is None:
+            segment = shared_memory.SharedMemory(name=name)
+            if name not in _CREATED:  # the producer owns it: Python's tracker must not unlink it at our exit
+                resource_tracker.unregister(segment._name, "shared_memory")  # type: ignore[attr-defined]
+            self.maps[name] = segment
+        if size > segment.size:
+            raise ValueError("the slot is smaller than the lease says")
+        holder = (ctypes.c_char * size).from_buffer(segment.buf)
+        weakref.finalize(holder, self._gone, edge, slot, gen)
+        return holder
+
+    def _gone(self, edge: int, slot: int, gen: int) -> None:
+        # look the list up now: send_frees swaps in a new one, and a bound append would miss it
+        self.frees.append((edge, slot, gen))
+
+    def close(self) -> None:
+        for segment in self.maps.values():
+            try:
+                segment.close()
+            except BufferError:
+                # a node still holds arrays over it: the mapping goes with the process. Forget it,
+                # so SharedMemory.__del__ does not fail the same way (noisily) at exit.
+                segment._buf = segment._mmap = None  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -397,6 +526,7 @@ class Inlet:
         self.sources: dict[int, _Source] = {src_of_edge[c.edge]: _Source(c.edge) for c in connects}
         self.open: set[int] = {c.edge for c in connects}
         self.topics = tuple(t.encode() for t in topics)
+        self.shm = _ShmMaps()
         self.unpacker_opts = {"raw": False, "strict_map_key": False, "use_list": True}
         self.socks: list[zmq.Socket] = []
         self.dealers: list[tuple[zmq.Socket, int]] = []
@@ -477,9 +607,12 @@ class Inlet:
             source.next_seq[topic] = seq + 1
             stats.received += 1
             stats.latency.add(now - header[6])
+            meta, payload = header[8], frames[2:]
             try:
-                value = self.decoders[source.edge](header[8], frames[2:])
-            except DecodeError:
+                if type(meta) is list and len(meta) == 6 and meta[0] == "shm":
+                    payload, meta = [self.shm.attach(source.edge, meta[:5])], meta[5]
+                value = self.decoders[source.edge](meta, payload)
+            except (DecodeError, ValueError, OSError):  # OSError: a segment that is not there
                 stats.decode_errors += 1
                 continue
             yield value, header
@@ -495,6 +628,16 @@ class Inlet:
                     source.next_seq[topic] = max(seen, total if isinstance(total, int) else 0)
         source.ended = True
         self.open.discard(source.edge)
+
+    def send_frees(self) -> None:
+        """Tell producers which shared-memory slots this input's arrays no longer use."""
+        frees, self.shm.frees = self.shm.frees, []
+        dealer_of = {e: d for d, e in self.dealers}
+        for edge, slot, gen in frees:
+            dealer = dealer_of.get(edge)
+            if dealer is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    dealer.send(b"\x00free/%d/%d" % (slot, gen), zmq.NOBLOCK)
 
     def _ack(self, edge: int) -> None:
         for dealer, e in self.dealers:
@@ -513,4 +656,5 @@ class Inlet:
     def close(self) -> None:
         for sock in self.socks:
             sock.close()
+        self.shm.close()
 

@@ -375,7 +375,7 @@ class Worker:
                                                        compress_above=out.compress_above)
                 topics = {e: self.plan.edges[e].topics for b in out.binds for e in b.edges}
                 outlet = Outlet(self.zctx, ids[(name, out.port)], self.inc, out.port, out.binds, encoder,
-                                self.run_dir, {}, topics)
+                                self.run_dir, {}, topics, out.shm_above)
                 for router in outlet.routers:
                     router.block = any(self.plan.edges[e].policy == "block" for e in router.edges)
                 runner.outlets[out.port] = outlet
@@ -463,6 +463,7 @@ class Worker:
                     else:
                         for value, header in inlet.receive(sock, BATCH):
                             runner.deliver(inlet.port, value, header)
+
                     if inlet.ended:
                         runner.input_ended(inlet.port)
                         check_end = True
@@ -477,6 +478,9 @@ class Worker:
                 if any(r.gen is None and not r.loop_source for r in sources):
                     sources = [r for r in sources if r.gen is not None or r.loop_source]
                     check_end = True
+            for _, inlet in self.inlets:  # arrays over shared memory were dropped: give the slots back
+                if inlet.shm.frees:
+                    inlet.send_frees()
             if batching:
                 now = time.monotonic()
                 for runner in batched:

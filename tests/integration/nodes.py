@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import random
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dmnflow import Input, Node, Output
+from dmnflow import Input, Node, Output, Tensor
 from nodes.basic import Collect
 
 
@@ -142,3 +143,52 @@ class LoopCounter(Node):
             if ctx.params.rate_hz:
                 time.sleep(1 / ctx.params.rate_hz)
             ctx.emit("numbers", n)
+
+
+class Frames(Node):
+    """Sends ``count`` float32 frames of ``size`` values, frame i filled with i."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        count: int = 40
+        size: int = 1 << 20
+
+    frames = Output(Tensor("float32", shape=(None,)))
+
+    def run(self, ctx: Any) -> Any:
+        import numpy as np
+
+        for i in range(ctx.params.count):
+            yield "frames", np.full(ctx.params.size, i, dtype=np.float32)
+
+
+class Keeper(Node):
+    """Keeps every frame it receives and, at the end, checks none changed under it."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        path: str
+
+    frames = Input(Tensor("float32", shape=(None,)))
+
+    def setup(self, ctx: Any) -> None:
+        self.kept: list[Any] = []
+
+    def on_frames(self, frame: Any, ctx: Any) -> None:
+        self.kept.append(frame)
+
+    def teardown(self, ctx: Any) -> None:
+        import json
+
+        intact = [bool((f == i).all()) for i, f in enumerate(self.kept)]
+        shared = sum(_leased(f) for f in self.kept)
+        with open(ctx.params.path, "w", encoding="utf-8") as out:
+            json.dump({"received": len(self.kept), "intact": all(intact), "via_shm": shared}, out)
+
+
+def _leased(array: Any) -> bool:
+    """Whether an array lies over a shared-memory slot (its buffer's exporter is a ctypes lease)."""
+    base = array.base
+    while base is not None and hasattr(base, "base") and not isinstance(base, memoryview):
+        base = base.base
+    return isinstance(getattr(base, "obj", None), ctypes.Array)

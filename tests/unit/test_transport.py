@@ -129,3 +129,32 @@ def test_histogram_quantiles_are_within_their_bucket():
     assert Histogram.from_sparse(hist.to_sparse()).quantile(0.5) == hist.quantile(0.5)
     assert Histogram().quantile(0.5) is None
 
+
+
+def test_a_shared_memory_slot_is_reused_only_after_every_view_of_it_is_gone():
+    from dmnflow.transport import SHM_SLOTS, _ShmMaps, _ShmPool
+
+    pool, maps = _ShmPool(1024), _ShmMaps()
+    encode = get_codec("tensor").encoder(Tensor("float32", (None,)))
+    decode = get_codec("tensor").decoder(Tensor("float32", (None,)), Limits())
+    try:
+        meta, frames = encode(np.full(1024, 1, dtype=np.float32))
+        lease = pool.put(frames)
+        first = decode(meta, [maps.attach(0, lease)])
+        view = first[10:20]  # a node keeps only a view
+        del first
+        assert maps.frees == [] and pool.in_use() == 1  # the view still holds the slot
+        meta2, frames2 = encode(np.full(1024, 2, dtype=np.float32))
+        second = decode(meta2, [maps.attach(0, pool.put(frames2))])
+        assert (view == 1).all() and (second == 2).all() and len(pool.slots) == 2  # no overwrite
+        del view
+        [(edge, slot, gen)] = maps.frees
+        pool.free(slot, gen)
+        pool.free(slot, gen - 1)  # a stale free (an older generation) changes nothing
+        assert pool.in_use() == 1
+        assert pool.put(encode(np.zeros(8, dtype=np.float32))[1]) is None  # small: through the socket
+        held = [pool.put(encode(np.full(1024, i, dtype=np.float32))[1]) for i in range(SHM_SLOTS)]
+        assert held.count(None) == 1  # all slots busy: the last one goes through the socket
+    finally:
+        maps.close()
+        pool.close()
