@@ -232,9 +232,6 @@ class IssueList:
             hint: str = "", severity: Severity = "error") -> None:
         self.issues.append(Issue(code, message, loc, path, hint, severity))
 
-    def extend(self, issues: list[Issue]) -> None:
-        self.issues.extend(issues)
-
     @property
     def has_errors(self) -> bool:
         return any(i.is_error for i in self.issues)

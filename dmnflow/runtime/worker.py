@@ -190,8 +190,7 @@ class NodeRunner:
         try:
             result = self.node.run(self.ctx)  # type: ignore[attr-defined]
             for item in result if hasattr(result, "__next__") else ():
-                if item is not None:
-                    self._emit(item[0], item[1], None, item[2] if len(item) > 2 else None)
+                self._emit_yielded(item)
         except _StopSource:
             pass
         finally:
@@ -294,16 +293,17 @@ class NodeRunner:
             except StopIteration:
                 self.gen = None
                 return
-            if item is not None:
-                port, value = item[0], item[1]
-                self._emit(port, value, None, item[2] if len(item) > 2 else None)
+            self._emit_yielded(item)
+
+    def _emit_yielded(self, item: Any) -> None:
+        """What a source yields: ``(port, value)``, ``(port, value, event_time)`` or None (a turn)."""
+        if item is not None:
+            self._emit(item[0], item[1], None, item[2] if len(item) > 2 else None)
 
     def stop_source(self) -> None:
         self.stopping = True
         if self.gen is not None:
-            close = getattr(self.gen, "close", None)
-            if close is not None:
-                close()
+            self.gen.close()  # type: ignore[attr-defined]  # made by a generator function
             self.gen = None
 
     def finish(self) -> None:
