@@ -1,0 +1,1 @@
+"""Execution: the ``Execution`` node, the ``Broker`` interface and the embedded ``PaperBroker``."""
