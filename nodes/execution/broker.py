@@ -16,7 +16,10 @@ Conventions every broker follows:
   ``slippage`` costs in account currency, both >= 0 (``slippage`` = ``|qty| * |price -
   ref_price|``).
 - ``account(t)`` returns the Account message: ``t, equity, cash, positions: {symbol: qty},
-  gross, pnl`` plus any extra fields the broker knows (realised/unrealised PnL, costs).
+  gross`` (sum of ``|qty * price|``, in account currency), ``pnl`` (equity minus starting
+  capital), plus what the broker knows: ``leverage`` (gross / equity), ``realized_pnl``,
+  ``unrealized_pnl``, ``commission``, ``slippage``, ``traded`` (cumulative filled notional,
+  which the Performance node turns into turnover).
 - Brokers whose fills arrive later (a live venue) return what is already filled from
   ``submit`` and the rest from ``poll``; the paper broker fills everything in ``submit``.
 """
@@ -26,7 +29,9 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict
+from typing import Any, ClassVar, TypedDict
+
+from pydantic import BaseModel
 
 __all__ = ["BROKERS", "Account", "Broker", "Fill", "Order", "load_broker", "resolve_broker"]
 
@@ -60,26 +65,33 @@ class Account(TypedDict, total=False):
     positions: dict[str, float]
     gross: float
     pnl: float
+    leverage: float
     realized_pnl: float
     unrealized_pnl: float
     commission: float
     slippage: float
+    traded: float
 
 
 class Broker(ABC):
     """What the ``Execution`` node needs from a broker.
 
     Subclasses are built from the node's ``broker_params`` mapping as keyword arguments
-    (``from_config``); override ``from_config`` when a broker needs more (keys from the
-    environment, a client object). A broker must not raise on a single bad order: it
-    rejects it (not in the returned fills) and counts it in ``summary()``.
+    (``from_config``); a broker that sets ``Config`` (a pydantic model, ``extra="forbid"``)
+    has ``broker_params`` checked against it when the graph is compiled, and gets the
+    validated fields as keyword arguments. Override ``from_config`` when a broker needs more
+    (keys from the environment, a client object). A broker must not raise on a single bad
+    order: it rejects it (not in the returned fills) and counts it in ``summary()``.
     """
 
-    name: str = "broker"
+    name: ClassVar[str] = "broker"
+    Config: ClassVar[type[BaseModel] | None] = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Broker:
         """A broker built from the ``broker_params`` of the Execution node."""
+        if cls.Config is not None:
+            return cls(**cls.Config.model_validate(dict(config)).model_dump())
         return cls(**dict(config))
 
     @abstractmethod
