@@ -17,6 +17,7 @@ _LOCATIONS: dict[str, str] = {
     "CodecError": "errors",
     "CompileError": "errors",
     "Context": "node",
+    "ControlError": "errors",
     "DecodeError": "errors",
     "DmnflowError": "errors",
     "EncodeError": "errors",
@@ -57,6 +58,7 @@ if _TYPE_CHECKING:  # for type checkers and editors: the same names, imported ea
     from .compiler import validate as validate
     from .errors import CodecError as CodecError
     from .errors import CompileError as CompileError
+    from .errors import ControlError as ControlError
     from .errors import DecodeError as DecodeError
     from .errors import DmnflowError as DmnflowError
     from .errors import EncodeError as EncodeError
@@ -92,6 +94,7 @@ __all__ = [
     "CodecError",
     "CompileError",
     "Context",
+    "ControlError",
     "DecodeError",
     "DmnflowError",
     "EncodeError",

@@ -20,9 +20,10 @@ from rich.tree import Tree
 
 from . import __version__
 from .compiler import compile_graph, validate
-from .errors import DmnflowError, ExitCode, GraphError, Issue, LaunchError, format_issues
+from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, LaunchError, format_issues
 from .plan import Plan
 from .runtime import Report, launch
+from .runtime.admin import find_run, list_runs, run_status, send_command
 from .spec import format_cpus, json_schema, parse_duration
 from .viz import FORMATS, render
 
@@ -42,6 +43,8 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "(e.g. nodes.lstm.params.hidden=64); VALUE is read as YAML; repeatable")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="apply the graph's profile NAME")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
+NoModelsOpt = Annotated[bool, typer.Option("--no-models", help="do not load model files to check them "
+                                           "against their ports")]
 
 
 def _print_issues(issues: list[Issue]) -> None:
@@ -63,18 +66,18 @@ def _fail(exc: DmnflowError) -> NoReturn:
     raise typer.Exit(ExitCode.INVALID)
 
 
-def _plan(graph: Path, sets: list[str] | None, profile: str | None) -> Plan:
+def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool = True) -> Plan:
     try:
-        return compile_graph(graph, sets or [], profile=profile)
+        return compile_graph(graph, sets or [], profile=profile, models=models)
     except DmnflowError as exc:
         _fail(exc)
 
 
 @app.command("validate")
 def validate_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
-                 as_json: JsonOpt = False) -> None:
+                 as_json: JsonOpt = False, no_models: NoModelsOpt = False) -> None:
     """Check a graph and report every problem with file:line:col; exit 1 if any is an error."""
-    issues = validate(graph, sets or [], profile=profile)
+    issues = validate(graph, sets or [], profile=profile, models=not no_models)
     errors = sum(i.is_error for i in issues)
     if as_json:
         out.print_json(json.dumps({"file": str(graph), "valid": errors == 0, "errors": errors,
@@ -141,6 +144,9 @@ def launch_cmd(
     duration: Annotated[str | None, typer.Option("--duration", "-d", help="stop (drain) after this long, "
                                                  "e.g. 30s; default: run until the graph ends or Ctrl-C")] = None,
     report: Annotated[Path | None, typer.Option("--report", "-r", help="write the report as JSON here")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="the run's name for `dmnflow swap` and "
+                                             "`dmnflow runs`; default: the graph's name")] = None,
+    no_models: NoModelsOpt = False,
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
     try:
@@ -148,10 +154,10 @@ def launch_cmd(
     except ValueError as exc:
         err.print(f"error: --duration: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
-    plan = _plan(graph, sets, profile)
+    plan = _plan(graph, sets, profile, models=not no_models)
     try:
         with _live_status(plan) as show:
-            result = launch(plan, duration_s=duration_s, on_status=show)
+            result = launch(plan, duration_s=duration_s, on_status=show, name=name)
     except LaunchError as exc:
         err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
         raise typer.Exit(ExitCode.NODE_FAILED) from None
@@ -164,6 +170,72 @@ def launch_cmd(
         report.write_text(result.to_json(), encoding="utf-8")
         err.print(f"wrote {report}")
     raise typer.Exit(result.exit_code)
+
+
+@app.command("runs")
+def runs_cmd(as_json: JsonOpt = False) -> None:
+    """List the graphs running now (yours): name, supervisor pid, graph, node states."""
+    rows = []
+    for run in list_runs():
+        try:
+            nodes = run_status(run).message.get("nodes", {})
+        except ControlError:
+            continue  # it ended while we looked
+        rows.append({"name": run.name, "pid": run.pid, "graph": run.graph, "nodes": nodes})
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        out.print("no graph is running")
+        return
+    table = Table(title="runs", title_justify="left")
+    for col in ("name", "pid", "graph", "nodes"):
+        table.add_column(col)
+    for row in rows:
+        states: dict[str, int] = {}
+        for state in row["nodes"].values():
+            states[state] = states.get(state, 0) + 1
+        table.add_row(row["name"], str(row["pid"]), row["graph"],
+                      ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    out.print(table)
+
+
+@app.command("swap")
+def swap_cmd(
+    run: Annotated[str, typer.Argument(help="the run: its --name (default the graph's name) or its pid",
+                                       show_default=False)],
+    node: Annotated[str, typer.Argument(help="the model node (every replica of it is swapped)", show_default=False)],
+    model_file: Annotated[Path, typer.Argument(help="the new TorchScript (.pt) or torch.export (.pt2) file",
+                                               show_default=False)],
+    device: Annotated[str | None, typer.Option("--device", help="run it there instead: cpu, cuda, cuda:N")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="run it in float32, float16 or bfloat16")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="the model_version its outputs carry; "
+                                                "default: file name and SHA-256 prefix")] = None,
+) -> None:
+    """Swap a running model node's model without losing a message: load, warm up, switch."""
+    if not model_file.is_file():
+        err.print(Text(f"error: {model_file}: no such file", style="red"))
+        raise typer.Exit(ExitCode.INVALID)
+    if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
+        err.print(Text(f"error: --dtype {dtype!r}: use float32, float16 or bfloat16", style="red"))
+        raise typer.Exit(ExitCode.USAGE)
+    args = {k: v for k, v in {"path": str(model_file.resolve()), "device": device, "dtype": dtype,
+                              "version": version}.items() if v is not None}
+    try:
+        target = find_run(run)
+        with err.status(f"loading {model_file.name} into {node} of {target.name}..."):
+            answer = send_command(target, node, "swap", args)
+    except ControlError as exc:
+        _fail(exc)
+    if answer.message:
+        err.print(Text(f"error: {answer.message}", style="red"), soft_wrap=True)
+    for inst, (ok, result) in sorted(answer.nodes.items()):
+        if ok:
+            out.print(f"[green]swapped[/green] {inst}: {result['previous']} -> {result['version']}")
+        else:
+            err.print(Text(f"refused {inst}: {result}", style="red"), soft_wrap=True)
+    if not answer.ok:  # the model did not load or run: the old one still serves
+        raise typer.Exit(ExitCode.INVALID)
 
 
 @app.command("schema")
@@ -264,8 +336,25 @@ def _render_report(report: Report) -> None:
         for row in report.e2e:
             e2e.add_row(row["source"], row["sink"], str(row["messages"]), _us(row["p50_us"]), _us(row["p99_us"]))
         out.print(e2e)
+    summaries = [(n.name, n.summary) for n in report.nodes.values() if n.summary]
+    if summaries:
+        table = Table(title="node summaries", title_justify="left")
+        table.add_column("node")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, summary in summaries:
+            for i, (key, value) in enumerate(summary.items()):
+                table.add_row(name if i == 0 else "", str(key), _value(value))
+        out.print(table)
     for line in report.errors:
         err.print(Text(f"error: {line}", style="red"), soft_wrap=True)
+
+
+def _value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _us(value: float | None) -> str:

@@ -52,21 +52,26 @@ _REPLICA_RE = re.compile(r"^(?P<base>.+)\[(?P<index>\d+)\]$")
 
 
 def validate(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
-             profile: str | None = None, machine_cpus: Sequence[int] | None = None) -> list[Issue]:
-    """Every problem in a graph file, errors and warnings, in file order. Empty when clean."""
-    _, issues, _ = _compile(path, overrides, profile, machine_cpus)
+             profile: str | None = None, machine_cpus: Sequence[int] | None = None,
+             models: bool = True) -> list[Issue]:
+    """Every problem in a graph file, errors and warnings, in file order. Empty when clean.
+
+    ``models=False`` skips loading model files to check them against their ports.
+    """
+    _, issues, _ = _compile(path, overrides, profile, machine_cpus, models)
     return sort_issues(issues)
 
 
 def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
-                  profile: str | None = None, machine_cpus: Sequence[int] | None = None) -> Plan:
+                  profile: str | None = None, machine_cpus: Sequence[int] | None = None,
+                  models: bool = True) -> Plan:
     """Compile a graph file into a Plan.
 
     Raises:
         SpecError: the file cannot be read as a graph (YAML, schema, substitution).
         CompileError: it reads, but does not hold together (imports, ports, types, pins).
     """
-    plan, issues, spec_issues = _compile(path, overrides, profile, machine_cpus)
+    plan, issues, spec_issues = _compile(path, overrides, profile, machine_cpus, models)
     if plan is None:
         only_spec = all(i in spec_issues for i in issues if i.is_error)  # the file itself is the problem
         raise (SpecError if only_spec else CompileError)(issues)
@@ -74,11 +79,11 @@ def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *
 
 
 def _compile(path: str | os.PathLike[str], overrides: Sequence[str], profile: str | None,
-             machine_cpus: Sequence[int] | None) -> tuple[Plan | None, list[Issue], list[Issue]]:
+             machine_cpus: Sequence[int] | None, models: bool = True) -> tuple[Plan | None, list[Issue], list[Issue]]:
     """The plan (None when there are errors), every issue, and those found reading the file."""
     graph = load_graph(path, overrides, profile=profile)
     cpus = sorted(machine_cpus if machine_cpus is not None else os.sched_getaffinity(0))
-    compiler = _Compiler(graph, cpus)
+    compiler = _Compiler(graph, cpus, models)
     plan = compiler.run()
     return plan, compiler.issues.issues, graph.issues
 
@@ -110,8 +115,9 @@ class _Edge:
 
 
 class _Compiler:
-    def __init__(self, graph: LoadedGraph, machine_cpus: list[int]) -> None:
+    def __init__(self, graph: LoadedGraph, machine_cpus: list[int], models: bool = True) -> None:
         self.graph = graph
+        self.models = models  # load model files and check them against the node's ports
         self.srcmap: SourceMap = graph.srcmap
         self.cpus = machine_cpus
         self.issues = IssueList(list(graph.issues))
@@ -349,14 +355,34 @@ class _Compiler:
 
     def check_model(self, node: _Node) -> None:
         model = node.entry.spec.model
+        name = node.entry.name
         if model is None:
+            if node.cls is not None and getattr(node.cls, "needs_model", False):
+                self.add("model-missing", f"{node.cls.__name__} runs a model, but the node has no `model:` block",
+                         self.key_loc(("nodes", name, "uses"), ("nodes", name)), f"nodes.{name}",
+                         "add `model: {path: models/my_model.pt}` (a TorchScript or torch.export file)")
             return
         file = (node.entry.base_dir / model.path)
         if not file.is_file():
-            name = node.entry.name
             self.add("model-missing", f"model file {model.path!r} does not exist (looked for {file})",
                      self.loc("nodes", name, "model", "path"), f"nodes.{name}.model.path",
                      "paths are relative to the YAML file; train or export the model first")
+            return
+        check = getattr(node.cls, "check_model", None)
+        if not (self.models and callable(check) and node.params is not None):
+            return
+        for code, message, hint in check(node.params, self.model_plan(node)):
+            self.add(code, message, self.key_loc(("nodes", name, "model"), ("nodes", name)), f"nodes.{name}.model",
+                     hint)
+
+    @staticmethod
+    def model_plan(node: _Node) -> ModelPlan | None:
+        model = node.entry.spec.model
+        if model is None:
+            return None
+        return ModelPlan(path=str((node.entry.base_dir / model.path).resolve()), device=model.device,
+                         dtype=model.dtype, cuda_graphs=model.cuda_graphs, version=model.version,
+                         gpu=node.entry.spec.gpu)
 
     # -------------------------------------------------------------- connections
 
@@ -611,7 +637,6 @@ class _Compiler:
                     binds=bind_plans,
                     shm_above=entry.defaults.shm_above if codecs[(entry.name, port)] == "tensor" else None))
             restart = spec.restart or entry.defaults.restart
-            model = spec.model
             node_plans.append(NodePlan(
                 name=inst, spec_name=entry.name, uses=spec.uses, params=node.params.model_dump(mode="json"),
                 layer=spec.layer, process=process_of[inst], cpus=spec.cpus or [], gpu=spec.gpu,
@@ -620,8 +645,7 @@ class _Compiler:
                     policy=restart.policy, max_restarts=restart.max_restarts, backoff_s=restart.backoff,
                     backoff_max_s=restart.backoff_max),
                 busy=spec.busy if spec.busy is not None else node.cls.busy, source=node.cls.is_source(),
-                model=None if model is None else ModelPlan(
-                    path=str((entry.base_dir / model.path).resolve()), device=model.device, dtype=model.dtype),
+                model=self.model_plan(node),
                 join=None if spec.join is None else JoinPlan(inputs=spec.join.inputs, timeout_s=spec.join.timeout),
                 timers=spec.timers,
                 inputs=[], outputs=outputs, loc=str(self.loc("nodes", entry.name, key=True) or entry.name)))

@@ -27,6 +27,7 @@ from typing import Literal
 __all__ = [
     "CodecError",
     "CompileError",
+    "ControlError",
     "DecodeError",
     "DmnflowError",
     "EncodeError",
@@ -220,6 +221,10 @@ class NodeError(DmnflowError):
 
 class LaunchError(DmnflowError):
     """The runtime could not start the graph or keep it running."""
+
+
+class ControlError(DmnflowError):
+    """A running graph could not be found or reached, or it refused a command (``dmnflow swap``)."""
 
 
 @dataclass

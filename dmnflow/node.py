@@ -147,7 +147,8 @@ class Message:
 
     ``origin_ns`` is the wall-clock time (``time.time_ns()``) at which the data it derives
     from entered the graph; ``event_time`` the time of the data itself (a bar's date, a
-    tick's exchange time), carried unchanged through every node that emits in reply.
+    tick's exchange time), carried unchanged through every node that emits in reply;
+    ``attrs`` the producer's annotations of the message (``ctx.emit(..., attrs=...)``), or None.
     """
 
     port: str = ""
@@ -155,6 +156,8 @@ class Message:
     seq: int = 0
     origin_ns: int = 0
     event_time: Any = None
+    attrs: Any = None
+    origin: int = -1  # the source node it derives from (the runtime's numbering)
 
 
 class Context:
@@ -164,22 +167,34 @@ class Context:
     ``emit``. An ``emit`` from a handler carries the handled message's origin time and
     event time forward, so end-to-end latency and event-time joins need no help from the
     author; a source may pass ``event_time`` itself.
+
+    ``batch`` lists the messages behind the values of a batched input (``batch:`` in the
+    YAML), in order; it is empty outside a batch. ``model`` is the node's ``model:`` block
+    (path, device, dtype, ...) or None.
     """
 
-    __slots__ = ("name", "params", "log", "replica", "message", "_emit")
+    __slots__ = ("name", "params", "log", "replica", "message", "batch", "model", "_emit")
 
-    def __init__(self, name: str, params: BaseModel, emit: Callable[[str, Any, str | None, Any], None],
-                 *, replica: int | None = None) -> None:
+    def __init__(self, name: str, params: BaseModel, emit: Callable[..., None],
+                 *, replica: int | None = None, model: Any = None) -> None:
         self.name = name
         self.params = params
         self.log = logging.getLogger(f"dmnflow.node.{name}")
         self.replica = replica
         self.message = Message()
+        self.batch: list[Message] = []
+        self.model = model
         self._emit = emit
 
-    def emit(self, port: str, value: Any, *, topic: str | None = None, event_time: Any = None) -> None:
-        """Send ``value`` on output ``port`` (topic defaults to the port's name)."""
-        self._emit(port, value, topic, event_time)
+    def emit(self, port: str, value: Any, *, topic: str | None = None, event_time: Any = None,
+             attrs: dict[str, Any] | None = None, of: Message | None = None) -> None:
+        """Send ``value`` on output ``port`` (topic defaults to the port's name).
+
+        ``attrs`` annotate the message (small, msgpack-able values). ``of`` names the message
+        the value derives from when it is not the one being handled (one of ``ctx.batch``):
+        its origin time and event time go with the value.
+        """
+        self._emit(port, value, topic, event_time, attrs, of)
 
 
 def describe_type(tp: Any) -> str:

@@ -110,6 +110,9 @@ class ModelPlan(_Frozen):
     path: str
     device: str
     dtype: str
+    cuda_graphs: bool = False
+    version: str | None = None
+    gpu: int | None = None  # the node's `gpu:`: where `device: auto` puts it
 
 
 class NodePlan(_Frozen):

@@ -243,8 +243,12 @@ class ModelSpec(_Spec):
     """The model file a model node runs, and where and how it runs."""
 
     path: str = Field(description="TorchScript (.pt) or torch.export (.pt2) file, relative to this YAML")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto: the node's `gpu:` (or the first GPU) when CUDA is there, else cpu")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="the precision it runs in")
+    cuda_graphs: bool = Field(False, description="capture CUDA graphs for static shapes (CUDA only)")
+    version: str | None = Field(None, description="the model_version its outputs carry; default: "
+                                "the file's name and the start of its SHA-256")
 
 
 class NodeSpec(_Spec):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -18,32 +20,37 @@ from pydantic import BaseModel
 from .codecs import get_codec
 from .errors import DecodeError
 from .node import Context, Node
+from .plan import ModelPlan
+from .spec import ModelSpec
 
 __all__ = ["check_codec", "run_node"]
 
 
 def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
-             inputs: Iterable[tuple[str, Any]] = ()) -> dict[str, list[Any]]:
+             inputs: Iterable[tuple[str, Any]] = (), model: str | os.PathLike[str] | dict[str, Any] | None = None,
+             ) -> dict[str, list[Any]]:
     """Run a node in this process, no sockets: what it emitted, per output port.
 
     Params are validated as the compiler would; ``setup`` runs first and ``teardown``
     last; each ``(port, value)`` of ``inputs`` goes to its handler in order, and a
     source's ``run`` generator is taken to its end. Exceptions from the node propagate.
+    ``model`` is a model node's ``model:`` block (a path, or a mapping with ``path``,
+    ``device``, ``dtype``...).
 
         out = run_node(Scale, params={"factor": 2}, inputs=[("value", 1.0), ("value", 2.5)])
         assert out["scaled"] == [2.0, 5.0]
     """
-    model = cls.Params.model_validate(params or {})
-    ports = cls.ports(model)
+    validated = cls.Params.model_validate(params or {})
+    ports = cls.ports(validated)
     emitted: dict[str, list[Any]] = {port: [] for port in ports.outputs}
 
-    def emit(port: str, value: Any, topic: str | None, event_time: Any) -> None:
+    def emit(port: str, value: Any, topic: str | None, event_time: Any, attrs: Any = None, of: Any = None) -> None:
         if port not in emitted:
             raise KeyError(f"{cls.__name__} has no output {port!r}; outputs: {sorted(emitted)}")
         emitted[port].append(value)
 
     node = cls()
-    ctx = Context(cls.__name__, model, emit)
+    ctx = Context(cls.__name__, validated, emit, model=_model_plan(model))
     if hasattr(node, "setup"):
         node.setup(ctx)
     if cls.is_source():
@@ -62,6 +69,15 @@ def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
     if hasattr(node, "teardown"):
         node.teardown(ctx)
     return emitted
+
+def _model_plan(model: str | os.PathLike[str] | dict[str, Any] | None) -> ModelPlan | None:
+    if model is None:
+        return None
+    block = dict(model) if isinstance(model, dict) else {"path": os.fspath(model)}
+    spec = ModelSpec.model_validate(block)
+    return ModelPlan(path=str(Path(spec.path).resolve()), device=spec.device, dtype=spec.dtype,
+                     cuda_graphs=spec.cuda_graphs, version=spec.version)
+
 
 _BAD_META = (None, 0, -1, 2**40, "", "np", [], [None, None, None], ["np", "float32", [-1]],
              ["torch", "object", [2]], [2**31] * 3)

@@ -1,10 +1,12 @@
 """ZeroMQ sockets built from the Plan, the wire format, and per-edge accounting.
 
 A message is a ZeroMQ multipart: ``[topic, header, *payload]``. The header is a small
-msgpack array ``[kind, src, inc, seq, origin_ns, origin, send_ns, event_time, meta]``:
+msgpack array ``[kind, src, inc, seq, origin_ns, origin, send_ns, event_time, meta, attrs]``:
 ``src`` numbers the output it came from, ``inc`` the incarnation of that output's worker
 (it grows with every restart), ``seq`` counts that output's messages per topic, so every
-input counts what it lost. Topics starting with ``\\x00`` are reserved for the runtime.
+input counts what it lost. ``meta`` is the codec's (a tensor's dtype and shape); ``attrs``
+the node's small annotations of the message (a model version, the symbols of a batch), or
+None. Topics starting with ``\\x00`` are reserved for the runtime.
 
 Two patterns carry edges:
 
@@ -222,14 +224,16 @@ class Outlet:
                 router.service()
 
     # -- the hot path
-    def send(self, value: Any, topic: bytes | None, origin_ns: int, origin: int, event_time: Any) -> None:
+    def send(self, value: Any, topic: bytes | None, origin_ns: int, origin: int, event_time: Any,
+             attrs: Any = None) -> None:
         meta, frames = self.encoder(value)
         topic = topic if topic is not None else self.topic_default
         now = time.time_ns()
         if self.pubs:
             seq = self.seq.get(topic, 0)
             self.seq[topic] = seq + 1
-            header = self.packer.pack((DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time, meta))
+            header = self.packer.pack((DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time, meta,
+                                       attrs))
             for pub in self.pubs:
                 _send(pub.sock, topic, header, frames, 0)
                 for e in pub.unfiltered:
@@ -238,8 +242,8 @@ class Outlet:
                     if topic.startswith(prefixes):
                         self.stats[e].sent += 1
         for router in self.routers:
-            router.send(topic, frames, (self.src, self.inc, origin_ns, origin, now, event_time, meta), self.packer,
-                        self.stats)
+            router.send(topic, frames, (self.src, self.inc, origin_ns, origin, now, event_time, meta, attrs),
+                        self.packer, self.stats)
 
     def send_eos(self) -> None:
         """Start ending the stream: ``flush_eos`` repeats the end until every consumer has it."""
@@ -359,7 +363,7 @@ class _Router:
             self.service()  # frees waiting on the socket: a source may not return to the loop for a while
             lease = self.pool.put(frames)
         if lease is not None:  # the payload now lives in a shared-memory slot; the message names it
-            rest = (*rest[:-1], [*lease, rest[-1]])
+            rest = (*rest[:-2], [*lease, rest[-2]], rest[-1])  # the codec's meta rides in the lease
             frames = []
         n = len(self.order)
         wait = 20e-6
@@ -585,6 +589,8 @@ class Inlet:
                 header = msgpack.unpackb(frames[1], **self.unpacker_opts)
                 kind, src, inc, seq = header[0], header[1], header[2], header[3]
                 source = self.sources[src]
+                if kind == DATA and len(header) != 10:
+                    raise ValueError("short header")
             except Exception:
                 self._bad_frame()
                 continue
@@ -615,6 +621,7 @@ class Inlet:
             except (DecodeError, ValueError, OSError):  # OSError: a segment that is not there
                 stats.decode_errors += 1
                 continue
+            header.append(topic)  # header[10]: what the handler sees as ctx.message.topic
             yield value, header
 
     def _end(self, source: _Source, totals: Any, topic_filter: tuple[bytes, ...]) -> None:

@@ -48,6 +48,7 @@ class NodeReport:
     join_incomplete: int = 0  # event times given up on: an input never delivered them
     conflated: int = 0  # messages a `latest` input skipped for a newer one
     status: str = "pending"  # running while it runs; then done, failed or stopped
+    summary: dict[str, Any] | None = None  # what the node's own ``summary()`` reported last
 
 
 @dataclass
@@ -97,6 +98,8 @@ class Report:
 
 
 RUN_DIR_PREFIX = "dmnflow-"
+ADMIN_SOCKET = "admin"
+COMMAND_TIMEOUT_S = 120.0  # a model swap loads and warms a model: give it time
 
 
 def sweep_run_dirs() -> list[str]:
@@ -137,18 +140,35 @@ class _Proc:
 
 
 def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
-           startup_timeout_s: float = 60.0, on_status: Callable[[Report], None] | None = None) -> Report:
+           startup_timeout_s: float = 60.0, on_status: Callable[[Report], None] | None = None,
+           name: str | None = None) -> Report:
     """Run a compiled graph until it ends by itself, ``duration_s`` passes, or Ctrl-C.
+
+    ``name`` (default: the graph's name) is how ``dmnflow swap`` and ``dmnflow runs`` find
+    the run while it runs.
 
     Raises:
         LaunchError: the graph could not be started (a worker failed during start-up).
     """
-    return _Supervisor(plan, grace_s, startup_timeout_s).run(duration_s, on_status)
+    return _Supervisor(plan, grace_s, startup_timeout_s, name or plan.graph).run(duration_s, on_status)
+
+
+@dataclass
+class _Request:
+    """A command from ``dmnflow swap`` (or another client) waiting for its nodes' answers."""
+
+    client: bytes
+    waiting: set[str]
+    answers: dict[str, list[Any]] = field(default_factory=dict)
+    deadline: float = 0.0
 
 
 class _Supervisor:
-    def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float) -> None:
+    def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float, name: str) -> None:
         self.plan = plan
+        self.name = name
+        self.requests: dict[int, _Request] = {}
+        self.next_token = 0
         self.grace_s = grace_s
         self.startup_timeout_s = startup_timeout_s
         self.procs = {p.name: _Proc(p.name, p.nodes) for p in plan.processes}
@@ -166,10 +186,17 @@ class _Supervisor:
         self.run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)  # mode 0700: only we reach the sockets
         Path(self.run_dir, "supervisor.pid").write_text(str(os.getpid()))
         Path(self.run_dir, "plan.json").write_text(self.plan.to_json(indent=None))
+        Path(self.run_dir, "name").write_text(self.name)
         zctx = zmq.Context()
         self.control = zctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.bind(f"ipc://{self.run_dir}/control")
+        self.admin = zctx.socket(zmq.ROUTER)  # dmnflow swap / runs talk to the run here
+        self.admin.setsockopt(zmq.LINGER, 0)
+        self.admin.bind(f"ipc://{self.run_dir}/{ADMIN_SOCKET}")
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.admin, zmq.POLLIN)
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         t0 = time.monotonic()
@@ -188,6 +215,7 @@ class _Supervisor:
                 if proc.state not in ("done", "failed"):
                     proc.state = "stopped"
             self.control.close()
+            self.admin.close()
             zctx.term()
             shutil.rmtree(self.run_dir, ignore_errors=True)
         code = ExitCode.NODE_FAILED if status == "failed" else ExitCode.OK
@@ -211,7 +239,13 @@ class _Supervisor:
         self.control.send_multipart([proc.name.encode(), msgpack.packb(list(msg), use_bin_type=True)])
 
     def hear(self, timeout_ms: int) -> tuple[_Proc, list[Any]] | None:
-        if not self.control.poll(timeout_ms):
+        """The next message from a worker; requests from clients are served meanwhile."""
+        events = dict(self.poller.poll(timeout_ms))
+        if self.admin in events:
+            self.serve_admin()
+        if self.requests:
+            self.expire_requests()
+        if self.control not in events:
             return None
         identity, body = self.control.recv_multipart()
         proc = self.procs.get(identity.decode())
@@ -309,6 +343,71 @@ class _Supervisor:
             proc.state = "running"
         elif kind == "error":
             self.errors.append(f"{proc.name}: {msg[1]}")
+        elif kind == "reply":
+            self.on_reply(*msg[1:])
+
+    # ---------------------------------------------------------------- clients (dmnflow swap, runs)
+
+    def serve_admin(self) -> None:
+        while True:
+            try:
+                client, body = self.admin.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except ValueError:
+                continue
+            try:
+                request = msgpack.unpackb(body, raw=False)
+                kind = request[0]
+            except Exception:
+                continue
+            if kind == "status":
+                self.answer(client, True, {"graph": self.plan.graph, "name": self.name, "pid": os.getpid(),
+                                           "nodes": {p: self.procs[self.proc_of[p]].state for p in self.proc_of}})
+            elif kind == "command" and len(request) == 4:
+                self.start_command(client, *request[1:])
+            else:
+                self.answer(client, False, f"unknown request {kind!r}")
+
+    def expire_requests(self) -> None:
+        """A node that never answers (its worker died meanwhile) does not leave a client waiting."""
+        now = time.monotonic()
+        for token, req in list(self.requests.items()):
+            if now > req.deadline:
+                del self.requests[token]
+                self.answer(req.client, False, f"no answer from {', '.join(sorted(req.waiting))} in "
+                            f"{COMMAND_TIMEOUT_S:.0f}s", req.answers)
+
+    def start_command(self, client: bytes, node: str, name: str, args: dict[str, Any]) -> None:
+        """Send ``name`` to every instance of ``node`` (a YAML node's replicas, or one instance)."""
+        targets = [n.name for n in self.plan.nodes if node in (n.name, n.spec_name)]
+        if not targets:
+            known = ", ".join(sorted({n.spec_name for n in self.plan.nodes}))
+            self.answer(client, False, f"the run has no node {node!r}; nodes: {known}")
+            return
+        down = [t for t in targets if self.procs[self.proc_of[t]].state != "running"]
+        if down:
+            self.answer(client, False, f"{', '.join(down)} not running now ({self.procs[self.proc_of[down[0]]].state})")
+            return
+        token = self.next_token = self.next_token + 1
+        self.requests[token] = _Request(client, set(targets), deadline=time.monotonic() + COMMAND_TIMEOUT_S)
+        for target in targets:
+            self.tell(self.procs[self.proc_of[target]], "command", target, name, args, token)
+
+    def on_reply(self, token: int, node: str, ok: bool, result: Any) -> None:
+        req = self.requests.get(token)
+        if req is None:
+            return
+        req.answers[node] = [ok, result]
+        req.waiting.discard(node)
+        if not req.waiting:
+            del self.requests[token]
+            self.answer(req.client, all(a[0] for a in req.answers.values()), None, req.answers)
+
+    def answer(self, client: bytes, ok: bool, result: Any, per_node: dict[str, Any] | None = None) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.admin.send_multipart([client, msgpack.packb([ok, result, per_node or {}], use_bin_type=True)],
+                                      zmq.NOBLOCK)
 
     def collect_stats(self, wait_s: float = 0.5) -> None:
         """Ask the live workers for their counts, so a failed run still reports what happened."""
@@ -406,6 +505,8 @@ class _Supervisor:
                     node.messages_out += ns.get("out", 0)
                     node.join_incomplete += ns.get("join_incomplete", 0)
                     node.conflated += ns.get("conflated", 0)
+                    if ns.get("summary") is not None:
+                        node.summary = ns["summary"]
                     for origin, sparse in ns.get("e2e", {}).items():
                         e2e.setdefault((int(origin), name), Histogram()).merge(Histogram.from_sparse(sparse))
                 for e, st in stats.get("edges", {}).items():

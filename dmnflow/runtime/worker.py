@@ -4,8 +4,10 @@ Started only by the supervisor (``python -m dmnflow.runtime.worker RUN_DIR PROCE
 It dies with the supervisor (parent-death signal), ignores Ctrl-C (the supervisor drives
 shutdown), and talks to the supervisor over a DEALER socket:
 
-    worker -> supervisor: bound {endpoint: actual}, connected, ready, hb {...}, done {...}, error text
-    supervisor -> worker: connect {endpoint: actual}, start, stop, rehello
+    worker -> supervisor: bound {endpoint: actual}, connected, ready, hb {...}, done {...}, error text,
+                          reply token node ok result
+    supervisor -> worker: connect {endpoint: actual}, start, stop, rehello, report,
+                          command node name args token
 
 A node ends when every (non-feedback) input has received end-of-stream from every
 producer, or, for a source, when its ``run`` generator returns; it then runs
@@ -26,6 +28,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ import zmq
 
 from ..codecs import Limits, get_codec
 from ..errors import NodeError
-from ..node import Context, Node
+from ..node import Context, Message, Node
 from ..plan import NodePlan, Plan
 from ..transport import Histogram, Inlet, Outlet
 
@@ -80,7 +83,9 @@ class _Join:
     delivered it, in event-time order, so the node sees the same calls on every run.
 
     An event time is given up on (and counted) when an input that lacks it has moved past it
-    (streams arrive in event-time order), has ended, or after ``timeout_s`` (live graphs).
+    (each producer's stream arrives in event-time order: an input fed by several producers,
+    such as the replicas of a node sharing the work, has moved past a time once every one
+    of them has), has ended, or after ``timeout_s`` (live graphs).
     """
 
     def __init__(self, ports: list[str], timeout_s: float | None) -> None:
@@ -89,19 +94,26 @@ class _Join:
         self.pending: dict[Any, dict[str, Any]] = {}
         self.first_seen: dict[Any, float] = {}
         self.times: list[Any] = []  # a heap of the pending event times
-        self.latest: dict[str, Any] = {}
+        self.producers: dict[str, set[int]] = {p: set() for p in ports}  # filled by the worker
+        self.latest: dict[tuple[str, int], Any] = {}  # (port, producer) -> its newest event time
         self.ended: set[str] = set()
         self.incomplete = 0
 
-    def add(self, port: str, event_time: Any, value: Any) -> list[tuple[Any, dict[str, Any]]]:
+    def add(self, port: str, src: int, event_time: Any, value: Any) -> list[tuple[Any, dict[str, Any]]]:
         group = self.pending.get(event_time)
         if group is None:
             group = self.pending[event_time] = {}
             self.first_seen[event_time] = time.monotonic()
             heapq.heappush(self.times, event_time)
         group[port] = value
-        self.latest[port] = event_time
+        self.latest[(port, src)] = event_time
         return self.release()
+
+    def passed(self, port: str, t: Any) -> bool:
+        """Whether every producer of ``port`` has sent something later than ``t``."""
+        latest = self.latest
+        producers = self.producers[port] or {src for p, src in latest if p == port}
+        return bool(producers) and all((port, s) in latest and latest[(port, s)] > t for s in producers)
 
     def release(self, final: bool = False) -> list[tuple[Any, dict[str, Any]]]:
         ready = []
@@ -111,7 +123,7 @@ class _Join:
             group = self.pending[t]
             if len(group) < len(self.ports):
                 missing = [p for p in self.ports if p not in group]
-                gone = final or any(p in self.ended or (p in self.latest and self.latest[p] > t) for p in missing)
+                gone = final or any(p in self.ended or self.passed(p, t) for p in missing)
                 late = self.timeout_s is not None and now - self.first_seen[t] > self.timeout_s
                 if not (gone or late):
                     break
@@ -130,13 +142,18 @@ class _StopSource(Exception):
 class _Batch:
     """Messages of one input waiting to be handed over together (``batch: {max, wait}``)."""
 
-    __slots__ = ("max", "wait_s", "values", "header", "due")
+    __slots__ = ("max", "wait_s", "values", "headers", "due")
 
     def __init__(self, max_: int, wait_s: float) -> None:
         self.max, self.wait_s = max_, wait_s
         self.values: list[Any] = []
-        self.header: list[Any] = []
+        self.headers: list[list[Any]] = []
         self.due = 0.0
+
+
+def _message(port: str, header: list[Any]) -> Message:
+    """The ``ctx.message`` view of a received header (the inlet appends the topic to it)."""
+    return Message(port, header[10].decode("utf-8", "replace"), header[3], header[4], header[7], header[9], header[5])
 
 
 class NodeRunner:
@@ -150,7 +167,7 @@ class NodeRunner:
         self.ports = self.cls.ports(params)
         self.outlets: dict[str, Outlet] = {}  # filled by the worker as it binds
         self.node = self.cls()
-        self.ctx = Context(plan_node.name, params, self._emit, replica=plan_node.replica)
+        self.ctx = Context(plan_node.name, params, self._emit, replica=plan_node.replica, model=plan_node.model)
         self.origin_ns = 0
         self.origin = -1
         self.messages_in = 0
@@ -170,7 +187,7 @@ class NodeRunner:
         self.latest = {i.port for i in plan_node.inputs if i.policy == "latest"}
         self.conflated = 0  # messages a `latest` input skipped for a newer one
         now = time.monotonic()
-        self.timers = [[now + period, period, getattr(self.node, f"on_{name}")]
+        self.timers = [[now + period, period, getattr(self.node, f"on_{name}"), name]
                        for name, period in plan_node.timers.items()]
 
     def setup(self) -> None:
@@ -196,7 +213,8 @@ class NodeRunner:
         finally:
             self.loop_source = False
 
-    def _emit(self, port: str, value: Any, topic: str | None, event_time: Any) -> None:
+    def _emit(self, port: str, value: Any, topic: str | None, event_time: Any, attrs: Any = None,
+              of: Message | None = None) -> None:
         if self.loop_source:
             now = time.monotonic()
             if now >= self.next_check:
@@ -207,20 +225,24 @@ class NodeRunner:
         outlet = self.outlets.get(port)
         if outlet is None:
             raise KeyError(f"{self.cls.__name__} has no output {port!r}; outputs: {sorted(self.outlets)}")
-        if self.origin < 0:  # a source: the data enters the graph now
+        if of is not None and of.origin >= 0:  # derived from one message of a batch
+            origin_ns, origin = of.origin_ns, of.origin
+            if event_time is None:
+                event_time = of.event_time
+        elif self.origin < 0:  # a source (or a timer): the data enters the graph now
             origin_ns, origin = time.time_ns(), self.index
         else:
             origin_ns, origin = self.origin_ns, self.origin
             if event_time is None:
                 event_time = self.ctx.message.event_time
-        outlet.send(value, topic.encode() if topic is not None else None, origin_ns, origin, event_time)
+        outlet.send(value, topic.encode() if topic is not None else None, origin_ns, origin, event_time, attrs)
         self.messages_out += 1
 
     def deliver(self, port: str, value: Any, header: list[Any]) -> None:
         batch = self.batches.get(port)
         if batch is not None:
             batch.values.append(value)
-            batch.header = header
+            batch.headers.append(header)
             if len(batch.values) == 1:
                 batch.due = time.monotonic() + batch.wait_s
             if len(batch.values) >= batch.max:
@@ -229,24 +251,31 @@ class NodeRunner:
         self.handle(port, value, header)
 
     def flush(self, port: str, batch: _Batch) -> None:
-        """Hand the handler the batch as one list (the metadata is the last message's)."""
-        values, batch.values = batch.values, []
-        self.handle(port, values, batch.header)
+        """Hand the handler the batch as one list; ``ctx.batch`` holds each value's message,
+        and ``ctx.message`` is the last one's."""
+        values, headers = batch.values, batch.headers
+        batch.values, batch.headers = [], []
+        self.ctx.batch = [_message(port, h) for h in headers]
+        try:
+            self.handle(port, values, headers[-1], len(values))
+        finally:
+            self.ctx.batch = []
 
     def flush_due(self, now: float, force: bool = False) -> None:
         for port, batch in self.batches.items():
             if batch.values and (force or now >= batch.due):
                 self.flush(port, batch)
 
-    def handle(self, port: str, value: Any, header: list[Any]) -> None:
+    def handle(self, port: str, value: Any, header: list[Any], count: int = 1) -> None:
         message = self.ctx.message
-        message.port, message.seq = port, header[3]
-        message.origin_ns, message.event_time = header[4], header[7]
-        self.origin_ns, self.origin = header[4], header[5]
-        self.messages_in += 1
+        message.port, message.seq, message.topic = port, header[3], header[10].decode("utf-8", "replace")
+        message.origin_ns, message.event_time, message.attrs = header[4], header[7], header[9]
+        self.origin_ns = message.origin_ns
+        self.origin = message.origin = header[5]
+        self.messages_in += count
         try:
             if self.join is not None and port in self.join.ports:
-                for event_time, values in self.join.add(port, header[7], value):
+                for event_time, values in self.join.add(port, header[1], header[7], value):
                     self.call_join(event_time, values)
             elif (handler := self.handlers.get(port)) is not None:
                 handler(value, self.ctx)
@@ -264,7 +293,11 @@ class NodeRunner:
 
     def call_join(self, event_time: Any, values: dict[str, Any]) -> None:
         self.ctx.message.port, self.ctx.message.event_time = "", event_time
-        self.node.on_join(values, self.ctx)  # type: ignore[attr-defined]
+        try:
+            self.node.on_join(values, self.ctx)  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise NodeError(f"{type(exc).__name__} in on_join at event time {event_time!r}: {exc}",
+                            node=self.plan.name, port="join") from exc
 
     def input_ended(self, port: str) -> None:
         """An input delivered its end-of-stream: its batch goes out; event times still waiting
@@ -282,7 +315,11 @@ class NodeRunner:
         for timer in self.timers:
             if now >= timer[0]:
                 timer[0] = max(timer[0] + timer[1], now)  # late ticks are skipped, not bunched
-                timer[2](self.ctx)
+                try:
+                    timer[2](self.ctx)
+                except Exception as exc:
+                    raise NodeError(f"{type(exc).__name__} in timer on_{timer[3]}: {exc}", node=self.plan.name,
+                                    port=f"timer {timer[3]}") from exc
         return min(t[0] for t in self.timers) - now
 
     def step(self, steps: int) -> None:
@@ -319,9 +356,11 @@ class NodeRunner:
             outlet.send_eos()
 
     def stats(self) -> dict[str, Any]:
+        summary = getattr(self.node, "summary", None)
         return {"in": self.messages_in, "out": self.messages_out, "conflated": self.conflated,
                 "join_incomplete": self.join.incomplete if self.join is not None else 0,
-                "e2e": {origin: h.to_sparse() for origin, h in self.e2e.items()}}
+                "e2e": {origin: h.to_sparse() for origin, h in self.e2e.items()},
+                "summary": summary() if callable(summary) else None}
 
 
 class Worker:
@@ -345,6 +384,7 @@ class Worker:
         self.runners: list[NodeRunner] = []
         self.stopping = False
         self.next_beat = time.monotonic() + 1.0
+        self.pending: list[tuple[Future[Any], Any, str]] = []  # commands still running: (future, token, node)
 
     def tell(self, *msg: Any) -> None:
         self.control.send(msgpack.packb(list(msg), use_bin_type=True))
@@ -399,6 +439,8 @@ class Worker:
                               restarted=self.inc > 0,
                               zero_copy=any(e.codec in ZERO_COPY for e in edges.values()))
                 self.inlets.append((runner, inlet))
+                if runner.join is not None and inp.port in runner.join.producers:
+                    runner.join.producers[inp.port] = set(src_of_edge.values())
         self.tell("connected")
 
         poller = zmq.Poller()
@@ -447,6 +489,9 @@ class Worker:
             if timed:
                 now = time.monotonic()
                 wait_ms = min(wait_ms, max(0, int(min(r.fire_timers(now) for r in timed) * 1000)))
+            if self.pending:
+                self.answer_done()
+                wait_ms = min(wait_ms, 10)
             events = dict(poller.poll(wait_ms))
             for sock in events:
                 if sock is self.control:
@@ -519,6 +564,8 @@ class Worker:
         """What a plain-loop source's emit calls: obey stop, keep the heartbeat going."""
         while (msg := self.hear(0)) is not None:
             self.command(msg)
+        if self.pending:
+            self.answer_done()
         self.beat()
 
     def command(self, msg: list[Any]) -> None:
@@ -531,6 +578,36 @@ class Worker:
                 inlet.hello()
         elif msg[0] == "report":  # the run is failing: send what we counted before we are stopped
             self.tell("hb", self.stats())
+        elif msg[0] == "command":
+            self.run_command(*msg[1:])
+
+    def run_command(self, node: str, name: str, args: dict[str, Any], token: Any) -> None:
+        """A command for one node (``dmnflow swap`` and friends) goes to its ``on_command``;
+        a result that is a Future is answered when it completes (see ``answer_done``)."""
+        runner = next((r for r in self.runners if r.plan.name == node), None)
+        handler = getattr(runner.node, "on_command", None) if runner is not None else None
+        if handler is None:
+            self.tell("reply", token, node, False, f"node {node!r} takes no commands")
+            return
+        try:
+            result = handler(name, args, runner.ctx)  # type: ignore[union-attr]
+        except Exception as exc:  # a refused command is an answer, not a crash of the node
+            self.tell("reply", token, node, False, f"{type(exc).__name__}: {exc}")
+            return
+        if isinstance(result, Future):
+            self.pending.append((result, token, node))
+        else:
+            self.tell("reply", token, node, True, result)
+
+    def answer_done(self) -> None:
+        for item in [p for p in self.pending if p[0].done()]:
+            self.pending.remove(item)
+            future, token, node = item
+            exc = future.exception()
+            if exc is None:
+                self.tell("reply", token, node, True, future.result())
+            else:
+                self.tell("reply", token, node, False, f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc))
 
     def stats(self) -> dict[str, Any]:
         edges: dict[int, dict[str, Any]] = {}

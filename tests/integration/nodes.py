@@ -192,3 +192,61 @@ def _leased(array: Any) -> bool:
     while base is not None and hasattr(base, "base") and not isinstance(base, memoryview):
         base = base.base
     return isinstance(getattr(base, "obj", None), ctypes.Array)
+
+
+class Samples(Node):
+    """Sends ``count`` seeded float32 samples of ``shape``; sample i has event time i and topic
+    ``samples.<i % topics>``."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        count: int = 100
+        shape: list[int] = [5, 3]
+        seed: int = 0
+        topics: int = 3
+        rate_hz: float = 0.0
+
+    samples = Output(Tensor("float32"))
+
+    def run(self, ctx: Any) -> Any:
+        import numpy as np
+
+        p = ctx.params
+        rng = np.random.default_rng(p.seed)
+        data = rng.standard_normal((p.count, *p.shape)).astype(np.float32)
+        due = time.perf_counter()
+        for i in range(p.count):
+            if p.rate_hz:
+                due += 1 / p.rate_hz
+                while (delay := due - time.perf_counter()) > 0:
+                    time.sleep(min(delay, 0.005))
+            ctx.emit("samples", data[i], topic=f"samples.{i % p.topics}", event_time=i)
+            yield None
+
+
+class Record(Node):
+    """Appends ``[event_time, topic, model_version, values]`` per message to ``path`` (JSON lines),
+    flushed every 64 messages so a test can watch the run progress."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        path: str
+
+    values = Input(Tensor("float32"))
+
+    def setup(self, ctx: Any) -> None:
+        self.file = open(ctx.params.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in teardown
+        self.n = 0
+
+    def on_values(self, value: Any, ctx: Any) -> None:
+        import json
+
+        m = ctx.message
+        self.file.write(json.dumps([m.event_time, m.topic, (m.attrs or {}).get("model_version"),
+                                    value.tolist()]) + "\n")
+        self.n += 1
+        if self.n % 64 == 0:
+            self.file.flush()
+
+    def teardown(self, ctx: Any) -> None:
+        self.file.close()

@@ -30,6 +30,7 @@ def _emitted_codes() -> set[str]:
         text = path.read_text()
         found |= set(re.findall(r'(?:issues|self)\.add\(\s*"([a-z][a-z-]+)"', text))
         found |= set(re.findall(r'return "([a-z]+-mismatch)"', text))
+        found |= set(re.findall(r'\("(model-[a-z]+)",', text))  # returned by a runner's check_model
     return found
 
 

@@ -29,7 +29,8 @@ CODES = {
     "bad-join", "bad-name", "bad-override", "bad-substitution", "codec-type", "codec-unsafe", "cycle",
     "dtype-mismatch", "duplicate-key", "duplicate-port", "empty-graph", "file-not-found",
     "file-unreadable", "import-error", "include-cycle", "invalid-param", "invalid-value",
-    "missing-handler", "missing-input", "missing-key", "missing-param", "model-missing",
+    "missing-handler", "missing-input", "missing-key", "missing-param", "model-error", "model-mismatch",
+    "model-missing",
     "node-error", "not-a-node", "pin-range", "pin-shared", "shape-mismatch", "type-mismatch",
     "unknown-codec", "unknown-input", "unknown-key", "unknown-node", "unknown-output",
     "unknown-param", "unknown-port", "unknown-profile", "unknown-var", "unset-env",
@@ -143,9 +144,10 @@ def test_corpus_covers_every_check() -> None:
 
 
 def test_every_check_in_the_source_has_a_corpus_file() -> None:
-    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "dmnflow").glob("*.py"))
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "dmnflow").rglob("*.py"))
     emitted = set(re.findall(r"\b(?:issues|self)\.add\(\s*\"([a-z][a-z0-9-]+)\"", source))
     emitted |= set(re.findall(r"\"([a-z]+-mismatch)\"", source))  # returned by node.check_types
+    emitted |= set(re.findall(r"\(\"(model-[a-z]+)\",", source))  # returned by a runner's check_model
     assert emitted, "the pattern no longer finds the checks; update this test"
     assert emitted - CODES == set(), "add a graphs/invalid/<code>.yaml for each new check"
 
