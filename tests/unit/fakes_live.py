@@ -55,7 +55,7 @@ class FakeWebSocketServer:
         self.open = 0  # connections open now
         self.received: list[Any] = []  # every client message, decoded, in order
         self.errors: list[str] = []  # exceptions raised by a session (a bug in the fake or the client)
-        self.headers: list[dict[str, str]] = []
+        self.headers: list[Any] = []  # each connection's request headers (case-insensitive)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -89,7 +89,7 @@ class FakeWebSocketServer:
         index = self.connections
         self.connections += 1
         self.open += 1
-        self.headers.append(dict(ws.request.headers) if ws.request is not None else {})
+        self.headers.append(ws.request.headers if ws.request is not None else {})
         script = self.scripts[min(index, len(self.scripts) - 1)]
         try:
             if await self.handshake(ws):
