@@ -169,11 +169,12 @@ class Context:
     author; a source may pass ``event_time`` itself.
 
     ``batch`` lists the messages behind the values of a batched input (``batch:`` in the
-    YAML), in order; it is empty outside a batch. ``model`` is the node's ``model:`` block
-    (path, device, dtype, ...) or None.
+    YAML), in order; it is empty outside a batch. ``joined`` maps each input of an
+    ``on_join`` call to the message behind its value (its topic, attrs, origin). ``model`` is
+    the node's ``model:`` block (path, device, dtype, ...) or None.
     """
 
-    __slots__ = ("name", "params", "log", "replica", "message", "batch", "model", "_emit")
+    __slots__ = ("name", "params", "log", "replica", "message", "batch", "joined", "model", "_emit")
 
     def __init__(self, name: str, params: BaseModel, emit: Callable[..., None],
                  *, replica: int | None = None, model: Any = None) -> None:
@@ -183,6 +184,7 @@ class Context:
         self.replica = replica
         self.message = Message()
         self.batch: list[Message] = []
+        self.joined: dict[str, Message] = {}
         self.model = model
         self._emit = emit
 

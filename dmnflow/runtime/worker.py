@@ -275,7 +275,7 @@ class NodeRunner:
         self.messages_in += count
         try:
             if self.join is not None and port in self.join.ports:
-                for event_time, values in self.join.add(port, header[1], header[7], value):
+                for event_time, values in self.join.add(port, header[1], header[7], (value, header)):
                     self.call_join(event_time, values)
             elif (handler := self.handlers.get(port)) is not None:
                 handler(value, self.ctx)
@@ -291,10 +291,12 @@ class NodeRunner:
             hist.add(time.time_ns() - header[4])
         self.origin = -1
 
-    def call_join(self, event_time: Any, values: dict[str, Any]) -> None:
+    def call_join(self, event_time: Any, group: dict[str, tuple[Any, list[Any]]]) -> None:
+        """``on_join`` with one value per input; ``ctx.joined`` holds the message behind each."""
         self.ctx.message.port, self.ctx.message.event_time = "", event_time
+        self.ctx.joined = {port: _message(port, header) for port, (_, header) in group.items()}
         try:
-            self.node.on_join(values, self.ctx)  # type: ignore[attr-defined]
+            self.node.on_join({port: value for port, (value, _) in group.items()}, self.ctx)  # type: ignore
         except Exception as exc:
             raise NodeError(f"{type(exc).__name__} in on_join at event time {event_time!r}: {exc}",
                             node=self.plan.name, port="join") from exc
