@@ -1,0 +1,234 @@
+"""The ``Performance`` node: strategy metrics from the Account stream, latency, an equity PNG."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from dmnflow import Input, Node, Output
+
+from .metrics import TRADING_DAYS, RunningStats, performance
+from .support import RateLimitedLog, event_time_of
+
+__all__ = ["LatencyWindow", "Performance", "jsonable"]
+
+
+class LatencyWindow:
+    """The last ``size`` latencies (ns) in a preallocated ring; percentiles on demand."""
+
+    __slots__ = ("buf", "n", "i")
+
+    def __init__(self, size: int) -> None:
+        self.buf = np.zeros(size, dtype=np.int64)
+        self.n = 0
+        self.i = 0
+
+    def add(self, ns: int) -> None:
+        self.buf[self.i] = ns
+        self.i = (self.i + 1) % self.buf.size
+        if self.n < self.buf.size:
+            self.n += 1
+
+    def percentiles_us(self, qs: tuple[float, ...] = (50.0, 99.0)) -> list[float]:
+        """Percentiles in microseconds (NaN when empty)."""
+        if not self.n:
+            return [math.nan] * len(qs)
+        return [float(v) / 1e3 for v in np.percentile(self.buf[:self.n], qs)]
+
+
+def jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Floats that are NaN or infinite become None, so the dict is strict JSON."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+class Performance(Node):
+    """The strategy's report card, kept while it runs and written when it ends.
+
+    Why a node: the same metrics serve a backtest's final report, a live dashboard and
+    alert rules, so they are computed once from what the broker says (the Account stream)
+    rather than by each consumer. One equity point per event time (a later Account for the
+    same event time replaces it); the first Account's ``equity - pnl`` is the starting
+    capital, so first-day costs count. Figures (``nodes/monitoring/metrics.py``): PnL,
+    annualised return and volatility, Sharpe, Sortino, Calmar, max drawdown, VaR 95
+    (historical), turnover (from the Account's cumulative ``traded``, else from Fills),
+    hit rate. ``metrics`` messages carry the O(1) streaming figures every ``emit_every``
+    Accounts (VaR and latency only in ``summary()``, unless ``latency_in_metrics``).
+
+    Tick-to-trade latency: ``time.time_ns() - ctx.message.origin_ns`` when a Fills message
+    arrives (and tick-to-account at each Account), p50/p99 over the last
+    ``latency_window`` messages. Wall-clock figures stay out of the deterministic metrics.
+    """
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        periods_per_year: int = Field(TRADING_DAYS, ge=1, description="periods per year for annualising (252: daily)")
+        emit_every: int = Field(1, ge=0, description="emit metrics every this many Accounts; 0: never")
+        equity_png: str | None = Field(None, description="write the equity curve and drawdown here at the end")
+        latency_in_metrics: bool = Field(
+            False, description="add latency p50/p99 to emitted metrics (not deterministic)")
+        latency_window: int = Field(100_000, ge=1, description="latencies kept for the percentiles")
+        title: str = Field("Strategy equity", description="title of the equity PNG")
+
+    account = Input(dict, doc="Account: t, equity, cash, positions, gross, pnl, traded")
+    fills = Input(dict, optional=True, doc="Fills, for tick-to-trade latency and (without traded) turnover")
+    metrics = Output(dict, doc="t, equity, pnl, return, drawdown, max_drawdown, sharpe, ... (streaming figures)")
+
+    def setup(self, ctx: Any) -> None:
+        p = ctx.params
+        self.p = p
+        self.log = RateLimitedLog(ctx.log)
+        self.t: list[int] = []
+        self.equity: list[float] = []
+        self.traded_cum: list[float] = []
+        self.stats = RunningStats(p.periods_per_year)  # every point but the last
+        self.fill_notional = 0.0
+        self.fill_latency = LatencyWindow(p.latency_window)
+        self.account_latency = LatencyWindow(p.latency_window)
+        self.since_emit = 0
+        self.seeded = False  # the first point is the starting capital
+        self.counts = dict.fromkeys(("accounts", "fills_messages", "fills", "bad_accounts", "out_of_order",
+                                     "replaced", "bad_fills"), 0)
+
+    # -- inputs ----------------------------------------------------------------------------
+    def on_fills(self, msg: dict, ctx: Any) -> None:
+        origin = ctx.message.origin_ns
+        if origin:
+            self.fill_latency.add(time.time_ns() - origin)
+        fills = msg.get("fills") if isinstance(msg, Mapping) else None
+        if not isinstance(fills, list):
+            self.counts["bad_fills"] += 1
+            return
+        self.counts["fills_messages"] += 1
+        for f in fills:
+            try:
+                self.fill_notional += abs(float(f["qty"]) * float(f["price"]))
+                self.counts["fills"] += 1
+            except (TypeError, ValueError, KeyError):
+                self.counts["bad_fills"] += 1
+
+    def on_account(self, acc: dict, ctx: Any) -> None:
+        c = self.counts
+        origin = ctx.message.origin_ns
+        if origin:
+            self.account_latency.add(time.time_ns() - origin)
+        t = event_time_of(acc, ctx)
+        equity = _num(acc.get("equity")) if isinstance(acc, Mapping) else math.nan
+        if t is None or equity != equity:
+            c["bad_accounts"] += 1
+            self.log.warning("bad", "skipped an Account without an event time or a finite equity: %.200r", acc)
+            return
+        traded = _num(acc.get("traded"))
+        if traded != traded:
+            traded = self.fill_notional
+        c["accounts"] += 1
+        if not self.t:
+            start = equity - _num(acc.get("pnl"))
+            if start == start and start != equity:  # the starting capital, before the first trades
+                self._append(t, start, 0.0)
+                self.seeded = True
+            self._append(t, equity, traded)
+        elif t < self.t[-1]:
+            c["out_of_order"] += 1
+            self.log.warning("order", "skipped an Account for t=%d: already at t=%d", t, self.t[-1])
+            return
+        elif t == self.t[-1] and not (self.seeded and len(self.t) == 1):
+            c["replaced"] += 1  # a later Account for the same event time (live fills after a drain)
+            self.equity[-1], self.traded_cum[-1] = equity, traded
+        else:
+            self._append(t, equity, traded)
+        if self.p.emit_every:
+            self.since_emit += 1
+            if self.since_emit >= self.p.emit_every:
+                self.since_emit = 0
+                ctx.emit("metrics", jsonable(self.current()))
+
+    def _append(self, t: int, equity: float, traded: float) -> None:
+        """A new point; the previous one joins the committed statistics."""
+        if self.t:
+            self.stats.add(self.equity[-1], self._period_traded(len(self.t) - 1))
+        self.t.append(t)
+        self.equity.append(equity)
+        self.traded_cum.append(traded)
+
+    def _period_traded(self, i: int) -> float:
+        return self.traded_cum[i] - self.traded_cum[i - 1] if i > 0 else 0.0
+
+    # -- figures ---------------------------------------------------------------------------
+    def current(self) -> dict[str, Any]:
+        """The streaming figures, the last point included (O(1))."""
+        snap = self.stats.copy()
+        snap.add(self.equity[-1], self._period_traded(len(self.t) - 1))
+        out: dict[str, Any] = {"t": self.t[-1]}
+        out.update(snap.snapshot())
+        if self.p.latency_in_metrics:
+            out.update(self._latency())
+        return out
+
+    def _latency(self) -> dict[str, float]:
+        f50, f99 = self.fill_latency.percentiles_us()
+        a50, a99 = self.account_latency.percentiles_us()
+        return {"tick_to_trade_p50_us": f50, "tick_to_trade_p99_us": f99,
+                "tick_to_account_p50_us": a50, "tick_to_account_p99_us": a99}
+
+    def report(self) -> dict[str, float]:
+        """Every figure over the whole run (``metrics.performance``), as plain floats."""
+        eq = np.asarray(self.equity, dtype=np.float64)
+        cum = np.asarray(self.traded_cum, dtype=np.float64)
+        traded = np.diff(cum, prepend=cum[:1]) if cum.size else cum
+        return performance(eq, traded, self.p.periods_per_year)
+
+    def summary(self) -> dict[str, Any]:
+        """All metrics, latency and counters as one flat JSON-able dict (None: undefined)."""
+        out: dict[str, Any] = {}
+        if self.equity:
+            out.update(self.report())
+        out.update(self._latency())
+        out.update(latency_samples=self.fill_latency.n, **self.counts)
+        return jsonable(out)
+
+    def teardown(self, ctx: Any) -> None:
+        if self.p.equity_png and len(self.equity) >= 2:
+            try:
+                write_equity_png(Path(self.p.equity_png), self.t, self.equity, self.p.title)
+            except OSError as exc:
+                ctx.log.warning("could not write the equity curve to %s: %s", self.p.equity_png, exc)
+
+
+def _num(value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return v if math.isfinite(v) else math.nan
+
+
+def write_equity_png(path: Path, t: list[int], equity: list[float], title: str) -> None:
+    """Equity (top) and drawdown (bottom) against event time, with matplotlib's Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .metrics import drawdowns
+
+    eq = np.asarray(equity, dtype=np.float64)
+    ts = np.asarray(t, dtype=np.int64)
+    x: Any = ts.astype("datetime64[ns]") if ts.size and ts.min() > 10**15 else np.arange(eq.size)
+    fig = Figure(figsize=(10, 6), dpi=100)
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot(x, eq, color="tab:blue", linewidth=1.0)
+    top.set_title(title)
+    top.set_ylabel("equity")
+    top.grid(alpha=0.3)
+    bottom.fill_between(x, -drawdowns(eq), 0.0, color="tab:red", alpha=0.4, linewidth=0)
+    bottom.set_ylabel("drawdown")
+    bottom.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)

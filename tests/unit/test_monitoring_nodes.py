@@ -1,0 +1,216 @@
+"""Performance, Health and Alerts nodes: figures, latency, the PNG, stale feeds, rules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmnflow import Message
+from dmnflow.testing import run_node
+from nodes.monitoring import Alerts, Health, Performance
+from nodes.monitoring import health as health_module
+from nodes.monitoring import metrics as m
+from nodes.monitoring import performance as perf_module
+
+
+class FakeCtx:
+    """What a handler sees, without the framework: params, emit, log, message."""
+
+    def __init__(self, cls: type, params: dict[str, Any] | None = None) -> None:
+        self.name = cls.__name__
+        self.params = cls.Params.model_validate(params or {})
+        self.log = logging.getLogger(f"test.{cls.__name__}")
+        self.message = Message()
+        self.out: dict[str, list[Any]] = defaultdict(list)
+
+    def emit(self, port: str, value: Any, *, topic: str | None = None, event_time: Any = None,
+             attrs: Any = None) -> None:
+        self.out[port].append(value)
+
+
+def make(cls: type, params: dict[str, Any] | None = None) -> tuple[Any, FakeCtx]:
+    node, ctx = cls(), FakeCtx(cls, params)
+    node.setup(ctx)
+    return node, ctx
+
+
+def account(t: int, equity: float, traded: float, capital: float = 1000.0) -> dict[str, Any]:
+    return {"t": t, "equity": equity, "cash": equity, "positions": {}, "gross": 0.0, "pnl": equity - capital,
+            "traded": traded}
+
+
+DAY = 86_400 * 10**9
+T0 = 1_500_000_000 * 10**9
+
+
+# -- Performance ---------------------------------------------------------------------------------
+
+def test_performance_summary_matches_metrics(tmp_path: Path) -> None:
+    equity = [995.0, 1010.0, 990.0, 1030.0, 1020.0]
+    traded = [500.0, 700.0, 900.0, 1500.0, 1600.0]  # cumulative
+    png = tmp_path / "out" / "equity.png"
+    node, ctx = make(Performance, {"equity_png": str(png)})
+    for i, (e, tr) in enumerate(zip(equity, traded, strict=True)):
+        node.on_account(account(T0 + i * DAY, e, tr), ctx)
+    node.teardown(ctx)
+    s = node.summary()
+    curve = [1000.0, *equity]  # the starting capital comes first
+    ref = m.performance(curve, [0.0, 500.0, 200.0, 200.0, 600.0, 100.0])
+    for key, value in ref.items():
+        assert s[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+    assert s["periods"] == 5 and s["accounts"] == 5
+    assert s["pnl"] == pytest.approx(20.0) and s["max_drawdown"] == pytest.approx(20 / 1010)
+    json.dumps(s, allow_nan=False)  # strict JSON: undefined figures are None
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the streaming figures agree with the batch ones
+    last = ctx.out["metrics"][-1]
+    for key in ("sharpe", "sortino", "ann_vol", "max_drawdown", "calmar", "hit_rate", "turnover", "pnl"):
+        assert last[key] == pytest.approx(s[key], rel=1e-9), key
+    assert last["t"] == T0 + 4 * DAY and len(ctx.out["metrics"]) == 5
+
+
+def test_performance_same_time_replaces_and_bad_input_counts() -> None:
+    node, ctx = make(Performance, {"emit_every": 2})
+    node.on_account(account(1, 1000.0, 0.0), ctx)  # no pnl offset: no seed point
+    node.on_account(account(2, 1100.0, 10.0), ctx)
+    node.on_account(account(2, 1050.0, 20.0), ctx)  # a later account for t=2 replaces it
+    node.on_account(account(1, 5.0, 0.0), ctx)  # out of order
+    node.on_account({"t": 3, "equity": math.nan}, ctx)
+    node.on_account({"equity": 1.0}, ctx)
+    node.on_account("junk", ctx)  # type: ignore[arg-type]
+    node.on_fills({"t": 2, "fills": [{"qty": -2.0, "price": 5.0}, {"qty": "x"}]}, ctx)
+    node.on_fills("junk", ctx)  # type: ignore[arg-type]
+    s = node.summary()
+    assert s["periods"] == 1 and s["total_return"] == pytest.approx(0.05) and s["replaced"] == 1
+    assert (s["out_of_order"], s["bad_accounts"], s["fills"], s["bad_fills"]) == (1, 3, 1, 2)
+    assert s["turnover"] == pytest.approx(20.0 / 1000.0 * 252)
+    (only,) = ctx.out["metrics"]  # every second accepted Account: the second is t=2 before its replacement
+    assert only["t"] == 2 and only["equity"] == 1100.0 and only["return"] == pytest.approx(0.1)
+
+
+def test_performance_turnover_from_fills_without_traded() -> None:
+    node, ctx = make(Performance)
+    node.on_account({"t": 1, "equity": 1000.0, "pnl": 0.0}, ctx)
+    node.on_fills({"t": 2, "fills": [{"qty": 3.0, "price": 10.0}]}, ctx)
+    node.on_account({"t": 2, "equity": 1000.0, "pnl": 0.0}, ctx)
+    assert node.summary()["turnover"] == pytest.approx(30.0 / 1000.0 * 252)
+
+
+def test_latency_percentiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = 10**18
+    monkeypatch.setattr(perf_module.time, "time_ns", lambda: now)
+    node, ctx = make(Performance, {"latency_in_metrics": True, "latency_window": 3})
+    for i, lat_us in enumerate([100, 200, 300, 400]):  # the window keeps the last three
+        ctx.message.origin_ns = now - lat_us * 1000
+        node.on_fills({"t": i, "fills": []}, ctx)
+        node.on_account(account(i, 1000.0, 0.0), ctx)
+    s = node.summary()
+    assert s["tick_to_trade_p50_us"] == 300.0 and s["tick_to_trade_p99_us"] == pytest.approx(398.0)
+    assert s["tick_to_account_p50_us"] == 300.0 and s["latency_samples"] == 3
+    assert ctx.out["metrics"][-1]["tick_to_trade_p50_us"] == 300.0
+    ctx.message.origin_ns = 0  # no origin: not a sample
+    node.on_fills({"t": 9, "fills": []}, ctx)
+    assert node.summary()["latency_samples"] == 3
+
+
+def test_performance_with_run_node_and_no_data() -> None:
+    out = run_node(Performance, inputs=[])
+    assert out["metrics"] == []
+    node, ctx = make(Performance)
+    s = node.summary()
+    assert s["tick_to_trade_p50_us"] is None and s["accounts"] == 0
+    node.teardown(ctx)
+
+
+# -- Health --------------------------------------------------------------------------------------
+
+def test_health_rates_and_stale_feeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: clock[0])
+    node, ctx = make(Health, {"stale_after_s": 2.0, "expected": ["market_data.ES"]})
+    for _ in range(4):
+        ctx.message.topic, ctx.message.event_time = "market_data.NQ", 7
+        node.on_feeds({}, ctx)
+    ctx.message.topic, ctx.message.port = "", "feeds"
+    node.on_feeds({}, ctx)
+    clock[0] += 1.0
+    node.on_check(ctx)
+    h = ctx.out["health"][-1]
+    assert h["ok"] is True and h["stale"] == [] and h["stale_count"] == 0
+    assert h["feeds"]["market_data.NQ"] == {"age_s": 1.0, "rate_hz": 4.0, "count": 4, "stale": False,
+                                            "event_time": 7}
+    assert h["feeds"]["market_data.ES"]["age_s"] is None and h["feeds"]["feeds"]["count"] == 1
+    clock[0] += 1.5  # ES never came (2.5 s since start), NQ silent for 2.5 s
+    node.on_check(ctx)
+    h = ctx.out["health"][-1]
+    assert h["ok"] is False and h["stale"] == ["feeds", "market_data.ES", "market_data.NQ"]
+    assert h["feeds"]["market_data.NQ"]["rate_hz"] == 0.0
+    ctx.message.topic = "market_data.NQ"
+    node.on_feeds({}, ctx)
+    node.on_check(ctx)
+    assert ctx.out["health"][-1]["stale"] == ["feeds", "market_data.ES"]
+    s = node.summary()
+    assert s == {"checks": 3, "messages": 6, "feeds": 3, "stale_now": 2, "stale_events": 3}
+
+
+def test_health_emits_only_changes_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: clock[0])
+    node, ctx = make(Health, {"emit": "changes", "stale_after_s": 1.0, "expected": ["x"]})
+    node.on_check(ctx)  # the first report always goes out
+    node.on_check(ctx)
+    clock[0] += 5
+    node.on_check(ctx)  # x went stale
+    node.on_check(ctx)
+    assert [h["stale"] for h in ctx.out["health"]] == [[], ["x"]]
+
+
+# -- Alerts --------------------------------------------------------------------------------------
+
+RULES = [{"metric": "drawdown", "op": ">", "value": 0.2, "severity": "critical"},
+         {"metric": "feeds.market.stale", "op": "==", "value": 1, "severity": "warning", "name": "market stale",
+          "message": "market data stopped"},
+         {"metric": "sharpe", "op": "<", "value": 0.0, "severity": "info"}]
+
+
+def test_alerts_fire_and_resolve_on_edges() -> None:
+    seq = [{"t": 1, "drawdown": 0.1}, {"t": 2, "drawdown": 0.25}, {"t": 3, "drawdown": 0.3},
+           {"t": 4, "drawdown": 0.1, "sharpe": None}, {"t": 5, "feeds": {"market": {"stale": True}}},
+           {"t": 6, "feeds": {"market": {"stale": False}}, "sharpe": -1}]
+    out = run_node(Alerts, params={"rules": RULES}, inputs=[("metrics", x) for x in seq])
+    got = [(a["t"], a["rule"], a["state"], a["severity"]) for a in out["alerts"]]
+    assert got == [(2, "drawdown > 0.2", "firing", "critical"), (4, "drawdown > 0.2", "resolved", "critical"),
+                   (5, "market stale", "firing", "warning"), (6, "market stale", "resolved", "warning"),
+                   (6, "sharpe < 0", "firing", "info")]
+    first = out["alerts"][0]
+    assert first["value"] == 0.25 and first["threshold"] == 0.2 and first["op"] == ">"
+    assert out["alerts"][2]["message"] == "market data stopped"
+
+
+def test_alerts_repeat_counts_and_bad_input() -> None:
+    node, ctx = make(Alerts, {"rules": RULES[:1], "repeat_every": 2, "notify_resolved": False})
+    for i, dd in enumerate([0.3, 0.3, 0.3, 0.3, 0.0, "x", math.nan]):
+        node.on_metrics({"t": i, "drawdown": dd}, ctx)
+    node.on_metrics("junk", ctx)  # type: ignore[arg-type]
+    assert [a["t"] for a in ctx.out["alerts"]] == [0, 2]  # fired, repeated after 2 more, no resolved message
+    s = node.summary()
+    assert (s["firing"], s["resolved"], s["critical"], s["non_numeric"], s["bad_messages"]) == (2, 0, 2, 2, 1)
+    assert s["firing_now"] == 0 and s["rules"] == 1
+
+
+def test_alert_defaults_and_rule_validation() -> None:
+    p = Alerts.Params()
+    assert [(r.metric, r.op, r.value, r.severity) for r in p.rules] == [("drawdown", ">", 0.2, "critical"),
+                                                                        ("stale_count", ">", 0.0, "warning")]
+    with pytest.raises(ValueError):
+        Alerts.Params(rules=[{"metric": "x", "op": "=>", "value": 1}])
+    with pytest.raises(ValueError):
+        Alerts.Params(rules=[{"metric": "x", "severity": "panic"}])
+    with pytest.raises(ValueError):
+        Alerts.Params(rules=[{"metric": "x", "treshold": 1}])
