@@ -242,7 +242,8 @@ class FakeAlpacaREST:
 
     Market orders are accepted as ``new`` and fill at ``prices[symbol]`` (plus
     ``slip`` per share, against the buyer) after ``fill_after_polls`` reads of the order;
-    ``fill_after_polls=0`` fills them in the POST reply. ``failures`` is a list of
+    ``fill_after_polls=0`` fills them in the POST reply. ``lose_submit_replies=n`` places the
+next ``n`` orders but answers 504 (the reply was lost). ``failures`` is a list of
     ``(method, path prefix, status, headers)`` answered once each, in order, before the real
     route: e.g. ``("POST", "/v2/orders", 429, {"Retry-After": "0"})``. Requests are kept in
     ``requests`` as ``(method, path, json body or None, headers)``.
@@ -262,6 +263,7 @@ class FakeAlpacaREST:
         self.failures: list[tuple[str, str, int, dict[str, str]]] = []
         self.requests: list[tuple[str, str, Any, dict[str, str]]] = []
         self.reject: Callable[[dict[str, Any]], str | None] = lambda order: None  # -> a 422 message
+        self.lose_submit_replies = 0  # orders placed whose reply is then lost (a 504 instead)
         self.account_number = "PA0000FAKE"
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -360,6 +362,9 @@ class FakeAlpacaREST:
         self.orders[order["id"]] = order
         if self.fill_after_polls == 0:
             self._fill(order)
+        if self.lose_submit_replies:
+            self.lose_submit_replies -= 1
+            return self._reply(h, 504, {"code": 50400000, "message": "gateway timeout"})
         return self._reply(h, 200, order)
 
     def _fill(self, order: dict[str, Any]) -> None:
