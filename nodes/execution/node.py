@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from numbers import Real
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from dmnflow import Input, Node, Output
 from nodes.monitoring.support import RateLimitedLog, event_time_of
@@ -50,20 +50,29 @@ class Execution(Node):
         on_excess: Literal["queue", "reject"] = Field("queue", description="what happens to orders over a limit")
         max_queue: int = Field(10_000, ge=0, description="orders held back at most; more are rejected")
 
-        @model_validator(mode="after")
-        def _check_broker(self) -> Execution.Params:
+        # field validators (not a model validator), so an error points at the YAML key
+        @field_validator("broker")
+        @classmethod
+        def _known_broker(cls, name: str) -> str:
             try:
-                cls = resolve_broker(self.broker)  # an unknown broker is a compile-time error
+                resolve_broker(name)  # an unknown broker is a compile-time error
             except ImportError as exc:
-                raise ValueError(f"broker {self.broker!r} cannot be imported: {exc}") from None
-            if cls.Config is not None:
+                raise ValueError(f"broker {name!r} cannot be imported: {exc}") from None
+            return name
+
+        @field_validator("broker_params")
+        @classmethod
+        def _broker_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+            name = info.data.get("broker")
+            broker = resolve_broker(name) if name else None
+            if broker is not None and broker.Config is not None:
                 try:
-                    cls.Config.model_validate(self.broker_params)
+                    broker.Config.model_validate(value)
                 except ValidationError as exc:
                     problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                    known = ", ".join(cls.Config.model_fields)
-                    raise ValueError(f"broker_params for broker {self.broker!r}: {problems} (known: {known})") from None
-            return self
+                    known = ", ".join(broker.Config.model_fields)
+                    raise ValueError(f"broker_params for broker {name!r}: {problems} (known: {known})") from None
+            return value
 
     orders = Input(dict, doc="Orders: t, orders [{symbol, qty, side, ref_price}], prices {symbol: price}")
     fills = Output(dict, doc="Fills: t, fills [{symbol, qty (signed), side, price, commission, slippage}]")
@@ -189,6 +198,8 @@ class Execution(Node):
 
     def summary(self) -> dict[str, float | int]:
         """Counters for the launch report, and the broker's own (prefixed ``broker_``)."""
+        if not hasattr(self, "counts"):  # asked before setup
+            return {}
         out: dict[str, float | int] = dict(self.counts)
         out["orders_queued_now"] = len(self.queue)
         for key, value in self.broker.summary().items():

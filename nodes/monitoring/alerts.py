@@ -135,6 +135,8 @@ class Alerts(Node):
 
     def summary(self) -> dict[str, int]:
         """Counters: messages, alerts by state and severity, rules firing now."""
+        if not hasattr(self, "counts"):  # asked before setup
+            return {}
         out = dict(self.counts)
         out["rules"] = len(self.rules)
         out["firing_now"] = sum(self.firing)

@@ -53,7 +53,7 @@ class Health(Node):
 
     def setup(self, ctx: Any) -> None:
         self.p = ctx.params
-        self.feeds: dict[str, _Feed] = {name: _Feed() for name in self.p.expected}
+        self.tracked: dict[str, _Feed] = {name: _Feed() for name in self.p.expected}
         self.last_check = time.monotonic()
         self.started = self.last_check
         self.last_stale: tuple[str, ...] | None = None
@@ -65,9 +65,9 @@ class Health(Node):
     def on_feeds(self, value: Any, ctx: Any) -> None:
         msg = ctx.message
         name = getattr(msg, "topic", "") or msg.port or "feeds"
-        feed = self.feeds.get(name)
+        feed = self.tracked.get(name)
         if feed is None:
-            feed = self.feeds[name] = _Feed()
+            feed = self.tracked[name] = _Feed()
         feed.last_seen = time.monotonic()
         feed.count += 1
         feed.last_event_time = msg.event_time
@@ -85,8 +85,8 @@ class Health(Node):
         stale_after = self.p.stale_after_s
         report: dict[str, dict[str, Any]] = {}
         stale: list[str] = []
-        for name in sorted(self.feeds):
-            feed = self.feeds[name]
+        for name in sorted(self.tracked):
+            feed = self.tracked[name]
             since = feed.last_seen if feed.last_seen >= 0 else self.started
             age = now - since
             is_stale = age > stale_after
@@ -114,5 +114,7 @@ class Health(Node):
 
     def summary(self) -> dict[str, int]:
         """Checks, messages seen, feeds and how often one went stale."""
-        return {"checks": self.checks, "messages": self.messages, "feeds": len(self.feeds),
-                "stale_now": sum(f.stale for f in self.feeds.values()), "stale_events": self.stale_events}
+        if not hasattr(self, "tracked"):  # asked before setup
+            return {}
+        return {"checks": self.checks, "messages": self.messages, "feeds": len(self.tracked),
+                "stale_now": sum(f.stale for f in self.tracked.values()), "stale_events": self.stale_events}

@@ -129,7 +129,7 @@ class Performance(Node):
         c["accounts"] += 1
         if not self.t:
             start = equity - _num(acc.get("pnl"))
-            if start == start and start != equity:  # the starting capital, before the first trades
+            if start == start:  # the starting capital, before the first trades
                 self._append(t, start, 0.0)
                 self.seeded = True
             self._append(t, equity, traded)
@@ -185,6 +185,8 @@ class Performance(Node):
 
     def summary(self) -> dict[str, Any]:
         """All metrics, latency and counters as one flat JSON-able dict (None: undefined)."""
+        if not hasattr(self, "counts"):  # asked before setup
+            return {}
         out: dict[str, Any] = {}
         if self.equity:
             out.update(self.report())

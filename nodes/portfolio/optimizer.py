@@ -40,7 +40,8 @@ class PortfolioOptimizer(Node):
     For each symbol of a Targets message: ``target_qty = round_lot(weight * equity /
     close)``, with ``close`` carried by the Targets (the RiskManager copies it from the
     Signals, so no second join is needed) and ``equity`` the book's cash plus holdings at
-    their latest close. A trade happens when ``|weight - current_weight| >=
+    their latest close. Only symbols with a usable close today trade (one without keeps
+    its holding, counted). A trade happens when ``|weight - current_weight| >=
     rebalance_threshold`` and the rounded quantity changes; it is assumed filled at
     ``close`` (the book updates at once, so the next event time starts from it).
 
@@ -137,14 +138,15 @@ class PortfolioOptimizer(Node):
                     self.log.warning("weight", "kept %s at t=%d: its target weight is %r", s, t, w)
                     continue
                 wanted[s] = wf
-            if killed or p.close_missing:
-                for s in self.qty:
-                    if s not in wanted:
-                        wanted[s] = 0.0
+            absent = [s for s in self.qty if s not in wanted] if killed or p.close_missing else []
             if killed and self.qty:
                 c["kill_flattens"] += 1
-            for s, w in wanted.items():
-                order = self._order(s, w, equity, force=killed)
+            for s, w in wanted.items():  # only at today's price: a symbol without one keeps its holding
+                order = self._order(s, w, prices.get(s), equity, force=killed)
+                if order is not None:
+                    orders.append(order)
+            for s in absent:  # closed at the last price known: there is none today
+                order = self._order(s, 0.0, last.get(s), equity, force=True)
                 if order is not None:
                     orders.append(order)
         for s in self.qty:  # holdings not priced today are marked at their last price
@@ -164,13 +166,12 @@ class PortfolioOptimizer(Node):
             eq += q * last.get(s, 0.0)
         return eq
 
-    def _order(self, s: str, w: float, equity: float, force: bool) -> dict[str, Any] | None:
-        price = self.last.get(s)
+    def _order(self, s: str, w: float, price: float | None, equity: float, force: bool) -> dict[str, Any] | None:
         held = self.qty.get(s, 0.0)
         if price is None:
             if w != 0.0 or held:
                 self.counts["no_price"] += 1
-                self.log.warning("price", "no order for %s: no usable price yet", s)
+                self.log.warning("price", "no order for %s: no usable price", s)
             return None
         current_w = held * price / equity
         if not force and abs(w - current_w) < self.p.rebalance_threshold:
@@ -207,6 +208,8 @@ class PortfolioOptimizer(Node):
 
     def summary(self) -> dict[str, float | int]:
         """Counters and the book's state, for the launch report."""
+        if not hasattr(self, "counts"):  # asked before setup
+            return {}
         out: dict[str, float | int] = dict(self.counts)
         eq = self.equity()
         out.update(book_cash=self.cash, book_equity=eq if math.isfinite(eq) else 0.0, book_positions=len(self.qty))

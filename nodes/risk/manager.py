@@ -249,6 +249,8 @@ class RiskManager(Node):
 
     def summary(self) -> dict[str, float | int]:
         """Counters and the kill switch's state, for the launch report."""
+        if not hasattr(self, "counts"):  # asked before setup
+            return {}
         out: dict[str, float | int] = dict(self.counts)
         out.update(equity=self.equity, drawdown=1.0 - self.equity / self.peak if self.peak > 0 else 1.0,
                    max_drawdown=self.max_dd, killed=int(self.killed))
