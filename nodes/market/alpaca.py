@@ -16,7 +16,7 @@ import math
 import os
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from .common import make_bar, make_tick
 from .massive import Feed, LiveStream, StreamError, _number, to_ns
@@ -147,12 +147,15 @@ class AlpacaStream(LiveStream):
                                              "this long (a connected but mute socket); none: never")
         open_timeout_s: float = Field(10.0, gt=0, description="timeout of one connection attempt")
 
-        @model_validator(mode="after")
-        def _feed_fits(self) -> AlpacaStream.Params:
-            if (self.asset_class == "crypto") != (self.feed == "us"):
-                raise ValueError(f"feed {self.feed!r} does not serve {self.asset_class}: use iex or sip for stocks, "
+        # a field validator, not a model one: the compiler points at the field (``feed``) it names
+        @field_validator("feed")
+        @classmethod
+        def _feed_fits(cls, feed: str, info: ValidationInfo) -> str:
+            asset_class = info.data.get("asset_class", "stock")
+            if (asset_class == "crypto") != (feed == "us"):
+                raise ValueError(f"feed {feed!r} does not serve {asset_class}: use iex or sip for stocks, "
                                  "us for crypto")
-            return self
+            return feed
 
     vendor = "alpaca"
 

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from dmnflow import Node, Output
 
@@ -244,8 +244,9 @@ class LiveStream(Node):
         symbols: list[str] = Field(default_factory=lambda: ["SPY"],
                                    description="symbols to subscribe to; ['*'] takes every symbol the feed sends")
         channels: list[Literal["trades", "quotes", "bars"]] = Field(
-            default_factory=lambda: ["trades", "bars"],
-            description="what to subscribe to: trades and quotes become Ticks, bars (aggregates) become Bars")
+            default_factory=lambda: ["bars"], min_length=1,
+            description="what to subscribe to: bars (minute aggregates) become Bars, trades and quotes Ticks; "
+                        "one kind per graph keeps each symbol's event times in order downstream")
         queue_size: int = Field(10_000, ge=1, description="records held between the client thread and the node; "
                                 "when full, new records are dropped and counted as queue_overflow")
         max_reconnects: int = Field(10, ge=0, description="consecutive failed reconnects before the node fails; "
@@ -460,10 +461,12 @@ class MassiveStream(LiveStream):
         open_timeout_s: float = Field(10.0, gt=0, description="timeout of one connection attempt (TCP, TLS, "
                                       "WebSocket handshake)")
 
-        @model_validator(mode="after")
-        def _channels_exist(self) -> MassiveStream.Params:
-            massive_subscriptions(self.market, self.channels, self.symbols, self.bar_interval)  # raises ValueError
-            return self
+        # a field validator, not a model one: the compiler points at the field (``market``) it names
+        @field_validator("market")
+        @classmethod
+        def _has_channels(cls, market: str, info: ValidationInfo) -> str:
+            massive_subscriptions(market, info.data.get("channels") or [], [], "minute")  # raises ValueError
+            return market
 
     vendor = "massive"
 

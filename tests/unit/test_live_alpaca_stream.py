@@ -34,7 +34,7 @@ def _no_leaked_threads() -> Any:
 
 def params(server: FakeAlpacaStream, **extra: Any) -> dict[str, Any]:
     return {"symbols": ["AAPL", "MSFT"], "url": f"{server.url}/v2/iex", "reconnect_delay_s": 0.01,
-            "reconnect_max_delay_s": 0.05, "open_timeout_s": 5.0, **extra}
+            "reconnect_max_delay_s": 0.05, "open_timeout_s": 5.0, "channels": ["trades", "bars"], **extra}
 
 
 def has(predicate: Any) -> Any:

@@ -33,7 +33,7 @@ def _no_leaked_threads() -> Any:
 
 def params(server: FakeMassive, **extra: Any) -> dict[str, Any]:
     return {"symbols": ["AAPL", "MSFT"], "url": f"{server.url}/stocks", "reconnect_delay_s": 0.01,
-            "reconnect_max_delay_s": 0.05, "open_timeout_s": 5.0, **extra}
+            "reconnect_max_delay_s": 0.05, "open_timeout_s": 5.0, "channels": ["trades", "bars"], **extra}
 
 
 def has(predicate: Any) -> Any:
@@ -186,6 +186,7 @@ def test_subscriptions_per_market() -> None:
         massive_subscriptions("forex", ["trades"], ["EUR-USD"], "minute")
     with pytest.raises(ValueError):  # at compile time too: the graph's params are refused
         MassiveStream.Params(market="indices", channels=["quotes"])
+    assert MassiveStream.Params().channels == ["bars"]  # one kind by default: minute bars
 
 
 def test_timestamps_in_any_unit_become_nanoseconds() -> None:
@@ -199,3 +200,31 @@ def test_timestamps_in_any_unit_become_nanoseconds() -> None:
     assert to_ns("2024-01-02T15:30:00.5+01:00") == 1_704_205_800_500_000_000
     for bad in (None, 0, -5, math.nan, "yesterday", True):
         assert to_ns(bad) is None
+
+
+def test_graphs_using_the_live_sources_validate(tmp_path: Any) -> None:
+    import dmnflow
+
+    graph = """
+graph: live
+nodes:
+  massive:
+    uses: nodes.market.massive:MassiveStream
+    params: {{symbols: [AAPL, MSFT], market: {market}, channels: [trades]}}
+  alpaca:
+    uses: nodes.market.alpaca:AlpacaStream
+    params: {{symbols: [AAPL], feed: {feed}}}
+  a:
+    uses: nodes.basic:Collect
+    inputs: {{values: massive.market_data}}
+  b:
+    uses: nodes.basic:Collect
+    inputs: {{values: alpaca.market_data}}
+"""
+    path = tmp_path / "live.yaml"
+    path.write_text(graph.format(market="stocks", feed="iex"))
+    assert dmnflow.validate(path) == []  # no keys needed to validate: they are read at setup
+    path.write_text(graph.format(market="forex", feed="us"))
+    issues = dmnflow.validate(path)
+    assert sorted((i.code, i.path) for i in issues) == [("invalid-param", "nodes.alpaca.params.feed"),
+                                                       ("invalid-param", "nodes.massive.params.market")]
