@@ -56,8 +56,7 @@ class _Loaded:
     static_batch: int | None = None  # a torch.export program with a fixed batch size
     graphs: dict[int, tuple[Any, Any, Any]] = field(default_factory=dict)  # CUDA graphs: size -> (g, in, out)
     stream: Any = None  # its CUDA stream
-    pinned_in: Any = None  # page-locked host buffers for the copies to and from the GPU
-    pinned_out: Any = None
+    pinned_in: Any = None  # a page-locked host buffer for the copy to the GPU
 
 
 class TorchScriptModel(Node):
@@ -100,7 +99,7 @@ class TorchScriptModel(Node):
         that, and does it answer in the output port's shape and dtype? ``(code, message, hint)``."""
         p: TorchScriptModel.Params = params  # type: ignore[assignment]
         try:
-            import torch  # noqa: F401
+            import torch
         except ImportError:
             return [("model-error", "torch is not installed, so the model cannot be checked",
                      "install torch (pip install torch), or skip model checks with --no-models")]
@@ -111,7 +110,8 @@ class TorchScriptModel(Node):
                      "export it with torch.jit.script(...).save(path) or torch.export.save(...)")]
         sample = [2 if d is None else d for d in p.input.shape]
         try:
-            out = _forward(loaded, np.zeros((2, *sample), dtype=_np_dtype(p.input.dtype)))
+            with torch.inference_mode():
+                out = _forward(loaded, np.zeros((2, *sample), dtype=_np_dtype(p.input.dtype)))
         except Exception as exc:
             return [("model-mismatch", f"the model rejects the input port's shape {_shape(p.input.shape)} "
                      f"({p.input.dtype}): {_short(exc)}",
@@ -140,6 +140,10 @@ class TorchScriptModel(Node):
         self.swap_failures = 0
         self.executor: ThreadPoolExecutor | None = None
         self.lock = threading.Lock()  # one swap at a time
+        # inference mode for the handler's thread from here on: entering it per message costs ~10us,
+        # more than the rest of the runner together (tensors made meanwhile cannot join autograd)
+        self.inference = torch.inference_mode()
+        self.inference.__enter__()
         ctx.log.info("loaded %s (version %s) on %s in %s", Path(plan.path).name, loaded.version, self.device,
                      self.dtype)
 
@@ -148,7 +152,7 @@ class TorchScriptModel(Node):
         if isinstance(value, list):  # a micro-batch: one forward pass, one result per message
             self._run_batch(model, value, ctx)
             return
-        batch = value if self.params.batched else value[None]
+        batch = value if self.params.batched else value.reshape((1, *value.shape))  # [None] gives a 0 stride
         out = _forward(model, batch)
         self.last_shape = tuple(batch.shape)
         msg = ctx.message
@@ -223,6 +227,13 @@ class TorchScriptModel(Node):
 
     def _prepare(self, path: str, version: str | None, device: Any, dtype: str, shape: tuple[int, ...]) -> _Loaded:
         """Load, warm up on ``shape``, check the output against the port: ready to serve."""
+        import torch
+
+        with torch.inference_mode():  # a swap runs this in a thread of its own
+            return self._prepare_here(path, version, device, dtype, shape)
+
+    def _prepare_here(self, path: str, version: str | None, device: Any, dtype: str,
+                      shape: tuple[int, ...]) -> _Loaded:
         p = self.params
         loaded = load_model(path, device, dtype, optimize=p.optimize, version=version)
         if device.type == "cuda":
@@ -245,6 +256,7 @@ class TorchScriptModel(Node):
     def teardown(self, ctx: Any) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True)
+        self.inference.__exit__(None, None, None)
 
 
 # ---------------------------------------------------------------------- loading and running
@@ -282,25 +294,33 @@ def load_model(path: str | os.PathLike[str], device: Any = "cpu", dtype: str = "
 
 
 def _forward(model: _Loaded, batch: np.ndarray) -> np.ndarray:
-    """One forward pass over a batch (leading dimension), as a numpy array on the CPU."""
+    """One forward pass over a batch (leading dimension), as a numpy array on the CPU.
+    The caller is in ``torch.inference_mode()``."""
+    if model.static_batch is not None and batch.shape[0] != model.static_batch:
+        return _forward_padded(model, batch, model.static_batch)
+    torch = _TORCH[0] if _TORCH else _torch()
+    x = torch.from_numpy(batch)
+    if model.device.type == "cuda":
+        y = _forward_cuda(model, x)
+    else:
+        if x.dtype is not model.dtype and x.dtype.is_floating_point:
+            x = x.to(model.dtype)
+        y = model.module(x)
+        if type(y) is tuple or type(y) is list:
+            y = y[0]
+    if y.dtype is torch.float16 or y.dtype is torch.bfloat16:  # half precision leaves as float32
+        y = y.float()
+    return y.numpy()
+
+
+_TORCH: list[Any] = []  # torch, once imported: an import statement per message costs ~0.5us
+
+
+def _torch() -> Any:
     import torch
 
-    n = batch.shape[0]
-    if model.static_batch is not None and n != model.static_batch:
-        return _forward_padded(model, batch, model.static_batch)
-    with torch.inference_mode():
-        x = torch.from_numpy(batch)
-        if model.device.type == "cuda":
-            y = _forward_cuda(model, x)
-        else:
-            if x.dtype.is_floating_point and x.dtype != model.dtype:
-                x = x.to(model.dtype)
-            y = model.module(x)
-            if isinstance(y, tuple | list):
-                y = y[0]
-        if y.dtype in (torch.float16, torch.bfloat16):
-            y = y.float()
-        return y.numpy()
+    _TORCH[:] = [torch]
+    return torch
 
 
 def _forward_padded(model: _Loaded, batch: np.ndarray, size: int) -> np.ndarray:
@@ -424,7 +444,8 @@ def _np_dtype(dtype: str) -> Any:
 
 
 def _attrs(attrs: Any, version: str) -> dict[str, Any]:
-    if isinstance(attrs, dict):
+    """The input's attrs (symbols, say) and the version of the model that answered."""
+    if attrs:
         return {**attrs, "model_version": version}
     return {"model_version": version}
 
