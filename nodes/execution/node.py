@@ -214,7 +214,10 @@ class Execution(Node):
 
 def _valid(order: Any) -> bool:
     """An order the broker may be given: a symbol, a side, a positive finite quantity."""
-    if not isinstance(order, Mapping) or not isinstance(order.get("symbol"), str) or order.get("side") not in _SIDES:
+    if type(order) is not dict and not isinstance(order, Mapping):
+        return False
+    if type(order.get("symbol")) is not str or order.get("side") not in _SIDES:
         return False
     qty = order.get("qty")
-    return isinstance(qty, Real) and not isinstance(qty, bool) and 0 < qty < math.inf
+    tq = type(qty)
+    return (tq is float or tq is int or (isinstance(qty, Real) and tq is not bool)) and 0 < qty < math.inf

@@ -86,11 +86,13 @@ class PaperBroker(Broker):
         return fills
 
     def _fill(self, order: Mapping[str, Any], prices: Mapping[str, float] | None) -> Fill | None:
-        symbol = order.get("symbol") if isinstance(order, Mapping) else None
-        sign = _SIDES.get(order.get("side")) if isinstance(order, Mapping) else None  # type: ignore[arg-type]
+        if type(order) is dict or isinstance(order, Mapping):
+            symbol, sign = order.get("symbol"), _SIDES.get(order.get("side"))  # type: ignore[arg-type]
+        else:
+            symbol, sign = None, None
         try:
             qty = float(order["qty"])  # type: ignore[index]
-        except (TypeError, ValueError, KeyError):
+        except (TypeError, ValueError, KeyError, IndexError):
             qty = math.nan
         if not isinstance(symbol, str) or sign is None or not (qty > 0 and qty != math.inf):
             return self._reject("malformed", "rejected a malformed order %r", order)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 import dmnflow
@@ -182,7 +184,9 @@ nodes:
     params: {{max_weight: null, max_gross: null, max_drawdown: null}}
   portfolio:
     uses: nodes.portfolio:PortfolioOptimizer
-    inputs: {{targets: risk.targets}}
+    inputs:
+      targets: risk.targets
+      account: {{from: execution.account, feedback: true}}
   execution:
     uses: nodes.execution:Execution
     inputs: {{orders: portfolio.orders}}
@@ -258,3 +262,24 @@ def test_launched_graph_matches_the_in_process_chain(tmp_path: Path) -> None:
     assert perf["tick_to_trade_p50_us"] is not None and perf["tick_to_trade_p50_us"] > 0
     assert report.nodes["alerts"].summary["messages"] == days
     assert (tmp_path / "equity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("page", ["risk.md", "execution.md", "monitoring.md"])
+def test_the_docs_yaml_uses_real_nodes_and_params(page: str) -> None:
+    text = (ROOT / "docs" / "dmn" / page).read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    assert blocks
+    checked = 0
+    for block in blocks:
+        for name, spec in yaml.safe_load(block).items():
+            module, cls_name = spec["uses"].split(":")
+            cls = getattr(importlib.import_module(module), cls_name)
+            cls.Params.model_validate(spec.get("params") or {})  # ${...} strings only where a str is taken
+            assert set(spec["inputs"]) <= set(cls.ports(cls.Params()).inputs), name
+            for timer in spec.get("timers", {}):
+                assert callable(getattr(cls, f"on_{timer}", None)), name
+            checked += 1
+    assert checked >= 1
