@@ -431,14 +431,16 @@ class AlpacaBroker(Broker):
             unrealized += q * (p - self.avg_entry.get(s, p))
         equity = self.cash + value
         capital = self.capital if self.capital is not None else math.nan
+        pnl = equity - capital
         return {
             "t": self.t if t is None else t,
             "equity": equity,
             "cash": self.cash,
             "positions": {s: self.qty[s] for s in sorted(self.qty)},
             "gross": gross,
-            "pnl": equity - capital,
+            "pnl": pnl,
             "leverage": gross / equity if equity > 0 else math.nan,
+            "realized_pnl": pnl - unrealized + self.commission,  # as the paper broker: pnl = real. + unreal. - comm.
             "unrealized_pnl": unrealized,
             "commission": self.commission,
             "slippage": self.slippage,

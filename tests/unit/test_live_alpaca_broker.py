@@ -72,6 +72,7 @@ def test_a_market_order_is_submitted_and_its_fill_comes_from_polling(rest: FakeA
     assert account["pnl"] == pytest.approx(9.5)
     assert account["gross"] == pytest.approx(1010.0)
     assert account["traded"] == pytest.approx(1000.5)
+    assert account["unrealized_pnl"] == pytest.approx(9.5) and account["realized_pnl"] == pytest.approx(0.0)
     assert b.summary()["orders_submitted"] == 1 and b.summary()["fills"] == 1 and b.summary()["orders_open"] == 0
     b.close()
 
@@ -85,6 +86,21 @@ def test_sells_are_negative_fills_and_commission_is_booked(rest: FakeAlpacaREST)
     assert fills[0]["price"] == pytest.approx(399.95)
     assert fills[0]["commission"] == pytest.approx(2.5 * 399.95 * 0.001)
     assert b.account(T)["positions"] == {"MSFT": -2.5}
+
+
+def test_a_round_trip_realises_its_pnl(rest: FakeAlpacaREST) -> None:
+    rest.fill_after_polls = 0
+    b = broker(rest)
+    b.submit([{"symbol": "AAPL", "qty": 10, "side": "buy", "ref_price": 100.0}], T)
+    rest.prices["AAPL"] = 110.0
+    fills = b.submit([{"symbol": "AAPL", "qty": 10, "side": "sell", "ref_price": 110.0}], T + 1)
+    assert fills[0]["qty"] == -10.0 and fills[0]["price"] == pytest.approx(109.95)
+    account = b.account(T + 1)
+    assert account["positions"] == {} and account["gross"] == 0.0
+    assert account["pnl"] == pytest.approx(10 * (109.95 - 100.05))
+    assert account["realized_pnl"] == pytest.approx(account["pnl"]) and account["unrealized_pnl"] == 0.0
+    assert account["slippage"] == pytest.approx(2 * 10 * 0.05)
+    assert account["traded"] == pytest.approx(10 * 100.05 + 10 * 109.95)
 
 
 def test_a_429_is_retried_after_retry_after(rest: FakeAlpacaREST) -> None:
