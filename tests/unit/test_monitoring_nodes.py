@@ -77,7 +77,7 @@ def test_performance_summary_matches_metrics(tmp_path: Path) -> None:
 
 def test_performance_same_time_replaces_and_bad_input_counts() -> None:
     node, ctx = make(Performance, {"emit_every": 2})
-    node.on_account(account(1, 1000.0, 0.0), ctx)  # no pnl offset: no seed point
+    node.on_account({"t": 1, "equity": 1000.0, "traded": 0.0}, ctx)  # without pnl: no starting-capital point
     node.on_account(account(2, 1100.0, 10.0), ctx)
     node.on_account(account(2, 1050.0, 20.0), ctx)  # a later account for t=2 replaces it
     node.on_account(account(1, 5.0, 0.0), ctx)  # out of order
@@ -96,10 +96,11 @@ def test_performance_same_time_replaces_and_bad_input_counts() -> None:
 
 def test_performance_turnover_from_fills_without_traded() -> None:
     node, ctx = make(Performance)
-    node.on_account({"t": 1, "equity": 1000.0, "pnl": 0.0}, ctx)
+    node.on_account({"t": 1, "equity": 1000.0, "pnl": 0.0}, ctx)  # two points: the capital, then t=1
     node.on_fills({"t": 2, "fills": [{"qty": 3.0, "price": 10.0}]}, ctx)
     node.on_account({"t": 2, "equity": 1000.0, "pnl": 0.0}, ctx)
-    assert node.summary()["turnover"] == pytest.approx(30.0 / 1000.0 * 252)
+    s = node.summary()
+    assert s["periods"] == 2 and s["turnover"] == pytest.approx((0.0 + 30.0 / 1000.0) / 2 * 252)
 
 
 def test_latency_percentiles(monkeypatch: pytest.MonkeyPatch) -> None:
