@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from .common import make_bar, make_tick
-from .massive import Feed, LiveStream, StreamError, _number, to_ns
+from .massive import Feed, LiveStream, StreamError, to_float, to_ns
 
 __all__ = ["AlpacaStream", "alpaca_record"]
 
@@ -43,23 +43,23 @@ def alpaca_record(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
     if t is None:
         raise ValueError("no timestamp t")
     if kind == "bars":
-        prices = [_number(msg.get(k)) for k in ("o", "h", "l", "c")]
+        prices = [to_float(msg.get(k)) for k in ("o", "h", "l", "c")]
         if any(price is None for price in prices):
             raise ValueError("a bar needs o, h, l, c")
-        volume = _number(msg.get("v"))
+        volume = to_float(msg.get("v"))
         return make_bar(symbol, t, *prices, 0.0 if volume is None else volume)  # type: ignore[arg-type]
     if kind == "trades":
-        price = _number(msg.get("p"))
+        price = to_float(msg.get("p"))
         if price is None:
             raise ValueError("a trade needs a price p")
-        size = _number(msg.get("s"))
+        size = to_float(msg.get("s"))
         return make_tick(symbol, t, price, 0.0 if size is None else size)
-    bid, ask = _number(msg.get("bp")), _number(msg.get("ap"))
+    bid, ask = to_float(msg.get("bp")), to_float(msg.get("ap"))
     if bid is None or ask is None:
         raise ValueError("a quote needs bp and ap")
     both = math.isfinite(bid) and math.isfinite(ask) and bid > 0 and ask > 0
     record = make_tick(symbol, t, (bid + ask) / 2 if both else math.nan, 0.0)
-    record.update(bid=bid, ask=ask, bid_size=_number(msg.get("bs")) or 0.0, ask_size=_number(msg.get("as")) or 0.0)
+    record.update(bid=bid, ask=ask, bid_size=to_float(msg.get("bs")) or 0.0, ask_size=to_float(msg.get("as")) or 0.0)
     return record
 
 

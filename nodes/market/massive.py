@@ -34,7 +34,8 @@ from dmnflow import Node, Output
 
 from .common import MarketGuard, RateLimitedLog, make_bar, make_tick, topic_for
 
-__all__ = ["LiveStream", "MassiveStream", "StreamError", "to_ns"]
+__all__ = ["Feed", "LiveStream", "MassiveStream", "StreamError", "massive_record", "massive_subscriptions", "to_float",
+           "to_ns"]
 
 _GUARD_COUNTERS = ("bad_price", "duplicate", "out_of_order", "unknown_symbol", "malformed")
 
@@ -106,7 +107,7 @@ def _iso_ns(text: str) -> int | None:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + fraction_ns
 
 
-def _number(value: Any) -> float | None:
+def to_float(value: Any) -> float | None:
     """A float from a wire value (numbers or numeric text); None when it is missing or not a number."""
     if value is None or isinstance(value, bool):
         return None
@@ -155,9 +156,6 @@ class Feed:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name=f"dmnflow-{self.name}", daemon=True)
         self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def put(self, kind: str, record: dict[str, Any]) -> None:
         """Queue one record (from the client's thread); count it as lost when the queue is full."""
@@ -403,27 +401,27 @@ def massive_record(kind: str, event: Any) -> dict[str, Any]:
         raise ValueError("no symbol")
     if kind == "bars":
         t = to_ns(getattr(event, "start_timestamp", None)) or to_ns(getattr(event, "end_timestamp", None))
-        prices = [_number(getattr(event, name, None)) for name in ("open", "high", "low", "close")]
+        prices = [to_float(getattr(event, name, None)) for name in ("open", "high", "low", "close")]
         if t is None or any(price is None for price in prices):
             raise ValueError("an aggregate needs s (start time) and o, h, l, c")
-        volume = _number(getattr(event, "volume", None))
+        volume = to_float(getattr(event, "volume", None))
         return make_bar(symbol, t, *prices, 0.0 if volume is None else volume)  # type: ignore[arg-type]
     t = to_ns(getattr(event, "timestamp", None)) or to_ns(getattr(event, "sip_timestamp", None))
     if t is None:
         raise ValueError("no timestamp t")
     if kind == "trades":
-        price = _number(getattr(event, "price", None))
+        price = to_float(getattr(event, "price", None))
         if price is None:
             raise ValueError("a trade needs a price p")
-        size = _number(getattr(event, "size", None))
+        size = to_float(getattr(event, "size", None))
         return make_tick(symbol, t, price, 0.0 if size is None else size)
-    bid, ask = _number(getattr(event, "bid_price", None)), _number(getattr(event, "ask_price", None))
+    bid, ask = to_float(getattr(event, "bid_price", None)), to_float(getattr(event, "ask_price", None))
     if bid is None or ask is None:
         raise ValueError("a quote needs bp and ap")
     both = math.isfinite(bid) and math.isfinite(ask) and bid > 0 and ask > 0
     record = make_tick(symbol, t, (bid + ask) / 2 if both else math.nan, 0.0)
-    record.update(bid=bid, ask=ask, bid_size=_number(getattr(event, "bid_size", None)) or 0.0,
-                  ask_size=_number(getattr(event, "ask_size", None)) or 0.0)
+    record.update(bid=bid, ask=ask, bid_size=to_float(getattr(event, "bid_size", None)) or 0.0,
+                  ask_size=to_float(getattr(event, "ask_size", None)) or 0.0)
     return record
 
 
