@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nodes.market.common import RateLimitedLog
+from nodes.monitoring.support import RateLimitedLog
 
 from .broker import Account, Broker, Fill
 
@@ -177,7 +177,7 @@ class AlpacaBroker(Broker):
         self.account_refresh_s = account_refresh_s
         self._sleep, self._clock = sleep, clock
         self._log = log or logging.getLogger("dmnflow.broker.alpaca")
-        self._warn = RateLimitedLog(self._log)
+        self._warn = RateLimitedLog(self._log).warning  # (key, fmt, *args): one line per key per 10 s
         self.counts = dict.fromkeys(_COUNTERS, 0)
         self.open: dict[str, _Open] = {}  # order id -> what has been reported of it
         self.cash = 0.0
