@@ -237,15 +237,15 @@ class _Compiler:
                 dotted = ".".join(str(p) for p in ("nodes", name, "params", *parts))
                 if any(dotted == u or dotted.startswith(u + ".") for u in self.graph.unresolved):
                     continue  # a failed ${...} was reported where it was written
+                hint = _field_hint(model, str(parts[0])) if parts else ""  # no loc: a model-level validator
                 if err["type"] == "missing":
                     self.add("missing-param", f"{node.cls.__name__} needs param {parts[-1]!r}",
-                             self.key_loc(base, ("nodes", name)), dotted,
-                             _field_hint(model, str(parts[0])))
+                             self.key_loc(base, ("nodes", name)), dotted, hint)
                 else:
                     msg = err["msg"].removeprefix("Value error, ")
                     got = f" (got {err['input']!r})" if "input" in err and err["type"] != "value_error" else ""
-                    self.add("invalid-param", msg[:1].lower() + msg[1:] + got, where, dotted,
-                             _field_hint(model, str(parts[0])))
+                    self.add("invalid-param", msg[:1].lower() + msg[1:] + got,
+                             where if parts else self.key_loc(base, ("nodes", name)), dotted, hint)
             return
         except Exception as exc:  # a validator in the user's Params raised something else
             self.add("node-error", f"validating params of {node.cls.__name__} raised {type(exc).__name__}: "

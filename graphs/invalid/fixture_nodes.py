@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dmnflow import Input, Node, Output, Ports, Tensor
 
@@ -96,3 +96,25 @@ class Pair(Node):
 
     def on_join(self, values: dict[str, float], ctx: Any) -> None:
         ctx.emit("spread", values["high"] - values["low"])
+
+
+class Band(Node):
+    """Passes numbers between ``low`` and ``high``; its Params check the two together."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        low: float = 0.0
+        high: float = 1.0
+
+        @model_validator(mode="after")
+        def _ordered(self) -> Band.Params:
+            if self.low >= self.high:
+                raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+            return self
+
+    value = Input(float)
+    kept = Output(float)
+
+    def on_value(self, value: float, ctx: Any) -> None:
+        if ctx.params.low <= value <= ctx.params.high:
+            ctx.emit("kept", value)

@@ -278,3 +278,20 @@ def test_a_joined_input_cannot_also_be_batched(tmp_path):
         """)
     [issue] = [i for i in dmnflow.validate(g) if i.is_error]
     assert (issue.code, issue.path, issue.loc.line) == ("bad-join", "nodes.pair.inputs.high.batch", 5)
+
+
+def test_a_params_check_across_fields_is_an_invalid_param_at_the_params_block(tmp_path, monkeypatch):
+    """A model-level validator's error has no field to point at: it points at `params:`."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter}
+          band:
+            uses: graphs.invalid.fixture_nodes:Band
+            params: {low: 2, high: 1}
+            inputs: {value: src.numbers}
+          sink: {uses: nodes.basic:Collect, inputs: {values: band.kept}}
+        """)
+    [issue] = dmnflow.validate(g)
+    assert (issue.code, issue.loc.line) == ("invalid-param", 5)
+    assert "low (2.0) must be below high (1.0)" in issue.message
