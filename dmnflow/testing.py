@@ -9,7 +9,7 @@ import dataclasses
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +27,26 @@ __all__ = ["check_codec", "run_node"]
 
 
 def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
-             inputs: Iterable[tuple[str, Any]] = (), model: str | os.PathLike[str] | dict[str, Any] | None = None,
-             ) -> dict[str, list[Any]]:
+             inputs: Iterable[tuple[Any, ...]] = (), model: str | os.PathLike[str] | dict[str, Any] | None = None,
+             join: Sequence[str] = (), node: Node | None = None) -> dict[str, list[Any]]:
     """Run a node in this process, no sockets: what it emitted, per output port.
 
     Params are validated as the compiler would; ``setup`` runs first and ``teardown``
-    last; each ``(port, value)`` of ``inputs`` goes to its handler in order, and a
-    source's ``run`` generator is taken to its end. Exceptions from the node propagate.
+    last; each ``(port, value)`` or ``(port, value, event_time)`` of ``inputs`` goes to its
+    handler in order (``ctx.message`` says which port and event time), and a source's
+    ``run`` generator is taken to its end. Exceptions from the node propagate.
+
+    ``join`` names the inputs the YAML would join (``join: {inputs: [...]}``): their values
+    are aligned by event time exactly as the runtime does and handed to ``on_join``.
     ``model`` is a model node's ``model:`` block (a path, or a mapping with ``path``,
-    ``device``, ``dtype``...).
+    ``device``, ``dtype``...). Pass ``node`` (an instance of ``cls``) to look at its state
+    afterwards, e.g. its ``summary()``.
 
         out = run_node(Scale, params={"factor": 2}, inputs=[("value", 1.0), ("value", 2.5)])
         assert out["scaled"] == [2.0, 5.0]
     """
+    from .runtime.worker import _Join
+
     validated = cls.Params.model_validate(params or {})
     ports = cls.ports(validated)
     emitted: dict[str, list[Any]] = {port: [] for port in ports.outputs}
@@ -49,26 +56,40 @@ def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
             raise KeyError(f"{cls.__name__} has no output {port!r}; outputs: {sorted(emitted)}")
         emitted[port].append(value)
 
-    node = cls()
+    node = node if node is not None else cls()
     ctx = Context(cls.__name__, validated, emit, model=_model_plan(model))
+    joiner = _Join(list(join), None) if join else None
     if hasattr(node, "setup"):
         node.setup(ctx)
     if cls.is_source():
         for item in node.run(ctx):  # type: ignore[attr-defined]
             if item is not None:
                 emit(item[0], item[1], None, None)
-    for port, value in inputs:
+
+    def call_join(released: list[tuple[Any, dict[str, Any]]]) -> None:
+        for event_time, values in released:
+            ctx.message.port, ctx.message.event_time = "", event_time
+            node.on_join(values, ctx)  # type: ignore[attr-defined]
+
+    for item in inputs:
+        port, value = item[0], item[1]
         if port not in ports.inputs:
             raise KeyError(f"{cls.__name__} has no input {port!r}; inputs: {sorted(ports.inputs)}")
-        ctx.message.port = port
+        ctx.message.port, ctx.message.event_time = port, item[2] if len(item) > 2 else None
+        if joiner is not None and port in joiner.ports:
+            call_join(joiner.add(port, 0, ctx.message.event_time, value))
+            continue
         handler = getattr(node, f"on_{port}", None)
         if handler is not None:
             handler(value, ctx)
         else:
             node.on_message(port, value, ctx)  # type: ignore[attr-defined]
+    if joiner is not None:
+        call_join(joiner.release(final=True))
     if hasattr(node, "teardown"):
         node.teardown(ctx)
     return emitted
+
 
 def _model_plan(model: str | os.PathLike[str] | dict[str, Any] | None) -> ModelPlan | None:
     if model is None:
