@@ -45,6 +45,6 @@ def test_run_node_aligns_joined_inputs_by_event_time_and_hands_back_the_instance
 
     node = Pair()
     out = run_node(Pair, join=["high", "low"], node=node,
-                   inputs=[("high", 5.0, 1), ("low", 2.0, 2), ("low", 1.0, 1), ("high", 7.0, 2), ("high", 9.0, 3)])
+                   inputs=[("high", 5.0, 1), ("high", 7.0, 2), ("low", 1.0, 1), ("low", 2.0, 2), ("high", 9.0, 3)])
     assert out["spread"] == [4.0, 5.0]  # event times 1 and 2; 3 never completes
     assert isinstance(node, Pair)
