@@ -57,6 +57,7 @@ class _Loaded:
     graphs: dict[int, tuple[Any, Any, Any]] = field(default_factory=dict)  # CUDA graphs: size -> (g, in, out)
     stream: Any = None  # its CUDA stream
     pinned_in: Any = None  # a page-locked host buffer for the copy to the GPU
+    empty: np.ndarray | None = None  # what it answers to an empty batch: (0, *one result's shape)
 
 
 class TorchScriptModel(Node):
@@ -242,6 +243,7 @@ class TorchScriptModel(Node):
         for _ in range(max(p.warmup, 1)):
             out = _forward(loaded, sample)
         problems = _check_output(p, out)
+        loaded.empty = np.zeros((0, *out.shape[1:]), dtype=out.dtype)
         if shape[0] != p.max_batch and p.warmup:
             _forward(loaded, np.zeros((p.max_batch, *shape[1:]), dtype=sample.dtype))
         if problems:
@@ -296,6 +298,8 @@ def load_model(path: str | os.PathLike[str], device: Any = "cpu", dtype: str = "
 def _forward(model: _Loaded, batch: np.ndarray) -> np.ndarray:
     """One forward pass over a batch (leading dimension), as a numpy array on the CPU.
     The caller is in ``torch.inference_mode()``."""
+    if batch.shape[0] == 0 and model.empty is not None:  # a cross-section with no symbol ready yet
+        return model.empty
     if model.static_batch is not None and batch.shape[0] != model.static_batch:
         return _forward_padded(model, batch, model.static_batch)
     torch = _TORCH[0] if _TORCH else _torch()
