@@ -536,17 +536,20 @@ class _Compiler:
                     continue
                 where = self.loc("nodes", name, "outputs", port, "port")
                 path = f"nodes.{name}.outputs.{port}.port"
-                if len(node.instances) > 1:
-                    self.add("duplicate-port", f"node {name!r} has {len(node.instances)} replicas and each "
-                             f"would bind tcp port {out.port}", where, path,
-                             "drop the fixed port (ports are then chosen at launch) or the replicas")
-                if out.port in taken:
-                    other, other_loc = taken[out.port]
-                    self.add("duplicate-port", f"tcp port {out.port} is also bound by {other}"
-                             + (f" ({other_loc})" if other_loc else ""), where, path,
-                             "give each output its own port")
-                else:
-                    taken[out.port] = (f"{name}.{port}", where)
+                for i, inst in enumerate(node.instances):  # replica i binds port + i
+                    number = out.port + i
+                    if number > 65535:
+                        self.add("duplicate-port", f"replica {inst} would bind tcp port {number}, past 65535",
+                                 where, path, "choose a lower port")
+                        break
+                    if number in taken:
+                        other, other_loc = taken[number]
+                        also = f" (replica {inst} binds port + {i})" if i else ""
+                        self.add("duplicate-port", f"tcp port {number} is also bound by {other}"
+                                 + (f" ({other_loc})" if other_loc else "") + also, where, path,
+                                 "give each output its own port (a node's replicas take consecutive ports)")
+                        break
+                    taken[number] = (inst if len(node.instances) > 1 else f"{name}.{port}", where)
 
     def check_busy_cores(self) -> None:
         on_core: dict[int, list[str]] = {}
@@ -616,6 +619,8 @@ class _Compiler:
                 out = spec.outputs.get(port)
                 groups = binds.get((inst, port), {})
                 fixed = out.port if out is not None else None
+                if fixed is not None and len(node.instances) > 1:
+                    fixed += node.instances.index(inst)  # replicas take consecutive ports
                 if not groups or fixed is not None and not any(k[:2] == ("tcp", "pub") for k in groups):
                     # a fixed port, or no consumer: bind a PUB anyway, for consumers outside the graph
                     groups = {(self.output_transport(node, port), "pub", ""): [], **groups}

@@ -295,3 +295,22 @@ def test_a_params_check_across_fields_is_an_invalid_param_at_the_params_block(tm
     [issue] = dmnflow.validate(g)
     assert (issue.code, issue.loc.line) == ("invalid-param", 5)
     assert "low (2.0) must be below high (1.0)" in issue.message
+
+
+def test_replicas_with_a_fixed_port_bind_consecutive_ports_and_collisions_are_reported(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter, outputs: {numbers: {port: 6102}}}
+          work:
+            uses: nodes.basic:Scale
+            replicas: 2
+            inputs: {value: src.numbers}
+            outputs: {scaled: {port: 6101}}
+          sink: {uses: nodes.basic:Collect, inputs: {values: work.scaled}}
+        """)
+    [issue] = [i for i in dmnflow.validate(g) if i.is_error]
+    assert issue.code == "duplicate-port" and "tcp port 6102 is also bound by src.numbers" in issue.message
+    ok = write(tmp_path / "ok.yaml", g.read_text().replace("port: 6102", "port: 6100"))
+    plan = dmnflow.compile_graph(ok)
+    ports = {n.name: [b.endpoint for o in n.outputs for b in o.binds if b.transport == "tcp"] for n in plan.nodes}
+    assert ports["work[0]"] == ["tcp://127.0.0.1:6101"] and ports["work[1]"] == ["tcp://127.0.0.1:6102"]
