@@ -15,6 +15,7 @@ where a row older than its symbol's last one is dropped and counted as out of or
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,7 @@ class DayReplay(Node):
         p = ctx.params
         frame = self.load(ctx)
         self.missing = [s for s in p.symbols if s not in set(frame.symbols)] if p.symbols else []
-        if self.missing and ctx.log.isEnabledFor(30):
+        if self.missing and ctx.log.isEnabledFor(logging.WARNING):
             ctx.log.warning("%d requested symbols are not in the data: %s", len(self.missing), self.missing[:20])
         frame = frame.filtered(p.start, p.end, p.symbols)
         self.frame = frame.sorted() if getattr(p, "sort", True) else frame
