@@ -215,3 +215,18 @@ def test_alert_defaults_and_rule_validation() -> None:
         Alerts.Params(rules=[{"metric": "x", "severity": "panic"}])
     with pytest.raises(ValueError):
         Alerts.Params(rules=[{"metric": "x", "treshold": 1}])
+
+
+def test_journal_writes_every_entry_and_counts_firing_alerts(tmp_path):
+    from dmnflow.testing import run_node
+    from nodes.monitoring import Journal
+
+    node = Journal()
+    alerts = [{"rule": "dd", "state": "firing", "severity": "critical", "message": "drawdown 0.3 > 0.2"},
+              {"rule": "dd", "state": "resolved", "severity": "critical", "message": "ok"},
+              {"rule": "sharpe", "state": "firing", "severity": "warning", "message": "sharpe < 0"}]
+    run_node(Journal, params={"path": str(tmp_path / "j.jsonl")}, node=node,
+             inputs=[("entries", a) for a in alerts] + [("entries", {"ok": True, "stale": []})])
+    lines = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert [line["value"] for line in lines] == [*alerts, {"ok": True, "stale": []}]
+    assert node.summary() == {"messages": 4, "alerts_firing": 2, "alerts_critical": 1}
