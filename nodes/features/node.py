@@ -159,9 +159,14 @@ class CrossSection:
         key = tuple(symbols)
         if key != self._panel_key:
             self._panel_key = key
-            self._panel_idx = np.array([self._register(s) for s in symbols], np.int64)
-        idx = self._panel_idx[ok]
-        done.append(self._compute(t, idx, close[ok]))
+            # with a universe, symbols outside it are never registered (the guard has rejected them)
+            self._panel_idx = np.array([self.index.get(s, -1) if self.universe else self._register(s)
+                                        for s in symbols], np.int64)
+        idx, prices = self._panel_idx[ok], close[ok]
+        if idx.shape[0] > 1 and (np.diff(idx) < 0).any():  # outputs list symbols in the node's order
+            order = np.argsort(idx)
+            idx, prices = idx[order], prices[order]
+        done.append(self._compute(t, idx, prices))
         return done
 
     def flush(self) -> list[Day]:

@@ -223,7 +223,11 @@ def test_a_universe_completes_the_first_day_and_counts_strangers() -> None:
     rec = Recorder(DMNFeatures, {"universe": ["A", "B"], "window": 1, "long_window": 0})
     rec.feed([_bar("A", 1, 10.0), _bar("X", 1, 3.0), _bar("B", 1, 20.0)])
     assert [s[1] for s in rec.on("signals")] == [DAY_NS]
-    assert rec.node.summary()["unknown_symbol"] == 1
+    rec.feed([make_panel(2 * DAY_NS, ["X", "B", "A"], [3.0, 21.0, 11.0])])
+    assert rec.on("signals")[-1][0]["symbols"] == ["A", "B"]  # universe order; X is not one of them
+    rec.feed([_bar("B", 3, 22.0), _bar("A", 3, 12.0)])  # the universe completes day 3
+    assert [s[1] for s in rec.on("signals")] == [DAY_NS, 2 * DAY_NS, 3 * DAY_NS]
+    assert rec.node.summary()["unknown_symbol"] == 2 and rec.node.summary()["symbols"] == 2
 
 
 def test_ticks_are_aggregated_into_daily_bars() -> None:
