@@ -383,7 +383,8 @@ def parse_yaml(text: str, file: str, issues: IssueList,
                failed: set[Path_] | None = None) -> tuple[Any, SourceMap]:
     """Parse YAML text into plain data plus a SourceMap; syntax errors become issues.
 
-    Mapping keys are taken as written (``on:`` is the name "on", not YAML 1.1's True).
+    Mapping keys are taken as written (``on:`` is the name "on", not YAML 1.1's True), and
+    so are dates (``start: 2016-01-01`` is the text "2016-01-01", not a ``datetime.date``).
     Paths of values that could not be read are added to ``failed``, so later checks
     do not report them again.
     """
@@ -428,6 +429,8 @@ def parse_yaml(text: str, file: str, issues: IssueList,
                 return build_collection(node, path)
             finally:
                 ancestors.discard(id(node))
+        if node.tag == "tag:yaml.org,2002:timestamp":
+            return node.value  # dates stay text as written: a `str` param takes them, a `date` one parses them
         try:
             return loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:

@@ -339,3 +339,11 @@ def test_format_cpus_writes_what_parse_cpus_reads(cores, text):
     assert format_cpus(cores) == text
     if cores:
         assert parse_cpus(text) == sorted(set(cores))
+
+
+def test_dates_stay_text_as_written(tmp_path):
+    """`start: 2016-01-01` feeds a `str` param (and a `date` one parses it): no datetime.date surprise."""
+    g = tmp_path / "g.yaml"
+    g.write_text("vars: {start: 2016-01-01}\nnodes:\n  a: {uses: nodes.basic:Counter, description: 2016-01-02}\n")
+    loaded = load_graph(g)
+    assert loaded.nodes["a"].spec.description == "2016-01-02"
