@@ -30,13 +30,18 @@ from dmnflow import Input, Node, Output, Ports, Tensor
 
 
 def _rss_kib() -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of this process, in KiB."""
+    """VmRSS, VmHWM (peak) and Pss of this process, in KiB."""
     out: dict[str, int] = {}
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
             if line.startswith(("VmRSS:", "VmHWM:")):
                 key, value = line.split(":", 1)
                 out[key] = int(value.split()[0])
+    # proportional: a page shared with other processes counts a share of it
+    with contextlib.suppress(OSError), open("/proc/self/smaps_rollup", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                out["Pss"] = int(line.split()[1])
     return out
 
 

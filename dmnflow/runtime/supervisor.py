@@ -12,11 +12,13 @@ escalate: SIGTERM, then SIGKILL, and it always waits for (reaps) every worker.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -98,6 +100,8 @@ class Report:
 
 
 RUN_DIR_PREFIX = "dmnflow-"
+ZYGOTE_ENV = "DMNFLOW_ZYGOTE"  # "0": start each worker as a new interpreter instead of forking it
+SPAWN_TIMEOUT_S = 30.0  # the zygote's first answer waits for its imports
 ADMIN_SOCKET = "admin"
 COMMAND_TIMEOUT_S = 120.0  # a model swap loads and warms a model: give it time
 
@@ -124,13 +128,127 @@ def sweep_run_dirs() -> list[str]:
     return removed
 
 
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
+
+
+def _subreaper(on: bool) -> bool | None:
+    """Mark this process a child subreaper (orphaned descendants become its children), or
+    unmark it; returns the previous setting, None when the kernel does not offer it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        before = ctypes.c_int(0)
+        if libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(before), 0, 0, 0) != 0:
+            return None
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+            return None
+        return bool(before.value)
+    except (OSError, AttributeError):
+        return None
+
+
+class _Forked:
+    """A worker the zygote forked, handed to us (a subreaper) as our child: waited for and
+    signalled by PID, with the part of ``Popen``'s interface the supervisor uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else: gone, status unknown (as Popen)
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # not reaped yet, so the PID is still this worker's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class _Zygote:
+    """The supervisor's end of the zygote (``runtime/zygote.py``): forks workers on request."""
+
+    def __init__(self, run_dir: str, names: list[str], env: dict[str, str]) -> None:
+        ours, theirs = socket.socketpair()
+        # its argument area must hold the longest worker command line it will write there
+        longest = max((len(os.fsencode(n)) for n in names), default=0)
+        pad = "-" * (longest + 24)
+        try:
+            self.popen: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-m", "dmnflow.runtime.zygote", run_dir, str(os.getpid()), str(theirs.fileno()),
+                 pad], env=env, pass_fds=[theirs.fileno()], start_new_session=True)
+        except OSError as exc:
+            log.warning("cannot start the zygote (%s); starting workers one interpreter each", exc)
+            self.popen = None
+        theirs.close()
+        self.sock = ours
+        self.buffer = b""
+
+    def spawn(self, name: str, inc: int, timeout_s: float) -> _Forked | None:
+        """A worker forked from the zygote, or None when the zygote cannot (it then stays unused)."""
+        if self.popen is None:
+            return None
+        try:
+            self.sock.settimeout(timeout_s)
+            self.sock.sendall(json.dumps({"name": name, "inc": inc}).encode() + b"\n")
+            while b"\n" not in self.buffer:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("the zygote exited")
+                self.buffer += chunk
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            reply = json.loads(line)
+            if "pid" in reply:
+                return _Forked(int(reply["pid"]))
+            log.warning("the zygote cannot fork %s: %s; starting it as a new interpreter", name, reply.get("error"))
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("the zygote failed (%s); starting workers one interpreter each from now on", exc)
+            self.close()
+            return None
+
+    def close(self) -> None:
+        """Close its socket (it exits at once), wait for it; kill it if it does not."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.popen is not None:
+            try:
+                self.popen.wait(2.0)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+            self.popen = None
+
+
 class _Proc:
     """One worker process as the supervisor sees it."""
 
     def __init__(self, name: str, nodes: list[str]) -> None:
         self.name = name
         self.nodes = nodes
-        self.popen: subprocess.Popen[bytes] | None = None
+        self.popen: subprocess.Popen[bytes] | _Forked | None = None
         self.state = "new"  # new, bound, connected, ready, running, done, failed
         self.restarts = 0
         self.inc = 0
@@ -178,6 +296,7 @@ class _Supervisor:
         self.errors: list[str] = []
         self.stop_requested = False
         self.run_dir = ""
+        self.zygote: _Zygote | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -201,7 +320,11 @@ class _Supervisor:
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         t0 = time.monotonic()
         status, startup_s = "failed", 0.0
+        # workers forked by the zygote become our children: we wait for them and signal them by PID
+        subreaper = _subreaper(True) if os.environ.get(ZYGOTE_ENV, "1") != "0" else None
         try:
+            if subreaper is not None:
+                self.zygote = _Zygote(self.run_dir, list(self.procs), self.worker_env())
             for proc in self.procs.values():
                 self.spawn(proc)
             self.bring_up(t0)
@@ -211,6 +334,10 @@ class _Supervisor:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
             self.stop_all(self.grace_s if status in ("finished", "stopped") else 0.0)
+            if self.zygote is not None:
+                self.zygote.close()
+            if subreaper is not None:
+                _subreaper(subreaper)
             for proc in self.procs.values():
                 if proc.state not in ("done", "failed"):
                     proc.state = "stopped"
@@ -226,13 +353,22 @@ class _Supervisor:
             raise KeyboardInterrupt
         self.stop_requested = True
 
-    def spawn(self, proc: _Proc) -> None:
+    @staticmethod
+    def worker_env() -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
-        proc.popen = subprocess.Popen(
-            [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, proc.name, str(proc.inc),
-             str(os.getpid())],
-            env=env, start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
+        return env
+
+    def spawn(self, proc: _Proc) -> None:
+        """Fork the worker from the zygote; without one, start a new interpreter for it."""
+        forked = self.zygote.spawn(proc.name, proc.inc, SPAWN_TIMEOUT_S) if self.zygote is not None else None
+        if forked is not None:
+            proc.popen = forked
+        else:
+            proc.popen = subprocess.Popen(
+                [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, proc.name, str(proc.inc),
+                 str(os.getpid())],
+                env=self.worker_env(), start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
         proc.state = "new"
 
     def tell(self, proc: _Proc, *msg: Any) -> None:

@@ -1,6 +1,7 @@
 """A worker process: hosts the nodes of one process of the plan and runs their loop.
 
-Started only by the supervisor (``python -m dmnflow.runtime.worker RUN_DIR PROCESS INC PID``).
+Started only by the supervisor: forked by its zygote (``runtime/zygote.py``), or as
+``python -m dmnflow.runtime.worker RUN_DIR PROCESS INC PID`` when there is none.
 It dies with the supervisor (parent-death signal), ignores Ctrl-C (the supervisor drives
 shutdown), and talks to the supervisor over a DEALER socket:
 
@@ -368,11 +369,11 @@ class NodeRunner:
 class Worker:
     """The nodes of one process, their sockets, and the control channel to the supervisor."""
 
-    def __init__(self, run_dir: str, process: str, inc: int) -> None:
+    def __init__(self, run_dir: str, process: str, inc: int, plan: Plan | None = None) -> None:
         self.run_dir = run_dir
         self.process = process
         self.inc = inc
-        self.plan = Plan.from_json(Path(run_dir, "plan.json").read_bytes())
+        self.plan = plan if plan is not None else Plan.from_json(Path(run_dir, "plan.json").read_bytes())
         self.proc = next(p for p in self.plan.processes if p.name == process)
         if self.proc.cpus:  # before the zmq context: its I/O threads inherit the pins
             _pin(self.proc.cpus)
@@ -645,12 +646,14 @@ def _user_traceback(exc: BaseException) -> str:
             + "".join(traceback.format_exception_only(type(cause), cause)))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
+    """``argv``: RUN_DIR PROCESS INC SUPERVISOR_PID; ``plan``: the plan already read (a worker
+    forked by the zygote), else read from the run directory."""
     args = sys.argv[1:] if argv is None else argv
     run_dir, process, inc = args[0], args[1], int(args[2])
     _die_with_parent(int(args[3]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
-    worker = Worker(run_dir, process, inc)
+    worker = Worker(run_dir, process, inc, plan)
     code = 0
     try:
         code = worker.run()

@@ -101,14 +101,114 @@ def test_ctrl_c_drains_and_exits_cleanly(tmp_path):
     assert len(received(tmp_path)) == sent
 
 
+def zygotes_of(parent: int) -> list[int]:
+    """The zygote processes (runtime/zygote.py) whose parent is ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"dmnflow.runtime.zygote" in argv:
+                found.append(int(entry.name))
+    return found
+
+
+def session_of(pid: int) -> tuple[int, int]:
+    """(process group, session) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[2]), int(fields[3])
+
+
 def test_workers_die_with_a_killed_supervisor(tmp_path):
     with launched(chain(tmp_path, 1_000_000, rate_hz=200)) as run:
         pids = run.wait_for_workers({"src", "a", "b", "sink"})
+        zygotes = zygotes_of(run.proc.pid)
         os.kill(run.proc.pid, signal.SIGKILL)
-        assert wait_until(lambda: not any(alive(p) for p in pids.values()), 2.0), "orphaned workers"
+        everyone = [*pids.values(), *zygotes]
+        assert wait_until(lambda: not any(alive(p) for p in everyone), 2.0), "orphaned workers"
     from dmnflow.runtime.supervisor import sweep_run_dirs
 
     sweep_run_dirs()  # the killed supervisor could not remove its run directory; the next launch would
+
+
+def test_workers_are_forked_children_of_the_supervisor_each_in_its_own_session(tmp_path):
+    with launched(chain(tmp_path, 1_000_000, rate_hz=200)) as run:
+        pids = run.wait_for_workers({"src", "a", "b", "sink"})
+        [zygote] = zygotes_of(run.proc.pid)
+        sessions = {name: session_of(pid) for name, pid in pids.items()}
+        # each worker leads its own process group and session, apart from the terminal's
+        assert all(sessions[name] == (pid, pid) for name, pid in pids.items()), sessions
+        assert session_of(run.proc.pid)[1] not in {s for _, s in sessions.values()}
+        wait_until(lambda: False, 1.5)  # past start-up (Ctrl-C during it exits 130)
+        run.proc.send_signal(signal.SIGINT)
+        run.proc.communicate(timeout=20)
+        assert run.proc.returncode == 0
+        assert not any(alive(p) for p in [zygote, *pids.values()])
+
+
+def test_without_a_zygote_workers_are_new_interpreters_and_still_restart(tmp_path):
+    graph = write(tmp_path / "g.yaml", f"""
+        defaults: {{policy: block}}
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: 3000, rate_hz: 2000}}}}
+          sink: {{uses: tests.integration.nodes:Tap, inputs: {{values: src.numbers}}, params: {{path: {tmp_path}/o}}}}
+        """)
+    out = tmp_path / "o"
+    with launched(graph, env={"DMNFLOW_ZYGOTE": "0"}) as run:
+        pids = run.wait_for_workers({"src", "sink"})
+        assert zygotes_of(run.proc.pid) == []
+        assert wait_until(lambda: out.exists() and len(out.read_text().splitlines()) > 100, 30.0)
+        os.kill(pids["sink"], signal.SIGKILL)
+        assert wait_until(lambda: run.workers().get("sink") not in (None, pids["sink"]), 10.0), "not restarted"
+        run.proc.communicate(timeout=60)
+        assert run.proc.returncode == 0
+
+
+def test_a_worker_restarts_even_when_the_zygote_is_gone(tmp_path):
+    graph = write(tmp_path / "g.yaml", f"""
+        defaults: {{policy: block}}
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: 3000, rate_hz: 2000}}}}
+          sink: {{uses: tests.integration.nodes:Tap, inputs: {{values: src.numbers}}, params: {{path: {tmp_path}/o}}}}
+        """)
+    out = tmp_path / "o"
+    with launched(graph) as run:
+        pids = run.wait_for_workers({"src", "sink"})
+        [zygote] = zygotes_of(run.proc.pid)
+        assert wait_until(lambda: out.exists() and len(out.read_text().splitlines()) > 100, 30.0)
+        os.kill(zygote, signal.SIGKILL)
+        os.kill(pids["sink"], signal.SIGKILL)
+        assert wait_until(lambda: run.workers().get("sink") not in (None, pids["sink"]), 10.0), "not restarted"
+        out_text, err = run.proc.communicate(timeout=60)
+        assert run.proc.returncode == 0, err
+        assert "zygote failed" in err
+    values = [float(v) for v in out.read_text().splitlines()]
+    assert values == sorted(values)
+
+
+def test_an_in_process_launch_leaves_no_child_and_no_subreaper_behind(tmp_path, monkeypatch):
+    import ctypes
+
+    monkeypatch.chdir(ROOT)
+    report = launch(dmnflow.compile_graph(chain(tmp_path, 200)))
+    assert report.status == "finished", report.errors
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"dmnflow.runtime" in argv:
+                children.append(int(entry.name))
+    assert children == []  # every worker and the zygote reaped (a zombie would still be listed)
+    flag = ctypes.c_int(-1)
+    ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+    assert flag.value == 0
 
 
 def test_a_killed_worker_is_restarted_and_its_loss_counted(tmp_path):

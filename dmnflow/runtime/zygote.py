@@ -1,0 +1,157 @@
+"""The zygote: one Python that has imported the worker and read the plan, and forks a
+worker per request of the supervisor, so ten workers do not each start an interpreter
+and import pydantic, zmq and msgpack (most of a worker's start-up).
+
+Started only by the supervisor (``python -m dmnflow.runtime.zygote RUN_DIR PID FD PAD``),
+which talks to it over the socket ``FD`` in JSON lines: ``{"name": process, "inc": n}``
+-> ``{"pid": pid}`` or ``{"error": text}`` (the supervisor then starts that worker the
+usual way, ``python -m dmnflow.runtime.worker``).
+
+A worker made here is the same as one started with ``python -m dmnflow.runtime.worker``:
+
+- a child of the supervisor: the zygote forks an intermediate process, which forks the
+  worker and exits, and the kernel hands the orphan to the supervisor, which marked itself
+  a child subreaper (``PR_SET_CHILD_SUBREAPER``) for the run. So the supervisor waits for
+  (reaps) and signals every worker by PID, as it would its own ``Popen``;
+- the parent-death signal is armed only once the worker's parent *is* the supervisor (it
+  is cleared by fork and would fire when the intermediate exits), then checked against
+  the supervisor's PID as before: a supervisor killed with -9 takes every worker with it;
+- its own session and process group (``setsid``), so Ctrl-C in the terminal reaches only
+  the supervisor; SIGINT ignored;
+- its command line reads ``python -m dmnflow.runtime.worker RUN_DIR PROCESS INC PID``
+  (written over the zygote's argument area, which ``PAD`` makes long enough), so ``ps``
+  and tools that look for workers see what they saw before.
+
+The zygote never creates a zmq context (workers create theirs after fork, and pin their
+cores before that) and forks only while it has a single thread; it imports no node code
+and not numpy (OpenBLAS starts a thread at import, and reads its thread count, which a
+worker sets from its pins, only then). It dies with the supervisor, and exits when the
+supervisor closes the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from ..plan import Plan
+from . import worker
+
+REPARENT_WAIT_S = 5.0
+
+
+def set_cmdline(args: list[str]) -> bool:
+    """Write ``args`` over this process's argument area (what /proc/PID/cmdline and ps show),
+    padded with NULs; False when it does not fit or the area cannot be found."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49 of stat)
+    except (OSError, IndexError, ValueError):
+        return False
+    data = b"\0".join(os.fsencode(a) for a in args) + b"\0"
+    if not start or len(data) > end - start:
+        return False
+    ctypes.memmove(start, data.ljust(end - start, b"\0"), end - start)
+    return True
+
+
+def _reply(sock: socket.socket, **msg: object) -> None:
+    sock.sendall(json.dumps(msg).encode() + b"\n")
+
+
+def _fork_worker() -> tuple[int, int] | None:
+    """Fork an intermediate that forks the worker and exits. Returns ``(worker pid, 0)`` in
+    the zygote (None if the intermediate died first), ``(0, intermediate pid)`` in the worker."""
+    r, w = os.pipe()
+    mid = os.fork()
+    if mid == 0:  # the intermediate: fork, say the worker's pid, exit (the worker is orphaned)
+        try:
+            os.close(r)
+            me = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                return 0, me
+            os.write(w, b"%d" % pid)
+        except BaseException:
+            pass
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(mid, 0)
+    return (int(data), 0) if data else None
+
+
+def serve(sock: socket.socket) -> tuple[str, int, int] | None:
+    """Answer spawn requests until the supervisor closes the socket (None). In a forked
+    worker it returns ``(process, inc, intermediate pid)``."""
+    buffer = b""
+    while True:
+        while b"\n" not in buffer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return None
+            buffer += chunk
+        line, buffer = buffer.split(b"\n", 1)
+        try:
+            req = json.loads(line)
+            name, inc = str(req["name"]), int(req["inc"])
+        except (ValueError, KeyError, TypeError) as exc:
+            _reply(sock, error=f"bad request: {exc}")
+            continue
+        threads = len(os.listdir("/proc/self/task"))
+        if threads != 1:  # forking a process with threads copies only the caller: refuse
+            _reply(sock, error=f"the zygote has {threads} threads")
+            continue
+        try:
+            got = _fork_worker()
+        except OSError as exc:
+            _reply(sock, error=f"fork failed: {exc}")
+            continue
+        if got is None:
+            _reply(sock, error="the intermediate process died")
+        elif got[0] == 0:  # we are the worker
+            sock.close()
+            return name, inc, got[1]
+        else:
+            _reply(sock, pid=got[0])
+
+
+def _become_worker(run_dir: str, name: str, inc: int, supervisor: int, intermediate: int) -> None:
+    os.setsid()  # a session and process group of its own, as Popen(start_new_session=True)
+    set_cmdline([sys.executable, "-m", "dmnflow.runtime.worker", run_dir, name, str(inc), str(supervisor)])
+    deadline = time.monotonic() + REPARENT_WAIT_S
+    while os.getppid() == intermediate:  # the intermediate exits at once; then we are the supervisor's
+        if time.monotonic() > deadline:
+            os._exit(1)
+        time.sleep(0.0002)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    run_dir, supervisor, fd = args[0], int(args[1]), int(args[2])
+    worker._die_with_parent(supervisor)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    set_cmdline([sys.executable, "-m", "dmnflow.runtime.zygote", run_dir, str(supervisor)])
+    plan = Plan.from_json(Path(run_dir, "plan.json").read_bytes())  # parsed once, inherited by every worker
+    sock = socket.socket(fileno=fd)
+    job = serve(sock)
+    if job is None:
+        with contextlib.suppress(OSError):
+            sock.close()
+        return 0
+    name, inc, intermediate = job
+    _become_worker(run_dir, name, inc, supervisor, intermediate)
+    return worker.main([run_dir, name, str(inc), str(supervisor)], plan=plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
