@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -222,6 +223,8 @@ class Synthetic(Node):
             "bars", description="bars/ticks per symbol on market_data.<SYMBOL>, or one panel per day on market_data")
         rate: float = Field(0.0, ge=0, description="messages per second; 0 publishes as fast as possible")
         live: bool = Field(False, description="run until the graph is stopped, generating forever")
+        history: int = Field(0, ge=0, description="days published at once before pacing starts (`rate`): "
+                             "a live run's features and models start warm")
         ticks_per_day: int = Field(24, ge=2, le=10_000, description="intraday ticks per symbol and day")
         process: SyntheticProcess = Field(default_factory=SyntheticProcess,
                                           description="the market process's parameters")
@@ -253,12 +256,16 @@ class Synthetic(Node):
 
     def run(self, ctx: Any) -> Iterator[None]:
         p = ctx.params
-        pacer = Pacer(1.0 / p.rate if p.rate else 0.0)
+        paced = Pacer(1.0 / p.rate if p.rate else 0.0)
+        pacer = Pacer(0.0) if p.history else paced  # the history goes out as fast as the graph takes it
         symbols, topics, counts = self.market.symbols, self.topics, self.counts
         day = 0
         while p.live or day < p.days:
             bars = self.market.next_day()
             day += 1
+            if day == p.history + 1:
+                paced.due = time.perf_counter()
+                pacer = paced
             counts["days"] = day
             t = bars.t
             if p.mode == "panel":

@@ -305,3 +305,13 @@ def test_pandas_is_not_imported_by_the_package() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
     assert common.TOPIC == "market_data"
+
+
+def test_synthetic_history_changes_when_days_go_out_not_what_they_hold():
+    from dmnflow.testing import run_node
+    from nodes.market import Synthetic
+
+    base = {"symbols": 3, "days": 30, "mode": "panel", "seed": 3}
+    plain = run_node(Synthetic, params=base)["market_data"]
+    warm = run_node(Synthetic, params={**base, "history": 10, "rate": 1000})["market_data"]
+    assert len(warm) == 30 and [p["close"] for p in warm] == [p["close"] for p in plain]
