@@ -95,7 +95,7 @@ def validate_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = Non
 def plan_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
              as_json: JsonOpt = False) -> None:
     """Show the compiled plan: processes, pins, sockets, codecs and queue bounds."""
-    plan = _plan(graph, sets, profile)
+    plan = _plan(graph, sets, profile, models=False)  # the plan does not depend on the model files' contents
     if as_json:
         sys.stdout.write(plan.to_json() + "\n")
         return
@@ -118,7 +118,7 @@ def viz_cmd(
     if fmt not in FORMATS:
         err.print(f"error: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
         raise typer.Exit(ExitCode.USAGE)
-    data = render(_plan(graph, sets, profile), fmt)
+    data = render(_plan(graph, sets, profile, models=False), fmt)  # a picture needs no model loaded
     if output is None:
         if isinstance(data, bytes):
             if sys.stdout.isatty():
