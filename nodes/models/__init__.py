@@ -1,0 +1,15 @@
+"""The DMN models (docs/dmn/models.md): networks, training, the meta-learner, walk-forward evaluation.
+
+- ``nets``: ``DMNLSTM``, ``MomentumTransformer`` and the serving head ``LastPosition`` (torch);
+- ``data``, ``evaluate``: training windows and strategy returns from the reference features;
+- ``train``: ``python -m nodes.models.train`` (Sharpe loss, early stopping, TorchScript export);
+- ``walkforward``: ``python -m nodes.models.walkforward`` (the paper's protocol on the futures);
+- ``meta``: ``MetaLearner``, the graph node that weights the models by their realised Sharpe.
+
+Only ``MetaLearner`` is imported here, so a graph naming ``nodes.models:MetaLearner`` loads
+without torch; the model nodes themselves are ``dmnflow.runners:TorchScriptModel``.
+"""
+
+from .meta import MetaLearner, SharpeWeighter, sharpe_weights
+
+__all__ = ["MetaLearner", "SharpeWeighter", "sharpe_weights"]

@@ -1,0 +1,257 @@
+"""``MetaLearner``: combines the models' predictions, each weighted by its recent realised Sharpe ratio.
+
+Why: no single model wins in every regime (the paper's LSTM fades with costs, the
+Transformer needs long histories), and which one is working lately is observable: each
+model's positions of yesterday and today's returns give its realised strategy return
+``X_{t-1} * 0.15 / sigma_{t-1} * r_t`` (the paper's, per asset, averaged over assets). The
+meta-learner keeps each model's last ``window`` such returns, turns their Sharpe ratios into
+weights and emits the weighted position per symbol. Everything depends on the messages
+only (no clocks, no randomness), so a backtest gives the same positions on every run.
+
+Alignment (which symbol each prediction row is for): the model runner's output carries
+``attrs["symbols"]``, but an event-time join (``join: {inputs: [lstm, transformer,
+signals]}``, which also copes with replicas and live timeouts) hands ``on_join`` the
+values only. So the rows are aligned through the Signals message of the same event time:
+the features node emits a model's windows for exactly the symbols whose ``window``-day
+feature history is complete, in the order of ``signals["symbols"]``, and says which in a
+list of bools (``signals["ready"]`` for the 63-day windows). ``params.align`` names that
+field per model (default ``ready``; a long-window model's own is ``ready_long``).
+
+When the named field is absent, ``ready`` is tried: windows are nested (a symbol with a
+complete 126-day history has a complete 63-day one), so a long-window model's symbols are a
+subset of the ``ready`` ones *in the same order*, and when the counts agree the sets are
+equal. A prediction that matches no mask by count (nor every symbol of the day) cannot be
+aligned: that model sits the day out (counted as ``unaligned``) rather than trade the wrong
+symbols.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dmnflow import Input, Node, Output, Ports, Tensor
+
+__all__ = ["MetaLearner", "SharpeWeighter", "sharpe_weights"]
+
+TRADING_DAYS = 252
+
+
+def sharpe_weights(sharpes: dict[str, float], scheme: str = "softmax", temperature: float = 1.0,
+                   floor: float = 0.05) -> dict[str, float]:
+    """Weights summing to 1 from the models' Sharpe ratios.
+
+    ``softmax``: ``w ∝ exp(S / temperature)``; ``positive``: ``w ∝ max(S, 0)`` (all models at
+    or below zero: equal weights). Then every weight is lifted to at least ``floor`` by
+    ``w = floor + (1 - k * floor) * w`` (k models), so a model that has a bad spell keeps a
+    say and can earn its way back. A NaN Sharpe counts as 0.
+    """
+    names = list(sharpes)
+    k = len(names)
+    if not k:
+        return {}
+    s = np.array([0.0 if not math.isfinite(sharpes[n]) else sharpes[n] for n in names])
+    if scheme == "softmax":
+        z = np.exp((s - s.max()) / temperature)
+        w = z / z.sum()
+    elif scheme == "positive":
+        pos = np.maximum(s, 0.0)
+        w = pos / pos.sum() if pos.sum() > 0 else np.full(k, 1.0 / k)
+    else:
+        raise ValueError(f"unknown scheme {scheme!r}: softmax or positive")
+    f = min(floor, 1.0 / k)
+    w = f + (1.0 - k * f) * w
+    return {n: float(x) for n, x in zip(names, w, strict=True)}
+
+
+class SharpeWeighter:
+    """The meta-learner's logic without the framework: one :meth:`step` per event time.
+
+    ``step(signals, predictions)`` takes the day's Signals and, per model, ``{symbol: position}``
+    (or None when the model has nothing for that day); it first books each model's realised
+    return from its previous positions and today's ``ret``, then returns today's combined
+    positions and the weights used.
+    """
+
+    def __init__(self, models: list[str], window: int = 63, warmup: int = 21, scheme: str = "softmax",
+                 temperature: float = 1.0, floor: float = 0.05, vol_target: float = 0.15) -> None:
+        self.models = list(models)
+        self.window, self.warmup = window, warmup
+        self.scheme, self.temperature, self.floor, self.vol_target = scheme, temperature, floor, vol_target
+        self.returns: dict[str, deque[float]] = {m: deque(maxlen=window) for m in self.models}
+        self.last: dict[str, dict[str, float]] = {m: {} for m in self.models}  # yesterday's positions
+        self.last_sigma: dict[str, float] = {}  # yesterday's sigma per symbol
+
+    def realised(self, signals: dict[str, Any]) -> None:
+        """Book each model's return for today: its positions of the previous step times today's returns."""
+        symbols = signals.get("symbols") or []
+        rets = signals.get("ret") or []
+        ret = {s: float(r) for s, r in zip(symbols, rets, strict=False) if r is not None and math.isfinite(r)}
+        for m in self.models:
+            prev = self.last[m]
+            if not prev:
+                continue
+            parts = []
+            for s, x in prev.items():
+                sig, r = self.last_sigma.get(s), ret.get(s)
+                if r is None or sig is None or not sig > 0 or not math.isfinite(x):
+                    continue
+                parts.append(x * self.vol_target / sig * r)
+            if parts:
+                self.returns[m].append(float(np.mean(parts)))
+
+    def sharpe(self, model: str) -> float:
+        """The model's annualised Sharpe ratio over its booked returns (NaN with fewer than 2)."""
+        r = np.asarray(self.returns[model], np.float64)
+        if r.size < 2:
+            return math.nan
+        sd = r.std(ddof=1)
+        return float(r.mean() / sd * math.sqrt(TRADING_DAYS)) if sd > 0 else math.nan
+
+    def weights(self, present: list[str]) -> dict[str, float]:
+        """Weights of the models present today: equal while any of them has fewer than ``warmup``
+        booked returns, by recent Sharpe afterwards."""
+        if not present:
+            return {}
+        if any(len(self.returns[m]) < self.warmup for m in present):
+            return {m: 1.0 / len(present) for m in present}
+        return sharpe_weights({m: self.sharpe(m) for m in present}, self.scheme, self.temperature, self.floor)
+
+    def step(self, signals: dict[str, Any], predictions: dict[str, dict[str, float] | None]
+             ) -> tuple[list[str], list[float], dict[str, float]]:
+        """Book yesterday's returns, then combine today's predictions: ``(symbols, positions, weights)``.
+
+        A symbol's position is the weighted mean of the models that predict it (weights of the
+        others left out and the rest renormalised), clipped to [-1, 1]; symbols come in the
+        order of ``signals["symbols"]``.
+        """
+        self.realised(signals)
+        present = [m for m in self.models if predictions.get(m)]
+        w = self.weights(present)
+        symbols, positions = [], []
+        for s in signals.get("symbols") or []:
+            num = den = 0.0
+            for m in present:
+                x = predictions[m].get(s)  # type: ignore[union-attr]
+                if x is not None and math.isfinite(x):
+                    num += w[m] * x
+                    den += w[m]
+            if den > 0:
+                symbols.append(s)
+                positions.append(max(-1.0, min(1.0, num / den)))
+        for m in self.models:
+            self.last[m] = dict(predictions.get(m) or {})
+        sig = signals.get("sigma") or []
+        self.last_sigma = {s: float(v) for s, v in zip(signals.get("symbols") or [], sig, strict=False)
+                           if v is not None and math.isfinite(v)}
+        return symbols, positions, w
+
+
+class MetaLearner(Node):
+    """Weights the model nodes' predictions by their recent realised Sharpe ratio; emits Positions.
+
+    Inputs: one Predictions tensor (``(N, 1)`` float32) per model named in ``params.models``
+    and the day's ``signals``, all joined by event time in the YAML::
+
+        meta:
+          uses: nodes.models:MetaLearner
+          params: {models: [lstm, transformer], align: {lstm: ready, transformer: ready_long}}
+          inputs: {lstm: lstm.y, transformer: transformer.y, signals: features.signals}
+          join: {inputs: [lstm, transformer, signals], by: event_time}
+
+    Output ``positions``: ``t, symbols, position, weights`` (docs/dmn/messages.md), plus
+    ``sharpe`` (each model's rolling realised Sharpe, NaN while it has too few returns).
+    See the module docstring for the alignment of prediction rows with symbols.
+    """
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        models: list[str] = Field(["lstm", "transformer"], min_length=1,
+                                  description="the prediction inputs, one per model (names of input ports)")
+        align: dict[str, str] = Field(
+            default_factory=dict, description="per model, the Signals field (list of bool) marking the symbols its "
+                                              "prediction rows are for, in signals order; default 'ready'")
+        window: int = Field(63, ge=2, description="days of realised returns in each model's rolling Sharpe ratio")
+        warmup: int = Field(21, ge=2, description="equal weights until every model present has this many returns")
+        scheme: Literal["softmax", "positive"] = Field(
+            "softmax", description="softmax of Sharpe / temperature, or proportional to the positive Sharpe")
+        temperature: float = Field(1.0, gt=0, description="softmax temperature, in units of annualised Sharpe")
+        floor: float = Field(0.05, ge=0, le=1, description="the least weight a model keeps (at most 1/models)")
+        vol_target: float = Field(0.15, gt=0, description="volatility scaling of the realised returns (the paper's)")
+
+        @model_validator(mode="after")
+        def _names(self) -> MetaLearner.Params:
+            if len(set(self.models)) != len(self.models):
+                raise ValueError("models lists a name twice")
+            if "signals" in self.models:
+                raise ValueError("'signals' is the Signals input; name the models otherwise")
+            unknown = sorted(set(self.align) - set(self.models))
+            if unknown:
+                raise ValueError(f"align names models that are not in models: {unknown}")
+            return self
+
+    @classmethod
+    def ports(cls, params: BaseModel) -> Ports:
+        p: MetaLearner.Params = params  # type: ignore[assignment]
+        inputs = {m: Input(Tensor("float32", (None, 1)), doc=f"Predictions of {m}: one position per ready symbol")
+                  for m in p.models}
+        inputs["signals"] = Input(dict, doc="Signals: symbols, ret, sigma and the readiness masks")
+        outputs = {"positions": Output(dict, codec="msgpack", doc="Positions: t, symbols, position, weights")}
+        for name, port in (*inputs.items(), *outputs.items()):
+            port.name = name
+        return Ports(inputs, outputs)
+
+    def setup(self, ctx: Any) -> None:
+        p = ctx.params
+        self.weighter = SharpeWeighter(p.models, p.window, p.warmup, p.scheme, p.temperature, p.floor, p.vol_target)
+        self.align = {m: p.align.get(m, "ready") for m in p.models}
+        self.counts = {"days": 0, "unaligned": 0, "missing": 0}
+        self.log = ctx.log
+
+    def summary(self) -> dict[str, Any]:
+        """Days combined, predictions left out (unaligned, missing), each model's latest Sharpe."""
+        w = getattr(self, "weighter", None)
+        sharpe = {m: w.sharpe(m) for m in w.models} if w else {}
+        return {**getattr(self, "counts", {}), "sharpe": sharpe}
+
+    def _aligned(self, model: str, value: Any, signals: dict[str, Any]) -> dict[str, float] | None:
+        if value is None:
+            self.counts["missing"] += 1
+            return None
+        x = np.asarray(value, np.float64).reshape(-1)
+        if not x.shape[0]:
+            return {}  # an empty cross-section (the model's windows are not warm yet): nothing to align
+        symbols = signals.get("symbols") or []
+        chosen = None
+        for field in dict.fromkeys((self.align[model], "ready")):  # the model's mask, else the 63-day one
+            mask = signals.get(field)
+            if isinstance(mask, list) and len(mask) == len(symbols):
+                marked = [s for s, ok in zip(symbols, mask, strict=True) if ok]
+                if len(marked) == x.shape[0]:
+                    chosen = marked
+                    break
+        if chosen is None and x.shape[0] == len(symbols):
+            chosen = symbols
+        if chosen is None:
+            self.counts["unaligned"] += 1
+            if self.counts["unaligned"] in (1, 100, 10_000):
+                self.log.warning("%s: %d predictions match neither signals field %r nor 'ready' nor all %d symbols; "
+                                 "the model sits the day out (%d times so far)", model, x.shape[0], self.align[model],
+                                 len(symbols), self.counts["unaligned"])
+            return None
+        return dict(zip(chosen, x.tolist(), strict=True))
+
+    def on_join(self, values: dict[str, Any], ctx: Any) -> None:
+        signals = values.get("signals")
+        if not isinstance(signals, dict):
+            return
+        preds = {m: self._aligned(m, values.get(m), signals) for m in ctx.params.models}
+        symbols, position, weights = self.weighter.step(signals, preds)
+        self.counts["days"] += 1
+        ctx.emit("positions", {"t": signals.get("t", ctx.message.event_time), "symbols": symbols,
+                               "position": position, "weights": weights,
+                               "sharpe": {m: self.weighter.sharpe(m) for m in ctx.params.models}})

@@ -1,0 +1,145 @@
+"""MetaLearner: alignment through the Signals' readiness masks, Sharpe weighting on a hand-made sequence."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from dmnflow import Message
+from nodes.models import MetaLearner, SharpeWeighter, sharpe_weights
+
+
+class FakeCtx:
+    """What on_join sees, without the framework."""
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        self.name = "meta"
+        self.params = MetaLearner.Params.model_validate(params or {})
+        self.log = logging.getLogger("test.meta")
+        self.message = Message()
+        self.out: dict[str, list[Any]] = defaultdict(list)
+
+    def emit(self, port: str, value: Any, **_: Any) -> None:
+        self.out[port].append(value)
+
+
+def make(params: dict[str, Any] | None = None) -> tuple[MetaLearner, FakeCtx]:
+    node, ctx = MetaLearner(), FakeCtx(params)
+    node.setup(ctx)
+    return node, ctx
+
+
+def signals(t: int, symbols: list[str], ret: list[float], sigma: list[float], ready: list[bool] | None = None,
+            **extra: Any) -> dict[str, Any]:
+    return {"t": t, "symbols": symbols, "ret": ret, "sigma": sigma, "ready": ready or [True] * len(symbols),
+            **extra}
+
+
+def col(values: list[float]) -> np.ndarray:
+    return np.asarray(values, np.float32).reshape(-1, 1)
+
+
+def test_sharpe_weights_schemes_and_floor() -> None:
+    w = sharpe_weights({"a": 2.0, "b": 0.0}, "softmax", 1.0, 0.0)
+    assert w["a"] == pytest.approx(math.e ** 2 / (math.e ** 2 + 1))
+    w = sharpe_weights({"a": 2.0, "b": 0.0}, "softmax", 1.0, 0.1)
+    raw = math.e ** 2 / (math.e ** 2 + 1)
+    assert w["a"] == pytest.approx(0.1 + 0.8 * raw) and w["b"] == pytest.approx(0.1 + 0.8 * (1 - raw))
+    assert sharpe_weights({"a": 1.5, "b": 0.5, "c": -1.0}, "positive", floor=0.0) == pytest.approx(
+        {"a": 0.75, "b": 0.25, "c": 0.0})
+    assert sharpe_weights({"a": -1.0, "b": float("nan")}, "positive", floor=0.0) == {"a": 0.5, "b": 0.5}
+    assert sum(sharpe_weights({"a": 3.0, "b": 1.0, "c": 0.2}, floor=0.05).values()) == pytest.approx(1.0)
+
+
+def test_realised_sharpe_weights_on_a_hand_made_sequence() -> None:
+    """Model `good` is long a symbol that rises every other day more than it falls; `bad` is short it."""
+    w = SharpeWeighter(["good", "bad"], window=4, warmup=3, scheme="positive", floor=0.0)
+    rets = [0.0, 0.02, -0.01, 0.02, -0.01, 0.02]
+    history = []
+    for t, r in enumerate(rets):
+        sym, pos, weights = w.step(signals(t, ["X"], [r], [0.15]), {"good": {"X": 1.0}, "bad": {"X": -1.0}})
+        history.append((pos[0], weights))
+    # t=0..2: fewer than 3 booked returns -> equal weights and the positions cancel out
+    assert [h[1] for h in history[:3]] == [{"good": 0.5, "bad": 0.5}] * 3
+    assert history[0][0] == 0.0
+    # from t=3: good booked [0.02, -0.01, 0.02] (x 0.15/0.15), Sharpe > 0; bad the opposite -> all weight on good
+    assert history[3][1] == {"good": 1.0, "bad": 0.0} and history[3][0] == 1.0
+    r = np.array([0.02, -0.01, 0.02, -0.01])  # good's last 4 returns at t=5 (window 4)
+    assert w.sharpe("good") == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(252))
+    assert w.sharpe("bad") == pytest.approx(-w.sharpe("good"))
+
+
+def test_returns_use_yesterdays_positions_and_sigma() -> None:
+    w = SharpeWeighter(["m"], window=10, warmup=2)
+    w.step(signals(0, ["A", "B"], [0.0, 0.0], [0.30, 0.15]), {"m": {"A": 1.0, "B": -0.5}})
+    w.step(signals(1, ["A", "B"], [0.01, 0.02], [0.99, 0.99]), {"m": {"A": 0.0, "B": 0.0}})
+    booked = list(w.returns["m"])
+    assert booked == pytest.approx([np.mean([1.0 * 0.15 / 0.30 * 0.01, -0.5 * 0.15 / 0.15 * 0.02])])
+
+
+def test_node_aligns_predictions_through_the_signals_masks() -> None:
+    node, ctx = make({"models": ["lstm", "transformer"], "align": {"transformer": "ready_long"}, "warmup": 2})
+    sig = signals(1, ["A", "B", "C"], [0.0] * 3, [0.2] * 3, ready=[True, False, True],
+                  ready_long=[False, False, True])
+    node.on_join({"lstm": col([0.4, -0.6]), "transformer": col([1.0]), "signals": sig}, ctx)
+    out = ctx.out["positions"][-1]
+    assert out["symbols"] == ["A", "C"] and out["weights"] == {"lstm": 0.5, "transformer": 0.5}
+    assert out["position"] == pytest.approx([0.4, (-0.6 + 1.0) / 2])  # A: LSTM alone; C: both, equal weights
+    assert out["t"] == 1
+
+
+def test_without_its_own_mask_a_long_window_model_aligns_through_ready_when_the_counts_agree() -> None:
+    node, ctx = make({"models": ["lstm", "transformer"], "align": {"transformer": "ready_long"}, "warmup": 2})
+    sig = signals(1, ["A", "B", "C"], [0.0] * 3, [0.2] * 3, ready=[True, False, True])  # no ready_long
+    node.on_join({"lstm": col([0.4, -0.6]), "transformer": col([0.2, 1.0]), "signals": sig}, ctx)
+    assert ctx.out["positions"][-1]["position"] == pytest.approx([0.3, 0.2])
+    assert node.summary()["unaligned"] == 0
+
+
+def test_node_leaves_out_a_prediction_it_cannot_align() -> None:
+    node, ctx = make({"models": ["lstm", "transformer"], "align": {"transformer": "ready_long"}})
+    sig = signals(1, ["A", "B"], [0.0] * 2, [0.2] * 2)  # no ready_long: 1 row cannot be placed among 2 symbols
+    node.on_join({"lstm": col([0.5, -0.5]), "transformer": col([1.0]), "signals": sig}, ctx)
+    out = ctx.out["positions"][-1]
+    assert out["position"] == pytest.approx([0.5, -0.5]) and out["weights"] == {"lstm": 1.0}
+    assert node.summary()["unaligned"] == 1
+    # an empty prediction (windows not warm yet, emit_empty) is no prediction, not an alignment failure
+    node.on_join({"lstm": col([0.5, -0.5]), "transformer": col([]), "signals": sig}, ctx)
+    assert ctx.out["positions"][-1]["weights"] == {"lstm": 1.0} and node.summary()["unaligned"] == 1
+    # a full cross-section needs no mask
+    node.on_join({"lstm": col([0.5, -0.5]), "transformer": col([1.0, 1.0]), "signals": sig}, ctx)
+    assert ctx.out["positions"][-1]["position"] == pytest.approx([0.75, 0.25])
+
+
+def test_node_is_deterministic_and_shifts_weight_to_the_better_model() -> None:
+    rets = np.random.default_rng(0).normal(0, 0.01, (60, 3))
+    symbols = ["A", "B", "C"]
+    runs = []
+    for _ in range(2):
+        node, ctx = make({"models": ["lstm", "transformer"], "window": 20, "warmup": 5, "temperature": 0.5})
+        for t in range(60):
+            nxt = rets[t + 1] if t + 1 < 60 else np.zeros(3)
+            good = np.sign(nxt)  # knows tomorrow's sign
+            noise = np.sign(np.random.default_rng(t).normal(size=3))
+            node.on_join({"lstm": col(list(good)), "transformer": col(list(noise)),
+                          "signals": signals(t, symbols, list(rets[t]), [0.15] * 3)}, ctx)
+        runs.append(ctx.out["positions"])
+    assert runs[0] == runs[1]
+    assert runs[0][-1]["weights"]["lstm"] > 0.9 and runs[0][-1]["sharpe"]["lstm"] > 5
+
+
+def test_params_are_checked() -> None:
+    with pytest.raises(ValidationError):
+        MetaLearner.Params.model_validate({"models": ["lstm", "lstm"]})
+    with pytest.raises(ValidationError):
+        MetaLearner.Params.model_validate({"models": ["lstm"], "align": {"tfm": "ready_long"}})
+    with pytest.raises(ValidationError):
+        MetaLearner.Params.model_validate({"wndow": 3})
+    ports = MetaLearner.ports(MetaLearner.Params(models=["a", "b"]))
+    assert list(ports.inputs) == ["a", "b", "signals"] and list(ports.outputs) == ["positions"]
