@@ -8,14 +8,13 @@ meta-learner keeps each model's last ``window`` such returns, turns their Sharpe
 weights and emits the weighted position per symbol. Everything depends on the messages
 only (no clocks, no randomness), so a backtest gives the same positions on every run.
 
-Alignment (which symbol each prediction row is for): the model runner's output carries
-``attrs["symbols"]``, but an event-time join (``join: {inputs: [lstm, transformer,
-signals]}``, which also copes with replicas and live timeouts) hands ``on_join`` the
-values only. So the rows are aligned through the Signals message of the same event time:
-the features node emits a model's windows for exactly the symbols whose ``window``-day
-feature history is complete, in the order of ``signals["symbols"]``, and says which in a
-list of bools (``signals["ready"]`` for the 63-day windows). ``params.align`` names that
-field per model (default ``ready``; a long-window model's own is ``ready_long``).
+Alignment (which symbol each prediction row is for): the model runner's output carries the
+features' ``attrs["symbols"]``, and ``on_join`` reads them from ``ctx.joined[model]`` (the
+message behind each joined value). A producer that sends no symbols is aligned through the
+Signals message of the same event time instead: the features node emits a model's windows
+for exactly the symbols whose ``window``-day history is complete, in the order of
+``signals["symbols"]``, and marks them in a list of bools (``signals["ready"]`` for the
+63-day windows). ``params.align`` names that field per model (default ``ready``).
 
 When the named field is absent, ``ready`` is tried: windows are nested (a symbol with a
 complete 126-day history has a complete 63-day one), so a long-window model's symbols are a
@@ -218,13 +217,18 @@ class MetaLearner(Node):
         sharpe = {m: w.sharpe(m) for m in w.models} if w else {}
         return {**getattr(self, "counts", {}), "sharpe": sharpe}
 
-    def _aligned(self, model: str, value: Any, signals: dict[str, Any]) -> dict[str, float] | None:
+    def _aligned(self, model: str, value: Any, signals: dict[str, Any], ctx: Any) -> dict[str, float] | None:
         if value is None:
             self.counts["missing"] += 1
             return None
         x = np.asarray(value, np.float64).reshape(-1)
         if not x.shape[0]:
             return {}  # an empty cross-section (the model's windows are not warm yet): nothing to align
+        message = getattr(ctx, "joined", {}).get(model)
+        attrs = getattr(message, "attrs", None)
+        named = attrs.get("symbols") if isinstance(attrs, dict) else None
+        if isinstance(named, list) and len(named) == x.shape[0]:  # the rows name their symbols
+            return dict(zip(named, x.tolist(), strict=True))
         symbols = signals.get("symbols") or []
         chosen = None
         for field in dict.fromkeys((self.align[model], "ready")):  # the model's mask, else the 63-day one
@@ -249,7 +253,7 @@ class MetaLearner(Node):
         signals = values.get("signals")
         if not isinstance(signals, dict):
             return
-        preds = {m: self._aligned(m, values.get(m), signals) for m in ctx.params.models}
+        preds = {m: self._aligned(m, values.get(m), signals, ctx) for m in ctx.params.models}
         symbols, position, weights = self.weighter.step(signals, preds)
         self.counts["days"] += 1
         ctx.emit("positions", {"t": signals.get("t", ctx.message.event_time), "symbols": symbols,

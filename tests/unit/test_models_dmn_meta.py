@@ -143,3 +143,19 @@ def test_params_are_checked() -> None:
         MetaLearner.Params.model_validate({"wndow": 3})
     ports = MetaLearner.ports(MetaLearner.Params(models=["a", "b"]))
     assert list(ports.inputs) == ["a", "b", "signals"] and list(ports.outputs) == ["positions"]
+
+
+def test_rows_that_name_their_symbols_in_the_joined_message_are_aligned_by_name() -> None:
+    """The runner's output carries attrs["symbols"]: ctx.joined hands them to on_join, so the
+    rows are placed by name even when no readiness mask would match."""
+    node, ctx = make({"models": ["lstm", "transformer"]})
+    ctx.joined = {"lstm": Message(port="lstm", attrs={"symbols": ["C", "A"], "model_version": "v1"}),
+                  "transformer": Message(port="transformer", attrs={"symbols": ["A"], "model_version": "v1"})}
+    day = signals(1, ["A", "B", "C"], [0.0, 0.0, 0.0], [0.1, 0.1, 0.1], ready=[False, False, False])
+    node.on_join({"lstm": col([0.5, -0.25]), "transformer": col([1.0]), "signals": day}, ctx)
+    [out] = ctx.out["positions"]
+    position = dict(zip(out["symbols"], out["position"], strict=True))
+    assert node.counts["unaligned"] == 0
+    assert position["C"] == pytest.approx(0.5)  # the LSTM's first row is C's, and only it has a view of C
+    assert -0.25 < position["A"] < 1.0  # A: a weighted mean of the LSTM's -0.25 and the Transformer's 1.0
+    assert "B" not in position  # no model predicted B
