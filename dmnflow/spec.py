@@ -379,6 +379,15 @@ def _loc(file: str, mark: yaml.Mark) -> Location:
     return Location(file, mark.line + 1, mark.column + 1)
 
 
+class _TextDates(yaml.SafeLoader):
+    """YAML as graph files read it: a date is the text written (`2016-01-01`), not a datetime."""
+
+
+_TextDates.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def parse_yaml(text: str, file: str, issues: IssueList,
                failed: set[Path_] | None = None) -> tuple[Any, SourceMap]:
     """Parse YAML text into plain data plus a SourceMap; syntax errors become issues.
@@ -389,7 +398,7 @@ def parse_yaml(text: str, file: str, issues: IssueList,
     do not report them again.
     """
     srcmap = SourceMap()
-    loader = yaml.SafeLoader(text)
+    loader = _TextDates(text)
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -429,8 +438,6 @@ def parse_yaml(text: str, file: str, issues: IssueList,
                 return build_collection(node, path)
             finally:
                 ancestors.discard(id(node))
-        if node.tag == "tag:yaml.org,2002:timestamp":
-            return node.value  # dates stay text as written: a `str` param takes them, a `date` one parses them
         try:
             return loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
@@ -525,7 +532,7 @@ class Override:
                        hint="e.g. --set nodes.lstm.params.hidden=64")
             return None
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.load(raw, Loader=_TextDates) if raw.strip() else ""  # noqa: S506 - a SafeLoader
         except yaml.YAMLError:
             value = raw
         return cls(segments, value, loc, text)

@@ -4,12 +4,14 @@
 - ``data``, ``evaluate``: training windows and strategy returns from the reference features;
 - ``train``: ``python -m nodes.models.train`` (Sharpe loss, early stopping, TorchScript export);
 - ``walkforward``: ``python -m nodes.models.walkforward`` (the paper's protocol on the futures);
-- ``meta``: ``MetaLearner``, the graph node that weights the models by their realised Sharpe.
+- ``meta``: ``MetaLearner``, the graph node that weights the models by their realised Sharpe;
+- ``baseline``: ``Baseline``, long-only, TSMOM or MACD positions in the meta-learner's place.
 
-Only ``MetaLearner`` is imported here, so a graph naming ``nodes.models:MetaLearner`` loads
+Only the two nodes are imported here, so a graph naming ``nodes.models:MetaLearner`` loads
 without torch; the model nodes themselves are ``dmnflow.runners:TorchScriptModel``.
 """
 
+from .baseline import Baseline
 from .meta import MetaLearner, SharpeWeighter, sharpe_weights
 
-__all__ = ["MetaLearner", "SharpeWeighter", "sharpe_weights"]
+__all__ = ["Baseline", "MetaLearner", "SharpeWeighter", "sharpe_weights"]

@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dmnflow import Input, Node, Output, Ports, Tensor
 
+from .baseline import baseline_positions
+
 __all__ = ["MetaLearner", "SharpeWeighter", "sharpe_weights"]
 
 TRADING_DAYS = 252
@@ -181,6 +183,9 @@ class MetaLearner(Node):
         temperature: float = Field(1.0, gt=0, description="softmax temperature, in units of annualised Sharpe")
         floor: float = Field(0.05, ge=0, le=1, description="the least weight a model keeps (at most 1/models)")
         vol_target: float = Field(0.15, gt=0, description="volatility scaling of the realised returns (the paper's)")
+        strategy: Literal["meta", "long", "tsmom", "macd"] = Field(
+            "meta", description="meta: trade the weighted models; long, tsmom, macd: trade that classic baseline "
+                                "instead (the same graph, costs and metrics, for comparison)")
 
         @model_validator(mode="after")
         def _names(self) -> MetaLearner.Params:
@@ -252,6 +257,12 @@ class MetaLearner(Node):
     def on_join(self, values: dict[str, Any], ctx: Any) -> None:
         signals = values.get("signals")
         if not isinstance(signals, dict):
+            return
+        if ctx.params.strategy != "meta":  # a baseline in the models' place
+            symbols, position = baseline_positions(signals, ctx.params.strategy)
+            self.counts["days"] += 1
+            ctx.emit("positions", {"t": signals.get("t", ctx.message.event_time), "symbols": symbols,
+                                   "position": position, "weights": {ctx.params.strategy: 1.0}})
             return
         preds = {m: self._aligned(m, values.get(m), signals, ctx) for m in ctx.params.models}
         symbols, position, weights = self.weighter.step(signals, preds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import time
 from collections.abc import Mapping
@@ -74,6 +75,9 @@ class Performance(Node):
             False, description="add latency p50/p99 to emitted metrics (not deterministic)")
         latency_window: int = Field(100_000, ge=1, description="latencies kept for the percentiles")
         title: str = Field("Strategy equity", description="title of the equity PNG")
+        start: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$",
+                                  description="count from this day (YYYY-MM-DD): a replay that starts earlier to "
+                                              "warm its features up is measured from here; none: from the first")
 
     account = Input(dict, doc="Account: t, equity, cash, positions, gross, pnl, traded")
     fills = Input(dict, optional=True, doc="Fills, for tick-to-trade latency and (without traded) turnover")
@@ -82,6 +86,9 @@ class Performance(Node):
     def setup(self, ctx: Any) -> None:
         p = ctx.params
         self.p = p
+        self.start_ns = (None if p.start is None else
+                         int(_dt.datetime.fromisoformat(p.start).replace(tzinfo=_dt.UTC).timestamp()) * 1_000_000_000)
+        self.before: tuple[int, float, float] | None = None
         self.log = RateLimitedLog(ctx.log)
         self.t: list[int] = []
         self.equity: list[float] = []
@@ -93,7 +100,7 @@ class Performance(Node):
         self.since_emit = 0
         self.seeded = False  # the first point is the starting capital
         self.counts = dict.fromkeys(("accounts", "fills_messages", "fills", "bad_accounts", "out_of_order",
-                                     "replaced", "bad_fills"), 0)
+                                     "replaced", "bad_fills", "before_start"), 0)
 
     # -- inputs ----------------------------------------------------------------------------
     def on_fills(self, msg: dict, ctx: Any) -> None:
@@ -126,8 +133,16 @@ class Performance(Node):
         traded = _num(acc.get("traded"))
         if traded != traded:
             traded = self.fill_notional
+        if self.start_ns is not None and t < self.start_ns:  # warm-up: remembered as the base, not measured
+            self.before = (t, equity, traded)
+            c["before_start"] += 1
+            return
         c["accounts"] += 1
-        if not self.t:
+        if not self.t and self.before is not None:  # measured from the last day before the start
+            self._append(*self.before)
+            self.seeded = True
+            self._append(t, equity, traded)
+        elif not self.t:
             start = equity - _num(acc.get("pnl"))
             if start == start:  # the starting capital, before the first trades
                 self._append(t, start, 0.0)

@@ -230,3 +230,19 @@ def test_journal_writes_every_entry_and_counts_firing_alerts(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
     assert [line["value"] for line in lines] == [*alerts, {"ok": True, "stale": []}]
     assert node.summary() == {"messages": 4, "alerts_firing": 2, "alerts_critical": 1}
+
+
+def test_performance_measures_from_start_with_the_day_before_as_the_base():
+    from nodes.monitoring import Performance
+
+    day = 86_400 * 10**9
+    t0 = 10_957 * day  # 2000-01-01
+    accounts = [{"t": t0 + i * day, "equity": e, "pnl": e - 100.0, "traded": 0.0}
+                for i, e in enumerate([100.0, 120.0, 90.0, 99.0, 108.9])]
+    full, late = Performance(), Performance()
+    run_node(Performance, node=full, inputs=[("account", a) for a in accounts[2:]])
+    run_node(Performance, node=late, params={"start": "2000-01-04"}, inputs=[("account", a) for a in accounts])
+    got, want = late.summary(), full.summary()
+    assert late.counts["before_start"] == 3 and got["periods"] == 2
+    assert got["total_return"] == pytest.approx(108.9 / 90.0 - 1)  # the base is 2000-01-03's equity
+    assert want["total_return"] == pytest.approx(108.9 / 100.0 - 1)  # without start: the starting capital

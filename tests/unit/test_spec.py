@@ -347,3 +347,10 @@ def test_dates_stay_text_as_written(tmp_path):
     g.write_text("vars: {start: 2016-01-01}\nnodes:\n  a: {uses: nodes.basic:Counter, description: 2016-01-02}\n")
     loaded = load_graph(g)
     assert loaded.nodes["a"].spec.description == "2016-01-02"
+
+
+def test_dates_given_with_set_stay_text_too(tmp_path):
+    g = tmp_path / "g.yaml"
+    g.write_text("nodes:\n  a: {uses: nodes.basic:Counter}\n")
+    loaded = load_graph(g, ["nodes.a.description=2016-01-01"])
+    assert loaded.nodes["a"].spec.description == "2016-01-01"
