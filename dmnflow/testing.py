@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 import sys
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from .node import Context, Node
 from .plan import ModelPlan
 from .spec import ModelSpec
 
-__all__ = ["check_codec", "run_node"]
+__all__ = ["RecordingContext", "check_codec", "run_node"]
 
 
 def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
@@ -89,6 +90,37 @@ def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
     if hasattr(node, "teardown"):
         node.teardown(ctx)
     return emitted
+
+
+class RecordingContext(Context):
+    """A real ``Context`` for calling a node's handlers by hand, which records what they emit.
+
+    For nodes whose handlers a test drives one by one (``node.on_join(values, ctx)``), where
+    ``run_node`` would run everything at once. ``out[port]`` lists the values emitted on a
+    port, ``event_times[port]`` their event times, ``sent`` every emit in full
+    ``(port, value, topic, event_time, attrs)``. Set ``ctx.message`` fields to stand for the
+    message being handled.
+
+        ctx = RecordingContext(RiskManager, {"target_vol": 0.1})
+        node = RiskManager(); node.setup(ctx); node.on_join({...}, ctx)
+        assert ctx.out["targets"][0]["weight"] == [...]
+    """
+
+    __slots__ = ("out", "event_times", "sent")
+
+    def __init__(self, cls: type[Node], params: dict[str, Any] | None = None, *,
+                 model: str | os.PathLike[str] | dict[str, Any] | None = None, name: str | None = None) -> None:
+        super().__init__(name or cls.__name__, cls.Params.model_validate(params or {}), self._record,
+                         model=_model_plan(model))
+        self.out: dict[str, list[Any]] = defaultdict(list)
+        self.event_times: dict[str, list[Any]] = defaultdict(list)
+        self.sent: list[tuple[str, Any, str | None, Any, Any]] = []
+
+    def _record(self, port: str, value: Any, topic: str | None, event_time: Any, attrs: Any = None,
+                of: Any = None) -> None:
+        self.out[port].append(value)
+        self.event_times[port].append(event_time)
+        self.sent.append((port, value, topic, event_time, attrs))
 
 
 def _model_plan(model: str | os.PathLike[str] | dict[str, Any] | None) -> ModelPlan | None:

@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import math
-from collections import defaultdict
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from dmnflow import Message
-from dmnflow.testing import run_node
+from dmnflow.testing import RecordingContext, run_node
 from nodes.execution import Execution
 from nodes.execution import node as execution_module
 from nodes.execution.broker import BROKERS, Broker, load_broker, resolve_broker
 from nodes.execution.paper import PaperBroker
 
 
-class FakeCtx:
-    """What a handler sees, without the framework: params, emit, log, message."""
-
-    def __init__(self, cls: type, params: dict[str, Any] | None = None) -> None:
-        self.name = cls.__name__
-        self.params = cls.Params.model_validate(params or {})
-        self.log = logging.getLogger(f"test.{cls.__name__}")
-        self.message = Message()
-        self.out: dict[str, list[Any]] = defaultdict(list)
-        self.event_times: dict[str, list[Any]] = defaultdict(list)
-
-    def emit(self, port: str, value: Any, *, topic: str | None = None, event_time: Any = None,
-             attrs: Any = None) -> None:
-        self.out[port].append(value)
-        self.event_times[port].append(event_time)
-
-
-def make(params: dict[str, Any] | None = None) -> tuple[Execution, FakeCtx]:
-    node, ctx = Execution(), FakeCtx(Execution, params)
+def make(params: dict[str, Any] | None = None) -> tuple[Execution, RecordingContext]:
+    node, ctx = Execution(), RecordingContext(Execution, params)
     node.setup(ctx)
     return node, ctx
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import math
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -12,25 +10,12 @@ import pytest
 from pydantic import ValidationError
 
 from dmnflow import Message
+from dmnflow.testing import RecordingContext
 from nodes.models import MetaLearner, SharpeWeighter, sharpe_weights
 
 
-class FakeCtx:
-    """What on_join sees, without the framework."""
-
-    def __init__(self, params: dict[str, Any] | None = None) -> None:
-        self.name = "meta"
-        self.params = MetaLearner.Params.model_validate(params or {})
-        self.log = logging.getLogger("test.meta")
-        self.message = Message()
-        self.out: dict[str, list[Any]] = defaultdict(list)
-
-    def emit(self, port: str, value: Any, **_: Any) -> None:
-        self.out[port].append(value)
-
-
-def make(params: dict[str, Any] | None = None) -> tuple[MetaLearner, FakeCtx]:
-    node, ctx = MetaLearner(), FakeCtx(params)
+def make(params: dict[str, Any] | None = None) -> tuple[MetaLearner, RecordingContext]:
+    node, ctx = MetaLearner(), RecordingContext(MetaLearner, params, name="meta")
     node.setup(ctx)
     return node, ctx
 

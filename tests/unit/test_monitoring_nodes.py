@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dmnflow import Message
-from dmnflow.testing import run_node
+from dmnflow.testing import RecordingContext, run_node
 from nodes.monitoring import Alerts, Health, Performance
 from nodes.monitoring import health as health_module
 from nodes.monitoring import metrics as m
 from nodes.monitoring import performance as perf_module
 
 
-class FakeCtx:
-    """What a handler sees, without the framework: params, emit, log, message."""
-
-    def __init__(self, cls: type, params: dict[str, Any] | None = None) -> None:
-        self.name = cls.__name__
-        self.params = cls.Params.model_validate(params or {})
-        self.log = logging.getLogger(f"test.{cls.__name__}")
-        self.message = Message()
-        self.out: dict[str, list[Any]] = defaultdict(list)
-
-    def emit(self, port: str, value: Any, *, topic: str | None = None, event_time: Any = None,
-             attrs: Any = None) -> None:
-        self.out[port].append(value)
-
-
-def make(cls: type, params: dict[str, Any] | None = None) -> tuple[Any, FakeCtx]:
-    node, ctx = cls(), FakeCtx(cls, params)
+def make(cls: type, params: dict[str, Any] | None = None) -> tuple[Any, RecordingContext]:
+    node, ctx = cls(), RecordingContext(cls, params)
     node.setup(ctx)
     return node, ctx
 

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import math
-from collections import defaultdict
 from typing import Any
 
 import pytest
 
-from dmnflow import Message
-from dmnflow.testing import run_node
+from dmnflow.testing import RecordingContext, run_node
 from nodes.portfolio import PortfolioOptimizer, round_lot
 
 NAN = float("nan")
 
 
-class FakeCtx:
-    """What a handler sees, without the framework: params, emit, log, message."""
 
-    def __init__(self, cls: type, params: dict[str, Any] | None = None) -> None:
-        self.name = cls.__name__
-        self.params = cls.Params.model_validate(params or {})
-        self.log = logging.getLogger(f"test.{cls.__name__}")
-        self.message = Message()
-        self.out: dict[str, list[Any]] = defaultdict(list)
-
-    def emit(self, port: str, value: Any, *, topic: str | None = None, event_time: Any = None,
-             attrs: Any = None) -> None:
-        self.out[port].append(value)
-
-
-def make(params: dict[str, Any] | None = None) -> tuple[PortfolioOptimizer, FakeCtx]:
-    node, ctx = PortfolioOptimizer(), FakeCtx(PortfolioOptimizer, params)
+def make(params: dict[str, Any] | None = None) -> tuple[PortfolioOptimizer, RecordingContext]:
+    node, ctx = PortfolioOptimizer(), RecordingContext(PortfolioOptimizer, params)
     node.setup(ctx)
     return node, ctx
 

@@ -2,40 +2,24 @@
 
 from __future__ import annotations
 
-import logging
 import math
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import pytest
 
-from dmnflow import Message
+from dmnflow.testing import RecordingContext
 from nodes.risk import RiskManager, vol_target_weights
 
 NAN = float("nan")
 
 
-class FakeCtx:
-    """What a handler sees, without the framework: params, emit, log, message."""
-
-    def __init__(self, cls: type, params: dict[str, Any] | None = None) -> None:
-        self.name = cls.__name__
-        self.params = cls.Params.model_validate(params or {})
-        self.log = logging.getLogger(f"test.{cls.__name__}")
-        self.message = Message()
-        self.out: dict[str, list[Any]] = defaultdict(list)
-
-    def emit(self, port: str, value: Any, *, topic: str | None = None, event_time: Any = None,
-             attrs: Any = None) -> None:
-        self.out[port].append(value)
-
 
 NO_LIMITS = {"max_weight": None, "max_gross": None, "max_drawdown": None}
 
 
-def make(params: dict[str, Any] | None = None) -> tuple[RiskManager, FakeCtx]:
-    node, ctx = RiskManager(), FakeCtx(RiskManager, params)
+def make(params: dict[str, Any] | None = None) -> tuple[RiskManager, RecordingContext]:
+    node, ctx = RiskManager(), RecordingContext(RiskManager, params)
     node.setup(ctx)
     return node, ctx
 
