@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nodes.monitoring.support import RateLimitedLog
+from nodes.support import RateLimitedLog
 
 from .broker import Account, Broker, Fill
 

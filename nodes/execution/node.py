@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from dmnflow import Input, Node, Output
-from nodes.monitoring.support import RateLimitedLog, event_time_of
+from nodes.support import RateLimitedLog, event_time_of
 
 from .broker import Broker, load_broker, resolve_broker
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from nodes.support import RateLimitedLog
+
 __all__ = [
     "DAY_NS", "TOPIC", "MarketGuard", "Pacer", "RateLimitedLog", "day_ns", "day_of", "is_daily", "kind_of",
     "make_bar", "make_panel", "make_tick", "ns_to_date", "parse_date", "topic_for",
@@ -121,33 +123,6 @@ def kind_of(record: Any) -> str | None:
         if "price" in record:
             return "tick"
     return None
-
-
-class RateLimitedLog:
-    """One warning line per kind of problem, at most every ``interval_s`` seconds, with counts.
-
-    The first occurrence of each kind is logged at once; later ones are counted and folded
-    into the next line for that kind. Nothing is formatted when the logger's level is off.
-    """
-
-    def __init__(self, log: logging.Logger, interval_s: float = 10.0, level: int = logging.WARNING) -> None:
-        self.log = log
-        self.interval_s = interval_s
-        self.level = level
-        self._next: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def __call__(self, kind: str, fmt: str, *args: Any) -> None:
-        """Note one occurrence of ``kind``; ``fmt % args`` is the detail of this occurrence."""
-        now = time.monotonic()
-        if now < self._next.get(kind, 0.0):
-            self._held[kind] = self._held.get(kind, 0) + 1
-            return
-        self._next[kind] = now + self.interval_s
-        held = self._held.pop(kind, 0)
-        if self.log.isEnabledFor(self.level):
-            more = f" (+{held} more since the last line)" if held else ""
-            self.log.log(self.level, f"{kind}: {fmt}{more}", *args)
 
 
 _COUNTERS = ("accepted", "bad_price", "duplicate", "out_of_order", "unknown_symbol", "malformed")

@@ -10,8 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dmnflow import Input, Node, Output
-
-from .support import RateLimitedLog, event_time_of
+from nodes.support import RateLimitedLog, event_time_of
 
 __all__ = ["Alerts", "Rule", "lookup"]
 

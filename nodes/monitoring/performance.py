@@ -13,9 +13,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dmnflow import Input, Node, Output
+from nodes.support import RateLimitedLog, event_time_of
 
 from .metrics import TRADING_DAYS, RunningStats, performance
-from .support import RateLimitedLog, event_time_of
 
 __all__ = ["LatencyWindow", "Performance", "jsonable"]
 

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from dmnflow import Input, Node, Output
-from nodes.monitoring.support import RateLimitedLog, event_time_of
+from nodes.support import RateLimitedLog, event_time_of
 
 __all__ = ["PortfolioOptimizer", "round_lot"]
 

@@ -39,6 +39,10 @@ class RateLimitedLog:
         self._next: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
+    def __call__(self, key: str, msg: str, *args: Any) -> None:
+        """A warning about ``key``, prefixed with it (``"duplicate: AAPL at ..."``)."""
+        self._emit(logging.WARNING, key, f"{key}: {msg}", args)
+
     def warning(self, key: str, msg: str, *args: Any) -> None:
         """Log ``msg % args`` at WARNING unless ``key`` was logged less than ``interval_s`` ago."""
         self._emit(logging.WARNING, key, msg, args)
