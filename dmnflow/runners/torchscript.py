@@ -155,7 +155,8 @@ class TorchScriptModel(Node):
             return
         batch = value if self.params.batched else value.reshape((1, *value.shape))  # [None] gives a 0 stride
         out = _forward(model, batch)
-        self.last_shape = tuple(batch.shape)
+        if batch.shape[0]:  # what a swapped-in model warms up on (never an empty cross-section)
+            self.last_shape = tuple(batch.shape)
         msg = ctx.message
         ctx.emit("y", out if self.params.batched else out[0], topic=self._topic(msg.topic),
                  attrs=_attrs(msg.attrs, model.version))
@@ -168,7 +169,8 @@ class TorchScriptModel(Node):
             sizes = None
             batch = np.stack(values)
         out = _forward(model, batch)
-        self.last_shape = tuple(batch.shape)
+        if batch.shape[0]:
+            self.last_shape = tuple(batch.shape)
         start = 0
         for i, msg in enumerate(ctx.batch):
             if sizes is None:

@@ -278,3 +278,27 @@ def test_cuda_half_precision_stays_close(tmp_path):
                    model={"path": str(tmp_path / "m.pt"), "device": "cuda", "dtype": "float16"}, inputs=[("x", x)])
     assert out["y"][0].dtype == np.float32
     np.testing.assert_allclose(out["y"][0], direct(model, x), atol=5e-3)
+
+
+def test_a_swap_after_an_empty_cross_section_warms_up_on_the_last_real_shape(tmp_path):
+    """A DMN features node sends empty windows while it warms up; a swap then must still work."""
+    script(tmp_path / "v1.pt", seed=1)
+    new = script(tmp_path / "v2.pt", seed=2)
+    runner = _runner()
+    node = runner()
+    from dmnflow.testing import RecordingContext
+
+    ctx = RecordingContext(runner, {"input": {"shape": [STEPS, FEATURES]}, "output": {"shape": [1]},
+                                    "batched": True, "warmup": 1}, model=tmp_path / "v1.pt")
+    node.setup(ctx)
+    try:
+        x = samples(4, seed=8)
+        node.on_x(x, ctx)
+        node.on_x(x[:0], ctx)  # an empty cross-section
+        result = node.on_command("swap", {"path": str(tmp_path / "v2.pt"), "version": "v2"}, ctx).result(60)
+        assert result["version"] == "v2"
+        node.on_x(x, ctx)
+        assert [y.shape for y in ctx.out["y"]] == [(4, 1), (0, 1), (4, 1)]
+        np.testing.assert_allclose(ctx.out["y"][2], direct(new, x), atol=1e-6)
+    finally:
+        node.teardown(ctx)
