@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from typing import Any
@@ -74,10 +75,24 @@ def raw_hop(transport: str, size: int, count: int, rate_hz: float, stamped: bool
                             count=count, rate_hz=rate_hz, stamped=stamped, tmpdir=tmp)
 
 
-def measure(transport: str, size: int, quick: bool) -> dict[str, Any]:
+def measure(transport: str, size: int, quick: bool, parts: str = "latency,throughput") -> dict[str, Any]:
     rate, count = latency_load(size, quick)
     row: dict[str, Any] = {"transport": transport, "size": size, "codec": "tensor" if kind_of(size) == "tensor"
                            else "raw", "latency_rate_hz": rate, "latency_count": count}
+    row.update({k: None for k in ("raw_p50_us", "raw_p99_us", "df_p50_us", "df_p99_us", "raw_exact_p50_us",
+                                  "df_e2e_exact_p50_us", "raw_msgs_per_s", "df_msgs_per_s")})
+    row.update(df_lat_lost=0, df_tp_lost=0, raw_tp_lost=0)
+    if "latency" in parts:
+        measure_latency(row, transport, size, count, rate)
+    if "throughput" in parts:
+        measure_throughput(row, transport, size, quick)
+    row["ratio_p50"] = ratio(row["df_p50_us"], row["raw_p50_us"])
+    row["ratio_e2e_exact_p50"] = ratio(row["df_e2e_exact_p50_us"], row["raw_exact_p50_us"])
+    row["ratio_msgs"] = ratio(row["df_msgs_per_s"], row["raw_msgs_per_s"])
+    return row
+
+
+def measure_latency(row: dict[str, Any], transport: str, size: int, count: int, rate: float) -> None:
     raw = raw_hop(transport, size, count, rate, stamped=True)
     row.update(raw_p50_us=raw["p50_us"], raw_p99_us=raw["p99_us"], raw_lat_lost=raw["lost"],
                raw_exact_p50_us=raw["exact_p50_us"], raw_exact_p99_us=raw["exact_p99_us"])
@@ -87,17 +102,17 @@ def measure(transport: str, size: int, quick: bool) -> dict[str, Any]:
                df_e2e_p99_us=e2e["p99_us"], df_lat_lost=count - run.results["sink"]["received"] + edge.lost,
                df_startup_s=run.report.startup_s, df_e2e_exact_p50_us=run.results["sink"]["exact_p50_us"],
                df_e2e_exact_p99_us=run.results["sink"]["exact_p99_us"])
+
+
+def measure_throughput(row: dict[str, Any], transport: str, size: int, quick: bool) -> None:
     n_raw, n_df = throughput_count(size, quick, True), throughput_count(size, quick, False)
     raw = raw_hop(transport, size, n_raw, 0.0, stamped=False)
     row.update(raw_msgs_per_s=raw["msgs_per_s"], raw_tp_lost=raw["lost"], raw_tp_count=n_raw)
     run = dmnflow_hop(transport, size, n_df, 0.0)
     sink = run.results["sink"]
     row.update(df_msgs_per_s=sink["msgs_per_s"], df_tp_lost=n_df - sink["received"], df_tp_count=n_df,
-               df_tp_edge_p50_us=run.edge("ping", "sink").p50_us)
-    row["ratio_p50"] = ratio(row["df_p50_us"], row["raw_p50_us"])
-    row["ratio_e2e_exact_p50"] = ratio(row["df_e2e_exact_p50_us"], row["raw_exact_p50_us"])
-    row["ratio_msgs"] = ratio(row["df_msgs_per_s"], row["raw_msgs_per_s"])
-    return row
+               df_tp_edge_p50_us=run.edge("ping", "sink").p50_us,
+               df_tp_cpu_us_per_msg={n: round(v.cpu_s / n_df * 1e6, 2) for n, v in run.report.nodes.items()})
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -106,12 +121,34 @@ def render(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         lost = "" if not (r["df_lat_lost"] or r["df_tp_lost"] or r["raw_tp_lost"]) else " (LOSS)"
-        body.append([r["transport"], human_size(r["size"]), r["codec"],
+        body.append([r["transport"], human_size(r["size"]) + ("" if r.get("coalescing", True) else " (single)"),
+                     r["codec"],
                      f"{fmt(r['raw_p50_us'])} / {fmt(r['raw_p99_us'])}",
                      f"{fmt(r['df_p50_us'])} / {fmt(r['df_p99_us'])}", fmt(r["ratio_p50"], ".2f") + "x",
                      fmt(r["raw_exact_p50_us"]), fmt(r["df_e2e_exact_p50_us"]),
                      fmt(r["ratio_e2e_exact_p50"], ".2f") + "x", fmt(r["raw_msgs_per_s"], ",.0f"),
                      fmt(r["df_msgs_per_s"], ",.0f") + lost, fmt(r["ratio_msgs"], ".2f") + "x"])
+    return harness.table(header, body)
+
+
+def render_spread(rows: list[dict[str, Any]]) -> str:
+    """Per transport and size over the repeats: median ratio (min-max), and the raw figure."""
+    def cell(xs: list[float | None], spec: str = ".2f") -> str:
+        vals = sorted(x for x in xs if x is not None)
+        if not vals:
+            return "-"
+        return f"{format(statistics.median(vals), spec)} ({format(vals[0], spec)}-{format(vals[-1], spec)})"
+
+    header = ["transport", "size", "runs", "p50 ratio", "e2e exact p50 ratio", "msg/s ratio", "raw msg/s",
+              "dmnflow msg/s"]
+    body = []
+    for key in dict.fromkeys((r["transport"], r["size"], r.get("coalescing", True)) for r in rows):
+        group = [r for r in rows if (r["transport"], r["size"], r.get("coalescing", True)) == key]
+        body.append([key[0], human_size(key[1]) + ("" if key[2] else " (single)"), str(len(group)),
+                     cell([r["ratio_p50"] for r in group]),
+                     cell([r["ratio_e2e_exact_p50"] for r in group]), cell([r["ratio_msgs"] for r in group]),
+                     cell([r["raw_msgs_per_s"] for r in group], ",.0f"),
+                     cell([r["df_msgs_per_s"] for r in group], ",.0f")])
     return harness.table(header, body)
 
 
@@ -121,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="PATH", help="write every figure (and the machine's noise) as JSON")
     ap.add_argument("--transports", default=None, help="comma-separated: ipc,tcp")
     ap.add_argument("--sizes", default=None, help="comma-separated byte counts")
+    ap.add_argument("--only", choices=["latency", "throughput"], default=None, help="measure one of the two")
+    ap.add_argument("--coalescing", choices=["on", "off", "both"], default="on",
+                    help="dmnflow with push-edge coalescing (the default), without (DMNFLOW_COALESCE=0), or both "
+                         "interleaved")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure every row N times (interleaved) and add a table of median ratios (min-max)")
     args = ap.parse_args(argv)
     out = os.path.abspath(args.json) if args.json else None
     harness.enter_repo()
@@ -129,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     noise = harness.Noise()
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
-    for transport in transports:
-        for size in sizes:
+    parts = args.only or "latency,throughput"
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.coalescing]
+    for rep in range(args.repeat):
+        order = modes if rep % 2 == 0 else modes[::-1]  # alternate which goes first: runs drift
+        for transport, size, coalescing in ((t, z, c) for t in transports for z in sizes for c in order):
             try:
-                row = measure(transport, size, args.quick)
+                os.environ["DMNFLOW_COALESCE"] = "1" if coalescing else "0"
+                row = measure(transport, size, args.quick, parts)
+                row["repeat"], row["coalescing"] = rep, coalescing
             except Exception as exc:  # one broken run must not lose the others: report it in the row
                 print(f"  {transport} {human_size(size)}: FAILED: {exc}", file=sys.stderr, flush=True)
                 errors.append({"transport": transport, "size": size, "error": f"{type(exc).__name__}: {exc}"})
@@ -140,8 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"  {transport} {human_size(size)}: p50 {fmt(row['ratio_p50'], '.2f')}x, "
                   f"msg/s {fmt(row['ratio_msgs'], '.2f')}x", file=sys.stderr, flush=True)
+    os.environ.pop("DMNFLOW_COALESCE", None)
     machine = noise.summary()
     print(render(rows))
+    if args.repeat > 1:
+        print()
+        print(render_spread(rows))
     for err in errors:
         print(f"FAILED {err['transport']} {human_size(err['size'])}: {err['error']}")
     print(f"\nmachine: {machine}")

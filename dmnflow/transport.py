@@ -24,6 +24,20 @@ by subscribing to its ack topic (pub) or sending it (push). Each copy queues beh
 the data sent before it, so the consumer sees the end only after everything that
 arrived; it counts what never did from the total the frame carries.
 
+Bursts on push edges are coalesced: several records go as one single-frame message
+``[BATCH, src, inc, records]``, each record ``[kind, src, inc, seq, origin_ns, origin,
+send_ns, event_time, meta, attrs, topic, payload]`` (the header of a single message, then
+its topic and its one payload frame inline), so the consumer hands every record over
+exactly as if it had come alone: the same header with the topic appended, the same
+sequence, gap, latency and end-of-stream accounting. ``send_ns`` is when the node emitted
+the record, so the edge latency includes any wait for the batch. Sequence numbers are given
+when the batch goes (per edge: a batch is one consumer's). A push edge's high-water mark
+counts messages, so it is set to ``queue / COALESCE_RECORDS`` (``push_hwm``; at least
+PUSH_HWM_MIN): the queue still holds about ``queue`` small records. A producer waiting for
+room (``block``) polls the socket, which a mandatory ROUTER makes writable when a consumer
+has room again. Only push edges coalesce (a SUB filters by the
+topic of a whole message); records with more than one frame or over 8 KiB go alone.
+
 Large tensors on same-host push edges go through shared memory: the output copies the
 payload into a slot of its pool and sends the slot's name; the consumer maps it and hands
 the node an array over it, without copying. The slot is freed (a ``free`` message back
@@ -37,8 +51,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
+import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker, shared_memory
@@ -51,13 +68,37 @@ from .codecs import Decoder, Encoder
 from .errors import DecodeError, SendTimeout, TransportError
 from .plan import BindPlan, ConnectPlan
 
-__all__ = ["EdgeStats", "Histogram", "Inlet", "Outlet", "ack_topic", "hello_topic"]
+__all__ = ["EdgeStats", "Flusher", "Histogram", "Inlet", "Outlet", "ack_topic", "hello_topic"]
 
-DATA, EOS = 0, 1
+DATA, EOS, BATCH = 0, 1, 2
+# Coalescing on push edges: a record that follows the previous one of its output within
+# BURST_GAP_NS (a burst: past ~50k msg/s), or finds every consumer full, waits to go with
+# the next ones in one ZeroMQ message, until COALESCE_RECORDS or COALESCE_BYTES are
+# pending, the oldest is MAX_AGE_NS old at the next emit, the worker's turn ends, or (the
+# node's code is busy: a source sleeping after a burst) the flusher thread sends them,
+# FLUSH_DELAY_S later (FLUSH_DELAY_MAX_S while a long burst keeps the worker sending by
+# itself). A record after a quiet gap goes at once, alone: an isolated message never waits.
+COALESCE_RECORDS = 64
+COALESCE_BYTES = 64 << 10
+COALESCE_RECORD_MAX = 8 << 10  # larger payloads travel alone, as they are
+BURST_GAP_NS = 20_000
+MAX_AGE_NS = 200_000
+FLUSH_DELAY_S = 200e-6
+FLUSH_DELAY_MAX_S = 1e-3
+PUSH_HWM_MIN = 64
+ROOM_POLL_MS = 10  # back-pressure: look at the consumers again at least this often
+COALESCE_ENV = "DMNFLOW_COALESCE"  # "0": every record is its own message
 # plain ints: zmq's flag enums cost a Python enum operation per frame on the hot path
 _MORE, _NOWAIT = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 CONTROL_PREFIX = b"\x00"
 EOS_TOPIC = b"\x00eos"
+
+
+def push_hwm(queue: int) -> int:
+    """The high-water mark, in ZeroMQ messages, of a coalescing push edge whose queue holds
+    ``queue`` records: a message carries up to COALESCE_RECORDS of them. At least
+    PUSH_HWM_MIN, so large records (which travel alone) still have a pipeline to fill."""
+    return min(queue, max(PUSH_HWM_MIN, -(-queue // COALESCE_RECORDS)))
 
 
 def hello_topic(edge: int) -> bytes:
@@ -167,8 +208,12 @@ class Outlet:
 
     def __init__(self, ctx: zmq.Context, src: int, inc: int, port: str, binds: list[BindPlan],
                  encoder: Encoder, run_dir: str, resolved: dict[str, str],
-                 topics: dict[int, list[str]] | None = None, shm_above: int | None = None) -> None:
+                 topics: dict[int, list[str]] | None = None, shm_above: int | None = None,
+                 flusher: Flusher | None = None) -> None:
         self.src, self.inc, self.port = src, inc, port
+        self.own_flusher = flusher is None
+        self.flusher = flusher if flusher is not None else Flusher()
+        coalesce = os.environ.get(COALESCE_ENV, "1") != "0"
         self.topic_default = port.encode()
         self.encoder = encoder
         self.binds = binds
@@ -179,13 +224,14 @@ class Outlet:
         self.routers: list[_Router] = []
         self.bound: dict[str, str] = {}  # plan endpoint -> actual (tcp ports chosen at bind)
         self.eos_header = b""
+        self.feedback: set[int] = set()  # edges into a feedback input (set by the worker)
         for bind in binds:
             endpoint = _endpoint(bind.endpoint, run_dir, resolved)
             sock = ctx.socket(zmq.XPUB if bind.pattern == "pub" else zmq.ROUTER)
             # a finished producer stays until its queue (end-of-stream last) is delivered; if a
             # consumer never reads it, the supervisor's TERM/KILL ends the wait
             sock.setsockopt(zmq.LINGER, -1)
-            sock.setsockopt(zmq.SNDHWM, bind.hwm)
+            sock.setsockopt(zmq.SNDHWM, push_hwm(bind.hwm) if bind.pattern == "push" and coalesce else bind.hwm)
             if bind.pattern == "push":
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone consumer is an error, not a drop
                 sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted consumer takes its name back
@@ -199,7 +245,11 @@ class Outlet:
                 self.pubs.append(_Pub(sock, bind.edges, topics or {}))
             else:
                 same_host = shm_above is not None and bind.transport != "tcp"
-                self.routers.append(_Router(sock, bind.edges, _ShmPool(shm_above) if same_host else None))
+                router = _Router(sock, bind.edges, _ShmPool(shm_above) if same_host else None, src, inc,
+                                 self.stats, self.flusher if coalesce else None)
+                self.routers.append(router)
+                if coalesce:
+                    self.flusher.routers.append(router)
 
     def sockets(self) -> list[zmq.Socket]:
         return [p.sock for p in self.pubs] + [r.sock for r in self.routers]
@@ -221,7 +271,8 @@ class Outlet:
                 pub.service()
         for router in self.routers:
             if router.sock is sock:
-                router.service()
+                with self.flusher.lock:
+                    router.service()
 
     # -- the hot path
     def send(self, value: Any, topic: bytes | None, origin_ns: int, origin: int, event_time: Any,
@@ -242,11 +293,19 @@ class Outlet:
                     if topic.startswith(prefixes):
                         self.stats[e].sent += 1
         for router in self.routers:
-            router.send(topic, frames, (self.src, self.inc, origin_ns, origin, now, event_time, meta, attrs),
-                        self.packer, self.stats)
+            router.send(topic, frames, origin_ns, origin, now, event_time, meta, attrs)
+
+    def flush(self) -> None:
+        """Send the records waiting to be coalesced (the worker calls it at the end of each turn)."""
+        for router in self.routers:
+            if router.pending:
+                with self.flusher.lock:
+                    while router.pending:
+                        router.flush()
 
     def send_eos(self) -> None:
         """Start ending the stream: ``flush_eos`` repeats the end until every consumer has it."""
+        self.flush()  # the end follows every record
         # the total per topic, so each consumer can count what it missed of what it subscribed to
         self.eos_header = self.packer.pack((EOS, self.src, self.inc, sum(self.seq.values()), 0, -1,
                                             time.time_ns(), None, self.seq))
@@ -256,26 +315,35 @@ class Outlet:
         """Send end-of-stream again to consumers that have not acknowledged it; True when all have."""
         done = True
         for pub in self.pubs:
-            if not pub.acked.issuperset(pub.edges):
+            # a feedback consumer may have ended before our end reached it: once it has left, done
+            if not (pub.acked | (pub.left & self.feedback)).issuperset(pub.edges):
                 done = False
                 with contextlib.suppress(zmq.Again):
                     pub.sock.send_multipart([EOS_TOPIC, self.eos_header], zmq.NOBLOCK)
-        for router in self.routers:
-            for edge, peer in router.peers.items():
-                if edge not in router.acked:
-                    done = False
-                    header = self.packer.pack((EOS, self.src, self.inc, sum(router.seq[edge].values()), 0, -1,
-                                               time.time_ns(), None, router.seq[edge]))
-                    with contextlib.suppress(zmq.ZMQError):
-                        router.sock.send_multipart([peer, EOS_TOPIC, header], zmq.NOBLOCK)
+        with self.flusher.lock:
+            for router in self.routers:
+                for edge, peer in router.peers.items():
+                    if edge not in router.acked:
+                        done = False
+                        header = self.packer.pack((EOS, self.src, self.inc, sum(router.seq[edge].values()), 0,
+                                                   -1, time.time_ns(), None, router.seq[edge]))
+                        try:
+                            router.sock.send_multipart([peer, EOS_TOPIC, header], zmq.NOBLOCK)
+                        except zmq.ZMQError as exc:
+                            if exc.errno == zmq.EHOSTUNREACH and edge in self.feedback:
+                                router.acked.add(edge)  # the feedback consumer has ended and gone
         return done
 
     def close(self) -> None:
-        for sock in self.sockets():
-            sock.close()
-        for router in self.routers:
-            if router.pool is not None:
-                router.pool.close()
+        if self.own_flusher:
+            self.flusher.close()
+        with self.flusher.lock:
+            for sock in self.sockets():
+                sock.close()
+            for router in self.routers:
+                router.pending = []
+                if router.pool is not None:
+                    router.pool.close()
 
 
 def _send(sock: zmq.Socket, topic: bytes, header: bytes, frames: list[Any], flags: int) -> None:
@@ -302,6 +370,7 @@ class _Pub:
         self.filtered = [(e, tuple(t.encode() for t in topics[e])) for e in edges if topics.get(e)]
         self.joined: set[int] = set()
         self.acked: set[int] = set()
+        self.left: set[int] = set()  # consumers that unsubscribed their hello topic: gone
 
     def service(self) -> None:
         while True:
@@ -309,8 +378,10 @@ class _Pub:
                 msg = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if msg[:1] != b"\x01":
-                continue  # an unsubscription
+            if msg[:1] != b"\x01":  # an unsubscription: of a hello topic when its consumer left
+                if (edge := _tagged(msg[1:], b"hello")) is not None:
+                    self.left.add(edge)
+                continue
             if (edge := _tagged(msg[1:], b"hello")) is not None:
                 self.joined.add(edge)
             elif (edge := _tagged(msg[1:], b"ack")) is not None:
@@ -318,12 +389,31 @@ class _Pub:
 
 
 class _Router:
-    """The sending side of ``push`` edges: one peer per consumer, addressed by name."""
+    """The sending side of ``push`` edges: one peer per consumer, addressed by name.
 
-    def __init__(self, sock: zmq.Socket, edges: list[int], pool: _ShmPool | None = None) -> None:
+    With a flusher, records of a burst are coalesced: several go as one ZeroMQ message
+    ``[BATCH, src, inc, records]``, each record ``[*header, topic, payload]`` (the header of
+    a single message, its topic and its one payload frame inline). Sequence numbers are
+    given when a batch goes, per edge, so a batch is one consumer's, gap-free.
+    """
+
+    def __init__(self, sock: zmq.Socket, edges: list[int], pool: _ShmPool | None = None, src: int = 0,
+                 inc: int = 0, stats: dict[int, EdgeStats] | None = None, flusher: Flusher | None = None) -> None:
         self.sock = sock
         self.edges = edges
         self.pool = pool
+        self.src, self.inc = src, inc
+        self.stats: dict[int, EdgeStats] = stats if stats is not None else {e: EdgeStats() for e in edges}
+        self.packer = msgpack.Packer(use_bin_type=True)
+        self.flusher = flusher  # None: no coalescing
+        # payloads up to this size join batches (not those bound for shared memory)
+        self.inline_max = COALESCE_RECORD_MAX if pool is None else min(COALESCE_RECORD_MAX, pool.threshold - 1)
+        # appended to by the worker's thread only (without the lock: a deque's append is atomic);
+        # taken from, under the lock, by it or by the flusher thread
+        self.pending: deque[list[Any]] = deque()
+        self.pending_bytes = 0
+        self.pending_since = 0
+        self.last_ns = 0
         self.peers: dict[int, bytes] = {}  # edge -> the consumer's DEALER identity
         self.acked: set[int] = set()
         self.order: list[int] = []
@@ -349,15 +439,120 @@ class _Router:
                     slot, gen = body[len(b"\x00free/"):].split(b"/")
                     self.pool.free(int(slot), int(gen))
 
-    def send(self, topic: bytes, frames: list[Any], fields: tuple[Any, ...], packer: msgpack.Packer,
-             stats: dict[int, EdgeStats]) -> None:
-        """Send to one consumer with room. Sequence numbers count per edge, so each replica
-        of a shared input sees a gap-free sequence of its own share."""
+    def send(self, topic: bytes, frames: list[Any], origin_ns: int, origin: int, now: int, event_time: Any,
+             meta: Any, attrs: Any) -> None:
+        """Send to one consumer with room, or keep the record for the next batch: in a burst,
+        or when every consumer is full (it then waits coalesced, not alone). The socket is
+        used under the flusher's lock; a record joining a batch needs no lock."""
+        flusher = self.flusher
+        if flusher is None:  # no flusher thread touches this socket
+            self.send_one(topic, frames, (origin_ns, origin, now, event_time, meta, attrs))
+            return
+        payload = frames[0] if len(frames) == 1 else None
+        if type(payload) is bytes:
+            if len(payload) > self.inline_max:
+                payload = None
+        elif payload is not None:
+            payload = self.coalescable(payload)
+        pending = self.pending
+        if payload is None:
+            self.last_ns = now
+            with flusher.lock:
+                while pending:
+                    self.flush()  # what waited goes first: order is kept
+                self.send_one(topic, frames, (origin_ns, origin, now, event_time, meta, attrs))
+            return
+        if not pending:
+            burst = now - self.last_ns < BURST_GAP_NS
+            self.last_ns = now
+            if not burst:  # after a quiet gap: alone, at once (unless every consumer is full)
+                rest = (origin_ns, origin, now, event_time, meta, attrs)
+                if flusher.thread is None:  # no other thread yet (we start it): no lock needed
+                    if self.send_one(topic, frames, rest, defer=True):
+                        return
+                else:
+                    with flusher.lock:
+                        if self.send_one(topic, frames, rest, defer=True):
+                            return
+            self.pending_since = now
+        else:
+            self.last_ns = now
+        pending.append([DATA, self.src, self.inc, 0, origin_ns, origin, now, event_time, meta, attrs, topic, payload])
+        if not flusher.wake.is_set():  # after the append: the flusher clears it before it takes records
+            flusher.notify()
+        self.pending_bytes += len(payload)
+        if len(pending) >= COALESCE_RECORDS or self.pending_bytes >= COALESCE_BYTES \
+                or now - self.pending_since >= MAX_AGE_NS:
+            with flusher.lock:
+                self.flush()
+
+    def coalescable(self, payload: Any) -> bytes | None:
+        """A one-frame payload that is not bytes, as bytes when it may join a batch, else None."""
+        view = memoryview(payload)
+        if view.nbytes > self.inline_max:
+            return None
+        return view.tobytes()  # a copy: the node may change its array once emit returns
+
+    def flush(self) -> None:
+        """Send the pending records as one message to one consumer with room (or wait, or
+        drop). Called under the flusher's lock; records the worker's thread appends meanwhile
+        (when the flusher thread calls it) stay for the next batch."""
+        pending = self.pending
+        popleft = pending.popleft
+        records = [popleft() for _ in range(min(len(pending), COALESCE_RECORDS))]
+        self.pending_bytes = 0
+        if not records:
+            return
+        stats = self.stats
+        if not self.order:
+            for e in self.edges:
+                stats[e].dropped += len(records)
+            return
+        n = len(self.order)
+        while True:
+            for i in range(n):
+                edge = self.order[(self.next + i) % n]
+                try:
+                    self.sock.send(self.peers[edge], _MORE | _NOWAIT)
+                except zmq.ZMQError:  # full (EAGAIN) or gone (EHOSTUNREACH): try the next consumer
+                    continue
+                seqs = self.seq[edge]
+                for record in records:
+                    topic = record[10]
+                    seq = seqs.get(topic, 0)
+                    record[3] = seq
+                    seqs[topic] = seq + 1
+                self.sock.send(self.packer.pack((BATCH, self.src, self.inc, records)), 0)
+                self.next = (self.next + i + 1) % n
+                stats[edge].sent += len(records)
+                return
+            if not self.block:
+                stats[self.order[self.next % n]].dropped += len(records)
+                return
+            self.wait_for_room()
+            n = len(self.order)
+            if not n:
+                for e in self.edges:
+                    stats[e].dropped += len(records)
+                return
+
+    def wait_for_room(self) -> None:
+        """Every consumer is full (or gone): back-pressure. Wait until one has room (a
+        mandatory ROUTER polls writable then) or says something (a restarted consumer's
+        hello, a free, an ack), then read what it said."""
+        self.sock.poll(ROOM_POLL_MS, zmq.POLLIN | zmq.POLLOUT)
+        self.service()
+
+    def send_one(self, topic: bytes, frames: list[Any], rest: tuple[Any, ...], defer: bool = False) -> bool:
+        """Send one message to one consumer with room. Sequence numbers count per edge, so each
+        replica of a shared input sees a gap-free sequence of its own share. With ``defer``,
+        a blocking edge whose consumers are all full returns False instead of waiting."""
+        stats = self.stats
         if not self.order:
             for e in self.edges:
                 stats[e].dropped += 1
-            return
-        src, inc, rest = fields[0], fields[1], fields[2:]
+            return True
+        src, inc, packer = self.src, self.inc, self.packer
         lease = None
         if self.pool is not None:
             self.service()  # frees waiting on the socket: a source may not return to the loop for a while
@@ -366,7 +561,6 @@ class _Router:
             rest = (*rest[:-2], [*lease, rest[-2]], rest[-1])  # the codec's meta rides in the lease
             frames = []
         n = len(self.order)
-        wait = 20e-6
         while True:
             for i in range(n):
                 edge = self.order[(self.next + i) % n]
@@ -381,16 +575,80 @@ class _Router:
                 seqs[topic] = seq + 1
                 self.next = (self.next + i + 1) % n
                 stats[edge].sent += 1
-                return
+                return True
             if not self.block:
                 stats[self.order[self.next % n]].dropped += 1
                 if lease is not None:
                     self.pool.free(lease[2], lease[3])  # type: ignore[union-attr]
-                return
-            time.sleep(wait)  # every consumer is full (or gone): back-pressure
-            wait = min(wait * 2, 1e-3)
-            self.service()  # a restarted consumer says hello while we wait
+                return True
+            if defer and lease is None:
+                return False
+            self.wait_for_room()
             n = len(self.order)
+
+
+class Flusher:
+    """The lock a worker's coalescing push outputs use their sockets under, and a thread
+    that sends coalesced records while the worker's own thread is busy elsewhere (a source
+    sleeping after a burst, a slow handler): no record waits much more than
+    ``FLUSH_DELAY_S`` (``FLUSH_DELAY_MAX_S`` during a long burst) for it.
+
+    The worker's thread takes ``lock`` to send, to flush and to poll those sockets; a
+    record joining a batch is appended without it. The thread only ever tries the lock
+    without waiting, and starts with the first coalesced record, so a worker that never
+    sees a burst never runs it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.routers: list[_Router] = []
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.closed = False
+
+    def notify(self) -> None:
+        """A record is pending and ``wake`` is clear (called by the worker's thread)."""
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="dmnflow-flush", daemon=True)
+            self.thread.start()
+        if not self.wake.is_set():
+            self.wake.set()
+
+    def _run(self) -> None:
+        """Look every ``delay``: a batch older than MAX_AGE_NS means the worker's thread has
+        not been back (its next emit or the end of its turn would have sent it): send it. A
+        young one means it is busy sending by itself: look less often, up to FLUSH_DELAY_MAX_S,
+        so a long burst costs few wake-ups. Nothing pending: sleep until the next batch."""
+        wake, lock, routers = self.wake, self.lock, self.routers
+        delay = FLUSH_DELAY_S
+        while True:
+            wake.wait()
+            if self.closed:
+                return
+            time.sleep(delay)
+            now = time.time_ns()
+            waiting = [r.pending_since for r in routers if r.pending]
+            if waiting and now - min(waiting) < MAX_AGE_NS:
+                delay = min(delay * 2, FLUSH_DELAY_MAX_S)
+                continue
+            if not lock.acquire(blocking=False):
+                continue  # it holds the lock: it is in the runtime, which flushes before it waits
+            try:
+                if self.closed:
+                    return
+                wake.clear()  # before taking records: an append after this sets it again
+                for router in routers:
+                    while router.pending:
+                        router.flush()
+                delay = FLUSH_DELAY_S
+            finally:
+                lock.release()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(1.0)
 
 
 SHM_SLOTS = 16  # slots per output; when all are in use (or held by consumers) payloads take the socket
@@ -553,7 +811,7 @@ class Inlet:
                 continue
             dealer = ctx.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)
-            dealer.setsockopt(zmq.RCVHWM, queue)
+            dealer.setsockopt(zmq.RCVHWM, push_hwm(queue) if os.environ.get(COALESCE_ENV, "1") != "0" else queue)
             dealer.setsockopt(zmq.IDENTITY, identity + b"/%d" % c.edge)
             with zmq_errors(f"input {port}: connect {c.endpoint}"):
                 dealer.connect(_endpoint(c.endpoint, run_dir, resolved))
@@ -572,14 +830,19 @@ class Inlet:
         return self.feedback or not self.open
 
     def receive(self, sock: zmq.Socket, limit: int) -> Iterator[tuple[Any, list[Any]]]:
-        """Up to ``limit`` decoded messages waiting on ``sock``: ``(value, header)`` pairs."""
+        """Up to about ``limit`` decoded records waiting on ``sock``: ``(value, header)`` pairs."""
         recv = sock.recv
-        for _ in range(limit):
+        count = 0
+        while count < limit:
             try:
                 first = recv(_NOWAIT, copy=False)
             except zmq.Again:
                 return
             now = time.time_ns()
+            count += 1
+            if not first.more:  # one frame: records coalesced by a push output
+                count += yield from self._batch(first.buffer, now)
+                continue
             parts = [first]
             while parts[-1].more:  # Frame.more, not a getsockopt(RCVMORE) per frame
                 parts.append(recv(0, copy=False))
@@ -589,17 +852,14 @@ class Inlet:
                 header = msgpack.unpackb(frames[1], **self.unpacker_opts)
                 kind, src, inc, seq = header[0], header[1], header[2], header[3]
                 source = self.sources[src]
-                if kind == DATA and len(header) != 10:
-                    raise ValueError("short header")
+                if kind == DATA and (len(header) != 10 or type(seq) is not int or type(header[6]) is not int):
+                    raise ValueError("malformed header")
             except Exception:
                 self._bad_frame()
                 continue
             stats = self.stats[source.edge]
             if inc != source.inc:
-                if source.inc >= 0:
-                    stats.restarts_seen += 1
-                    source.seen[source.inc] = sum(source.next_seq.values())
-                source.inc, source.next_seq = inc, {}
+                self._incarnation(source, inc, stats)
             if kind == EOS:
                 if not source.ended:
                     self._end(source, header[8], topic_filter=self.topics)
@@ -623,6 +883,64 @@ class Inlet:
                 continue
             header.append(topic)  # header[10]: what the handler sees as ctx.message.topic
             yield value, header
+
+    def _batch(self, body: Any, now: int) -> Iterator[tuple[Any, list[Any]]]:
+        """The records of one coalesced message, each handed over as if it came alone: the
+        same header (topic appended), the same sequence, gap and latency accounting.
+        Returns how many records it held."""
+        try:
+            kind, src, inc, records = msgpack.unpackb(body, **self.unpacker_opts)
+            source = self.sources[src]
+            if kind != BATCH or type(records) is not list:
+                raise ValueError("not a batch")
+        except Exception:
+            self._bad_frame()
+            return 0
+        stats = self.stats[source.edge]
+        if inc != source.inc:
+            self._incarnation(source, inc, stats)
+        next_seq = source.next_seq
+        decoder = self.decoders[source.edge]
+        latency = stats.latency
+        counts, sub, mask = latency.counts, Histogram.SUB, (1 << Histogram.SUB) - 1
+        for header in records:
+            try:
+                payload = header.pop()  # the header as a single message has it, then the topic
+                topic, seq = header[10], header[3]
+                if len(header) != 11 or type(seq) is not int or type(topic) is not bytes \
+                        or type(header[6]) is not int:
+                    raise ValueError("malformed record")
+            except Exception:
+                stats.decode_errors += 1
+                continue
+            expected = next_seq.get(topic)
+            if expected is None:
+                expected = seq if self.baseline else 0
+            if seq > expected:
+                stats.gaps += seq - expected
+            next_seq[topic] = seq + 1
+            stats.received += 1
+            ns = now - header[6]  # Histogram.add, inlined
+            if ns < 16:
+                counts[max(ns, 0)] += 1
+            else:
+                bits = ns.bit_length()
+                counts[(bits << sub) | ((ns >> (bits - 1 - sub)) & mask)] += 1
+            latency.n += 1
+            try:
+                value = decoder(header[8], [payload])
+            except (DecodeError, ValueError, OSError):
+                stats.decode_errors += 1
+                continue
+            yield value, header
+        return len(records)
+
+    def _incarnation(self, source: _Source, inc: int, stats: EdgeStats) -> None:
+        """The producer came back (a restart): what its last incarnation sent is remembered."""
+        if source.inc >= 0:
+            stats.restarts_seen += 1
+            source.seen[source.inc] = sum(source.next_seq.values())
+        source.inc, source.next_seq = inc, {}
 
     def _end(self, source: _Source, totals: Any, topic_filter: tuple[bytes, ...]) -> None:
         stats = self.stats[source.edge]

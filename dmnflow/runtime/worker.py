@@ -40,7 +40,7 @@ from ..codecs import Limits, get_codec
 from ..errors import NodeError
 from ..node import Context, Message, Node
 from ..plan import NodePlan, Plan
-from ..transport import Histogram, Inlet, Outlet
+from ..transport import Flusher, Histogram, Inlet, Outlet
 
 LINGER_S = 5.0
 BATCH = 256  # messages read from one socket before looking at the others
@@ -174,6 +174,7 @@ class NodeRunner:
         self.messages_in = 0
         self.messages_out = 0
         self.e2e: dict[int, Histogram] = {}  # per origin source, at sinks
+        self.topic_bytes, self.topic = b"", ""  # the last topic seen, decoded
         self.is_sink = not plan_node.outputs
         self.handlers = {i.port: getattr(self.node, f"on_{i.port}", None) for i in plan_node.inputs}
         self.on_message = getattr(self.node, "on_message", None)
@@ -269,7 +270,10 @@ class NodeRunner:
 
     def handle(self, port: str, value: Any, header: list[Any], count: int = 1) -> None:
         message = self.ctx.message
-        message.port, message.seq, message.topic = port, header[3], header[10].decode("utf-8", "replace")
+        topic = header[10]
+        if topic != self.topic_bytes:  # most messages repeat the topic before them
+            self.topic_bytes, self.topic = topic, topic.decode("utf-8", "replace")
+        message.port, message.seq, message.topic = port, header[3], self.topic
         message.origin_ns, message.event_time, message.attrs = header[4], header[7], header[9]
         self.origin_ns = message.origin_ns
         self.origin = message.origin = header[5]
@@ -378,6 +382,7 @@ class Worker:
         if self.proc.cpus:  # before the zmq context: its I/O threads inherit the pins
             _pin(self.proc.cpus)
         self.zctx = zmq.Context()
+        self.flusher = Flusher()  # push outputs coalesce bursts; its lock guards their sockets
         self.control = self.zctx.socket(zmq.DEALER)
         self.control.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
         self.control.setsockopt(zmq.IDENTITY, process.encode())
@@ -418,9 +423,10 @@ class Worker:
                                                        compress_above=out.compress_above)
                 topics = {e: self.plan.edges[e].topics for b in out.binds for e in b.edges}
                 outlet = Outlet(self.zctx, ids[(name, out.port)], self.inc, out.port, out.binds, encoder,
-                                self.run_dir, {}, topics, out.shm_above)
+                                self.run_dir, {}, topics, out.shm_above, self.flusher)
                 for router in outlet.routers:
                     router.block = any(self.plan.edges[e].policy == "block" for e in router.edges)
+                outlet.feedback = {e for b in out.binds for e in b.edges if self.plan.edges[e].feedback}
                 runner.outlets[out.port] = outlet
                 self.outlets[(name, out.port)] = outlet
                 bound.update(outlet.bound)
@@ -486,6 +492,8 @@ class Worker:
         sources = [r for r in self.runners if r.gen is not None or r.loop_source]
         check_end = True  # something may have ended: look for nodes to finish (not every turn)
         all_done = False
+        flusher = self.flusher
+        coalescing = flusher.routers
         while True:
             batching = bool(batched) and any(b.values for r in batched for b in r.batches.values())
             wait_ms = 0 if sources else 1 if batching else 2 if ending else 100
@@ -495,7 +503,14 @@ class Worker:
             if self.pending:
                 self.answer_done()
                 wait_ms = min(wait_ms, 10)
-            events = dict(poller.poll(wait_ms))
+            if flusher.thread is None:  # (we start it, on the first coalesced record)
+                events = dict(poller.poll(wait_ms))
+            else:
+                with flusher.lock:  # the poller reads push outputs' sockets too: not while the flusher sends
+                    for router in coalescing:  # what the last turn coalesced goes before we wait
+                        while router.pending:
+                            router.flush()
+                    events = dict(poller.poll(wait_ms))
             for sock in events:
                 if sock is self.control:
                     while (msg := self.hear(0)) is not None:
@@ -509,8 +524,10 @@ class Worker:
                             runner.conflated += len(waiting) - 1
                             runner.deliver(inlet.port, *waiting[-1])
                     else:
+                        port = inlet.port
+                        deliver = runner.deliver if port in runner.batches else runner.handle
                         for value, header in inlet.receive(sock, BATCH):
-                            runner.deliver(inlet.port, value, header)
+                            deliver(port, value, header)
 
                     if inlet.ended:
                         runner.input_ended(inlet.port)
@@ -627,6 +644,7 @@ class Worker:
                 "edges": edges}
 
     def close(self) -> None:
+        self.flusher.close()
         for _, inlet in self.inlets:
             inlet.close()
         for outlet in self.outlets.values():

@@ -10,9 +10,14 @@ import json
 import os
 import signal
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import dmnflow
+from dmnflow import Input, Node, Output
 from dmnflow.runtime import launch
 
 from .procs import ROOT, alive, launched, wait_until
@@ -480,3 +485,47 @@ def test_large_tensors_through_shared_memory_stay_intact_while_a_node_keeps_them
     # the rest went through the socket), and shared memory was really used
     assert result == {"received": 40, "intact": True, "via_shm": result["via_shm"]}
     assert 0 < result["via_shm"] <= 16
+
+
+class Looped(Node):
+    """Passes numbers on, and takes feedback it ignores (the loop's head)."""
+
+    value = Input(int)
+    back = Input(int)
+    out = Output(int)
+
+    def on_value(self, value: Any, ctx: Any) -> None:
+        ctx.emit("out", value)
+
+    def on_back(self, value: Any, ctx: Any) -> None:
+        pass
+
+
+class SlowToEnd(Node):
+    """Echoes back; its teardown takes a while, so its end reaches the loop's head late."""
+
+    value = Input(int)
+    back = Output(int)
+
+    def on_value(self, value: Any, ctx: Any) -> None:
+        ctx.emit("back", value)
+
+    def teardown(self, ctx: Any) -> None:
+        time.sleep(0.5)  # meanwhile the head has ended (a feedback input holds nothing open)
+
+
+@pytest.mark.parametrize("policy", ["block", "drop"])
+def test_a_feedback_end_that_reaches_a_consumer_already_gone_does_not_hang_the_run(tmp_path, monkeypatch, policy):
+    monkeypatch.chdir(ROOT)
+    g = write(tmp_path / "loop.yaml", f"""
+        defaults: {{policy: {policy}}}
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: 50}}}}
+          head:
+            uses: tests.integration.test_runtime:Looped
+            inputs: {{value: src.numbers, back: {{from: tail.back, feedback: true}}}}
+          tail: {{uses: tests.integration.test_runtime:SlowToEnd, inputs: {{value: head.out}}}}
+        """)
+    report = launch(dmnflow.compile_graph(g), duration_s=30, grace_s=3.0)  # a hang ends as "stopped"
+    assert report.status == "finished", (report.status, report.errors)
+    assert report.nodes["tail"].messages_in == 50 and report.nodes["head"].status == "done"

@@ -12,7 +12,7 @@ import zmq
 from dmnflow.codecs import Limits, get_codec
 from dmnflow.node import Tensor
 from dmnflow.plan import BindPlan, ConnectPlan
-from dmnflow.transport import DATA, Histogram, Inlet, Outlet
+from dmnflow.transport import BATCH, DATA, Histogram, Inlet, Outlet
 
 EDGE, SRC = 7, 3
 
@@ -158,3 +158,145 @@ def test_a_shared_memory_slot_is_reused_only_after_every_view_of_it_is_gone():
     finally:
         maps.close()
         pool.close()
+
+
+# ------------------------------------------------------------------ push edges: coalesced bursts
+
+def push_pair(ctx, endpoint: str, codec: str = "raw", tp=bytes, hwm: int = 64_000, block: bool = True):
+    """An Outlet binding a push edge and an Inlet connected to it, the consumer joined."""
+    outlet = Outlet(ctx, SRC, 0, "out", [BindPlan(endpoint=endpoint, transport="inproc", pattern="push",
+                                                  hwm=hwm, edges=[EDGE])],
+                    get_codec(codec).encoder(tp), "/nonexistent", {})
+    outlet.routers[0].block = block
+    inlet = Inlet(ctx, "in", [ConnectPlan(edge=EDGE, node="p", port="out", endpoint=endpoint,
+                                          transport="inproc", pattern="push")],
+                  {EDGE: SRC}, [], hwm, {EDGE: get_codec(codec).decoder(tp, Limits())},
+                  "/nonexistent", {}, b"c", feedback=False)
+    deadline = time.monotonic() + 5
+    while outlet.waiting_for() and time.monotonic() < deadline:
+        outlet.service(outlet.routers[0].sock)
+        time.sleep(0.001)
+    assert not outlet.waiting_for()
+    return outlet, inlet
+
+
+def drain_headers(inlet: Inlet, expect: int) -> list:
+    got: list = []
+    deadline = time.monotonic() + 5
+    while len(got) < expect and time.monotonic() < deadline:
+        for sock in inlet.socks:
+            got.extend(inlet.receive(sock, 1000))
+        time.sleep(0.001)
+    return got
+
+
+def zmq_messages(inlet: Inlet) -> int:
+    """How many ZeroMQ messages are waiting on the inlet's DEALER (read and put nowhere)."""
+    sock = inlet.socks[0]
+    n = 0
+    while sock.poll(50):
+        parts = sock.recv_multipart()
+        n += 1
+        assert len(parts) in (1, 3)  # a batch is one frame; a single record is topic, header, payload
+    return n
+
+
+def test_a_burst_on_a_push_edge_goes_in_few_messages_and_every_record_keeps_its_header(ctx):
+    outlet, inlet = push_pair(ctx, "inproc://burst")
+    n = 1000
+    for i in range(n):
+        topic = b"t.%d" % (i % 3)
+        outlet.send(b"%d" % i, topic, 1000 + i, 0, 20240101 + i, {"i": i} if i % 7 == 0 else None)
+    outlet.flush()
+    got = drain_headers(inlet, n)
+    assert [bytes(v) for v, _ in got] == [b"%d" % i for i in range(n)]  # every record, in order
+    for i, (_, header) in enumerate(got):
+        assert len(header) == 11  # the worker's view: the 10 header fields, then the topic
+        assert header[10] == b"t.%d" % (i % 3)
+        assert (header[4], header[5], header[7], header[9]) == (1000 + i, 0, 20240101 + i,
+                                                                {"i": i} if i % 7 == 0 else None)
+    seqs: dict[bytes, list[int]] = {}
+    for _, header in got:
+        seqs.setdefault(header[10], []).append(header[3])
+    assert all(s == list(range(len(s))) for s in seqs.values())  # per-topic sequence, gap-free
+    stats = inlet.stats[EDGE]
+    assert (stats.received, stats.gaps, stats.decode_errors) == (n, 0, 0)
+    assert outlet.stats[EDGE].sent == n and stats.latency.n == n
+
+
+def test_a_burst_is_coalesced_and_a_record_after_a_quiet_gap_goes_at_once(ctx):
+    outlet, inlet = push_pair(ctx, "inproc://coalesce")
+    for _ in range(200):
+        outlet.send(b"x", None, 1, 0, None)
+    outlet.flush()
+    assert 4 <= zmq_messages(inlet) <= 40  # the first alone, then batches of up to 64 (or what the flusher took)
+    time.sleep(0.01)
+    outlet.send(b"alone", None, 1, 0, None)  # a quiet gap before it: no waiting
+    assert not outlet.routers[0].pending
+    assert zmq_messages(inlet) == 1
+
+
+def test_end_of_stream_follows_every_coalesced_record(ctx):
+    outlet, inlet = push_pair(ctx, "inproc://eos-burst")
+    for i in range(100):
+        outlet.send(b"%d" % i, None, 1, 0, None)
+    outlet.send_eos()  # the tail of the burst, still waiting to be coalesced, goes before the end
+    got = []
+    deadline = time.monotonic() + 5
+    while inlet.open and time.monotonic() < deadline:
+        for sock in inlet.socks:
+            got.extend(v for v, _ in inlet.receive(sock, 1000))
+    assert not inlet.open
+    assert [bytes(v) for v in got] == [b"%d" % i for i in range(100)]
+    assert (inlet.stats[EDGE].received, inlet.stats[EDGE].gaps) == (100, 0)
+
+
+def test_the_flusher_sends_a_burst_tail_while_the_producer_is_busy_elsewhere(ctx):
+    outlet, inlet = push_pair(ctx, "inproc://tail")
+    for i in range(10):
+        outlet.send(b"%d" % i, None, 1, 0, None)
+    got = drain_headers(inlet, 10)  # nobody calls flush: the flusher thread sends the tail
+    assert [bytes(v) for v, _ in got] == [b"%d" % i for i in range(10)]
+    outlet.close()
+
+
+def test_a_full_consumer_on_a_drop_edge_counts_every_coalesced_record(ctx):
+    outlet, inlet = push_pair(ctx, "inproc://dropped", hwm=2, block=False)
+    n = 5000
+    for i in range(n):
+        outlet.send(b"%d" % i, None, 1, 0, None)
+    outlet.flush()
+    sent, dropped = outlet.stats[EDGE].sent, outlet.stats[EDGE].dropped
+    got = drain_headers(inlet, sent)
+    assert dropped > 0 and sent + dropped == n
+    assert len(got) == inlet.stats[EDGE].received == sent
+    values = [int(bytes(v)) for v, _ in got]
+    assert values == sorted(values)
+
+
+def test_hostile_batches_are_counted_and_the_input_keeps_working(ctx):
+    outlet, inlet = push_pair(ctx, "inproc://hostile-batch")
+    peer = outlet.routers[0].peers[EDGE]
+    raw = outlet.routers[0].sock
+    good = [DATA, SRC, 0, 0, 1, 0, time.time_ns(), None, None, None, b"out", b"ok"]
+    hostile = [
+        b"\xc1 not msgpack",
+        msgpack.packb([BATCH, 999, 0, [good]]),  # an unknown producer
+        msgpack.packb([BATCH, SRC, 0, "not a list"]),
+        msgpack.packb([BATCH, SRC, 0, [[1, 2, 3], "x", [*good[:3], "seq", *good[4:]]]]),  # three bad records
+    ]
+    for body in hostile:
+        raw.send_multipart([peer, body])
+    raw.send_multipart([peer, msgpack.packb([BATCH, SRC, 0, [good]])])
+    got = drain_headers(inlet, 1)
+    assert [bytes(v) for v, _ in got] == [b"ok"]
+    assert inlet.stats[EDGE].decode_errors == 3 + 3
+    assert inlet.open == {EDGE}
+
+
+def test_with_coalescing_off_every_record_is_its_own_message(ctx, monkeypatch):
+    monkeypatch.setenv("DMNFLOW_COALESCE", "0")
+    outlet, inlet = push_pair(ctx, "inproc://single")
+    for _ in range(50):
+        outlet.send(b"x", None, 1, 0, None)
+    assert zmq_messages(inlet) == 50
