@@ -56,12 +56,13 @@ def kind_of(size: int) -> str:
     return "tensor" if size >= 1 << 20 else "bytes"
 
 
-def dmnflow_hop(transport: str, size: int, count: int, rate_hz: float) -> harness.Run:
+def dmnflow_hop(transport: str, size: int, count: int, rate_hz: float, alloc: bool = False) -> harness.Run:
     """Ping -> Sink; gives up (RuntimeError) 30 s past the run's expected length."""
     kind = kind_of(size)
     nodes = {
         "ping": {"uses": "bench.nodes:Ping",
-                 "params": {"count": count, "size": size, "rate_hz": rate_hz, "kind": kind, "result": "auto"},
+                 "params": {"count": count, "size": size, "rate_hz": rate_hz, "kind": kind, "result": "auto",
+                            "alloc": alloc},
                  "outputs": {"out": {"codec": "tensor" if kind == "tensor" else "raw"}}},
         "sink": {"uses": "bench.nodes:Sink", "inputs": {"inp": "ping.out"}, "params": {"result": "auto"}},
     }
@@ -75,28 +76,30 @@ def raw_hop(transport: str, size: int, count: int, rate_hz: float, stamped: bool
                             count=count, rate_hz=rate_hz, stamped=stamped, tmpdir=tmp)
 
 
-def measure(transport: str, size: int, quick: bool, parts: str = "latency,throughput") -> dict[str, Any]:
+def measure(transport: str, size: int, quick: bool, parts: str = "latency,throughput",
+            alloc: bool = False) -> dict[str, Any]:
     rate, count = latency_load(size, quick)
     row: dict[str, Any] = {"transport": transport, "size": size, "codec": "tensor" if kind_of(size) == "tensor"
                            else "raw", "latency_rate_hz": rate, "latency_count": count}
     row.update({k: None for k in ("raw_p50_us", "raw_p99_us", "df_p50_us", "df_p99_us", "raw_exact_p50_us",
                                   "df_e2e_exact_p50_us", "raw_msgs_per_s", "df_msgs_per_s")})
     row.update(df_lat_lost=0, df_tp_lost=0, raw_tp_lost=0)
+    row["alloc"] = alloc
     if "latency" in parts:
-        measure_latency(row, transport, size, count, rate)
+        measure_latency(row, transport, size, count, rate, alloc)
     if "throughput" in parts:
-        measure_throughput(row, transport, size, quick)
+        measure_throughput(row, transport, size, quick, alloc)
     row["ratio_p50"] = ratio(row["df_p50_us"], row["raw_p50_us"])
     row["ratio_e2e_exact_p50"] = ratio(row["df_e2e_exact_p50_us"], row["raw_exact_p50_us"])
     row["ratio_msgs"] = ratio(row["df_msgs_per_s"], row["raw_msgs_per_s"])
     return row
 
 
-def measure_latency(row: dict[str, Any], transport: str, size: int, count: int, rate: float) -> None:
+def measure_latency(row: dict[str, Any], transport: str, size: int, count: int, rate: float, alloc: bool) -> None:
     raw = raw_hop(transport, size, count, rate, stamped=True)
     row.update(raw_p50_us=raw["p50_us"], raw_p99_us=raw["p99_us"], raw_lat_lost=raw["lost"],
                raw_exact_p50_us=raw["exact_p50_us"], raw_exact_p99_us=raw["exact_p99_us"])
-    run = dmnflow_hop(transport, size, count, rate)
+    run = dmnflow_hop(transport, size, count, rate, alloc)
     edge, e2e = run.edge("ping", "sink"), run.e2e("ping", "sink")
     row.update(df_p50_us=edge.p50_us, df_p99_us=edge.p99_us, df_e2e_p50_us=e2e["p50_us"],
                df_e2e_p99_us=e2e["p99_us"], df_lat_lost=count - run.results["sink"]["received"] + edge.lost,
@@ -104,15 +107,21 @@ def measure_latency(row: dict[str, Any], transport: str, size: int, count: int, 
                df_e2e_exact_p99_us=run.results["sink"]["exact_p99_us"])
 
 
-def measure_throughput(row: dict[str, Any], transport: str, size: int, quick: bool) -> None:
+def measure_throughput(row: dict[str, Any], transport: str, size: int, quick: bool, alloc: bool) -> None:
     n_raw, n_df = throughput_count(size, quick, True), throughput_count(size, quick, False)
     raw = raw_hop(transport, size, n_raw, 0.0, stamped=False)
     row.update(raw_msgs_per_s=raw["msgs_per_s"], raw_tp_lost=raw["lost"], raw_tp_count=n_raw)
-    run = dmnflow_hop(transport, size, n_df, 0.0)
+    run = dmnflow_hop(transport, size, n_df, 0.0, alloc)
     sink = run.results["sink"]
     row.update(df_msgs_per_s=sink["msgs_per_s"], df_tp_lost=n_df - sink["received"], df_tp_count=n_df,
                df_tp_edge_p50_us=run.edge("ping", "sink").p50_us,
                df_tp_cpu_us_per_msg={n: round(v.cpu_s / n_df * 1e6, 2) for n, v in run.report.nodes.items()})
+
+
+def label(row: dict[str, Any]) -> str:
+    """The size, and how it was sent when not the default: "64 B", "4 MiB (alloc)", "64 B (single)"."""
+    notes = [n for n, on in (("alloc", row.get("alloc")), ("single", not row.get("coalescing", True))) if on]
+    return human_size(row["size"]) + (f" ({', '.join(notes)})" if notes else "")
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -121,8 +130,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         lost = "" if not (r["df_lat_lost"] or r["df_tp_lost"] or r["raw_tp_lost"]) else " (LOSS)"
-        body.append([r["transport"], human_size(r["size"]) + ("" if r.get("coalescing", True) else " (single)"),
-                     r["codec"],
+        body.append([r["transport"], label(r), r["codec"],
                      f"{fmt(r['raw_p50_us'])} / {fmt(r['raw_p99_us'])}",
                      f"{fmt(r['df_p50_us'])} / {fmt(r['df_p99_us'])}", fmt(r["ratio_p50"], ".2f") + "x",
                      fmt(r["raw_exact_p50_us"]), fmt(r["df_e2e_exact_p50_us"]),
@@ -142,9 +150,9 @@ def render_spread(rows: list[dict[str, Any]]) -> str:
     header = ["transport", "size", "runs", "p50 ratio", "e2e exact p50 ratio", "msg/s ratio", "raw msg/s",
               "dmnflow msg/s"]
     body = []
-    for key in dict.fromkeys((r["transport"], r["size"], r.get("coalescing", True)) for r in rows):
-        group = [r for r in rows if (r["transport"], r["size"], r.get("coalescing", True)) == key]
-        body.append([key[0], human_size(key[1]) + ("" if key[2] else " (single)"), str(len(group)),
+    for key in dict.fromkeys((r["transport"], label(r)) for r in rows):
+        group = [r for r in rows if (r["transport"], label(r)) == key]
+        body.append([key[0], key[1], str(len(group)),
                      cell([r["ratio_p50"] for r in group]),
                      cell([r["ratio_e2e_exact_p50"] for r in group]), cell([r["ratio_msgs"] for r in group]),
                      cell([r["raw_msgs_per_s"] for r in group], ",.0f"),
@@ -162,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coalescing", choices=["on", "off", "both"], default="on",
                     help="dmnflow with push-edge coalescing (the default), without (DMNFLOW_COALESCE=0), or both "
                          "interleaved")
+    ap.add_argument("--alloc", choices=["on", "off", "both"], default="both",
+                    help="tensor sizes: the source writes each tensor into ctx.alloc's array (a shared-memory "
+                         "slot on ipc) before emitting it, or emits the same array (copied into a slot), or both")
     ap.add_argument("--repeat", type=int, default=1,
                     help="measure every row N times (interleaved) and add a table of median ratios (min-max)")
     args = ap.parse_args(argv)
@@ -176,17 +187,21 @@ def main(argv: list[str] | None = None) -> int:
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.coalescing]
     for rep in range(args.repeat):
         order = modes if rep % 2 == 0 else modes[::-1]  # alternate which goes first: runs drift
-        for transport, size, coalescing in ((t, z, c) for t in transports for z in sizes for c in order):
+        allocs = {"on": [True], "off": [False], "both": [False, True]}[args.alloc]
+        allocs = allocs if rep % 2 == 0 else allocs[::-1]
+        runs = [(t, z, c, a) for t in transports for z in sizes for c in order
+                for a in (allocs if kind_of(z) == "tensor" else [False])]
+        for transport, size, coalescing, alloc in runs:
             try:
                 os.environ["DMNFLOW_COALESCE"] = "1" if coalescing else "0"
-                row = measure(transport, size, args.quick, parts)
+                row = measure(transport, size, args.quick, parts, alloc)
                 row["repeat"], row["coalescing"] = rep, coalescing
             except Exception as exc:  # one broken run must not lose the others: report it in the row
                 print(f"  {transport} {human_size(size)}: FAILED: {exc}", file=sys.stderr, flush=True)
                 errors.append({"transport": transport, "size": size, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             rows.append(row)
-            print(f"  {transport} {human_size(size)}: p50 {fmt(row['ratio_p50'], '.2f')}x, "
+            print(f"  {transport} {label(row)}: p50 {fmt(row['ratio_p50'], '.2f')}x, "
                   f"msg/s {fmt(row['ratio_msgs'], '.2f')}x", file=sys.stderr, flush=True)
     os.environ.pop("DMNFLOW_COALESCE", None)
     machine = noise.summary()

@@ -96,7 +96,9 @@ class Ping(_Bench):
 
     ``kind: bytes`` sends one ``bytes`` object (codec raw); ``kind: tensor`` a float32 array of
     ``size // 4`` numbers (codec tensor). The same object is sent every time, so the benchmark
-    times the framework, not the allocator.
+    times the framework, not the allocator; with ``alloc: true`` a tensor is copied into a
+    fresh ``ctx.alloc`` array (a shared-memory slot on push edges) before each emit, as a
+    node producing its data there would.
     """
 
     class Params(_Common):
@@ -104,6 +106,7 @@ class Ping(_Bench):
         size: int = Field(64, ge=4)
         rate_hz: float = Field(0.0, ge=0)
         kind: Literal["bytes", "tensor"] = "bytes"
+        alloc: bool = Field(False, description="tensor: write each message into ctx.alloc's array, then emit it")
 
     out = Output(Any)
 
@@ -131,7 +134,13 @@ class Ping(_Bench):
                 delay = due - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            yield "out", payload
+            if p.alloc:  # the node writes its data where the message will live: a shared-memory slot
+                out = ctx.alloc("out", payload.shape, payload.dtype)
+                out[...] = payload  # (standing for producing the data; before emit, so not in the hop)
+                yield "out", out
+                del out
+            else:
+                yield "out", payload
         self.t_last_ns = time.time_ns()
 
     def teardown(self, ctx: Any) -> None:

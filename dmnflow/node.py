@@ -174,10 +174,11 @@ class Context:
     the node's ``model:`` block (path, device, dtype, ...) or None.
     """
 
-    __slots__ = ("name", "params", "log", "replica", "message", "batch", "joined", "model", "_emit")
+    __slots__ = ("name", "params", "log", "replica", "message", "batch", "joined", "model", "_emit", "_alloc")
 
     def __init__(self, name: str, params: BaseModel, emit: Callable[..., None],
-                 *, replica: int | None = None, model: Any = None) -> None:
+                 *, replica: int | None = None, model: Any = None,
+                 alloc: Callable[[str, Any, Any], Any] | None = None) -> None:
         self.name = name
         self.params = params
         self.log = logging.getLogger(f"dmnflow.node.{name}")
@@ -187,6 +188,7 @@ class Context:
         self.joined: dict[str, Message] = {}
         self.model = model
         self._emit = emit
+        self._alloc = alloc
 
     def emit(self, port: str, value: Any, *, topic: str | None = None, event_time: Any = None,
              attrs: dict[str, Any] | None = None, of: Message | None = None) -> None:
@@ -197,6 +199,23 @@ class Context:
         its origin time and event time go with the value.
         """
         self._emit(port, value, topic, event_time, attrs, of)
+
+    def alloc(self, port: str, shape: int | tuple[int, ...], dtype: Any = "float32") -> Any:
+        """A writable numpy array (uninitialised) to fill and then ``emit`` on ``port``.
+
+        On a same-host push edge (``policy: block``, or replicas sharing) with shared memory,
+        and at least ``shm_above`` bytes, the array lies in a shared-memory slot: emitting it
+        sends only the slot's name, nothing is copied. Once emitted, the array is the
+        consumers': do not write to it again (allocate a new one per message). The slot is
+        reused only after the consumers and this node have dropped every array over it.
+        Anywhere else (pub or tcp edges, several consumers, small arrays, all slots taken,
+        ``dmnflow.testing``) it is an ordinary array and ``emit`` copies it as usual.
+        """
+        if self._alloc is None:
+            import numpy as np
+
+            return np.empty(shape, dtype)
+        return self._alloc(port, shape, dtype)
 
 
 def describe_type(tp: Any) -> str:

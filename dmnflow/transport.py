@@ -40,7 +40,9 @@ topic of a whole message); records with more than one frame or over 8 KiB go alo
 
 Large tensors on same-host push edges go through shared memory: the output copies the
 payload into a slot of its pool and sends the slot's name; the consumer maps it and hands
-the node an array over it, without copying. The slot is freed (a ``free`` message back
+the node an array over it, without copying. A node may instead write its tensor straight
+into a slot (``Outlet.alloc``, ``ctx.alloc``): emitting that array sends the slot as it
+is, so nothing is copied on either side. The slot is freed (a ``free`` message back
 to the output) only when that array and every view of it are gone, so a node may keep
 what it received. When every slot is in use, payloads go through the socket.
 
@@ -225,6 +227,7 @@ class Outlet:
         self.bound: dict[str, str] = {}  # plan endpoint -> actual (tcp ports chosen at bind)
         self.eos_header = b""
         self.feedback: set[int] = set()  # edges into a feedback input (set by the worker)
+        self.tensor = False  # the output's codec is ``tensor`` (set by the worker): ``alloc`` may loan slots
         for bind in binds:
             endpoint = _endpoint(bind.endpoint, run_dir, resolved)
             sock = ctx.socket(zmq.XPUB if bind.pattern == "pub" else zmq.ROUTER)
@@ -253,6 +256,28 @@ class Outlet:
 
     def sockets(self) -> list[zmq.Socket]:
         return [p.sock for p in self.pubs] + [r.sock for r in self.routers]
+
+    def alloc(self, shape: Any, dtype: Any) -> Any:
+        """A writable numpy array for the node to fill and emit on this output. On an output
+        whose one bind is a same-host push edge with shared memory, and large enough for it,
+        the array lies in a free slot, so emitting it sends only the slot's name; otherwise
+        (or with every slot taken) it is ordinary memory and emit copies as usual."""
+        import numpy as np  # only nodes that allocate tensors load numpy
+
+        dtype = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        count = 1
+        for n in shape:
+            count *= n
+        pool = self.routers[0].pool if self.tensor and len(self.routers) == 1 and not self.pubs else None
+        if pool is None or count * dtype.itemsize < pool.threshold:
+            return np.empty(shape, dtype)
+        with self.flusher.lock:  # a consumer's free, read by the flusher thread, changes the slots
+            self.routers[0].service()  # frees waiting on the socket: the slot just given back is warm
+            holder = pool.loan(count * dtype.itemsize)
+        if holder is None:
+            return np.empty(shape, dtype)
+        return np.frombuffer(holder, dtype=dtype, count=count).reshape(shape)
 
     # -- readiness: every consumer edge said hello
     def waiting_for(self) -> set[int]:
@@ -662,43 +687,83 @@ def _segment(size: int) -> shared_memory.SharedMemory:
 
 
 class _ShmPool:
-    """Shared-memory slots of one output's push edges, each in use until its consumer frees it."""
+    """Shared-memory slots of one output's push edges. A slot is taken while its consumer has
+    not freed it (``sent``) or while the node holds arrays over it (``held``: a loan from
+    ``loan``, for the node to write its tensor into, not yet gone)."""
 
     def __init__(self, threshold: int) -> None:
         self.threshold = threshold
-        self.slots: list[list[Any]] = []  # [segment, in use, generation]
+        self.slots: list[list[Any]] = []  # [segment, sent, generation, held: loan id or 0]
+        self.loans: dict[int, tuple[int, int]] = {}  # address of a loaned slot -> (slot, loan id)
+        self.next_loan = 1
 
     def put(self, frames: list[Any]) -> list[Any] | None:
-        """Copy a large single-frame payload into a free slot: ``["shm", name, slot, gen, size]``."""
+        """A lease ``["shm", name, slot, gen, size]`` for a large single-frame payload: the
+        slot it was written in (a loan, emitted: nothing to copy), else a free slot it is
+        copied into; None when it is small or every slot is taken."""
         if len(frames) != 1:
             return None
         payload = memoryview(frames[0]).cast("B")
         size = payload.nbytes
         if size < self.threshold:
             return None
-        index = next((i for i, s in enumerate(self.slots) if not s[1] and s[0].size >= size), None)
+        if self.loans:
+            address = _address(payload)
+            loan = self.loans.pop(address, None) if address is not None else None
+            if loan is not None:
+                slot = self.slots[loan[0]]
+                if slot[3] == loan[1] and not slot[1] and size <= slot[0].size:
+                    slot[1], slot[2] = True, slot[2] + 1
+                    return ["shm", slot[0].name, loan[0], slot[2], size]
+        index = self._take(size)
         if index is None:
-            index = self._grow(size)
-            if index is None:
-                return None
+            return None
         slot = self.slots[index]
         slot[1], slot[2] = True, slot[2] + 1
         slot[0].buf[:size] = payload
         return ["shm", slot[0].name, index, slot[2], size]
 
+    def loan(self, size: int) -> Any:
+        """A writable buffer of ``size`` bytes over a free slot, held until every array over
+        it is gone; emitting an array that starts at it sends the slot without copying. None
+        when the payload is small or every slot is taken."""
+        if size < self.threshold:
+            return None
+        index = self._take(size)
+        if index is None:
+            return None
+        slot = self.slots[index]
+        loan_id = self.next_loan
+        self.next_loan += 1
+        holder = (ctypes.c_char * size).from_buffer(slot[0].buf)
+        slot[3] = loan_id
+        self.loans[ctypes.addressof(holder)] = (index, loan_id)
+        weakref.finalize(holder, self._release, index, loan_id, ctypes.addressof(holder))
+        return holder
+
+    def _release(self, index: int, loan_id: int, address: int) -> None:
+        """The node's last array over a loaned slot is gone."""
+        if self.loans.get(address, (None, None))[1] == loan_id:
+            del self.loans[address]
+        if index < len(self.slots) and self.slots[index][3] == loan_id:
+            self.slots[index][3] = 0
+
+    def _take(self, size: int) -> int | None:
+        """A free slot of at least ``size`` bytes (made or grown if need be), or None."""
+        index = next((i for i, s in enumerate(self.slots) if not s[1] and not s[3] and s[0].size >= size), None)
+        return index if index is not None else self._grow(size)
+
     def _grow(self, size: int) -> int | None:
         """A new slot, or a free one that was too small made bigger; None when all are in use."""
         segment = _segment(size) if len(self.slots) < SHM_SLOTS else None
         if segment is not None:
-            self.slots.append([segment, False, 0])
+            self.slots.append([segment, False, 0, 0])
             return len(self.slots) - 1
-        small = next((i for i, s in enumerate(self.slots) if not s[1]), None)
+        small = next((i for i, s in enumerate(self.slots) if not s[1] and not s[3]), None)
         if small is None:
             return None
-        old = self.slots[small][0]
-        old.close()
-        old.unlink()
-        self.slots[small] = [_segment(size), False, self.slots[small][2]]
+        _drop_segment(self.slots[small][0])
+        self.slots[small] = [_segment(size), False, self.slots[small][2], 0]
         return small
 
     def free(self, index: int, gen: int) -> None:
@@ -706,14 +771,32 @@ class _ShmPool:
             self.slots[index][1] = False
 
     def in_use(self) -> int:
-        return sum(1 for s in self.slots if s[1])
+        return sum(1 for s in self.slots if s[1] or s[3])
 
     def close(self) -> None:
-        for segment, _, _ in self.slots:
-            with contextlib.suppress(BufferError, FileNotFoundError):
-                segment.close()
-                segment.unlink()
+        for slot in self.slots:
+            _drop_segment(slot[0])
         self.slots = []
+        self.loans = {}
+
+
+def _address(view: memoryview) -> int | None:
+    """Where a writable buffer's memory starts (None for a read-only one)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+    except (TypeError, ValueError):
+        return None
+
+
+def _drop_segment(segment: shared_memory.SharedMemory) -> None:
+    """Unlink a segment we made and unmap it; a mapping an array still uses stays until the
+    array is gone."""
+    with contextlib.suppress(FileNotFoundError):
+        segment.unlink()
+    try:
+        segment.close()
+    except BufferError:
+        segment._buf = segment._mmap = None  # type: ignore[attr-defined]  # see _ShmMaps.close
 
 
 class _ShmMaps:

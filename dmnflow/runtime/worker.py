@@ -168,7 +168,8 @@ class NodeRunner:
         self.ports = self.cls.ports(params)
         self.outlets: dict[str, Outlet] = {}  # filled by the worker as it binds
         self.node = self.cls()
-        self.ctx = Context(plan_node.name, params, self._emit, replica=plan_node.replica, model=plan_node.model)
+        self.ctx = Context(plan_node.name, params, self._emit, replica=plan_node.replica, model=plan_node.model,
+                           alloc=self._alloc)
         self.origin_ns = 0
         self.origin = -1
         self.messages_in = 0
@@ -239,6 +240,12 @@ class NodeRunner:
                 event_time = self.ctx.message.event_time
         outlet.send(value, topic.encode() if topic is not None else None, origin_ns, origin, event_time, attrs)
         self.messages_out += 1
+
+    def _alloc(self, port: str, shape: Any, dtype: Any) -> Any:
+        outlet = self.outlets.get(port)
+        if outlet is None:
+            raise KeyError(f"{self.cls.__name__} has no output {port!r}; outputs: {sorted(self.outlets)}")
+        return outlet.alloc(shape, dtype)
 
     def deliver(self, port: str, value: Any, header: list[Any]) -> None:
         batch = self.batches.get(port)
@@ -427,6 +434,7 @@ class Worker:
                 for router in outlet.routers:
                     router.block = any(self.plan.edges[e].policy == "block" for e in router.edges)
                 outlet.feedback = {e for b in out.binds for e in b.edges if self.plan.edges[e].feedback}
+                outlet.tensor = out.codec == "tensor"
                 runner.outlets[out.port] = outlet
                 self.outlets[(name, out.port)] = outlet
                 bound.update(outlet.bound)

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 import dmnflow
-from dmnflow import Input, Node, Output
+from dmnflow import Input, Node, Output, Tensor
 from dmnflow.runtime import launch
 
 from .procs import ROOT, alive, launched, wait_until
@@ -529,3 +530,69 @@ def test_a_feedback_end_that_reaches_a_consumer_already_gone_does_not_hang_the_r
     report = launch(dmnflow.compile_graph(g), duration_s=30, grace_s=3.0)  # a hang ends as "stopped"
     assert report.status == "finished", (report.status, report.errors)
     assert report.nodes["tail"].messages_in == 50 and report.nodes["head"].status == "done"
+
+
+class AllocFrames(Node):
+    """Writes each frame straight into ``ctx.alloc``'s array (frame i filled with i) and
+    counts how many of those arrays lay in shared memory."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        count: int = 40
+        size: int = 1 << 20
+        path: str
+
+    frames = Output(Tensor("float32", shape=(None,)))
+
+    def run(self, ctx: Any) -> Any:
+        import ctypes
+
+        loans = 0
+        for i in range(ctx.params.count):
+            frame = ctx.alloc("frames", ctx.params.size, "float32")
+            loans += isinstance(frame.base.base, ctypes.Array) if frame.base is not None else 0
+            frame[:] = i
+            yield "frames", frame
+        Path(ctx.params.path).write_text(json.dumps({"loans": loans}))
+
+
+class CheckFrames(Node):
+    """Checks each frame on arrival (frame ``seq`` is filled with ``seq``), then drops it."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        path: str
+
+    frames = Input(Tensor("float32", shape=(None,)))
+
+    def setup(self, ctx: Any) -> None:
+        self.seen = self.bad = 0
+
+    def on_frames(self, frame: Any, ctx: Any) -> None:
+        self.seen += 1
+        self.bad += not bool((frame == ctx.message.seq).all())
+
+    def teardown(self, ctx: Any) -> None:
+        Path(ctx.params.path).write_text(json.dumps({"seen": self.seen, "bad": self.bad}))
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_tensors_written_into_loaned_slots_arrive_intact_without_a_copy(tmp_path, monkeypatch, keep):
+    monkeypatch.chdir(ROOT)
+    sink = ("{uses: tests.integration.nodes:Keeper, inputs: {frames: src.frames}, params: {path: %s/k.json}}"
+            if keep else "{uses: tests.integration.test_runtime:CheckFrames, inputs: {frames: src.frames}, "
+            "params: {path: %s/k.json}}") % tmp_path
+    g = write(tmp_path / "alloc.yaml", f"""
+        defaults: {{policy: block}}
+        nodes:
+          src: {{uses: tests.integration.test_runtime:AllocFrames, params: {{count: 40, path: {tmp_path}/s.json}}}}
+          sink: {sink}
+        """)
+    report = launch(dmnflow.compile_graph(g), duration_s=60)
+    assert report.status == "finished", report.errors
+    loans = json.loads((tmp_path / "s.json").read_text())["loans"]
+    result = json.loads((tmp_path / "k.json").read_text())
+    if keep:  # the sink keeps every frame: 16 slots, then ordinary arrays through the socket
+        assert result == {"received": 40, "intact": True, "via_shm": 16} and loans == 16
+    else:  # the sink drops each frame: its slot comes back, and the next frame is written into it
+        assert result == {"seen": 40, "bad": 0} and loans >= 16

@@ -300,3 +300,73 @@ def test_with_coalescing_off_every_record_is_its_own_message(ctx, monkeypatch):
     for _ in range(50):
         outlet.send(b"x", None, 1, 0, None)
     assert zmq_messages(inlet) == 50
+
+
+# ------------------------------------------------------------------ loaned shared-memory slots (ctx.alloc)
+
+def test_an_emitted_loan_goes_without_a_copy_and_its_slot_waits_for_both_sides():
+    import gc
+
+    from dmnflow.transport import _ShmMaps, _ShmPool
+
+    pool, maps = _ShmPool(1024), _ShmMaps()
+    decode = get_codec("tensor").decoder(Tensor("float32", (None,)), Limits())
+    try:
+        holder = pool.loan(4096)
+        assert pool.loan(512) is None  # under the threshold: an ordinary array instead
+        array = np.frombuffer(holder, dtype=np.float32)
+        array[:] = 7
+        lease = pool.put([memoryview(array).cast("B")])
+        assert lease is not None and len(pool.slots) == 1  # the loaned slot itself, no second one
+        received = decode(["np", "float32", [1024]], [maps.attach(0, lease)])
+        array[0] = 9  # (never do this after emit) the consumer sees it: one memory, nothing copied
+        assert received[0] == 9 and (received[1:] == 7).all()
+        del received
+        [(_, slot, gen)] = maps.frees
+        pool.free(slot, gen)
+        assert pool.in_use() == 1  # the consumer is done, but the node still holds its array
+        again = pool.put([memoryview(array).cast("B")])  # emitting it twice: the second is a copy
+        assert again is not None and again[2] != lease[2]
+        pool.free(again[2], again[3])
+        del array, holder
+        gc.collect()
+        assert pool.in_use() == 0 and not pool.loans
+        unused = pool.loan(4096)  # a loan never emitted is given back when its arrays are gone
+        assert pool.in_use() == 1
+        del unused
+        gc.collect()
+        assert pool.in_use() == 0
+    finally:
+        maps.close()
+        pool.close()
+
+
+def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
+    tp = Tensor("float32", (None,))
+    push = Outlet(ctx, SRC, 0, "out", [BindPlan(endpoint="inproc://alloc-push", transport="inproc", pattern="push",
+                                                hwm=100, edges=[EDGE])],
+                  get_codec("tensor").encoder(tp), "/nonexistent", {}, shm_above=1024)
+    pub = Outlet(ctx, SRC, 0, "out", [BindPlan(endpoint="inproc://alloc-pub", transport="inproc", pattern="pub",
+                                               hwm=100, edges=[EDGE])],
+                 get_codec("tensor").encoder(tp), "/nonexistent", {}, shm_above=1024)
+    loaned = None
+    try:
+        push.tensor = pub.tensor = True
+        loaned = push.alloc((16, 64), "float32")
+        assert loaned.shape == (16, 64) and loaned.dtype == np.float32 and loaned.flags.writeable
+        assert push.routers[0].pool.in_use() == 1
+        assert pub.alloc(1024, np.float32).base is None  # a pub edge: ordinary memory
+        assert push.alloc(8, "float32").base is None  # small: ordinary memory
+    finally:
+        del loaned
+        push.close()
+        pub.close()
+
+
+def test_ctx_alloc_without_a_runtime_is_an_ordinary_array():
+    from pydantic import BaseModel
+
+    from dmnflow.node import Context
+
+    array = Context("n", BaseModel(), lambda *a: None).alloc("out", (2, 3), "int16")
+    assert array.shape == (2, 3) and array.dtype == np.int16 and array.base is None
