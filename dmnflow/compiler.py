@@ -44,7 +44,7 @@ from .plan import (
     ProcessPlan,
     RestartPlan,
 )
-from .spec import LoadedGraph, NodeEntry, SourceMap, format_cpus, load_graph
+from .spec import LoadedGraph, ModelSpec, NodeEntry, SourceMap, format_cpus, load_graph
 
 __all__ = ["compile_graph", "validate"]
 
@@ -378,11 +378,7 @@ class _Compiler:
     @staticmethod
     def model_plan(node: _Node) -> ModelPlan | None:
         model = node.entry.spec.model
-        if model is None:
-            return None
-        return ModelPlan(path=str((node.entry.base_dir / model.path).resolve()), device=model.device,
-                         dtype=model.dtype, cuda_graphs=model.cuda_graphs, version=model.version,
-                         gpu=node.entry.spec.gpu)
+        return None if model is None else plan_model(model, node.entry.base_dir, node.entry.spec.gpu)
 
     # -------------------------------------------------------------- connections
 
@@ -701,6 +697,12 @@ class _Compiler:
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+def plan_model(model: ModelSpec, base_dir: Path, gpu: int | None = None) -> ModelPlan:
+    """A `model:` block as a worker needs it: the path made absolute from the YAML's directory."""
+    return ModelPlan(path=str((base_dir / model.path).resolve()), device=model.device, dtype=model.dtype,
+                     cuda_graphs=model.cuda_graphs, version=model.version, gpu=gpu)
 
 
 def _template(instance: str) -> str:

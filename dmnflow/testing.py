@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from .codecs import get_codec
+from .compiler import plan_model
 from .errors import DecodeError
 from .node import Context, Node
 from .plan import ModelPlan
@@ -127,9 +128,7 @@ def _model_plan(model: str | os.PathLike[str] | dict[str, Any] | None) -> ModelP
     if model is None:
         return None
     block = dict(model) if isinstance(model, dict) else {"path": os.fspath(model)}
-    spec = ModelSpec.model_validate(block)
-    return ModelPlan(path=str(Path(spec.path).resolve()), device=spec.device, dtype=spec.dtype,
-                     cuda_graphs=spec.cuda_graphs, version=spec.version)
+    return plan_model(ModelSpec.model_validate(block), Path.cwd())
 
 
 _BAD_META = (None, 0, -1, 2**40, "", "np", [], [None, None, None], ["np", "float32", [-1]],

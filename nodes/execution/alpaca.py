@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nodes.support import RateLimitedLog
 
-from .broker import Account, Broker, Fill
+from .broker import Account, Broker, Fill, account_of
 
 __all__ = ["AlpacaBroker", "BrokerError"]
 
@@ -423,29 +423,9 @@ class AlpacaBroker(Broker):
     def account(self, t: int | None = None) -> Account:
         """The Account message: Alpaca's cash and positions (refreshed now and then) at the latest prices."""
         self._refresh()
-        gross = unrealized = value = 0.0
-        for s, q in self.qty.items():
-            p = self.last.get(s, math.nan)
-            value += q * p
-            gross += abs(q * p)
-            unrealized += q * (p - self.avg_entry.get(s, p))
-        equity = self.cash + value
-        capital = self.capital if self.capital is not None else math.nan
-        pnl = equity - capital
-        return {
-            "t": self.t if t is None else t,
-            "equity": equity,
-            "cash": self.cash,
-            "positions": {s: self.qty[s] for s in sorted(self.qty)},
-            "gross": gross,
-            "pnl": pnl,
-            "leverage": gross / equity if equity > 0 else math.nan,
-            "realized_pnl": pnl - unrealized + self.commission,  # as the paper broker: pnl = real. + unreal. - comm.
-            "unrealized_pnl": unrealized,
-            "commission": self.commission,
-            "slippage": self.slippage,
-            "traded": self.traded,
-        }
+        return account_of(self.t if t is None else t, self.cash, self.qty, self.last, self.avg_entry,
+                          self.capital if self.capital is not None else math.nan,
+                          commission=self.commission, slippage=self.slippage, traded=self.traded)
 
     def positions(self) -> dict[str, float]:
         return {s: self.qty[s] for s in sorted(self.qty)}

@@ -27,13 +27,14 @@ Conventions every broker follows:
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypedDict
 
 from pydantic import BaseModel
 
-__all__ = ["BROKERS", "Account", "Broker", "Fill", "Order", "load_broker", "resolve_broker"]
+__all__ = ["BROKERS", "Account", "Broker", "Fill", "Order", "account_of", "load_broker", "resolve_broker"]
 
 
 class Order(TypedDict):
@@ -133,6 +134,36 @@ BROKERS: dict[str, str] = {
     "paper": "nodes.execution.paper:PaperBroker",
     "alpaca": "nodes.execution.alpaca:AlpacaBroker",
 }
+
+
+def account_of(t: int, cash: float, qty: Mapping[str, float], last: Mapping[str, float],
+               cost: Mapping[str, float], capital: float, *, commission: float, slippage: float, traded: float,
+               realized: float | None = None) -> Account:
+    """The Account of a book: holdings marked at ``last`` (positions sorted by symbol, so it is
+    the same on every run). ``realized`` defaults to what the rest implies:
+    pnl = realized + unrealized - commission."""
+    gross = unrealized = value = 0.0
+    for s, q in qty.items():
+        p = last.get(s, math.nan)
+        value += q * p
+        gross += abs(q * p)
+        unrealized += q * (p - cost.get(s, p))
+    equity = cash + value
+    pnl = equity - capital
+    return {
+        "t": t,
+        "equity": equity,
+        "cash": cash,
+        "positions": {s: qty[s] for s in sorted(qty)},
+        "gross": gross,
+        "pnl": pnl,
+        "leverage": gross / equity if equity > 0 else math.nan,
+        "realized_pnl": realized if realized is not None else pnl - unrealized + commission,
+        "unrealized_pnl": unrealized,
+        "commission": commission,
+        "slippage": slippage,
+        "traded": traded,
+    }
 
 
 def resolve_broker(name: str) -> type[Broker]:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nodes.support import RateLimitedLog
 
-from .broker import Account, Broker, Fill
+from .broker import Account, Broker, Fill, account_of
 
 __all__ = ["PaperBroker"]
 
@@ -164,29 +164,9 @@ class PaperBroker(Broker):
 
     def account(self, t: int | None = None) -> Account:
         """The Account message (positions sorted by symbol, so it is the same on every run)."""
-        gross = 0.0
-        unrealized = 0.0
-        value = 0.0
-        for s, q in self.qty.items():
-            p = self.last[s]
-            value += q * p
-            gross += abs(q * p)
-            unrealized += q * (p - self.avg_cost[s])
-        equity = self.cash + value
-        return {
-            "t": self.t if t is None else t,
-            "equity": equity,
-            "cash": self.cash,
-            "positions": {s: self.qty[s] for s in sorted(self.qty)},
-            "gross": gross,
-            "pnl": equity - self.capital,
-            "leverage": gross / equity if equity > 0 else math.nan,
-            "realized_pnl": self.realized,
-            "unrealized_pnl": unrealized,
-            "commission": self.commission,
-            "slippage": self.slippage,
-            "traded": self.traded,
-        }
+        return account_of(self.t if t is None else t, self.cash, self.qty, self.last, self.avg_cost, self.capital,
+                          commission=self.commission, slippage=self.slippage, traded=self.traded,
+                          realized=self.realized)
 
     def positions(self) -> dict[str, float]:
         return {s: self.qty[s] for s in sorted(self.qty)}
