@@ -160,7 +160,7 @@ def launch_cmd(
             result = launch(plan, duration_s=duration_s, on_status=show, name=name)
     except LaunchError as exc:
         err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
-        raise typer.Exit(ExitCode.NODE_FAILED) from None
+        raise typer.Exit(getattr(exc, "exit_code", ExitCode.NODE_FAILED)) from None
     except KeyboardInterrupt:
         err.print("interrupted before the graph started; every worker was stopped")
         raise typer.Exit(ExitCode.INTERRUPTED) from None

@@ -68,7 +68,10 @@ class Codec:
     """A named wire format.
 
     ``network_safe`` is False for codecs that must never read data from another host
-    (pickle executes code while loading). ``make_encoder(tp, compress_above)`` and
+    (pickle executes code while loading). ``zero_copy``, ``compressible`` and ``shm`` are
+    what the runtime may do with the codec's frames: hand them over in place, compress
+    them above the output's ``compress_above``, move large ones through shared memory.
+    ``make_encoder(tp, compress_above)`` and
     ``make_decoder(tp, limits)`` build the per-edge closures; a codec registered without
     them can be named in a graph (the compiler checks it) but not run.
 
@@ -80,6 +83,9 @@ class Codec:
     summary: str
     can_carry: Callable[[Any], bool]
     network_safe: bool = True
+    zero_copy: bool = False  # decoded values are views of the frames
+    compressible: bool = False  # the output's compress_above applies
+    shm: bool = False  # large payloads may travel through shared memory on same-host edges
     make_encoder: Callable[[Any, int | None], Encoder] | None = field(default=None, repr=False, compare=False)
     make_decoder: Callable[[Any, Limits], Decoder] | None = field(default=None, repr=False, compare=False)
 
@@ -601,18 +607,20 @@ def _pickle_decoder(tp: Any, limits: Limits) -> Decoder:
 
 
 for _codec in (
-    Codec("raw", "bytes as they are, one frame", _bytes_like,
+    Codec("raw", "bytes as they are, one frame", _bytes_like, zero_copy=True,
           make_encoder=_raw_encoder, make_decoder=_raw_decoder),
     Codec("json", "UTF-8 JSON of plain data and records", lambda t: _plain(t, with_bytes=False),
           make_encoder=_json_encoder, make_decoder=_json_decoder),
     Codec("msgpack", "msgpack of plain data, bytes and records", lambda t: _plain(t, with_bytes=True),
           make_encoder=_msgpack_encoder, make_decoder=_msgpack_decoder),
     Codec("msgpack+lz4", "msgpack, lz4-compressed above compress_above bytes",
-          lambda t: _plain(t, with_bytes=True), make_encoder=_lz4_encoder, make_decoder=_lz4_decoder),
+          lambda t: _plain(t, with_bytes=True), compressible=True,
+          make_encoder=_lz4_encoder, make_decoder=_lz4_decoder),
     Codec("tensor", "n-d arrays as a raw buffer frame; dtype and shape in the header",
-          lambda t: t is Any or isinstance(t, Tensor), make_encoder=_tensor_encoder, make_decoder=_tensor_decoder),
+          lambda t: t is Any or isinstance(t, Tensor), zero_copy=True, shm=True,
+          make_encoder=_tensor_encoder, make_decoder=_tensor_decoder),
     Codec("pickle", "any Python object; opt-in, refused on tcp edges", lambda t: True,
-          network_safe=False, make_encoder=_pickle_encoder, make_decoder=_pickle_decoder),
+          network_safe=False, zero_copy=True, make_encoder=_pickle_encoder, make_decoder=_pickle_decoder),
 ):
     register_codec(_codec)
 del _codec

@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import importlib
 import inspect
+import ipaddress
 import os
 import pkgutil
 import re
@@ -43,8 +44,10 @@ from .plan import (
     Plan,
     ProcessPlan,
     RestartPlan,
+    SecurityPlan,
 )
 from .spec import LoadedGraph, ModelSpec, NodeEntry, SourceMap, format_cpus, load_graph
+from .transport.security import check_key_dir
 
 __all__ = ["compile_graph", "validate"]
 
@@ -162,9 +165,11 @@ class _Compiler:
         codecs = self.check_codecs()
         self.check_tcp_ports()
         self.check_busy_cores()
+        self.check_delivery()
+        security = self.check_security()
         if self.issues.has_errors:
             return None
-        return self.build_plan(codecs)
+        return self.build_plan(codecs, security)
 
     # -------------------------------------------------------------- classes, params, ports
 
@@ -525,7 +530,9 @@ class _Compiler:
         return node.entry.defaults.transport
 
     def check_tcp_ports(self) -> None:
-        taken: dict[int, tuple[str, Location | None]] = {}
+        """Each fixed port belongs to one process: the outputs of one node (or of one group)
+        may share it, and replica i of a node binds port + i."""
+        taken: dict[int, tuple[str, str, Location | None]] = {}  # port -> (process, who, where)
         for name, node in self.nodes.items():
             for port, out in node.entry.spec.outputs.items():
                 if out.port is None:
@@ -538,14 +545,59 @@ class _Compiler:
                         self.add("duplicate-port", f"replica {inst} would bind tcp port {number}, past 65535",
                                  where, path, "choose a lower port")
                         break
-                    if number in taken:
-                        other, other_loc = taken[number]
+                    process = node.entry.spec.group or inst
+                    if number in taken and taken[number][0] != process:
+                        _, other, other_loc = taken[number]
                         also = f" (replica {inst} binds port + {i})" if i else ""
                         self.add("duplicate-port", f"tcp port {number} is also bound by {other}"
                                  + (f" ({other_loc})" if other_loc else "") + also, where, path,
-                                 "give each output its own port (a node's replicas take consecutive ports)")
+                                 "give each process its own ports (a node's replicas take consecutive ports; "
+                                 "outputs of one node or one group may share a port)")
                         break
-                    taken[number] = (inst if len(node.instances) > 1 else f"{name}.{port}", where)
+                    taken.setdefault(number, (process, inst if len(node.instances) > 1 else f"{name}.{port}", where))
+
+    def check_delivery(self) -> None:
+        for name, node in self.nodes.items():
+            for port, inp in node.entry.spec.inputs.items():
+                delivery = inp.delivery or node.entry.defaults.delivery
+                policy = inp.policy or node.entry.defaults.policy
+                if delivery == "at-least-once" and policy != "block":
+                    where = self.loc("nodes", name, "inputs", port, "delivery") if inp.delivery else \
+                        self.loc("nodes", name, "inputs", port)
+                    self.add("bad-delivery", f"at-least-once delivery needs policy block on input {port!r} "
+                             f"(it is {policy!r}): only a blocking edge can hold what it sent", where,
+                             f"nodes.{name}.inputs.{port}.delivery", "set policy: block on this input")
+
+    def check_security(self) -> SecurityPlan:
+        """CURVE's key directory, and binds beyond loopback: those need CURVE or an explicit
+        ``security.insecure``."""
+        sec = self.graph.security
+        curve_dir: str | None = None
+        key = sec.key
+        if sec.curve is not None:
+            directory = (self.graph.base_dir / sec.curve).resolve()
+            key, problems = check_key_dir(directory, sec.key)
+            for problem in problems:
+                self.add("bad-key", problem, self.loc("security", "curve"), "security.curve",
+                         f"`dmnflow keys generate {sec.curve}` writes a keypair (its secret file mode 0600)")
+            curve_dir = str(directory)
+        if sec.curve is None and not sec.insecure:
+            for name, node in self.nodes.items():
+                for port in (node.ports.outputs if node.ports else {}):
+                    if self.output_transport(node, port) != "tcp":
+                        continue
+                    out = node.entry.spec.outputs.get(port)
+                    host = (out.host if out and out.host else None) or node.entry.defaults.host
+                    if not _loopback(host):
+                        written = out is not None and out.host is not None
+                        where = self.loc("nodes", name, "outputs", port, "host") if written else \
+                            self.loc("defaults", "host")
+                        self.add("insecure-bind", f"{name}.{port} would bind tcp on {host} without CURVE: any "
+                                 "host that reaches it could read the stream and send it frames", where,
+                                 f"nodes.{name}.outputs.{port}.host" if written else "defaults.host",
+                                 "add `security: {curve: keys/}` (dmnflow keys generate keys/), bind 127.0.0.1, "
+                                 "or say `security: {insecure: true}` if the network is yours alone")
+        return SecurityPlan(curve=curve_dir, key=key or None, insecure=sec.insecure)
 
     def check_busy_cores(self) -> None:
         on_core: dict[int, list[str]] = {}
@@ -563,7 +615,7 @@ class _Compiler:
 
     # -------------------------------------------------------------- the plan
 
-    def build_plan(self, codecs: dict[tuple[str, str], str]) -> Plan:
+    def build_plan(self, codecs: dict[tuple[str, str], str], security: SecurityPlan) -> Plan:
         order = {name: i for i, name in enumerate(self.nodes)}
         instances = nx.DiGraph()
         for node in self.nodes.values():
@@ -591,20 +643,27 @@ class _Compiler:
             consumer = self.nodes[e.dst]
             inp = consumer.entry.spec.inputs[e.dst_port]
             policy = inp.policy or consumer.entry.defaults.policy
+            producer = self.nodes[e.src]
+            fixed = producer.entry.spec.outputs.get(e.src_port)
             transport = "inproc" if process_of[src] == process_of[dst] else \
-                self.output_transport(self.nodes[e.src], e.src_port)
+                self.output_transport(producer, e.src_port)
             share = len(consumer.instances) > 1 and consumer.entry.spec.dispatch == "share"
-            pattern = "push" if policy == "block" or share else "pub"
-            # a PUB serves all subscribers; a PUSH serves one consumer, or one replica set
-            target = "" if pattern == "pub" else (e.dst if share else dst) + "." + e.dst_port
+            if transport == "tcp" and fixed is not None and fixed.port is not None:
+                pattern, target = "stream", ""  # the fixed port carries every edge of the output
+            else:
+                pattern = "push" if policy == "block" or share else "pub"
+                # a PUB serves all subscribers; a PUSH serves one consumer, or one replica set
+                target = "" if pattern == "pub" else (e.dst if share else dst) + "." + e.dst_port
             binds.setdefault((src, e.src_port), {}).setdefault((transport, pattern, target), []).append(i)
             edge_plans.append(EdgePlan(
                 id=i, src=src, src_port=e.src_port, dst=dst, dst_port=e.dst_port, type=e.type,
-                codec=codecs[(e.src, e.src_port)], transport=transport, endpoint="", pattern=pattern,
+                codec=codecs[(e.src, e.src_port)], transport=transport, endpoint="", bind="", pattern=pattern,
                 policy=policy, queue=inp.queue or consumer.entry.defaults.queue, topics=inp.topics,
-                feedback=e.feedback))
+                feedback=e.feedback, delivery=inp.delivery or consumer.entry.defaults.delivery,
+                group=f"{e.dst}.{e.dst_port}" if share else None))
 
-        endpoint_of: dict[int, str] = {}
+        bind_of: dict[int, tuple[str, str]] = {}  # edge -> (bind id, endpoint)
+        counters: dict[str, int] = {}  # bind id -> its counter slot
         node_plans: list[NodePlan] = []
         for inst in topo:
             node = self.nodes[_template(inst)]
@@ -617,26 +676,34 @@ class _Compiler:
                 fixed = out.port if out is not None else None
                 if fixed is not None and len(node.instances) > 1:
                     fixed += node.instances.index(inst)  # replicas take consecutive ports
-                if not groups or fixed is not None and not any(k[:2] == ("tcp", "pub") for k in groups):
-                    # a fixed port, or no consumer: bind a PUB anyway, for consumers outside the graph
-                    groups = {(self.output_transport(node, port), "pub", ""): [], **groups}
+                if fixed is not None and not any(k[1] == "stream" for k in groups):
+                    # a fixed port with no consumer in another process: bound anyway, for clients outside
+                    groups = {("tcp", "stream", ""): [], **groups}
+                elif not groups:
+                    groups = {(self.output_transport(node, port), "pub", ""): []}
+                hwm = out.queue if out and out.queue else entry.defaults.queue
                 bind_plans = []
                 for (transport, pattern, target), ids in groups.items():
-                    endpoint = self.endpoint(inst, port, transport, pattern, target, node, fixed)
-                    if transport == "tcp" and pattern == "pub":
-                        fixed = None  # only one bind may take the fixed port
+                    endpoint = self.endpoint(inst, port, transport, pattern, target, node,
+                                             fixed if pattern == "stream" else None)
+                    if pattern == "stream":  # one socket per port and process: outputs may share it
+                        bind_id = f"{process_of[inst]}@{endpoint.removeprefix('tcp://')}"
+                        window = max([edge_plans[e].queue for e in ids], default=hwm)
+                        hwm = max(hwm, window) + 64  # a block edge's credit never fills its pipe
+                    else:
+                        bind_id = f"{inst}.{port}/{pattern}" + (f"/{target}" if target else "") + f"/{transport}"
+                    counter = counters.setdefault(bind_id, len(counters))
                     for edge_id in ids:
-                        endpoint_of[edge_id] = endpoint
-                    bind_plans.append(BindPlan(endpoint=endpoint, transport=transport, pattern=pattern,
-                                               hwm=(out.queue if out and out.queue else entry.defaults.queue),
-                                               edges=ids))
+                        bind_of[edge_id] = (bind_id, endpoint)
+                    bind_plans.append(BindPlan(id=bind_id, counter=counter, endpoint=endpoint, transport=transport,
+                                               pattern=pattern, hwm=hwm, edges=ids))
+                codec = codecs[(entry.name, port)]
                 outputs.append(OutputPlan(
-                    port=port, type=describe_type(decl.type), codec=codecs[(entry.name, port)],
+                    port=port, type=describe_type(decl.type), codec=codec,
                     compress_above=(out.compress_above if out and out.compress_above is not None
-                                    else entry.defaults.compress_above)
-                    if codecs[(entry.name, port)] == "msgpack+lz4" else None,
+                                    else entry.defaults.compress_above) if get_codec(codec).compressible else None,
                     binds=bind_plans,
-                    shm_above=entry.defaults.shm_above if codecs[(entry.name, port)] == "tensor" else None))
+                    shm_above=entry.defaults.shm_above if get_codec(codec).shm else None))
             restart = spec.restart or entry.defaults.restart
             node_plans.append(NodePlan(
                 name=inst, spec_name=entry.name, uses=spec.uses, params=node.params.model_dump(mode="json"),
@@ -651,7 +718,8 @@ class _Compiler:
                 timers=spec.timers,
                 inputs=[], outputs=outputs, loc=str(self.loc("nodes", entry.name, key=True) or entry.name)))
 
-        edge_plans = [e.model_copy(update={"endpoint": endpoint_of[e.id]}) for e in edge_plans]
+        edge_plans = [e.model_copy(update={"bind": bind_of[e.id][0], "endpoint": bind_of[e.id][1]})
+                      for e in edge_plans]
         by_input: dict[tuple[str, str], list[EdgePlan]] = {}
         for e in edge_plans:
             by_input.setdefault((e.dst, e.dst_port), []).append(e)
@@ -662,13 +730,16 @@ class _Compiler:
             for port, inp in node.entry.spec.inputs.items():
                 edges = by_input.get((plan_node.name, port), [])
                 declared = node.ports.inputs[port] if node.ports else None
+                defaults = node.entry.defaults
                 inputs.append(InputPlan(
                     port=port, type=describe_type(declared.type if declared else Any),
-                    policy=inp.policy or node.entry.defaults.policy,
-                    queue=inp.queue or node.entry.defaults.queue, topics=inp.topics, feedback=inp.feedback,
+                    policy=inp.policy or defaults.policy,
+                    queue=inp.queue or defaults.queue, topics=inp.topics, feedback=inp.feedback,
                     batch=BatchPlan(max=inp.batch.max, wait_s=inp.batch.wait) if inp.batch else None,
-                    connects=[ConnectPlan(edge=e.id, node=e.src, port=e.src_port, endpoint=e.endpoint,
-                                          transport=e.transport, pattern=e.pattern) for e in edges]))
+                    connects=[ConnectPlan(edge=e.id, bind=e.bind, node=e.src, port=e.src_port, endpoint=e.endpoint,
+                                          transport=e.transport, pattern=e.pattern) for e in edges],
+                    delivery=inp.delivery or defaults.delivery,
+                    max_bytes=inp.max_message or defaults.max_message))
             final_nodes.append(plan_node.model_copy(update={"inputs": inputs}))
 
         processes: dict[str, list[str]] = {}
@@ -679,7 +750,7 @@ class _Compiler:
             for p, members in processes.items()]
         return Plan(graph=self.graph.name, file=self.graph.file, profile=self.graph.profile,
                     machine_cpus=self.cpus, nodes=final_nodes, edges=edge_plans, processes=process_plans,
-                    warnings=[i.to_dict() for i in self.issues.issues if not i.is_error])
+                    warnings=[i.to_dict() for i in self.issues.issues if not i.is_error], security=security)
 
     def endpoint(self, inst: str, port: str, transport: str, pattern: str, target: str, node: _Node,
                  fixed: int | None) -> str:
@@ -703,6 +774,16 @@ def plan_model(model: ModelSpec, base_dir: Path, gpu: int | None = None) -> Mode
     """A `model:` block as a worker needs it: the path made absolute from the YAML's directory."""
     return ModelPlan(path=str((base_dir / model.path).resolve()), device=model.device, dtype=model.dtype,
                      cuda_graphs=model.cuda_graphs, version=model.version, gpu=gpu)
+
+
+def _loopback(host: str) -> bool:
+    """Whether a bind address stays on this machine (``localhost``, 127.0.0.0/8, ::1)."""
+    if host in ("localhost", "::1", "[::1]"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # an interface name or a host name: not known to be local
 
 
 def _template(instance: str) -> str:

@@ -26,10 +26,12 @@ __all__ = [
     "Plan",
     "ProcessPlan",
     "RestartPlan",
+    "SecurityPlan",
 ]
 
 Transport = Literal["inproc", "ipc", "tcp"]
-Pattern = Literal["pub", "push"]
+Pattern = Literal["pub", "push", "stream"]
+Delivery = Literal["at-most-once", "at-least-once"]
 Policy = Literal["drop", "block", "latest"]
 
 RUN_DIR = "{run_dir}"
@@ -57,8 +59,15 @@ class BatchPlan(_Frozen):
 
 class BindPlan(_Frozen):
     """One socket an output binds. A PUB bind serves every subscriber; a PUSH bind serves
-    one consumer (or one set of replicas sharing the load)."""
+    one consumer (or one set of replicas sharing the load); a STREAM bind is a fixed tcp
+    port that serves every in-graph consumer of the output and subscribers outside the
+    graph (the outputs of one process may share it).
 
+    ``id`` names the bind uniquely in the plan: the address it actually bound (a tcp port
+    chosen at bind time) travels keyed by it, at first start and after restarts."""
+
+    id: str
+    counter: int  # its place among the plan's binds, for its counts (junk, refused handshakes)
     endpoint: str
     transport: Transport
     pattern: Pattern
@@ -67,9 +76,10 @@ class BindPlan(_Frozen):
 
 
 class ConnectPlan(_Frozen):
-    """One connection an input makes to a producer's bind."""
+    """One connection an input makes to a producer's bind (``bind`` is the bind's id)."""
 
     edge: int
+    bind: str
     node: str
     port: str
     endpoint: str
@@ -95,6 +105,8 @@ class InputPlan(_Frozen):
     feedback: bool
     batch: BatchPlan | None
     connects: list[ConnectPlan]
+    delivery: Delivery = "at-most-once"
+    max_bytes: int = 256 * 2**20  # the decode limit of one message on this input
 
 
 class JoinPlan(_Frozen):
@@ -151,11 +163,22 @@ class EdgePlan(_Frozen):
     codec: str
     transport: Transport
     endpoint: str
+    bind: str
     pattern: Pattern
     policy: Policy
     queue: int
     topics: list[str]
     feedback: bool
+    delivery: Delivery = "at-most-once"
+    group: str | None = None  # replicas sharing one input ("node.port"): each message goes to one of them
+
+
+class SecurityPlan(_Frozen):
+    """CURVE on tcp edges: the key directory (absolute) and this host's keypair name."""
+
+    curve: str | None = None
+    key: str | None = None
+    insecure: bool = False  # binding beyond loopback without CURVE was asked for explicitly
 
 
 class ProcessPlan(_Frozen):
@@ -178,6 +201,7 @@ class Plan(_Frozen):
     edges: list[EdgePlan]
     processes: list[ProcessPlan]
     warnings: list[dict[str, Any]]
+    security: SecurityPlan = SecurityPlan()
 
     def node(self, name: str) -> NodePlan:
         """The node instance called ``name``; KeyError names the known ones."""
@@ -185,6 +209,10 @@ class Plan(_Frozen):
             if node.name == name:
                 return node
         raise KeyError(f"no node {name!r} in plan; nodes: {[n.name for n in self.nodes]}")
+
+    def binds(self) -> dict[str, BindPlan]:
+        """Every bind of the plan by id (a port shared by several outputs appears once)."""
+        return {b.id: b for n in self.nodes for o in n.outputs for b in o.binds}
 
     def output_ids(self) -> dict[tuple[str, str], int]:
         """A number for every (node, output port), carried in each message's header."""

@@ -47,6 +47,7 @@ __all__ = [
     "NodeSpec",
     "OutputSpec",
     "RestartSpec",
+    "SecuritySpec",
     "SourceMap",
     "json_schema",
     "load_graph",
@@ -144,6 +145,7 @@ class _Spec(BaseModel):
 
 
 Policy = Literal["drop", "block", "latest"]
+Delivery = Literal["at-most-once", "at-least-once"]
 
 
 class RestartSpec(_Spec):
@@ -173,6 +175,10 @@ class Defaults(_Spec):
                                    "through shared memory; none: always the socket")
     queue: int = Field(1000, ge=1, description="messages buffered per edge (ZeroMQ HWM)")
     policy: Policy = Field("drop", description="when a queue is full: drop (counted), block, or keep latest")
+    delivery: Delivery = Field("at-most-once", description="at-least-once: a block edge's producer keeps each "
+                               "record until its consumer has handled it, and resends it to a restarted one")
+    max_message: Size = Field(256 * 2**20, ge=1, description="the largest message an input accepts; larger "
+                              "ones are refused (counted as decode errors) before they are decoded")
     restart: Restart = Field(default_factory=RestartSpec)
 
 
@@ -204,6 +210,8 @@ class InputSpec(_Spec):
     policy: Policy | None = None
     feedback: bool = Field(False, description="this input closes a loop; allowed in a cycle")
     batch: BatchSpec | None = None
+    delivery: Delivery | None = None
+    max_message: Size | None = Field(None, ge=1, description="the largest message this input accepts")
 
     @field_validator("from_")
     @classmethod
@@ -234,8 +242,11 @@ class OutputSpec(_Spec):
     codec: str | None = None
     compress_above: Size | None = None
     transport: Literal["ipc", "tcp"] | None = None
-    port: int | None = Field(None, ge=1, le=65535, description="fixed tcp port (implies transport: tcp)")
-    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535, description="fixed tcp port (implies transport: tcp): the "
+                             "output's stream for in-graph consumers and outside subscribers alike; outputs "
+                             "of one process may share a port")
+    host: str | None = Field(None, description="address the tcp output binds to (default: defaults.host); "
+                             "beyond loopback it needs security.curve (or security.insecure)")
     queue: int | None = Field(None, ge=1)
 
 
@@ -295,6 +306,16 @@ def _include_shorthand(value: Any) -> Any:
 Include = Annotated[IncludeSpec, BeforeValidator(_include_shorthand, json_schema_input_type=str | IncludeSpec)]
 
 
+class SecuritySpec(_Spec):
+    """Who may talk to the graph's tcp ports."""
+
+    curve: str | None = Field(None, description="a key directory (`dmnflow keys generate DIR`), relative to "
+                              "this file: CURVE on every tcp edge, clients admitted by their public key")
+    key: str | None = Field(None, description="this host's keypair in the directory (default: its only "
+                            "secret key)")
+    insecure: bool = Field(False, description="allow tcp binds beyond loopback without CURVE")
+
+
 class GraphSpec(_Spec):
     """A dmnflow graph file."""
 
@@ -304,6 +325,7 @@ class GraphSpec(_Spec):
     defaults: Defaults = Field(default_factory=Defaults)
     include: dict[str, Include] = Field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    security: SecuritySpec = Field(default_factory=SecuritySpec)
     nodes: dict[str, NodeSpec] = Field(default_factory=dict)
 
 
@@ -725,6 +747,8 @@ class LoadedGraph:
     srcmap: SourceMap
     issues: list[Issue]
     unresolved: set[str] = field(default_factory=set)  # dotted paths of failed ${...}
+    security: SecuritySpec = field(default_factory=lambda: SecuritySpec())  # the top file's; includes' are ignored
+    base_dir: Path = field(default_factory=Path)  # the top file's directory: relative paths start here
 
     def is_broken(self, node: str) -> bool:
         """Whether ``node`` failed to load (or lies in an include that did)."""
@@ -815,7 +839,7 @@ def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,
     spec, bad_top = _validate_partial(GraphSpec, data, (), srcmap, issues, unresolved)
     spec = spec or GraphSpec()
     graph = LoadedGraph(spec.graph or path.stem, file, profile, {}, set(), srcmap, [],
-                        {_dotted(p) for p in unresolved})
+                        {_dotted(p) for p in unresolved}, spec.security, path.parent)
     if "include" in bad_top and isinstance(data.get("include"), dict):
         graph.broken.update(f"{name}/" for name in data["include"])
     if raw_nodes is not None and not isinstance(raw_nodes, dict):

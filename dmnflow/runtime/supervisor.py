@@ -2,18 +2,22 @@
 watches them, restarts them per policy, drains them on Ctrl-C, and reports.
 
 Start-up runs in phases so that nothing is lost: every worker binds its outputs
-(``bound``), then connects its inputs (``connect`` → ``connected``), then waits until
-every consumer has joined each output (``ready``); only then are sources started
-(``start``). Stopping is a drain: sources end, end-of-stream follows the data through
-the graph, and every worker exits by itself. Only past ``grace_s`` does the supervisor
-escalate: SIGTERM, then SIGKILL, and it always waits for (reaps) every worker.
+(``bound``, with the address each bind actually took), then connects its inputs
+(``connect`` → ``connected``), then waits until every consumer has joined each output
+(``ready``); only then are sources started (``start``). Stopping is a drain: sources
+end, end-of-stream follows the data through the graph, and every worker exits by itself.
+Only past ``grace_s`` does the supervisor escalate: SIGTERM, then SIGKILL, and it always
+waits for (reaps) every worker.
+
+The control and admin sockets trust nothing: a worker is known by an identity only the
+run's token makes (``protocol.worker_identity``), every message is checked against the
+protocol, and anything else is counted as junk and dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
+import errno
 import logging
 import os
 import shutil
@@ -28,218 +32,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
 from ..errors import ExitCode, LaunchError
 from ..plan import Plan
-from ..transport import Histogram
+from ..transport.stats import Counters
+from ..transport.wire import write_token
+from . import protocol
+from .files import counters_path, layout_of, write_endpoints
+from .processes import RUN_DIR_PREFIX, SPAWN_TIMEOUT_S, ZYGOTE_ENV, Forked, Zygote, subreaper, sweep_run_dirs
+from .report import EdgeReport, Incarnation, NodeReport, Report, SocketReport, build_report
 
-__all__ = ["EdgeReport", "NodeReport", "Report", "launch"]
+__all__ = ["ADMIN_SOCKET", "RUN_DIR_PREFIX", "EdgeReport", "NodeReport", "Report", "SocketReport", "launch"]
 
 log = logging.getLogger("dmnflow.supervisor")
 
-
-@dataclass
-class NodeReport:
-    name: str
-    messages_in: int = 0
-    messages_out: int = 0
-    cpu_s: float = 0.0
-    restarts: int = 0
-    join_incomplete: int = 0  # event times given up on: an input never delivered them
-    conflated: int = 0  # messages a `latest` input skipped for a newer one
-    status: str = "pending"  # running while it runs; then done, failed or stopped
-    summary: dict[str, Any] | None = None  # what the node's own ``summary()`` reported last
-
-
-@dataclass
-class EdgeReport:
-    id: int
-    src: str
-    dst: str
-    sent: int = 0
-    received: int = 0
-    dropped: int = 0
-    gaps: int = 0
-    decode_errors: int = 0
-    restarts_seen: int = 0
-    p50_us: float | None = None
-    p99_us: float | None = None
-
-    @property
-    def lost(self) -> int:
-        """Messages that did not arrive: refused at the sender, plus sent but never received
-        (gaps, and whatever a crashed worker held). Exact once the run has drained."""
-        return self.dropped + max(self.sent - self.received, 0)
-
-
-@dataclass
-class Report:
-    """What a run did: per node, per edge, end to end, and how it ended."""
-
-    graph: str
-    status: str  # finished, stopped, failed
-    exit_code: int
-    duration_s: float
-    startup_s: float
-    nodes: dict[str, NodeReport]
-    edges: list[EdgeReport]
-    e2e: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        def edge(e: EdgeReport) -> dict[str, Any]:
-            return {**e.__dict__, "lost": e.lost}
-
-        return json.dumps({"graph": self.graph, "status": self.status, "exit_code": self.exit_code,
-                           "duration_s": self.duration_s, "startup_s": self.startup_s,
-                           "nodes": {n: v.__dict__ for n, v in self.nodes.items()},
-                           "edges": [edge(e) for e in self.edges], "e2e": self.e2e, "errors": self.errors},
-                          indent=2)
-
-
-RUN_DIR_PREFIX = "dmnflow-"
-ZYGOTE_ENV = "DMNFLOW_ZYGOTE"  # "0": start each worker as a new interpreter instead of forking it
-SPAWN_TIMEOUT_S = 30.0  # the zygote's first answer waits for its imports
 ADMIN_SOCKET = "admin"
 COMMAND_TIMEOUT_S = 120.0  # a model swap loads and warms a model: give it time
 
 
-def sweep_run_dirs() -> list[str]:
-    """Remove run directories whose supervisor is gone (killed with -9, it could not clean up)."""
-    removed = []
-    for path in Path(tempfile.gettempdir()).glob(RUN_DIR_PREFIX + "*"):
-        try:
-            if path.stat().st_uid != os.getuid():
-                continue
-            pid = int((path / "supervisor.pid").read_text())
-        except (OSError, ValueError):
-            continue  # not ours, or just being created
-        try:
-            os.kill(pid, 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(str(path))
-    return removed
+class PortInUse(LaunchError):
+    """A fixed tcp port of the graph is taken (by another program, or another run)."""
 
-
-PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
-
-
-def _subreaper(on: bool) -> bool | None:
-    """Mark this process a child subreaper (orphaned descendants become its children), or
-    unmark it; returns the previous setting, None when the kernel does not offer it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        before = ctypes.c_int(0)
-        if libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(before), 0, 0, 0) != 0:
-            return None
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
-            return None
-        return bool(before.value)
-    except (OSError, AttributeError):
-        return None
-
-
-class _Forked:
-    """A worker the zygote forked, handed to us (a subreaper) as our child: waited for and
-    signalled by PID, with the part of ``Popen``'s interface the supervisor uses."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped by someone else: gone, status unknown (as Popen)
-                self.returncode = 0
-            else:
-                if pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.0005
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        return self.returncode  # type: ignore[return-value]
-
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is None:  # not reaped yet, so the PID is still this worker's
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-
-class _Zygote:
-    """The supervisor's end of the zygote (``runtime/zygote.py``): forks workers on request."""
-
-    def __init__(self, run_dir: str, names: list[str], env: dict[str, str]) -> None:
-        ours, theirs = socket.socketpair()
-        # its argument area must hold the longest worker command line it will write there
-        longest = max((len(os.fsencode(n)) for n in names), default=0)
-        pad = "-" * (longest + 24)
-        try:
-            self.popen: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [sys.executable, "-m", "dmnflow.runtime.zygote", run_dir, str(os.getpid()), str(theirs.fileno()),
-                 pad], env=env, pass_fds=[theirs.fileno()], start_new_session=True)
-        except OSError as exc:
-            log.warning("cannot start the zygote (%s); starting workers one interpreter each", exc)
-            self.popen = None
-        theirs.close()
-        self.sock = ours
-        self.buffer = b""
-
-    def spawn(self, name: str, inc: int, timeout_s: float) -> _Forked | None:
-        """A worker forked from the zygote, or None when the zygote cannot (it then stays unused)."""
-        if self.popen is None:
-            return None
-        try:
-            self.sock.settimeout(timeout_s)
-            self.sock.sendall(json.dumps({"name": name, "inc": inc}).encode() + b"\n")
-            while b"\n" not in self.buffer:
-                chunk = self.sock.recv(4096)
-                if not chunk:
-                    raise ConnectionError("the zygote exited")
-                self.buffer += chunk
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            reply = json.loads(line)
-            if "pid" in reply:
-                return _Forked(int(reply["pid"]))
-            log.warning("the zygote cannot fork %s: %s; starting it as a new interpreter", name, reply.get("error"))
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("the zygote failed (%s); starting workers one interpreter each from now on", exc)
-            self.close()
-            return None
-
-    def close(self) -> None:
-        """Close its socket (it exits at once), wait for it; kill it if it does not."""
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        if self.popen is not None:
-            try:
-                self.popen.wait(2.0)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-            self.popen = None
+    exit_code = ExitCode.INVALID
 
 
 class _Proc:
@@ -248,13 +63,16 @@ class _Proc:
     def __init__(self, name: str, nodes: list[str]) -> None:
         self.name = name
         self.nodes = nodes
-        self.popen: subprocess.Popen[bytes] | _Forked | None = None
+        self.popen: subprocess.Popen[bytes] | Forked | None = None
         self.state = "new"  # new, bound, connected, ready, running, done, failed
         self.restarts = 0
         self.inc = 0
         self.restart_at: float | None = None
-        self.stats: dict[str, Any] = {}
-        self.past: list[dict[str, Any]] = []  # last stats of earlier incarnations (before restarts)
+        self.stats: dict[str, Any] = {}  # the current incarnation's last heartbeat
+        self.past: list[dict[str, Any]] = []  # last heartbeats of earlier incarnations (before restarts)
+        self.killed: list[bool] = []  # per earlier incarnation: whether it died (rather than ended)
+        self.host = socket.gethostname()
+        self.incarnations: list[Incarnation] = []  # filled when the report is made
 
 
 def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
@@ -266,7 +84,8 @@ def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
     the run while it runs.
 
     Raises:
-        LaunchError: the graph could not be started (a worker failed during start-up).
+        LaunchError: the graph could not be started (a worker failed during start-up, or a
+            fixed tcp port is in use: ``PortInUse``, exit code 1).
     """
     return _Supervisor(plan, grace_s, startup_timeout_s, name or plan.graph).run(duration_s, on_status)
 
@@ -279,6 +98,32 @@ class _Request:
     waiting: set[str]
     answers: dict[str, list[Any]] = field(default_factory=dict)
     deadline: float = 0.0
+
+
+def check_fixed_ports(plan: Plan) -> None:
+    """Fail before anything starts when a fixed tcp port is taken, naming node, output and
+    port (a worker's bind would fail the same way, later and less clearly)."""
+    for node in plan.nodes:
+        for out in node.outputs:
+            for bind in out.binds:
+                if bind.pattern != "stream":
+                    continue
+                host, _, port = bind.endpoint.removeprefix("tcp://").rpartition(":")
+                host = host.strip("[]")
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                probe = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq binds
+                    probe.bind((host, int(port)))
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise PortInUse(f"node {node.name}, output {out.port}: tcp port {port} on {host} is already "
+                                        "in use (by another program, or another run of this graph: "
+                                        "`dmnflow runs` lists them)") from None
+                    raise PortInUse(f"node {node.name}, output {out.port}: cannot bind tcp {host}:{port}: "
+                                    f"{exc.strerror}") from None
+                finally:
+                    probe.close()
 
 
 class _Supervisor:
@@ -296,22 +141,37 @@ class _Supervisor:
         self.errors: list[str] = []
         self.stop_requested = False
         self.run_dir = ""
-        self.zygote: _Zygote | None = None
+        self.token = b""
+        self.zygote: Zygote | None = None
+        self.layout = layout_of(plan)
+        self.junk = 0
+        self.by_identity: dict[bytes, _Proc] = {}
+        # which processes consume each bind: told when a restarted producer's address moves
+        self.consumers_of: dict[str, set[str]] = {}
+        for e in plan.edges:
+            self.consumers_of.setdefault(e.bind, set()).add(self.proc_of[e.dst])
 
     # ---------------------------------------------------------------- lifecycle
 
     def run(self, duration_s: float | None, on_status: Callable[[Report], None] | None) -> Report:
+        check_fixed_ports(self.plan)
         sweep_run_dirs()
         self.run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)  # mode 0700: only we reach the sockets
+        self.token = write_token(self.run_dir)
+        self.by_identity = {protocol.worker_identity(self.token, p): proc for p, proc in self.procs.items()}
         Path(self.run_dir, "supervisor.pid").write_text(str(os.getpid()))
         Path(self.run_dir, "plan.json").write_text(self.plan.to_json(indent=None))
         Path(self.run_dir, "name").write_text(self.name)
         zctx = zmq.Context()
         self.control = zctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
+        self.control.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
+        self.control.setsockopt(zmq.RCVHWM, 10_000)
         self.control.bind(f"ipc://{self.run_dir}/control")
         self.admin = zctx.socket(zmq.ROUTER)  # dmnflow swap / runs talk to the run here
         self.admin.setsockopt(zmq.LINGER, 0)
+        self.admin.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+        self.admin.setsockopt(zmq.RCVHWM, 1000)
         self.admin.bind(f"ipc://{self.run_dir}/{ADMIN_SOCKET}")
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
@@ -321,10 +181,10 @@ class _Supervisor:
         t0 = time.monotonic()
         status, startup_s = "failed", 0.0
         # workers forked by the zygote become our children: we wait for them and signal them by PID
-        subreaper = _subreaper(True) if os.environ.get(ZYGOTE_ENV, "1") != "0" else None
+        reaper = subreaper(True) if os.environ.get(ZYGOTE_ENV, "1") != "0" else None
         try:
-            if subreaper is not None:
-                self.zygote = _Zygote(self.run_dir, list(self.procs), self.worker_env())
+            if reaper is not None:
+                self.zygote = Zygote(self.run_dir, list(self.procs), self.worker_env())
             for proc in self.procs.values():
                 self.spawn(proc)
             self.bring_up(t0)
@@ -336,17 +196,18 @@ class _Supervisor:
             self.stop_all(self.grace_s if status in ("finished", "stopped") else 0.0)
             if self.zygote is not None:
                 self.zygote.close()
-            if subreaper is not None:
-                _subreaper(subreaper)
+            if reaper is not None:
+                subreaper(reaper)
             for proc in self.procs.values():
                 if proc.state not in ("done", "failed"):
                     proc.state = "stopped"
             self.control.close()
             self.admin.close()
             zctx.term()
+            report = self.report(status, 0, time.monotonic() - t0, startup_s)  # the counters files are still there
             shutil.rmtree(self.run_dir, ignore_errors=True)
-        code = ExitCode.NODE_FAILED if status == "failed" else ExitCode.OK
-        return self.report(status, int(code), time.monotonic() - t0, startup_s)
+        report.exit_code = int(ExitCode.NODE_FAILED if status == "failed" else ExitCode.OK)
+        return report
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop_requested:  # a second Ctrl-C: stop waiting for the drain
@@ -372,7 +233,9 @@ class _Supervisor:
         proc.state = "new"
 
     def tell(self, proc: _Proc, *msg: Any) -> None:
-        self.control.send_multipart([proc.name.encode(), msgpack.packb(list(msg), use_bin_type=True)])
+        with contextlib.suppress(zmq.ZMQError):  # a worker that died meanwhile is noticed by check()
+            self.control.send_multipart([protocol.worker_identity(self.token, proc.name), protocol.encode(*msg)],
+                                        zmq.NOBLOCK)
 
     def hear(self, timeout_ms: int) -> tuple[_Proc, list[Any]] | None:
         """The next message from a worker; requests from clients are served meanwhile."""
@@ -383,23 +246,29 @@ class _Supervisor:
             self.expire_requests()
         if self.control not in events:
             return None
-        identity, body = self.control.recv_multipart()
-        proc = self.procs.get(identity.decode())
-        if proc is None:
+        try:
+            frames = self.control.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
             return None
-        return proc, msgpack.unpackb(body, raw=False, strict_map_key=False)
+        proc = self.by_identity.get(frames[0]) if len(frames) == 2 else None
+        msg = protocol.decode(frames[1], protocol.WORKER) if proc is not None else None
+        if msg is None:
+            self.junk += 1  # not one of our workers, or not the protocol: never obeyed
+            return None
+        return proc, msg
 
     # ---------------------------------------------------------------- start-up in phases
 
     def bring_up(self, t0: float) -> None:
-        phase_next = {"bound": "connected", "connected": "ready"}
+        phase_next = {protocol.BOUND: protocol.CONNECTED, protocol.CONNECTED: protocol.READY}
         while True:
             states = {p.state for p in self.procs.values()}
             if states == {"ready"}:
                 break
             if states == {"bound"}:
+                write_endpoints(self.run_dir, self.resolved)
                 for proc in self.procs.values():
-                    self.tell(proc, "connect", self.resolved)
+                    self.tell(proc, protocol.CONNECT, self.resolved)
                     proc.state = "connecting"
             if self.stop_requested:  # nothing ran yet: nothing to drain
                 raise KeyboardInterrupt
@@ -416,16 +285,19 @@ class _Supervisor:
             if got is None:
                 continue
             proc, msg = got
-            if msg[0] == "bound":
-                self.resolved.update(msg[1])
+            if msg[0] == protocol.BOUND:
+                if protocol.endpoints_ok(msg[1]):
+                    self.resolved.update(msg[1])
                 proc.state = "bound"
             elif msg[0] in phase_next.values():
                 proc.state = msg[0]
-            elif msg[0] == "error":
+            elif msg[0] == protocol.ERROR:
                 self.errors.append(f"{proc.name}: {msg[1]}")
                 sys.stderr.write(msg[2])
+            elif msg[0] == protocol.HB:
+                proc.stats = msg[1]
         for proc in self.procs.values():
-            self.tell(proc, "start")
+            self.tell(proc, protocol.START)
             proc.state = "running"
 
     # ---------------------------------------------------------------- running
@@ -443,7 +315,7 @@ class _Supervisor:
                 stop_sent_at = now
                 for proc in self.procs.values():
                     if proc.state in ("running", "ready"):
-                        self.tell(proc, "stop")
+                        self.tell(proc, protocol.STOP)
             if stop_sent_at is not None and now - stop_sent_at > self.grace_s:
                 log.warning("the graph did not drain within %.1fs; terminating workers", self.grace_s)
                 return "stopped"
@@ -464,22 +336,30 @@ class _Supervisor:
 
     def on_message(self, proc: _Proc, msg: list[Any]) -> None:
         kind = msg[0]
-        if kind in ("hb", "done"):
+        if kind in (protocol.HB, protocol.DONE):
             proc.stats = msg[1]
-            if kind == "done":
+            if kind == protocol.DONE:
                 proc.state = "done"
-        elif kind == "bound":  # a restarted worker
-            self.resolved.update(msg[1])
-            self.tell(proc, "connect", self.resolved)
-        elif kind == "connected":
+        elif kind == protocol.BOUND:  # a restarted worker
+            if protocol.endpoints_ok(msg[1]):
+                moved = {b: a for b, a in msg[1].items() if self.resolved.get(b) not in (None, a)}
+                self.resolved.update(msg[1])
+                write_endpoints(self.run_dir, self.resolved)
+                if moved:  # its old port was taken meanwhile: its consumers must follow it
+                    log.warning("worker %s bound new addresses after its restart: %s", proc.name, moved)
+                    for name in {c for b in moved for c in self.consumers_of.get(b, ())}:
+                        if self.procs[name].state == "running":
+                            self.tell(self.procs[name], protocol.RECONNECT, moved)
+            self.tell(proc, protocol.CONNECT, self.resolved)
+        elif kind == protocol.CONNECTED:
             proc.state = "connected"
             self.rehello(proc)
-        elif kind == "ready":
-            self.tell(proc, "start")
+        elif kind == protocol.READY:
+            self.tell(proc, protocol.START)
             proc.state = "running"
-        elif kind == "error":
+        elif kind == protocol.ERROR:
             self.errors.append(f"{proc.name}: {msg[1]}")
-        elif kind == "reply":
+        elif kind == protocol.REPLY:
             self.on_reply(*msg[1:])
 
     # ---------------------------------------------------------------- clients (dmnflow swap, runs)
@@ -487,23 +367,21 @@ class _Supervisor:
     def serve_admin(self) -> None:
         while True:
             try:
-                client, body = self.admin.recv_multipart(zmq.NOBLOCK)
+                frames = self.admin.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            except ValueError:
+            request = protocol.decode(frames[1], protocol.ADMIN) if len(frames) == 2 else None
+            if request is None:
+                self.junk += 1
+                if len(frames) == 2:
+                    self.answer(frames[0], False, "not a request dmnflow knows")
                 continue
-            try:
-                request = msgpack.unpackb(body, raw=False)
-                kind = request[0]
-            except Exception:
-                continue
-            if kind == "status":
+            client = frames[0]
+            if request[0] == protocol.STATUS:
                 self.answer(client, True, {"graph": self.plan.graph, "name": self.name, "pid": os.getpid(),
                                            "nodes": {p: self.procs[self.proc_of[p]].state for p in self.proc_of}})
-            elif kind == "command" and len(request) == 4:
-                self.start_command(client, *request[1:])
             else:
-                self.answer(client, False, f"unknown request {kind!r}")
+                self.start_command(client, *request[1:])
 
     def expire_requests(self) -> None:
         """A node that never answers (its worker died meanwhile) does not leave a client waiting."""
@@ -528,11 +406,11 @@ class _Supervisor:
         token = self.next_token = self.next_token + 1
         self.requests[token] = _Request(client, set(targets), deadline=time.monotonic() + COMMAND_TIMEOUT_S)
         for target in targets:
-            self.tell(self.procs[self.proc_of[target]], "command", target, name, args, token)
+            self.tell(self.procs[self.proc_of[target]], protocol.COMMAND, target, name, args, token)
 
     def on_reply(self, token: int, node: str, ok: bool, result: Any) -> None:
         req = self.requests.get(token)
-        if req is None:
+        if req is None or node not in req.waiting:
             return
         req.answers[node] = [ok, result]
         req.waiting.discard(node)
@@ -542,15 +420,14 @@ class _Supervisor:
 
     def answer(self, client: bytes, ok: bool, result: Any, per_node: dict[str, Any] | None = None) -> None:
         with contextlib.suppress(zmq.ZMQError):
-            self.admin.send_multipart([client, msgpack.packb([ok, result, per_node or {}], use_bin_type=True)],
-                                      zmq.NOBLOCK)
+            self.admin.send_multipart([client, protocol.encode(ok, result, per_node or {})], zmq.NOBLOCK)
 
     def collect_stats(self, wait_s: float = 0.5) -> None:
-        """Ask the live workers for their counts, so a failed run still reports what happened."""
+        """Ask the live workers for their heartbeats, so a failed run still reports what happened."""
         live = [p for p in self.procs.values() if p.popen is not None and p.popen.poll() is None
                 and p.state == "running"]
         for proc in live:
-            self.tell(proc, "report")
+            self.tell(proc, protocol.REPORT)
         deadline = time.monotonic() + wait_s
         waiting = {p.name for p in live}
         while waiting and time.monotonic() < deadline:
@@ -560,12 +437,12 @@ class _Supervisor:
                 waiting.discard(got[0].name)
 
     def rehello(self, proc: _Proc) -> None:
-        """A restarted worker's push outputs must hear from their consumers again."""
+        """A restarted worker's push and stream outputs must hear from their consumers again."""
         mine = set(proc.nodes)
-        consumers = {self.proc_of[e.dst] for e in self.plan.edges if e.src in mine and e.pattern == "push"}
+        consumers = {self.proc_of[e.dst] for e in self.plan.edges if e.src in mine and e.pattern != "pub"}
         for name in consumers:
             if self.procs[name].state == "running":
-                self.tell(self.procs[name], "rehello")
+                self.tell(self.procs[name], protocol.REHELLO)
 
     def check(self, proc: _Proc, stopping: bool) -> bool:
         """Notice a dead worker; restart it per policy. True when the run has failed."""
@@ -580,6 +457,7 @@ class _Supervisor:
             return False
         pid = proc.popen.pid
         proc.past.append(proc.stats)
+        proc.killed.append(True)
         proc.stats = {}
         proc.popen = None
         policy = self.restart[proc.nodes[0]]
@@ -621,54 +499,22 @@ class _Supervisor:
     # ---------------------------------------------------------------- the report
 
     def report(self, status: str, code: int, duration_s: float, startup_s: float) -> Report:
-        nodes = {n.name: NodeReport(n.name) for n in self.plan.nodes}
-        edges = [EdgeReport(e.id, f"{e.src}.{e.src_port}", f"{e.dst}.{e.dst_port}") for e in self.plan.edges]
-        hist = {e.id: Histogram() for e in self.plan.edges}
-        sent: dict[int, dict[int, int]] = {e.id: {} for e in self.plan.edges}
-        seen: dict[int, dict[int, int]] = {e.id: {} for e in self.plan.edges}
-        e2e: dict[tuple[int, str], Histogram] = {}
         for proc in self.procs.values():
-            share = len(proc.nodes)
-            for name in proc.nodes:
-                nodes[name].restarts = proc.restarts
-                nodes[name].status = proc.state
-            for stats in [*proc.past, proc.stats]:  # every incarnation's counts add up
-                for name in proc.nodes:
-                    node = nodes[name]
-                    node.cpu_s += float(stats.get("cpu_s", 0.0)) / share
-                    ns = stats.get("nodes", {}).get(name, {})
-                    node.messages_in += ns.get("in", 0)
-                    node.messages_out += ns.get("out", 0)
-                    node.join_incomplete += ns.get("join_incomplete", 0)
-                    node.conflated += ns.get("conflated", 0)
-                    if ns.get("summary") is not None:
-                        node.summary = ns["summary"]
-                    for origin, sparse in ns.get("e2e", {}).items():
-                        e2e.setdefault((int(origin), name), Histogram()).merge(Histogram.from_sparse(sparse))
-                for e, st in stats.get("edges", {}).items():
-                    edge = edges[int(e)]
-                    for key in ("received", "dropped", "gaps", "decode_errors", "restarts_seen"):
-                        setattr(edge, key, getattr(edge, key) + st.get(key, 0))
-                    if "sent" in st:
-                        by_inc = sent[int(e)]
-                        by_inc[st["inc"]] = max(by_inc.get(st["inc"], 0), st["sent"])
-                    for inc, n in st.get("seen", {}).items():
-                        by_inc = seen[int(e)]
-                        by_inc[int(inc)] = max(by_inc.get(int(inc), 0), n)
-                    if "latency" in st:
-                        hist[int(e)].merge(Histogram.from_sparse(st["latency"]))
-        for edge in edges:  # a producer that died had sent at least what its consumers saw
-            incs = set(sent[edge.id]) | set(seen[edge.id])
-            edge.sent = sum(max(sent[edge.id].get(i, 0), seen[edge.id].get(i, 0)) for i in incs)
-        for edge in edges:
-            p50, p99 = hist[edge.id].quantile(0.5), hist[edge.id].quantile(0.99)
-            edge.p50_us = None if p50 is None else round(p50 / 1e3, 1)
-            edge.p99_us = None if p99 is None else round(p99 / 1e3, 1)
-        names = [n.name for n in self.plan.nodes]
-        paths = []
-        for (origin, sink), h in sorted(e2e.items()):
-            p50, p99 = h.quantile(0.5), h.quantile(0.99)
-            paths.append({"source": names[origin], "sink": sink, "messages": h.n,
-                          "p50_us": round((p50 or 0) / 1e3, 1), "p99_us": round((p99 or 0) / 1e3, 1)})
-        return Report(self.plan.graph, status, code, round(duration_s, 3), round(startup_s, 3), nodes, edges,
-                      paths, list(self.errors))
+            beats = proc.past + ([proc.stats] if len(proc.past) <= proc.inc else [])
+            killed = proc.killed + [False] * (proc.inc + 1 - len(proc.killed))
+            proc.incarnations = [Incarnation(self.counts(proc, inc, beats[inc] if inc < len(beats) else {}),
+                                             beats[inc] if inc < len(beats) else {},
+                                             killed[inc] if inc < len(killed) else False)
+                                 for inc in range(proc.inc + 1)]
+        return build_report(self.plan, self.layout, self.procs, status, code, duration_s, startup_s, self.errors,
+                            self.junk)
+
+    def counts(self, proc: _Proc, inc: int, beat: dict[str, Any]) -> list[int] | None:
+        """An incarnation's counts: from its counters file (exact, even after a kill), else
+        from its last heartbeat (a worker on another host)."""
+        if self.run_dir:
+            found = Counters.read(counters_path(self.run_dir, proc.name, inc), self.layout)
+            if found is not None:
+                return found
+        counts = beat.get("counts")
+        return counts if isinstance(counts, list) and all(type(c) is int for c in counts) else None

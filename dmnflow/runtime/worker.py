@@ -33,18 +33,31 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
 from ..codecs import Limits, get_codec
-from ..errors import NodeError
+from ..errors import NodeError, TransportError
 from ..node import Context, Message, Node
 from ..plan import NodePlan, Plan
-from ..transport import Flusher, Histogram, Inlet, Outlet
+from ..transport import Counters, Flusher, Histogram, Inlet, Link, Outlet
+from ..transport.security import KeyError_, Watch, load_curve
+from ..transport.stats import (
+    ACKED,
+    N_CONFLATED,
+    N_HANDLING,
+    N_HANDLING_OUT,
+    N_IN,
+    N_JOIN_INCOMPLETE,
+    N_OUT,
+    SENT,
+    Layout,
+)
+from ..transport.wire import read_token, shm_tag
+from . import protocol
+from .files import COALESCE_ENV, counters_path, layout_of, read_endpoints
 
 LINGER_S = 5.0
 BATCH = 256  # messages read from one socket before looking at the others
-ZERO_COPY = {"tensor", "raw", "pickle"}  # codecs whose payload is used in place, not parsed
 SOURCE_STEPS = 64  # items taken from a source's generator per turn of the loop
 
 
@@ -160,9 +173,13 @@ def _message(port: str, header: list[Any]) -> Message:
 class NodeRunner:
     """One node instance inside the worker: its object, context, handlers and counters."""
 
-    def __init__(self, plan_node: NodePlan, index: int) -> None:
+    def __init__(self, plan_node: NodePlan, index: int, counters: Counters | None = None) -> None:
         self.plan = plan_node
         self.index = index
+        if counters is None:  # on its own (dmnflow.testing): counts in private memory
+            counters = Counters(_one_node_layout(index))
+        self.mv = counters.mv
+        self.nbase = counters.layout.node(index)
         self.cls = _load_class(plan_node.uses)
         params = self.cls.Params.model_validate(plan_node.params)
         self.ports = self.cls.ports(params)
@@ -172,8 +189,6 @@ class NodeRunner:
                            alloc=self._alloc)
         self.origin_ns = 0
         self.origin = -1
-        self.messages_in = 0
-        self.messages_out = 0
         self.e2e: dict[int, Histogram] = {}  # per origin source, at sinks
         self.topic_bytes, self.topic = b"", ""  # the last topic seen, decoded
         self.is_sink = not plan_node.outputs
@@ -188,7 +203,9 @@ class NodeRunner:
         self.join = None if plan_node.join is None else _Join(plan_node.join.inputs, plan_node.join.timeout_s)
         self.batches = {i.port: _Batch(i.batch.max, i.batch.wait_s) for i in plan_node.inputs if i.batch}
         self.latest = {i.port for i in plan_node.inputs if i.policy == "latest"}
-        self.conflated = 0  # messages a `latest` input skipped for a newer one
+        self.alo_inlets: dict[str, Inlet] = {}  # at-least-once inputs: say `done` once handled
+        self.custody: list[Any] = []  # at-least-once: (inlet, header, out marks) waiting for downstream
+        self.alo_routers: list[Any] = []  # this node's at-least-once outputs (their consumers' `done`)
         now = time.monotonic()
         self.timers = [[now + period, period, getattr(self.node, f"on_{name}"), name]
                        for name, period in plan_node.timers.items()]
@@ -239,7 +256,7 @@ class NodeRunner:
             if event_time is None:
                 event_time = self.ctx.message.event_time
         outlet.send(value, topic.encode() if topic is not None else None, origin_ns, origin, event_time, attrs)
-        self.messages_out += 1
+        self.mv[self.nbase + N_OUT] += 1
 
     def _alloc(self, port: str, shape: Any, dtype: Any) -> Any:
         outlet = self.outlets.get(port)
@@ -284,7 +301,11 @@ class NodeRunner:
         message.origin_ns, message.event_time, message.attrs = header[4], header[7], header[9]
         self.origin_ns = message.origin_ns
         self.origin = message.origin = header[5]
-        self.messages_in += count
+        mv, nbase = self.mv, self.nbase
+        mv[nbase + N_IN] += count
+        # what a kill would interrupt: the report counts a message whose handler emitted nothing yet as lost
+        mv[nbase + N_HANDLING_OUT] = mv[nbase + N_OUT]
+        mv[nbase + N_HANDLING] = count
         try:
             if self.join is not None and port in self.join.ports:
                 for event_time, values in self.join.add(port, header[1], header[7], (value, header)):
@@ -296,12 +317,38 @@ class NodeRunner:
         except Exception as exc:
             raise NodeError(f"{type(exc).__name__}: {exc}", node=self.plan.name, port=port,
                             seq=header[3]) from exc
+        mv[nbase + N_HANDLING] = 0
+        inlet = self.alo_inlets.get(port) if self.alo_inlets else None
+        if inlet is not None:
+            self.handled(inlet, header)
         if self.is_sink and header[5] >= 0:
             hist = self.e2e.get(header[5])
             if hist is None:
                 hist = self.e2e[header[5]] = Histogram()
             hist.add(time.time_ns() - header[4])
         self.origin = -1
+
+    def handled(self, inlet: Inlet, header: list[Any]) -> None:
+        """At-least-once: a record is done once its handler returned and everything it emitted
+        on this node's at-least-once outputs is handled downstream too (their `done` came)."""
+        if not self.alo_routers:
+            inlet.handled(header)
+            return
+        marks = [(router.mv, router.base[edge] + ACKED, router.mv[router.base[edge] + SENT])
+                 for router in self.alo_routers for edge in router.held]
+        self.custody.append((inlet, header, marks))
+
+    def release_custody(self) -> None:
+        """Say `done` upstream for every record whose outputs downstream has handled."""
+        custody = self.custody
+        released = 0
+        for inlet, header, marks in custody:
+            if not all(mv[acked] >= sent for mv, acked, sent in marks):
+                break
+            inlet.handled(header)
+            released += 1
+        if released:
+            del custody[:released]
 
     def call_join(self, event_time: Any, group: dict[str, tuple[Any, list[Any]]]) -> None:
         """``on_join`` with one value per input; ``ctx.joined`` holds the message behind each."""
@@ -369,12 +416,25 @@ class NodeRunner:
         for outlet in self.outlets.values():
             outlet.send_eos()
 
+    @property
+    def messages_in(self) -> int:
+        return self.mv[self.nbase + N_IN]
+
+    @property
+    def messages_out(self) -> int:
+        return self.mv[self.nbase + N_OUT]
+
     def stats(self) -> dict[str, Any]:
+        """What a heartbeat carries of this node; its counts are in the counters file."""
+        if self.join is not None:
+            self.mv[self.nbase + N_JOIN_INCOMPLETE] = self.join.incomplete
         summary = getattr(self.node, "summary", None)
-        return {"in": self.messages_in, "out": self.messages_out, "conflated": self.conflated,
-                "join_incomplete": self.join.incomplete if self.join is not None else 0,
-                "e2e": {origin: h.to_sparse() for origin, h in self.e2e.items()},
+        return {"e2e": {origin: h.to_sparse() for origin, h in self.e2e.items()},
                 "summary": summary() if callable(summary) else None}
+
+
+def _one_node_layout(index: int) -> Layout:
+    return Layout(edges=0, nodes=index + 1, outputs=0, binds=0)
 
 
 class Worker:
@@ -388,80 +448,124 @@ class Worker:
         self.proc = next(p for p in self.plan.processes if p.name == process)
         if self.proc.cpus:  # before the zmq context: its I/O threads inherit the pins
             _pin(self.proc.cpus)
+        self.token = read_token(run_dir)
         self.zctx = zmq.Context()
         self.flusher = Flusher()  # push outputs coalesce bursts; its lock guards their sockets
         self.control = self.zctx.socket(zmq.DEALER)
         self.control.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
-        self.control.setsockopt(zmq.IDENTITY, process.encode())
+        self.control.setsockopt(zmq.IDENTITY, protocol.worker_identity(self.token, process))
         self.control.connect(f"ipc://{run_dir}/control")
+        self.counters = Counters(layout_of(self.plan), counters_path(run_dir, process, inc))
+        self.link = Link(self.zctx, run_dir, self.token, shm_tag(self.token), self.counters,
+                         coalesce=os.environ.get(COALESCE_ENV, "1") != "0")
+        self.watch = Watch()
+        self.auth: Any = None
         self.outlets: dict[tuple[str, str], Outlet] = {}
         self.inlets: list[tuple[NodeRunner, Inlet]] = []
         self.runners: list[NodeRunner] = []
         self.stopping = False
         self.next_beat = time.monotonic() + 1.0
         self.pending: list[tuple[Future[Any], Any, str]] = []  # commands still running: (future, token, node)
+        self.refusals: list[str] = []  # CURVE handshakes our inputs' producers refused (start-up fails on them)
 
     def tell(self, *msg: Any) -> None:
-        self.control.send(msgpack.packb(list(msg), use_bin_type=True))
+        self.control.send(protocol.encode(*msg))
 
     def hear(self, timeout_ms: int | None) -> list[Any] | None:
+        """The supervisor's next message (None if none came, or it was not one)."""
         if self.control.poll(timeout_ms):
-            return msgpack.unpackb(self.control.recv(), raw=False, strict_map_key=False)
+            return protocol.decode(self.control.recv(), protocol.SUPERVISOR)
         return None
 
     def expect(self, kind: str) -> list[Any]:
         """Wait for the supervisor's ``kind`` message; a ``stop`` meanwhile ends the worker."""
         while True:
-            msg = self.hear(None)
+            msg = self.hear(100)
             if msg and msg[0] == kind:
                 return msg
-            if msg and msg[0] == "stop":
+            if msg and msg[0] == protocol.STOP:
                 raise SystemExit(0)
+            self.check_refusals()
+
+    def secure(self) -> None:
+        """CURVE for a plan that asks for it: this host's keys, and the ZAP allow-list started
+        before any tcp socket binds (without a ZAP handler libzmq admits any client key)."""
+        security = self.plan.security
+        if security.curve is None:
+            return
+        try:
+            self.link.curve = load_curve(security.curve, security.key)
+        except KeyError_ as exc:
+            raise TransportError(f"CURVE keys: {exc}") from exc
+        tcp_binds = any(b.transport == "tcp" for n in self.plan.nodes if n.process == self.process
+                        for o in n.outputs for b in o.binds)
+        if tcp_binds:
+            self.auth = self.link.curve.authenticator(self.zctx)
 
     def run(self) -> int:
         index = {n.name: i for i, n in enumerate(self.plan.nodes)}
         ids = self.plan.output_ids()
         proc = self.proc
+        self.secure()
+        if self.inc > 0:  # a restarted worker takes back the addresses it had (automatic tcp ports)
+            self.link.resolved.update(read_endpoints(self.run_dir))
         bound: dict[str, str] = {}
+        layout = self.counters.layout
         for name in proc.nodes:
-            runner = NodeRunner(self.plan.node(name), index[name])
+            runner = NodeRunner(self.plan.node(name), index[name], self.counters)
             for out in runner.plan.outputs:
-                encoder = get_codec(out.codec).encoder(runner.ports.outputs[out.port].type,
-                                                       compress_above=out.compress_above)
-                topics = {e: self.plan.edges[e].topics for b in out.binds for e in b.edges}
-                outlet = Outlet(self.zctx, ids[(name, out.port)], self.inc, out.port, out.binds, encoder,
-                                self.run_dir, {}, topics, out.shm_above, self.flusher)
-                for router in outlet.routers:
-                    router.block = any(self.plan.edges[e].policy == "block" for e in router.edges)
-                outlet.feedback = {e for b in out.binds for e in b.edges if self.plan.edges[e].feedback}
-                outlet.tensor = out.codec == "tensor"
+                codec = get_codec(out.codec)
+                encoder = codec.encoder(runner.ports.outputs[out.port].type, compress_above=out.compress_above)
+                edges = {e: self.plan.edges[e] for b in out.binds for e in b.edges}
+                outlet = Outlet(self.link, ids[(name, out.port)], self.inc, name, out.port, out.binds, edges,
+                                encoder, accepted=layout.output(ids[(name, out.port)]), shm_above=out.shm_above,
+                                flusher=self.flusher, tensor=codec.shm)
                 runner.outlets[out.port] = outlet
+                runner.alo_routers += [r for r in outlet.routers if r.held]
                 self.outlets[(name, out.port)] = outlet
                 bound.update(outlet.bound)
             self.runners.append(runner)
+        if self.link.curve is not None:
+            for outlet in self.outlets.values():
+                for sock in outlet.sockets():
+                    self.watch.add(sock, f"output {outlet.name}", lambda _e, o=outlet, s=sock: self._refused(o, s))
         if proc.cpus and "torch" in sys.modules:  # imported by a node: one thread per pinned core
             sys.modules["torch"].set_num_threads(len(proc.cpus))
-        self.tell("bound", bound)
+        self.tell(protocol.BOUND, bound)
 
-        resolved: dict[str, str] = self.expect("connect")[1]
+        resolved = self.expect(protocol.CONNECT)[1]
+        if not protocol.endpoints_ok(resolved):
+            raise TransportError("the supervisor sent a malformed endpoint map")
+        self.link.resolved.update(resolved)
         for runner in self.runners:
             declared = runner.ports
             for inp in runner.plan.inputs:
                 edges = {c.edge: self.plan.edges[c.edge] for c in inp.connects}
-                decoders = {e: get_codec(edge.codec).decoder(declared.inputs[inp.port].type, Limits())
+                limits = Limits(max_bytes=inp.max_bytes)
+                decoders = {e: get_codec(edge.codec).decoder(declared.inputs[inp.port].type, limits)
                             for e, edge in edges.items()}
                 src_of_edge = {e: ids[(edge.src, edge.src_port)] for e, edge in edges.items()}
-                inlet = Inlet(self.zctx, inp.port, inp.connects, src_of_edge, inp.topics, inp.queue, decoders,
-                              self.run_dir, resolved, runner.plan.name.encode(), inp.feedback,
-                              restarted=self.inc > 0,
-                              zero_copy=any(e.codec in ZERO_COPY for e in edges.values()))
+                inlet = Inlet(self.link, inp.port, runner.plan.name, inp.connects, src_of_edge, inp.topics,
+                              inp.queue, decoders, feedback=inp.feedback, max_bytes=inp.max_bytes, inc=self.inc,
+                              delivery=inp.delivery,
+                              zero_copy=any(get_codec(e.codec).zero_copy for e in edges.values()))
                 self.inlets.append((runner, inlet))
+                if inp.delivery == "at-least-once":
+                    runner.alo_inlets[inp.port] = inlet
                 if runner.join is not None and inp.port in runner.join.producers:
                     runner.join.producers[inp.port] = set(src_of_edge.values())
-        self.tell("connected")
+                if self.link.curve is not None:
+                    for c in inp.connects:
+                        if c.transport == "tcp":
+                            sock = inlet._dialled[c.bind + f"#{c.edge}"][0]
+                            self.watch.add(sock, f"input {runner.plan.name}.{inp.port}",
+                                           lambda ev, c=c, r=runner, i=inp: self._rejected(c, r, i, ev))
+        self.tell(protocol.CONNECTED)
 
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
+        for mon in self.watch.monitors:
+            poller.register(mon, zmq.POLLIN)
         outlet_of: dict[zmq.Socket, Outlet] = {}
         for outlet in self.outlets.values():
             for sock in outlet.sockets():
@@ -473,15 +577,44 @@ class Worker:
             for sock in events:
                 if sock is self.control:
                     msg = self.hear(0)
-                    if msg and msg[0] == "stop":
+                    if msg and msg[0] == protocol.STOP:
                         return 0
+                elif sock in self.watch.monitors:
+                    self.watch.read(sock)
                 else:
                     outlet_of[sock].service(sock)
+            self.check_refusals()
         for runner in self.runners:
             runner.setup()
-        self.tell("ready")
-        self.expect("start")
+        self.tell(protocol.READY)
+        self.expect(protocol.START)
         return self.loop(poller, outlet_of)
+
+    def _refused(self, outlet: Outlet, sock: zmq.Socket) -> None:
+        """A peer without an admitted key tried one of our tcp binds: counted on that socket."""
+        for stream in outlet.streams:
+            if stream.shared.sock is sock:
+                stream.shared.refused()
+                return
+        for holder in [*outlet.pubs, *outlet.routers]:
+            if holder.sock is sock:
+                layout = self.counters.layout
+                self.counters.mv[layout.bind(holder.bind.counter) + 1] += 1  # B_REFUSED
+                return
+
+    def _rejected(self, c: Any, runner: NodeRunner, inp: Any, event: dict[str, Any]) -> None:
+        """The producer of one of our tcp inputs refused our key (or we refused its)."""
+        edge = self.plan.edges[c.edge]
+        key = self.plan.security.key or "?"
+        self.refusals.append(f"edge {edge.src}.{edge.src_port} -> {edge.dst}.{edge.dst_port}: the CURVE handshake "
+                             f"with {self.link.resolved.get(c.bind, c.endpoint)} failed (this host's key {key!r} "
+                             "is not admitted there, or the server's key is not the one in our key directory)")
+
+    def check_refusals(self) -> None:
+        for mon in list(self.watch.monitors):
+            self.watch.read(mon)
+        if self.refusals:
+            raise TransportError(self.refusals[0])
 
     def loop(self, poller: zmq.Poller, outlet_of: dict[zmq.Socket, Outlet]) -> int:
         inlet_of: dict[zmq.Socket, tuple[NodeRunner, Inlet]] = {}
@@ -502,6 +635,8 @@ class Worker:
         all_done = False
         flusher = self.flusher
         coalescing = flusher.routers
+        alo = [r for r in self.runners if r.alo_inlets]
+        alo_inlets = [i for r in alo for i in r.alo_inlets.values()]
         while True:
             batching = bool(batched) and any(b.values for r in batched for b in r.batches.values())
             wait_ms = 0 if sources else 1 if batching else 2 if ending else 100
@@ -529,7 +664,7 @@ class Worker:
                     if inlet.port in runner.latest:  # keep only the newest of what is waiting
                         waiting = list(inlet.receive(sock, BATCH))
                         if waiting:
-                            runner.conflated += len(waiting) - 1
+                            runner.mv[runner.nbase + N_CONFLATED] += len(waiting) - 1
                             runner.deliver(inlet.port, *waiting[-1])
                     else:
                         port = inlet.port
@@ -540,8 +675,10 @@ class Worker:
                     if inlet.ended:
                         runner.input_ended(inlet.port)
                         check_end = True
-                else:
+                elif sock in outlet_of:
                     outlet_of[sock].service(sock)
+                else:
+                    self.watch.read(sock)
             if sources:
                 for runner in sources:
                     if runner.loop_source:
@@ -554,6 +691,13 @@ class Worker:
             for _, inlet in self.inlets:  # arrays over shared memory were dropped: give the slots back
                 if inlet.shm.frees:
                     inlet.send_frees()
+            if alo:  # at-least-once: say `done` for what is handled (downstream included)
+                for runner in alo:
+                    if runner.custody:
+                        runner.release_custody()
+                for inlet in alo_inlets:
+                    if inlet.done_pending:
+                        inlet.send_done()
             if batching:
                 now = time.monotonic()
                 for runner in batched:
@@ -578,14 +722,14 @@ class Worker:
             if all_done and not ending:
                 break
             self.beat()
-        self.tell("done", self.stats())
+        self.tell(protocol.DONE, self.stats())
         return 0
 
     def beat(self) -> None:
         """A heartbeat with the counts, once a second."""
         now = time.monotonic()
         if now >= self.next_beat:
-            self.tell("hb", self.stats())
+            self.tell(protocol.HB, self.stats())
             self.next_beat = now + 1.0
 
     def check_control(self) -> None:
@@ -597,16 +741,23 @@ class Worker:
         self.beat()
 
     def command(self, msg: list[Any]) -> None:
-        if msg[0] == "stop":  # drain: sources end, and end-of-stream follows the data
+        verb = msg[0]
+        if verb == protocol.STOP:  # drain: sources end, and end-of-stream follows the data
             self.stopping = True
             for runner in self.runners:
                 runner.stop_source()
-        elif msg[0] == "rehello":
+        elif verb == protocol.REHELLO:
             for _, inlet in self.inlets:
                 inlet.hello()
-        elif msg[0] == "report":  # the run is failing: send what we counted before we are stopped
-            self.tell("hb", self.stats())
-        elif msg[0] == "command":
+        elif verb == protocol.RECONNECT:  # a restarted producer is at a new address
+            if protocol.endpoints_ok(msg[1]):
+                self.link.resolved.update(msg[1])
+                for _, inlet in self.inlets:
+                    for bind, endpoint in msg[1].items():
+                        inlet.redial(bind, endpoint)
+        elif verb == protocol.REPORT:  # the run is failing: send what we counted before we are stopped
+            self.tell(protocol.HB, self.stats())
+        elif verb == protocol.COMMAND:
             self.run_command(*msg[1:])
 
     def run_command(self, node: str, name: str, args: dict[str, Any], token: Any) -> None:
@@ -615,17 +766,17 @@ class Worker:
         runner = next((r for r in self.runners if r.plan.name == node), None)
         handler = getattr(runner.node, "on_command", None) if runner is not None else None
         if handler is None:
-            self.tell("reply", token, node, False, f"node {node!r} takes no commands")
+            self.tell(protocol.REPLY, token, node, False, f"node {node!r} takes no commands")
             return
         try:
             result = handler(name, args, runner.ctx)  # type: ignore[union-attr]
         except Exception as exc:  # a refused command is an answer, not a crash of the node
-            self.tell("reply", token, node, False, f"{type(exc).__name__}: {exc}")
+            self.tell(protocol.REPLY, token, node, False, f"{type(exc).__name__}: {exc}")
             return
         if isinstance(result, Future):
             self.pending.append((result, token, node))
         else:
-            self.tell("reply", token, node, True, result)
+            self.tell(protocol.REPLY, token, node, True, result)
 
     def answer_done(self) -> None:
         for item in [p for p in self.pending if p[0].done()]:
@@ -633,23 +784,16 @@ class Worker:
             future, token, node = item
             exc = future.exception()
             if exc is None:
-                self.tell("reply", token, node, True, future.result())
+                self.tell(protocol.REPLY, token, node, True, future.result())
             else:
-                self.tell("reply", token, node, False, f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc))
+                self.tell(protocol.REPLY, token, node, False, f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc))
 
     def stats(self) -> dict[str, Any]:
-        edges: dict[int, dict[str, Any]] = {}
-        for outlet in self.outlets.values():
-            for e, st in outlet.stats.items():
-                edges.setdefault(e, {}).update(sent=st.sent, dropped=st.dropped, inc=self.inc)
-        for _, inlet in self.inlets:
-            seen = {source.edge: source.sent_so_far() for source in inlet.sources.values()}
-            for e, st in inlet.stats.items():
-                edges.setdefault(e, {}).update(received=st.received, gaps=st.gaps, decode_errors=st.decode_errors,
-                                               restarts_seen=st.restarts_seen, latency=st.latency.to_sparse(),
-                                               seen=seen.get(e, {}))
+        """A heartbeat: latency histograms, node summaries, cpu, and a snapshot of the counts
+        (the supervisor reads the counters file itself where it can; a remote one cannot)."""
+        edges = {e: st.latency.to_sparse() for _, inlet in self.inlets for e, st in inlet.stats.items()}
         return {"cpu_s": time.process_time(), "nodes": {r.plan.name: r.stats() for r in self.runners},
-                "edges": edges}
+                "latency": edges, "counts": self.counters.snapshot()}
 
     def close(self) -> None:
         self.flusher.close()
@@ -657,6 +801,9 @@ class Worker:
             inlet.close()
         for outlet in self.outlets.values():
             outlet.close()
+        self.watch.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.control.close()
         self.zctx.term()
 
@@ -689,9 +836,9 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
         text = _user_traceback(exc)
         summary = str(exc) if isinstance(exc, NodeError) else f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(Exception):  # what this incarnation counted, then why it failed
-            worker.tell("hb", worker.stats())
+            worker.tell(protocol.HB, worker.stats())
         with contextlib.suppress(zmq.ZMQError):
-            worker.tell("error", summary, text)
+            worker.tell(protocol.ERROR, summary, text)
         sys.stderr.write(f"dmnflow: process {process} (pid {os.getpid()}) failed: {summary}\n{text}")
         code = 1
     finally:

@@ -11,10 +11,14 @@ import zmq
 
 from dmnflow.codecs import Limits, get_codec
 from dmnflow.node import Tensor
-from dmnflow.plan import BindPlan, ConnectPlan
-from dmnflow.transport import BATCH, DATA, Histogram, Inlet, Outlet
+from dmnflow.plan import BindPlan, ConnectPlan, EdgePlan
+from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
+from dmnflow.transport.shm import ShmMaps, ShmPool, segment_prefix
+from dmnflow.transport.wire import EOS, control, eos_header
 
 EDGE, SRC = 7, 3
+TOKEN = b"0123456789abcdef0123456789abcdef"
+TAG = "tag000000000"
 
 
 @pytest.fixture
@@ -24,21 +28,44 @@ def ctx():
     context.destroy(linger=0)
 
 
-def pair(ctx, codec: str, tp, endpoint: str):
-    """An Outlet bound to ``endpoint`` and an Inlet subscribed to it, joined and ready."""
-    outlet = Outlet(ctx, SRC, 0, "out", [BindPlan(endpoint=endpoint, transport="inproc", pattern="pub",
-                                                  hwm=1000, edges=[EDGE])],
-                    get_codec(codec).encoder(tp), "/nonexistent", {})
-    inlet = Inlet(ctx, "in", [ConnectPlan(edge=EDGE, node="p", port="out", endpoint=endpoint,
-                                          transport="inproc", pattern="pub")],
-                  {EDGE: SRC}, [], 1000, {EDGE: get_codec(codec).decoder(tp, Limits(max_bytes=1 << 20))},
-                  "/nonexistent", {}, b"c", feedback=False)
+def make_link(ctx, coalesce: bool = True) -> Link:
+    return Link(ctx, "/nonexistent", TOKEN, TAG, Counters(Layout(edges=EDGE + 1, nodes=1, outputs=SRC + 1, binds=1)),
+                coalesce=coalesce)
+
+
+def edge_plan(pattern: str, *, policy: str = "drop", queue: int = 1000, delivery: str = "at-most-once",
+              topics: list[str] | None = None, group: str | None = None, edge: int = EDGE) -> EdgePlan:
+    return EdgePlan(id=edge, src="p", src_port="out", dst="c", dst_port="in", type="any", codec="raw",
+                    transport="inproc", endpoint="", bind="b", pattern=pattern, policy=policy, queue=queue,
+                    topics=topics or [], feedback=False, delivery=delivery, group=group)
+
+
+def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, policy: str = "drop",
+         delivery: str = "at-most-once", link: Link | None = None, shm_above: int | None = None,
+         max_bytes: int = 1 << 20, transport: str = "inproc"):
+    """An Outlet bound to ``endpoint`` and an Inlet connected to it, the consumer joined."""
+    link = link or make_link(ctx)
+    plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery)
+    bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport=transport, pattern=pattern, hwm=hwm,
+                    edges=[EDGE])
+    outlet = Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: plan}, get_codec(codec).encoder(tp),
+                    shm_above=shm_above)
+    link.resolved.update(outlet.bound)
+    inlet = Inlet(link, "in", "c", [ConnectPlan(edge=EDGE, bind="b", node="p", port="out", endpoint=endpoint,
+                                                transport=transport, pattern=pattern)],
+                  {EDGE: SRC}, [], hwm, {EDGE: get_codec(codec).decoder(tp, Limits(max_bytes=max_bytes))},
+                  feedback=False, max_bytes=max_bytes, delivery=delivery)
     deadline = time.monotonic() + 5
     while outlet.waiting_for() and time.monotonic() < deadline:
-        outlet.service(outlet.pubs[0].sock)
+        for sock in outlet.sockets():
+            outlet.service(sock)
         time.sleep(0.001)
     assert not outlet.waiting_for()
     return outlet, inlet
+
+
+def pair(ctx, codec: str, tp, endpoint: str):
+    return wire(ctx, codec, tp, endpoint, "pub")
 
 
 def drain(inlet: Inlet, expect: int) -> list:
@@ -51,8 +78,12 @@ def drain(inlet: Inlet, expect: int) -> list:
     return got
 
 
-def header(seq: int, meta) -> bytes:
-    return msgpack.packb([DATA, SRC, 0, seq, time.time_ns(), 0, time.time_ns(), None, meta])
+def header(seq: int, meta, **change) -> bytes:
+    fields = [DATA, SRC, 0, seq, time.time_ns(), 0, time.time_ns(), None, meta, None]
+    names = ["kind", "src", "inc", "seq", "origin_ns", "origin", "send_ns", "event_time", "meta", "attrs"]
+    for key, value in change.items():
+        fields[names.index(key)] = value
+    return msgpack.packb(fields)
 
 
 def test_values_arrive_in_order_with_their_metadata(ctx):
@@ -77,7 +108,7 @@ def test_hostile_frames_are_counted_and_dropped_and_the_input_keeps_working(ctx)
         [b"out", header(1, ["np", "complex256", [1]]), b"\x00" * 32],  # a dtype not allowed
         [b"out", header(2, bomb_meta), b"\x00" * 8],  # a shape that would be a terabyte
         [b"out", header(3, "not a tensor meta"), b"\x00" * 4],
-        [b"out", msgpack.packb([DATA, 999, 0, 0, 0, 0, 0, None, None]), b""],  # from an unknown producer
+        [b"out", msgpack.packb([DATA, 999, 0, 0, 0, 0, 0, None, None, None]), b""],  # an unknown producer
     ]
     for parts in hostile:
         raw.send_multipart(parts)
@@ -132,20 +163,20 @@ def test_histogram_quantiles_are_within_their_bucket():
 
 
 def test_a_shared_memory_slot_is_reused_only_after_every_view_of_it_is_gone():
-    from dmnflow.transport import SHM_SLOTS, _ShmMaps, _ShmPool
-
-    pool, maps = _ShmPool(1024), _ShmMaps()
+    slots = 16
+    prefix = segment_prefix(TAG, SRC)
+    pool, maps = ShmPool(1024, slots, prefix), ShmMaps(32)
     encode = get_codec("tensor").encoder(Tensor("float32", (None,)))
     decode = get_codec("tensor").decoder(Tensor("float32", (None,)), Limits())
     try:
         meta, frames = encode(np.full(1024, 1, dtype=np.float32))
         lease = pool.put(frames)
-        first = decode(meta, [maps.attach(0, lease)])
+        first = decode(meta, [maps.attach(0, lease, prefix, 1 << 20)])
         view = first[10:20]  # a node keeps only a view
         del first
         assert maps.frees == [] and pool.in_use() == 1  # the view still holds the slot
         meta2, frames2 = encode(np.full(1024, 2, dtype=np.float32))
-        second = decode(meta2, [maps.attach(0, pool.put(frames2))])
+        second = decode(meta2, [maps.attach(0, pool.put(frames2), prefix, 1 << 20)])
         assert (view == 1).all() and (second == 2).all() and len(pool.slots) == 2  # no overwrite
         del view
         [(edge, slot, gen)] = maps.frees
@@ -153,7 +184,7 @@ def test_a_shared_memory_slot_is_reused_only_after_every_view_of_it_is_gone():
         pool.free(slot, gen - 1)  # a stale free (an older generation) changes nothing
         assert pool.in_use() == 1
         assert pool.put(encode(np.zeros(8, dtype=np.float32))[1]) is None  # small: through the socket
-        held = [pool.put(encode(np.full(1024, i, dtype=np.float32))[1]) for i in range(SHM_SLOTS)]
+        held = [pool.put(encode(np.full(1024, i, dtype=np.float32))[1]) for i in range(slots)]
         assert held.count(None) == 1  # all slots busy: the last one goes through the socket
     finally:
         maps.close()
@@ -162,22 +193,11 @@ def test_a_shared_memory_slot_is_reused_only_after_every_view_of_it_is_gone():
 
 # ------------------------------------------------------------------ push edges: coalesced bursts
 
-def push_pair(ctx, endpoint: str, codec: str = "raw", tp=bytes, hwm: int = 64_000, block: bool = True):
+def push_pair(ctx, endpoint: str, codec: str = "raw", tp=bytes, hwm: int = 64_000, block: bool = True,
+              coalesce: bool = True):
     """An Outlet binding a push edge and an Inlet connected to it, the consumer joined."""
-    outlet = Outlet(ctx, SRC, 0, "out", [BindPlan(endpoint=endpoint, transport="inproc", pattern="push",
-                                                  hwm=hwm, edges=[EDGE])],
-                    get_codec(codec).encoder(tp), "/nonexistent", {})
-    outlet.routers[0].block = block
-    inlet = Inlet(ctx, "in", [ConnectPlan(edge=EDGE, node="p", port="out", endpoint=endpoint,
-                                          transport="inproc", pattern="push")],
-                  {EDGE: SRC}, [], hwm, {EDGE: get_codec(codec).decoder(tp, Limits())},
-                  "/nonexistent", {}, b"c", feedback=False)
-    deadline = time.monotonic() + 5
-    while outlet.waiting_for() and time.monotonic() < deadline:
-        outlet.service(outlet.routers[0].sock)
-        time.sleep(0.001)
-    assert not outlet.waiting_for()
-    return outlet, inlet
+    return wire(ctx, codec, tp, endpoint, "push", hwm=hwm, policy="block" if block else "drop",
+                link=make_link(ctx, coalesce))
 
 
 def drain_headers(inlet: Inlet, expect: int) -> list:
@@ -294,9 +314,8 @@ def test_hostile_batches_are_counted_and_the_input_keeps_working(ctx):
     assert inlet.open == {EDGE}
 
 
-def test_with_coalescing_off_every_record_is_its_own_message(ctx, monkeypatch):
-    monkeypatch.setenv("DMNFLOW_COALESCE", "0")
-    outlet, inlet = push_pair(ctx, "inproc://single")
+def test_with_coalescing_off_every_record_is_its_own_message(ctx):
+    outlet, inlet = push_pair(ctx, "inproc://single", coalesce=False)
     for _ in range(50):
         outlet.send(b"x", None, 1, 0, None)
     assert zmq_messages(inlet) == 50
@@ -307,9 +326,8 @@ def test_with_coalescing_off_every_record_is_its_own_message(ctx, monkeypatch):
 def test_an_emitted_loan_goes_without_a_copy_and_its_slot_waits_for_both_sides():
     import gc
 
-    from dmnflow.transport import _ShmMaps, _ShmPool
-
-    pool, maps = _ShmPool(1024), _ShmMaps()
+    prefix = segment_prefix(TAG, SRC)
+    pool, maps = ShmPool(1024, 16, prefix), ShmMaps(32)
     decode = get_codec("tensor").decoder(Tensor("float32", (None,)), Limits())
     try:
         holder = pool.loan(4096)
@@ -318,7 +336,7 @@ def test_an_emitted_loan_goes_without_a_copy_and_its_slot_waits_for_both_sides()
         array[:] = 7
         lease = pool.put([memoryview(array).cast("B")])
         assert lease is not None and len(pool.slots) == 1  # the loaned slot itself, no second one
-        received = decode(["np", "float32", [1024]], [maps.attach(0, lease)])
+        received = decode(["np", "float32", [1024]], [maps.attach(0, lease, prefix, 1 << 20)])
         array[0] = 9  # (never do this after emit) the consumer sees it: one memory, nothing copied
         assert received[0] == 9 and (received[1:] == 7).all()
         del received
@@ -343,15 +361,17 @@ def test_an_emitted_loan_goes_without_a_copy_and_its_slot_waits_for_both_sides()
 
 def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
     tp = Tensor("float32", (None,))
-    push = Outlet(ctx, SRC, 0, "out", [BindPlan(endpoint="inproc://alloc-push", transport="inproc", pattern="push",
-                                                hwm=100, edges=[EDGE])],
-                  get_codec("tensor").encoder(tp), "/nonexistent", {}, shm_above=1024)
-    pub = Outlet(ctx, SRC, 0, "out", [BindPlan(endpoint="inproc://alloc-pub", transport="inproc", pattern="pub",
-                                               hwm=100, edges=[EDGE])],
-                 get_codec("tensor").encoder(tp), "/nonexistent", {}, shm_above=1024)
+    link = make_link(ctx)
+
+    def outlet(pattern: str, endpoint: str) -> Outlet:
+        bind = BindPlan(id=endpoint, counter=0, endpoint=endpoint, transport="inproc", pattern=pattern, hwm=100,
+                        edges=[EDGE])
+        return Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: edge_plan(pattern)}, get_codec("tensor").encoder(tp),
+                      shm_above=1024, tensor=True)
+
+    push, pub = outlet("push", "inproc://alloc-push"), outlet("pub", "inproc://alloc-pub")
     loaned = None
     try:
-        push.tensor = pub.tensor = True
         loaned = push.alloc((16, 64), "float32")
         assert loaned.shape == (16, 64) and loaned.dtype == np.float32 and loaned.flags.writeable
         assert push.routers[0].pool.in_use() == 1

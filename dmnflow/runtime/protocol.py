@@ -1,0 +1,95 @@
+"""The control channel between the supervisor and its workers, and the admin channel of
+``dmnflow runs / swap``: every verb named once, with the shape of its arguments, and the
+one function that decides whether a message is one of them.
+
+A control message is a msgpack array ``[verb, *args]``. Workers talk on a DEALER whose
+identity is ``worker_identity(token, process)``, unguessable without the run's token, so a
+message from any other peer of the socket is junk: counted, never obeyed. Nothing a peer
+sends can make the supervisor or a worker fail: a message that does not decode, names no
+verb, or has arguments of the wrong shape is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import msgpack
+
+__all__ = ["ADMIN", "SUPERVISOR", "WORKER", "decode", "encode", "worker_identity"]
+
+# worker -> supervisor
+BOUND = "bound"  # {bind id: address actually bound}
+CONNECTED = "connected"
+READY = "ready"
+HB = "hb"  # what the worker counted (histograms, summaries, cpu)
+DONE = "done"  # the same, last: every node of the worker has ended
+ERROR = "error"  # summary, the user's part of the traceback
+REPLY = "reply"  # token, node, ok, result: a node's answer to a command
+
+# supervisor -> worker
+CONNECT = "connect"  # {bind id: address}: where every producer is
+RECONNECT = "reconnect"  # {bind id: address}: a restarted producer bound a new address
+START = "start"
+STOP = "stop"  # drain: sources end, end-of-stream follows the data
+REHELLO = "rehello"  # a restarted producer must hear from its consumers again
+REPORT = "report"  # the run is failing: send what you counted
+COMMAND = "command"  # node, name, args, token
+
+# client -> supervisor (admin socket)
+STATUS = "status"
+
+_MAP, _STR, _ANY, _INT, _BOOL = dict, str, object, int, bool
+
+WORKER: dict[str, tuple[type, ...]] = {  # what a worker may send
+    BOUND: (_MAP,), CONNECTED: (), READY: (), HB: (_MAP,), DONE: (_MAP,), ERROR: (_STR, _STR),
+    REPLY: (_INT, _STR, _BOOL, _ANY),
+}
+SUPERVISOR: dict[str, tuple[type, ...]] = {  # what the supervisor may send a worker
+    CONNECT: (_MAP,), RECONNECT: (_MAP,), START: (), STOP: (), REHELLO: (), REPORT: (),
+    COMMAND: (_STR, _STR, _MAP, _INT),
+}
+ADMIN: dict[str, tuple[type, ...]] = {STATUS: (), COMMAND: (_STR, _STR, _MAP)}
+
+MAX_MESSAGE = 16 << 20  # a heartbeat of a large graph is well under this
+
+
+def encode(*msg: Any) -> bytes:
+    return msgpack.packb(list(msg), use_bin_type=True)
+
+
+def decode(body: Any, verbs: dict[str, tuple[type, ...]]) -> list[Any] | None:
+    """``[verb, *args]`` when ``body`` is a message of ``verbs`` with arguments of their
+    types; None for anything else."""
+    if type(body) is not bytes or len(body) > MAX_MESSAGE:
+        return None
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    if type(msg) is not list or not msg or type(msg[0]) is not str:
+        return None
+    shape = verbs.get(msg[0])
+    if shape is None or len(msg) != len(shape) + 1:
+        return None
+    for value, kind in zip(msg[1:], shape, strict=True):
+        if kind is _ANY:
+            continue
+        if kind is _INT and (type(value) is not int):
+            return None
+        if kind is not _INT and not isinstance(value, kind):
+            return None
+        if kind is _MAP and not all(type(k) is str for k in value):
+            return None
+    return msg
+
+
+def worker_identity(token: bytes, process: str) -> bytes:
+    """The control identity of a worker: its process name behind an unguessable tag."""
+    return hmac.new(token, b"worker/" + process.encode(), "sha256").hexdigest()[:16].encode() + b":" \
+        + process.encode()
+
+
+def endpoints_ok(value: dict[str, Any]) -> bool:
+    """A ``{bind id: address}`` map of text."""
+    return all(type(v) is str and len(v) < 512 for v in value.values())

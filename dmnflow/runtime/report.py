@@ -1,0 +1,224 @@
+"""The report of a run: per node, per edge, per socket, end to end, and how it ended.
+
+The counts come from the workers' counters files (``transport.stats``), one per worker
+incarnation, which stay exact when a worker is killed. So the report never contradicts
+itself: on every edge ``received + lost == sent`` once the run has drained, and what a
+sink misses is the sum of what its path lost on edges and inside killed nodes. Latency
+histograms, node summaries and cpu time come from heartbeats.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..plan import Plan
+from ..transport.stats import (
+    ACKED,
+    B_JUNK,
+    B_REFUSED,
+    DECODE_ERRORS,
+    DROPPED,
+    GAPS,
+    N_CONFLATED,
+    N_HANDLING,
+    N_HANDLING_OUT,
+    N_IN,
+    N_JOIN_INCOMPLETE,
+    N_OUT,
+    RECEIVED,
+    REDELIVERED,
+    RESENT,
+    RESTARTS_SEEN,
+    SENT,
+    Histogram,
+    Layout,
+)
+
+__all__ = ["EdgeReport", "Incarnation", "NodeReport", "Report", "SocketReport", "build_report"]
+
+
+@dataclass
+class NodeReport:
+    name: str
+    messages_in: int = 0
+    messages_out: int = 0
+    cpu_s: float = 0.0
+    restarts: int = 0
+    join_incomplete: int = 0  # event times given up on: an input never delivered them
+    conflated: int = 0  # messages a `latest` input skipped for a newer one
+    lost: int = 0  # messages a killed incarnation was handling and had emitted nothing for
+    status: str = "pending"  # running while it runs; then done, failed or stopped
+    host: str = ""  # where it ran (the distributed backend runs nodes on several hosts)
+    summary: dict[str, Any] | None = None  # what the node's own ``summary()`` reported last
+
+
+@dataclass
+class EdgeReport:
+    id: int
+    src: str
+    dst: str
+    sent: int = 0
+    received: int = 0
+    dropped: int = 0
+    gaps: int = 0
+    decode_errors: int = 0
+    restarts_seen: int = 0
+    delivery: str = "at-most-once"
+    resent: int = 0  # at-least-once: records sent again to a restarted consumer
+    redelivered: int = 0  # at-least-once: duplicates the consumer dropped by sequence
+    unacked: int = 0  # at-least-once: records a live producer still held at the end
+    p50_us: float | None = None
+    p99_us: float | None = None
+
+    @property
+    def lost(self) -> int:
+        """Messages that did not arrive: refused at the sender, plus sent but never received
+        (whatever a killed worker held in its queues included). Exact once the run has
+        drained. On an at-least-once edge, what its producer still held unhandled at the end
+        (a killed producer's records come again from upstream, which held their inputs)."""
+        if self.delivery == "at-least-once":
+            return self.dropped + self.unacked
+        return self.dropped + max(self.sent - self.received, 0)
+
+
+@dataclass
+class SocketReport:
+    """A socket an output bound, and what peers the plan does not know did to it."""
+
+    bind: str
+    endpoint: str
+    pattern: str
+    outputs: list[str]
+    junk: int = 0  # frames without the run's token, or from an unknown identity: ignored
+    refused: int = 0  # CURVE handshakes refused (no key, or a key not admitted)
+
+
+@dataclass
+class Report:
+    """What a run did: per node, per edge, end to end, and how it ended."""
+
+    graph: str
+    status: str  # finished, stopped, failed
+    exit_code: int
+    duration_s: float
+    startup_s: float
+    nodes: dict[str, NodeReport]
+    edges: list[EdgeReport]
+    e2e: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    sockets: list[SocketReport] = field(default_factory=list)
+    control_junk: int = 0  # messages to the supervisor's control and admin sockets it did not trust
+
+    def to_json(self) -> str:
+        def edge(e: EdgeReport) -> dict[str, Any]:
+            return {**e.__dict__, "lost": e.lost}
+
+        return json.dumps({"graph": self.graph, "status": self.status, "exit_code": self.exit_code,
+                           "duration_s": self.duration_s, "startup_s": self.startup_s,
+                           "nodes": {n: v.__dict__ for n, v in self.nodes.items()},
+                           "edges": [edge(e) for e in self.edges], "e2e": self.e2e, "errors": self.errors,
+                           "sockets": [s.__dict__ for s in self.sockets], "control_junk": self.control_junk},
+                          indent=2)
+
+
+@dataclass
+class Incarnation:
+    """One worker incarnation's counts and its last heartbeat."""
+
+    counts: list[int] | None
+    beat: dict[str, Any]
+    killed: bool  # it died (crash, signal): what it held is lost
+
+
+def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str, code: int, duration_s: float,
+                 startup_s: float, errors: list[str], control_junk: int = 0) -> Report:
+    """The report from every incarnation of every worker (``procs``: name -> object with
+    ``nodes``, ``restarts``, ``state``, ``host`` and ``incarnations``)."""
+    nodes = {n.name: NodeReport(n.name) for n in plan.nodes}
+    edges = [EdgeReport(e.id, f"{e.src}.{e.src_port}", f"{e.dst}.{e.dst_port}", delivery=e.delivery)
+             for e in plan.edges]
+    hist = {e.id: Histogram() for e in plan.edges}
+    e2e: dict[tuple[int, str], Histogram] = {}
+    index = {n.name: i for i, n in enumerate(plan.nodes)}
+    ids = plan.output_ids()
+    binds = plan.binds()
+    sockets = {b.id: SocketReport(b.id, b.endpoint, b.pattern, []) for b in binds.values()}
+    for n in plan.nodes:
+        for o in n.outputs:
+            for b in o.binds:
+                sockets[b.id].outputs.append(f"{n.name}.{o.port}")
+    edge_fields = (("sent", SENT), ("dropped", DROPPED), ("resent", RESENT), ("received", RECEIVED),
+                   ("gaps", GAPS), ("decode_errors", DECODE_ERRORS), ("restarts_seen", RESTARTS_SEEN),
+                   ("redelivered", REDELIVERED))
+    for proc in procs.values():
+        share = len(proc.nodes)
+        for name in proc.nodes:
+            nodes[name].restarts = proc.restarts
+            nodes[name].status = proc.state
+            nodes[name].host = getattr(proc, "host", "")
+        last = len(proc.incarnations) - 1
+        for k, inc in enumerate(proc.incarnations):
+            beat = inc.beat or {}
+            for name in proc.nodes:
+                node = nodes[name]
+                node.cpu_s += float(beat.get("cpu_s", 0.0) or 0.0) / share
+                ns = (beat.get("nodes") or {}).get(name) or {}
+                if isinstance(ns.get("summary"), dict):
+                    node.summary = ns["summary"]
+                for origin, sparse in (ns.get("e2e") or {}).items():
+                    if isinstance(sparse, dict):
+                        e2e.setdefault((int(origin), name), Histogram()).merge(Histogram.from_sparse(sparse))
+            for e, sparse in (beat.get("latency") or {}).items():
+                if isinstance(sparse, dict) and 0 <= int(e) < len(hist):
+                    hist[int(e)].merge(Histogram.from_sparse(sparse))
+            counts = inc.counts
+            if counts is None or len(counts) < layout.size:
+                continue
+            for edge in edges:
+                b = layout.edge(edge.id)
+                for attr, f in edge_fields:
+                    setattr(edge, attr, getattr(edge, attr) + counts[b + f])
+                if edge.delivery == "at-least-once" and edge.src.rsplit(".", 1)[0] in proc.nodes \
+                        and not inc.killed and k == last:
+                    edge.unacked += max(0, counts[b + SENT] - counts[b + ACKED])
+            for name in proc.nodes:
+                node = nodes[name]
+                b = layout.node(index[name])
+                node.messages_in += counts[b + N_IN]
+                node.messages_out += counts[b + N_OUT]
+                node.conflated += counts[b + N_CONFLATED]
+                node.join_incomplete += counts[b + N_JOIN_INCOMPLETE]
+                if inc.killed and counts[b + N_HANDLING] and counts[b + N_OUT] == counts[b + N_HANDLING_OUT]:
+                    node.lost += counts[b + N_HANDLING]  # it died handling them, before emitting anything
+            if inc.killed:  # records a killed producer had accepted but not yet sent (coalescing)
+                for name in proc.nodes:
+                    for out in plan.node(name).outputs:
+                        accepted = counts[layout.output(ids[(name, out.port)])]
+                        for bind in out.binds:
+                            if bind.pattern != "push" or not bind.edges:
+                                continue
+                            went = sum(counts[layout.edge(e) + SENT] + counts[layout.edge(e) + DROPPED]
+                                       for e in bind.edges)
+                            held = accepted - went
+                            if held > 0:  # sent into the edge as far as the node knew, never out
+                                edges[bind.edges[0]].sent += held
+            for bind in binds.values():
+                b = layout.bind(bind.counter)
+                sockets[bind.id].junk += counts[b + B_JUNK]
+                sockets[bind.id].refused += counts[b + B_REFUSED]
+    for edge in edges:
+        p50, p99 = hist[edge.id].quantile(0.5), hist[edge.id].quantile(0.99)
+        edge.p50_us = None if p50 is None else round(p50 / 1e3, 1)
+        edge.p99_us = None if p99 is None else round(p99 / 1e3, 1)
+    names = [n.name for n in plan.nodes]
+    paths = []
+    for (origin, sink), h in sorted(e2e.items()):
+        if not 0 <= origin < len(names):
+            continue
+        p50, p99 = h.quantile(0.5), h.quantile(0.99)
+        paths.append({"source": names[origin], "sink": sink, "messages": h.n,
+                      "p50_us": round((p50 or 0) / 1e3, 1), "p99_us": round((p99 or 0) / 1e3, 1)})
+    return Report(plan.graph, status, code, round(duration_s, 3), round(startup_s, 3), nodes, edges, paths,
+                  list(errors), list(sockets.values()), control_junk)

@@ -1,0 +1,20 @@
+"""ZeroMQ sockets built from the Plan: the wire format, outlets and inlets, shared memory,
+the counts every edge keeps, and CURVE.
+
+- ``wire``: message kinds, header fields, control messages, the checks every frame passes;
+- ``outlet``: the sending side (pub, push and stream patterns, coalescing, at-least-once);
+- ``inlet``: the receiving side (validation, gap counting, credit, duplicates);
+- ``shm``: shared-memory slots for large payloads on same-host edges;
+- ``stats``: counters in a mapped file per worker, latency histograms;
+- ``security``: CURVE keys, the ZAP allow-list, refused handshakes.
+
+No zmq or msgpack error leaves this package untranslated.
+"""
+
+from .inlet import Inlet
+from .outlet import Flusher, Link, Outlet, push_hwm, zmq_errors
+from .stats import Counters, EdgeStats, Histogram, Layout, NodeCounts
+from .wire import BATCH, DATA, EOS
+
+__all__ = ["BATCH", "DATA", "EOS", "Counters", "EdgeStats", "Flusher", "Histogram", "Inlet", "Layout", "Link",
+           "NodeCounts", "Outlet", "push_hwm", "zmq_errors"]

@@ -1,0 +1,422 @@
+"""The receiving side: one ``Inlet`` per input port, with a socket to every producer.
+
+It checks every frame before anything trusts it (``wire.check_header``: the whole header,
+its types and ranges), counts what is malformed or missing, decodes within the edge's
+limits, and hands each record over as ``(value, header)``, the topic appended to the
+header. Sequence numbers tell it what it missed; end-of-stream (with the run's token)
+tells it the tail. On a stream port (a fixed tcp port) it strips its route from the topic
+and gives its producer credit as it consumes; on an at-least-once edge it drops duplicates
+by sequence and says ``done`` once the worker has handled a record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import zmq
+
+from ..codecs import Decoder
+from ..errors import DecodeError
+from ..plan import ConnectPlan
+from .outlet import Link, hello_msg, push_hwm, zmq_errors
+from .shm import ShmMaps, segment_prefix
+from .stats import DECODE_ERRORS, GAPS, RECEIVED, REDELIVERED, RESTARTS_SEEN, EdgeStats, Histogram
+from .wire import (
+    BATCH,
+    CONTROL_PREFIX,
+    EOS,
+    EVENT_TIME,
+    INC,
+    META,
+    SEND_NS,
+    SEQ,
+    SRC,
+    UNPACK,
+    check_header,
+    control,
+    eos_trusted,
+    identity,
+    route_prefix,
+)
+
+__all__ = ["Inlet"]
+
+_NOWAIT = int(zmq.NOBLOCK)
+SOCKET_SLACK = 128 << 10  # header, topic and a coalesced batch on top of the largest payload
+SHM_MAPS_PER_SOURCE = 32
+
+
+@dataclass
+class _Source:
+    """What an input knows about one producer output: for gap counting."""
+
+    edge: int
+    inc: int = -1
+    next_seq: dict[bytes, int] = field(default_factory=dict)
+    ended: bool = False
+    last: int = -1  # at-least-once: the highest sequence handed over (duplicates are dropped)
+
+
+class Inlet:
+    """One input port: sockets to every producer, decoding, sequence and end-of-stream checks."""
+
+    def __init__(self, link: Link, port: str, consumer: str, connects: list[ConnectPlan],
+                 src_of_edge: dict[int, int], topics: list[str], queue: int, decoders: dict[int, Decoder], *,
+                 feedback: bool, max_bytes: int, inc: int = 0, delivery: str = "at-most-once",
+                 zero_copy: bool = True) -> None:
+        self.link = link
+        self.port = port
+        self.consumer = consumer
+        self.inc = inc
+        # zmq Frames cost an object per part; worth it only where payloads are used in place
+        self.zero_copy = zero_copy
+        # a restarted worker starts counting where the stream is now: what its predecessor
+        # received is not a gap (the report compares sent and received across both)
+        self.baseline = inc > 0
+        self.decoders = decoders  # per edge: producers of one input may use different codecs
+        self.feedback = feedback
+        self.max_bytes = max_bytes
+        self.alo = delivery == "at-least-once"
+        mv = self.mv = link.counters.mv
+        layout = link.counters.layout
+        self.base = {c.edge: layout.edge(c.edge) for c in connects}
+        self.stats: dict[int, EdgeStats] = {c.edge: EdgeStats(mv, self.base[c.edge]) for c in connects}
+        self.sources: dict[int, _Source] = {src_of_edge[c.edge]: _Source(c.edge) for c in connects}
+        self.src_of_edge = src_of_edge
+        self.shm_prefix = {src_of_edge[c.edge]: segment_prefix(link.tag, src_of_edge[c.edge]) for c in connects}
+        self.open: set[int] = {c.edge for c in connects}
+        self.topics = tuple(t.encode() for t in topics)
+        self.shm = ShmMaps(SHM_MAPS_PER_SOURCE)
+        self.time_kind: type | None = None  # event times are numbers or text, never both
+        self.socks: list[zmq.Socket] = []
+        self.dealers: list[tuple[zmq.Socket, int]] = []
+        self.streams: dict[zmq.Socket, list[Any]] = {}  # XSUB -> [edge, route length, consumed, reported, window]
+        self.edge_of_sock: dict[zmq.Socket, int] = {}
+        self.connects = connects
+        self.queue = queue
+        self.sub: zmq.Socket | None = None
+        self.done_pending: dict[int, int] = {}  # at-least-once: edge -> highest seq handled, to say
+        self._dialled: dict[str, tuple[zmq.Socket, str]] = {}  # bind#edge -> (socket, address dialled)
+        cap = max_bytes + SOCKET_SLACK
+        subs = [c for c in connects if c.pattern == "pub"]
+        if subs:
+            sub = self.sub = link.zctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)  # an input has nothing to flush; its (un)subscriptions may be undeliverable
+            sub.setsockopt(zmq.RCVHWM, queue)
+            sub.setsockopt(zmq.MAXMSGSIZE, cap)
+            for prefix in (topics or [""]):
+                sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+            if topics:
+                sub.setsockopt(zmq.SUBSCRIBE, CONTROL_PREFIX + b"eos")
+            for c in subs:
+                # never sent: the XPUB only sees the subscription, with the token, as the edge's hello
+                sub.setsockopt(zmq.SUBSCRIBE, hello_msg(link, c.edge, inc))
+                self._dial(sub, c)
+            self.socks.append(sub)
+        for c in connects:
+            if c.pattern == "push":
+                dealer = link.zctx.socket(zmq.DEALER)
+                dealer.setsockopt(zmq.LINGER, 0)
+                dealer.setsockopt(zmq.RCVHWM, push_hwm(queue, link.coalesce))
+                dealer.setsockopt(zmq.MAXMSGSIZE, cap)
+                dealer.setsockopt(zmq.IDENTITY, identity(link.token, consumer, c.edge))
+                self._dial(dealer, c)
+                self.socks.append(dealer)
+                self.dealers.append((dealer, c.edge))
+                self.edge_of_sock[dealer] = c.edge
+            elif c.pattern == "stream":
+                xsub = link.zctx.socket(zmq.XSUB)
+                xsub.setsockopt(zmq.LINGER, 0)
+                xsub.setsockopt(zmq.RCVHWM, queue + 64)
+                xsub.setsockopt(zmq.MAXMSGSIZE, cap)
+                self._dial(xsub, c)
+                route = route_prefix(c.edge)
+                xsub.send(b"\x01" + route)
+                self.streams[xsub] = [c.edge, len(route), 0, 0, max(1, queue // 4)]
+                self.socks.append(xsub)
+                self.edge_of_sock[xsub] = c.edge
+        self.hello()
+
+    def _dial(self, sock: zmq.Socket, c: ConnectPlan) -> None:
+        link = self.link
+        endpoint = link.resolved.get(c.bind) or link.endpoint(c.endpoint)
+        if c.transport == "tcp" and link.curve is not None:
+            link.curve.dial(sock)
+        with zmq_errors(f"input {self.consumer}.{self.port}: connect {endpoint}"):
+            sock.connect(endpoint)
+        self._dialled[c.bind + f"#{c.edge}"] = (sock, endpoint)
+
+    def redial(self, bind: str, endpoint: str) -> None:
+        """A restarted producer could not take its old port: follow it to the new one."""
+        for c in self.connects:
+            key = c.bind + f"#{c.edge}"
+            if c.bind != bind or key not in self._dialled:
+                continue
+            sock, old = self._dialled[key]
+            if old == endpoint:
+                continue
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disconnect(old)
+            with zmq_errors(f"input {self.consumer}.{self.port}: connect {endpoint}"):
+                sock.connect(endpoint)
+            self._dialled[key] = (sock, endpoint)
+        self.hello()
+
+    def hello(self) -> None:
+        """Tell push and stream producers this consumer is here (again, after either side restarted)."""
+        for dealer, edge in self.dealers:
+            with contextlib.suppress(zmq.ZMQError):
+                dealer.send(hello_msg(self.link, edge, self.inc), zmq.NOBLOCK)
+        for xsub, state in self.streams.items():
+            with contextlib.suppress(zmq.ZMQError):
+                xsub.send(hello_msg(self.link, state[0], self.inc), zmq.NOBLOCK)
+
+    @property
+    def ended(self) -> bool:
+        """Every producer has sent end-of-stream (a feedback input never holds a node open)."""
+        return self.feedback or not self.open
+
+    def _junk(self, sock: zmq.Socket, src: Any = None) -> None:
+        """A frame we cannot trust: counted on its edge (or the input's first, when unknown)."""
+        edge = self.edge_of_sock.get(sock)
+        if edge is None:
+            source = self.sources.get(src) if type(src) is int else None
+            edge = source.edge if source is not None else next(iter(self.base), None)
+        if edge is not None:
+            self.mv[self.base[edge] + DECODE_ERRORS] += 1
+
+    def receive(self, sock: zmq.Socket, limit: int) -> Iterator[tuple[Any, list[Any]]]:
+        """Up to about ``limit`` decoded records waiting on ``sock``: ``(value, header)`` pairs."""
+        recv = sock.recv
+        stream = self.streams.get(sock)
+        strip = stream[1] if stream is not None else 0
+        expected_edge = self.edge_of_sock.get(sock)
+        count = 0
+        mv, base_of = self.mv, self.base
+        try:
+            while count < limit:
+                try:
+                    first = recv(_NOWAIT, copy=False)
+                except zmq.Again:
+                    return
+                now = time.time_ns()
+                count += 1
+                if not first.more:  # one frame: records coalesced by a push output
+                    count += yield from self._batch(sock, first.buffer, now)
+                    continue
+                parts = [first]
+                while parts[-1].more:  # Frame.more, not a getsockopt(RCVMORE) per frame
+                    parts.append(recv(0, copy=False))
+                frames = [first.bytes, *(f.buffer for f in parts[1:])] if self.zero_copy else [f.bytes for f in parts]
+                topic = frames[0][strip:] if strip else frames[0]
+                try:
+                    header = msgpack.unpackb(frames[1], **UNPACK) if len(frames) > 1 else None
+                except Exception:
+                    header = None
+                if not check_header(header):
+                    self._junk(sock)
+                    continue
+                src = header[SRC]
+                source = self.sources.get(src)
+                if source is None or (expected_edge is not None and source.edge != expected_edge):
+                    self._junk(sock, src)  # a producer this input does not have
+                    continue
+                base = base_of[source.edge]
+                if header[INC] != source.inc:
+                    self._incarnation(source, header[INC], base)
+                if header[0] == EOS:
+                    if not eos_trusted(header, self.link.token):
+                        mv[base + DECODE_ERRORS] += 1  # an end from a peer the plan does not know ends nothing
+                        continue
+                    if not source.ended:
+                        self._end(source, header[META], topic_filter=self.topics)
+                    self._ack(source.edge, sock)
+                    continue
+                seq = header[SEQ]
+                if self.alo:
+                    if seq <= source.last:
+                        mv[base + REDELIVERED] += 1  # resent to us, but we had it: handled once
+                        continue
+                    source.last = seq
+                    key = b""
+                else:
+                    key = topic
+                expected = source.next_seq.get(key)
+                if expected is None:
+                    expected = seq if self.baseline else 0
+                if seq > expected:
+                    mv[base + GAPS] += seq - expected
+                source.next_seq[key] = seq + 1
+                mv[base + RECEIVED] += 1
+                self.stats[source.edge].latency.add(now - header[SEND_NS])
+                if header[EVENT_TIME] is not None and not self._time_ok(header[EVENT_TIME]):
+                    mv[base + DECODE_ERRORS] += 1
+                    continue
+                meta, payload = header[META], frames[2:]
+                try:
+                    if type(meta) is list and len(meta) == 6 and meta[0] == "shm":
+                        if self.connects_tcp(source.edge):
+                            raise ValueError("shared memory over tcp")
+                        payload = [self.shm.attach(source.edge, meta[:5], self.shm_prefix[src], self.max_bytes)]
+                        meta = meta[5]
+                    value = self.decoders[source.edge](meta, payload)
+                except (DecodeError, ValueError, OSError):  # OSError: a segment that is not there
+                    mv[base + DECODE_ERRORS] += 1
+                    continue
+                header.append(topic)  # header[10]: what the handler sees as ctx.message.topic
+                yield value, header
+        finally:
+            if stream is not None:
+                stream[2] += count
+                if stream[2] - stream[3] >= stream[4]:
+                    self._credit(sock, stream)
+
+    def _time_ok(self, event_time: Any) -> bool:
+        kind = str if type(event_time) is str else float
+        if self.time_kind is None:
+            self.time_kind = kind
+        return kind is self.time_kind
+
+    def connects_tcp(self, edge: int) -> bool:
+        return any(c.edge == edge and c.transport == "tcp" for c in self.connects)
+
+    def _credit(self, sock: zmq.Socket, stream: list[Any]) -> None:
+        stream[3] = stream[2]
+        with contextlib.suppress(zmq.ZMQError):
+            sock.send(control(b"credit", stream[0], self.link.token, stream[2]), zmq.NOBLOCK)
+
+    def _batch(self, sock: zmq.Socket, body: Any, now: int) -> Iterator[tuple[Any, list[Any]]]:
+        """The records of one coalesced message, each handed over as if it came alone: the
+        same header (topic appended), the same sequence, gap and latency accounting.
+        Returns how many records it held."""
+        try:
+            kind, src, inc, records = msgpack.unpackb(body, **UNPACK)
+            source = self.sources[src]
+            if kind != BATCH or type(records) is not list or type(inc) is not int or not 0 <= inc < 2**31:
+                raise ValueError("not a batch")
+            expected_edge = self.edge_of_sock.get(sock)
+            if expected_edge is not None and source.edge != expected_edge:
+                raise ValueError("not this edge's producer")
+        except Exception:
+            self._junk(sock)
+            return 0
+        mv = self.mv
+        base = self.base[source.edge]
+        if inc != source.inc:
+            self._incarnation(source, inc, base)
+        next_seq = source.next_seq
+        decoder = self.decoders[source.edge]
+        latency = self.stats[source.edge].latency
+        counts, sub, mask = latency.counts, Histogram.SUB, (1 << Histogram.SUB) - 1
+        for record in records:
+            try:
+                payload = record.pop()  # the header as a single message has it, then the topic
+                topic = record.pop()
+                if type(topic) is not bytes or type(payload) is not bytes or not check_header(record) \
+                        or record[0] == EOS or record[SRC] != src or record[INC] != inc:
+                    raise ValueError("malformed record")
+            except Exception:
+                mv[base + DECODE_ERRORS] += 1
+                continue
+            seq = record[SEQ]
+            expected = next_seq.get(topic)
+            if expected is None:
+                expected = seq if self.baseline else 0
+            if seq > expected:
+                mv[base + GAPS] += seq - expected
+            next_seq[topic] = seq + 1
+            mv[base + RECEIVED] += 1
+            ns = now - record[SEND_NS]  # Histogram.add, inlined
+            if ns < 16:
+                counts[max(ns, 0)] += 1
+            else:
+                bits = ns.bit_length()
+                counts[(bits << sub) | ((ns >> (bits - 1 - sub)) & mask)] += 1
+            latency.n += 1
+            if record[EVENT_TIME] is not None and not self._time_ok(record[EVENT_TIME]):
+                mv[base + DECODE_ERRORS] += 1
+                continue
+            try:
+                value = decoder(record[META], [payload])
+            except (DecodeError, ValueError, OSError):
+                mv[base + DECODE_ERRORS] += 1
+                continue
+            record.append(topic)
+            yield value, record
+        return len(records)
+
+    def _incarnation(self, source: _Source, inc: int, base: int) -> None:
+        """The producer came back (a restart): it counts from zero again."""
+        if source.inc >= 0:
+            self.mv[base + RESTARTS_SEEN] += 1
+        source.inc, source.next_seq, source.last = inc, {}, -1
+
+    def _end(self, source: _Source, totals: dict[bytes, int], topic_filter: tuple[bytes, ...]) -> None:
+        base = self.base[source.edge]
+        for topic, total in totals.items():
+            if self.alo:
+                topic = b""
+            elif topic_filter and not topic.startswith(topic_filter):
+                continue
+            seen = source.next_seq.get(topic, 0)
+            if total > seen and not self.baseline:
+                self.mv[base + GAPS] += total - seen  # lost at the tail, after the last one we saw
+            source.next_seq[topic] = max(seen, total)
+        source.ended = True
+        self.open.discard(source.edge)
+
+    def handled(self, header: list[Any]) -> None:
+        """At-least-once: the worker has handled this record (its own at-least-once outputs
+        included); ``send_done`` tells the producer."""
+        source = self.sources.get(header[SRC])
+        if source is not None:
+            self.done_pending[source.edge] = header[SEQ]
+
+    def send_done(self, upto: dict[int, int] | None = None) -> None:
+        pending = self.done_pending if upto is None else upto
+        if not pending:
+            return
+        dealer_of = {e: d for d, e in self.dealers}
+        for edge, seq in pending.items():
+            dealer = dealer_of.get(edge)
+            if dealer is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    dealer.send(control(b"done", edge, self.link.token, seq), zmq.NOBLOCK)
+        if upto is None:
+            self.done_pending = {}
+
+    def send_frees(self) -> None:
+        """Tell producers which shared-memory slots this input's arrays no longer use."""
+        frees, self.shm.frees = self.shm.frees, []
+        dealer_of = {e: d for d, e in self.dealers}
+        for edge, slot, gen in frees:
+            dealer = dealer_of.get(edge)
+            if dealer is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    dealer.send(control(b"free", edge, self.link.token, slot, gen), zmq.NOBLOCK)
+
+    def _ack(self, edge: int, sock: zmq.Socket) -> None:
+        if sock in self.streams:
+            stream = self.streams[sock]
+            self._credit(sock, stream)
+            with contextlib.suppress(zmq.ZMQError):
+                sock.send(control(b"ack", edge, self.link.token), zmq.NOBLOCK)
+            return
+        for dealer, e in self.dealers:
+            if e == edge:
+                with contextlib.suppress(zmq.ZMQError):
+                    dealer.send(control(b"ack", edge, self.link.token), zmq.NOBLOCK)
+                return
+        if self.sub is not None:
+            self.sub.setsockopt(zmq.SUBSCRIBE, control(b"ack", edge, self.link.token))
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        self.shm.close()
+

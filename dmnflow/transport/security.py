@@ -1,0 +1,207 @@
+"""CURVE on tcp edges: keys, the ZAP allow-list, and counting refused handshakes.
+
+A key directory (``dmnflow keys generate DIR``) holds keypairs as ``zmq.auth`` writes them:
+``NAME.key`` (public) and ``NAME.key_secret`` (secret, mode 0600). With ``security:
+{curve: DIR}`` every tcp bind is a CURVE server with this host's keypair and a ZAP
+authenticator that admits only clients whose public key is a ``*.key`` file in DIR; every
+tcp connect is a CURVE client that expects the server's public key. A peer without a key,
+or with one not in DIR, is refused at the handshake: the socket monitor counts it
+(``EVENT_HANDSHAKE_FAILED_*``), and nothing it sends reaches the runtime. No key is ever
+logged; messages name key files, not keys.
+
+Without a ZAP handler libzmq would accept any client key (encrypted, not authenticated), so
+a worker with tcp binds always starts the authenticator before it binds.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.utils import z85
+
+__all__ = ["Curve", "KeyError_", "REFUSED_EVENTS", "check_key_dir", "generate_keys", "load_curve"]
+
+REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                  | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+WATCHED = REFUSED_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED
+KEY_LEN = 40  # a 32-byte key in Z85
+
+
+class KeyError_(ValueError):  # noqa: N801 - KeyError is a builtin with another meaning
+    """A key file that cannot be used: missing, unreadable, malformed, or readable by others."""
+
+
+def _check_key(value: bytes | None, file: Path, what: str) -> bytes:
+    if value is None:
+        raise KeyError_(f"{file.name} has no {what} key")
+    if len(value) != KEY_LEN:
+        raise KeyError_(f"the {what} key in {file.name} is {len(value)} characters long; a CURVE key is "
+                        f"{KEY_LEN} (Z85 of 32 bytes)")
+    try:
+        z85.decode(value)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise KeyError_(f"the {what} key in {file.name} is not Z85 text") from exc
+    return value
+
+
+def read_public(file: Path) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(file)
+    except OSError as exc:
+        raise KeyError_(f"cannot read {file}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise KeyError_(f"{file.name} is not a key file ({exc})") from exc
+    return _check_key(public, file, "public")
+
+
+def read_secret(file: Path) -> tuple[bytes, bytes]:
+    """(public, secret) of a ``.key_secret`` file that only its owner may read."""
+    try:
+        mode = file.stat().st_mode
+    except FileNotFoundError as exc:
+        raise KeyError_(f"no secret key {file}: run `dmnflow keys generate {file.parent}`") from exc
+    except OSError as exc:
+        raise KeyError_(f"cannot read {file}: {exc.strerror or exc}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyError_(f"the secret key {file} can be read by other users (mode {stat.filemode(mode)}); "
+                        f"make it private: chmod 600 {file}")
+    try:
+        public, secret = zmq.auth.load_certificate(file)
+    except OSError as exc:
+        raise KeyError_(f"cannot read {file}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise KeyError_(f"{file.name} is not a key file ({exc})") from exc
+    return _check_key(public, file, "public"), _check_key(secret, file, "secret")
+
+
+def check_key_dir(directory: Path, key: str | None) -> tuple[str, list[str]]:
+    """The keypair name to use and the problems with the directory (empty when usable)."""
+    problems: list[str] = []
+    if not directory.is_dir():
+        return key or "", [f"no key directory {directory}: run `dmnflow keys generate {directory}`"]
+    secrets_ = sorted(p.name[: -len(".key_secret")] for p in directory.glob("*.key_secret"))
+    if key is None:
+        if len(secrets_) != 1:
+            found = ", ".join(secrets_) or "none"
+            return "", [f"{directory} must hold exactly one secret key when `key:` is not given (found: {found}); "
+                        "name the one this host uses with security.key"]
+        key = secrets_[0]
+    try:
+        read_secret(directory / f"{key}.key_secret")
+    except KeyError_ as exc:
+        problems.append(str(exc))
+    for public in sorted(directory.glob("*.key")):
+        try:
+            read_public(public)
+        except KeyError_ as exc:
+            problems.append(str(exc))
+    return key, problems
+
+
+@dataclass(frozen=True)
+class Curve:
+    """This host's keypair, the public keys of the key directory, and the allow-list."""
+
+    directory: str
+    key: str
+    public: bytes
+    secret: bytes
+    publics: dict[str, bytes]
+
+    def serve(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE server (before it binds)."""
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_server = True
+
+    def dial(self, sock: zmq.Socket, server_key: str | None = None) -> None:
+        """Make ``sock`` a CURVE client of a server holding ``server_key`` (before it connects)."""
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_serverkey = self.publics.get(server_key or self.key, self.public)
+
+    def authenticator(self, zctx: zmq.Context) -> Any:
+        """A running ZAP handler that admits the directory's public keys (stop it at exit)."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        auth = ThreadAuthenticator(zctx, log=_quiet_log())
+        auth.start()
+        auth.configure_curve(domain="*", location=self.directory)
+        return auth
+
+
+def load_curve(directory: str, key: str | None) -> Curve:
+    """Read the key directory; KeyError_ names what is wrong with it."""
+    path = Path(directory)
+    name, problems = check_key_dir(path, key)
+    if problems:
+        raise KeyError_("; ".join(problems))
+    public, secret = read_secret(path / f"{name}.key_secret")
+    publics = {p.name[: -len(".key")]: read_public(p) for p in path.glob("*.key")}
+    return Curve(str(path), name, public, secret, publics)
+
+
+def generate_keys(directory: str | os.PathLike[str], names: list[str], force: bool = False) -> list[Path]:
+    """Write a keypair per name (a graph's, or one per host); secret files are mode 0600."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written: list[Path] = []
+    for name in names:
+        secret = path / f"{name}.key_secret"
+        if (secret.exists() or (path / f"{name}.key").exists()) and not force:
+            raise KeyError_(f"{secret} already exists; pass --force to replace it (clients holding the old "
+                            "public key will then be refused)")
+        old = os.umask(0o077)
+        try:
+            public_file, secret_file = zmq.auth.create_certificates(path, name)
+        finally:
+            os.umask(old)
+        os.chmod(secret_file, 0o600)
+        os.chmod(public_file, 0o644)
+        written += [Path(public_file), Path(secret_file)]
+    return written
+
+
+def _quiet_log() -> Any:
+    """The authenticator logs every refusal with the client's address at DEBUG; keep it there."""
+    import logging
+
+    log = logging.getLogger("dmnflow.zap")
+    log.propagate = False
+    log.addHandler(logging.NullHandler())
+    return log
+
+
+class Watch:
+    """Handshake events of the tcp sockets of one worker: refusals counted per socket."""
+
+    def __init__(self) -> None:
+        self.monitors: dict[zmq.Socket, tuple[str, Any]] = {}  # monitor socket -> (what, on_refused)
+
+    def add(self, sock: zmq.Socket, what: str, on_refused: Any) -> zmq.Socket:
+        mon = sock.get_monitor_socket(WATCHED)
+        self.monitors[mon] = (what, on_refused)
+        return mon
+
+    def read(self, mon: zmq.Socket) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                event = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] & REFUSED_EVENTS:
+                _, on_refused = self.monitors[mon]
+                on_refused(event)
+
+    def close(self) -> None:
+        for mon in self.monitors:
+            mon.close(0)
+        self.monitors = {}

@@ -1,0 +1,231 @@
+"""Shared memory for large payloads on same-host push edges.
+
+The producer copies a large payload into a slot of its pool (or the node wrote it there
+itself, ``Outlet.alloc``) and sends only a lease ``["shm", name, slot, gen, size]``; the
+consumer maps the segment and hands the node a read-only array over it, without copying.
+The slot is freed (a ``free`` control message back to the producer) only when that array
+and every view of it are gone, so a node may keep what it received.
+
+Nothing in a lease is trusted: a consumer maps only segments whose name carries this run's
+tag and the producer's output number (``segment_prefix``), only on same-host edges, at most
+``max_maps`` of them per producer, and read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import weakref
+from multiprocessing import shared_memory
+from typing import Any
+
+__all__ = ["ShmMaps", "ShmPool", "segment_prefix"]
+
+_CREATED: set[str] = set()  # segments this process made (a group may hold producer and consumer)
+_COUNTER = [0]
+
+
+def segment_prefix(tag: str, src: int) -> str:
+    """The name every segment of output ``src`` starts with in this run."""
+    return f"dmn_{tag}_{src}_"
+
+
+def _segment(prefix: str, size: int) -> shared_memory.SharedMemory:
+    _COUNTER[0] += 1
+    segment = shared_memory.SharedMemory(create=True, size=size, name=f"{prefix}{os.getpid()}_{_COUNTER[0]}")
+    _CREATED.add(segment.name)
+    return segment
+
+
+def _drop_segment(segment: shared_memory.SharedMemory) -> None:
+    """Unlink a segment we made and unmap it; a mapping an array still uses stays until the
+    array is gone."""
+    with contextlib.suppress(FileNotFoundError):
+        segment.unlink()
+    try:
+        segment.close()
+    except BufferError:
+        segment._buf = segment._mmap = None  # type: ignore[attr-defined]  # see ShmMaps.close
+
+
+def _address(view: memoryview) -> int | None:
+    """Where a writable buffer's memory starts (None for a read-only one)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+    except (TypeError, ValueError):
+        return None
+
+
+class ShmPool:
+    """Shared-memory slots of one output's push edges. A slot is taken while its consumer has
+    not freed it (``sent``) or while the node holds arrays over it (``held``: a loan from
+    ``loan``, for the node to write its tensor into, not yet gone)."""
+
+    def __init__(self, threshold: int, slots: int, prefix: str) -> None:
+        self.threshold = threshold
+        self.max_slots = slots
+        self.prefix = prefix
+        self.slots: list[list[Any]] = []  # [segment, sent, generation, held: loan id or 0]
+        self.loans: dict[int, tuple[int, int]] = {}  # address of a loaned slot -> (slot, loan id)
+        self.next_loan = 1
+
+    def put(self, frames: list[Any]) -> list[Any] | None:
+        """A lease ``["shm", name, slot, gen, size]`` for a large single-frame payload: the
+        slot it was written in (a loan, emitted: nothing to copy), else a free slot it is
+        copied into; None when it is small or every slot is taken."""
+        if len(frames) != 1:
+            return None
+        payload = memoryview(frames[0]).cast("B")
+        size = payload.nbytes
+        if size < self.threshold:
+            return None
+        if self.loans:
+            address = _address(payload)
+            loan = self.loans.pop(address, None) if address is not None else None
+            if loan is not None:
+                slot = self.slots[loan[0]]
+                if slot[3] == loan[1] and not slot[1] and size <= slot[0].size:
+                    slot[1], slot[2] = True, slot[2] + 1
+                    return ["shm", slot[0].name, loan[0], slot[2], size]
+        index = self._take(size)
+        if index is None:
+            return None
+        slot = self.slots[index]
+        slot[1], slot[2] = True, slot[2] + 1
+        slot[0].buf[:size] = payload
+        return ["shm", slot[0].name, index, slot[2], size]
+
+    def loan(self, size: int) -> Any:
+        """A writable buffer of ``size`` bytes over a free slot, held until every array over
+        it is gone; emitting an array that starts at it sends the slot without copying. None
+        when the payload is small or every slot is taken."""
+        if size < self.threshold:
+            return None
+        index = self._take(size)
+        if index is None:
+            return None
+        slot = self.slots[index]
+        loan_id = self.next_loan
+        self.next_loan += 1
+        holder = (ctypes.c_char * size).from_buffer(slot[0].buf)
+        slot[3] = loan_id
+        self.loans[ctypes.addressof(holder)] = (index, loan_id)
+        weakref.finalize(holder, self._release, index, loan_id, ctypes.addressof(holder))
+        return holder
+
+    def _release(self, index: int, loan_id: int, address: int) -> None:
+        """The node's last array over a loaned slot is gone."""
+        if self.loans.get(address, (None, None))[1] == loan_id:
+            del self.loans[address]
+        if index < len(self.slots) and self.slots[index][3] == loan_id:
+            self.slots[index][3] = 0
+
+    def _take(self, size: int) -> int | None:
+        """A free slot of at least ``size`` bytes (made or grown if need be), or None."""
+        index = next((i for i, s in enumerate(self.slots) if not s[1] and not s[3] and s[0].size >= size), None)
+        return index if index is not None else self._grow(size)
+
+    def _grow(self, size: int) -> int | None:
+        """A new slot, or a free one that was too small made bigger; None when all are in use."""
+        if len(self.slots) < self.max_slots:
+            self.slots.append([_segment(self.prefix, size), False, 0, 0])
+            return len(self.slots) - 1
+        small = next((i for i, s in enumerate(self.slots) if not s[1] and not s[3]), None)
+        if small is None:
+            return None
+        _drop_segment(self.slots[small][0])
+        self.slots[small] = [_segment(self.prefix, size), False, self.slots[small][2], 0]
+        return small
+
+    def free(self, index: int, gen: int) -> None:
+        if 0 <= index < len(self.slots) and self.slots[index][2] == gen:
+            self.slots[index][1] = False
+
+    def in_use(self) -> int:
+        return sum(1 for s in self.slots if s[1] or s[3])
+
+    def close(self) -> None:
+        for slot in self.slots:
+            _drop_segment(slot[0])
+        self.slots = []
+        self.loans = {}
+
+
+class _Mapping:
+    """One producer segment mapped read-only, and how many leases over it are alive."""
+
+    __slots__ = ("address", "live", "map", "size")
+
+    def __init__(self, name: str) -> None:
+        from _posixshmem import shm_open  # the module multiprocessing.shared_memory uses
+
+        fd = shm_open("/" + name, os.O_RDONLY, mode=0)
+        try:
+            self.size = os.fstat(fd).st_size
+            self.map = mmap.mmap(fd, self.size, prot=mmap.PROT_READ) if self.size else None
+        finally:
+            os.close(fd)
+        self.live = 0
+        self.address = _read_only_address(self.map) if self.map is not None else 0
+
+    def close(self) -> None:
+        if self.map is not None:
+            with contextlib.suppress(BufferError):
+                self.map.close()
+
+
+def _read_only_address(buffer: Any) -> int:
+    import numpy as np  # only consumers of large tensors map segments; they have numpy
+
+    return int(np.frombuffer(buffer, dtype=np.uint8).ctypes.data)
+
+
+class ShmMaps:
+    """The consumer's side: maps producers' segments once, read-only, and hands out leases."""
+
+    def __init__(self, max_maps: int) -> None:
+        self.max_maps = max_maps  # per producer output
+        self.maps: dict[str, _Mapping] = {}
+        self.frees: list[tuple[int, int, int]] = []  # (edge, slot, gen) whose arrays are gone
+
+    def attach(self, edge: int, lease: list[Any], prefix: str, max_bytes: int) -> memoryview:
+        """A read-only buffer over the slot the lease names, valid while any array over it
+        lives; when the last one is gone, the slot is queued to be freed. ValueError for a
+        lease this producer could not have sent."""
+        if len(lease) != 5:
+            raise ValueError("malformed lease")
+        _, name, slot, gen, size = lease
+        if type(name) is not str or not name.startswith(prefix) or not name[len(prefix):].replace("_", "").isdigit():
+            raise ValueError("a lease on a segment this producer does not own")
+        if type(slot) is not int or type(gen) is not int or type(size) is not int or not 0 < size <= max_bytes \
+                or slot < 0 or gen < 0:
+            raise ValueError("malformed lease")
+        mapping = self.maps.get(name)
+        if mapping is None:
+            mine = [n for n in self.maps if n.startswith(prefix)]
+            if len(mine) >= self.max_maps:
+                for old in [n for n in mine if self.maps[n].live == 0]:
+                    self.maps.pop(old).close()
+                if sum(1 for n in self.maps if n.startswith(prefix)) >= self.max_maps:
+                    raise ValueError("too many shared-memory segments mapped for this producer")
+            mapping = self.maps[name] = _Mapping(name)
+        if size > mapping.size:
+            raise ValueError("the slot is smaller than the lease says")
+        holder = (ctypes.c_char * size).from_address(mapping.address)
+        mapping.live += 1
+        weakref.finalize(holder, self._gone, edge, slot, gen, mapping)
+        return memoryview(holder).toreadonly()
+
+    def _gone(self, edge: int, slot: int, gen: int, mapping: _Mapping) -> None:
+        mapping.live -= 1
+        # look the list up now: send_frees swaps in a new one, and a bound append would miss it
+        self.frees.append((edge, slot, gen))
+
+    def close(self) -> None:
+        for mapping in self.maps.values():
+            if mapping.live == 0:
+                mapping.close()
+            # else: a node still holds arrays over it; the mapping goes with the process
+        self.maps = {}
