@@ -276,9 +276,11 @@ def _render_plan(plan: Plan) -> None:
                               f"(max {n.restart.max_restarts})" + (f"  layer {n.layer}" if n.layer else ""))
             for i in n.inputs:
                 batch = f"  batch {i.batch.max} / {i.batch.wait_s * 1e6:.0f}us" if i.batch else ""
+                delivery = "  at-least-once" if i.delivery == "at-least-once" else ""
                 for c in i.connects:
                     node.add(f"in  {i.port} <- {c.node}.{c.port}  {c.transport} {c.pattern}  "
-                             f"queue {i.queue} {i.policy}" + (f"  topics {', '.join(i.topics)}" if i.topics else "")
+                             f"queue {i.queue} {i.policy}{delivery}  max {_size(i.max_bytes)}"
+                             + (f"  topics {', '.join(i.topics)}" if i.topics else "")
                              + ("  feedback" if i.feedback else "") + batch)
             if n.join is not None:
                 wait = f", gives up after {n.join.timeout_s * 1e3:g}ms" if n.join.timeout_s is not None else ""
@@ -290,8 +292,47 @@ def _render_plan(plan: Plan) -> None:
                     node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {b.hwm}  "
                              f"({len(b.edges)} edge{'s' * (len(b.edges) != 1)})")
     out.print(root)
+    _render_ports(plan)
     for w in plan.warnings:
         err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}", soft_wrap=True)
+
+
+def _size(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}B"
+
+
+def _render_ports(plan: Plan) -> None:
+    """Which socket is on each tcp port: what an outside client can reach, and how."""
+    rows = []
+    for n in plan.nodes:
+        for o in n.outputs:
+            for b in o.binds:
+                if b.transport == "tcp":
+                    rows.append((b, f"{n.name}.{o.port}", n.process))
+    if not rows:
+        return
+    security = plan.security
+    mode = f"CURVE (keys {security.curve})" if security.curve else (
+        "plain, beyond loopback allowed (insecure)" if security.insecure else "plain (loopback only)")
+    table = Table(title=f"tcp ports: {mode}", title_justify="left", caption_justify="left",
+                  caption="XPUB stream: a fixed port, every in-graph consumer (XSUB) and any outside SUB; "
+                  "XPUB: SUB consumers; ROUTER: DEALER consumers (docs/wire.md)")
+    for col in ("address", "socket", "process", "output", "in-graph edges"):
+        table.add_column(col)
+    seen: dict[str, int] = {}
+    for b, output, process in rows:
+        kind = {"stream": "XPUB stream", "pub": "XPUB", "push": "ROUTER"}[b.pattern]
+        edges = ", ".join(f"{plan.edges[e].dst}.{plan.edges[e].dst_port} ({plan.edges[e].policy})" for e in b.edges)
+        address = b.endpoint.removeprefix("tcp://")
+        if address.endswith(":*"):
+            address = address[:-1] + "(chosen at start)"
+        repeat = seen.get(b.id)
+        seen[b.id] = 1
+        table.add_row("" if repeat else address, "" if repeat else kind, process, output, edges or "-")
+    out.print(table)
 
 
 @contextlib.contextmanager

@@ -107,3 +107,27 @@ class Mean(Node):
 
     def on_vectors(self, vector: np.ndarray, ctx: Any) -> None:
         ctx.emit("mean", float(vector.mean()))
+
+
+class Relay(Node):
+    """Republishes every message its input receives on one output, its topic behind ``prefix``.
+
+    Why: a fixed tcp port belongs to one process, so several producers in processes of their
+    own (the seed's model nodes, all on port 5557) reach outside subscribers through one
+    relay that binds the port. Tensors go out as ``{"values": nested lists, "symbols": [...]}``
+    so a plain msgpack client reads them; other values as they came.
+    """
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        prefix: str = Field("", description="put before each message's topic, e.g. 'predictions.'")
+
+    streams = Input(Any, doc="any number of producers")
+    out = Output(Any, codec="msgpack", doc="each input message, on prefix + its topic")
+
+    def on_streams(self, value: Any, ctx: Any) -> None:
+        message = ctx.message
+        if isinstance(value, np.ndarray):
+            symbols = (message.attrs or {}).get("symbols")
+            value = {"values": value.tolist(), "symbols": symbols}
+        ctx.emit("out", value, topic=ctx.params.prefix + message.topic, attrs=message.attrs)

@@ -137,6 +137,8 @@ class Inlet:
                 self._dial(xsub, c)
                 route = route_prefix(c.edge)
                 xsub.send(b"\x01" + route)
+                # the hello as a subscription: XSUB sends it again whenever the connection is made anew
+                xsub.send(b"\x01" + hello_msg(link, c.edge, inc))
                 self.streams[xsub] = [c.edge, len(route), 0, 0, max(1, queue // 4)]
                 self.socks.append(xsub)
                 self.edge_of_sock[xsub] = c.edge
@@ -172,9 +174,11 @@ class Inlet:
         for dealer, edge in self.dealers:
             with contextlib.suppress(zmq.ZMQError):
                 dealer.send(hello_msg(self.link, edge, self.inc), zmq.NOBLOCK)
-        for xsub, state in self.streams.items():
+        for xsub, state in self.streams.items():  # again: unsubscribe, subscribe, so the producer hears it
+            hello = hello_msg(self.link, state[0], self.inc)
             with contextlib.suppress(zmq.ZMQError):
-                xsub.send(hello_msg(self.link, state[0], self.inc), zmq.NOBLOCK)
+                xsub.send(b"\x00" + hello, zmq.NOBLOCK)
+                xsub.send(b"\x01" + hello, zmq.NOBLOCK)
 
     @property
     def ended(self) -> bool:

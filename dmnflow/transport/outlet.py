@@ -65,6 +65,7 @@ from .wire import (
     CONTROL_MAX,
     DATA,
     EOS_TOPIC,
+    ROUTE,
     control,
     eos_header,
     identity,
@@ -196,6 +197,7 @@ class Outlet:
                 if shared is None:
                     shared = link.streams[bind.id] = _StreamSocket(link, bind, what)
                     self.bound[bind.id] = shared.address
+                shared.edges.update(bind.edges)  # outputs sharing the port: each one's consumers
                 self.streams.append(_Stream(shared, self, [edges[e] for e in bind.edges]))
                 continue
             sock = link.zctx.socket(zmq.XPUB if bind.pattern == "pub" else zmq.ROUTER)
@@ -711,13 +713,19 @@ class _StreamSocket:
                 self.tapped = bool(self.taps)
                 continue
             if first in (b"\x00", b"\x01"):
-                continue  # a consumer's subscription to its own route (joining is by its hello)
+                if msg[1:3] == ROUTE:
+                    continue  # a consumer's subscription to its own route (joining is by its hello)
+                # a hello travels as a subscription: XSUB sends those again on every reconnect
+                ctl = parse_control(msg[1:], token, edges)
+                if ctl is None or ctl.verb != b"hello":
+                    _junk(self.link, self.bind)
+                elif first == b"\x01":
+                    self.joined.add(ctl.edge)
+                    self.consumed.setdefault(ctl.edge, 0)
+                continue
             ctl = parse_control(msg, token, edges)
             if ctl is None:
                 _junk(self.link, self.bind)
-            elif ctl.verb == b"hello":
-                self.joined.add(ctl.edge)
-                self.consumed.setdefault(ctl.edge, 0)
             elif ctl.verb == b"credit":
                 self.consumed[ctl.edge] = max(self.consumed.get(ctl.edge, 0), ctl.args[0])
             elif ctl.verb == b"ack":

@@ -279,6 +279,8 @@ class DMNFeatures(Node):
         emit_empty: bool = Field(False, description="emit windows with no rows while no symbol is warmed up")
         max_wait_s: float = Field(0.0, ge=0, description="with a `flush` timer: complete a day whose bars have "
                                                          "waited this long (wall clock); 0: only by data")
+        per_symbol: bool = Field(False, description="also emit `features`: one record per symbol and day on "
+                                 "topic features.<SYMBOL> (the seed's stream on port 5556)")
 
         @model_validator(mode="after")
         def _unique(self) -> DMNFeatures.Params:
@@ -301,6 +303,10 @@ class DMNFeatures(Node):
         if long_window:
             outputs["long_windows"] = Output(Tensor("float32", shape=(None, long_window, N_FEATURES)),
                                              doc="the last `long_window` days of the 8 features, attrs {symbols}")
+        if params.per_symbol:  # type: ignore[attr-defined]
+            outputs["features"] = Output(dict, codec="msgpack",
+                                         doc="per symbol and day, topic features.<SYMBOL>: t, symbol, close, ret, "
+                                         "sigma, tsmom, macd, the 8 features, ready")
         for name, port in outputs.items():
             port.name = name
         return Ports(base.inputs, outputs)
@@ -341,5 +347,11 @@ class DMNFeatures(Node):
                 counts[port] += 1
                 if port == "windows":
                     counts["window_rows"] += len(symbols)
-        ctx.emit("signals", day.signals(), event_time=day.t)
+        signals = day.signals()
+        ctx.emit("signals", signals, event_time=day.t)
         counts["signals"] += 1
+        if p.per_symbol:
+            keys = ("close", "ret", "sigma", "tsmom", "macd", "features", "ready")
+            for i, symbol in enumerate(signals["symbols"]):
+                record = {"t": signals["t"], "symbol": symbol, **{k: signals[k][i] for k in keys}}
+                ctx.emit("features", record, topic=f"features.{symbol}", event_time=day.t)
