@@ -34,6 +34,7 @@ import zmq
 from ..errors import ExitCode, LaunchError
 from ..plan import Plan
 from ..transport import Histogram
+from .env import declared_secrets, worker_environ
 
 __all__ = ["EdgeReport", "NodeReport", "Report", "launch"]
 
@@ -206,13 +207,17 @@ class _Zygote:
         self.sock = ours
         self.buffer = b""
 
-    def spawn(self, name: str, inc: int, timeout_s: float) -> _Forked | None:
-        """A worker forked from the zygote, or None when the zygote cannot (it then stays unused)."""
+    def spawn(self, name: str, inc: int, timeout_s: float, env: dict[str, str] | None = None) -> _Forked | None:
+        """A worker forked from the zygote, or None when the zygote cannot (it then stays unused).
+
+        ``env``: variables the worker adds to the zygote's environment after the fork (its secrets).
+        """
         if self.popen is None:
             return None
         try:
             self.sock.settimeout(timeout_s)
-            self.sock.sendall(json.dumps({"name": name, "inc": inc}).encode() + b"\n")
+            request: dict[str, Any] = {"name": name, "inc": inc, **({"env": env} if env else {})}
+            self.sock.sendall(json.dumps(request).encode() + b"\n")
             while b"\n" not in self.buffer:
                 chunk = self.sock.recv(4096)
                 if not chunk:
@@ -353,22 +358,24 @@ class _Supervisor:
             raise KeyboardInterrupt
         self.stop_requested = True
 
-    @staticmethod
-    def worker_env() -> dict[str, str]:
-        env = dict(os.environ)
+    def worker_env(self, process: str | None = None) -> dict[str, str]:
+        """A worker's environment (runtime/env.py: secrets only where declared); no process: the zygote's."""
+        env = worker_environ(self.plan, process)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
         return env
 
     def spawn(self, proc: _Proc) -> None:
         """Fork the worker from the zygote; without one, start a new interpreter for it."""
-        forked = self.zygote.spawn(proc.name, proc.inc, SPAWN_TIMEOUT_S) if self.zygote is not None else None
+        forked = (self.zygote.spawn(proc.name, proc.inc, SPAWN_TIMEOUT_S, declared_secrets(self.plan, proc.name))
+                  if self.zygote is not None else None)
         if forked is not None:
             proc.popen = forked
         else:
             proc.popen = subprocess.Popen(
                 [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, proc.name, str(proc.inc),
                  str(os.getpid())],
-                env=self.worker_env(), start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
+                env=self.worker_env(proc.name),
+                start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
         proc.state = "new"
 
     def tell(self, proc: _Proc, *msg: Any) -> None:
