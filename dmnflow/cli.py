@@ -287,6 +287,8 @@ def _render_plan(plan: Plan) -> None:
                 node.add(f"join {', '.join(n.join.inputs)} by event time{wait}")
             for timer, period in n.timers.items():
                 node.add(f"timer {timer} every {period * 1e3:g}ms")
+            if n.env:  # the secret variables its worker gets (runtime/env.py)
+                node.add(f"env {', '.join(n.env)}")
             for o in n.outputs:
                 for b in o.binds:
                     node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {b.hwm}  "

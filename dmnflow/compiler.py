@@ -715,7 +715,7 @@ class _Compiler:
                 busy=spec.busy if spec.busy is not None else node.cls.busy, source=node.cls.is_source(),
                 model=self.model_plan(node),
                 join=None if spec.join is None else JoinPlan(inputs=spec.join.inputs, timeout_s=spec.join.timeout),
-                timers=spec.timers,
+                timers=spec.timers, env=list(node.cls.environment(node.params)),
                 inputs=[], outputs=outputs, loc=str(self.loc("nodes", entry.name, key=True) or entry.name)))
 
         edge_plans = [e.model_copy(update={"bind": bind_of[e.id][0], "endpoint": bind_of[e.id][1]})

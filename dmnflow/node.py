@@ -107,10 +107,25 @@ class Node:
     a source implements ``run(self, ctx)``. ``busy = True`` marks a node that keeps a
     core busy (busy-polls or computes continuously), so the compiler warns when two
     such nodes are pinned to the same core.
+
+    ``env`` names the secret environment variables the node reads (``("MY_API_KEY",)``;
+    shell-style patterns such as ``"AWS_*"`` work too). A worker's environment keeps every
+    variable except secret-looking ones (``*_KEY``, ``*_SECRET``, ``*_TOKEN``, ``*PASSWORD*``,
+    ...), which reach only the workers whose nodes declare them (docs/runtime.md).
     """
 
     Params: ClassVar[type[BaseModel]] = NoParams
     busy: ClassVar[bool] = False
+    env: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def environment(cls, params: BaseModel) -> tuple[str, ...]:
+        """The environment variables (names or patterns) this node needs with these (validated) params.
+
+        The compiler puts them in the plan. The base returns ``env``; override it when the
+        need depends on params (a node that talks to a vendor in one mode only).
+        """
+        return (cls.env,) if isinstance(cls.env, str) else tuple(cls.env)
 
     @classmethod
     def ports(cls, params: BaseModel) -> Ports:

@@ -146,6 +146,7 @@ class NodePlan(_Frozen):
     model: ModelPlan | None
     join: JoinPlan | None = None
     timers: dict[str, float] = {}
+    env: list[str] = []  # secret environment variables (names or patterns) the node declares (Node.environment)
     inputs: list[InputPlan]
     outputs: list[OutputPlan]
     loc: str  # file:line:col of the node in its YAML, for run-time messages

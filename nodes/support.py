@@ -1,4 +1,4 @@
-"""What the trading nodes share: rate-limited warnings, the event time of a record.
+"""What the trading nodes share: rate-limited warnings, the event time of a record, URL checks.
 
 A node that receives a NaN price every bar must not write a line per bar: it counts every
 skip (its ``summary()``) and logs one line per reason at most every ``interval_s``
@@ -13,8 +13,42 @@ import time
 from collections.abc import Mapping
 from numbers import Integral
 from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["RateLimitedLog", "event_time_of"]
+__all__ = ["RateLimitedLog", "check_url", "event_time_of", "package_version"]
+
+
+def package_version(package: str) -> str:
+    """The installed version of ``package``, for messages that ask for a newer one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(unknown version)"
+
+
+def check_url(url: str | None, insecure: bool, secure: str, clear: str, flag: str = "insecure: true") -> str | None:
+    """``url`` when it is safe to send API keys to: ``secure`` scheme (``wss``, ``https``), or
+    ``clear`` (``ws``, ``http``) only when ``insecure`` says so (a local test server).
+
+    Why: a URL override is how a proxy or a test server is named, and a plain-text one sends
+    the keys (and the orders) readable by anyone on the path. ``flag`` is the setting the
+    message names as the way out.
+
+    Raises:
+        ValueError: another scheme, no host, or a clear-text scheme without ``insecure``.
+    """
+    if url is None:
+        return None
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in (secure, clear) or not parts.hostname:
+        raise ValueError(f"url {url!r} is not a {secure}:// URL with a host (e.g. {secure}://proxy.example:443/...)")
+    if scheme == clear and not insecure:
+        raise ValueError(f"url {url!r} would send the API keys in clear text ({clear}://): use {secure}://, or set "
+                         f"`{flag}` if this is a local test server")
+    return url
 
 
 def event_time_of(record: Any, ctx: Any) -> int | None:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["RUN_DIR_PREFIX", "SPAWN_TIMEOUT_S", "ZYGOTE_ENV", "Forked", "Zygote", "subreaper", "sweep_run_dirs"]
 
@@ -128,13 +129,17 @@ class Zygote:
         self.sock = ours
         self.buffer = b""
 
-    def spawn(self, name: str, inc: int, timeout_s: float) -> Forked | None:
-        """A worker forked from the zygote, or None when the zygote cannot (it then stays unused)."""
+    def spawn(self, name: str, inc: int, timeout_s: float, env: dict[str, str] | None = None) -> Forked | None:
+        """A worker forked from the zygote, or None when the zygote cannot (it then stays unused).
+
+        ``env``: variables the worker adds to the zygote's environment after the fork (its secrets).
+        """
         if self.popen is None:
             return None
         try:
             self.sock.settimeout(timeout_s)
-            self.sock.sendall(json.dumps({"name": name, "inc": inc}).encode() + b"\n")
+            request: dict[str, Any] = {"name": name, "inc": inc, **({"env": env} if env else {})}
+            self.sock.sendall(json.dumps(request).encode() + b"\n")
             while b"\n" not in self.buffer:
                 chunk = self.sock.recv(4096)
                 if not chunk:

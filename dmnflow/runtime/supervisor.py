@@ -41,6 +41,7 @@ from ..transport.wire import write_token
 from . import protocol
 from .files import counters_path, layout_of, write_endpoints
 from .processes import RUN_DIR_PREFIX, SPAWN_TIMEOUT_S, ZYGOTE_ENV, Forked, Zygote, subreaper, sweep_run_dirs
+from .env import declared_secrets, worker_environ
 from .report import EdgeReport, Incarnation, NodeReport, Report, SocketReport, build_report
 
 __all__ = ["ADMIN_SOCKET", "RUN_DIR_PREFIX", "EdgeReport", "NodeReport", "Report", "SocketReport", "launch"]
@@ -214,22 +215,24 @@ class _Supervisor:
             raise KeyboardInterrupt
         self.stop_requested = True
 
-    @staticmethod
-    def worker_env() -> dict[str, str]:
-        env = dict(os.environ)
+    def worker_env(self, process: str | None = None) -> dict[str, str]:
+        """A worker's environment (runtime/env.py: secrets only where declared); no process: the zygote's."""
+        env = worker_environ(self.plan, process)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
         return env
 
     def spawn(self, proc: _Proc) -> None:
         """Fork the worker from the zygote; without one, start a new interpreter for it."""
-        forked = self.zygote.spawn(proc.name, proc.inc, SPAWN_TIMEOUT_S) if self.zygote is not None else None
+        forked = (self.zygote.spawn(proc.name, proc.inc, SPAWN_TIMEOUT_S, declared_secrets(self.plan, proc.name))
+                  if self.zygote is not None else None)
         if forked is not None:
             proc.popen = forked
         else:
             proc.popen = subprocess.Popen(
                 [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, proc.name, str(proc.inc),
                  str(os.getpid())],
-                env=self.worker_env(), start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
+                env=self.worker_env(proc.name),
+                start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
         proc.state = "new"
 
     def tell(self, proc: _Proc, *msg: Any) -> None:

@@ -4,6 +4,8 @@ and import pydantic, zmq and msgpack (most of a worker's start-up).
 
 Started only by the supervisor (``python -m dmnflow.runtime.zygote RUN_DIR PID FD PAD``),
 which talks to it over the socket ``FD`` in JSON lines: ``{"name": process, "inc": n}``
+(plus ``"env": {...}``, the secret variables that worker's nodes declared, which it adds
+after the fork: the zygote's own environment holds none, see ``runtime/env.py``)
 -> ``{"pid": pid}`` or ``{"error": text}`` (the supervisor then starts that worker the
 usual way, ``python -m dmnflow.runtime.worker``).
 
@@ -104,7 +106,8 @@ def serve(sock: socket.socket) -> tuple[str, int, int] | None:
         try:
             req = json.loads(line)
             name, inc = str(req["name"]), int(req["inc"])
-        except (ValueError, KeyError, TypeError) as exc:
+            env = {str(k): str(v) for k, v in req.get("env", {}).items()}  # the worker's secrets (runtime/env.py)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             _reply(sock, error=f"bad request: {exc}")
             continue
         threads = len(os.listdir("/proc/self/task"))
@@ -120,6 +123,7 @@ def serve(sock: socket.socket) -> tuple[str, int, int] | None:
             _reply(sock, error="the intermediate process died")
         elif got[0] == 0:  # we are the worker
             sock.close()
+            os.environ.update(env)
             return name, inc, got[1]
         else:
             _reply(sock, pid=got[0])

@@ -5,13 +5,19 @@
 keys from ``APCA_API_KEY_ID`` and ``APCA_API_SECRET_KEY``, and never raises on a bad order or
 a failed request: every HTTP error is handled by its kind and counted (``summary()``):
 
-- 401/403: the keys are refused; the request is not retried (at start, this fails setup);
-- 422: Alpaca rejected the order (unknown asset, buying power, ...); counted, not retried;
+- 403 or 422 on ``POST /orders``: Alpaca rejected the order (buying power, shorting not
+  allowed, unknown asset, ...); counted as rejected, not retried, the node goes on;
+- 401 (and 403 on any other request): the keys are refused; not retried (at start, this
+  fails setup);
 - 429: rate limited; retried after ``Retry-After`` (or ``X-RateLimit-Reset``), bounded;
 - 5xx and network errors: retried with exponential backoff, bounded.
 
 Orders carry a ``client_order_id``, so a retry after a lost reply cannot place the order
 twice: Alpaca refuses the duplicate id (422) and the broker looks the first one up instead.
+When the last retry of a submission fails and an earlier try may have reached Alpaca (a
+5xx, a timeout, a reply cut short), the broker looks the order up by its
+``client_order_id`` once; while Alpaca cannot answer, the order stays *unconfirmed* and is
+looked up again at each poll, so an order that went through is never left untracked.
 Fills are the increments of each open order's ``filled_qty`` seen by ``poll``. The account
 is read from Alpaca at most every ``account_refresh_s`` and marked to the latest prices in
 between. How to run it live: docs/dmn/live.md.
@@ -30,9 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from nodes.support import RateLimitedLog
+from nodes.support import RateLimitedLog, check_url
 
 from .broker import Account, Broker, Fill, account_of
 
@@ -42,9 +48,11 @@ T = TypeVar("T")
 
 _SIDES = {"buy": 1.0, "sell": -1.0}
 _DONE = {"filled", "canceled", "expired", "rejected", "done_for_day", "replaced", "stopped", "suspended"}
-_COUNTERS = ("orders_submitted", "orders_rejected", "orders_failed", "orders_invalid", "orders_canceled", "fills",
-             "requests", "retries", "rate_limited", "server_errors", "auth_errors", "http_errors", "network_errors",
-             "bad_responses", "bad_marks", "account_refresh_failed")
+_COUNTERS = ("orders_submitted", "orders_rejected", "orders_failed", "orders_invalid", "orders_canceled",
+             "orders_recovered", "orders_unknown", "fills", "requests", "retries", "rate_limited", "server_errors",
+             "auth_errors", "http_errors", "network_errors", "bad_responses", "bad_marks", "account_refresh_failed")
+# why a request failed (``AlpacaBroker._failure``); the transient ones are worth asking again later
+_TRANSIENT = {"server", "network", "rate_limited"}
 
 
 class BrokerError(RuntimeError):
@@ -112,8 +120,10 @@ class AlpacaBroker(Broker):
         model_config = ConfigDict(extra="forbid")
         paper: bool = Field(True, description="trade on Alpaca's paper endpoint (paper-api.alpaca.markets); "
                             "false trades real money on api.alpaca.markets")
-        url: str | None = Field(None, description="base URL overriding the endpoint (a proxy or a local test "
-                                "server), e.g. http://127.0.0.1:8080")
+        insecure: bool = Field(False, description="allow an http:// url (keys and orders sent in clear text): a "
+                               "local test server only")
+        url: str | None = Field(None, description="base URL overriding the endpoint (a proxy, or a local test "
+                                "server), e.g. https://proxy.example; http:// needs insecure: true")
         time_in_force: Literal["day", "gtc", "opg", "cls", "ioc", "fok"] = Field(
             "day", description="time in force of the market orders (crypto takes gtc or ioc)")
         whole_shares: bool = Field(False, description="round quantities down to whole shares, for assets "
@@ -136,13 +146,24 @@ class AlpacaBroker(Broker):
         check_on_start: bool = Field(True, description="read the account when the broker starts, so refused "
                                      "keys fail the node's setup with a clear message")
 
+        @field_validator("url")
+        @classmethod
+        def _url_is_safe(cls, url: str | None, info: ValidationInfo) -> str | None:
+            return check_url(url, bool(info.data.get("insecure")), "https", "http", "broker_params.insecure: true")
+
+    env = ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")  # the only secrets the Execution node's worker gets
+
     def __init__(self, paper: bool = True, url: str | None = None, time_in_force: str = "day",
                  whole_shares: bool = False, commission_bps: float = 0.0, capital: float | None = None,
                  max_retries: int = 3, backoff_s: float = 0.5, max_backoff_s: float = 8.0,
                  max_retry_after_s: float = 10.0, timeout_s: float = 10.0, poll_interval_s: float = 1.0,
-                 account_refresh_s: float = 5.0, check_on_start: bool = True, *,
+                 account_refresh_s: float = 5.0, check_on_start: bool = True, insecure: bool = False, *,
                  log: logging.Logger | None = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        try:
+            check_url(url, insecure, "https", "http", "broker_params.insecure: true")
+        except ValueError as exc:
+            raise BrokerError(f"alpaca broker: {exc}") from None
         key, secret = os.environ.get("APCA_API_KEY_ID"), os.environ.get("APCA_API_SECRET_KEY")
         missing = [name for name, value in (("APCA_API_KEY_ID", key), ("APCA_API_SECRET_KEY", secret)) if not value]
         if missing:
@@ -151,6 +172,7 @@ class AlpacaBroker(Broker):
                               f"{' and '.join(missing)} (paper keys for the paper endpoint)")
         try:
             import requests
+            import urllib3
             from alpaca.common.exceptions import APIError
             from alpaca.trading.client import TradingClient
             from alpaca.trading.enums import OrderSide, TimeInForce
@@ -159,6 +181,8 @@ class AlpacaBroker(Broker):
             raise BrokerError("alpaca broker: the 'alpaca-py' package is not installed: "
                               "pip install 'dmnflow[live]'") from exc
         self._APIError, self._RequestException = APIError, requests.RequestException
+        self._ConnectTimeout, self._NewConnectionError = requests.ConnectTimeout, urllib3.exceptions.NewConnectionError
+        self._BadJSON = requests.JSONDecodeError  # a RequestException too, but the reply did arrive
         self._MarketOrderRequest, self._OrderSide = MarketOrderRequest, OrderSide
         self._tif = TimeInForce(time_in_force)
         self.client = TradingClient(key, secret, paper=paper, url_override=url)
@@ -180,6 +204,12 @@ class AlpacaBroker(Broker):
         self._warn = RateLimitedLog(self._log).warning  # (key, fmt, *args): one line per key per 10 s
         self.counts = dict.fromkeys(_COUNTERS, 0)
         self.open: dict[str, _Open] = {}  # order id -> what has been reported of it
+        # client_order_id -> (the order, Alpaca's rejection if the last try got one): submissions that may
+        # have gone through, looked up at each poll until Alpaca says whether they did
+        self.unconfirmed: dict[str, tuple[_Open, str | None]] = {}
+        self._failure = ""  # why the last _call failed: rejected, duplicate, auth, not_found, http, + _TRANSIENT
+        self._message = ""  # and what Alpaca said
+        self._uncertain = False  # whether a try of the last _call may have done its work (reply lost)
         self.cash = 0.0
         self.qty: dict[str, float] = {}
         self.avg_entry: dict[str, float] = {}
@@ -201,17 +231,25 @@ class AlpacaBroker(Broker):
 
     # -- requests ------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], T], client_order_id: str | None = None) -> T | None:
-        """``fn()`` with Alpaca's errors handled by kind, counted and logged; None when it failed."""
+    def _call(self, what: str, fn: Callable[[], T], client_order_id: str | None = None,
+              retries: int | None = None, missing_ok: bool = False) -> T | None:
+        """``fn()`` with Alpaca's errors handled by kind, counted and logged; None when it failed.
+
+        ``client_order_id``: ``fn`` submits that order (a 403 or 422 is then its rejection).
+        On failure, ``_failure`` says why and ``_uncertain`` whether a try may have reached
+        Alpaca and done its work. ``missing_ok``: a 404 is an answer (``not_found``), not an error.
+        """
         delay = self.backoff_s
-        for attempt in range(self.max_retries + 1):
+        retries = self.max_retries if retries is None else retries
+        self._failure, self._message, self._uncertain = "", "", False
+        for attempt in range(retries + 1):
             self.counts["requests"] += 1
-            last = attempt == self.max_retries
+            last = attempt == retries
             try:
                 return fn()
             except self._APIError as exc:
                 status = exc.status_code
-                message = _message(exc)
+                message = self._message = _message(exc)
                 if status == 429:
                     self.counts["rate_limited"] += 1
                     response = exc.response
@@ -220,49 +258,75 @@ class AlpacaBroker(Broker):
                     if last or wait > self.max_retry_after_s:
                         self._warn("rate_limited", "%s: rate limited (HTTP 429, wait %.1fs); gave up after %d "
                                    "attempt(s)", what, wait, attempt + 1)
+                        self._failure = "rate_limited"
                         return None
                     self._retry(wait)
                     delay = min(self.max_backoff_s, max(delay * 2, self.backoff_s))
                     continue
                 if status is not None and status >= 500:
                     self.counts["server_errors"] += 1
+                    self._uncertain = True  # a 502/504 can come from a proxy after Alpaca did the work
                     if last:
                         self._warn("server_error", "%s: HTTP %s from Alpaca (%s); gave up after %d attempt(s)",
                                    what, status, message, attempt + 1)
+                        self._failure = "server"
                         return None
                     self._retry(delay)
                     delay = min(self.max_backoff_s, delay * 2)
                     continue
+                if status == 422 and client_order_id is not None and attempt > 0 and "client_order_id" in message:
+                    # our earlier try went through and only its reply was lost: the caller looks that order up
+                    self._failure = "duplicate"
+                    return None
+                if status in (403, 422) and client_order_id is not None:
+                    # buying power, shorting not allowed, unknown asset...: Alpaca read the keys, and said no
+                    self._failure, self._message = "rejected", f"HTTP {status}: {message}"
+                    return None
                 if status in (401, 403):
                     self.counts["auth_errors"] += 1
                     self._auth_refused = True
                     self._warn("auth", "%s: Alpaca refused the keys (HTTP %s: %s); check APCA_API_KEY_ID and "
                                "APCA_API_SECRET_KEY", what, status, message)
+                    self._failure = "auth"
                     return None
-                if status == 422 and client_order_id is not None and attempt > 0 and "client_order_id" in message:
-                    # our earlier try went through and only its reply was lost: that order stands
-                    return self._call(f"look up order {client_order_id}",  # type: ignore[return-value]
-                                      lambda: self.client.get_order_by_client_id(client_order_id))
-                if status == 422 and client_order_id is not None:
-                    self.counts["orders_rejected"] += 1
-                    self._warn("rejected", "%s: Alpaca rejected the order (HTTP 422: %s)", what, message)
+                if status == 404 and missing_ok:
+                    self._failure = "not_found"
                     return None
                 self.counts["http_errors"] += 1
                 self._warn("http_error", "%s: HTTP %s from Alpaca: %s", what, status, message)
+                self._failure = "http"
+                return None
+            except self._BadJSON as exc:
+                self._bad_response(what, exc)
                 return None
             except self._RequestException as exc:
                 self.counts["network_errors"] += 1
+                self._uncertain = self._uncertain or self._may_have_arrived(exc)
                 if last:
                     self._warn("network", "%s: %s; gave up after %d attempt(s)", what, exc, attempt + 1)
+                    self._failure, self._message = "network", str(exc)
                     return None
                 self._retry(delay)
                 delay = min(self.max_backoff_s, delay * 2)
-            except Exception as exc:  # a reply alpaca-py cannot read (bad JSON, a model that does not validate)
-                self.counts["bad_responses"] += 1
-                self._warn("bad_response", "%s: unreadable reply from Alpaca: %s: %.200s", what,
-                           type(exc).__name__, exc)
+            except Exception as exc:  # a reply alpaca-py cannot read (a model that does not validate)
+                self._bad_response(what, exc)
                 return None
         return None
+
+    def _bad_response(self, what: str, exc: Exception) -> None:
+        """Count a reply that does not parse: Alpaca answered, so the request may have done its work."""
+        self.counts["bad_responses"] += 1
+        self._uncertain = True
+        self._warn("bad_response", "%s: unreadable reply from Alpaca: %s: %.200s", what, type(exc).__name__, exc)
+        self._failure, self._message = "bad_response", f"{type(exc).__name__}: {exc}"
+
+    def _may_have_arrived(self, exc: Exception) -> bool:
+        """Whether a request that failed on the network may have reached Alpaca: not when the
+        connection was never made (refused, unresolvable host, connect timeout)."""
+        if isinstance(exc, self._ConnectTimeout):
+            return False
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return not isinstance(reason, self._NewConnectionError)
 
     def _retry(self, wait: float) -> None:
         self.counts["retries"] += 1
@@ -292,29 +356,72 @@ class AlpacaBroker(Broker):
             cid = f"dmnflow-{uuid.uuid4().hex}"
             request = self._MarketOrderRequest(symbol=symbol, qty=qty, side=self._OrderSide.BUY if sign > 0 else
                                                self._OrderSide.SELL, time_in_force=self._tif, client_order_id=cid)
-            rejected = self.counts["orders_rejected"]
-            sent = self._call(f"submit {'buy' if sign > 0 else 'sell'} {qty:g} {symbol}",
-                              lambda request=request: self.client.submit_order(request), client_order_id=cid)
-            if sent is None:
-                if self.counts["orders_rejected"] == rejected:  # not refused by Alpaca: it could not be sent
-                    self.counts["orders_failed"] += 1
-                continue
-            self.counts["orders_submitted"] += 1
+            what = f"submit {'buy' if sign > 0 else 'sell'} {qty:g} {symbol}"
             opened = _Open(symbol, sign, ref, cid)
-            self.open[str(sent.id)] = opened
-            fills.extend(self._update(str(sent.id), sent))
+            sent = self._call(what, lambda request=request: self.client.submit_order(request), client_order_id=cid)
+            if sent is not None:
+                self.counts["orders_submitted"] += 1
+                self.open[str(sent.id)] = opened
+                fills.extend(self._update(str(sent.id), sent))
+                continue
+            rejection = f"{what}: {self._message}" if self._failure == "rejected" else None
+            if self._failure == "duplicate" or self._uncertain:
+                # an earlier try may have placed it (its reply was lost): ask Alpaca once
+                fills.extend(self._confirm(opened, rejection))
+            else:
+                self._settle_absent(opened, rejection)
         return fills
+
+    def _settle_absent(self, opened: _Open, rejection: str | None) -> None:
+        """An order Alpaca does not have: rejected (with Alpaca's reason) or failed to send."""
+        if rejection is not None:
+            self.counts["orders_rejected"] += 1
+            self._warn("rejected", "Alpaca rejected the order (%s)", rejection)
+        else:
+            self.counts["orders_failed"] += 1
+
+    def _confirm(self, opened: _Open, rejection: str | None) -> list[Fill]:
+        """Look an order whose submission may have gone through up by its ``client_order_id``
+        (one request): track it if Alpaca has it; keep it unconfirmed while Alpaca cannot say."""
+        cid = opened.client_order_id
+        order = self._call(f"look up order {cid}", lambda: self.client.get_order_by_client_id(cid), retries=0,
+                           missing_ok=True)
+        if order is not None:
+            self.unconfirmed.pop(cid, None)
+            self.counts["orders_submitted"] += 1
+            self.counts["orders_recovered"] += 1
+            self._log.info("order %s (%s) went through although its submission failed: tracking it as %s",
+                           cid, opened.symbol, order.id)
+            self.open[str(order.id)] = opened
+            return self._update(str(order.id), order)
+        if self._failure == "not_found":
+            self.unconfirmed.pop(cid, None)
+            self._settle_absent(opened, rejection)
+        elif self._failure in _TRANSIENT:
+            if cid not in self.unconfirmed:
+                self._warn("unconfirmed", "order %s (%s) may have reached Alpaca and the lookup failed (%s); "
+                           "looking it up again at each poll", cid, opened.symbol, self._failure)
+            self.unconfirmed[cid] = (opened, rejection)
+        else:  # Alpaca answered, but not with an order we can read: a person must check
+            self.unconfirmed.pop(cid, None)
+            self.counts["orders_unknown"] += 1
+            self._log.error("order %s (%s): cannot tell whether it was placed (%s: %s); check it in Alpaca's "
+                            "dashboard", cid, opened.symbol, self._failure, self._message)
+        return []
 
     def poll(self, t: int | None = None) -> list[Fill]:
         """Fills of the open orders since the last poll (at most every ``poll_interval_s``)."""
         if t is not None:
             self.t = t
         now = self._clock()
-        if not self.open or now - self._polled_at < self.poll_interval_s:
+        if not (self.open or self.unconfirmed) or now - self._polled_at < self.poll_interval_s:
             return []
         self._polled_at = now
         fills: list[Fill] = []
-        for order_id in list(self.open):
+        polled = list(self.open)
+        for opened, rejection in list(self.unconfirmed.values()):
+            fills.extend(self._confirm(opened, rejection))
+        for order_id in polled:
             order = self._call(f"poll order {order_id}",
                                lambda order_id=order_id: self.client.get_order_by_id(order_id))
             if order is not None:
@@ -432,10 +539,13 @@ class AlpacaBroker(Broker):
 
     def summary(self) -> dict[str, float | int]:
         """Orders sent, rejected, failed; fills; every kind of HTTP trouble; costs and traded notional."""
-        return {**self.counts, "orders_open": len(self.open), "commission": self.commission,
-                "slippage": self.slippage, "traded": self.traded}
+        return {**self.counts, "orders_open": len(self.open), "orders_unconfirmed": len(self.unconfirmed),
+                "commission": self.commission, "slippage": self.slippage, "traded": self.traded}
 
     def close(self) -> None:
+        if self.unconfirmed:
+            self._log.error("%d order(s) may be live at Alpaca but were never confirmed (client_order_id %s): "
+                            "check them in Alpaca's dashboard", len(self.unconfirmed), ", ".join(self.unconfirmed))
         self.client._session.close()
 
 

@@ -83,10 +83,14 @@ class Broker(ABC):
     validated fields as keyword arguments. Override ``from_config`` when a broker needs more
     (keys from the environment, a client object). A broker must not raise on a single bad
     order: it rejects it (not in the returned fills) and counts it in ``summary()``.
+
+    ``env`` names the secret environment variables the broker reads (its API keys): the
+    Execution node declares them for its worker, which gets no other secret (``dmnflow.Node.env``).
     """
 
     name: ClassVar[str] = "broker"
     Config: ClassVar[type[BaseModel] | None] = None
+    env: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Broker:

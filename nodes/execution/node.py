@@ -69,10 +69,22 @@ class Execution(Node):
                 try:
                     broker.Config.model_validate(value)
                 except ValidationError as exc:
-                    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                    errors = exc.errors()
+                    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                                         for e in errors)
                     known = ", ".join(broker.Config.model_fields)
-                    raise ValueError(f"broker_params for broker {name!r}: {problems} (known: {known})") from None
+                    unknown = any(e["type"] == "extra_forbidden" for e in errors)
+                    raise ValueError(f"broker_params for broker {name!r}: {problems}"
+                                     + (f" (known: {known})" if unknown else "")) from None
             return value
+
+    @classmethod
+    def environment(cls, params: BaseModel) -> tuple[str, ...]:
+        """The broker's keys (``Broker.env``): only this node's worker gets them."""
+        try:
+            return tuple(resolve_broker(params.broker).env)  # type: ignore[attr-defined]
+        except (ImportError, ValueError):  # reported by the Params validator
+            return ()
 
     orders = Input(dict, doc="Orders: t, orders [{symbol, qty, side, ref_price}], prices {symbol: price}")
     fills = Output(dict, doc="Fills: t, fills [{symbol, qty (signed), side, price, commission, slippage}]")

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import os
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+
+from nodes.support import package_version
 
 from .common import make_bar, make_tick
 from .massive import Feed, LiveStream, StreamError, to_float, to_ns
@@ -141,8 +144,8 @@ class AlpacaStream(LiveStream):
                                                         "(CryptoDataStream); crypto symbols look like BTC/USD")
         feed: Literal["iex", "sip", "us"] = Field("iex", description="data feed: iex (free) or sip for stocks, "
                                                   "us for crypto")
-        url: str | None = Field(None, description="WebSocket URL overriding Alpaca's (a local test server or a "
-                                "proxy), e.g. ws://127.0.0.1:8765/v2/iex")
+        url: str | None = Field(None, description="WebSocket URL overriding Alpaca's (a proxy, or a local test "
+                                "server), e.g. wss://proxy.example/v2/iex; ws:// needs insecure: true")
         data_timeout_s: float | None = Field(None, gt=0, description="reconnect when no market data arrived for "
                                              "this long (a connected but mute socket); none: never")
         open_timeout_s: float = Field(10.0, gt=0, description="timeout of one connection attempt")
@@ -158,6 +161,7 @@ class AlpacaStream(LiveStream):
             return feed
 
     vendor = "alpaca"
+    env = ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")  # the only secrets this node's worker gets
 
     def _open(self, ctx: Any) -> None:
         key, secret = os.environ.get("APCA_API_KEY_ID"), os.environ.get("APCA_API_SECRET_KEY")
@@ -167,10 +171,14 @@ class AlpacaStream(LiveStream):
             raise StreamError(f"alpaca stream: no API keys: set the environment variable{plural} "
                               f"{' and '.join(missing)}")
         try:
-            import alpaca.data.live  # noqa: F401 - fail at setup, with the fix, when the extra is missing
+            from alpaca.data.live.websocket import DataStream  # fail at setup, with the fix, without the extra
         except ImportError as exc:
             raise StreamError("alpaca stream: the 'alpaca-py' package is not installed: "
                               "pip install 'dmnflow[live]'") from exc
+        if "data_timeout" not in inspect.signature(DataStream.__init__).parameters or not hasattr(
+                DataStream, "_wait_before_reconnect"):
+            raise StreamError(f"alpaca stream: alpaca-py {package_version('alpaca-py')} is too old (no data_timeout, "
+                              "no bounded reconnects): pip install 'alpaca-py>=0.44' (or 'dmnflow[live]')")
         p = ctx.params
         self._keys = (key, secret)
         self._params = p

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from dmnflow import Node, Output
+from nodes.support import check_url, package_version
 
 from .common import MarketGuard, RateLimitedLog, make_bar, make_tick, topic_for
 
@@ -259,6 +260,14 @@ class LiveStream(Node):
         batch: int = Field(256, ge=1, description="most records published per turn of the worker")
         log_every_s: float = Field(10.0, gt=0, description="at most one log line per kind of problem in this period")
         stop_timeout_s: float = Field(5.0, gt=0, description="how long stopping waits for the client thread")
+        insecure: bool = Field(False, description="allow a ws:// url (keys sent in clear text): a local test "
+                               "server only")
+
+        # on ``url``, which each vendor's Params declares (after ``insecure``, so its value is known here)
+        @field_validator("url", check_fields=False)
+        @classmethod
+        def _url_is_safe(cls, url: str | None, info: ValidationInfo) -> str | None:
+            return check_url(url, bool(info.data.get("insecure")), "wss", "ws")
 
     market_data = Output(dict, codec="msgpack", doc="Bar or Tick per symbol on topic market_data.<SYMBOL>")
 
@@ -452,8 +461,8 @@ class MassiveStream(LiveStream):
                                           "indices, futures, crypto, forex, ...")
         feed: str = Field("socket.massive.com", description="feed host: socket.massive.com (real time), "
                           "delayed.massive.com (15-minute delayed) or another Massive feed")
-        url: str | None = Field(None, description="full WebSocket URL overriding feed and market, e.g. "
-                                "ws://127.0.0.1:8765/stocks (a local test server or a proxy)")
+        url: str | None = Field(None, description="full WebSocket URL overriding feed and market (a proxy, or "
+                                "a local test server), e.g. wss://proxy.example/stocks; ws:// needs insecure: true")
         bar_interval: Literal["minute", "second"] = Field("minute", description="aggregates to subscribe to: "
                                                           "AM (minute) or A (second)")
         open_timeout_s: float = Field(10.0, gt=0, description="timeout of one connection attempt (TCP, TLS, "
@@ -467,6 +476,7 @@ class MassiveStream(LiveStream):
             return market
 
     vendor = "massive"
+    env = ("MASSIVE_API_KEY", "POLYGON_API_KEY")  # the only secrets this node's worker gets
 
     def _open(self, ctx: Any) -> None:
         p = ctx.params
@@ -480,9 +490,15 @@ class MassiveStream(LiveStream):
             raise StreamError(f"massive stream: {exc}") from None
         try:
             import massive  # noqa: F401 - fail at setup, with the fix, when the extra is missing
+            from websockets.asyncio.client import connect
         except ImportError as exc:
             raise StreamError("massive stream: the 'massive' package is not installed: "
                               "pip install 'dmnflow[live]'") from exc
+        if "reconnect_delays" not in inspect.signature(connect.__init__).parameters:
+            # the client's process_exception says "retry" to every failure: without this hook,
+            # websockets < 17 retries a dead server forever and the node never learns of it
+            raise StreamError(f"massive stream: websockets {package_version('websockets')} is too old (it would retry "
+                              "a dead server forever): pip install 'websockets>=17' (or 'dmnflow[live]')")
         self._key = key
         self._params = p
         self._url = p.url or f"wss://{p.feed}/{p.market}"
@@ -491,13 +507,12 @@ class MassiveStream(LiveStream):
         from massive import WebSocketClient
         from massive.exceptions import AuthError
         from massive.websocket.models import Market, parse_single
-        from websockets.asyncio.client import connect
 
         p = self._params
         market = Market(p.market)
-        options: dict[str, Any] = {"open_timeout": p.open_timeout_s}
-        if "reconnect_delays" in inspect.signature(connect.__init__).parameters:  # websockets >= 15
-            options["reconnect_delays"] = _fail_fast
+        # the massive client retries every failure inside websockets' connect loop; _fail_fast
+        # hands each one to our loop instead, which counts and bounds them (websockets >= 17)
+        options: dict[str, Any] = {"open_timeout": p.open_timeout_s, "reconnect_delays": _fail_fast}
         vendor_log = logging.getLogger("massive.parse")
         attempt = 0
         while True:

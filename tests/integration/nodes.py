@@ -250,3 +250,35 @@ class Record(Node):
 
     def teardown(self, ctx: Any) -> None:
         self.file.close()
+
+
+class EnvProbe(Node):
+    """Writes what its worker's environment holds of ``names`` to ``<dir>/<node>.json``, both
+    ``os.environ`` and the process's initial environment block (``/proc/self/environ``, what a
+    forked worker inherits from the zygote); declares the variables in ``declare``."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        dir: str
+        names: list[str]
+        declare: list[str] = []
+
+    values = Input(Any)
+
+    @classmethod
+    def environment(cls, params: BaseModel) -> tuple[str, ...]:
+        return tuple(params.declare)  # type: ignore[attr-defined]
+
+    def setup(self, ctx: Any) -> None:
+        import json
+        import os
+
+        with open("/proc/self/environ", "rb") as f:
+            initial = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        seen = {"environ": {n: os.environ.get(n) for n in ctx.params.names},
+                "initial": {n: n.encode() in initial for n in ctx.params.names}}
+        with open(os.path.join(ctx.params.dir, f"{ctx.name}.json"), "w", encoding="utf-8") as f:
+            json.dump(seen, f)
+
+    def on_values(self, value: Any, ctx: Any) -> None:
+        pass

@@ -242,11 +242,16 @@ class FakeAlpacaREST:
 
     Market orders are accepted as ``new`` and fill at ``prices[symbol]`` (plus
     ``slip`` per share, against the buyer) after ``fill_after_polls`` reads of the order;
-    ``fill_after_polls=0`` fills them in the POST reply. ``lose_submit_replies=n`` places the
-next ``n`` orders but answers 504 (the reply was lost). ``failures`` is a list of
-    ``(method, path prefix, status, headers)`` answered once each, in order, before the real
-    route: e.g. ``("POST", "/v2/orders", 429, {"Retry-After": "0"})``. Requests are kept in
-    ``requests`` as ``(method, path, json body or None, headers)``.
+    ``fill_after_polls=0`` fills them in the POST reply. As Alpaca does, a buy beyond the
+    buying power (2 x equity) or a sell below zero with ``shorting_enabled=False`` is
+    answered 403 with Alpaca's message. ``after_submit`` spoils the replies of the next
+    orders placed, one entry each: ``"lost"`` (placed, answered 504), ``"timeout"`` (placed,
+    answered after ``slow_s`` seconds, past the client's timeout) or ``"garbage"`` (placed,
+    answered 200 with a body that is not JSON); ``lose_submit_replies=n`` is ``n`` x
+    ``"lost"``. ``failures`` is a list of ``(method, path prefix, status, headers)``
+    answered once each, in order, before the real route: e.g. ``("POST", "/v2/orders",
+    429, {"Retry-After": "0"})``. Requests are kept in ``requests`` as ``(method, path,
+    json body or None, headers)``.
     """
 
     def __init__(self, key: str = "test-key-id", secret: str = "test-secret", cash: float = 100_000.0,
@@ -263,11 +268,21 @@ next ``n`` orders but answers 504 (the reply was lost). ``failures`` is a list o
         self.failures: list[tuple[str, str, int, dict[str, str]]] = []
         self.requests: list[tuple[str, str, Any, dict[str, str]]] = []
         self.reject: Callable[[dict[str, Any]], str | None] = lambda order: None  # -> a 422 message
-        self.lose_submit_replies = 0  # orders placed whose reply is then lost (a 504 instead)
+        self.after_submit: list[str] = []  # "lost", "timeout", "garbage": how the next placed orders' replies fail
+        self.slow_s = 1.0
+        self.shorting_enabled = True
         self.account_number = "PA0000FAKE"
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def lose_submit_replies(self) -> int:
+        return self.after_submit.count("lost")
+
+    @lose_submit_replies.setter
+    def lose_submit_replies(self, n: int) -> None:
+        self.after_submit = [f for f in self.after_submit if f != "lost"] + ["lost"] * n
 
     @property
     def url(self) -> str:
@@ -310,45 +325,58 @@ next ``n`` orders but answers 504 (the reply was lost). ``failures`` is a list o
         url = urlparse(h.path)
         length = int(h.headers.get("Content-Length") or 0)
         body = json.loads(h.rfile.read(length)) if length else None
-        with self._lock:
-            self.requests.append((method, url.path, body, dict(h.headers)))
-            for k, (m, prefix, status, headers) in enumerate(self.failures):
-                if m == method and url.path.startswith(prefix):
-                    del self.failures[k]
-                    return self._reply(h, status, {"code": status * 100, "message": f"scripted {status}"}, headers)
-            if h.headers.get("APCA-API-KEY-ID") != self.key or h.headers.get("APCA-API-SECRET-KEY") != self.secret:
-                return self._reply(h, 401, {"code": 40110000, "message": "request is not authorized"})
-            if method == "GET" and url.path == "/v2/account":
-                return self._reply(h, 200, self._account())
-            if method == "GET" and url.path == "/v2/positions":
-                return self._reply(h, 200, [self._position(s) for s, q in self.positions.items() if q])
-            if method == "POST" and url.path == "/v2/orders":
-                return self._submit(h, body or {})
-            if method == "GET" and url.path == "/v2/orders:by_client_order_id":
-                cid = parse_qs(url.query).get("client_order_id", [""])[0]
-                for order in self.orders.values():
-                    if order["client_order_id"] == cid:
-                        return self._reply(h, 200, order)
-                return self._reply(h, 404, {"code": 40410000, "message": "order not found"})
-            if method == "GET" and url.path.startswith("/v2/orders/"):
-                order = self.orders.get(url.path.rsplit("/", 1)[1])
-                if order is None:
-                    return self._reply(h, 404, {"code": 40410000, "message": "order not found"})
-                self.polls[order["id"]] = self.polls.get(order["id"], 0) + 1
-                if order["status"] in ("new", "accepted") and self.polls[order["id"]] >= self.fill_after_polls:
-                    self._fill(order)
-                return self._reply(h, 200, order)
-            return self._reply(h, 404, {"code": 40400000, "message": f"no route {method} {url.path}"})
+        with self._lock:  # decide the reply under the lock; wait (a slow reply) and send it outside
+            status, payload, headers, delay = self._route(h, method, url, body)
+        if delay:
+            time.sleep(delay)
+        with contextlib.suppress(OSError):  # the client gave up waiting
+            self._reply(h, status, payload, headers)
 
-    def _submit(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    def _route(self, h: BaseHTTPRequestHandler, method: str, url: Any,
+               body: Any) -> tuple[int, Any, dict[str, str] | None, float]:
+        self.requests.append((method, url.path, body, dict(h.headers)))
+        for k, (m, prefix, status, headers) in enumerate(self.failures):
+            if m == method and url.path.startswith(prefix):
+                del self.failures[k]
+                return status, {"code": status * 100, "message": f"scripted {status}"}, headers, 0.0
+        if h.headers.get("APCA-API-KEY-ID") != self.key or h.headers.get("APCA-API-SECRET-KEY") != self.secret:
+            return 401, {"code": 40110000, "message": "request is not authorized"}, None, 0.0
+        if method == "GET" and url.path == "/v2/account":
+            return 200, self._account(), None, 0.0
+        if method == "GET" and url.path == "/v2/positions":
+            return 200, [self._position(s) for s, q in self.positions.items() if q], None, 0.0
+        if method == "POST" and url.path == "/v2/orders":
+            return self._submit(body or {})
+        if method == "GET" and url.path == "/v2/orders:by_client_order_id":
+            cid = parse_qs(url.query).get("client_order_id", [""])[0]
+            for order in self.orders.values():
+                if order["client_order_id"] == cid:
+                    return 200, order, None, 0.0
+            return 404, {"code": 40410000, "message": "order not found"}, None, 0.0
+        if method == "GET" and url.path.startswith("/v2/orders/"):
+            order = self.orders.get(url.path.rsplit("/", 1)[1])
+            if order is None:
+                return 404, {"code": 40410000, "message": "order not found"}, None, 0.0
+            self.polls[order["id"]] = self.polls.get(order["id"], 0) + 1
+            if order["status"] in ("new", "accepted") and self.polls[order["id"]] >= self.fill_after_polls:
+                self._fill(order)
+            return 200, order, None, 0.0
+        return 404, {"code": 40400000, "message": f"no route {method} {url.path}"}, None, 0.0
+
+    def _submit(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str] | None, float]:
         cid = body.get("client_order_id") or str(uuid.uuid4())
         if any(o["client_order_id"] == cid for o in self.orders.values()):
-            return self._reply(h, 422, {"code": 40010001, "message": "client_order_id must be unique"})
+            return 422, {"code": 40010001, "message": "client_order_id must be unique"}, None, 0.0
         why = self.reject(body)
         if why is None and body.get("symbol") not in self.prices:
             why = f"asset \"{body.get('symbol')}\" not found"
         if why is not None:
-            return self._reply(h, 422, {"code": 42210000, "message": why})
+            return 422, {"code": 42210000, "message": why}, None, 0.0
+        symbol, qty = body["symbol"], float(body["qty"])
+        if body["side"] == "buy" and qty * self.prices[symbol] > 2 * self._equity():
+            return 403, {"code": 40310000, "message": "insufficient buying power"}, None, 0.0
+        if body["side"] == "sell" and not self.shorting_enabled and qty > self.positions.get(symbol, 0.0):
+            return 403, {"code": 40310000, "message": "account is not allowed to short"}, None, 0.0
         now = _now_iso()
         order = {"id": str(uuid.uuid4()), "client_order_id": cid, "created_at": now, "updated_at": now,
                  "submitted_at": now, "filled_at": None, "expired_at": None, "canceled_at": None,
@@ -362,10 +390,14 @@ next ``n`` orders but answers 504 (the reply was lost). ``failures`` is a list o
         self.orders[order["id"]] = order
         if self.fill_after_polls == 0:
             self._fill(order)
-        if self.lose_submit_replies:
-            self.lose_submit_replies -= 1
-            return self._reply(h, 504, {"code": 50400000, "message": "gateway timeout"})
-        return self._reply(h, 200, order)
+        fault = self.after_submit.pop(0) if self.after_submit else None
+        if fault == "lost":
+            return 504, {"code": 50400000, "message": "gateway timeout"}, None, 0.0
+        if fault == "timeout":
+            return 200, order, None, self.slow_s
+        if fault == "garbage":
+            return 200, b"<html>upstream sent an invalid response</html>", None, 0.0
+        return 200, order, None, 0.0
 
     def _fill(self, order: dict[str, Any]) -> None:
         qty = float(order["qty"])
@@ -409,7 +441,7 @@ next ``n`` orders but answers 504 (the reply was lost). ``failures`` is a list o
 
     @staticmethod
     def _reply(h: BaseHTTPRequestHandler, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))

@@ -41,7 +41,8 @@ class Sleeps(list):
 
 
 def broker(rest: FakeAlpacaREST, sleeps: Sleeps | None = None, **config: Any) -> AlpacaBroker:
-    options = {"url": rest.url, "poll_interval_s": 0.0, "account_refresh_s": 0.0, "timeout_s": 5.0, **config}
+    options = {"url": rest.url, "insecure": True, "poll_interval_s": 0.0, "account_refresh_s": 0.0, "timeout_s": 5.0,
+               **config}
     return AlpacaBroker(**AlpacaBroker.Config(**options).model_dump(), sleep=sleeps if sleeps is not None else Sleeps())
 
 
@@ -169,10 +170,130 @@ def test_refused_keys_at_runtime_are_counted_not_raised(rest: FakeAlpacaREST) ->
     b = broker(rest)
     rest.failures.append(("POST", "/v2/orders", 401, {}))
     assert b.submit([{"symbol": "AAPL", "qty": 1, "side": "buy", "ref_price": 100.0}], T) == []
-    rest.failures.append(("POST", "/v2/orders", 403, {}))
-    assert b.submit([{"symbol": "AAPL", "qty": 1, "side": "buy", "ref_price": 100.0}], T) == []
+    rest.failures.append(("GET", "/v2/account", 403, {}))  # 403 outside an order: the keys
+    b.account(T)
     s = b.summary()
-    assert (s["auth_errors"], s["orders_failed"], s["retries"]) == (2, 2, 0)
+    assert (s["auth_errors"], s["orders_failed"], s["orders_rejected"], s["retries"]) == (2, 1, 0, 0)
+    assert s["account_refresh_failed"] == 1
+
+
+def test_a_403_on_an_order_is_a_rejection_and_the_next_orders_go_through(rest: FakeAlpacaREST,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    # Alpaca answers 403 to an order it refuses on the account's grounds: buying power, no shorting
+    rest.fill_after_polls = 0
+    rest.shorting_enabled = False
+    b = broker(rest)
+    fills = b.submit([{"symbol": "MSFT", "qty": 1_000, "side": "buy", "ref_price": 400.0},  # 400k > 2 x 100k
+                      {"symbol": "AAPL", "qty": 5, "side": "sell", "ref_price": 100.0},  # holds none: a short
+                      {"symbol": "AAPL", "qty": 5, "side": "buy", "ref_price": 100.0}], T)
+    assert [(f["symbol"], f["qty"]) for f in fills] == [("AAPL", 5.0)]
+    assert b.submit([{"symbol": "AAPL", "qty": 5, "side": "sell", "ref_price": 100.0}], T + 1)[0]["qty"] == -5.0
+    s = b.summary()
+    assert (s["orders_rejected"], s["orders_submitted"], s["orders_failed"]) == (2, 2, 0)
+    assert (s["auth_errors"], s["retries"], s["orders_unconfirmed"]) == (0, 0, 0)
+    assert [path for method, path, _, _ in rest.requests if method == "GET"].count("/v2/orders:by_client_order_id") == 0
+    assert "insufficient buying power" in caplog.text and "refused the keys" not in caplog.text
+
+
+def test_the_execution_node_goes_on_after_a_403_rejection(rest: FakeAlpacaREST) -> None:
+    rest.fill_after_polls = 0
+    params = {"broker": "alpaca", "broker_params": {"url": rest.url, "insecure": True, "poll_interval_s": 0.0,
+                                                    "timeout_s": 5.0}}
+    too_big = {"t": T, "orders": [{"symbol": "MSFT", "qty": 1_000, "side": "buy", "ref_price": 400.0}],
+               "prices": {"MSFT": 400.0}}
+    fits = {"t": T + 1, "orders": [{"symbol": "AAPL", "qty": 2, "side": "buy", "ref_price": 100.0}],
+            "prices": {"AAPL": 100.0}}
+    out = run_node(Execution, params=params, inputs=[("orders", too_big), ("orders", fits)])
+    assert [f["qty"] for msg in out["fills"] for f in msg["fills"]] == [2.0]
+    assert out["account"][-1]["positions"] == {"AAPL": 2.0}
+
+
+def test_after_the_last_failed_retry_a_placed_order_is_found_by_its_client_order_id(rest: FakeAlpacaREST) -> None:
+    rest.failures.append(("POST", "/v2/orders", 503, {}))  # first try: refused before placing
+    rest.after_submit = ["lost"]  # the last try places it, but its reply is lost
+    b = broker(rest, max_retries=1)
+    assert b.submit([{"symbol": "AAPL", "qty": 3, "side": "buy", "ref_price": 100.0}], T) == []
+    assert len(rest.orders) == 1
+    lookups = [r for r in rest.requests if r[1] == "/v2/orders:by_client_order_id"]
+    assert len(lookups) == 1  # once
+    (order,) = rest.orders.values()
+    assert order["client_order_id"] == rest.requests[-2][2]["client_order_id"]
+    s = b.summary()
+    assert (s["orders_submitted"], s["orders_recovered"], s["orders_failed"], s["orders_open"]) == (1, 1, 0, 1)
+    assert [f["qty"] for f in b.poll(T)] == [3.0]  # tracked: its fill is reported
+
+
+@pytest.mark.parametrize("fault", ["timeout", "garbage"])
+def test_a_reply_that_times_out_or_does_not_parse_is_looked_up_not_forgotten(rest: FakeAlpacaREST,
+                                                                             fault: str) -> None:
+    rest.fill_after_polls = 0
+    rest.after_submit = [fault]
+    rest.slow_s = 1.0
+    b = broker(rest, max_retries=0, timeout_s=0.3)
+    fills = b.submit([{"symbol": "AAPL", "qty": 2, "side": "buy", "ref_price": 100.0}], T)
+    assert [f["qty"] for f in fills] == [2.0]  # found by the lookup, already filled
+    s = b.summary()
+    assert (s["orders_submitted"], s["orders_recovered"], s["orders_failed"]) == (1, 1, 0)
+    assert (s["network_errors"], s["bad_responses"]) == ((1, 0) if fault == "timeout" else (0, 1))
+    assert b.account(T)["positions"] == {"AAPL": 2.0}
+
+
+def test_a_failed_submission_that_alpaca_never_placed_is_counted_failed(rest: FakeAlpacaREST) -> None:
+    rest.failures += [("POST", "/v2/orders", 500, {})] * 2
+    b = broker(rest, max_retries=1)
+    assert b.submit([{"symbol": "AAPL", "qty": 1, "side": "buy", "ref_price": 100.0}], T) == []
+    assert rest.orders == {}
+    assert [r[1] for r in rest.requests].count("/v2/orders:by_client_order_id") == 1  # asked, answered 404
+    s = b.summary()
+    assert (s["orders_failed"], s["orders_submitted"], s["orders_recovered"], s["orders_unconfirmed"]) == (1, 0, 0, 0)
+    assert s["http_errors"] == 0  # the 404 was an answer, not an error
+
+
+def test_an_order_alpaca_cannot_confirm_yet_is_looked_up_at_each_poll(rest: FakeAlpacaREST) -> None:
+    rest.after_submit = ["lost"]
+    rest.failures.append(("GET", "/v2/orders:by_client_order_id", 503, {}))  # the lookup fails too
+    b = broker(rest, max_retries=0)
+    assert b.submit([{"symbol": "AAPL", "qty": 4, "side": "buy", "ref_price": 100.0}], T) == []
+    s = b.summary()
+    assert (s["orders_unconfirmed"], s["orders_submitted"], s["orders_failed"]) == (1, 0, 0)
+    rest.failures.append(("GET", "/v2/orders:by_client_order_id", 502, {}))
+    assert b.poll(T) == [] and b.summary()["orders_unconfirmed"] == 1  # still unknown
+    assert b.poll(T) == []  # found now, accepted, not filled yet
+    s = b.summary()
+    assert (s["orders_unconfirmed"], s["orders_submitted"], s["orders_recovered"], s["orders_open"]) == (0, 1, 1, 1)
+    assert [f["qty"] for f in b.poll(T)] == [4.0]
+    assert [r[1] for r in rest.requests].count("/v2/orders:by_client_order_id") == 3
+    assert len(rest.orders) == 1
+
+
+def test_unconfirmed_orders_are_named_when_the_broker_closes(rest: FakeAlpacaREST,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    rest.after_submit = ["lost"]
+    rest.failures.append(("GET", "/v2/orders:by_client_order_id", 503, {}))
+    b = broker(rest, max_retries=0)
+    b.submit([{"symbol": "AAPL", "qty": 4, "side": "buy", "ref_price": 100.0}], T)
+    (cid,) = b.unconfirmed
+    b.close()
+    assert "never confirmed" in caplog.text and cid in caplog.text
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "HTTP://proxy.example"])
+def test_a_clear_text_url_needs_insecure(url: str) -> None:
+    with pytest.raises(ValueError, match=r"in clear text .*https://.*broker_params.insecure: true"):
+        AlpacaBroker.Config(url=url)
+    assert AlpacaBroker.Config(url=url, insecure=True).url == url
+    assert AlpacaBroker.Config(url="https://proxy.example:8443").url == "https://proxy.example:8443"
+    with pytest.raises(ValueError, match="is not a https:// URL"):
+        AlpacaBroker.Config(url="ftp://proxy.example")
+    with pytest.raises(BrokerError, match="clear text"):  # built directly, not from broker_params
+        AlpacaBroker(url=url, check_on_start=False)
+    with pytest.raises(ValueError, match=r"broker_params for broker 'alpaca': url: .*insecure: true"):
+        Execution.Params(broker="alpaca", broker_params={"url": url})
+
+
+def test_the_broker_keys_are_what_the_execution_node_declares() -> None:
+    assert Execution.environment(Execution.Params(broker="alpaca")) == ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")
+    assert Execution.environment(Execution.Params(broker="paper")) == ()
 
 
 def test_refused_keys_at_start_fail_with_a_clear_message(rest: FakeAlpacaREST,
@@ -201,11 +322,14 @@ def test_an_unreachable_endpoint_is_counted_and_retried_not_raised() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nobody listens there once the block ends
     sleeps = Sleeps()
-    b = AlpacaBroker(url=f"http://127.0.0.1:{port}", max_retries=1, backoff_s=0.1, timeout_s=2.0, sleep=sleeps)
+    b = AlpacaBroker(url=f"http://127.0.0.1:{port}", insecure=True, max_retries=1, backoff_s=0.1, timeout_s=2.0,
+                     sleep=sleeps)
     assert math.isnan(b.capital)  # the account could not be read at start
     assert b.submit([{"symbol": "AAPL", "qty": 1, "side": "buy", "ref_price": 100.0}], T) == []
     s = b.summary()
     assert s["network_errors"] == 4 and s["orders_failed"] == 1  # the account at start, then the order: 2 tries each
+    assert s["requests"] == 4  # a refused connection cannot have placed the order: no lookup
+    assert s["orders_unconfirmed"] == 0
     assert sleeps == [0.1, 0.1]
 
 
@@ -229,12 +353,13 @@ def test_retry_after_headers() -> None:
 
 def test_the_execution_node_trades_through_alpaca(rest: FakeAlpacaREST) -> None:
     rest.fill_after_polls = 0
-    params = {"broker": "alpaca", "broker_params": {"url": rest.url, "poll_interval_s": 0.0, "timeout_s": 5.0}}
+    params = {"broker": "alpaca", "broker_params": {"url": rest.url, "insecure": True, "poll_interval_s": 0.0,
+                                                       "timeout_s": 5.0}}
     orders = {"t": T, "orders": [{"symbol": "AAPL", "qty": 5, "side": "buy", "ref_price": 100.0}],
               "prices": {"AAPL": 100.0}}
     out = run_node(Execution, params=params, inputs=[("orders", orders)])
     assert [f["qty"] for f in out["fills"][0]["fills"]] == [5.0]
     assert out["account"][-1]["positions"] == {"AAPL": 5.0}
-    assert isinstance(load_broker("alpaca", {"url": rest.url}), AlpacaBroker)
+    assert isinstance(load_broker("alpaca", {"url": rest.url, "insecure": True}), AlpacaBroker)
     with pytest.raises(ValueError, match="broker_params"):
         Execution.Params(broker="alpaca", broker_params={"urll": rest.url})

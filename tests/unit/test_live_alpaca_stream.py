@@ -33,7 +33,7 @@ def _no_leaked_threads() -> Any:
 
 
 def params(server: FakeAlpacaStream, **extra: Any) -> dict[str, Any]:
-    return {"symbols": ["AAPL", "MSFT"], "url": f"{server.url}/v2/iex", "reconnect_delay_s": 0.01,
+    return {"symbols": ["AAPL", "MSFT"], "url": f"{server.url}/v2/iex", "insecure": True, "reconnect_delay_s": 0.01,
             "reconnect_max_delay_s": 0.05, "open_timeout_s": 5.0, "channels": ["trades", "bars"], **extra}
 
 
@@ -166,7 +166,51 @@ def test_an_unreachable_server_fails_after_max_reconnects() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed when the block ends: nobody listens there
-    p = {"symbols": ["AAPL"], "url": f"ws://127.0.0.1:{port}/v2/iex", "max_reconnects": 1,
+    p = {"symbols": ["AAPL"], "url": f"ws://127.0.0.1:{port}/v2/iex", "insecure": True, "max_reconnects": 1,
          "reconnect_delay_s": 0.01, "open_timeout_s": 2.0}
     with pytest.raises(StreamError, match="gave up after 1 consecutive"):
         drive_source(AlpacaStream, p, until=lambda e: False)
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:8765/v2/iex", "WS://proxy.example/v2/iex"])
+def test_a_clear_text_url_needs_insecure(url: str) -> None:
+    with pytest.raises(ValueError, match=r"would send the API keys in clear text .*wss://.*insecure: true"):
+        AlpacaStream.Params(url=url)
+    assert AlpacaStream.Params(url=url, insecure=True).url == url
+    assert AlpacaStream.Params(url="wss://proxy.example/v2/iex").url == "wss://proxy.example/v2/iex"
+    for bad in ("https://stream.data.alpaca.markets/v2/iex", "wss:///v2/iex", "stream.data.alpaca.markets"):
+        with pytest.raises(ValueError, match="is not a wss:// URL"):
+            AlpacaStream.Params(url=bad, insecure=True)
+
+
+def test_validate_points_at_a_clear_text_url_with_the_fix(tmp_path: Any) -> None:
+    import dmnflow
+
+    g = tmp_path / "live.yaml"
+    g.write_text("graph: live\n"
+                 "nodes:\n"
+                 "  market:\n"
+                 "    uses: nodes.market.alpaca:AlpacaStream\n"
+                 "    params:\n"
+                 "      url: ws://127.0.0.1:8765/v2/iex\n"
+                 "  sink: {uses: nodes.basic:Collect, inputs: {values: market.market_data}}\n", encoding="utf-8")
+    [issue] = [i for i in dmnflow.validate(g) if i.is_error]
+    assert (issue.code, issue.path) == ("invalid-param", "nodes.market.params.url")
+    assert issue.loc is not None and (issue.loc.line, issue.loc.col) == (6, 12)
+    assert "clear text" in issue.message and "insecure: true" in issue.message
+    assert "ws:// needs insecure: true" in issue.hint
+    g.write_text(g.read_text().replace("      url:", "      insecure: true\n      url:"), encoding="utf-8")
+    assert [i for i in dmnflow.validate(g) if i.is_error] == []
+
+
+def test_an_alpaca_py_without_bounded_reconnects_is_refused_at_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alpaca.data.live.websocket import DataStream
+
+    monkeypatch.delattr(DataStream, "_wait_before_reconnect")  # as in alpaca-py < 0.44
+    ctx = Context("alpaca", AlpacaStream.Params(), lambda *a: None)
+    with pytest.raises(StreamError, match=r"alpaca-py .* is too old .*alpaca-py>=0\.44"):
+        AlpacaStream().setup(ctx)
+
+
+def test_the_keys_are_what_the_node_declares() -> None:
+    assert AlpacaStream.environment(AlpacaStream.Params()) == ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")

@@ -32,7 +32,7 @@ def _no_leaked_threads() -> Any:
 
 
 def params(server: FakeMassive, **extra: Any) -> dict[str, Any]:
-    return {"symbols": ["AAPL", "MSFT"], "url": f"{server.url}/stocks", "reconnect_delay_s": 0.01,
+    return {"symbols": ["AAPL", "MSFT"], "url": f"{server.url}/stocks", "insecure": True, "reconnect_delay_s": 0.01,
             "reconnect_max_delay_s": 0.05, "open_timeout_s": 5.0, "channels": ["trades", "bars"], **extra}
 
 
@@ -130,7 +130,7 @@ def test_an_unreachable_server_fails_after_max_reconnects() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed when the block ends: nobody listens there
-    p = {"symbols": ["AAPL"], "url": f"ws://127.0.0.1:{port}/stocks", "max_reconnects": 1,
+    p = {"symbols": ["AAPL"], "url": f"ws://127.0.0.1:{port}/stocks", "insecure": True, "max_reconnects": 1,
          "reconnect_delay_s": 0.01, "open_timeout_s": 2.0}
     with pytest.raises(StreamError, match=r"gave up after 1 .*cannot connect to ws://127\.0\.0\.1"):
         drive_source(MassiveStream, p, until=lambda e: False)
@@ -228,3 +228,29 @@ nodes:
     issues = dmnflow.validate(path)
     assert sorted((i.code, i.path) for i in issues) == [("invalid-param", "nodes.alpaca.params.feed"),
                                                        ("invalid-param", "nodes.massive.params.market")]
+
+
+def test_a_clear_text_url_needs_insecure() -> None:
+    with pytest.raises(ValueError, match=r"would send the API keys in clear text .*wss://.*insecure: true"):
+        MassiveStream.Params(url="ws://127.0.0.1:8765/stocks")
+    assert MassiveStream.Params(url="ws://127.0.0.1:8765/stocks", insecure=True).url == "ws://127.0.0.1:8765/stocks"
+    assert MassiveStream.Params(url="wss://proxy.example/stocks").url == "wss://proxy.example/stocks"
+    with pytest.raises(ValueError, match="is not a wss:// URL"):
+        MassiveStream.Params(url="http://127.0.0.1:8765/stocks", insecure=True)
+    assert MassiveStream.Params().url is None  # the vendor's own wss:// URL
+
+
+def test_a_websockets_that_retries_forever_is_refused_at_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from websockets.asyncio.client import connect
+
+    def old_init(self: Any, uri: str | None = None, *, process_exception: Any = None, **kwargs: Any) -> None:
+        """connect() as in websockets < 17: no reconnect_delays hook"""
+
+    monkeypatch.setattr(connect, "__init__", old_init)
+    ctx = Context("massive", MassiveStream.Params(), lambda *a: None)
+    with pytest.raises(StreamError, match=r"websockets .* is too old .*websockets>=17"):
+        MassiveStream().setup(ctx)
+
+
+def test_the_keys_are_what_the_node_declares() -> None:
+    assert MassiveStream.environment(MassiveStream.Params()) == ("MASSIVE_API_KEY", "POLYGON_API_KEY")
