@@ -291,7 +291,8 @@ def _render_plan(plan: Plan) -> None:
                 node.add(f"env {', '.join(n.env)}")
             for o in n.outputs:
                 for b in o.binds:
-                    node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {b.hwm}  "
+                    hwm = "unbounded (same process)" if b.hwm == 0 else b.hwm
+                    node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {hwm}  "
                              f"({len(b.edges)} edge{'s' * (len(b.edges) != 1)})")
     out.print(root)
     _render_ports(plan)

@@ -693,10 +693,13 @@ class _Compiler:
                     else:
                         bind_id = f"{inst}.{port}/{pattern}" + (f"/{target}" if target else "") + f"/{transport}"
                     counter = counters.setdefault(bind_id, len(counters))
+                    # inside one process the consumer runs in the producer's own loop: a bounded queue
+                    # there could only deadlock (the producer waiting for a reader that cannot run)
+                    bound = 0 if transport == "inproc" else hwm
                     for edge_id in ids:
                         bind_of[edge_id] = (bind_id, endpoint)
                     bind_plans.append(BindPlan(id=bind_id, counter=counter, endpoint=endpoint, transport=transport,
-                                               pattern=pattern, hwm=hwm, edges=ids))
+                                               pattern=pattern, hwm=bound, edges=ids))
                 codec = codecs[(entry.name, port)]
                 outputs.append(OutputPlan(
                     port=port, type=describe_type(decl.type), codec=codec,

@@ -132,6 +132,21 @@ class Incarnation:
     killed: bool  # it died (crash, signal): what it held is lost
 
 
+def _lost_in(plan: Plan, layout: Layout, ids: dict[tuple[str, str], int], name: str, counts: list[int],
+             b: int) -> int:
+    """What a killed incarnation of node ``name`` held: messages its inputs had taken but it had
+    not handled (a batch, say), the ones it was handling and had emitted nothing for, and an
+    emit its outlet never got."""
+    taken = -counts[b + N_CONFLATED]
+    for e in plan.edges:
+        if e.dst == name:
+            taken += counts[layout.edge(e.id) + RECEIVED] - counts[layout.edge(e.id) + DECODE_ERRORS]
+    waiting = max(0, taken - counts[b + N_IN])
+    handling = counts[b + N_HANDLING] if counts[b + N_OUT] == counts[b + N_HANDLING_OUT] else 0
+    accepted = sum(counts[layout.output(ids[(name, o.port)])] for o in plan.node(name).outputs)
+    return waiting + handling + max(0, counts[b + N_OUT] - accepted)
+
+
 def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str, code: int, duration_s: float,
                  startup_s: float, errors: list[str], control_junk: int = 0) -> Report:
     """The report from every incarnation of every worker (``procs``: name -> object with
@@ -190,8 +205,8 @@ def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str,
                 node.messages_out += counts[b + N_OUT]
                 node.conflated += counts[b + N_CONFLATED]
                 node.join_incomplete += counts[b + N_JOIN_INCOMPLETE]
-                if inc.killed and counts[b + N_HANDLING] and counts[b + N_OUT] == counts[b + N_HANDLING_OUT]:
-                    node.lost += counts[b + N_HANDLING]  # it died handling them, before emitting anything
+                if inc.killed:
+                    node.lost += _lost_in(plan, layout, ids, name, counts, b)
             if inc.killed:  # records a killed producer had accepted but not yet sent (coalescing)
                 for name in proc.nodes:
                     for out in plan.node(name).outputs:

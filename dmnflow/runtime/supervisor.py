@@ -39,9 +39,9 @@ from ..plan import Plan
 from ..transport.stats import Counters
 from ..transport.wire import write_token
 from . import protocol
+from .env import declared_secrets, worker_environ
 from .files import counters_path, layout_of, write_endpoints
 from .processes import RUN_DIR_PREFIX, SPAWN_TIMEOUT_S, ZYGOTE_ENV, Forked, Zygote, subreaper, sweep_run_dirs
-from .env import declared_secrets, worker_environ
 from .report import EdgeReport, Incarnation, NodeReport, Report, SocketReport, build_report
 
 __all__ = ["ADMIN_SOCKET", "RUN_DIR_PREFIX", "EdgeReport", "NodeReport", "Report", "SocketReport", "launch"]

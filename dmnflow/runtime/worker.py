@@ -255,8 +255,8 @@ class NodeRunner:
             origin_ns, origin = self.origin_ns, self.origin
             if event_time is None:
                 event_time = self.ctx.message.event_time
+        self.mv[self.nbase + N_OUT] += 1  # before the outlet has it: a kill between the two is a loss, counted
         outlet.send(value, topic.encode() if topic is not None else None, origin_ns, origin, event_time, attrs)
-        self.mv[self.nbase + N_OUT] += 1
 
     def _alloc(self, port: str, shape: Any, dtype: Any) -> Any:
         outlet = self.outlets.get(port)

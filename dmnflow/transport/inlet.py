@@ -33,6 +33,7 @@ from .wire import (
     EVENT_TIME,
     INC,
     META,
+    RAW,
     SEND_NS,
     SEQ,
     SRC,
@@ -122,7 +123,7 @@ class Inlet:
             if c.pattern == "push":
                 dealer = link.zctx.socket(zmq.DEALER)
                 dealer.setsockopt(zmq.LINGER, 0)
-                dealer.setsockopt(zmq.RCVHWM, push_hwm(queue, link.coalesce))
+                dealer.setsockopt(zmq.RCVHWM, 0 if c.transport == "inproc" else push_hwm(queue, link.coalesce))
                 dealer.setsockopt(zmq.MAXMSGSIZE, cap)
                 dealer.setsockopt(zmq.IDENTITY, identity(link.token, consumer, c.edge))
                 self._dial(dealer, c)
@@ -292,7 +293,7 @@ class Inlet:
     def _credit(self, sock: zmq.Socket, stream: list[Any]) -> None:
         stream[3] = stream[2]
         with contextlib.suppress(zmq.ZMQError):
-            sock.send(control(b"credit", stream[0], self.link.token, stream[2]), zmq.NOBLOCK)
+            sock.send(RAW + control(b"credit", stream[0], self.link.token, stream[2]), zmq.NOBLOCK)
 
     def _batch(self, sock: zmq.Socket, body: Any, now: int) -> Iterator[tuple[Any, list[Any]]]:
         """The records of one coalesced message, each handed over as if it came alone: the
@@ -409,7 +410,7 @@ class Inlet:
             stream = self.streams[sock]
             self._credit(sock, stream)
             with contextlib.suppress(zmq.ZMQError):
-                sock.send(control(b"ack", edge, self.link.token), zmq.NOBLOCK)
+                sock.send(RAW + control(b"ack", edge, self.link.token), zmq.NOBLOCK)
             return
         for dealer, e in self.dealers:
             if e == edge:

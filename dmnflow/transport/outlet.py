@@ -65,6 +65,7 @@ from .wire import (
     CONTROL_MAX,
     DATA,
     EOS_TOPIC,
+    RAW,
     ROUTE,
     control,
     eos_header,
@@ -291,13 +292,13 @@ class Outlet:
             self.seq[topic] = seq + 1
             header = self.packer.pack((DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time, meta,
                                        attrs))
-            for pub in self.pubs:
-                _send(pub.sock, topic, header, frames, 0)
+            for pub in self.pubs:  # counted before it goes: a kill in between is a loss the report shows
                 for base in pub.unfiltered:
                     mv[base] += 1
                 for base, prefixes in pub.filtered:  # count what that subscriber asked for
                     if topic.startswith(prefixes):
                         mv[base] += 1
+                _send(pub.sock, topic, header, frames, 0)
         for router in self.routers:
             router.send(topic, frames, origin_ns, origin, now, event_time, meta, attrs)
         for stream in self.streams:
@@ -585,9 +586,9 @@ class _Router:
                     seq = seqs.get(topic, 0)
                     record[3] = seq
                     seqs[topic] = seq + 1
+                mv[base[edge] + SENT] += len(records)  # counted before it goes (the rest cannot fail)
                 self.sock.send(self.packer.pack((BATCH, self.src, self.inc, records)), 0)
                 self.next = (self.next + i + 1) % n
-                mv[base[edge] + SENT] += len(records)
                 return
             if not self.block:
                 mv[base[self.order[self.next % n]] + DROPPED] += len(records)
@@ -639,10 +640,10 @@ class _Router:
                     self.sock.send(self.peers[edge], _MORE | _NOWAIT)
                 except zmq.ZMQError:  # full (EAGAIN) or gone (EHOSTUNREACH): try the next consumer
                     continue
-                _send(self.sock, topic, header, frames, 0)  # the rest of a message cannot fail
+                mv[base[edge] + SENT] += 1  # counted before it goes: the rest of a message cannot fail
+                _send(self.sock, topic, header, frames, 0)
                 seqs[key] = seq + 1
                 self.next = (self.next + i + 1) % n
-                mv[base[edge] + SENT] += 1
                 if hold is not None:  # kept as bytes: the node may change its array once emit returns
                     hold.records.append((seq, topic, [memoryview(f).tobytes() for f in frames], header))
                 return True
@@ -723,7 +724,8 @@ class _StreamSocket:
                     self.joined.add(ctl.edge)
                     self.consumed.setdefault(ctl.edge, 0)
                 continue
-            ctl = parse_control(msg, token, edges)
+            # anything else an XSUB sends: our consumers' credit and acks, behind RAW (never 0 or 1)
+            ctl = parse_control(msg[1:], token, edges) if first == RAW else None
             if ctl is None:
                 _junk(self.link, self.bind)
             elif ctl.verb == b"credit":
@@ -782,9 +784,9 @@ class _Stream:
             seqs = self.seq[edge]
             seq = seqs.get(topic, 0)
             seqs[topic] = seq + 1
-            _send(sock, self.routes[edge] + topic, packer.pack((DATA, src, inc, seq, *rest)), frames, 0)
             self.sent[edge] += 1
             mv[base[edge] + SENT] += 1
+            _send(sock, self.routes[edge] + topic, packer.pack((DATA, src, inc, seq, *rest)), frames, 0)
         if shared.tapped:  # subscribers outside the graph: the stream on its own topics
             seq = self.tap_seq.get(topic, 0)
             self.tap_seq[topic] = seq + 1

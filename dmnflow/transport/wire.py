@@ -43,6 +43,9 @@ CONTROL_MAX = 512  # bytes: the largest control message a producer socket accept
 CONTROL_PREFIX = b"\x00"
 EOS_TOPIC = b"\x00eos"
 ROUTE = b"\x00@"  # stream ports: the topic prefix that addresses one in-graph consumer
+# stream ports: what an XSUB sends that is not a (un)subscription starts with this, since an
+# XPUB reads a first byte 0 or 1 as one
+RAW = b"\x02"
 UNPACK = {"raw": False, "strict_map_key": False, "use_list": True}
 
 _EVENT_KINDS = (int, float, str)

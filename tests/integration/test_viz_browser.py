@@ -42,7 +42,7 @@ def pipeline() -> Plan:
                       model=None, inputs=[], outputs=[], loc="g.yaml:1:1")
              for i, (name, layer) in enumerate(LAYERS.items())]
     edges = [EdgePlan(id=k, src=a, src_port="out", dst=b, dst_port="in", type="Any",
-                      codec="msgpack", transport="ipc", endpoint=f"ipc://{{run_dir}}/{k}",
+                      codec="msgpack", transport="ipc", endpoint=f"ipc://{{run_dir}}/{k}", bind=f"{a}.out",
                       pattern="pub", policy="block", queue=64, topics=[],
                       feedback=(a, b) == ("execution", "portfolio"))
              for k, (a, b) in enumerate(LINKS)]

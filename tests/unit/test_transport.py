@@ -14,7 +14,6 @@ from dmnflow.node import Tensor
 from dmnflow.plan import BindPlan, ConnectPlan, EdgePlan
 from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
 from dmnflow.transport.shm import ShmMaps, ShmPool, segment_prefix
-from dmnflow.transport.wire import EOS, control, eos_header
 
 EDGE, SRC = 7, 3
 TOKEN = b"0123456789abcdef0123456789abcdef"

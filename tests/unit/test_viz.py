@@ -41,7 +41,7 @@ def make_plan(graph: str, nodes: list[dict[str, Any]], edges: list[tuple[Any, ..
         (s, sp), (d, dp) = src.rsplit(".", 1), dst.rsplit(".", 1)
         edge_plans.append(EdgePlan(
             id=k, src=s, src_port=sp, dst=d, dst_port=dp, type="Any", codec=codec,
-            transport=transport, endpoint=f"ipc://{{run_dir}}/{k}.sock", pattern="pub",
+            transport=transport, endpoint=f"ipc://{{run_dir}}/{k}.sock", bind=f"{s}.{sp}", pattern="pub",
             policy="block", queue=64, topics=[], feedback=feedback))
     node_plans = []
     for spec in nodes:
@@ -61,13 +61,13 @@ def make_plan(graph: str, nodes: list[dict[str, Any]], edges: list[tuple[Any, ..
             "busy": False, "source": not ins, "loc": "g.yaml:1:1", **spec,
             "inputs": [InputPlan(port=p, type="Any", policy="block", queue=64, topics=[],
                                  feedback=any(e.feedback for e in es), batch=None,
-                                 connects=[ConnectPlan(edge=e.id, node=e.src, port=e.src_port,
+                                 connects=[ConnectPlan(edge=e.id, bind=e.bind, node=e.src, port=e.src_port,
                                                        endpoint=e.endpoint,
                                                        transport=e.transport, pattern="pub")
                                            for e in es])
                        for p, es in ins.items()],
             "outputs": [OutputPlan(port=p, type="Any", codec=es[0].codec, compress_above=None,
-                                   binds=[BindPlan(endpoint=es[0].endpoint,
+                                   binds=[BindPlan(id=es[0].bind, counter=0, endpoint=es[0].endpoint,
                                                    transport=es[0].transport, pattern="pub",
                                                    hwm=1000, edges=[e.id for e in es])])
                         for p, es in outs.items()],
