@@ -122,7 +122,8 @@ class Inlet:
         for c in connects:
             if c.pattern == "push":
                 dealer = link.zctx.socket(zmq.DEALER)
-                dealer.setsockopt(zmq.LINGER, 0)
+                # at-least-once: the last `done` must reach the producer, which waits for it to end
+                dealer.setsockopt(zmq.LINGER, 1000 if self.alo else 0)
                 dealer.setsockopt(zmq.RCVHWM, 0 if c.transport == "inproc" else push_hwm(queue, link.coalesce))
                 dealer.setsockopt(zmq.MAXMSGSIZE, cap)
                 dealer.setsockopt(zmq.IDENTITY, identity(link.token, consumer, c.edge))

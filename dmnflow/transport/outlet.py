@@ -658,7 +658,9 @@ class _Router:
             n = len(self.order)
 
     def flush_eos(self, feedback: set[int]) -> bool:
-        done = True
+        """Send end-of-stream again where it is not acknowledged; True once every consumer has it
+        (and, at-least-once, has handled everything it was sent)."""
+        done = all(not held.records for held in self.held.values())
         for edge, peer in self.peers.items():
             if edge in self.acked:
                 continue

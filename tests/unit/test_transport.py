@@ -14,6 +14,7 @@ from dmnflow.node import Tensor
 from dmnflow.plan import BindPlan, ConnectPlan, EdgePlan
 from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
 from dmnflow.transport.shm import ShmMaps, ShmPool, segment_prefix
+from dmnflow.transport.wire import EOS, control, eos_header
 
 EDGE, SRC = 7, 3
 TOKEN = b"0123456789abcdef0123456789abcdef"
@@ -194,9 +195,10 @@ def test_a_shared_memory_slot_is_reused_only_after_every_view_of_it_is_gone():
 
 def push_pair(ctx, endpoint: str, codec: str = "raw", tp=bytes, hwm: int = 64_000, block: bool = True,
               coalesce: bool = True):
-    """An Outlet binding a push edge and an Inlet connected to it, the consumer joined."""
+    """An Outlet binding a push edge and an Inlet connected to it, the consumer joined (a tcp
+    endpoint for a bounded queue: inside one process the runtime never bounds an edge)."""
     return wire(ctx, codec, tp, endpoint, "push", hwm=hwm, policy="block" if block else "drop",
-                link=make_link(ctx, coalesce))
+                link=make_link(ctx, coalesce), transport="tcp" if endpoint.startswith("tcp") else "inproc")
 
 
 def drain_headers(inlet: Inlet, expect: int) -> list:
@@ -280,7 +282,7 @@ def test_the_flusher_sends_a_burst_tail_while_the_producer_is_busy_elsewhere(ctx
 
 
 def test_a_full_consumer_on_a_drop_edge_counts_every_coalesced_record(ctx):
-    outlet, inlet = push_pair(ctx, "inproc://dropped", hwm=2, block=False)
+    outlet, inlet = push_pair(ctx, "tcp://127.0.0.1:*", hwm=2, block=False)
     n = 5000
     for i in range(n):
         outlet.send(b"%d" % i, None, 1, 0, None)
@@ -387,3 +389,171 @@ def test_ctx_alloc_without_a_runtime_is_an_ordinary_array():
 
     array = Context("n", NoParams(), lambda *a: None).alloc("out", (2, 3), "int16")
     assert array.shape == (2, 3) and array.dtype == np.int16 and array.base is None
+
+
+# ------------------------------------------------------------------ nothing a peer sends is trusted
+
+def _good(outlet, inlet, n: int = 1) -> list:
+    """``n`` real messages after the junk: they arrive, so the input still works."""
+    for _ in range(n):
+        outlet.send(b"ok", None, 1, 0, None)
+    outlet.flush()
+    return drain_headers(inlet, n)
+
+
+HOSTILE_HEADERS = {
+    "another kind, short": msgpack.packb([5, SRC, 0]),
+    "end-of-stream, short": msgpack.packb([EOS, SRC, 0]),
+    "totals keyed by ints": msgpack.packb([EOS, SRC, 0, 0, 0, -1, 1, None, {1: 2}, {"token": TOKEN}]),
+    "totals of text": msgpack.packb([EOS, SRC, 0, 0, 0, -1, 1, None, {b"out": "x"}, {"token": TOKEN}]),
+    "incarnation not an int": header(0, None, inc="x"),
+    "send_ns -2**63": header(0, None, send_ns=-2**63),
+    "send_ns past int64": header(0, None, send_ns=2**64 - 1),
+    "origin not an int": header(0, None, origin="a"),
+    "origin_ns negative": header(0, None, origin_ns=-5),
+    "event time a list": header(0, None, event_time=[1, 2]),
+    "event time NaN": header(0, None, event_time=float("nan")),
+    "attrs a list": header(0, None, attrs=[1]),
+    "seq negative": header(-1, None),
+    "eleven fields": msgpack.packb([DATA, SRC, 0, 0, 1, 0, 1, None, None, None, None]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_HEADERS))
+def test_a_malformed_header_is_counted_and_the_input_keeps_working(ctx, case):
+    outlet, inlet = push_pair(ctx, f"inproc://bad-{abs(hash(case))}")
+    router = outlet.routers[0]
+    router.sock.send_multipart([router.peers[EDGE], b"out", HOSTILE_HEADERS[case], b"payload"])
+    got = _good(outlet, inlet)
+    assert [bytes(v) for v, _ in got] == [b"ok"]
+    assert inlet.stats[EDGE].decode_errors == 1 and inlet.open == {EDGE}
+
+
+def test_malformed_records_inside_a_batch_are_counted_one_by_one(ctx):
+    outlet, inlet = push_pair(ctx, "inproc://bad-batch")
+    router = outlet.routers[0]
+    now = time.time_ns()
+    good = [DATA, SRC, 0, 0, 1, 0, now, None, None, None, b"out", b"ok"]
+    bad = [[DATA, SRC, "x", 1, 1, 0, now, None, None, None, b"out", b"a"],  # incarnation
+           [DATA, SRC, 0, 2, 1, 0, -2**63, None, None, None, b"out", b"b"],  # send_ns
+           [DATA, SRC, 0, 3, 1, 0, now, None, ["shm", 5, 0, 0, 10, None], None, b"out", b"c"],  # a lease
+           [EOS, SRC, 0, 4, 0, -1, now, None, {}, None, b"out", b""],  # an end inside a batch
+           [DATA, SRC, 0, 5, 1, 0, now, [1], None, None, b"out", b"e"]]  # an event time of a list
+    router.sock.send_multipart([router.peers[EDGE], msgpack.packb([BATCH, SRC, 0, [good, *bad]])])
+    got = drain_headers(inlet, 1)
+    assert [bytes(v) for v, _ in got] == [b"ok"]
+    assert inlet.stats[EDGE].decode_errors == len(bad) and inlet.open == {EDGE}
+
+
+def test_an_end_of_stream_without_the_runs_token_ends_nothing(ctx):
+    outlet, inlet = pair(ctx, "msgpack", int, "inproc://forged-eos")
+    raw = outlet.pubs[0].sock
+    forged = eos_header(msgpack.Packer(use_bin_type=True), SRC, 0, {b"out": 0}, time.time_ns(), b"guessed")
+    raw.send_multipart([b"\x00eos", forged])
+    raw.send_multipart([b"\x00eos", msgpack.packb([EOS, SRC, 0, 0, 0, -1, 1, None, {}, None])])
+    outlet.send(5, None, 1, 0, None)
+    assert drain(inlet, 1) == [5]
+    assert inlet.open == {EDGE} and inlet.stats[EDGE].decode_errors == 2
+
+
+def test_event_times_of_numbers_and_text_never_mix_on_one_input(ctx):
+    outlet, inlet = pair(ctx, "msgpack", int, "inproc://mixed-times")
+    outlet.send(1, None, 1, 0, 20240101)
+    outlet.send(2, None, 1, 0, "2024-01-02")  # a join's heap would fail comparing it with the first
+    outlet.send(3, None, 1, 0, 20240103.5)
+    assert drain(inlet, 2) == [1, 3]
+    assert inlet.stats[EDGE].decode_errors == 1
+
+
+def test_control_messages_without_the_token_or_from_a_stranger_are_junk(ctx):
+    link = make_link(ctx)
+    outlet, inlet = wire(ctx, "raw", bytes, "inproc://strangers", "push", policy="block", link=link)
+    router = outlet.routers[0]
+    stranger = ctx.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.LINGER, 0)
+    stranger.connect("inproc://strangers")
+    stranger.send(control(b"hello", EDGE, TOKEN, 0))  # the right token, but not the consumer's identity
+    peer = router.peers[EDGE]
+    for body in (b"\x00hello/7/guess/0", b"\x00ack/7/guess", b"\x00free/7/guess/0/1", b"\x00done/7/guess/99",
+                 b"garbage", b"\x00ack/999/" + TOKEN):
+        stranger.send(body)
+    time.sleep(0.1)
+    outlet.service(router.sock)
+    assert router.peers[EDGE] == peer and not router.acked  # nobody took the consumer's place, nothing ended
+    junk = link.counters.mv[link.counters.layout.bind(0)]
+    assert junk == 7
+    assert [bytes(v) for v, _ in _good(outlet, inlet)] == [b"ok"]
+    stranger.close()
+
+
+def test_a_lease_on_a_segment_the_producer_does_not_own_is_refused_and_never_mapped(ctx):
+    from multiprocessing import shared_memory
+
+    victim = shared_memory.SharedMemory(create=True, size=4096)  # another program's segment
+    try:
+        victim.buf[:5] = b"12345"
+        outlet, inlet = push_pair(ctx, "inproc://bad-lease", codec="tensor", tp=Tensor("uint8", (None,)))
+        router = outlet.routers[0]
+        for lease in (["shm", victim.name, 0, 1, 5, ["np", "uint8", [5]]],
+                      ["shm", segment_prefix(TAG, SRC) + "../" + victim.name, 0, 1, 5, ["np", "uint8", [5]]],
+                      ["shm", 12, 0, 1, 5, ["np", "uint8", [5]]],
+                      ["shm", segment_prefix(TAG, SRC) + "1_2", 0, 1, "5", ["np", "uint8", [5]]]):
+            router.sock.send_multipart([router.peers[EDGE], b"out", header(0, lease)])
+        outlet.send(np.arange(3, dtype=np.uint8), None, 1, 0, None)
+        outlet.flush()
+        got = drain_headers(inlet, 1)
+        assert [v.tolist() for v, _ in got] == [[0, 1, 2]]
+        assert inlet.stats[EDGE].decode_errors == 4 and not inlet.shm.maps
+    finally:
+        victim.close()
+        victim.unlink()
+
+
+def test_a_received_shared_memory_array_is_read_only(ctx):
+    prefix = segment_prefix(TAG, SRC)
+    pool, maps = ShmPool(1024, 4, prefix), ShmMaps(8)
+    decode = get_codec("tensor").decoder(Tensor("float32", (None,)), Limits())
+    try:
+        meta, frames = get_codec("tensor").encoder(Tensor("float32", (None,)))(np.ones(1024, np.float32))
+        array = decode(meta, [maps.attach(0, pool.put(frames), prefix, 1 << 20)])
+        assert not array.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = 5
+        del array
+    finally:
+        maps.close()
+        pool.close()
+
+
+# ------------------------------------------------------------------ stream ports: a fixed port for everyone
+
+def test_a_stream_port_holds_a_block_edge_to_its_credit_and_serves_an_outside_subscriber(ctx):
+    link = make_link(ctx)
+    port = "tcp://127.0.0.1:*"
+    outlet, inlet = wire(ctx, "raw", bytes, port, "stream", hwm=8, policy="block", link=link, transport="tcp")
+    address = outlet.bound["b"]
+    tap = ctx.socket(zmq.SUB)
+    tap.setsockopt(zmq.LINGER, 0)
+    tap.connect(address)
+    tap.subscribe(b"out")
+    deadline = time.monotonic() + 5
+    shared = outlet.streams[0].shared
+    while not shared.tapped and time.monotonic() < deadline:
+        shared.service()
+        time.sleep(0.01)
+    assert shared.tapped  # the outside subscriber is seen
+    for i in range(8):
+        outlet.send(b"%d" % i, None, 1, 0, None)
+    assert outlet.streams[0].room(EDGE) is False  # the consumer has not read: no credit left
+    got = drain_headers(inlet, 8)
+    assert [bytes(v) for v, _ in got] == [b"%d" % i for i in range(8)] and got[0][1][10] == b"out"
+    for i in range(8, 20):  # credit comes back as the consumer reads: nothing is lost, nothing waits forever
+        outlet.send(b"%d" % i, None, 1, 0, None)
+        for sock in inlet.socks:
+            list(inlet.receive(sock, 100))
+    seen = []
+    while tap.poll(200):
+        seen.append(tap.recv_multipart())
+    assert [m[2] for m in seen] == [b"%d" % i for i in range(20)]  # the tap gets the stream on its own topic
+    assert msgpack.unpackb(seen[0][1])[3] == 0
+    tap.close()
