@@ -32,7 +32,10 @@ def chain(tmp_path: Path, delivery: str = "at-most-once") -> Path:
           s1: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}}}
           s2: {{uses: nodes.basic:Scale, inputs: {{value: s1.scaled}}}}
           s3: {{uses: nodes.basic:Scale, inputs: {{value: s2.scaled}}}}
-          sink: {{uses: tests.integration.nodes:Tap, params: {{path: {tmp_path}/out.txt}}, inputs: {{values: s3.scaled}}}}
+          sink:
+            uses: tests.integration.nodes:Tap
+            params: {{path: {tmp_path}/out.txt}}
+            inputs: {{values: s3.scaled}}
         """).lstrip())
     return path
 

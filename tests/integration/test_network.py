@@ -69,8 +69,14 @@ def tcp_mix(tmp_path: Path, n: int, p1: int, p2: int) -> Path:
             uses: tests.integration.test_runtime:Looped
             inputs: {{value: src.numbers, back: {{from: tail.back, feedback: true}}}}
           tail: {{uses: tests.integration.test_runtime:SlowToEnd, inputs: {{value: head.out}}}}
-          shared: {{uses: nodes.basic:Collect, params: {{path: {tmp_path}/shared.jsonl}}, inputs: {{values: g2.scaled}}}}
-          copied: {{uses: nodes.basic:Collect, params: {{path: {tmp_path}/copied.jsonl}}, inputs: {{values: copy.scaled}}}}
+          shared:
+            uses: nodes.basic:Collect
+            params: {{path: {tmp_path}/shared.jsonl}}
+            inputs: {{values: g2.scaled}}
+          copied:
+            uses: nodes.basic:Collect
+            params: {{path: {tmp_path}/copied.jsonl}}
+            inputs: {{values: copy.scaled}}
           slow:
             uses: nodes.basic:Counter
             params: {{count: 300, rate_hz: 1000}}
@@ -220,7 +226,10 @@ def test_a_restarted_producer_takes_back_its_automatic_port_and_its_consumers_fo
         nodes:
           src: {{uses: nodes.basic:Counter, params: {{count: 100000, rate_hz: 2000}}}}
           mid: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}, restart: {{policy: always, backoff: 0.1}}}}
-          sink: {{uses: tests.integration.nodes:Tap, params: {{path: {tmp_path}/out.txt}}, inputs: {{values: mid.scaled}}}}
+          sink:
+            uses: tests.integration.nodes:Tap
+            params: {{path: {tmp_path}/out.txt}}
+            inputs: {{values: mid.scaled}}
         """)
     with launched(g, "--duration", "8s", "--report", str(tmp_path / "r.json")) as run:
         mid = run.wait_for_workers({"src", "mid", "sink"})["mid"]
