@@ -25,6 +25,7 @@ from .plan import Plan
 from .runtime import Report, launch
 from .runtime.admin import find_run, list_runs, run_status, send_command
 from .spec import format_cpus, json_schema, parse_duration
+from .transport.security import KeyError_, generate_keys
 from .viz import FORMATS, render
 
 app = typer.Typer(
@@ -236,6 +237,30 @@ def swap_cmd(
             err.print(Text(f"refused {inst}: {result}", style="red"), soft_wrap=True)
     if not answer.ok:  # the model did not load or run: the old one still serves
         raise typer.Exit(ExitCode.INVALID)
+
+
+keys_app = typer.Typer(help="CURVE keys for tcp edges (security: {curve: DIR} in a graph).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate_cmd(
+    directory: Annotated[Path, typer.Argument(help="the key directory (made 0700 if new)", show_default=False)],
+    names: Annotated[list[str] | None, typer.Option("--name", help="a keypair per name: one for the graph "
+                                                    "(default 'graph'), or one per host; repeatable")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace keypairs that exist (their holders are "
+                                        "then refused)")] = False,
+) -> None:
+    """Write CURVE keypairs: NAME.key (public, to share) and NAME.key_secret (mode 0600, never shared)."""
+    try:
+        written = generate_keys(directory, names or ["graph"], force=force)
+    except (KeyError_, OSError) as exc:
+        err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
+        raise typer.Exit(ExitCode.INVALID) from None
+    for path in written:
+        out.print(f"wrote {path}" + ("  (secret: keep it on this host)" if path.name.endswith("_secret") else ""))
+    out.print(f"use it with `security: {{curve: {directory}}}` in the graph (a path relative to the graph file); "
+              "every host's public key (.key) goes into every host's directory")
 
 
 @app.command("schema")

@@ -677,8 +677,9 @@ class Worker:
                         check_end = True
                 elif sock in outlet_of:
                     outlet_of[sock].service(sock)
-                else:
+                else:  # a handshake event: refusals of strangers are counted; one of our inputs refused fails
                     self.watch.read(sock)
+                    self.check_refusals()
             if sources:
                 for runner in sources:
                     if runner.loop_source:

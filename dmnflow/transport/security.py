@@ -96,6 +96,9 @@ def check_key_dir(directory: Path, key: str | None) -> tuple[str, list[str]]:
         read_secret(directory / f"{key}.key_secret")
     except KeyError_ as exc:
         problems.append(str(exc))
+    if not (directory / f"{key}.key").exists():
+        problems.append(f"{key}.key (this host's public key) is not in {directory}, so its own workers would be "
+                        f"refused: put it back, or run `dmnflow keys generate {directory} --name {key} --force`")
     for public in sorted(directory.glob("*.key")):
         try:
             read_public(public)
