@@ -81,6 +81,8 @@ class TorchScriptModel(Node):
         max_batch: int = Field(256, ge=1, description="the largest batch, for static buffers (CUDA graphs, "
                                "pinned memory) and warm-up")
         optimize: bool = Field(True, description="freeze and optimize a TorchScript module for inference")
+        swap_sha256: list[str] | None = Field(None, description="the SHA-256 (hex) of every model file `dmnflow swap` "
+                                              "may load; null: any file (a model file is code: see docs/network.md)")
 
     @classmethod
     def ports(cls, params: BaseModel) -> Ports:
@@ -195,9 +197,7 @@ class TorchScriptModel(Node):
             return {"version": self.active.version, "path": self.active.path, "swaps": self.swaps}
         if name != "swap":
             raise ValueError(f"unknown command {name!r}; {type(self).__name__} takes: swap, version")
-        path = str(args.get("path") or "")
-        if not path:
-            raise ValueError("swap needs the new model's path")
+        path = _swap_args(args, ctx.params.swap_sha256)
         if not self.lock.acquire(blocking=False):
             raise RuntimeError("a swap is already in progress")
         if self.executor is None:
@@ -480,3 +480,34 @@ def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = next((line for line in text if line.strip()), type(exc).__name__)
     return first if len(first) <= 300 else first[:297] + "..."
+
+
+SWAP_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _swap_args(args: dict[str, Any], allowed: list[str] | None) -> str:
+    """Check a swap request here, in the worker, whatever the client checked: an existing model
+    file (and one of the allowed hashes, when the node lists them), a known dtype and device."""
+    import hashlib
+    import re
+
+    path = args.get("path")
+    if type(path) is not str or not path:
+        raise ValueError("swap needs the new model's path")
+    file = Path(path)
+    if not file.is_absolute() or not file.is_file():
+        raise ValueError(f"{path}: no such model file (an absolute path on the node's host)")
+    if file.suffix not in (".pt", ".pt2", ".pth", ".ts"):
+        raise ValueError(f"{file.name}: not a TorchScript (.pt) or torch.export (.pt2) file")
+    dtype, device, version = args.get("dtype"), args.get("device"), args.get("version")
+    if dtype is not None and dtype not in SWAP_DTYPES:
+        raise ValueError(f"dtype {dtype!r}: use one of {', '.join(SWAP_DTYPES)}")
+    if device is not None and (type(device) is not str or not re.fullmatch(r"cpu|cuda(:\d+)?", device)):
+        raise ValueError(f"device {device!r}: use cpu, cuda or cuda:N")
+    if version is not None and (type(version) is not str or len(version) > 200):
+        raise ValueError("version must be short text")
+    if allowed is not None:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        if digest not in {a.lower() for a in allowed}:
+            raise ValueError(f"{file.name} (sha256 {digest[:12]}...) is not one of the node's swap_sha256 models")
+    return path

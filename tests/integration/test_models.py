@@ -302,3 +302,36 @@ def test_a_swap_after_an_empty_cross_section_warms_up_on_the_last_real_shape(tmp
         np.testing.assert_allclose(ctx.out["y"][2], direct(new, x), atol=1e-6)
     finally:
         node.teardown(ctx)
+
+
+def test_a_swap_is_checked_in_the_worker_whatever_the_client_checked(tmp_path):
+    """The admin socket is reachable by the run's user only, but the node checks the request itself:
+    a model file that exists, a known dtype and device, and one of `swap_sha256` when given."""
+    import hashlib
+
+    from dmnflow.testing import RecordingContext
+
+    script(tmp_path / "v1.pt", seed=1)
+    script(tmp_path / "v2.pt", seed=2)
+    script(tmp_path / "v3.pt", seed=3)
+    allowed = hashlib.sha256((tmp_path / "v2.pt").read_bytes()).hexdigest()
+    runner = _runner()
+    node = runner()
+    ctx = RecordingContext(runner, {"input": {"shape": [STEPS, FEATURES]}, "output": {"shape": [1]},
+                                    "batched": True, "warmup": 1, "swap_sha256": [allowed]},
+                           model=tmp_path / "v1.pt")
+    node.setup(ctx)
+    (tmp_path / "notes.txt").write_text("not a model")
+    try:
+        for args, reason in (({"path": "v2.pt"}, "no such model file"),
+                             ({"path": str(tmp_path / "notes.txt")}, "not a TorchScript"),
+                             ({"path": 5}, "needs the new model's path"),
+                             ({"path": str(tmp_path / "v2.pt"), "dtype": "int8"}, "dtype 'int8'"),
+                             ({"path": str(tmp_path / "v2.pt"), "device": "cuda;rm"}, "device"),
+                             ({"path": str(tmp_path / "v3.pt")}, "is not one of the node's swap_sha256")):
+            with pytest.raises(ValueError, match=reason):
+                node.on_command("swap", args, ctx)
+        assert node.on_command("swap", {"path": str(tmp_path / "v2.pt"), "version": "v2"}, ctx).result(60)[
+            "version"] == "v2"
+    finally:
+        node.teardown(ctx)
