@@ -27,8 +27,10 @@ def _yaml(value: Any) -> str:
     return json.dumps(value)  # JSON is YAML; flow style keeps generated graphs short
 
 
-def graph_yaml(name: str, nodes: dict[str, dict[str, Any]], defaults: dict[str, Any]) -> str:
-    lines = [f"graph: {name}", f"defaults: {_yaml(defaults)}", "nodes:"]
+def graph_yaml(name: str, nodes: dict[str, dict[str, Any]], defaults: dict[str, Any],
+               top: dict[str, Any] | None = None) -> str:
+    lines = [f"graph: {name}", f"defaults: {_yaml(defaults)}", *(f"{k}: {_yaml(v)}" for k, v in (top or {}).items()),
+             "nodes:"]
     for node, spec in nodes.items():
         lines.append(f"  {node}:")
         lines.extend(f"    {key}: {_yaml(value)}" for key, value in spec.items())
@@ -52,7 +54,7 @@ class Run:
 
 
 def run_graph(name: str, nodes: dict[str, dict[str, Any]], defaults: dict[str, Any], *,
-              timeout_s: float = 120.0) -> Run:
+              timeout_s: float = 120.0, top: dict[str, Any] | None = None) -> Run:
     """Write the graph to a temporary file, compile it, launch it until it ends, collect results.
 
     Every node with a ``result`` param of ``"auto"`` gets a file in the temporary directory.
@@ -63,7 +65,7 @@ def run_graph(name: str, nodes: dict[str, dict[str, Any]], defaults: dict[str, A
             if params.get("result") == "auto":
                 params["result"] = f"{tmp}/{node}.json"
         path = Path(tmp, f"{name}.yaml")
-        path.write_text(graph_yaml(name, nodes, defaults), encoding="utf-8")
+        path.write_text(graph_yaml(name, nodes, defaults, top), encoding="utf-8")
         plan = compile_graph(path)
         launched_ns = time.time_ns()
         start = time.perf_counter()

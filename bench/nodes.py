@@ -191,7 +191,7 @@ class Sink(_Bench):
             self.t_first_ns = now
         self.t_last_ns = now
         self.n += 1
-        self.nbytes += value.nbytes if hasattr(value, "nbytes") else len(value)
+        self.nbytes += value.nbytes if hasattr(value, "nbytes") else len(value) if hasattr(value, "__len__") else 8
         if self.lat is not None:
             self.lat.append(now - ctx.message.origin_ns)
 
