@@ -688,8 +688,10 @@ class _Compiler:
                                              fixed if pattern == "stream" else None)
                     if pattern == "stream":  # one socket per port and process: outputs may share it
                         bind_id = f"{process_of[inst]}@{endpoint.removeprefix('tcp://')}"
+                        # a block edge's credit (its queue) never fills its pipe: libzmq learns what the
+                        # reader took only every half pipe, so the pipe holds twice the credit
                         window = max([edge_plans[e].queue for e in ids], default=hwm)
-                        hwm = max(hwm, window) + 64  # a block edge's credit never fills its pipe
+                        hwm = max(hwm, 2 * window + 64)
                     else:
                         bind_id = f"{inst}.{port}/{pattern}" + (f"/{target}" if target else "") + f"/{transport}"
                     counter = counters.setdefault(bind_id, len(counters))

@@ -212,6 +212,8 @@ class Inlet:
                     return
                 now = time.time_ns()
                 count += 1
+                if stream is not None:
+                    stream[2] += 1  # consumed, whatever it turns out to be: credit never leaks
                 if not first.more:  # one frame: records coalesced by a push output
                     count += yield from self._batch(sock, first.buffer, now)
                     continue
@@ -235,6 +237,8 @@ class Inlet:
                 base = base_of[source.edge]
                 if header[INC] != source.inc:
                     self._incarnation(source, header[INC], base)
+                    if stream is not None and source.inc >= 0:  # a restarted producer counts our credit anew
+                        stream[2], stream[3] = 1, 0
                 if header[0] == EOS:
                     if not eos_trusted(header, self.link.token):
                         mv[base + DECODE_ERRORS] += 1  # an end from a peer the plan does not know ends nothing
@@ -277,10 +281,8 @@ class Inlet:
                 header.append(topic)  # header[10]: what the handler sees as ctx.message.topic
                 yield value, header
         finally:
-            if stream is not None:
-                stream[2] += count
-                if stream[2] - stream[3] >= stream[4]:
-                    self._credit(sock, stream)
+            if stream is not None and stream[2] - stream[3] >= stream[4]:
+                self._credit(sock, stream)
 
     def _time_ok(self, event_time: Any) -> bool:
         kind = str if type(event_time) is str else float
@@ -294,7 +296,7 @@ class Inlet:
     def _credit(self, sock: zmq.Socket, stream: list[Any]) -> None:
         stream[3] = stream[2]
         with contextlib.suppress(zmq.ZMQError):
-            sock.send(RAW + control(b"credit", stream[0], self.link.token, stream[2]), zmq.NOBLOCK)
+            sock.send(RAW + control(b"credit", stream[0], self.link.token, self.inc, stream[2]), zmq.NOBLOCK)
 
     def _batch(self, sock: zmq.Socket, body: Any, now: int) -> Iterator[tuple[Any, list[Any]]]:
         """The records of one coalesced message, each handed over as if it came alone: the

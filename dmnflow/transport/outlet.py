@@ -675,6 +675,10 @@ class _Router:
         return done
 
 
+# what a tap that subscribes to everything gets: every topic but the runtime's (\x00...), and the end
+TAP_ALL = tuple(bytes([b]) for b in range(1, 256)) + (EOS_TOPIC,)
+
+
 class _StreamSocket:
     """A fixed tcp port: one XPUB that every output bound to it shares (the outputs of one
     process may share a port). Tracks which in-graph consumers joined, their credit and their
@@ -687,6 +691,9 @@ class _StreamSocket:
         sock = self.sock = link.zctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, -1)
         sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription: taps come and go
+        # we decide what each subscription means (service): a tap that asks for everything must not
+        # get the records addressed to in-graph consumers
+        sock.setsockopt(zmq.XPUB_MANUAL, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX)
         sock.setsockopt(zmq.SNDHWM, bind.hwm)
         sock.setsockopt(zmq.RCVHWM, CONTROL_HWM)
@@ -694,7 +701,12 @@ class _StreamSocket:
         self.edges = set(bind.edges)
         self.joined: set[int] = set()
         self.acked: set[int] = set()
+        # credit per in-graph consumer: what it says it consumed since it (this incarnation of
+        # it) said hello, against what was sent it since then
         self.consumed: dict[int, int] = {}
+        self.sent: dict[int, int] = {}
+        self.sent_at_hello: dict[int, int] = {}
+        self.consumer_inc: dict[int, int] = {}
         self.taps: dict[bytes, int] = {}  # plain-topic subscriptions (outside the graph): prefix -> count
         self.tapped = False
 
@@ -706,8 +718,11 @@ class _StreamSocket:
             except zmq.Again:
                 return
             first = msg[:1]
+            option = zmq.SUBSCRIBE if first == b"\x01" else zmq.UNSUBSCRIBE
             if first in (b"\x00", b"\x01") and msg[1:2] != b"\x00":  # a plain (un)subscription: a tap
                 prefix = msg[1:]
+                for applied in (TAP_ALL if not prefix else (prefix,)):  # everything but our routes
+                    self.sock.setsockopt(option, applied)
                 count = self.taps.get(prefix, 0) + (1 if first == b"\x01" else -1)
                 if count > 0:
                     self.taps[prefix] = count
@@ -717,23 +732,35 @@ class _StreamSocket:
                 continue
             if first in (b"\x00", b"\x01"):
                 if msg[1:3] == ROUTE:
-                    continue  # a consumer's subscription to its own route (joining is by its hello)
+                    self.sock.setsockopt(option, msg[1:])  # a consumer's own route (joining is by its hello)
+                    continue
                 # a hello travels as a subscription: XSUB sends those again on every reconnect
                 ctl = parse_control(msg[1:], token, edges)
                 if ctl is None or ctl.verb != b"hello":
                     _junk(self.link, self.bind)
                 elif first == b"\x01":
                     self.joined.add(ctl.edge)
-                    self.consumed.setdefault(ctl.edge, 0)
+                    inc = ctl.args[0]
+                    if self.consumer_inc.get(ctl.edge) != inc:  # a new consumer: its credit counts from now
+                        self.consumer_inc[ctl.edge] = inc
+                        self.consumed[ctl.edge] = 0
+                        self.sent_at_hello[ctl.edge] = self.sent.get(ctl.edge, 0)
                 continue
             # anything else an XSUB sends: our consumers' credit and acks, behind RAW (never 0 or 1)
             ctl = parse_control(msg[1:], token, edges) if first == RAW else None
             if ctl is None:
                 _junk(self.link, self.bind)
             elif ctl.verb == b"credit":
-                self.consumed[ctl.edge] = max(self.consumed.get(ctl.edge, 0), ctl.args[0])
+                inc, consumed = ctl.args
+                if inc == self.consumer_inc.get(ctl.edge):  # (a late one from a dead consumer counts nothing)
+                    self.consumed[ctl.edge] = max(self.consumed.get(ctl.edge, 0), consumed)
             elif ctl.verb == b"ack":
                 self.acked.add(ctl.edge)
+
+    def room(self, edge: int, window: int) -> bool:
+        """Whether a block edge's consumer has credit for one more record."""
+        outstanding = self.sent.get(edge, 0) - self.sent_at_hello.get(edge, 0) - self.consumed.get(edge, 0)
+        return outstanding < window
 
     def refused(self) -> None:
         if self.bind.counter >= 0:
@@ -758,7 +785,6 @@ class _Stream:
         self.window = {e.id: e.queue for e in edges}
         self.block = {e.id for e in edges if e.policy == "block"}
         self.filters = {e.id: tuple(t.encode() for t in e.topics) for e in edges}
-        self.sent: dict[int, int] = {e.id: 0 for e in edges}
         self.seq: dict[int, dict[bytes, int]] = {e.id: {} for e in edges}
         self.tap_seq: dict[bytes, int] = {}
         groups: dict[str, list[int]] = {}
@@ -770,7 +796,7 @@ class _Stream:
         self.packer = msgpack.Packer(use_bin_type=True)
 
     def room(self, edge: int) -> bool:
-        return edge not in self.block or self.sent[edge] - self.shared.consumed.get(edge, 0) < self.window[edge]
+        return edge not in self.block or self.shared.room(edge, self.window[edge])
 
     def send(self, topic: bytes, frames: list[Any], rest: tuple[Any, ...]) -> None:
         shared, mv, base = self.shared, self.outlet.mv, self.base
@@ -786,7 +812,7 @@ class _Stream:
             seqs = self.seq[edge]
             seq = seqs.get(topic, 0)
             seqs[topic] = seq + 1
-            self.sent[edge] += 1
+            shared.sent[edge] = shared.sent.get(edge, 0) + 1
             mv[base[edge] + SENT] += 1
             _send(sock, self.routes[edge] + topic, packer.pack((DATA, src, inc, seq, *rest)), frames, 0)
         if shared.tapped:  # subscribers outside the graph: the stream on its own topics

@@ -8,7 +8,8 @@ handler. Topics starting with ``\\x00`` are the runtime's. A consumer talks back
 producer with short control messages ``\\x00<verb>/<edge>/<token>[/<args>]``: ``hello``
 (here I am), ``ack`` (I have your end-of-stream), ``free`` (a shared-memory slot is
 unused again), ``credit`` (I have consumed this many: room for more) and ``done``
-(at-least-once: I have handled up to this sequence number). The token is the run's secret
+(at-least-once: I have handled up to this sequence number). ``hello`` and ``credit`` carry
+the consumer's incarnation, so a restarted consumer's credit starts afresh. The token is the run's secret
 (``run_token``): a message without it comes from a peer the plan does not know, and is
 counted as junk, never obeyed.
 """
@@ -126,7 +127,7 @@ class Control:
         self.verb, self.edge, self.args = verb, edge, args
 
 
-_ARITY = {b"hello": 1, b"ack": 0, b"free": 2, b"credit": 1, b"done": 1}
+_ARITY = {b"hello": 1, b"ack": 0, b"free": 2, b"credit": 2, b"done": 1}
 
 
 def parse_control(body: bytes, token: bytes, edges: Any) -> Control | None:

@@ -46,8 +46,8 @@ def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, p
     """An Outlet bound to ``endpoint`` and an Inlet connected to it, the consumer joined."""
     link = link or make_link(ctx)
     plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery)
-    bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport=transport, pattern=pattern, hwm=hwm,
-                    edges=[EDGE])
+    bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport=transport, pattern=pattern,
+                    hwm=2 * hwm + 64 if pattern == "stream" else hwm, edges=[EDGE])  # as the compiler sizes it
     outlet = Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: plan}, get_codec(codec).encoder(tp),
                     shm_above=shm_above)
     link.resolved.update(outlet.bound)
@@ -557,3 +557,31 @@ def test_a_stream_port_holds_a_block_edge_to_its_credit_and_serves_an_outside_su
     assert [m[2] for m in seen] == [b"%d" % i for i in range(20)]  # the tap gets the stream on its own topic
     assert msgpack.unpackb(seen[0][1])[3] == 0
     tap.close()
+
+
+def test_a_restarted_consumer_on_a_stream_port_gets_credit_afresh(ctx):
+    link = make_link(ctx)
+    outlet, first = wire(ctx, "raw", bytes, "tcp://127.0.0.1:*", "stream", hwm=8, policy="block", link=link,
+                         transport="tcp")
+    for i in range(40):  # five windows' worth, read as they come: the first consumer's credit is large
+        outlet.send(b"%d" % i, None, 1, 0, None)
+        for sock in first.socks:
+            list(first.receive(sock, 100))
+    first.close()  # killed; its successor comes with a new incarnation and counts from zero
+    connect = ConnectPlan(edge=EDGE, bind="b", node="p", port="out", endpoint="tcp://127.0.0.1:*", transport="tcp",
+                          pattern="stream")
+    second = Inlet(link, "in", "c", [connect], {EDGE: SRC}, [], 8, {EDGE: get_codec("raw").decoder(bytes)},
+                   feedback=False, max_bytes=1 << 20, inc=1)
+    shared = outlet.streams[0].shared
+    deadline = time.monotonic() + 5
+    while shared.consumer_inc.get(EDGE) != 1 and time.monotonic() < deadline:
+        shared.service()
+        time.sleep(0.01)
+    got: list[bytes] = []
+    for i in range(40, 80):
+        outlet.send(b"%d" % i, None, 1, 0, None)  # would wait forever if the old credit still counted
+        for sock in second.socks:
+            got.extend(bytes(v) for v, _ in second.receive(sock, 100))
+    got += [bytes(v) for v, _ in drain_headers(second, 80 - 40 - len(got))]
+    assert got == [b"%d" % i for i in range(40, 80)]
+    second.close()
