@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dmnflow import ConfigError
 from nodes.support import RateLimitedLog
 
 from .broker import Account, Broker, Fill, account_of
@@ -47,7 +48,7 @@ _COUNTERS = ("orders_submitted", "orders_rejected", "orders_failed", "orders_inv
              "bad_responses", "bad_marks", "account_refresh_failed")
 
 
-class BrokerError(RuntimeError):
+class BrokerError(RuntimeError, ConfigError):
     """The broker cannot start: keys missing or refused, or alpaca-py not installed."""
 
 
