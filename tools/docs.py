@@ -131,7 +131,7 @@ class Block:
         if self.lang in ("", "text", "console-output"):
             if any(re.search(r"\b(error|warning)\[[a-z-]+\]|^Traceback|^refused ", ln) for ln in lines):
                 return "unmarked-output"
-            if lines and all(ln.startswith(("$ ", "dmnflow ", "#")) for ln in lines):
+            if lines and all(ln.startswith(("$ ", "dmnflow ", "python -m ", "pip ", "#", "--")) for ln in lines):
                 return "commands"
         return "text"
 

@@ -11,8 +11,8 @@ came from, and, given ``--test-end``, score it out of sample against the baselin
 Determinism: one seed drives numpy and torch; torch runs single-threaded (``--threads``)
 with deterministic algorithms, batches are shuffled by a seeded generator, and the best
 weights are copied, not re-trained; the same command gives the same weights bit for bit on
-the same machine (another CPU or torch build gives the figures to about two decimals:
-docs/dmn/models.md, "Determinism").
+the same machine (another CPU or torch build gives the figures to two decimals or better,
+not the same weights: docs/dmn/models.md, "Determinism").
 
 Example (the shipped LSTM; docs/dmn/models.md lists the exact commands)::
 
