@@ -16,6 +16,7 @@ _LOCATIONS: dict[str, str] = {
     "Codec": "codecs",
     "CodecError": "errors",
     "CompileError": "errors",
+    "ConfigError": "errors",
     "Context": "node",
     "ControlError": "errors",
     "DecodeError": "errors",
@@ -58,6 +59,7 @@ if _TYPE_CHECKING:  # for type checkers and editors: the same names, imported ea
     from .compiler import validate as validate
     from .errors import CodecError as CodecError
     from .errors import CompileError as CompileError
+    from .errors import ConfigError as ConfigError
     from .errors import ControlError as ControlError
     from .errors import DecodeError as DecodeError
     from .errors import DmnflowError as DmnflowError
@@ -93,6 +95,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "CompileError",
+    "ConfigError",
     "Context",
     "ControlError",
     "DecodeError",

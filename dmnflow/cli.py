@@ -40,8 +40,8 @@ err = Console(stderr=True, highlight=False)
 
 GraphArg = Annotated[Path, typer.Argument(help="the graph YAML file", show_default=False)]
 SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", "-s", help="override a value before validation: KEY=VALUE, KEY dotted "
-    "(e.g. nodes.lstm.params.hidden=64); VALUE is read as YAML; repeatable")]
+    "--set", "-s", help="override a value before validation: KEY=VALUE, KEY dotted and existing "
+    "(e.g. vars.count=10, nodes.counter.params.rate_hz=0); VALUE is read as YAML; repeatable")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="apply the graph's profile NAME")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 NoModelsOpt = Annotated[bool, typer.Option("--no-models", help="do not load model files to check them "

@@ -477,7 +477,8 @@ class _Compiler:
                 self.add("unused-output", f"output {port!r} of {name!r} goes nowhere",
                          self.key_loc(("nodes", name, "outputs", port), ("nodes", name)),
                          f"nodes.{name}.outputs.{port}",
-                         "connect it to an input, or ignore this warning if it is for `dmnflow tap`",
+                         f"connect it to an input, or give it a fixed tcp port for a consumer outside the graph "
+                         f"(outputs: {{{port}: {{port: 5555}}}})",
                          severity="warning")
 
     # -------------------------------------------------------------- codecs, ports, cores

@@ -10,7 +10,9 @@
     ├── TransportError           a socket could not do what the plan asked
     │   └── SendTimeout
     ├── NodeError                user code in a node raised
-    └── LaunchError              the runtime could not start or keep the graph running
+    ├── ConfigError              a node cannot run where it is: a key unset, a package missing
+    ├── LaunchError              the runtime could not start or keep the graph running
+    └── ControlError             a running graph could not be reached, or refused a command
 
 A `GraphError` holds every `Issue` found, not only the first: validation collects.
 Foreign errors (zmq, msgpack, lz4, yaml, pydantic) are translated where they enter,
@@ -27,6 +29,7 @@ from typing import Literal
 __all__ = [
     "CodecError",
     "CompileError",
+    "ConfigError",
     "ControlError",
     "DecodeError",
     "DmnflowError",
@@ -217,6 +220,14 @@ class NodeError(DmnflowError):
         parts = [p for p in (f"node {node!r}" if node else "", f"port {port!r}" if port else "",
                              f"seq {seq}" if seq is not None else "") if p]
         super().__init__(f"{', '.join(parts)}: {message}" if parts else message)
+
+
+class ConfigError(DmnflowError):
+    """A node cannot run in this environment: an API key unset, a package or data file missing.
+
+    Node code raises it (or a subclass) with a message that says what to set or install; the
+    run reports that message alone, without a traceback, since the code is not at fault.
+    """
 
 
 class LaunchError(DmnflowError):

@@ -551,7 +551,7 @@ class Override:
         segments = tuple(s.strip() for s in key.split("."))
         if not sep or not key.strip() or not all(segments):
             issues.add("bad-override", f"{text!r} is not KEY=VALUE with a dotted KEY", loc,
-                       hint="e.g. --set nodes.lstm.params.hidden=64")
+                       hint="e.g. --set nodes.counter.params.count=10 or --set vars.count=10")
             return None
         try:
             value = yaml.load(raw, Loader=_TextDates) if raw.strip() else ""  # noqa: S506 - a SafeLoader
@@ -561,8 +561,21 @@ class Override:
 
 
 def _apply_override(data: dict[str, Any], srcmap: SourceMap, ov: Override, issues: IssueList) -> None:
-    """Set one dotted path; routes ``nodes.<inc>/<node>...`` into include ``<inc>``'s set."""
+    """Set one dotted path; routes ``nodes.<inc>/<node>...`` into include ``<inc>``'s set.
+
+    An override may only set what exists: a variable the file declares (a misspelt one would
+    otherwise be a new variable nothing reads), a node of the file (keys below it are checked
+    by the schema and the node's class). Keys it creates are located at the override, so
+    their errors point there and not into the graph file.
+    """
     path = ov.path
+    if path[0] == "profiles":  # applied before overrides: setting one changes nothing
+        issues.add("bad-override", "a profile is applied before --set overrides, so setting it changes nothing",
+                   ov.loc, path=".".join(path),
+                   hint="set the value itself, or choose the profile with --profile")
+        return
+    if path[0] == "vars" and len(path) >= 2 and not _var_exists(data, srcmap, ov, issues):
+        return
     if path[0] == "nodes" and len(path) >= 2:
         name = path[1]
         nodes = data.get("nodes") if isinstance(data.get("nodes"), dict) else {}
@@ -589,6 +602,7 @@ def _apply_override(data: dict[str, Any], srcmap: SourceMap, ov: Override, issue
         nxt = target.get(seg) if isinstance(target, dict) else None
         if nxt is None:
             nxt = target[seg] = {}
+            srcmap.values[path[: depth + 1]] = srcmap.keys[path[: depth + 1]] = ov.loc  # made by the override
         if not isinstance(nxt, dict):
             issues.add("bad-override", f"{'.'.join(path[: depth + 1])} is not a mapping, "
                        f"so {'.'.join(path)} cannot be set", ov.loc, path=".".join(path))
@@ -596,6 +610,25 @@ def _apply_override(data: dict[str, Any], srcmap: SourceMap, ov: Override, issue
         target = nxt
     target[path[-1]] = ov.value
     srcmap.mark(path, ov.loc)
+    srcmap.keys[path] = ov.loc
+
+
+def _var_exists(data: dict[str, Any], srcmap: SourceMap, ov: Override, issues: IssueList) -> bool:
+    """Whether ``vars.a.b...`` names a declared variable (or a key of a mapping one); reports it if not."""
+    current: Any = data.get("vars")
+    where = srcmap.at(()) or ov.loc
+    for depth, seg in enumerate(ov.path[1:], start=1):
+        if isinstance(current, dict) and seg in current:
+            current = current[seg]
+            continue
+        owner = "vars" if depth == 1 else ".".join(ov.path[:depth])
+        options = current if isinstance(current, dict) else {}
+        what = f"{where.file} has no variable {seg!r}" if depth == 1 else f"{owner} has no {seg!r}"
+        hint = _suggest(seg, options) if options else (
+            "the file declares no vars" if depth == 1 else f"{owner} is not a mapping")
+        issues.add("bad-override", f"{what} to set", ov.loc, path=".".join(ov.path[: depth + 1]), hint=hint)
+        return False
+    return True
 
 
 def _merge(base: dict[str, Any], overlay: dict[str, Any], srcmap: SourceMap, src: Path_,
@@ -788,8 +821,12 @@ def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        issues.add("file-not-found", f"graph file {file} does not exist", where, path=include_key,
-                   hint="check the path; relative include paths start at the including file")
+        near = _near_file(path)
+        if include_loc is None:
+            hint = f"did you mean {near}?" if near else "check the path (relative to the working directory)"
+        else:
+            hint = (f"did you mean {near}? " if near else "") + "relative include paths start at the including file"
+        issues.add("file-not-found", f"graph file {file} does not exist", where, path=include_key, hint=hint)
         return None
     except (OSError, UnicodeDecodeError) as exc:
         issues.add("file-unreadable", f"cannot read {file}: {exc}", where, path=include_key,
@@ -892,6 +929,16 @@ def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,
         graph.broken.update(f"{inc_name}/{name}" for name in child.broken)
         graph.unresolved.update(_rescope(p, inc_name) for p in child.unresolved)
     return graph
+
+
+def _near_file(path: Path) -> str:
+    """The graph file next to ``path`` whose name is closest to it (a typo), as a person types it."""
+    try:
+        names = [p.name for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+    except OSError:
+        return ""
+    near = difflib.get_close_matches(path.name, sorted(names), n=1, cutoff=0.75)
+    return _display(path.parent / near[0]) if near else ""
 
 
 def _misspelt(data: dict[str, Any], key: str) -> Any:

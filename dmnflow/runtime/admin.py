@@ -8,9 +8,13 @@ of the node and answers once each has.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +22,12 @@ from typing import Any
 import msgpack
 import zmq
 
-from ..errors import ControlError
+from ..errors import ControlError, LaunchError
 from .supervisor import ADMIN_SOCKET, RUN_DIR_PREFIX
 
-__all__ = ["Answer", "RunInfo", "find_run", "list_runs", "run_status", "send_command"]
+__all__ = ["Answer", "RunInfo", "claim_run_name", "find_run", "list_runs", "run_status", "send_command"]
+
+log = logging.getLogger("dmnflow.supervisor")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,11 @@ class Answer:
 
 def list_runs() -> list[RunInfo]:
     """The runs of this user whose supervisor is alive, oldest first."""
+    return [run for run in _runs() if (Path(run.run_dir) / ADMIN_SOCKET).exists()]
+
+
+def _runs() -> list[RunInfo]:
+    """Every run directory of this user with a name and a live supervisor (starting ones too)."""
     runs = []
     for path in sorted(Path(tempfile.gettempdir()).glob(RUN_DIR_PREFIX + "*"), key=_mtime):
         try:
@@ -57,9 +68,51 @@ def list_runs() -> list[RunInfo]:
             os.kill(pid, 0)
         except (OSError, ValueError):  # gone, just starting, or not a run of ours
             continue
-        if (path / ADMIN_SOCKET).exists():
-            runs.append(RunInfo(name, pid, graph, str(path)))
+        runs.append(RunInfo(name, pid, graph, str(path)))
     return runs
+
+
+def claim_run_name(run_dir: str, name: str, *, exact: bool) -> str:
+    """Give the run in ``run_dir`` a name no other live run of this user has, and return it.
+
+    ``dmnflow swap NAME`` must find one run: a name asked for with ``--name`` (``exact``)
+    that a live run holds is refused; the default name (the graph's) gets the first free
+    suffix (``quickstart-2``), said in a warning.
+
+    Raises:
+        LaunchError: ``exact`` and a live run already has ``name``.
+    """
+    with _names_lock():
+        taken = {run.name: run.pid for run in _runs() if run.run_dir != run_dir}
+        chosen = name
+        if name in taken:
+            if exact:
+                raise LaunchError(f"a run named {name!r} is running (pid {taken[name]}); stop it first, or give "
+                                  "this one another --name")
+            n = 2
+            while f"{name}-{n}" in taken:
+                n += 1
+            chosen = f"{name}-{n}"
+            log.warning("a run named %r is running (pid %d), so this one is named %r "
+                        "(`dmnflow swap %s ...`; choose a name with --name)", name, taken[name], chosen, chosen)
+        Path(run_dir, "name").write_text(chosen)
+    return chosen
+
+
+@contextlib.contextmanager
+def _names_lock() -> Iterator[None]:
+    """One run at a time picks its name (two launches at once would pick the same one)."""
+    path = Path(tempfile.gettempdir()) / f".{RUN_DIR_PREFIX}names-{os.getuid()}.lock"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    except OSError:  # someone else's file in the way: no lock, only a narrow race left
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def find_run(ref: str) -> RunInfo:

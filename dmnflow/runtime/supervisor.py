@@ -82,13 +82,14 @@ def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
     """Run a compiled graph until it ends by itself, ``duration_s`` passes, or Ctrl-C.
 
     ``name`` (default: the graph's name) is how ``dmnflow swap`` and ``dmnflow runs`` find
-    the run while it runs.
+    the run while it runs: a ``name`` that another live run has is refused, a default name
+    another run has gets a suffix (``-2``, with a warning).
 
     Raises:
-        LaunchError: the graph could not be started (a worker failed during start-up, or a
-            fixed tcp port is in use: ``PortInUse``, exit code 1).
+        LaunchError: the graph could not be started (a worker failed during start-up, ``name``
+            is taken, or a fixed tcp port is in use: ``PortInUse``, exit code 1).
     """
-    return _Supervisor(plan, grace_s, startup_timeout_s, name or plan.graph).run(duration_s, on_status)
+    return _Supervisor(plan, grace_s, startup_timeout_s, name).run(duration_s, on_status)
 
 
 @dataclass
@@ -128,9 +129,10 @@ def check_fixed_ports(plan: Plan) -> None:
 
 
 class _Supervisor:
-    def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float, name: str) -> None:
+    def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float, name: str | None) -> None:
         self.plan = plan
-        self.name = name
+        self.name = name or plan.graph
+        self.name_given = name is not None  # a taken --name is refused; a taken default is suffixed
         self.requests: dict[int, _Request] = {}
         self.next_token = 0
         self.grace_s = grace_s
@@ -162,7 +164,13 @@ class _Supervisor:
         self.by_identity = {protocol.worker_identity(self.token, p): proc for p, proc in self.procs.items()}
         Path(self.run_dir, "supervisor.pid").write_text(str(os.getpid()))
         Path(self.run_dir, "plan.json").write_text(self.plan.to_json(indent=None))
-        Path(self.run_dir, "name").write_text(self.name)
+        from .admin import claim_run_name  # admin imports this module
+
+        try:
+            self.name = claim_run_name(self.run_dir, self.name, exact=self.name_given)
+        except LaunchError:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
         zctx = zmq.Context()
         self.control = zctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
@@ -294,9 +302,8 @@ class _Supervisor:
                 proc.state = "bound"
             elif msg[0] in phase_next.values():
                 proc.state = msg[0]
-            elif msg[0] == protocol.ERROR:
+            elif msg[0] == protocol.ERROR:  # the worker printed its traceback itself
                 self.errors.append(f"{proc.name}: {msg[1]}")
-                sys.stderr.write(msg[2])
             elif msg[0] == protocol.HB:
                 proc.stats = msg[1]
         for proc in self.procs.values():

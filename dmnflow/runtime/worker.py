@@ -36,7 +36,7 @@ from typing import Any
 import zmq
 
 from ..codecs import Limits, get_codec
-from ..errors import NodeError, TransportError
+from ..errors import ConfigError, NodeError, TransportError
 from ..node import Context, Message, Node
 from ..plan import NodePlan, Plan
 from ..transport import Counters, Flusher, Histogram, Inlet, Link, Outlet
@@ -463,6 +463,7 @@ class Worker:
         self.outlets: dict[tuple[str, str], Outlet] = {}
         self.inlets: list[tuple[NodeRunner, Inlet]] = []
         self.runners: list[NodeRunner] = []
+        self.started = False  # the supervisor said start: failures are no longer start-up failures
         self.stopping = False
         self.next_beat = time.monotonic() + 1.0
         self.pending: list[tuple[Future[Any], Any, str]] = []  # commands still running: (future, token, node)
@@ -588,6 +589,7 @@ class Worker:
             runner.setup()
         self.tell(protocol.READY)
         self.expect(protocol.START)
+        self.started = True
         return self.loop(poller, outlet_of)
 
     def _refused(self, outlet: Outlet, sock: zmq.Socket) -> None:
@@ -834,13 +836,17 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
     except SystemExit as exc:
         code = int(exc.code or 0)
     except BaseException as exc:  # report what broke, with the user's part of the traceback, then fail
-        text = _user_traceback(exc)
-        summary = str(exc) if isinstance(exc, NodeError) else f"{type(exc).__name__}: {exc}"
+        cause = exc.__cause__ if isinstance(exc, NodeError) and exc.__cause__ is not None else exc
+        configured = isinstance(cause, ConfigError)  # its message says what to fix: no traceback
+        text = "" if configured else _user_traceback(exc)
+        summary = str(cause) if configured else str(exc) if isinstance(exc, NodeError) else \
+            f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(Exception):  # what this incarnation counted, then why it failed
             worker.tell(protocol.HB, worker.stats())
         with contextlib.suppress(zmq.ZMQError):
             worker.tell(protocol.ERROR, summary, text)
-        sys.stderr.write(f"dmnflow: process {process} (pid {os.getpid()}) failed: {summary}\n{text}")
+        if not (configured and not worker.started):  # before start, the supervisor's error says it
+            sys.stderr.write(f"dmnflow: process {process} (pid {os.getpid()}) failed: {summary}\n{text}")
         code = 1
     finally:
         worker.close()

@@ -38,6 +38,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from dmnflow import ConfigError
 from nodes.support import RateLimitedLog, check_url
 
 from .broker import Account, Broker, Fill, account_of
@@ -55,7 +56,7 @@ _COUNTERS = ("orders_submitted", "orders_rejected", "orders_failed", "orders_inv
 _TRANSIENT = {"server", "network", "rate_limited"}
 
 
-class BrokerError(RuntimeError):
+class BrokerError(RuntimeError, ConfigError):
     """The broker cannot start: keys missing or refused, or alpaca-py not installed."""
 
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from dmnflow import Node, Output
+from dmnflow import ConfigError, Node, Output
 from nodes.support import check_url, package_version
 
 from .common import MarketGuard, RateLimitedLog, make_bar, make_tick, topic_for
@@ -41,7 +41,7 @@ __all__ = ["Feed", "LiveStream", "MassiveStream", "StreamError", "massive_record
 _GUARD_COUNTERS = ("bad_price", "duplicate", "out_of_order", "unknown_symbol", "malformed")
 
 
-class StreamError(RuntimeError):
+class StreamError(RuntimeError, ConfigError):
     """A live stream cannot go on: keys missing or refused, or the server unreachable for good."""
 
 

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dmnflow import ConfigError
+
 from .common import parse_date
 from .replay import DayReplay, MarketFrame, frame_from_wide
 
@@ -34,7 +36,7 @@ PRICES = "tf_system_data_prices.csv"
 INFO = "tf_system_data_descriptive_df.csv"
 
 
-class TrendFollowingMissing(RuntimeError):
+class TrendFollowingMissing(RuntimeError, ConfigError):
     """The ``trendfollowing`` package (or one of its data files) is not installed."""
 
 

@@ -3,8 +3,9 @@
 Runs ``graphs/dmn_futures.yaml`` (84 futures markets) once per strategy (the DMN models
 weighted by the meta-learner, long-only, TSMOM, MACD) and period, each a real ``dmnflow
 launch`` of every node (features, models, risk, portfolio, paper broker with costs,
-performance), and writes the performance node's figures as a table into
-``docs/dmn/backtest.md`` between the ``graph:begin``/``graph:end`` markers.
+performance), prints the performance node's figures and writes them to ``--json``; with
+``--doc docs/dmn/backtest.md`` also as a table into that page, between its
+``graph:begin``/``graph:end`` markers (a page is rewritten only when asked).
 
 It shows that the *graph* reproduces the ordering of the baselines (it is not the
 walk-forward: the graph's LSTM and Transformer are the shipped models, trained on the
@@ -45,7 +46,8 @@ def run(strategy: str, start: str, end: str | None, begin: str, cost_bps: float)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--costs", default="0", help="commission in bps per traded notional, comma-separated")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "dmn" / "backtest.md")
+    parser.add_argument("--doc", type=Path, default=None,
+                        help="also write the table into this page (docs/dmn/backtest.md), between its markers")
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "compare.json")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -61,7 +63,8 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
-    write_doc(args.doc, rows, " ".join(["python -m nodes.models.compare", *sys.argv[1:]]))
+    if args.doc is not None:
+        write_doc(args.doc, rows, " ".join(["python -m nodes.models.compare", *sys.argv[1:]]))
 
 
 def write_doc(doc: Path, rows: list[dict[str, Any]], command: str) -> None:

@@ -10,7 +10,9 @@ came from, and, given ``--test-end``, score it out of sample against the baselin
 
 Determinism: one seed drives numpy and torch; torch runs single-threaded (``--threads``)
 with deterministic algorithms, batches are shuffled by a seeded generator, and the best
-weights are copied, not re-trained; the same command gives the same weights.
+weights are copied, not re-trained; the same command gives the same weights bit for bit on
+the same machine (another CPU or torch build gives the figures to two decimals or better,
+not the same weights: docs/dmn/models.md, "Determinism").
 
 Example (the shipped LSTM; docs/dmn/models.md lists the exact commands)::
 
@@ -47,8 +49,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: Literal["lstm", "transformer"] = Field("lstm", description="the network: DMN LSTM or Momentum Transformer")
-    window: int = Field(63, ge=2, description="steps per training window (LSTM 63; the command line's default "
-                                              "for the Transformer is 126)")
+    window: int = Field(63, ge=2, description="steps per training window")
     stride: int | None = Field(None, ge=1, description="rows between consecutive windows; none: the window "
                                                        "(non-overlapping, as in the paper)")
     hidden: int = Field(64, ge=1, description="LSTM hidden units")
@@ -67,7 +68,7 @@ class TrainConfig(BaseModel):
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="the last share of the training period, by "
                                                                 "date, held out for early stopping")
     seed: int = Field(0, description="seed of numpy and torch: initial weights, dropout, batch order")
-    threads: int = Field(1, ge=1, description="torch threads (1 for bit-for-bit reproducibility)")
+    threads: int = Field(1, ge=1, description="torch threads (1: the same weights bit for bit on the same machine)")
 
 
 def seed_everything(seed: int, threads: int = 1) -> None:
@@ -332,9 +333,19 @@ def out_of_sample(result: FitResult, panel: Panel, start: Any, end: Any, cost_bp
     return out
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one; an option whose default depends on others
+    (``None`` here) says so in its own help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m nodes.models.train", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m nodes.models.train", formatter_class=_Defaults,
+                                 description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("--data", choices=["synthetic", "trendfollowing", "csv"], default="synthetic",
                     help="where the daily closes come from")
     ap.add_argument("--csv", help="with --data csv: a wide CSV (date column, one column of closes per symbol)")
@@ -347,14 +358,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--train-end", required=True, help="training (with its validation tail) uses dates before this")
     ap.add_argument("--test-end", help="score out of sample on [train-end, test-end) (default: to the data's end)")
     ap.add_argument("--no-test", action="store_true", help="skip the out-of-sample scoring")
-    ap.add_argument("--model", choices=["lstm", "transformer"], default="lstm")
+    ap.add_argument("--model", choices=["lstm", "transformer"], default="lstm",
+                    help="the network: the DMN LSTM or the Momentum Transformer")
     ap.add_argument("--out", required=True, help="TorchScript file to write (a JSON sidecar goes next to it)")
     for name, spec in TrainConfig.model_fields.items():
         if name == "model":
             continue
         flag = "--" + name.replace("_", "-")
         kind = int if spec.annotation in (int, int | None) else float
-        ap.add_argument(flag, type=kind, default=None, help=spec.description)
+        # None: "not given", so TrainConfig's own default applies (and --window's depends on --model)
+        default = "none" if spec.default is None else f"{spec.default:g}" if kind is float else spec.default
+        shown = "63; 126 with --model transformer" if name == "window" else default
+        ap.add_argument(flag, type=kind, default=None, help=f"{spec.description} (default: {shown})")
     return ap.parse_args(argv)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import random
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dmnflow import Input, Node, Output, Tensor
+from dmnflow import ConfigError, Input, Node, Output, Tensor
 from nodes.basic import Collect
 
 
@@ -126,6 +127,23 @@ class Boom(Node):
         if self.n == ctx.params.at:
             raise ValueError(f"cannot handle {value}")
         ctx.emit("out", value)
+
+
+class NeedsKey(Node):
+    """A source whose setup needs an environment variable, as a vendor's API key."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        variable: str = "DMNFLOW_TEST_KEY"
+
+    out = Output(float)
+
+    def setup(self, ctx: Any) -> None:
+        if ctx.params.variable not in os.environ:
+            raise ConfigError(f"test vendor: no API key: set the environment variable {ctx.params.variable}")
+
+    def run(self, ctx: Any) -> Any:
+        yield "out", 1.0
 
 
 class LoopCounter(Node):

@@ -401,6 +401,41 @@ def test_a_node_failing_past_its_restart_policy_fails_the_run_with_its_own_trace
     assert report["nodes"]["src"]["status"] == "stopped"
 
 
+def test_a_node_missing_its_api_key_fails_start_up_with_one_message_and_no_traceback(tmp_path):
+    assert "DMNFLOW_SURELY_UNSET_KEY" not in os.environ
+    graph = write(tmp_path / "key.yaml", f"""
+        nodes:
+          src: {{uses: tests.integration.nodes:NeedsKey, params: {{variable: DMNFLOW_SURELY_UNSET_KEY}}}}
+          sink: {{uses: nodes.basic:Collect, inputs: {{values: src.out}}, params: {{path: {tmp_path}/out.jsonl}}}}
+        """)
+    with launched(graph) as run:
+        out, err = run.proc.communicate(timeout=60)
+        assert run.proc.returncode == 3, err
+    assert "Traceback" not in err, err
+    assert err.count("DMNFLOW_SURELY_UNSET_KEY") == 1, err  # said once, naming the variable
+    assert "during start-up" in err and "set the environment variable DMNFLOW_SURELY_UNSET_KEY" in err
+
+
+def test_a_second_run_may_not_take_a_live_runs_name(tmp_path):
+    graph = write(tmp_path / "ticks.yaml", f"""
+        nodes:
+          clock: {{uses: tests.integration.nodes:Ticker, timers: {{tick: 50ms}}}}
+          sink: {{uses: nodes.basic:Collect, inputs: {{values: clock.ticks}}, params: {{path: {tmp_path}/out.jsonl}}}}
+        """)
+    from dmnflow.runtime.admin import list_runs
+
+    with launched(graph, "--name", "doc-twins") as first:
+        assert wait_until(lambda: any(r.name == "doc-twins" and r.pid == first.proc.pid for r in list_runs()), 60)
+        with launched(graph, "--name", "doc-twins") as second:  # asked for by name: refused
+            _, err = second.proc.communicate(timeout=60)
+            assert second.proc.returncode == 3, err
+        assert f"a run named 'doc-twins' is running (pid {first.proc.pid})" in err
+        assert "--name" in err and "Traceback" not in err
+        first.proc.send_signal(signal.SIGINT)
+        first.proc.communicate(timeout=60)
+        assert first.proc.returncode == 0
+
+
 def test_run_dirs_of_dead_supervisors_are_swept(tmp_path, monkeypatch):
     import subprocess
     import sys

@@ -59,6 +59,40 @@ def test_missing_file_is_a_located_error_not_a_traceback():
     assert "error[file-not-found]" in result.output and "Traceback" not in result.output
 
 
+def test_a_misspelt_top_level_file_gets_the_closest_one_and_an_include_the_include_hint():
+    result = run("validate", "graphs/quickstrat.yaml")
+    assert result.exit_code == 1
+    assert "help: did you mean graphs/quickstart.yaml?" in result.output
+    assert "include" not in result.output  # the include-path hint is for includes only
+    included = run("validate", "graphs/invalid/file-not-found.yaml")
+    assert "relative include paths start at the including file" in included.output
+
+
+def test_set_of_a_misspelt_variable_is_an_error_not_a_new_variable():
+    result = run("validate", "graphs/quickstart.yaml", "--set", "vars.cout=5", "--json")
+    assert result.exit_code == 1
+    [issue] = json.loads(result.output)["issues"]
+    assert (issue["code"], issue["file"], issue["path"]) == ("bad-override", "--set vars.cout=5", "vars.cout")
+    assert issue["hint"] == "did you mean 'count'?"
+    assert run("validate", "graphs/quickstart.yaml", "--set", "vars.count=5").exit_code == 0
+
+
+@pytest.mark.parametrize(("setting", "code", "path"), [
+    ("nodes.counter.prams.count=5", "unknown-key", "nodes.counter.prams"),
+    ("nodes.counter.params.cont=5", "unknown-param", "nodes.counter.params.cont"),
+    ("nodes.countr.params.count=5", "bad-override", "nodes.countr.params.count"),
+    ("defaults.queu=5", "unknown-key", "defaults.queu"),
+    ("nodes.scale.inputs.valu=counter.numbers", "unknown-input", "nodes.scale.inputs.valu"),
+    ("profiles.fast.vars.count=5", "bad-override", "profiles.fast.vars.count"),
+])
+def test_every_set_key_is_checked_and_its_error_points_at_the_set(setting, code, path):
+    result = run("validate", "graphs/quickstart.yaml", "--set", "vars.count=10", "--set", setting, "--json")
+    assert result.exit_code == 1, result.output
+    [issue] = json.loads(result.output)["issues"]
+    assert (issue["code"], issue["path"]) == (code, path)
+    assert issue["file"] == f"--set {setting}" and issue["line"] == 0  # not into graphs/quickstart.yaml
+
+
 def test_usage_errors_exit_2():
     assert run("validate").exit_code == 2
     assert run("frobnicate").exit_code == 2

@@ -144,6 +144,18 @@ def test_the_training_command_exports_a_model_and_its_provenance(tmp_path: Path)
     assert loaded(torch.zeros(2, 21, 8)).shape == (2, 1)
 
 
+def test_the_training_help_shows_every_default(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    for shown in ("--hidden HIDDEN LSTM hidden units (default: 64)", "(default: 63; 126 with --model transformer)",
+                  "--epochs EPOCHS most epochs (default: 30)", "--lr LR Adam learning rate (default: 0.001)",
+                  "--seed SEED seed of numpy and torch: initial weights, dropout, batch order (default: 0)",
+                  "(default: synthetic)", "(default: lstm)"):
+        assert shown in text, shown
+
+
 def test_strategy_returns_by_hand(panel) -> None:
     pos = np.where(panel.window_ready(20), 1.0, np.nan)
     r0 = strategy_returns(panel, pos, 0.0)

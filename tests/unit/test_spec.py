@@ -209,6 +209,34 @@ def test_an_invalid_value_from_set_is_located_at_the_set(tmp_path):
     assert str(issue.loc) == "--set nodes.src.params.count=many"
 
 
+def test_set_may_only_set_variables_the_file_declares(tmp_path):
+    g = write(tmp_path / "g.yaml", QUICK.replace("vars: {n: 3}", "vars: {n: 3, model: {hidden: 8}, xs: [1, 2]}"))
+    assert codes(load_graph(g, ["vars.model.hidden=16", "vars.xs=[5]", "vars.model={hidden: 4}"])) == []
+    graph = load_graph(g, ["vars.nn=1", "vars.model.hiden=16", "vars.xs.7=0"])
+    found = [(i.code, i.path, str(i.loc), i.hint) for i in graph.issues]
+    assert found == [
+        ("bad-override", "vars.nn", "--set vars.nn=1", "did you mean 'n'?"),
+        ("bad-override", "vars.model.hiden", "--set vars.model.hiden=16", "did you mean 'hidden'?"),
+        ("bad-override", "vars.xs.7", "--set vars.xs.7=0", "vars.xs is not a mapping"),
+    ]
+
+
+def test_an_include_may_only_pass_variables_the_included_file_declares(tmp_path):
+    write(tmp_path / "part.yaml", "vars: {count: 3}\nnodes:\n  src: {uses: nodes.basic:Counter}\n")
+    g = write(tmp_path / "root.yaml", "include:\n  p: {path: part.yaml, vars: {cout: 5}}\n")
+    [issue] = load_graph(g).issues
+    assert (issue.code, issue.loc.file, issue.loc.line, issue.hint) == (
+        "bad-override", str(tmp_path / "root.yaml"), 2, "did you mean 'count'?")
+    assert "part.yaml has no variable 'cout'" in issue.message
+
+
+def test_keys_an_override_creates_are_located_at_the_override(tmp_path):
+    g = write(tmp_path / "g.yaml", QUICK)
+    graph = load_graph(g, ["nodes.src.prams.count=5"])
+    [issue] = graph.issues
+    assert (issue.code, str(issue.loc)) == ("unknown-key", "--set nodes.src.prams.count=5")
+
+
 def test_profile_overlays_then_set_wins(tmp_path):
     g = write(tmp_path / "g.yaml", QUICK)
     graph = load_graph(g, ["nodes.src.params.start=6"], profile="big")

@@ -1,0 +1,1 @@
+"""Tools for working on dmnflow itself (not installed with the package): ``python -m tools.docs``."""
