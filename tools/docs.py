@@ -679,6 +679,8 @@ def _cli_options() -> dict[str, set[str]]:
     found = {"": {o for p in group.params for o in p.opts} | {"--help"}}
     for name, command in group.commands.items():  # type: ignore[attr-defined]
         found[name] = {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+        for sub, inner in getattr(command, "commands", {}).items():  # a group: `dmnflow keys generate`
+            found[f"{name} {sub}"] = {o for p in inner.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
     return found
 
 
@@ -700,12 +702,16 @@ def check_inline(page: Page, ws: Workspace | None = None) -> list[str]:
             continue
         if sub in ("", "...", "…") or sub.isupper():  # a synopsis: `dmnflow ...`, `dmnflow COMMAND`
             continue
+        rest = words[words.index(sub) + 1:] if sub in words else []
+        if rest and f"{sub} {rest[0]}" in options:  # a command of a group
+            sub = f"{sub} {rest[0]}"
+            words = [words[0], *sub.split(), *rest[1:]]
         if sub not in options:
             near = difflib.get_close_matches(sub, [c for c in options if c], n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             problems.append(f"{where}: dmnflow has no command {sub!r}{hint}")
             continue
-        for word in words[2:]:
+        for word in words[1 + len(sub.split()):]:
             flag = re.match(r"^\[?(--?[A-Za-z][\w-]*)", word)
             if flag and flag[1] not in options[sub]:
                 problems.append(f"{where}: `dmnflow {sub}` has no option {flag[1]}")
