@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -77,10 +78,19 @@ def main() -> None:
     parser.add_argument("--delays", default="0,1", help="days between signal and trade, comma-separated")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated: " + ", ".join(STRATEGIES))
     parser.add_argument("--periods", default=",".join(PERIODS), help="comma-separated: " + ", ".join(PERIODS))
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "dmn" / "backtest.md")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "dmn" / "backtest.md",
+                        help="the page whose graph block is rewritten ('' leaves it alone)")
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "compare.json")
+    parser.add_argument("--from-json", help="render the table from earlier runs' --json files (comma-separated, "
+                                            "e.g. one per period run separately) instead of running")
     args = parser.parse_args()
+    if args.from_json:
+        rows = [row for f in args.from_json.split(",") for row in json.loads(Path(f).read_text())]
+        commands = dict.fromkeys(row.get("command", "python -m nodes.models.compare") for row in rows)
+        write_doc(args.doc, rows, "`; `".join(commands))
+        return
     sys.path.insert(0, str(ROOT))
+    command = shlex.join(["python", "-m", "nodes.models.compare", *sys.argv[1:]])
     from nodes.market.trendfollowing import load_trendfollowing
 
     from .data import build_panel
@@ -97,13 +107,14 @@ def main() -> None:
                     vec = (vectorised(panel, strategy, begin, end, delay=delay)["sharpe"]
                            if strategy in PAPER and cost == 0 else None)
                     rows.append({"period": period, "strategy": strategy, "delay": delay, "cost_bps": cost,
-                                 "wall_s": result["wall_s"], "vectorised_sharpe": vec,
+                                 "wall_s": result["wall_s"], "vectorised_sharpe": vec, "command": command,
                                  **{k: s.get(k) for k in ("sharpe", "sortino", "calmar", "max_drawdown", "ann_vol",
                                                            "turnover", "periods", "tick_to_trade_p50_us")}})
                     print(json.dumps(rows[-1]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
-    write_doc(args.doc, rows, " ".join(["python -m nodes.models.compare", *sys.argv[1:]]))
+    if args.doc.name:
+        write_doc(args.doc, rows, command)
 
 
 def write_doc(doc: Path, rows: list[dict[str, Any]], command: str) -> None:

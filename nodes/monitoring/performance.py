@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,13 +117,21 @@ class Performance(Node):
                                             "measured (an in-sample window); none: to the last")
         windows: dict[str, Window] = Field(
             default_factory=dict, description="more named periods, each {start, end} (dates, inclusive; null: "
-                                              "open), whose figures the summary reports under windows.<name>: "
-                                              "e.g. in_sample and held_out from one run")
+                                              "open), whose figures the summary reports as <name>.<figure> "
+                                              "(in_sample.sharpe): e.g. in_sample and held_out from one run")
 
         @field_validator("start", "end")
         @classmethod
         def _date(cls, value: str | None) -> str | None:
             return _check_date(value)
+
+        @field_validator("windows")
+        @classmethod
+        def _names(cls, windows: dict[str, Window]) -> dict[str, Window]:
+            bad = [n for n in windows if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+            if bad:
+                raise ValueError(f"window names must be identifiers (letters, digits, _), got {bad}")
+            return windows
 
         @model_validator(mode="after")
         def _order(self) -> Performance.Params:
@@ -280,7 +289,7 @@ class Performance(Node):
 
     def summary(self) -> dict[str, Any]:
         """All metrics, latency and counters as one flat JSON-able dict (None: undefined); the
-        figures of ``params.windows`` under ``windows``."""
+        figures of each of ``params.windows`` as ``<name>.<figure>``."""
         if not hasattr(self, "counts"):  # asked before setup
             return {}
         out: dict[str, Any] = {}
@@ -288,8 +297,8 @@ class Performance(Node):
             out.update(self.report())
         out.update(self._latency())
         out.update(latency_samples=self.fill_latency.n, **self.counts)
-        if self.p.windows:
-            out["windows"] = {name: jsonable(self.window(w.start, w.end)) for name, w in self.p.windows.items()}
+        for name, w in self.p.windows.items():
+            out.update({f"{name}.{k}": v for k, v in self.window(w.start, w.end).items()})
         return jsonable(out)
 
     def teardown(self, ctx: Any) -> None:

@@ -60,9 +60,16 @@ def test_the_synthetic_backtest_reproduces_the_vectorised_tsmom_measured_from_be
     # days are flat in both (an account that holds nothing earns 0), and the day counts must agree
     symbols, days, measure_from = 6, 500, "2001-06-01"
     sets = ["vars.strategy=tsmom", f"vars.symbols={symbols}", f"vars.days={days}", "vars.universe=ready",
-            f"vars.measure_from={measure_from}", f"vars.out={tmp_path}", *PAPER_SETTING]
+            f"vars.measure_from={measure_from}", "vars.windows={early: {end: 2001-08-31}, late: {start: 2001-09-03}}",
+            f"vars.out={tmp_path}", *PAPER_SETTING]
     graph = run_graph(sets, ROOT / "graphs" / "dmn_backtest.yaml")["summary"]
     panel = build_panel(synthetic_closes(seed=7, symbols=symbols, days=days))
     want = vectorised(panel, "tsmom", measure_from, universe="ready")
     assert graph["periods"] == int((panel.dates >= measure_from).sum())  # one return per day measured
     assert graph["sharpe"] == pytest.approx(want["sharpe"], abs=EXACT)
+    # the in-sample / held-out windows of the same run (what `dmnflow tune` selects and reports on)
+    early, late = vectorised(panel, "tsmom", None, "2001-08-31", "ready"), vectorised(panel, "tsmom", "2001-09-03",
+                                                                                         universe="ready")
+    assert graph["early.periods"] == int((panel.dates <= "2001-08-31").sum())
+    assert graph["early.sharpe"] == pytest.approx(early["sharpe"], abs=EXACT)
+    assert graph["late.sharpe"] == pytest.approx(late["sharpe"], abs=EXACT)

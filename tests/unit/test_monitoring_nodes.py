@@ -231,6 +231,8 @@ def test_performance_measures_from_start_with_the_day_before_as_the_base():
 
 
 def test_performance_end_and_named_windows_measure_their_own_days():
+    from pydantic import ValidationError
+
     from nodes.monitoring import Performance
 
     day = 86_400 * 10**9
@@ -246,13 +248,14 @@ def test_performance_end_and_named_windows_measure_their_own_days():
     assert node.counts["before_start"] == 1 and node.counts["after_end"] == 2 and got["periods"] == 3
     assert got["total_return"] == pytest.approx(99.0 / 100.0 - 1)  # 2000-01-02 .. 04 on the base of 01-01
     assert got["sharpe"] == pytest.approx(m.sharpe(m.returns_from_equity([100.0, 120.0, 90.0, 99.0])))
-    w = got["windows"]
     # no Account before it: the starting capital is the base, so the first day (flat) counts
-    assert w["in_sample"]["periods"] == 3 and w["in_sample"]["total_return"] == pytest.approx(90.0 / 100.0 - 1)
-    assert w["held_out"]["periods"] == 2 and w["held_out"]["total_return"] == pytest.approx(108.9 / 90.0 - 1)
-    assert w["held_out"]["turnover"] == pytest.approx((10.0 / 90.0 + 10.0 / 99.0) / 2 * 252)
-    assert w["empty"]["periods"] == 0 and w["empty"]["sharpe"] is None
+    assert got["in_sample.periods"] == 3 and got["in_sample.total_return"] == pytest.approx(90.0 / 100.0 - 1)
+    assert got["held_out.periods"] == 2 and got["held_out.total_return"] == pytest.approx(108.9 / 90.0 - 1)
+    assert got["held_out.turnover"] == pytest.approx((10.0 / 90.0 + 10.0 / 99.0) / 2 * 252)
+    assert got["empty.periods"] == 0 and got["empty.sharpe"] is None
     json.dumps(got, allow_nan=False)  # strict JSON, windows included
+    with pytest.raises(ValidationError, match="identifiers"):
+        Performance.Params.model_validate({"windows": {"held.out": {}}})
 
 
 def test_performance_rejects_a_window_that_ends_before_it_starts():
