@@ -229,11 +229,14 @@ class Day:
     def signals(self) -> dict[str, Any]:
         """The Signals message (docs/dmn/messages.md); NaN where a value is not yet defined."""
         r = self.rows
-        ready = self.cs.run[self.idx] >= self.cs.window
-        return {"t": self.t, "symbols": [self.cs.symbols[i] for i in self.idx.tolist()],
-                "close": self.prices.tolist(), "ret": r.ret.tolist(), "sigma": r.sigma.tolist(),
-                "tsmom": r.tsmom.tolist(), "macd": r.macd.tolist(), "features": r.features.tolist(),
-                "ready": ready.tolist()}
+        run = self.cs.run[self.idx]
+        out = {"t": self.t, "symbols": [self.cs.symbols[i] for i in self.idx.tolist()],
+               "close": self.prices.tolist(), "ret": r.ret.tolist(), "sigma": r.sigma.tolist(),
+               "tsmom": r.tsmom.tolist(), "macd": r.macd.tolist(), "features": r.features.tolist(),
+               "ready": (run >= self.cs.window).tolist()}
+        if self.cs.long_window:
+            out["ready_long"] = (run >= self.cs.long_window).tolist()
+        return out
 
 
 def _is_all(idx: np.ndarray, n: int) -> bool:

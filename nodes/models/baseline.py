@@ -21,7 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dmnflow import Input, Node, Output
 
-__all__ = ["Baseline", "baseline_positions"]
+__all__ = ["UNIVERSE_DOC", "Baseline", "baseline_positions", "in_universe"]
+
+
+UNIVERSE_DOC = ("the Signals mask of the symbols that may hold a position that day (ready: a full window of all "
+                "8 features, the LSTM's; ready_long: a full long window, the Transformer's), so that every "
+                "strategy trades the same asset-days as the models; none: every symbol with a defined signal")
 
 
 class Baseline(Node):
@@ -31,6 +36,7 @@ class Baseline(Node):
         model_config = ConfigDict(extra="forbid")
         signal: Literal["long", "tsmom", "macd"] = Field("tsmom", description="long (always +1), tsmom (sign of "
                                                          "the 12-month return) or macd (Baz et al.)")
+        universe: Literal["ready", "ready_long"] | None = Field(None, description=UNIVERSE_DOC)
 
     signals = Input(dict, doc="Signals: t, symbols, sigma, tsmom, macd, ...")
     positions = Output(dict, doc="Positions: t, symbols, position in [-1, 1], weights")
@@ -40,7 +46,7 @@ class Baseline(Node):
         self.counts = {"days": 0, "undefined": 0}
 
     def on_signals(self, signals: dict[str, Any], ctx: Any) -> None:
-        symbols, position = baseline_positions(signals, self.signal)
+        symbols, position = baseline_positions(signals, self.signal, ctx.params.universe)
         self.counts["undefined"] += len(signals.get("symbols") or []) - len(symbols)
         self.counts["days"] += 1
         ctx.emit("positions", {"t": signals.get("t", ctx.message.event_time), "symbols": symbols,
@@ -50,12 +56,32 @@ class Baseline(Node):
         return {"signal": getattr(self, "signal", None), **getattr(self, "counts", {})}
 
 
-def baseline_positions(signals: dict[str, Any], signal: str) -> tuple[list[str], list[float]]:
-    """The symbols with a defined signal (and volatility) today and their positions in [-1, 1]."""
+def in_universe(signals: dict[str, Any], universe: str | None) -> list[bool] | None:
+    """The Signals field ``universe`` as one bool per symbol; None when no universe is asked for.
+
+    A field that is missing or of the wrong length allows no symbol (the caller counts it):
+    trading everything because a name was misspelt would be the worse failure.
+    """
+    if universe is None:
+        return None
+    symbols = signals.get("symbols") or []
+    mask = signals.get(universe)
+    if not isinstance(mask, list) or len(mask) != len(symbols):
+        return [False] * len(symbols)
+    return [bool(m) for m in mask]
+
+
+def baseline_positions(signals: dict[str, Any], signal: str, universe: str | None = None
+                       ) -> tuple[list[str], list[float]]:
+    """The symbols with a defined signal (and volatility) today, within ``universe`` (a Signals
+    field, see :func:`in_universe`), and their positions in [-1, 1]."""
     symbols, position = [], []
     values = signals.get(signal) if signal != "long" else None
     sigma = signals.get("sigma") or []
+    allowed = in_universe(signals, universe)
     for i, symbol in enumerate(signals.get("symbols") or []):
+        if allowed is not None and not allowed[i]:
+            continue
         x = 1.0 if signal == "long" else _at(values, i)
         if x is None or _at(sigma, i) is None:  # warm-up: no view yet
             continue

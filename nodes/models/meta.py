@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dmnflow import Input, Node, Output, Ports, Tensor
 
-from .baseline import baseline_positions
+from .baseline import UNIVERSE_DOC, baseline_positions, in_universe
 
 __all__ = ["MetaLearner", "SharpeWeighter", "sharpe_weights"]
 
@@ -186,6 +186,7 @@ class MetaLearner(Node):
         strategy: Literal["meta", "long", "tsmom", "macd"] = Field(
             "meta", description="meta: trade the weighted models; long, tsmom, macd: trade that classic baseline "
                                 "instead (the same graph, costs and metrics, for comparison)")
+        universe: Literal["ready", "ready_long"] | None = Field(None, description=UNIVERSE_DOC)
 
         @model_validator(mode="after")
         def _names(self) -> MetaLearner.Params:
@@ -213,7 +214,7 @@ class MetaLearner(Node):
         p = ctx.params
         self.weighter = SharpeWeighter(p.models, p.window, p.warmup, p.scheme, p.temperature, p.floor, p.vol_target)
         self.align = {m: p.align.get(m, "ready") for m in p.models}
-        self.counts = {"days": 0, "unaligned": 0, "missing": 0}
+        self.counts = {"days": 0, "unaligned": 0, "missing": 0, "no_universe": 0}
         self.log = ctx.log
 
     def summary(self) -> dict[str, Any]:
@@ -258,14 +259,25 @@ class MetaLearner(Node):
         signals = values.get("signals")
         if not isinstance(signals, dict):
             return
+        universe = ctx.params.universe
+        if universe is not None and not isinstance(signals.get(universe), list):
+            self.counts["no_universe"] += 1
+            if self.counts["no_universe"] in (1, 100, 10_000):
+                self.log.warning("the Signals have no list %r (params.universe): no symbol may hold a position "
+                                 "(%d times so far)", universe, self.counts["no_universe"])
         if ctx.params.strategy != "meta":  # a baseline in the models' place
-            symbols, position = baseline_positions(signals, ctx.params.strategy)
+            symbols, position = baseline_positions(signals, ctx.params.strategy, universe)
             self.counts["days"] += 1
             ctx.emit("positions", {"t": signals.get("t", ctx.message.event_time), "symbols": symbols,
                                    "position": position, "weights": {ctx.params.strategy: 1.0}})
             return
         preds = {m: self._aligned(m, values.get(m), signals, ctx) for m in ctx.params.models}
         symbols, position, weights = self.weighter.step(signals, preds)
+        allowed = in_universe(signals, universe)
+        if allowed is not None:
+            keep = {s for s, ok in zip(signals.get("symbols") or [], allowed, strict=True) if ok}
+            symbols, position = [s for s in symbols if s in keep], [x for s, x in zip(symbols, position, strict=True)
+                                                                    if s in keep]
         self.counts["days"] += 1
         ctx.emit("positions", {"t": signals.get("t", ctx.message.event_time), "symbols": symbols,
                                "position": position, "weights": weights,

@@ -326,7 +326,7 @@ def out_of_sample(result: FitResult, panel: Panel, start: Any, end: Any, cost_bp
     out = {}
     for name, pos in base.items():
         pos = np.where(in_range[:, None], pos, np.nan)
-        r, turn = strategy_returns(panel, pos, cost_bps), turnover(panel, pos).mean()
+        r, turn = strategy_returns(panel, pos, cost_bps)[in_range], turnover(panel, pos)[in_range].mean()
         out[name] = {k: round(v, 4) for k, v in figures(r).items()}
         out[name]["turnover"] = round(float(turn * 252), 2)  # per year, in units of 0.15 * |d(X/sigma)|
         out[name]["break_even_bps"] = round(float(r.mean() / turn * 1e4), 2) if turn > 0 else math.nan

@@ -52,8 +52,13 @@ def blocks(first_test: int, step: int, last_date: Any) -> list[tuple[str, str | 
 
 
 def run_walkforward(closes: Any, configs: dict[str, TrainConfig], first_test: int = 1995, step: int = 5,
-                    costs: tuple[float, ...] = (0, 1, 2, 3, 5), log: Any = print) -> dict[str, Any]:
-    """Train and test every model block by block; score models and baselines. A JSON-able dict."""
+                    costs: tuple[float, ...] = (0, 1, 2, 3, 5), log: Any = print, universe: int | None = None,
+                    delays: tuple[int, ...] = (1,)) -> dict[str, Any]:
+    """Train and test every model block by block; score models and baselines. A JSON-able dict.
+
+    ``universe``: the days of all 8 features an asset-day needs to be traded (default: the
+    longest window of the models, at least 63); ``delays``: extra days between signal and
+    trade to score at zero cost, besides the paper's none."""
     began = time.perf_counter()
     panel = build_panel(closes)
     log(f"features for {closes.shape[1]} markets, {closes.index[0].date()} .. {closes.index[-1].date()} "
@@ -76,13 +81,15 @@ def run_walkforward(closes: Any, configs: dict[str, TrainConfig], first_test: in
             log(f"{name} test {start} .. {end or 'end'}: {result.train_windows} windows, best epoch "
                 f"{result.best_epoch}/{result.epochs_run}, valid Sharpe {result.valid_sharpe:.2f}, {seconds:.0f}s")
         positions[name] = pos
-    # the common universe: asset-days with a full 63-day window of features, from the first test date on
-    on = panel.window_ready(63) & (panel.dates >= np.datetime64(plan[0][0]))[:, None]
+    # the common universe: asset-days with a full window of features for every model, from the first test date on
+    universe = universe or max([63, *(c.window for c in configs.values())])
+    on = panel.window_ready(universe) & (panel.dates >= np.datetime64(plan[0][0]))[:, None]
     for pos in positions.values():
         on &= np.isfinite(pos)
     strategies = {"long_only": np.ones_like(panel.sigma), "tsmom": panel.tsmom, "macd": panel.macd, **positions}
     table: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     turns: dict[str, dict[str, dict[str, float]]] = {}
+    delayed: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for name, pos in strategies.items():
         masked = np.where(on & np.isfinite(pos), pos, np.nan)
         gross, turn = strategy_returns(panel, masked, 0.0), turnover(panel, masked)
@@ -96,8 +103,13 @@ def run_walkforward(closes: Any, configs: dict[str, TrainConfig], first_test: in
             r = strategy_returns(panel, masked, cost)
             table[name][_bps(cost)] = {period: {k: round(v, 4) for k, v in figures(r, a, b).items()}
                                        for period, (a, b) in PERIODS.items()}
+        for delay in dict.fromkeys((0, *delays)) if delays else ():
+            r = strategy_returns(panel, masked, 0.0, delay)
+            delayed.setdefault(str(delay), {})[name] = {period: {k: round(v, 4) for k, v in figures(r, a, b).items()}
+                                                        for period, (a, b) in PERIODS.items()}
     return {"markets": closes.shape[1], "data_end": str(closes.index[-1].date()), "blocks": plan,
-            "costs_bps": list(costs), "configs": {k: c.model_dump() for k, c in configs.items()},
+            "universe": universe, "delayed": delayed, "costs_bps": list(costs),
+            "configs": {k: c.model_dump() for k, c in configs.items()},
             "trained": trained, "figures": table, "turnover": turns, "seconds": round(time.perf_counter() - began, 1)}
 
 
@@ -112,8 +124,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
     lines = [f"Command: `{command}`  ", f"Runtime: {results['seconds']:.0f} s (one torch thread; 2 CPU cores shared "
              "with other work); "
              f"{results['markets']} markets, data to {results['data_end']}; test blocks "
-             + ", ".join(f"{a[:4]}–{(str(int(b[:4]) - 1)) if b else 'end'}" for a, b in results["blocks"]) + ".",
-             ""]
+             + ", ".join(f"{a[:4]}–{(str(int(b[:4]) - 1)) if b else 'end'}" for a, b in results["blocks"])
+             + f"; universe: asset-days with {results.get('universe', 126)} days of all 8 features.", ""]
     for period in PERIODS:
         lines += [f"**{period}** (15% vol; figures per cost in bps)", "",
                   "| strategy | cost (bps) | Sharpe | Sortino | Calmar | MDD | paper Sharpe | turnover / yr | "
@@ -130,6 +142,20 @@ def markdown(results: dict[str, Any], command: str) -> str:
                              f"{_f(f['calmar'])} | {_f(f['mdd'], pct=True)} | {'' if paper is None else paper} | "
                              f"{extra} |")
         lines.append("")
+    by_delay = results.get("delayed", {})
+    for delay, per_name in by_delay.items():
+        if delay == "0":
+            continue
+        lines += [f"**{delay} more day{'s' if delay != '1' else ''} between signal and trade** (cost 0; Sharpe, "
+                  "the same positions traded a close later)", "",
+                  "| strategy | " + " | ".join(f"{p} (no delay) | {p} (delayed)" for p in PERIODS) + " |",
+                  "|---|" + "---:|" * (2 * len(PERIODS))]
+        for name, per in per_name.items():
+            cells = [f"{_f(by_delay['0'][name][p]['sharpe'])} | {_f(per[p]['sharpe'])}" for p in PERIODS]
+            lines.append(f"| {names.get(name, name)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if not results["trained"]:
+        return "\n".join(lines) + "\n"
     lines += ["Training per block:", "", "| model | test block | training windows | validation from | best/run "
               "epochs | validation Sharpe | seconds |", "|---|---|---:|---|---:|---:|---:|"]
     for t in results["trained"]:
@@ -158,7 +184,7 @@ def write_doc(path: Path, block: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m nodes.models.walkforward", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--models", default="lstm", help="comma-separated: lstm, transformer")
+    ap.add_argument("--models", default="lstm", help="comma-separated: lstm, transformer; none: the baselines only")
     ap.add_argument("--first-test", type=int, default=1995, help="first test year (the paper: 1995)")
     ap.add_argument("--step", type=int, default=5, help="years per test block (retrain every this many years)")
     ap.add_argument("--costs", default="0,1,2,3,5", help="costs in bps per unit of turnover")
@@ -173,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tf-window", type=int, default=126, help="the Transformer's window (the graph's long windows)")
     ap.add_argument("--tf-batch", type=int, default=64, help="the Transformer's windows per batch (smaller "
                                                             "batches of long windows run faster on a CPU)")
+    ap.add_argument("--universe", type=int, help="days of all 8 features an asset-day needs to be traded (default: "
+                                                 "the longest model window, at least 63)")
+    ap.add_argument("--delays", default="1", help="extra days between signal and trade to score too (cost 0), "
+                                                "comma-separated; empty: none")
     ap.add_argument("--json", help="write every figure as JSON here")
     ap.add_argument("--doc", help="replace the walk-forward block of this markdown file (docs/dmn/backtest.md)")
     ap.add_argument("--from-json", help="render the tables from a previous run's --json file instead of running")
@@ -186,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     common = {"seed": args.seed, "epochs": args.epochs, "patience": args.patience, "batch": args.batch}
     configs: dict[str, TrainConfig] = {}
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for name in [m.strip() for m in args.models.split(",") if m.strip() and m.strip() != "none"]:
         if name == "lstm":
             configs[name] = TrainConfig(model="lstm", window=63, hidden=args.hidden, max_windows=args.max_windows,
                                         **common)
@@ -203,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
     else:
-        results = run_walkforward(closes(), configs, args.first_test, args.step, costs, log)
+        delays = tuple(int(d) for d in args.delays.split(",") if d.strip())
+        results = run_walkforward(closes(), configs, args.first_test, args.step, costs, log, args.universe, delays)
         results["command"] = "python -m nodes.models.walkforward " + shlex.join(sys.argv[1:] if argv is None else argv)
     table = markdown(results, results.get("command", "(not recorded)"))
     print(table)

@@ -4,20 +4,54 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dmnflow import Input, Node, Output
 from nodes.support import RateLimitedLog, event_time_of
 
 from .metrics import TRADING_DAYS, RunningStats, performance
 
-__all__ = ["LatencyWindow", "Performance", "jsonable"]
+__all__ = ["LatencyWindow", "Performance", "Window", "jsonable"]
+
+_DATE = r"^\d{4}-\d{2}-\d{2}$"
+_DAY_NS = 86_400 * 1_000_000_000
+
+
+class Window(BaseModel):
+    """A period of the figures: dates, both inclusive; null leaves that side open."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: str | None = Field(None, pattern=_DATE, description="first day measured (YYYY-MM-DD)")
+    end: str | None = Field(None, pattern=_DATE, description="last day measured (YYYY-MM-DD), inclusive")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _date(cls, value: str | None) -> str | None:
+        return _check_date(value)
+
+
+def _check_date(value: str | None) -> str | None:
+    """A real calendar date (the pattern alone lets 2015-02-30 through)."""
+    if value is not None:
+        try:
+            _dt.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+    return value
+
+
+def _day_ns(date: str | None) -> int | None:
+    """Midnight UTC of ``date`` in ns (the event time of a daily bar), or None."""
+    if date is None:
+        return None
+    return int(_dt.datetime.fromisoformat(date).replace(tzinfo=_dt.UTC).timestamp()) * 1_000_000_000
 
 
 class LatencyWindow:
@@ -75,9 +109,37 @@ class Performance(Node):
             False, description="add latency p50/p99 to emitted metrics (not deterministic)")
         latency_window: int = Field(100_000, ge=1, description="latencies kept for the percentiles")
         title: str = Field("Strategy equity", description="title of the equity PNG")
-        start: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$",
+        start: str | None = Field(None, pattern=_DATE,
                                   description="count from this day (YYYY-MM-DD): a replay that starts earlier to "
                                               "warm its features up is measured from here; none: from the first")
+        end: str | None = Field(None, pattern=_DATE,
+                                description="count up to this day, inclusive (YYYY-MM-DD): later Accounts are not "
+                                            "measured (an in-sample window); none: to the last")
+        windows: dict[str, Window] = Field(
+            default_factory=dict, description="more named periods, each {start, end} (dates, inclusive; null: "
+                                              "open), whose figures the summary reports as <name>.<figure> "
+                                              "(in_sample.sharpe): e.g. in_sample and held_out from one run")
+
+        @field_validator("start", "end")
+        @classmethod
+        def _date(cls, value: str | None) -> str | None:
+            return _check_date(value)
+
+        @field_validator("windows")
+        @classmethod
+        def _names(cls, windows: dict[str, Window]) -> dict[str, Window]:
+            bad = [n for n in windows if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+            if bad:
+                raise ValueError(f"window names must be identifiers (letters, digits, _), got {bad}")
+            return windows
+
+        @model_validator(mode="after")
+        def _order(self) -> Performance.Params:
+            for name, (a, b) in {"": (self.start, self.end),
+                                 **{f"windows.{k}.": (w.start, w.end) for k, w in self.windows.items()}}.items():
+                if a is not None and b is not None and a > b:
+                    raise ValueError(f"{name}start {a} is after {name}end {b}")
+            return self
 
     account = Input(dict, doc="Account: t, equity, cash, positions, gross, pnl, traded")
     fills = Input(dict, optional=True, doc="Fills, for tick-to-trade latency and (without traded) turnover")
@@ -86,8 +148,11 @@ class Performance(Node):
     def setup(self, ctx: Any) -> None:
         p = ctx.params
         self.p = p
-        self.start_ns = (None if p.start is None else
-                         int(_dt.datetime.fromisoformat(p.start).replace(tzinfo=_dt.UTC).timestamp()) * 1_000_000_000)
+        self.start_ns = _day_ns(p.start)
+        end = _day_ns(p.end)
+        self.end_ns = None if end is None else end + _DAY_NS  # the first event time after the end day
+        self.history: tuple[list[int], list[float], list[float]] = ([], [], [])  # every Account, for windows
+        self.capital = math.nan
         self.before: tuple[int, float, float] | None = None
         self.log = RateLimitedLog(ctx.log)
         self.t: list[int] = []
@@ -100,7 +165,7 @@ class Performance(Node):
         self.since_emit = 0
         self.seeded = False  # the first point is the starting capital
         self.counts = dict.fromkeys(("accounts", "fills_messages", "fills", "bad_accounts", "out_of_order",
-                                     "replaced", "bad_fills", "before_start"), 0)
+                                     "replaced", "bad_fills", "before_start", "after_end"), 0)
 
     # -- inputs ----------------------------------------------------------------------------
     def on_fills(self, msg: dict, ctx: Any) -> None:
@@ -133,6 +198,13 @@ class Performance(Node):
         traded = _num(acc.get("traded"))
         if traded != traded:
             traded = self.fill_notional
+        if self.capital != self.capital:
+            self.capital = equity - _num(acc.get("pnl"))
+        if self.p.windows:
+            _record(self.history, t, equity, traded)
+        if self.end_ns is not None and t >= self.end_ns:  # past the measured period
+            c["after_end"] += 1
+            return
         if self.start_ns is not None and t < self.start_ns:  # warm-up: remembered as the base, not measured
             self.before = (t, equity, traded)
             c["before_start"] += 1
@@ -198,8 +270,26 @@ class Performance(Node):
         traded = np.diff(cum, prepend=cum[:1]) if cum.size else cum
         return performance(eq, traded, self.p.periods_per_year)
 
+    def window(self, start: str | None, end: str | None) -> dict[str, float]:
+        """The figures of one period (``params.windows``): the Accounts from ``start`` to ``end``
+        (inclusive), with the last one before ``start`` (else the starting capital) as the base."""
+        ts, eq, tr = (np.asarray(v, dtype=np.float64 if i else np.int64) for i, v in enumerate(self.history))
+        lo, hi = _day_ns(start), _day_ns(end)
+        a = 0 if lo is None else int(np.searchsorted(ts, lo, side="left"))
+        b = ts.size if hi is None else int(np.searchsorted(ts, hi + _DAY_NS, side="left"))
+        if a > 0:
+            equity, traded = eq[a - 1:b], tr[a - 1:b]
+        elif self.capital == self.capital:
+            equity, traded = np.concatenate([[self.capital], eq[:b]]), np.concatenate([[0.0], tr[:b]])
+        else:
+            equity, traded = eq[:b], tr[:b]
+        if not equity.size:
+            return {}
+        return performance(equity, np.diff(traded, prepend=traded[:1]), self.p.periods_per_year)
+
     def summary(self) -> dict[str, Any]:
-        """All metrics, latency and counters as one flat JSON-able dict (None: undefined)."""
+        """All metrics, latency and counters as one flat JSON-able dict (None: undefined); the
+        figures of each of ``params.windows`` as ``<name>.<figure>``."""
         if not hasattr(self, "counts"):  # asked before setup
             return {}
         out: dict[str, Any] = {}
@@ -207,6 +297,8 @@ class Performance(Node):
             out.update(self.report())
         out.update(self._latency())
         out.update(latency_samples=self.fill_latency.n, **self.counts)
+        for name, w in self.p.windows.items():
+            out.update({f"{name}.{k}": v for k, v in self.window(w.start, w.end).items()})
         return jsonable(out)
 
     def teardown(self, ctx: Any) -> None:
@@ -215,6 +307,19 @@ class Performance(Node):
                 write_equity_png(Path(self.p.equity_png), self.t, self.equity, self.p.title)
             except OSError as exc:
                 ctx.log.warning("could not write the equity curve to %s: %s", self.p.equity_png, exc)
+
+
+def _record(history: tuple[list[int], list[float], list[float]], t: int, equity: float, traded: float) -> None:
+    """One point per event time (a later Account for the same time replaces it; an earlier one is ignored)."""
+    ts, eq, tr = history
+    if ts and t < ts[-1]:
+        return
+    if ts and t == ts[-1]:
+        eq[-1], tr[-1] = equity, traded
+        return
+    ts.append(t)
+    eq.append(equity)
+    tr.append(traded)
 
 
 def _num(value: Any) -> float:

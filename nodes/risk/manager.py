@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,10 +59,14 @@ class RiskManager(Node):
        targeting; the portfolio is the mean over the active assets);
     2. ``|w_i| <= max_weight``; then, when ``sum |w_i| > max_gross``, every weight scales
        down by the same factor;
-    3. a kill switch on the strategy's own equity: each event time the previous targets
+    3. with ``delay`` > 0 the weights computed now are emitted ``delay`` event times later,
+       with the closes of that day (the trade happens a close after the signal: how much of a
+       strategy's return lives on the close it was computed from);
+    4. a kill switch on the strategy's own equity: each event time the previous targets
        earn the Signals' realised returns, ``E_t = E_{t-1} (1 + sum_i w_{t-1,i} r_{t,i})``;
        when ``1 - E_t / max E`` exceeds ``max_drawdown`` every target is 0 and ``killed``
-       is true, until ``reset_after`` event times have passed (never, by default).
+       is true, until ``reset_after`` event times have passed (never, by default). It acts on
+       the day it trips, delay or not.
 
     A NaN or missing position or sigma, a sigma <= 0, a symbol missing from the Signals or
     outside ``universe``: weight 0, counted. An event time at or before the last one: the
@@ -80,6 +85,9 @@ class RiskManager(Node):
             None, ge=1, description="event times a kill lasts (then the peak restarts); none: stays killed")
         sigma_floor: float = Field(0.0, ge=0, description="sigma below this is raised to it (0: no floor)")
         universe: list[str] | None = Field(None, description="symbols allowed to hold; none: every symbol")
+        delay: int = Field(0, ge=0, le=10_000, description="event times between the positions and the targets "
+                                                           "sized from them: 0 trades at the close the signal was "
+                                                           "computed on (the paper's backtest), 1 at the next close")
 
     positions = Input(dict, doc="Positions: t, symbols, position in [-1, 1], weights")
     signals = Input(dict, doc="Signals: t, symbols, close, ret, sigma, ...")
@@ -98,6 +106,7 @@ class RiskManager(Node):
         self.killed_for = 0
         self.prev_syms: list[str] = []
         self.prev_w = np.zeros(0)
+        self.pipeline: deque[tuple[list[str], np.ndarray]] = deque()  # weights waiting out the delay
         self._sig_syms: list[str] | None = None
         self._sig_index: dict[str, int] = {}
         self._pos_syms: list[str] | None = None
@@ -133,8 +142,12 @@ class RiskManager(Node):
     def _prev_index(self) -> np.ndarray:
         if self.prev_syms is self._pos_syms:
             return self._idx
+        return self._index_of(self.prev_syms)
+
+    def _index_of(self, symbols: list[str]) -> np.ndarray:
+        """Index of each symbol in today's Signals (-1: absent)."""
         index = self._sig_index
-        return np.fromiter((index.get(s, -1) for s in self.prev_syms), dtype=np.intp, count=len(self.prev_syms))
+        return np.fromiter((index.get(s, -1) for s in symbols), dtype=np.intp, count=len(symbols))
 
     # -- the handler ---------------------------------------------------------------------
     def on_join(self, values: dict[str, Any], ctx: Any) -> None:
@@ -198,14 +211,23 @@ class RiskManager(Node):
             w *= scale
             gross = p.max_gross
             c["gross_scaled"] += 1
+        syms: list[str] = self._pos_syms  # type: ignore[assignment]
+        if p.delay:
+            self.pipeline.append((syms, w))
+            if len(self.pipeline) > p.delay:
+                syms, w = self.pipeline.popleft()
+                idx = self._index_of(syms)
+                gross = float(np.abs(w).sum())
+            else:
+                syms, w, idx, gross = [], np.zeros(0), np.zeros(0, dtype=np.intp), 0.0
         if self.killed:
-            w[:] = 0.0
+            w = np.zeros_like(w)
             gross = 0.0
             c["killed_steps"] += 1
-        self.prev_syms, self.prev_w = self._pos_syms, w  # type: ignore[assignment]
+        self.prev_syms, self.prev_w = syms, w
         drawdown = 1.0 - self.equity / self.peak if self.peak > 0 else 1.0
         ctx.emit("targets", {
-            "t": t, "symbols": self._pos_syms, "weight": w.tolist(), "killed": self.killed,
+            "t": t, "symbols": syms, "weight": w.tolist(), "killed": self.killed,
             "close": _take(close, idx).tolist(),
             "equity": self.equity, "drawdown": drawdown, "gross": gross, "scale": scale,
         })

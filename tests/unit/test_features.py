@@ -194,6 +194,9 @@ def test_node_windows_are_the_reference_features_in_bars_panel_and_ticks_modes()
     assert last["sigma"] == pytest.approx(ref.ewm_vol(closes, annualise=True).iloc[-1].tolist(), rel=1e-9)
     assert last["tsmom"] == ref.tsmom_signal(closes).iloc[-1].tolist()
     assert last["ready"] == [True] * 4 and len(last["features"]) == 4 and len(last["features"][0]) == 8
+    # ready_long marks the long windows' symbols, as ready marks the windows' ones
+    assert sum(s[0]["ready_long"] == [True] * 4 for s in signals) == len(longs)
+    assert all(not any(s[0]["ready_long"]) for s in signals[:-len(longs)])
 
 
 def _bar(symbol: str, day: int, close: float) -> dict[str, Any]:

@@ -160,13 +160,27 @@ def test_strategy_returns_by_hand(panel) -> None:
     pos = np.where(panel.window_ready(20), 1.0, np.nan)
     r0 = strategy_returns(panel, pos, 0.0)
     r5 = strategy_returns(panel, pos, 5.0)
-    d = panel.dates.get_loc(r0.index[10])
-    active = np.isfinite(pos[d]) & np.isfinite(panel.next_ret[d])
-    expected = np.mean(0.15 / panel.sigma[d, active] * panel.next_ret[d, active])
-    assert r0.iloc[10] == pytest.approx(expected, rel=1e-12)
+    assert r0.index.equals(panel.dates)  # every day, as an account marked daily
+    first = int(np.argmax(np.isfinite(pos).any(axis=1)))
+    assert (r0.iloc[:first + 1] == 0).all()  # nothing held yet: flat (the first trade earns from the next day)
+    d = first + 10  # the return earned on day d is the mean over the assets held at the close before
+    held = np.isfinite(pos[d - 1]) & np.isfinite(panel.sigma[d - 1])
+    assert (panel.next_date[d - 1, held] == panel.dates[d].to_datetime64()).all()  # no gaps in this market
+    expected = np.mean(0.15 / panel.sigma[d - 1, held] * panel.next_ret[d - 1, held])
+    assert r0.iloc[d] == pytest.approx(expected, rel=1e-12)
     assert (r5 <= r0 + 1e-15).all() and (r5 < r0).any()  # costs only ever subtract (entering, vol changes)
-    f = figures(r0)
+    f = figures(r0.iloc[first + 1:])
     assert f["ann_vol"] == pytest.approx(0.15) and f["mdd"] >= 0
+
+
+def test_a_delay_trades_the_same_weights_a_day_later(panel) -> None:
+    pos = np.where(panel.window_ready(20), np.sign(panel.tsmom), np.nan)
+    now, late = strategy_returns(panel, pos, 0.0), strategy_returns(panel, pos, 0.0, delay=1)
+    d = int(np.argmax(np.isfinite(pos).any(axis=1))) + 30
+    held = np.isfinite(pos[d - 2]) & np.isfinite(panel.sigma[d - 2])
+    weight = pos[d - 2, held] * 0.15 / panel.sigma[d - 2, held] / held.sum()  # decided two closes before
+    assert late.iloc[d] == pytest.approx(float(weight @ panel.next_ret[d - 1, held]), rel=1e-12)
+    assert not np.allclose(now.to_numpy(), late.to_numpy())
 
 
 def test_predict_positions_equals_the_exported_head(panel) -> None:

@@ -144,3 +144,19 @@ def test_rows_that_name_their_symbols_in_the_joined_message_are_aligned_by_name(
     assert position["C"] == pytest.approx(0.5)  # the LSTM's first row is C's, and only it has a view of C
     assert -0.25 < position["A"] < 1.0  # A: a weighted mean of the LSTM's -0.25 and the Transformer's 1.0
     assert "B" not in position  # no model predicted B
+
+
+@pytest.mark.parametrize("strategy", ["meta", "long", "tsmom", "macd"])
+def test_a_universe_keeps_every_strategy_to_the_same_asset_days(strategy: str) -> None:
+    node, ctx = make({"models": ["lstm"], "strategy": strategy, "universe": "ready_long"})
+    sig = signals(1, ["A", "B", "C"], [0.0] * 3, [0.2] * 3, ready=[True, True, True],
+                  ready_long=[False, True, True], tsmom=[1.0, -1.0, 1.0], macd=[0.3, float("nan"), -0.2])
+    node.on_join({"lstm": col([0.4, -0.6, 0.1]), "signals": sig}, ctx)
+    out = ctx.out["positions"][-1]
+    want = {"meta": (["B", "C"], [-0.6, 0.1]), "long": (["B", "C"], [1.0, 1.0]),
+            "tsmom": (["B", "C"], [-1.0, 1.0]), "macd": (["C"], [-0.2])}[strategy]  # B's MACD is not defined yet
+    assert out["symbols"] == want[0] and out["position"] == pytest.approx(want[1], abs=1e-7)
+    # Signals without the mask: nobody trades (a misconfigured mask must not trade everything), counted
+    node.on_join({"lstm": col([0.4, -0.6, 0.1]), "signals": signals(2, ["A", "B", "C"], [0.0] * 3, [0.2] * 3,
+                                                                      tsmom=[1.0] * 3, macd=[0.1] * 3)}, ctx)
+    assert ctx.out["positions"][-1]["symbols"] == [] and node.summary()["no_universe"] == 1

@@ -228,3 +228,42 @@ def test_performance_measures_from_start_with_the_day_before_as_the_base():
     assert late.counts["before_start"] == 3 and got["periods"] == 2
     assert got["total_return"] == pytest.approx(108.9 / 90.0 - 1)  # the base is 2000-01-03's equity
     assert want["total_return"] == pytest.approx(108.9 / 100.0 - 1)  # without start: the starting capital
+
+
+def test_performance_end_and_named_windows_measure_their_own_days():
+    from pydantic import ValidationError
+
+    from nodes.monitoring import Performance
+
+    day = 86_400 * 10**9
+    t0 = 10_957 * day  # 2000-01-01
+    equity = [100.0, 120.0, 90.0, 99.0, 108.9, 98.01]
+    accounts = [{"t": t0 + i * day, "equity": e, "pnl": e - 100.0, "traded": 10.0 * i} for i, e in enumerate(equity)]
+    node = Performance()
+    windows = {"in_sample": {"end": "2000-01-03"}, "held_out": {"start": "2000-01-04", "end": "2000-01-05"},
+               "empty": {"start": "2001-01-01"}}
+    run_node(Performance, node=node, params={"start": "2000-01-02", "end": "2000-01-04", "windows": windows},
+             inputs=[("account", a) for a in accounts])
+    got = node.summary()
+    assert node.counts["before_start"] == 1 and node.counts["after_end"] == 2 and got["periods"] == 3
+    assert got["total_return"] == pytest.approx(99.0 / 100.0 - 1)  # 2000-01-02 .. 04 on the base of 01-01
+    assert got["sharpe"] == pytest.approx(m.sharpe(m.returns_from_equity([100.0, 120.0, 90.0, 99.0])))
+    # no Account before it: the starting capital is the base, so the first day (flat) counts
+    assert got["in_sample.periods"] == 3 and got["in_sample.total_return"] == pytest.approx(90.0 / 100.0 - 1)
+    assert got["held_out.periods"] == 2 and got["held_out.total_return"] == pytest.approx(108.9 / 90.0 - 1)
+    assert got["held_out.turnover"] == pytest.approx((10.0 / 90.0 + 10.0 / 99.0) / 2 * 252)
+    assert got["empty.periods"] == 0 and got["empty.sharpe"] is None
+    json.dumps(got, allow_nan=False)  # strict JSON, windows included
+    with pytest.raises(ValidationError, match="identifiers"):
+        Performance.Params.model_validate({"windows": {"held.out": {}}})
+
+
+def test_performance_rejects_a_window_that_ends_before_it_starts():
+    from pydantic import ValidationError
+
+    from nodes.monitoring import Performance
+
+    with pytest.raises(ValidationError, match="windows.x.start 2001-01-01 is after windows.x.end 2000-01-01"):
+        Performance.Params.model_validate({"windows": {"x": {"start": "2001-01-01", "end": "2000-01-01"}}})
+    with pytest.raises(ValidationError, match="not a date"):
+        Performance.Params.model_validate({"end": "2015-02-30"})

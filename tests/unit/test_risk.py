@@ -177,3 +177,22 @@ def test_same_inputs_same_outputs() -> None:
         runs.append((ctx.out["targets"], node.summary()))
     assert runs[0] == runs[1]
     assert runs[0][1]["emitted"] == 59
+
+
+def test_a_delay_emits_the_weights_of_earlier_signals_at_todays_closes() -> None:
+    node, ctx = make({**NO_LIMITS, "delay": 1})
+    node.on_join(pair(1, ["A", "B"], [1.0, -1.0], [0.15, 0.30], close=[10.0, 20.0]), ctx)
+    node.on_join(pair(2, ["A", "B", "C"], [0.5, 0.5, 0.5], [0.15, 0.15, 0.15], close=[11.0, 21.0, 31.0],
+                      ret=[0.1, 0.05, 0.0]), ctx)
+    first, second = ctx.out["targets"]
+    assert first["symbols"] == [] and first["weight"] == [] and first["gross"] == 0.0  # nothing decided before
+    assert second["t"] == 2 and second["symbols"] == ["A", "B"]  # day 1's decision ...
+    assert second["weight"] == pytest.approx([0.5, -0.25], abs=1e-15)
+    assert second["close"] == [11.0, 21.0]  # ... traded at day 2's closes
+    node.on_join(pair(3, ["A", "C"], [0.0, 0.0], [0.15, 0.15], close=[12.0, 32.0], ret=[0.1, 0.0],
+                      sig_symbols=["A", "C"]), ctx)
+    third = ctx.out["targets"][-1]
+    assert third["symbols"] == ["A", "B", "C"] and third["weight"] == pytest.approx([1 / 6] * 3)
+    assert third["close"][0] == 12.0 and math.isnan(third["close"][1])  # B has no price today: it is kept
+    # the kill switch's equity follows what was traded: day 2's targets earn day 3's return of A (B has none)
+    assert node.equity == pytest.approx(1.0 + 0.5 * 0.1) and node.counts["missing_return"] == 1
