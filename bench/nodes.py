@@ -214,3 +214,78 @@ def exact_us(latencies_ns: list[int]) -> dict[str, float]:
         return (xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)) / 1e3
 
     return {"exact_p50_us": round(q(0.5), 1), "exact_p99_us": round(q(0.99), 1)}
+
+
+class RttPing(_Bench):
+    """Back-to-back round trips: sends a payload, waits for it to come back on ``back``, sends
+    the next at once; keeps every round trip (``time.perf_counter_ns``) and writes p50/p99.
+
+    A source whose generator yields ``None`` (a turn of the worker) while it waits, so the
+    worker reads ``back`` between two pings: the ping side spins, as a raw ping that polls
+    its socket without blocking does (``bench/rtt.py`` measures raw pyzmq both ways).
+    """
+
+    class Params(_Common):
+        count: int = Field(2000, ge=1)
+        warmup: int = Field(200, ge=0, description="round trips not counted (caches, first connections)")
+        size: int = Field(64, ge=4)
+        kind: Literal["bytes", "tensor"] = "bytes"
+
+    back = Input(Any)
+    out = Output(Any)
+
+    @classmethod
+    def ports(cls, params: BaseModel) -> Ports:
+        kind = getattr(params, "kind", "bytes")
+        tp: Any = Tensor("float32", shape=(None,)) if kind == "tensor" else bytes
+        out, back = Output(tp), Input(tp)
+        out.name, back.name = "out", "back"
+        return Ports({"back": back}, {"out": out})
+
+    def setup(self, ctx: Any) -> None:
+        super().setup(ctx)
+        self.waiting = False
+        self.rtts: list[int] = []
+
+    def on_back(self, value: Any, ctx: Any) -> None:
+        self.rtts.append(time.perf_counter_ns() - self.t0)
+        self.waiting = False
+
+    def run(self, ctx: Any) -> Iterator[tuple[str, Any] | None]:
+        p = ctx.params
+        if p.kind == "tensor":
+            import numpy as np
+
+            payload: Any = np.arange(p.size // 4, dtype=np.float32)
+        else:
+            payload = bytes(range(256)) * (p.size // 256) + bytes(p.size % 256)
+        for _ in range(p.warmup + p.count):
+            self.waiting = True
+            self.t0 = time.perf_counter_ns()
+            yield "out", payload
+            while self.waiting:
+                yield None  # a turn: the worker reads `back`
+        del self.rtts[: p.warmup]
+
+    def teardown(self, ctx: Any) -> None:
+        self.result(ctx, **exact_us(self.rtts), n=len(self.rtts))
+
+
+class Pong(_Bench):
+    """Sends back what it receives."""
+
+    class Params(_Common):
+        kind: Literal["bytes", "tensor"] = "bytes"
+
+    x = Input(Any)
+    y = Output(Any)
+
+    @classmethod
+    def ports(cls, params: BaseModel) -> Ports:
+        tp: Any = Tensor("float32", shape=(None,)) if getattr(params, "kind", "bytes") == "tensor" else bytes
+        x, y = Input(tp), Output(tp)
+        x.name, y.name = "x", "y"
+        return Ports({"x": x}, {"y": y})
+
+    def on_x(self, value: Any, ctx: Any) -> None:
+        ctx.emit("y", value)

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import zmq
+from msgpack import unpackb
 
 from ..codecs import Decoder
 from ..errors import DecodeError
@@ -35,6 +35,7 @@ from .wire import (
     META,
     RAW,
     SEND_NS,
+    SEP,
     SEQ,
     SRC,
     UNPACK,
@@ -207,25 +208,42 @@ class Inlet:
         try:
             while count < limit:
                 try:
-                    first = recv(_NOWAIT, copy=False)
+                    first = recv(_NOWAIT)  # bytes: a copy is cheaper than a Frame for the small first frame
                 except zmq.Again:
                     return
                 now = time.time_ns()
                 count += 1
                 if stream is not None:
                     stream[2] += 1  # consumed, whatever it turns out to be: credit never leaks
-                if not first.more:  # one frame: records coalesced by a push output
-                    count += yield from self._batch(sock, first.buffer, now)
-                    continue
-                parts = [first]
-                while parts[-1].more:  # Frame.more, not a getsockopt(RCVMORE) per frame
-                    parts.append(recv(0, copy=False))
-                frames = [first.bytes, *(f.buffer for f in parts[1:])] if self.zero_copy else [f.bytes for f in parts]
-                topic = frames[0][strip:] if strip else frames[0]
-                try:
-                    header = msgpack.unpackb(frames[1], **UNPACK) if len(frames) > 1 else None
-                except Exception:
-                    header = None
+                cut = first.find(SEP)
+                if cut >= 0:  # one frame: `topic SEP [*header, payload]`, or a batch (no topic)
+                    try:
+                        header = unpackb(memoryview(first)[cut + 1:], **UNPACK)
+                    except Exception:
+                        self._junk(sock)
+                        continue
+                    if type(header) is list and len(header) == 4 and header[0] == BATCH:
+                        count += yield from self._batch(sock, header, now)
+                        continue
+                    if type(header) is not list or len(header) != 11:
+                        self._junk(sock)
+                        continue
+                    inline = header.pop()
+                    payload = [] if inline is None else [inline]
+                    topic = first[strip:cut]
+                else:  # the long form: [topic, header, *payload], payload frames used in place
+                    if not sock.rcvmore:
+                        self._junk(sock)
+                        continue
+                    parts = [recv(0, copy=False)]
+                    while parts[-1].more:  # Frame.more, not a getsockopt(RCVMORE) per frame
+                        parts.append(recv(0, copy=False))
+                    topic = first[strip:]
+                    try:
+                        header = unpackb(parts[0].buffer, **UNPACK)
+                    except Exception:
+                        header = None
+                    payload = [f.buffer for f in parts[1:]] if self.zero_copy else [f.bytes for f in parts[1:]]
                 if not check_header(header):
                     self._junk(sock)
                     continue
@@ -267,7 +285,7 @@ class Inlet:
                 if header[EVENT_TIME] is not None and not self._time_ok(header[EVENT_TIME]):
                     mv[base + DECODE_ERRORS] += 1
                     continue
-                meta, payload = header[META], frames[2:]
+                meta = header[META]
                 try:
                     if type(meta) is list and len(meta) == 6 and meta[0] == "shm":
                         if self.connects_tcp(source.edge):
@@ -298,12 +316,12 @@ class Inlet:
         with contextlib.suppress(zmq.ZMQError):
             sock.send(RAW + control(b"credit", stream[0], self.link.token, self.inc, stream[2]), zmq.NOBLOCK)
 
-    def _batch(self, sock: zmq.Socket, body: Any, now: int) -> Iterator[tuple[Any, list[Any]]]:
+    def _batch(self, sock: zmq.Socket, batch: list[Any], now: int) -> Iterator[tuple[Any, list[Any]]]:
         """The records of one coalesced message, each handed over as if it came alone: the
         same header (topic appended), the same sequence, gap and latency accounting.
         Returns how many records it held."""
         try:
-            kind, src, inc, records = msgpack.unpackb(body, **UNPACK)
+            kind, src, inc, records = batch
             source = self.sources[src]
             if kind != BATCH or type(records) is not list or type(inc) is not int or not 0 <= inc < 2**31:
                 raise ValueError("not a batch")

@@ -67,6 +67,7 @@ from .wire import (
     EOS_TOPIC,
     RAW,
     ROUTE,
+    SEP,
     control,
     eos_header,
     identity,
@@ -86,6 +87,7 @@ __all__ = ["Flusher", "Link", "Outlet", "push_hwm", "zmq_errors"]
 COALESCE_RECORDS = 64
 COALESCE_BYTES = 64 << 10
 COALESCE_RECORD_MAX = 8 << 10  # larger payloads travel alone, as they are
+INLINE_MAX = COALESCE_RECORD_MAX  # payloads up to this ride in the header's frame (one frame a message)
 BURST_GAP_NS = 20_000
 MAX_AGE_NS = 200_000
 FLUSH_DELAY_S = 200e-6
@@ -290,15 +292,15 @@ class Outlet:
         if self.pubs:
             seq = self.seq.get(topic, 0)
             self.seq[topic] = seq + 1
-            header = self.packer.pack((DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time, meta,
-                                       attrs))
+            parts = message(topic, self.packer, (DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time,
+                                                 meta, attrs), frames)
             for pub in self.pubs:  # counted before it goes: a kill in between is a loss the report shows
                 for base in pub.unfiltered:
                     mv[base] += 1
                 for base, prefixes in pub.filtered:  # count what that subscriber asked for
                     if topic.startswith(prefixes):
                         mv[base] += 1
-                _send(pub.sock, topic, header, frames, 0)
+                send_parts(pub.sock, parts, 0)
         for router in self.routers:
             router.send(topic, frames, origin_ns, origin, now, event_time, meta, attrs)
         for stream in self.streams:
@@ -351,18 +353,43 @@ class Outlet:
                     router.pool.close()
 
 
-def _send(sock: zmq.Socket, topic: bytes, header: bytes, frames: list[Any], flags: int) -> None:
-    """One message, frame by frame (send_multipart costs several Python checks per frame);
-    small frames are copied, payload frames go without copying when large."""
-    send = sock.send
-    send(topic, flags | _MORE)
+def message(topic: bytes, packer: msgpack.Packer, fields: tuple[Any, ...], frames: list[Any]) -> list[Any]:
+    """The frames of one message. A payload of one small frame (or none) rides in the header's
+    frame: ``topic SEP msgpack([*fields, payload])``, one ZeroMQ frame (each frame costs pyzmq
+    microseconds); a large or many-framed one follows it as ``[topic, msgpack(fields), *frames]``,
+    its frames sent without copying."""
     if not frames:
-        send(header, flags)
+        return [topic + SEP + packer.pack((*fields, None))]
+    if len(frames) == 1:
+        frame = frames[0]
+        if type(frame) is bytes:
+            if len(frame) <= INLINE_MAX:
+                return [topic + SEP + packer.pack((*fields, frame))]
+        else:
+            view = memoryview(frame)
+            if view.nbytes <= INLINE_MAX:
+                return [topic + SEP + packer.pack((*fields, view.tobytes()))]
+    return [topic, packer.pack(fields), *frames]
+
+
+def send_parts(sock: zmq.Socket, parts: list[Any], flags: int) -> None:
+    """One message, frame by frame (send_multipart costs several Python checks per frame);
+    the topic and header are copied, payload frames go without copying."""
+    send = sock.send
+    last = len(parts) - 1
+    if not last:
+        send(parts[0], flags)
         return
-    send(header, flags | _MORE)
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        send(frame, flags if i == last else flags | _MORE, copy=False)
+    send(parts[0], flags | _MORE)
+    send(parts[1], flags if last == 1 else flags | _MORE)
+    for i in range(2, last + 1):
+        send(parts[i], flags if i == last else flags | _MORE, copy=False)
+
+
+def _send(sock: zmq.Socket, topic: bytes, header: bytes, frames: list[Any], flags: int) -> None:
+    """A message in the long form, ``[topic, header, *frames]``: what subscribers outside the
+    graph read (docs/wire.md) and end-of-stream."""
+    send_parts(sock, [topic, header, *frames], flags)
 
 
 def _junk(link: Link, bind: BindPlan) -> None:
@@ -413,7 +440,7 @@ class _Held:
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self.records: deque[tuple[int, bytes, list[Any], bytes]] = deque()  # (seq, topic, frames, header)
+        self.records: deque[tuple[int, list[Any]]] = deque()  # (seq, the message's frames as bytes)
 
 
 class _Router:
@@ -493,14 +520,14 @@ class _Router:
         """Every record the consumer had not handled, in order, to its new incarnation."""
         held = self.held[edge]
         peer = self.peers[edge]
-        for _seq, topic, frames, header in held.records:
+        for _seq, parts in held.records:
             while True:
                 try:
                     self.sock.send(peer, _MORE | _NOWAIT)
                     break
                 except zmq.ZMQError:
                     self.sock.poll(ROOM_POLL_MS, zmq.POLLOUT)
-            _send(self.sock, topic, header, frames, 0)
+            send_parts(self.sock, parts, 0)
             self.mv[self.base[edge] + RESENT] += 1
 
     def send(self, topic: bytes, frames: list[Any], origin_ns: int, origin: int, now: int, event_time: Any,
@@ -587,7 +614,7 @@ class _Router:
                     record[3] = seq
                     seqs[topic] = seq + 1
                 mv[base[edge] + SENT] += len(records)  # counted before it goes (the rest cannot fail)
-                self.sock.send(self.packer.pack((BATCH, self.src, self.inc, records)), 0)
+                self.sock.send(SEP + self.packer.pack((BATCH, self.src, self.inc, records)), 0)
                 self.next = (self.next + i + 1) % n
                 return
             if not self.block:
@@ -635,17 +662,17 @@ class _Router:
                 seqs = self.seq[edge]
                 key = b"" if hold is not None else topic  # at-least-once: one sequence per edge, for `done`
                 seq = seqs.get(key, 0)
-                header = packer.pack((DATA, src, inc, seq, *rest))
                 try:
                     self.sock.send(self.peers[edge], _MORE | _NOWAIT)
                 except zmq.ZMQError:  # full (EAGAIN) or gone (EHOSTUNREACH): try the next consumer
                     continue
+                parts = message(topic, packer, (DATA, src, inc, seq, *rest), frames)
                 mv[base[edge] + SENT] += 1  # counted before it goes: the rest of a message cannot fail
-                _send(self.sock, topic, header, frames, 0)
+                send_parts(self.sock, parts, 0)
                 seqs[key] = seq + 1
                 self.next = (self.next + i + 1) % n
                 if hold is not None:  # kept as bytes: the node may change its array once emit returns
-                    hold.records.append((seq, topic, [memoryview(f).tobytes() for f in frames], header))
+                    hold.records.append((seq, [p if type(p) is bytes else memoryview(p).tobytes() for p in parts]))
                 return True
             if not self.block:
                 mv[base[self.order[self.next % n]] + DROPPED] += 1
@@ -814,7 +841,7 @@ class _Stream:
             seqs[topic] = seq + 1
             shared.sent[edge] = shared.sent.get(edge, 0) + 1
             mv[base[edge] + SENT] += 1
-            _send(sock, self.routes[edge] + topic, packer.pack((DATA, src, inc, seq, *rest)), frames, 0)
+            send_parts(sock, message(self.routes[edge] + topic, packer, (DATA, src, inc, seq, *rest), frames), 0)
         if shared.tapped:  # subscribers outside the graph: the stream on its own topics
             seq = self.tap_seq.get(topic, 0)
             self.tap_seq[topic] = seq + 1

@@ -2,9 +2,11 @@
 the control messages a consumer sends its producer, and the checks every frame passes
 before anything trusts it.
 
-A data message is a ZeroMQ multipart ``[topic, header, *payload]``. The header is a msgpack
-array of ten fields (``HEADER_FIELDS``); the inlet appends the topic as an eleventh for the
-handler. Topics starting with ``\\x00`` are the runtime's. A consumer talks back to its
+A data message is a ZeroMQ multipart ``[topic, header, *payload]``, the header a msgpack
+array of ten fields (``HEADER_FIELDS``); inside the graph a message whose payload is one
+small frame travels as one frame, ``topic SEP msgpack([*header, payload])``, since every
+frame costs pyzmq microseconds. The inlet appends the topic to the header, as an eleventh
+field, for the handler. Topics starting with ``\\x00`` are the runtime's. A consumer talks back to its
 producer with short control messages ``\\x00<verb>/<edge>/<token>[/<args>]``: ``hello``
 (here I am), ``ack`` (I have your end-of-stream), ``free`` (a shared-memory slot is
 unused again), ``credit`` (I have consumed this many: room for more) and ``done``
@@ -47,6 +49,9 @@ ROUTE = b"\x00@"  # stream ports: the topic prefix that addresses one in-graph c
 # stream ports: what an XSUB sends that is not a (un)subscription starts with this, since an
 # XPUB reads a first byte 0 or 1 as one
 RAW = b"\x02"
+# a message of one frame: ``topic SEP msgpack([*header, payload])``; SEP never occurs in UTF-8
+# text, so it ends any topic. A coalesced batch is ``SEP msgpack([BATCH, src, inc, records])``.
+SEP = b"\xff"
 UNPACK = {"raw": False, "strict_map_key": False, "use_list": True}
 
 _EVENT_KINDS = (int, float, str)

@@ -14,7 +14,7 @@ from dmnflow.node import Tensor
 from dmnflow.plan import BindPlan, ConnectPlan, EdgePlan
 from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
 from dmnflow.transport.shm import ShmMaps, ShmPool, segment_prefix
-from dmnflow.transport.wire import EOS, control, eos_header
+from dmnflow.transport.wire import EOS, SEP, control, eos_header
 
 EDGE, SRC = 7, 3
 TOKEN = b"0123456789abcdef0123456789abcdef"
@@ -301,17 +301,18 @@ def test_hostile_batches_are_counted_and_the_input_keeps_working(ctx):
     raw = outlet.routers[0].sock
     good = [DATA, SRC, 0, 0, 1, 0, time.time_ns(), None, None, None, b"out", b"ok"]
     hostile = [
-        b"\xc1 not msgpack",
-        msgpack.packb([BATCH, 999, 0, [good]]),  # an unknown producer
-        msgpack.packb([BATCH, SRC, 0, "not a list"]),
-        msgpack.packb([BATCH, SRC, 0, [[1, 2, 3], "x", [*good[:3], "seq", *good[4:]]]]),  # three bad records
+        SEP + b"\xc1 not msgpack",
+        b"no separator and nothing more",
+        SEP + msgpack.packb([BATCH, 999, 0, [good]]),  # an unknown producer
+        SEP + msgpack.packb([BATCH, SRC, 0, "not a list"]),
+        SEP + msgpack.packb([BATCH, SRC, 0, [[1, 2, 3], "x", [*good[:3], "seq", *good[4:]]]]),  # three bad records
     ]
     for body in hostile:
         raw.send_multipart([peer, body])
-    raw.send_multipart([peer, msgpack.packb([BATCH, SRC, 0, [good]])])
+    raw.send_multipart([peer, SEP + msgpack.packb([BATCH, SRC, 0, [good]])])
     got = drain_headers(inlet, 1)
     assert [bytes(v) for v, _ in got] == [b"ok"]
-    assert inlet.stats[EDGE].decode_errors == 3 + 3
+    assert inlet.stats[EDGE].decode_errors == 4 + 3
     assert inlet.open == {EDGE}
 
 
@@ -439,7 +440,7 @@ def test_malformed_records_inside_a_batch_are_counted_one_by_one(ctx):
            [DATA, SRC, 0, 3, 1, 0, now, None, ["shm", 5, 0, 0, 10, None], None, b"out", b"c"],  # a lease
            [EOS, SRC, 0, 4, 0, -1, now, None, {}, None, b"out", b""],  # an end inside a batch
            [DATA, SRC, 0, 5, 1, 0, now, [1], None, None, b"out", b"e"]]  # an event time of a list
-    router.sock.send_multipart([router.peers[EDGE], msgpack.packb([BATCH, SRC, 0, [good, *bad]])])
+    router.sock.send_multipart([router.peers[EDGE], SEP + msgpack.packb([BATCH, SRC, 0, [good, *bad]])])
     got = drain_headers(inlet, 1)
     assert [bytes(v) for v, _ in got] == [b"ok"]
     assert inlet.stats[EDGE].decode_errors == len(bad) and inlet.open == {EDGE}
@@ -564,9 +565,11 @@ def test_a_restarted_consumer_on_a_stream_port_gets_credit_afresh(ctx):
     outlet, first = wire(ctx, "raw", bytes, "tcp://127.0.0.1:*", "stream", hwm=8, policy="block", link=link,
                          transport="tcp")
     for i in range(40):  # five windows' worth, read as they come: the first consumer's credit is large
+        while not outlet.streams[0].room(EDGE):  # (one thread: read before the producer would wait)
+            for sock in first.socks:
+                list(first.receive(sock, 100))
+            outlet.streams[0].shared.service()
         outlet.send(b"%d" % i, None, 1, 0, None)
-        for sock in first.socks:
-            list(first.receive(sock, 100))
     first.close()  # killed; its successor comes with a new incarnation and counts from zero
     connect = ConnectPlan(edge=EDGE, bind="b", node="p", port="out", endpoint="tcp://127.0.0.1:*", transport="tcp",
                           pattern="stream")
@@ -578,10 +581,14 @@ def test_a_restarted_consumer_on_a_stream_port_gets_credit_afresh(ctx):
         shared.service()
         time.sleep(0.01)
     got: list[bytes] = []
+    deadline = time.monotonic() + 10
     for i in range(40, 80):
-        outlet.send(b"%d" % i, None, 1, 0, None)  # would wait forever if the old credit still counted
-        for sock in second.socks:
-            got.extend(bytes(v) for v, _ in second.receive(sock, 100))
+        while not outlet.streams[0].room(EDGE) and time.monotonic() < deadline:  # no credit if the old one counted
+            for sock in second.socks:
+                got.extend(bytes(v) for v, _ in second.receive(sock, 100))
+            shared.service()
+        assert outlet.streams[0].room(EDGE), f"no credit for record {i}"
+        outlet.send(b"%d" % i, None, 1, 0, None)
     got += [bytes(v) for v, _ in drain_headers(second, 80 - 40 - len(got))]
     assert got == [b"%d" % i for i in range(40, 80)]
     second.close()
