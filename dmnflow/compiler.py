@@ -577,7 +577,7 @@ class _Compiler:
         key = sec.key
         if sec.curve is not None:
             directory = (self.graph.base_dir / sec.curve).resolve()
-            key, problems = check_key_dir(directory, sec.key)
+            key, problems = check_key_dir(directory, sec.key, _display(directory))
             for problem in problems:
                 self.add("bad-key", problem, self.loc("security", "curve"), "security.curve",
                          f"`dmnflow keys generate {sec.curve}` writes a keypair (its secret file mode 0600)")
@@ -780,6 +780,14 @@ def plan_model(model: ModelSpec, base_dir: Path, gpu: int | None = None) -> Mode
     """A `model:` block as a worker needs it: the path made absolute from the YAML's directory."""
     return ModelPlan(path=str((base_dir / model.path).resolve()), device=model.device, dtype=model.dtype,
                      cuda_graphs=model.cuda_graphs, version=model.version, gpu=gpu)
+
+
+def _display(path: Path) -> str:
+    """A path as a person would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _loopback(host: str) -> bool:

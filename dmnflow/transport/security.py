@@ -80,11 +80,15 @@ def read_secret(file: Path) -> tuple[bytes, bytes]:
     return _check_key(public, file, "public"), _check_key(secret, file, "secret")
 
 
-def check_key_dir(directory: Path, key: str | None) -> tuple[str, list[str]]:
-    """The keypair name to use and the problems with the directory (empty when usable)."""
+def check_key_dir(directory: Path, key: str | None, shown: str | None = None) -> tuple[str, list[str]]:
+    """The keypair name to use and the problems with the directory (empty when usable);
+    ``shown`` is how messages name the directory (as the user wrote it)."""
     problems: list[str] = []
     if not directory.is_dir():
-        return key or "", [f"no key directory {directory}: run `dmnflow keys generate {directory}`"]
+        where = shown or directory
+        return key or "", [f"no key directory {where}: run `dmnflow keys generate {where}`"]
+    if shown is not None:  # name files as the user wrote the directory, not by an absolute path
+        return _named(check_key_dir(directory, key), str(directory), shown)
     secrets_ = sorted(p.name[: -len(".key_secret")] for p in directory.glob("*.key_secret"))
     if key is None:
         if len(secrets_) != 1:
@@ -169,6 +173,11 @@ def generate_keys(directory: str | os.PathLike[str], names: list[str], force: bo
         os.chmod(public_file, 0o644)
         written += [Path(public_file), Path(secret_file)]
     return written
+
+
+def _named(result: tuple[str, list[str]], actual: str, shown: str) -> tuple[str, list[str]]:
+    key, problems = result
+    return key, [p.replace(actual, shown) for p in problems]
 
 
 def _quiet_log() -> Any:

@@ -82,13 +82,13 @@ def test_fixed_tcp_port_and_block_policy(tmp_path):
         """)
     plan = dmnflow.compile_graph(g)
     [out] = plan.node("src").outputs
-    binds = {(b.pattern, b.endpoint) for b in out.binds}
-    assert ("pub", "tcp://127.0.0.1:5601") in binds
-    assert ("push", "tcp://127.0.0.1:*") in binds  # one fixed port only; the PUSH gets its own
-    assert all(b.hwm == 10 for b in out.binds)
+    [bind] = out.binds  # the fixed port carries every edge of the output, whatever its policy
+    assert (bind.pattern, bind.endpoint, sorted(bind.edges)) == ("stream", "tcp://127.0.0.1:5601", [0, 1])
+    assert bind.hwm == 2 * 50 + 64  # twice the largest consumer queue (its credit), and some
     edges = {e.dst: e for e in plan.edges}
-    assert (edges["live"].pattern, edges["live"].policy, edges["live"].queue) == ("pub", "drop", 50)
-    assert (edges["careful"].pattern, edges["careful"].policy, edges["careful"].queue) == ("push", "block", 7)
+    assert (edges["live"].pattern, edges["live"].policy, edges["live"].queue) == ("stream", "drop", 50)
+    assert (edges["careful"].pattern, edges["careful"].policy, edges["careful"].queue) == ("stream", "block", 7)
+    assert edges["live"].bind == edges["careful"].bind == bind.id
 
 
 def test_unconsumed_output_with_fixed_port_still_binds_and_draws_no_warning(tmp_path):
