@@ -24,7 +24,7 @@ from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, Lau
 from .plan import Plan
 from .runtime import Report, launch
 from .runtime.admin import find_run, list_runs, run_status, send_command
-from .spec import format_cpus, json_schema, parse_duration
+from .spec import Override, format_cpus, json_schema, load_overlay, parse_duration
 from .viz import FORMATS, render
 
 app = typer.Typer(
@@ -41,6 +41,9 @@ GraphArg = Annotated[Path, typer.Argument(help="the graph YAML file", show_defau
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", "-s", help="override a value before validation: KEY=VALUE, KEY dotted "
     "(e.g. nodes.lstm.params.hidden=64); VALUE is read as YAML; repeatable")]
+OverlayOpt = Annotated[list[Path] | None, typer.Option(
+    "--overlay", help="apply an overlay file (a YAML mapping of dotted keys to values, each applied like "
+    "--set; e.g. the best.yaml `dmnflow tune` writes) before the --set options; repeatable")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="apply the graph's profile NAME")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 NoModelsOpt = Annotated[bool, typer.Option("--no-models", help="do not load model files to check them "
@@ -66,18 +69,33 @@ def _fail(exc: DmnflowError) -> NoReturn:
     raise typer.Exit(ExitCode.INVALID)
 
 
-def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool = True) -> Plan:
+def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[str | Override]:
+    """Overlay files' settings, then the --set options (which win), as the loader takes them."""
+    found: list[str | Override] = []
+    issues: list[Issue] = []
+    for file in overlays or []:
+        settings, problems = load_overlay(file)
+        found += settings
+        issues += problems
+    if any(i.is_error for i in issues):
+        _print_issues(issues)
+        raise typer.Exit(ExitCode.INVALID)
+    return [*found, *(sets or [])]
+
+
+def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool = True,
+          overlays: list[Path] | None = None) -> Plan:
     try:
-        return compile_graph(graph, sets or [], profile=profile, models=models)
+        return compile_graph(graph, _overrides(overlays, sets), profile=profile, models=models)
     except DmnflowError as exc:
         _fail(exc)
 
 
 @app.command("validate")
 def validate_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
-                 as_json: JsonOpt = False, no_models: NoModelsOpt = False) -> None:
+                 as_json: JsonOpt = False, no_models: NoModelsOpt = False, overlays: OverlayOpt = None) -> None:
     """Check a graph and report every problem with file:line:col; exit 1 if any is an error."""
-    issues = validate(graph, sets or [], profile=profile, models=not no_models)
+    issues = validate(graph, _overrides(overlays, sets), profile=profile, models=not no_models)
     errors = sum(i.is_error for i in issues)
     if as_json:
         out.print_json(json.dumps({"file": str(graph), "valid": errors == 0, "errors": errors,
@@ -93,9 +111,10 @@ def validate_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = Non
 
 @app.command("plan")
 def plan_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
-             as_json: JsonOpt = False) -> None:
+             as_json: JsonOpt = False, overlays: OverlayOpt = None) -> None:
     """Show the compiled plan: processes, pins, sockets, codecs and queue bounds."""
-    plan = _plan(graph, sets, profile, models=False)  # the plan does not depend on the model files' contents
+    # the plan does not depend on the model files' contents
+    plan = _plan(graph, sets, profile, models=False, overlays=overlays)
     if as_json:
         sys.stdout.write(plan.to_json() + "\n")
         return
@@ -147,6 +166,7 @@ def launch_cmd(
     name: Annotated[str | None, typer.Option("--name", "-n", help="the run's name for `dmnflow swap` and "
                                              "`dmnflow runs`; default: the graph's name")] = None,
     no_models: NoModelsOpt = False,
+    overlays: OverlayOpt = None,
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
     try:
@@ -154,7 +174,7 @@ def launch_cmd(
     except ValueError as exc:
         err.print(f"error: --duration: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
-    plan = _plan(graph, sets, profile, models=not no_models)
+    plan = _plan(graph, sets, profile, models=not no_models, overlays=overlays)
     try:
         with _live_status(plan) as show:
             result = launch(plan, duration_s=duration_s, on_status=show, name=name)

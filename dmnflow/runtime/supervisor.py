@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,7 @@ class _Zygote:
         longest = max((len(os.fsencode(n)) for n in names), default=0)
         pad = "-" * (longest + 24)
         try:
-            self.popen: subprocess.Popen[bytes] | None = subprocess.Popen(
+            self.popen: subprocess.Popen[bytes] | _Forked | None = subprocess.Popen(
                 [sys.executable, "-m", "dmnflow.runtime.zygote", run_dir, str(os.getpid()), str(theirs.fileno()),
                  pad], env=env, pass_fds=[theirs.fileno()], start_new_session=True)
         except OSError as exc:
@@ -205,6 +206,35 @@ class _Zygote:
         theirs.close()
         self.sock = ours
         self.buffer = b""
+
+    @classmethod
+    def forked(cls, run_dir: str) -> _Zygote:
+        """A zygote forked from this process instead of started as a new interpreter
+        (``launch(warm=True)``): its workers inherit every module this process has imported
+        (torch, the nodes' code), so none of them imports it again. Taken before the run
+        has a zmq context; from then on it serves exactly as the exec'd one does."""
+        zygote = cls.__new__(cls)
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the zygote (and, returning from serve, each worker): never back into our caller
+            code = 1
+            try:
+                ours.close()
+                from . import zygote as _zygote
+
+                code = _zygote.main([run_dir, str(os.getppid()), str(theirs.fileno())])
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                os._exit(code)
+        theirs.close()
+        zygote.popen = _Forked(pid)
+        zygote.sock = ours
+        zygote.buffer = b""
+        return zygote
 
     def spawn(self, name: str, inc: int, timeout_s: float) -> _Forked | None:
         """A worker forked from the zygote, or None when the zygote cannot (it then stays unused)."""
@@ -259,16 +289,19 @@ class _Proc:
 
 def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
            startup_timeout_s: float = 60.0, on_status: Callable[[Report], None] | None = None,
-           name: str | None = None) -> Report:
+           name: str | None = None, warm: bool = False) -> Report:
     """Run a compiled graph until it ends by itself, ``duration_s`` passes, or Ctrl-C.
 
     ``name`` (default: the graph's name) is how ``dmnflow swap`` and ``dmnflow runs`` find
-    the run while it runs.
+    the run while it runs. ``warm``: fork the workers' zygote from this process, so they
+    start with what it has already imported (``dmnflow tune`` runs each trial this way in
+    a process that imported torch and the nodes once for the whole study); the caller must
+    have no thread that holds a lock the workers need.
 
     Raises:
         LaunchError: the graph could not be started (a worker failed during start-up).
     """
-    return _Supervisor(plan, grace_s, startup_timeout_s, name or plan.graph).run(duration_s, on_status)
+    return _Supervisor(plan, grace_s, startup_timeout_s, name or plan.graph, warm).run(duration_s, on_status)
 
 
 @dataclass
@@ -282,8 +315,9 @@ class _Request:
 
 
 class _Supervisor:
-    def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float, name: str) -> None:
+    def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float, name: str, warm: bool = False) -> None:
         self.plan = plan
+        self.warm = warm
         self.name = name
         self.requests: dict[int, _Request] = {}
         self.next_token = 0
@@ -306,6 +340,11 @@ class _Supervisor:
         Path(self.run_dir, "supervisor.pid").write_text(str(os.getpid()))
         Path(self.run_dir, "plan.json").write_text(self.plan.to_json(indent=None))
         Path(self.run_dir, "name").write_text(self.name)
+        use_zygote = os.environ.get(ZYGOTE_ENV, "1") != "0"
+        # workers forked by the zygote become our children: we wait for them and signal them by PID
+        subreaper = _subreaper(True) if use_zygote else None
+        if self.warm and subreaper is not None:
+            self.zygote = _Zygote.forked(self.run_dir)  # before the run's zmq context and threads exist
         zctx = zmq.Context()
         self.control = zctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
@@ -320,10 +359,8 @@ class _Supervisor:
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         t0 = time.monotonic()
         status, startup_s = "failed", 0.0
-        # workers forked by the zygote become our children: we wait for them and signal them by PID
-        subreaper = _subreaper(True) if os.environ.get(ZYGOTE_ENV, "1") != "0" else None
         try:
-            if subreaper is not None:
+            if subreaper is not None and self.zygote is None:
                 self.zygote = _Zygote(self.run_dir, list(self.procs), self.worker_env())
             for proc in self.procs.values():
                 self.spawn(proc)
