@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -261,13 +262,180 @@ def swap_cmd(
 @app.command("schema")
 def schema_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
+    tune: Annotated[bool, typer.Option("--tune", help="the schema of tune files instead of graph files")] = False,
 ) -> None:
-    """Print the JSON Schema of graph files, for editors (yaml-language-server, VS Code)."""
-    text = json.dumps(json_schema(), indent=2) + "\n"
+    """Print the JSON Schema of graph files (or tune files), for editors (yaml-language-server, VS Code)."""
+    if tune:
+        from .tune.schema import tune_json_schema
+
+        text = json.dumps(tune_json_schema(), indent=2) + "\n"
+    else:
+        text = json.dumps(json_schema(), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
     else:
         output.write_text(text, encoding="utf-8")
+
+
+@app.command("tune")
+def tune_cmd(
+    tune_file: Annotated[Path, typer.Argument(help="the tune file (e.g. graphs/tune_dmn.yaml)", show_default=False)],
+    trials: Annotated[int | None, typer.Option("--trials", "-t", help="trials in the study (default: the file's)")
+                      ] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-j", help="trials at once")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", "-e", help="optuna (embedded, the default) or ray")
+                      ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the study in its storage (after Ctrl-C or "
+                                         "a crash: interrupted trials run again)")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the space and the first trials; run nothing")
+                       ] = False,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="per trial, e.g. 10m")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="journal file or RDB URL")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="the sampler's seed")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="--engine ray: an existing Ray cluster")] = None,
+    publish: Annotated[bool, typer.Option("--publish", help="publish trials and results on the seed's ZeroMQ "
+                                          "ports (127.0.0.1:5559-5563)")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="do not draw the PNG plots")] = False,
+) -> None:
+    """Search a graph's parameters: every trial a real run of the graph; the best one written as an overlay."""
+    from .tune import dry_run as draw
+    from .tune import load_tune, run_study
+
+    settings = {"trials": trials, "concurrency": concurrency, "engine": engine, "timeout": timeout,
+                "storage": storage, "seed": seed, "publish": "seed" if publish else None}
+    if address is not None:
+        settings["ray"] = {"address": address}
+    try:
+        tune = load_tune(tune_file, settings)
+        if dry_run:
+            _render_dry_run(tune, draw(tune, min(tune.spec.trials, 5)))
+            return
+        with _TuneView(tune) as view:
+            result = run_study(tune, resume=resume, watchers=[view], plots=not no_plots)
+    except DmnflowError as exc:
+        _fail(exc)
+    _render_study(tune, result)
+    if result.interrupted:
+        raise typer.Exit(ExitCode.INTERRUPTED)
+
+
+class _TuneView:
+    """A progress bar with the best value so far while a study runs (on a terminal), and a
+    line per finished trial otherwise."""
+
+    def __init__(self, tune: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.tune = tune
+        self.best: list[float] | None = None
+        self.best_number: int | None = None
+        self.states: dict[str, int] = {}
+        self.running = 0
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=err,
+                                 transient=False, disable=not err.is_terminal)
+        self.task = self.progress.add_task(tune.study, total=tune.spec.trials, status="starting")
+
+    def __enter__(self) -> _TuneView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "started":
+            self.running += 1
+        elif event.kind == "finished":
+            self.running -= 1
+            self.states[event.state] = self.states.get(event.state, 0) + 1
+            if event.state == "complete" and event.values and self._better(event.values):
+                self.best, self.best_number = list(event.values), event.number
+            self.progress.advance(self.task)
+            if not err.is_terminal:
+                err.print(f"trial {event.number} {event.state}"
+                          + (f" {', '.join(f'{v:.4g}' for v in event.values)}" if event.values else "")
+                          + (f": {event.reason.splitlines()[0]}" if event.reason and event.state != "complete"
+                             else ""), soft_wrap=True)
+        names = [o.name for o in self.tune.objectives]
+        best = ("best " + ", ".join(f"{n} {v:.4g}" for n, v in zip(names, self.best, strict=False))
+                + f" (trial {self.best_number})") if self.best else "no complete trial yet"
+        done = ", ".join(f"{n} {s}" for s, n in sorted(self.states.items()))
+        self.progress.update(self.task, status=f"{best}; running {self.running}" + (f"; {done}" if done else ""))
+
+    def _better(self, values: list[float]) -> bool:
+        if self.best is None:
+            return True
+        sign = 1.0 if self.tune.directions[0] == "maximize" else -1.0
+        return sign * values[0] > sign * self.best[0]
+
+
+def _render_dry_run(tune: Any, drawn: list[dict[str, Any]]) -> None:
+    out.print(f"[bold]{tune.study}[/bold]: {tune.spec.trials} trials of {tune.file} over "
+              f"{os.path.relpath(tune.graph)}, {tune.spec.concurrency} at once, engine {tune.engine}, "
+              f"sampler {tune.spec.sampler}, pruner {tune.spec.pruner}; storage {tune.storage}")
+    space = Table(title="space", title_justify="left")
+    for col in ("key", "range"):
+        space.add_column(col)
+    for param in tune.space:
+        space.add_row(param.key, param.describe())
+    out.print(space)
+    out.print("objectives: " + ", ".join(f"{o.name} ({o.direction})" for o in tune.objectives))
+    if tune.base:
+        out.print("every trial: " + " ".join(f"--set {o.text}" for o in tune.base), soft_wrap=True)
+    table = Table(title=f"the first {len(drawn)} trials", title_justify="left")
+    table.add_column("trial", justify="right")
+    keys = [p.key for p in tune.space]
+    for key in keys:
+        table.add_column(key.rsplit(".", 1)[-1] if len(keys) > 3 else key, justify="right")
+    for i, values in enumerate(drawn):
+        table.add_row(str(i), *[_value(values[k]) if k in values else "-" for k in keys])
+    out.print(table)
+
+
+def _render_study(tune: Any, result: Any) -> None:
+    names = result.objectives
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
+    out.print(f"[bold]{result.study}[/bold]: {len(result.rows)} trials ({counts})"
+              + (" [yellow]interrupted: --resume continues[/yellow]" if result.interrupted else ""))
+    title = "best trial" if len(names) == 1 else f"Pareto front ({len(result.best)} trials)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("trial", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    keys = [p.key for p in tune.space]
+    for key in keys:
+        table.add_column(key, justify="right")
+    for row in result.best[:20]:
+        table.add_row(str(row.number), *[_value(v) for v in row.values or []],
+                      *[_value(row.params[k]) if k in row.params else "-" for k in keys])
+    out.print(table)
+    failed = [r for r in result.rows if r.state == "fail"]
+    for row in failed[:5]:
+        err.print(Text(f"trial {row.number} failed: {row.reason.splitlines()[0] if row.reason else '?'}",
+                       style="red"), soft_wrap=True)
+    if len(failed) > 5:
+        err.print(f"... and {len(failed) - 5} more failed trials (see {result.summary})")
+    if result.holdout and result.best:
+        hold = result.holdout
+        table = Table(title=f"trial {hold['trial']}: in sample and held out", title_justify="left")
+        for col in ("figure", "in sample", "held out"):
+            table.add_column(col, justify="left" if col == "figure" else "right")
+        inside = result.best[0].figures
+        for key in sorted(set(inside) | set(hold.get("figures") or {})):
+            if key.split(".", 1)[0] == "report":
+                continue
+            table.add_row(key, _value(inside.get(key, "-")), _value((hold.get("figures") or {}).get(key, "-")))
+        out.print(table)
+        if hold.get("state") != "complete":
+            err.print(Text(f"the held-out run {hold.get('state')}: {hold.get('reason', '')}", style="red"),
+                      soft_wrap=True)
+    if result.overlay is not None:
+        out.print(f"best trial: {result.overlay}  (run it: {result.launch_command})")
+    if result.model is not None:
+        out.print(f"its model: {result.model} (swap it into a running graph: dmnflow swap RUN NODE {result.model})")
+    for path in result.plots:
+        out.print(f"plot: {path}")
 
 
 def _version(value: bool) -> None:

@@ -106,11 +106,14 @@ class Node:
     Handlers: ``on_<input>(self, value, ctx)`` per input, or one ``on_message``;
     a source implements ``run(self, ctx)``. ``busy = True`` marks a node that keeps a
     core busy (busy-polls or computes continuously), so the compiler warns when two
-    such nodes are pinned to the same core.
+    such nodes are pinned to the same core. A node with a ``summary()`` (figures for the
+    run's report) may list its keys in ``summary_keys``, so a tune file's objectives are
+    checked against them before any trial runs.
     """
 
     Params: ClassVar[type[BaseModel]] = NoParams
     busy: ClassVar[bool] = False
+    summary_keys: ClassVar[tuple[str, ...]] = ()  # what summary() reports: `dmnflow tune` checks objectives by it
 
     @classmethod
     def ports(cls, params: BaseModel) -> Ports:

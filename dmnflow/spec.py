@@ -56,6 +56,8 @@ __all__ = [
     "parse_cpus",
     "parse_duration",
     "parse_size",
+    "parse_yaml",
+    "validate_section",
 ]
 
 Path_ = tuple[str | int, ...]
@@ -931,6 +933,16 @@ def _scope(spec: NodeSpec, prefix: str) -> NodeSpec:
 
 def _rescope(dotted: str, prefix: str) -> str:
     return f"nodes.{prefix}/{dotted[len('nodes.'):]}" if dotted.startswith("nodes.") else dotted
+
+
+def validate_section(model: type[BaseModel], raw: Any, base: Path_, srcmap: SourceMap,
+                     issues: IssueList) -> tuple[Any, frozenset[str]]:
+    """Validate a part of a located YAML document (``raw`` at ``base``) against a pydantic
+    model the way graph files are: every error an issue at its file:line:col, unknown keys
+    with a did-you-mean, and the good keys kept when some are bad. Returns the model (None
+    when nothing usable is left) and the keys that failed. Other YAML files dmnflow reads
+    (tune files) are checked with it."""
+    return _validate_partial(model, raw, base, srcmap, issues, set())
 
 
 def _validate_partial(model: type[BaseModel], raw: Any, base: Path_, srcmap: SourceMap,
