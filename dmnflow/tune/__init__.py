@@ -68,7 +68,9 @@ def run_study(tune: TuneFile, *, resume: bool = False, watchers: Sequence[Callab
 
 def run_holdout(tune: TuneFile, study: Any) -> dict[str, Any] | None:
     """Run the chosen trial once more on the held-out settings; stored in the study."""
-    from .engine import request_for
+    from ..errors import Location
+    from ..spec import Override
+    from .engine import Template
     from .results import best_trials
     from .trial import TrialProcess
 
@@ -79,9 +81,17 @@ def run_holdout(tune: TuneFile, study: Any) -> dict[str, Any] | None:
     done = study.user_attrs.get("holdout")
     if done and done.get("trial") == chosen.number:
         return done
-    request = request_for(tune, chosen.number, dict(chosen.params), workdir=tune.out_dir / "holdout",
-                          extra=list(tune.holdout or []), warm=False,
-                          label="with the holdout settings of the tune file (not selected on)")
+    extra = list(tune.holdout or [])
+    params = dict(chosen.params)
+    model = (chosen.user_attrs.get("figures") or {}).get("train.model")
+    template = Template.of(tune)
+    if model and tune.trainer is not None and tune.trainer.model_key:  # the chosen trial's own model, not a new one
+        key = tune.trainer.model_key
+        template.train, template.graph = None, str(tune.graph)
+        params = {k: v for k, v in params.items() if not k.startswith("train.")}
+        extra.insert(0, Override(tuple(key.split(".")), model, Location(f"--set {key}"), f"{key}={model}"))
+    request = template.request(chosen.number, params, workdir=tune.out_dir / "holdout", extra=extra, warm=False,
+                               label="with the holdout settings of the tune file (not selected on)")
     proc = TrialProcess.cold(request, tune.out_dir / "holdout" / "log.txt")
     try:
         result = proc.wait(tune.spec.timeout * 2)

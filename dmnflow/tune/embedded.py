@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import figure_filter, host_modules, request_for
+from .engine import Template, figure_filter, host_modules
 from .host import Host
 from .study import TrialEvent, record, trials_left
 from .trial import TrialProcess
@@ -50,6 +50,7 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
     host = Host(host_modules(tune), os.getcwd(), tune.out_dir / "host.log") if tune.spec.warm else None
     running: dict[int, _Running] = {}
     keep = figure_filter(tune)
+    template = Template.of(tune)
     selector = selectors.DefaultSelector()
     launched = 0
 
@@ -62,7 +63,7 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
         trial = study.ask()
         params = tune.space.sample(trial)
         slot = min(set(range(tune.spec.concurrency)) - {r.slot for r in running.values()})
-        request = request_for(tune, trial.number, params)
+        request = template.request(trial.number, params)
         try:
             proc = host.trial(request) if host is not None and host.alive else TrialProcess.cold(
                 request, tune.out_dir / "trials" / str(trial.number) / "log.txt")

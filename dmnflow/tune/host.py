@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .trial import TrialProcess, TrialRequest
 
-__all__ = ["Host", "main", "warm_modules"]
+__all__ = ["Host", "connect", "main", "warm_modules"]
 
 READY_TIMEOUT_S = 120.0  # the host imports torch and the nodes before it answers
 
@@ -195,10 +195,7 @@ class Host:
 
     def trial(self, request: TrialRequest) -> TrialProcess:
         """A trial forked by the host; the connection is the trial's own."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(self.path)
-        sock.sendall(request.to_json().encode() + b"\n")
-        return TrialProcess(sock, request.number)
+        return connect(self.path, request)
 
     def close(self) -> None:
         """SIGTERM (it kills any trial left), wait, KILL if it must; remove its socket."""
@@ -215,6 +212,14 @@ class Host:
             os.unlink(self.path)
         with contextlib.suppress(OSError):
             os.rmdir(self.dir)
+
+
+def connect(path: str, request: TrialRequest) -> TrialProcess:
+    """A trial forked by the host listening at ``path`` (the Ray engine's trials on this machine)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.sendall(request.to_json().encode() + b"\n")
+    return TrialProcess(sock, request.number)  # type: ignore[arg-type]
 
 
 def warm_modules(plan: object) -> list[str]:

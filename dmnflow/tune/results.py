@@ -73,11 +73,11 @@ def best_trials(study: Any) -> list[Any]:
     return sorted(study.best_trials, key=lambda t: sign * t.values[0])
 
 
-def overlay_settings(tune: TuneFile, params: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def overlay_settings(base: list[Any], params: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The dotted keys that make a trial's graph, in the order they apply: the tune file's
-    overlays and ``set:``, then the trial's values (a later key wins)."""
+    overlays and ``set:`` (``base``), then the trial's values (a later key wins)."""
     settings: dict[str, Any] = {}
-    for override in tune.base:
+    for override in base:
         key = ".".join(override.path)
         settings.pop(key, None)
         settings[key] = override.value
@@ -89,9 +89,10 @@ def overlay_settings(tune: TuneFile, params: dict[str, Any], extra: dict[str, An
     return settings
 
 
-def overlay_text(tune: TuneFile, params: dict[str, Any], header: list[str], extra: dict[str, Any] | None = None) -> str:
+def overlay_text(base: list[Any], params: dict[str, Any], header: list[str],
+                 extra: dict[str, Any] | None = None) -> str:
     lines = [f"# {line}" for line in header]
-    body = yaml.safe_dump(overlay_settings(tune, params, extra), sort_keys=False, default_flow_style=False,
+    body = yaml.safe_dump(overlay_settings(base, params, extra), sort_keys=False, default_flow_style=False,
                           allow_unicode=True, width=1000)
     return "\n".join(lines) + "\n" + body
 
@@ -114,7 +115,7 @@ def write_overlay(tune: TuneFile, row: Row, path: Path, extra: dict[str, Any] | 
     header = [f"dmnflow tune: trial {row.number} of study {tune.study} ({tune.file}): {figures}",
               "run it again with:", "  " + launch_command(tune, path)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(overlay_text(tune, row.params, header, extra), encoding="utf-8")
+    path.write_text(overlay_text(tune.base, row.params, header, extra), encoding="utf-8")
     return path
 
 

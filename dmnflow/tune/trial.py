@@ -48,8 +48,8 @@ __all__ = ["TrialProcess", "TrialRequest", "run_child"]
 class TrialRequest:
     """Everything a trial process needs, as JSON: the graph, the settings, what to read."""
 
-    number: int
-    graph: str  # absolute
+    number: int | str  # the study's trial number (a Ray trial id on the Ray engine)
+    graph: str  # absolute; "" when the trial only trains
     profile: str | None
     overrides: list[dict[str, Any]]  # Override fields: applied in order, like --set
     objectives: list[dict[str, Any]]
@@ -301,7 +301,7 @@ class TrialProcess:
     """The parent's end of one trial process: events, stop, kill."""
 
     sock: socket.socket
-    number: int
+    number: int | str
     popen: subprocess.Popen[bytes] | None = None  # a cold trial is our child; a warm one the host's
     pid: int | None = None
     started_at: float = field(default_factory=time.monotonic)
