@@ -296,6 +296,9 @@ def tune_cmd(
     publish: Annotated[bool, typer.Option("--publish", help="publish trials and results on the seed's ZeroMQ "
                                           "ports (127.0.0.1:5559-5563)")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="do not draw the PNG plots")] = False,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="override a key of the tune file: KEY=VALUE, KEY dotted (e.g. pbt.population=2, "
+        "set.vars.days=600: a graph key every trial sets); repeatable")] = None,
 ) -> None:
     """Search a graph's parameters: every trial a real run of the graph; the best one written as an overlay."""
     from .tune import dry_run as draw
@@ -306,7 +309,7 @@ def tune_cmd(
     if address is not None:
         settings["ray"] = {"address": address}
     try:
-        tune = load_tune(tune_file, settings)
+        tune = load_tune(tune_file, settings, sets or [])
         if dry_run:
             _render_dry_run(tune, draw(tune, min(tune.spec.trials, 5)))
             return

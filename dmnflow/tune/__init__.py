@@ -46,8 +46,9 @@ def run_study(tune: TuneFile, *, resume: bool = False, watchers: Sequence[Callab
         watchers.append(feed)
     try:
         if tune.engine == "ray":
-            from .raytune import run_ray
+            from .raytune import check_ray, run_ray
 
+            check_ray(tune)
             study = open_study(tune, resume)
             interrupted = run_ray(tune, study, watchers, resume=resume)
         else:

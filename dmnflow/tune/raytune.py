@@ -44,7 +44,7 @@ try:
 except ImportError:  # run_ray says how to install it
     Callback = object  # type: ignore[assignment,misc]
 
-__all__ = ["require_ray", "run_ray"]
+__all__ = ["check_ray", "ray_session", "require_ray", "run_ray"]
 
 KILL_AFTER_S = 10.0
 _ACTIVE: dict[str, tuple[Any, list[Callable[[TrialEvent], None]]]] = {}  # study -> (optuna study, watchers)
@@ -75,6 +75,13 @@ def _check_address(address: str) -> None:
                         "`ray start --head`, or leave --address out to run on a local Ray") from None
 
 
+def check_ray(tune: TuneFile) -> None:
+    """Before anything is written: Ray is installed, and the cluster asked for answers."""
+    require_ray()
+    if tune.spec.ray.address:
+        _check_address(tune.spec.ray.address)
+
+
 @contextlib.contextmanager
 def ray_session(tune: TuneFile) -> Iterator[bool]:
     """Ray for the study: connect to ``ray.address``, or start a local instance and stop it
@@ -87,13 +94,12 @@ def ray_session(tune: TuneFile) -> Iterator[bool]:
         _check_address(address)
     cwd = os.getcwd()
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH", "")) if p)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the journal is the record
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     temp = None if address else tempfile.mkdtemp(prefix="dmnray-")
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, **({"_temp_dir": temp} if temp else {}))
+                 logging_level=logging.ERROR, **({"_temp_dir": temp} if temp else {}))
     except (ConnectionError, RuntimeError, ValueError) as exc:
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
@@ -172,16 +178,8 @@ def _tune_config(tune: TuneFile, recorder: _Recorder, samples: int) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     modes = ["max" if d == "maximize" else "min" for d in tune.directions]
-    params = list(tune.space)
-    names = list(recorder.names)
-
-    def space(trial: Any) -> None:  # define-by-run: a key with when: is drawn only when it holds
-        values: dict[str, Any] = {}
-        for name, param in zip(names, params, strict=True):
-            if param.active(values):
-                values[param.key] = _suggest(param, trial, name)
-
-    search = OptunaSearch(space=space, metric=recorder.metrics if tune.multi else recorder.metrics[0],
+    search = OptunaSearch(space=_DefineByRun(list(tune.space), list(recorder.names)),
+                          metric=recorder.metrics if tune.multi else recorder.metrics[0],
                           mode=modes if tune.multi else modes[0], sampler=make_sampler(tune))
     if tune.multi or tune.intermediate is None or tune.spec.pruner == "none":
         scheduler = FIFOScheduler()
@@ -191,6 +189,21 @@ def _tune_config(tune: TuneFile, recorder: _Recorder, samples: int) -> Any:
                                   reduction_factor=tune.spec.ray.reduction_factor)
     return rt.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=samples,
                          max_concurrent_trials=tune.spec.concurrency)
+
+
+class _DefineByRun:
+    """The space for OptunaSearch, define-by-run (a key with ``when:`` is drawn only when it
+    holds), under Ray-safe names; a class so the searcher's checkpoint can pickle it."""
+
+    def __init__(self, params: list[Param], names: list[str]) -> None:
+        self.params = params
+        self.names = names
+
+    def __call__(self, trial: Any) -> None:
+        values: dict[str, Any] = {}
+        for name, param in zip(self.names, self.params, strict=True):
+            if param.active(values):
+                values[param.key] = _suggest(param, trial, name)
 
 
 def _suggest(param: Param, trial: Any, name: str) -> Any:
@@ -255,6 +268,7 @@ class _Recorder(Callback):
         self.keep_nodes = sorted({k.split(".", 1)[0] for k in _kept(tune)})
         self.intermediate: dict[str, dict[int, float]] = {}
         self.slots: dict[str, int] = {}
+        self.numbers: dict[str, int] = {}  # Ray trial id -> the order it started in (what watchers show)
         self.finished: set[str] = set()
         self.started: dict[str, dict[str, Any]] = {}
 
@@ -271,18 +285,22 @@ class _Recorder(Callback):
     def _params(self, trial: Any) -> dict[str, Any]:
         return {self.names[k]: v for k, v in trial.config.items() if k in self.names}
 
+    def _n(self, trial: Any) -> int:
+        return self.numbers.get(trial.trial_id, -1)
+
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         free = set(range(len(trials) + 1)) - set(self.slots.values())
         self.slots[trial.trial_id] = min(free)
+        self.numbers.setdefault(trial.trial_id, len(self.numbers))
         self.started[trial.trial_id] = self._params(trial)
-        self._emit(TrialEvent("started", _number(trial), self._params(trial), slot=self.slots[trial.trial_id]))
+        self._emit(TrialEvent("started", self._n(trial), self._params(trial), slot=self.slots[trial.trial_id]))
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
         if result.get("final") == 0 and self.metrics[0] in result:
             step, value = int(result["step"]), float(result[self.metrics[0]])
             self.intermediate.setdefault(trial.trial_id, {})[step] = value
-            self._emit(TrialEvent("progress", _number(trial), self._params(trial), step=step, value=value,
+            self._emit(TrialEvent("progress", self._n(trial), self._params(trial), step=step, value=value,
                                   slot=self.slots.get(trial.trial_id, 0)))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -327,7 +345,7 @@ class _Recorder(Callback):
                 values=values, params=params, distributions=dists, user_attrs=attrs,
                 intermediate_values=self.intermediate.get(trial.trial_id, {})))
         self.slots.pop(trial.trial_id, None)
-        self._emit(TrialEvent("finished", _number(trial), params, state, values, reason, figures=figures))
+        self._emit(TrialEvent("finished", self._n(trial), params, state, values, reason, figures=figures))
 
     def mark_unfinished(self, study: Any) -> bool:
         """Trials Ray did not finish (Ctrl-C) are recorded as interrupted; True if there were any."""
@@ -351,9 +369,4 @@ def _kept(tune: TuneFile) -> list[str]:
     nodes = {o.node for o in tune.objectives} | {"report", "train"}
     return [f"{n}.x" for n in nodes if keep(f"{n}.x")]
 
-
-def _number(trial: Any) -> int:
-    """A stable small number for a Ray trial (its id's counter suffix) for the watchers."""
-    tail = str(trial.trial_id).rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else abs(hash(trial.trial_id)) % 10**6
 

@@ -118,7 +118,7 @@ class TuneSpec(_Spec):
     trials: int = Field(20, ge=1, description="trials in the study (all sessions of it together)")
     concurrency: int = Field(1, ge=1, description="trials running at once")
     sampler: str | dict[str, dict[str, Any]] = Field(
-        "tpe", description="tpe, nsga2, gp or random; or {name: {its options}}")
+        "tpe", description="tpe, nsga2, gp, random or grid (choices and stepped ranges); or {name: {its options}}")
     pruner: str | dict[str, dict[str, Any]] = Field(
         "none", description="none, median, percentile, asha or hyperband; or {name: {its options}}")
     intermediate: IntermediateSpec | None = None

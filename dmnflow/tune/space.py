@@ -74,6 +74,15 @@ class Param:
             return [float(self.low), float(self.low) + n * float(self.step)]  # type: ignore[arg-type]
         return [float(self.low), float(self.high)]  # type: ignore[arg-type]
 
+    def grid(self) -> list[Any]:
+        """Every value of the key (a choice, or a range with a step): what a grid sampler walks."""
+        if self.kind == "choice":
+            return list(self.choices)
+        step = self.step or 1
+        n = math.floor((float(self.high) - float(self.low)) / float(step) + 1e-9)  # type: ignore[arg-type]
+        values = [self.low + i * step for i in range(n + 1)]  # type: ignore[operator]
+        return [int(v) for v in values] if self.kind == "int" else [round(float(v), 12) for v in values]
+
     def describe(self) -> str:
         """The range as a person reads it: ``float [0.05, 0.25]``, ``int [21, 252] step 21``, ``choice a|b``."""
         if self.kind == "choice":

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,12 +69,17 @@ def make_sampler(tune: TuneFile, seed: int | None = None) -> Any:
     optuna = require_optuna()
     name, options = _named(tune.spec.sampler)
     options = dict(options)
+    if name == "grid":  # every value of every key (each a choice, or a range with a step)
+        grid = {p.key: p.grid() for p in tune.space}
+        return optuna.samplers.GridSampler(grid, seed=tune.spec.seed if seed is None else seed)
     if name != "random" or "seed" not in options:
         options.setdefault("seed", tune.spec.seed if seed is None else seed)
     if name == "tpe" and tune.space.conditional:
         options.setdefault("multivariate", True)
         options.setdefault("group", True)  # conditional keys: model the space's sub-spaces jointly
-    return getattr(optuna.samplers, SAMPLERS[name])(**options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(optuna.samplers, SAMPLERS[name])(**options)
 
 
 def make_pruner(tune: TuneFile) -> Any:
@@ -107,7 +113,10 @@ def storage_of(tune: TuneFile) -> Any:
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(tune.storage)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TuneError(f"cannot make the storage {tune.storage}: {exc.strerror or exc}") from None
     return JournalStorage(JournalFileBackend(str(path)))
 
 

@@ -173,6 +173,7 @@ def run_child(sock: socket.socket, request: TrialRequest | None = None) -> int:
         sys.path.insert(0, request.cwd)
     workdir = Path(request.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["DMNFLOW_TRIAL_DIR"] = str(workdir)  # ${env:DMNFLOW_TRIAL_DIR:-...}: a file of the trial's own
     objectives = [unpack_objective(o) for o in request.objectives]
     overrides = unpack_overrides(request.overrides)
     figures: dict[str, Any] = {}

@@ -43,7 +43,8 @@ from .trainer import Trainer, load_trainer
 
 __all__ = ["PRUNERS", "SAMPLERS", "Intermediate", "TrainerRef", "TuneFile", "load_tune"]
 
-SAMPLERS = {"tpe": "TPESampler", "nsga2": "NSGAIISampler", "gp": "GPSampler", "random": "RandomSampler"}
+SAMPLERS = {"tpe": "TPESampler", "nsga2": "NSGAIISampler", "gp": "GPSampler", "random": "RandomSampler",
+            "grid": "GridSampler"}
 PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "percentile": "PercentilePruner",
            "asha": "SuccessiveHalvingPruner", "hyperband": "HyperbandPruner"}
 _DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
@@ -109,15 +110,18 @@ class TuneFile:
         return [p for p in self.space if not p.key.startswith("train.")]
 
 
-def load_tune(path: str | os.PathLike[str], settings: Mapping[str, Any] | None = None) -> TuneFile:
+def load_tune(path: str | os.PathLike[str], settings: Mapping[str, Any] | None = None,
+              overrides: Sequence[str] = ()) -> TuneFile:
     """Read and check a tune file; ``settings`` (from the command line: ``trials``,
-    ``concurrency``, ``engine``, ...) replace the file's values before the checks.
+    ``concurrency``, ``engine``, ...) and ``overrides`` (``--set KEY=VALUE``, KEY dotted into
+    the tune file: ``pbt.population=2``, ``set.vars.days=600``) replace the file's values
+    before the checks.
 
     Raises:
         SpecError: the tune file, or the graph with its settings, is wrong (every issue found).
     """
     issues = IssueList()
-    loaded = _Loader(Path(path), dict(settings or {}), issues).run()
+    loaded = _Loader(Path(path), dict(settings or {}), issues, list(overrides)).run()
     if loaded is None or issues.has_errors:
         raise SpecError(issues.issues or [Issue("invalid-value", "the tune file is invalid", Location(str(path)))])
     loaded.issues = [i for i in issues.issues if not i.is_error]
@@ -125,12 +129,14 @@ def load_tune(path: str | os.PathLike[str], settings: Mapping[str, Any] | None =
 
 
 class _Loader:
-    def __init__(self, path: Path, settings: dict[str, Any], issues: IssueList) -> None:
+    def __init__(self, path: Path, settings: dict[str, Any], issues: IssueList, overrides: list[str]) -> None:
         self.path = path
+        self.overrides = overrides
         self.file = _display(path)
         self.settings = settings
         self.issues = issues
         self.srcmap = SourceMap()
+        self.train_broken = False  # train: is there but its trainer did not load: reported once
 
     def at(self, *path: str | int, key: bool = False) -> Location:
         return self.srcmap.at(path, key=key) or Location(self.file)
@@ -161,8 +167,16 @@ class _Loader:
             self.add("invalid-value", "a tune file is a mapping with graph:, space: and objectives:",
                      self.at(), hint="start from graphs/tune_dmn.yaml")
             return None
+        for text in self.overrides:
+            self.override(data, text)
         for key, value in self.settings.items():  # the command line wins over the file
-            if value is not None:
+            if value is None:
+                continue
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+                for sub in value:
+                    self.srcmap.mark((key, sub), Location(f"--{sub.replace('_', '-')}"))
+            else:
                 data[key] = value
                 self.srcmap.mark((key,), Location(f"--{key.replace('_', '-')}"))
         spec, bad = validate_section(TuneSpec, data, (), self.srcmap, self.issues)
@@ -196,6 +210,40 @@ class _Loader:
         self.publishing(spec)
         self.engine_rules(spec, tune)
         return tune
+
+    def override(self, data: dict[str, Any], text: str) -> None:
+        """One ``--set KEY=VALUE`` into the tune file. Under ``set:`` and ``holdout.set:``, whose
+        keys are themselves dotted graph keys, the rest of KEY is one key."""
+        import yaml
+
+        loc = Location(f"--set {text}")
+        key, sep, raw = text.partition("=")
+        parts = [p.strip() for p in key.split(".")]
+        if not sep or not all(parts):
+            self.add("bad-override", f"{text!r} is not KEY=VALUE with a dotted KEY", loc,
+                     hint="e.g. --set trials=4, --set set.vars.days=600, --set pbt.population=2")
+            return
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        target: Any = data
+        path: list[str] = []
+        while len(parts) > 1:
+            if path in (["set"], ["holdout", "set"]):
+                parts = [".".join(parts)]
+                break
+            head = parts.pop(0)
+            path.append(head)
+            nxt = target.get(head) if isinstance(target, dict) else None
+            if nxt is None:
+                nxt = target[head] = {}
+            if not isinstance(nxt, dict):
+                self.add("bad-override", f"{'.'.join(path)} is not a mapping, so {key} cannot be set", loc, key)
+                return
+            target = nxt
+        target[parts[0]] = value
+        self.srcmap.mark((*path, parts[0]), loc)
 
     # ------------------------------------------------------------------ the graph
 
@@ -439,6 +487,7 @@ class _Loader:
             cls = load_trainer(spec.train.uses)
         except ValueError as exc:
             self.add("import-error", str(exc), loc, "train.uses", "name a dmnflow.tune.Trainer subclass")
+            self.train_broken = True
             return None
         try:
             cls.Params.model_validate(spec.train.params)
@@ -455,6 +504,8 @@ class _Loader:
                           loc)
 
     def check_train_key(self, key: str, loc: Location, tune: TuneFile) -> bool:
+        if self.train_broken:
+            return False
         if tune.trainer is None:
             self.add("unknown-key", f"{key!r} searches a trainer param, but the tune file has no train:",
                      loc, f"space.{key}", "add train: {uses: package.module:Trainer}")
@@ -502,6 +553,8 @@ class _Loader:
                 return None
             return Objective(name, "maximize", "report", fig, loc)
         if node == "train":
+            if self.train_broken:
+                return None
             if tune.trainer is None:
                 self.add("unknown-objective", f"{name!r} reads the trainer, but the tune file has no train:",
                          loc, path, "add train:, or name a report figure")
@@ -579,6 +632,9 @@ class _Loader:
                          f"{what}.{name}.{key}", _suggest(key, accepted))
             if unknown:
                 continue
+            if name == "grid":
+                self.grid(tune)
+                continue
             try:
                 cls(**options)
             except (TypeError, ValueError, ImportError) as exc:
@@ -591,6 +647,13 @@ class _Loader:
         elif pruner != "none" and spec.intermediate is None:
             self.add("invalid-value", f"pruner {pruner} needs intermediate values", self.at("pruner"), "pruner",
                      "add intermediate: {step: performance.periods, every: 252}")
+
+    def grid(self, tune: TuneFile) -> None:
+        """A grid sampler needs every key finite: choices, or ranges with a step."""
+        for param in tune.space:
+            if param.kind == "float" and param.step is None or param.log:
+                self.add("invalid-value", f"the grid sampler needs a finite set of values for {param.key}",
+                         param.loc, f"space.{param.key}", "give the range a step:, or make it a choice:")
 
     def holdout(self, spec: TuneSpec, tune: TuneFile) -> list[Override] | None:
         hold = spec.holdout
