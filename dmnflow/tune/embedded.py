@@ -6,7 +6,9 @@ The loop: ask the study for values (define-by-run over the space), start the tri
 every running trial's events as they come (``select`` on their sockets), report each
 intermediate value to the trial and stop it when the pruner says so, stop a trial past its
 timeout (and kill it if it does not drain), tell the study how each ended. Ctrl-C stops the
-trials in flight, marks them interrupted, and returns; ``--resume`` runs them again.
+trials in flight (Ctrl-C only sets a flag the loop reads, so the journal is never written
+half-way), marks them interrupted, and returns; ``--resume`` runs them again; a second
+Ctrl-C stops waiting for them to drain.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -118,8 +121,19 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
             elif run.proc.stop_at is not None and now - run.proc.stop_at > KILL_AFTER_S:
                 run.proc.kill()
 
+    asked: list[bool] = []
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:  # the loop stops the trials; a second Ctrl-C forces it
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(True)
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         while True:
+            if asked:
+                _stop_all(running, finish)
+                return True
             while len(running) < tune.spec.concurrency and launched < left:
                 start()
             if not running:
@@ -135,6 +149,7 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
         _stop_all(running, finish)
         return True
     finally:
+        signal.signal(signal.SIGINT, previous)
         for run in list(running.values()):  # only after an error of our own: nothing is left running
             run.proc.kill()
             finish(run, {"state": "fail", "reason": "the study stopped on an error", "values": None}, True)

@@ -77,6 +77,8 @@ def value_of(objective: Objective, figures: Mapping[str, Any]) -> tuple[float | 
         return None, (f"{where} reported no figure {objective.figure!r}" +
                       (f" (it has {', '.join(have[:12])})" if have else " (it reported nothing)"))
     value = figures[key]
+    if value is None or isinstance(value, float) and math.isnan(value):
+        return None, f"{objective.name} is undefined (NaN): nothing to rank the trial by"
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None, f"{objective.name} is {'undefined (NaN)' if value is None else repr(value)}, not a number"
+        return None, f"{objective.name} is {value!r}, not a finite number"
     return float(value), ""

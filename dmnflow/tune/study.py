@@ -54,6 +54,20 @@ class TrialEvent:
 Watcher = Callable[[TrialEvent], None]
 
 
+try:
+    from optuna.samplers import GridSampler as _Grid
+except ImportError:  # require_optuna says how to install it
+    _Grid = object  # type: ignore[assignment,misc]
+
+
+class AskTellGrid(_Grid):  # type: ignore[misc,valid-type]
+    """Optuna's GridSampler for ask-and-tell: the engine counts the trials, so a finished grid
+    does not call ``study.stop()`` (which raises outside ``optimize()``)."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
 def require_optuna() -> Any:
     """optuna, or a TuneError saying how to install it."""
     try:
@@ -71,7 +85,7 @@ def make_sampler(tune: TuneFile, seed: int | None = None) -> Any:
     options = dict(options)
     if name == "grid":  # every value of every key (each a choice, or a range with a step)
         grid = {p.key: p.grid() for p in tune.space}
-        return optuna.samplers.GridSampler(grid, seed=tune.spec.seed if seed is None else seed)
+        return AskTellGrid(grid, seed=tune.spec.seed if seed is None else seed)
     if name != "random" or "seed" not in options:
         options.setdefault("seed", tune.spec.seed if seed is None else seed)
     if name == "tpe" and tune.space.conditional:
