@@ -214,19 +214,11 @@ class _Loader:
     def override(self, data: dict[str, Any], text: str) -> None:
         """One ``--set KEY=VALUE`` into the tune file. Under ``set:`` and ``holdout.set:``, whose
         keys are themselves dotted graph keys, the rest of KEY is one key."""
-        import yaml
-
-        loc = Location(f"--set {text}")
-        key, sep, raw = text.partition("=")
-        parts = [p.strip() for p in key.split(".")]
-        if not sep or not all(parts):
-            self.add("bad-override", f"{text!r} is not KEY=VALUE with a dotted KEY", loc,
-                     hint="e.g. --set trials=4, --set set.vars.days=600, --set pbt.population=2")
+        setting = Override.parse(text, self.issues)  # KEY=VALUE, the value read as YAML (dates stay text)
+        if setting is None:
             return
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        loc, key, value = setting.loc, text.partition("=")[0], setting.value
+        parts = list(setting.path)
         target: Any = data
         path: list[str] = []
         while len(parts) > 1:
