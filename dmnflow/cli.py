@@ -389,8 +389,8 @@ def _render_dry_run(tune: Any, drawn: list[dict[str, Any]]) -> None:
     table = Table(title=f"the first {len(drawn)} trials", title_justify="left")
     table.add_column("trial", justify="right")
     keys = [p.key for p in tune.space]
-    for key in keys:
-        table.add_column(key.rsplit(".", 1)[-1] if len(keys) > 3 else key, justify="right")
+    for name in _short_names(keys):
+        table.add_column(name, justify="right")
     for i, values in enumerate(drawn):
         table.add_row(str(i), *[_value(values[k]) if k in values else "-" for k in keys])
     out.print(table)
@@ -401,17 +401,25 @@ def _render_study(tune: Any, result: Any) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     out.print(f"[bold]{result.study}[/bold]: {len(result.rows)} trials ({counts})"
               + (" [yellow]interrupted: --resume continues[/yellow]" if result.interrupted else ""))
-    title = "best trial" if len(names) == 1 else f"Pareto front ({len(result.best)} trials)"
-    table = Table(title=title, title_justify="left")
-    table.add_column("trial", justify="right")
-    for name in names:
-        table.add_column(name, justify="right")
     keys = [p.key for p in tune.space]
-    for key in keys:
-        table.add_column(key, justify="right")
-    for row in result.best[:20]:
-        table.add_row(str(row.number), *[_value(v) for v in row.values or []],
-                      *[_value(row.params[k]) if k in row.params else "-" for k in keys])
+    if len(names) == 1 and result.best:  # one best trial: a key per line reads better than a wide row
+        (row,) = result.best
+        table = Table(title=f"best trial: {row.number}", title_justify="left")
+        table.add_column("")
+        table.add_column("value", justify="right")
+        for name, value in zip(names, row.values or [], strict=False):
+            table.add_row(f"[bold]{name}[/bold]", _value(value))
+        for key in keys:
+            table.add_row(key, _value(row.params[key]) if key in row.params else "- (not searched)")
+    else:
+        table = Table(title=f"Pareto front ({len(result.best)} trials)", title_justify="left")
+        table.add_column("trial", justify="right")
+        short = _short_names(keys)
+        for name in [*names, *short]:
+            table.add_column(name, justify="right")
+        for row in result.best[:20]:
+            table.add_row(str(row.number), *[_value(v) for v in row.values or []],
+                          *[_value(row.params[k]) if k in row.params else "-" for k in keys])
     out.print(table)
     failed = [r for r in result.rows if r.state == "fail"]
     for row in failed[:5]:
@@ -424,11 +432,9 @@ def _render_study(tune: Any, result: Any) -> None:
         table = Table(title=f"trial {hold['trial']}: in sample and held out", title_justify="left")
         for col in ("figure", "in sample", "held out"):
             table.add_column(col, justify="left" if col == "figure" else "right")
-        inside = result.best[0].figures
-        for key in sorted(set(inside) | set(hold.get("figures") or {})):
-            if key.split(".", 1)[0] == "report":
-                continue
-            table.add_row(key, _value(inside.get(key, "-")), _value((hold.get("figures") or {}).get(key, "-")))
+        inside, outside = result.best[0].figures, hold.get("figures") or {}
+        for key in _shown_figures(tune, inside, outside):
+            table.add_row(key, _value(inside.get(key, "-")), _value(outside.get(key, "-")))
         out.print(table)
         if hold.get("state") != "complete":
             err.print(Text(f"the held-out run {hold.get('state')}: {hold.get('reason', '')}", style="red"),
@@ -439,6 +445,21 @@ def _render_study(tune: Any, result: Any) -> None:
         out.print(f"its model: {result.model} (swap it into a running graph: dmnflow swap RUN NODE {result.model})")
     for path in result.plots:
         out.print(f"plot: {path}")
+
+
+def _short_names(keys: list[str]) -> list[str]:
+    """Each dotted key by its last part where that is unique among them (columns stay readable)."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return [tail if last.count(tail) == 1 else key for key, tail in zip(keys, last, strict=True)]
+
+
+def _shown_figures(tune: Any, *figures: dict[str, Any]) -> list[str]:
+    """The objectives' figures, then up to 16 each node of the report declares (Sharpe, drawdown, ...)."""
+    have = set().union(*figures)
+    keys = [f"{o.node}.{o.figure}" for o in tune.objectives]
+    for node in tune.figure_nodes:
+        keys += [f"{node}.{k}" for k in tune.declared(node)[:16]]
+    return [k for k in dict.fromkeys(keys) if k in have]
 
 
 def _version(value: bool) -> None:

@@ -89,6 +89,8 @@ def run_holdout(tune: TuneFile, study: Any) -> dict[str, Any] | None:
     if model and tune.trainer is not None and tune.trainer.model_key:  # the chosen trial's own model, not a new one
         key = tune.trainer.model_key
         template.train, template.graph = None, str(tune.graph)
+        if all(o.node == "train" for o in tune.objectives):
+            template.objectives = []  # trainer metrics are not the graph's: the figures are what is compared
         params = {k: v for k, v in params.items() if not k.startswith("train.")}
         extra.insert(0, Override(tuple(key.split(".")), model, Location(f"--set {key}"), f"{key}={model}"))
     request = template.request(chosen.number, params, workdir=tune.out_dir / "holdout", extra=extra, warm=False,

@@ -94,6 +94,7 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
             result = {**result, "state": "fail", "reason": "interrupted (Ctrl-C)"}
         elif result.get("state") == "stopped":
             result = {**result, "state": "fail"}
+        run.trial.set_user_attr("trial_s", round(time.monotonic() - run.started, 3))  # as the engine saw it
         state = record(study, run.trial, result, pruned=bool(run.pruned), interrupted=interrupted, keep=keep)
         emit(TrialEvent("finished", run.trial.number, run.params, state, result.get("values"),
                         str(result.get("reason") or ""), slot=run.slot,

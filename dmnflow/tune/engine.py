@@ -98,8 +98,9 @@ def host_modules(tune: TuneFile) -> list[str]:
 
 
 def figure_filter(tune: TuneFile) -> Callable[[str], bool]:
-    """Which figures a trial stores: those of the nodes its objectives read, the run's, the trainer's."""
-    nodes = {o.node for o in tune.objectives}
+    """Which figures a trial stores: those of the nodes its objectives read, of the nodes that
+    declare their figures (``summary_keys``: a performance node), the run's, the trainer's."""
+    nodes = {o.node for o in tune.objectives} | set(tune.figure_nodes)
     if tune.intermediate is not None:
         nodes |= {tune.intermediate.value.node, tune.intermediate.step.node}
     keep = nodes | {"report", "train"}

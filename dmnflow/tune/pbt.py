@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .engine import Template
+from .engine import Template, figure_filter
 from .raytune import _ACTIVE, Callback, ray_session, require_ray
 from .space import Param
 from .study import TrialEvent, TuneError
@@ -171,7 +171,8 @@ def _export_and_backtest(tune: TuneFile, best: Any) -> dict[str, Any]:
         result = proc.wait(tune.spec.timeout)
     finally:
         proc.close()
-    figures.update(result.get("figures") or {})  # every figure of the backtest: none of them was optimised
+    keep = figure_filter(tune)
+    figures.update({k: v for k, v in (result.get("figures") or {}).items() if keep(k)})
     if result.get("state") != "complete":
         figures["backtest.reason"] = result.get("reason", "")
     return figures

@@ -337,7 +337,8 @@ class _Recorder(Callback):
                        if k.split(".", 1)[0] in self.keep_nodes}
         if study is not None:
             dists = {p.key: p.distribution() for p in self.params if p.key in params}
-            attrs = {"figures": figures, "ray_trial_id": trial.trial_id, "wall_s": last.get("wall_s")}
+            attrs = {"figures": figures, "ray_trial_id": trial.trial_id, "wall_s": last.get("wall_s"),
+                     "trial_s": last.get("time_total_s")}
             if reason:
                 attrs["reason"] = reason
             study.add_trial(optuna.trial.create_trial(

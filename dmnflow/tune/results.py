@@ -32,7 +32,8 @@ class Row:
     params: dict[str, Any]
     reason: str = ""
     figures: dict[str, Any] = field(default_factory=dict)
-    wall_s: float | None = None
+    wall_s: float | None = None  # the trial process, start to end
+    trial_s: float | None = None  # the trial as the engine saw it: asked, run, told
 
 
 @dataclass
@@ -57,7 +58,8 @@ class StudyResult:
 def _row(trial: Any) -> Row:
     values = list(trial.values) if trial.values is not None else None
     return Row(trial.number, trial.state.name.lower(), values, dict(trial.params), trial.user_attrs.get("reason", ""),
-               dict(trial.user_attrs.get("figures") or {}), trial.user_attrs.get("wall_s"))
+               dict(trial.user_attrs.get("figures") or {}), trial.user_attrs.get("wall_s"),
+               trial.user_attrs.get("trial_s"))
 
 
 def best_trials(study: Any) -> list[Any]:

@@ -93,6 +93,15 @@ class TuneFile:
     trainer: TrainerRef | None = None
     engine: str = "optuna"
     issues: list[Issue] = field(default_factory=list)  # warnings
+    figure_nodes: list[str] = field(default_factory=list)  # nodes whose class declares its figures
+
+    def declared(self, node: str) -> tuple[str, ...]:
+        """The figures a node of the plan declares (``summary_keys``)."""
+        if self.plan is None:
+            return ()
+        plan_node = next((n for n in self.plan.nodes if n.name == node), None)
+        cls = _node_class(plan_node.uses) if plan_node is not None else None
+        return tuple(getattr(cls, "summary_keys", ()) or ())
 
     @property
     def directions(self) -> list[str]:
@@ -195,6 +204,8 @@ class _Loader:
             return tune
         tune.base = self.base(spec)
         tune.plan = self.compile(graph, tune.base, spec.profile)
+        if tune.plan is not None:
+            tune.figure_nodes = [n.name for n in tune.plan.nodes if tune.declared(n.name)]
         top_vars = self.graph_vars(graph, spec.profile)
         for key in spec.set:
             if tune.plan is not None:
