@@ -253,3 +253,22 @@ def test_an_unreachable_ray_address_is_a_clear_error() -> None:
                             env={"NO_COLOR": "1", "COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1 and "cannot reach the Ray cluster" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_tune_file_key_is_in_docs_tune() -> None:
+    from dmnflow.tune import schema
+
+    text = (ROOT / "docs" / "tune.md").read_text()
+    models = [schema.TuneSpec, schema.ParamSpec, schema.IntermediateSpec, schema.HoldoutSpec, schema.PublishSpec,
+              schema.RaySpec, schema.TrainSpec, schema.PbtSpec]
+    missing = [f"{m.__name__}.{f.alias or n}" for m in models for n, f in m.model_fields.items()
+               if f"`{f.alias or n}`" not in text and f"`{f.alias or n}:" not in text]
+    assert missing == []
+
+
+def test_the_feed_binds_the_seeds_ports_by_default() -> None:
+    from dmnflow.tune.schema import PublishSpec
+
+    spec = PublishSpec()
+    assert (spec.host, spec.coordinator, spec.workers, spec.aggregator) == ("127.0.0.1", 5559, [5560, 5561, 5562],
+                                                                           5563)
