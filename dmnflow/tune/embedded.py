@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .engine import Template, figure_filter, host_modules
-from .host import Host
+from .host import start_host
 from .study import TrialEvent, record, trials_left
 from .trial import TrialProcess
 from .tunefile import TuneFile
@@ -50,7 +50,7 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
     left = trials_left(study, tune.spec.trials)
     if left == 0:
         return False
-    host = Host(host_modules(tune), os.getcwd(), tune.out_dir / "host.log") if tune.spec.warm else None
+    host = start_host(host_modules(tune), os.getcwd(), tune.out_dir / "host.log") if tune.spec.warm else None
     running: dict[int, _Running] = {}
     keep = figure_filter(tune)
     template = Template.of(tune)

@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import importlib
 import json
+import logging
 import os
 import select
 import signal
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from .trial import TrialProcess, TrialRequest
 
-__all__ = ["Host", "connect", "main", "warm_modules"]
+__all__ = ["Host", "connect", "main", "start_host", "warm_modules"]
 
 READY_TIMEOUT_S = 120.0  # the host imports torch and the nodes before it answers
 
@@ -155,6 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         listener.close()
     return 0
+
+
+def start_host(modules: list[str], cwd: str, log: Path) -> Host | None:
+    """A warm host, or None (trials then start cold) when it cannot start; the log says why."""
+    try:
+        return Host(modules, cwd, log)
+    except (OSError, RuntimeError) as exc:
+        logging.getLogger("dmnflow.tune").warning("the warm trial host did not start (%s, see %s); trials start "
+                                                  "cold", exc, log)
+        return None
 
 
 class Host:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine import Template, figure_filter, host_modules
-from .host import Host
+from .host import start_host
 from .space import Param
 from .study import TrialEvent, TuneError, make_sampler, trials_left
 from .trial import TrialProcess
@@ -125,7 +125,8 @@ def run_ray(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent]
         return False
     rt = require_ray()
     with ray_session(tune) as local:
-        host = Host(host_modules(tune), os.getcwd(), tune.out_dir / "host.log") if tune.spec.warm and local else None
+        host = start_host(host_modules(tune), os.getcwd(), tune.out_dir / "host.log") if (
+            tune.spec.warm and local) else None
         recorder = _Recorder(tune)
         _ACTIVE[tune.study] = (study, list(watchers))
         try:

@@ -399,10 +399,14 @@ class TrialProcess:
                 self.popen.wait(5)
 
     def close(self) -> None:
+        """Close our end; a cold trial (our child) gets a moment to exit by itself, then is killed."""
         if not self.closed:
             self._ended(None)
-        if self.popen is not None and self.popen.poll() is None:
-            self.kill()
+        if self.popen is not None:
+            try:
+                self.popen.wait(5.0)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def wait(self, timeout_s: float, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Read events until the trial is done (at most ``timeout_s``, then it is killed)."""

@@ -268,3 +268,23 @@ def test_pbt_example_trains_exports_and_backtests_its_best_model(tmp_path: Path)
                                   "--overlay", str(s.out / "best.yaml")], cwd=ROOT, env=s.env,
                                  capture_output=True, text=True, timeout=300)
         assert checked.returncode == 0, checked.stderr  # the model loads and fits the LSTM node's ports
+
+
+# ---------------------------------------------------------------- the runtime's hook
+
+
+def test_a_warm_launch_forks_its_zygote_from_the_caller_and_runs_the_same_graph(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dmnflow
+    from dmnflow.runtime import launch
+
+    monkeypatch.chdir(ROOT)
+    plan = dmnflow.compile_graph(DATA / "score.yaml", ["vars.count=300", "vars.rate=0",
+                                                       "nodes.score.params.x=1.5"], models=False)
+    before = set(os.listdir("/proc"))
+    warm, cold = launch(plan, warm=True), launch(plan)
+    for report in (warm, cold):
+        assert report.status == "finished" and report.nodes["score"].summary == {"score": -3.25, "seen": 300}
+    leftover = [p for p in set(os.listdir("/proc")) - before if p.isdigit() and alive(int(p))
+                and b"dmnflow" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert leftover == [], "a worker or zygote outlived launch()"
