@@ -179,7 +179,8 @@ def _requeue_interrupted(study: Any) -> None:
     trials = study.get_trials(deepcopy=False)
     rerun = {t.user_attrs.get("rerun_of") for t in trials}
     for trial in trials:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get(INTERRUPTED) and trial.number not in rerun:
+        if (trial.state == TrialState.FAIL and trial.user_attrs.get(INTERRUPTED) and trial.number not in rerun
+                and not trial.user_attrs.get("requeued")):  # Ray's interrupted trials: Tuner.restore reruns them
             study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number}, skip_if_exists=False)
 
 
