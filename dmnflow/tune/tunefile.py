@@ -409,8 +409,6 @@ class _Loader:
             return None
         low, high = bounds
         log = kind == "log" or raw.log is True
-        if kind == "float" and raw.log is True:
-            log = True
         if not low < high:
             self.add("invalid-value", f"low {low:g} is not below high {high:g}", self.at(*where, bounds_key, 0), path,
                      "write [low, high], low first" if low > high else "a single value belongs in `set:`, not space:")
