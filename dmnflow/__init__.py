@@ -39,6 +39,7 @@ _LOCATIONS: dict[str, str] = {
     "SendTimeout": "errors",
     "SpecError": "errors",
     "Tensor": "node",
+    "Trainer": "tune.trainer",
     "TransportError": "errors",
     "codec_names": "codecs",
     "compile_graph": "compiler",
@@ -86,6 +87,7 @@ if _TYPE_CHECKING:  # for type checkers and editors: the same names, imported ea
     from .runtime import launch as launch
     from .spec import json_schema as json_schema
     from .spec import load_graph as load_graph
+    from .tune.trainer import Trainer as Trainer
     from .viz import FORMATS as FORMATS
     from .viz import render as render
 
@@ -118,6 +120,7 @@ __all__ = [
     "SendTimeout",
     "SpecError",
     "Tensor",
+    "Trainer",
     "TransportError",
     "codec_names",
     "compile_graph",

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,7 +25,7 @@ from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, Lau
 from .plan import Plan
 from .runtime import Report, launch
 from .runtime.admin import find_run, list_runs, run_status, send_command
-from .spec import format_cpus, json_schema, parse_duration
+from .spec import Override, format_cpus, json_schema, load_overlay, parse_duration
 from .transport.security import KeyError_, generate_keys
 from .viz import FORMATS, render
 
@@ -42,6 +43,9 @@ GraphArg = Annotated[Path, typer.Argument(help="the graph YAML file", show_defau
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", "-s", help="override a value before validation: KEY=VALUE, KEY dotted and existing "
     "(e.g. vars.count=10, nodes.counter.params.rate_hz=0); VALUE is read as YAML; repeatable")]
+OverlayOpt = Annotated[list[Path] | None, typer.Option(
+    "--overlay", help="apply an overlay file (a YAML mapping of dotted keys to values, each applied like "
+    "--set; e.g. the best.yaml `dmnflow tune` writes) before the --set options; repeatable")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="apply the graph's profile NAME")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 NoModelsOpt = Annotated[bool, typer.Option("--no-models", help="do not load model files to check them "
@@ -67,18 +71,33 @@ def _fail(exc: DmnflowError) -> NoReturn:
     raise typer.Exit(ExitCode.INVALID)
 
 
-def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool = True) -> Plan:
+def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[str | Override]:
+    """Overlay files' settings, then the --set options (which win), as the loader takes them."""
+    found: list[str | Override] = []
+    issues: list[Issue] = []
+    for file in overlays or []:
+        settings, problems = load_overlay(file)
+        found += settings
+        issues += problems
+    if any(i.is_error for i in issues):
+        _print_issues(issues)
+        raise typer.Exit(ExitCode.INVALID)
+    return [*found, *(sets or [])]
+
+
+def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool = True,
+          overlays: list[Path] | None = None) -> Plan:
     try:
-        return compile_graph(graph, sets or [], profile=profile, models=models)
+        return compile_graph(graph, _overrides(overlays, sets), profile=profile, models=models)
     except DmnflowError as exc:
         _fail(exc)
 
 
 @app.command("validate")
 def validate_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
-                 as_json: JsonOpt = False, no_models: NoModelsOpt = False) -> None:
+                 as_json: JsonOpt = False, no_models: NoModelsOpt = False, overlays: OverlayOpt = None) -> None:
     """Check a graph and report every problem with file:line:col; exit 1 if any is an error."""
-    issues = validate(graph, sets or [], profile=profile, models=not no_models)
+    issues = validate(graph, _overrides(overlays, sets), profile=profile, models=not no_models)
     errors = sum(i.is_error for i in issues)
     if as_json:
         out.print_json(json.dumps({"file": str(graph), "valid": errors == 0, "errors": errors,
@@ -94,9 +113,10 @@ def validate_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = Non
 
 @app.command("plan")
 def plan_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
-             as_json: JsonOpt = False) -> None:
+             as_json: JsonOpt = False, overlays: OverlayOpt = None) -> None:
     """Show the compiled plan: processes, pins, sockets, codecs and queue bounds."""
-    plan = _plan(graph, sets, profile, models=False)  # the plan does not depend on the model files' contents
+    # the plan does not depend on the model files' contents
+    plan = _plan(graph, sets, profile, models=False, overlays=overlays)
     if as_json:
         sys.stdout.write(plan.to_json() + "\n")
         return
@@ -148,6 +168,7 @@ def launch_cmd(
     name: Annotated[str | None, typer.Option("--name", "-n", help="the run's name for `dmnflow swap` and "
                                              "`dmnflow runs`; default: the graph's name")] = None,
     no_models: NoModelsOpt = False,
+    overlays: OverlayOpt = None,
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
     try:
@@ -155,7 +176,7 @@ def launch_cmd(
     except ValueError as exc:
         err.print(f"error: --duration: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
-    plan = _plan(graph, sets, profile, models=not no_models)
+    plan = _plan(graph, sets, profile, models=not no_models, overlays=overlays)
     try:
         with _live_status(plan) as show:
             result = launch(plan, duration_s=duration_s, on_status=show, name=name)
@@ -266,13 +287,204 @@ def keys_generate_cmd(
 @app.command("schema")
 def schema_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
+    tune: Annotated[bool, typer.Option("--tune", help="the schema of tune files instead of graph files")] = False,
 ) -> None:
-    """Print the JSON Schema of graph files, for editors (yaml-language-server, VS Code)."""
-    text = json.dumps(json_schema(), indent=2) + "\n"
+    """Print the JSON Schema of graph files (or tune files), for editors (yaml-language-server, VS Code)."""
+    if tune:
+        from .tune.schema import tune_json_schema
+
+        text = json.dumps(tune_json_schema(), indent=2) + "\n"
+    else:
+        text = json.dumps(json_schema(), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
     else:
         output.write_text(text, encoding="utf-8")
+
+
+@app.command("tune")
+def tune_cmd(
+    tune_file: Annotated[Path, typer.Argument(help="the tune file (e.g. graphs/tune_dmn.yaml)", show_default=False)],
+    trials: Annotated[int | None, typer.Option("--trials", "-t", help="trials in the study (default: the file's)")
+                      ] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-j", help="trials at once")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", "-e", help="optuna (embedded, the default) or ray")
+                      ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the study in its storage (after Ctrl-C or "
+                                         "a crash: interrupted trials run again)")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the space and the first trials; run nothing")
+                       ] = False,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="per trial, e.g. 10m")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="journal file or RDB URL")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="the sampler's seed")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="--engine ray: an existing Ray cluster")] = None,
+    publish: Annotated[bool, typer.Option("--publish", help="publish trials and results on the seed's ZeroMQ "
+                                          "ports (127.0.0.1:5559-5563)")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="do not draw the PNG plots")] = False,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="override a key of the tune file: KEY=VALUE, KEY dotted (e.g. pbt.population=2, "
+        "set.vars.days=600: a graph key every trial sets); repeatable")] = None,
+) -> None:
+    """Search a graph's parameters: every trial a real run of the graph; the best one written as an overlay."""
+    from .tune import dry_run as draw
+    from .tune import load_tune, run_study
+
+    settings = {"trials": trials, "concurrency": concurrency, "engine": engine, "timeout": timeout,
+                "storage": storage, "seed": seed, "publish": "seed" if publish else None}
+    if address is not None:
+        settings["ray"] = {"address": address}
+    try:
+        tune = load_tune(tune_file, settings, sets or [])
+        if dry_run:
+            _render_dry_run(tune, draw(tune, min(tune.spec.trials, 5)))
+            return
+        with _TuneView(tune) as view:
+            result = run_study(tune, resume=resume, watchers=[view], plots=not no_plots)
+    except DmnflowError as exc:
+        _fail(exc)
+    _render_study(tune, result)
+    if result.interrupted:
+        raise typer.Exit(ExitCode.INTERRUPTED)
+
+
+class _TuneView:
+    """A progress bar with the best value so far while a study runs (on a terminal), and a
+    line per finished trial otherwise."""
+
+    def __init__(self, tune: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.tune = tune
+        self.best: list[float] | None = None
+        self.best_number: int | None = None
+        self.states: dict[str, int] = {}
+        self.running = 0
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=err,
+                                 transient=False, disable=not err.is_terminal)
+        self.task = self.progress.add_task(tune.study, total=tune.spec.trials, status="starting")
+
+    def __enter__(self) -> _TuneView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "started":
+            self.running += 1
+        elif event.kind == "finished":
+            self.running -= 1
+            self.states[event.state] = self.states.get(event.state, 0) + 1
+            if event.state == "complete" and event.values and self._better(event.values):
+                self.best, self.best_number = list(event.values), event.number
+            self.progress.advance(self.task)
+            if not err.is_terminal:
+                err.print(f"trial {event.number} {event.state}"
+                          + (f" {', '.join(f'{v:.4g}' for v in event.values)}" if event.values else "")
+                          + (f": {event.reason.splitlines()[0]}" if event.reason and event.state != "complete"
+                             else ""), soft_wrap=True)
+        names = [o.name for o in self.tune.objectives]
+        best = ("best " + ", ".join(f"{n} {v:.4g}" for n, v in zip(names, self.best, strict=False))
+                + f" (trial {self.best_number})") if self.best else "no complete trial yet"
+        done = ", ".join(f"{n} {s}" for s, n in sorted(self.states.items()))
+        self.progress.update(self.task, status=f"{best}; running {self.running}" + (f"; {done}" if done else ""))
+
+    def _better(self, values: list[float]) -> bool:
+        if self.best is None:
+            return True
+        sign = 1.0 if self.tune.directions[0] == "maximize" else -1.0
+        return sign * values[0] > sign * self.best[0]
+
+
+def _render_dry_run(tune: Any, drawn: list[dict[str, Any]]) -> None:
+    out.print(f"[bold]{tune.study}[/bold]: {tune.spec.trials} trials of {tune.file} over "
+              f"{os.path.relpath(tune.graph)}, {tune.spec.concurrency} at once, engine {tune.engine}, "
+              f"sampler {tune.spec.sampler}, pruner {tune.spec.pruner}; storage {tune.storage}")
+    space = Table(title="space", title_justify="left")
+    for col in ("key", "range"):
+        space.add_column(col)
+    for param in tune.space:
+        space.add_row(param.key, param.describe())
+    out.print(space)
+    out.print("objectives: " + ", ".join(f"{o.name} ({o.direction})" for o in tune.objectives))
+    if tune.base:
+        out.print("every trial: " + " ".join(f"--set {o.text}" for o in tune.base), soft_wrap=True)
+    table = Table(title=f"the first {len(drawn)} trials", title_justify="left")
+    table.add_column("trial", justify="right")
+    keys = [p.key for p in tune.space]
+    for name in _short_names(keys):
+        table.add_column(name, justify="right")
+    for i, values in enumerate(drawn):
+        table.add_row(str(i), *[_value(values[k]) if k in values else "-" for k in keys])
+    out.print(table)
+
+
+def _render_study(tune: Any, result: Any) -> None:
+    names = result.objectives
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
+    out.print(f"[bold]{result.study}[/bold]: {len(result.rows)} trials ({counts})"
+              + (" [yellow]interrupted: --resume continues[/yellow]" if result.interrupted else ""))
+    keys = [p.key for p in tune.space]
+    if len(names) == 1 and result.best:  # one best trial: a key per line reads better than a wide row
+        (row,) = result.best
+        table = Table(title=f"best trial: {row.number}", title_justify="left")
+        table.add_column("")
+        table.add_column("value", justify="right")
+        for name, value in zip(names, row.values or [], strict=False):
+            table.add_row(f"[bold]{name}[/bold]", _value(value))
+        for key in keys:
+            table.add_row(key, _value(row.params[key]) if key in row.params else "- (not searched)")
+    else:
+        table = Table(title=f"Pareto front ({len(result.best)} trials)", title_justify="left")
+        table.add_column("trial", justify="right")
+        short = _short_names(keys)
+        for name in [*names, *short]:
+            table.add_column(name, justify="right")
+        for row in result.best[:20]:
+            table.add_row(str(row.number), *[_value(v) for v in row.values or []],
+                          *[_value(row.params[k]) if k in row.params else "-" for k in keys])
+    out.print(table)
+    failed = [r for r in result.rows if r.state == "fail"]
+    for row in failed[:5]:
+        err.print(Text(f"trial {row.number} failed: {row.reason.splitlines()[0] if row.reason else '?'}",
+                       style="red"), soft_wrap=True)
+    if len(failed) > 5:
+        err.print(f"... and {len(failed) - 5} more failed trials (see {result.summary})")
+    if result.holdout and result.best:
+        hold = result.holdout
+        table = Table(title=f"trial {hold['trial']}: in sample and held out", title_justify="left")
+        for col in ("figure", "in sample", "held out"):
+            table.add_column(col, justify="left" if col == "figure" else "right")
+        inside, outside = result.best[0].figures, hold.get("figures") or {}
+        for key in _shown_figures(tune, inside, outside):
+            table.add_row(key, _value(inside.get(key, "-")), _value(outside.get(key, "-")))
+        out.print(table)
+        if hold.get("state") != "complete":
+            err.print(Text(f"the held-out run {hold.get('state')}: {hold.get('reason', '')}", style="red"),
+                      soft_wrap=True)
+    if result.overlay is not None:
+        out.print(f"best trial: {result.overlay}  (run it: {result.launch_command})")
+    if result.model is not None:
+        out.print(f"its model: {result.model} (swap it into a running graph: dmnflow swap RUN NODE {result.model})")
+    for path in result.plots:
+        out.print(f"plot: {path}")
+
+
+def _short_names(keys: list[str]) -> list[str]:
+    """Each dotted key by its last part where that is unique among them (columns stay readable)."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return [tail if last.count(tail) == 1 else key for key, tail in zip(keys, last, strict=True)]
+
+
+def _shown_figures(tune: Any, *figures: dict[str, Any]) -> list[str]:
+    """The objectives' figures, then up to 16 each node of the report declares (Sharpe, drawdown, ...)."""
+    have = set().union(*figures)
+    keys = [f"{o.node}.{o.figure}" for o in tune.objectives]
+    for node in tune.figure_nodes:
+        keys += [f"{node}.{k}" for k in tune.declared(node)[:16]]
+    return [k for k in dict.fromkeys(keys) if k in have]
 
 
 def _version(value: bool) -> None:

@@ -46,7 +46,7 @@ from .plan import (
     RestartPlan,
     SecurityPlan,
 )
-from .spec import LoadedGraph, ModelSpec, NodeEntry, SourceMap, format_cpus, load_graph
+from .spec import LoadedGraph, ModelSpec, NodeEntry, Override, SourceMap, format_cpus, load_graph
 from .transport.security import check_key_dir
 
 __all__ = ["compile_graph", "validate"]
@@ -54,7 +54,7 @@ __all__ = ["compile_graph", "validate"]
 _REPLICA_RE = re.compile(r"^(?P<base>.+)\[(?P<index>\d+)\]$")
 
 
-def validate(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
+def validate(path: str | os.PathLike[str], overrides: Sequence[str | Override] = (), *,
              profile: str | None = None, machine_cpus: Sequence[int] | None = None,
              models: bool = True) -> list[Issue]:
     """Every problem in a graph file, errors and warnings, in file order. Empty when clean.
@@ -65,7 +65,7 @@ def validate(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
     return sort_issues(issues)
 
 
-def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
+def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str | Override] = (), *,
                   profile: str | None = None, machine_cpus: Sequence[int] | None = None,
                   models: bool = True) -> Plan:
     """Compile a graph file into a Plan.
@@ -81,7 +81,7 @@ def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *
     return plan
 
 
-def _compile(path: str | os.PathLike[str], overrides: Sequence[str], profile: str | None,
+def _compile(path: str | os.PathLike[str], overrides: Sequence[str | Override], profile: str | None,
              machine_cpus: Sequence[int] | None, models: bool = True) -> tuple[Plan | None, list[Issue], list[Issue]]:
     """The plan (None when there are errors), every issue, and those found reading the file."""
     graph = load_graph(path, overrides, profile=profile)

@@ -112,10 +112,13 @@ class Node:
     shell-style patterns such as ``"AWS_*"`` work too). A worker's environment keeps every
     variable except secret-looking ones (``*_KEY``, ``*_SECRET``, ``*_TOKEN``, ``*PASSWORD*``,
     ...), which reach only the workers whose nodes declare them (docs/runtime.md).
+    A node with a ``summary()`` (figures for the run's report) may list its keys in
+    ``summary_keys``, so a tune file's objectives are checked against them before any trial runs.
     """
 
     Params: ClassVar[type[BaseModel]] = NoParams
     busy: ClassVar[bool] = False
+    summary_keys: ClassVar[tuple[str, ...]] = ()  # what summary() reports: `dmnflow tune` checks objectives by it
     env: ClassVar[tuple[str, ...]] = ()
 
     @classmethod

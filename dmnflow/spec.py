@@ -46,15 +46,19 @@ __all__ = [
     "NodeEntry",
     "NodeSpec",
     "OutputSpec",
+    "Override",
     "RestartSpec",
     "SecuritySpec",
     "SourceMap",
     "json_schema",
     "load_graph",
+    "load_overlay",
     "format_cpus",
     "parse_cpus",
     "parse_duration",
     "parse_size",
+    "parse_yaml",
+    "validate_section",
 ]
 
 Path_ = tuple[str | int, ...]
@@ -560,6 +564,42 @@ class Override:
         return cls(segments, value, loc, text)
 
 
+def load_overlay(path: str | os.PathLike[str]) -> tuple[list[Override], list[Issue]]:
+    """An overlay file's settings, in file order: a YAML mapping of dotted keys to values,
+    each applied exactly like ``--set KEY=VALUE`` and located where it is written (so a
+    mistake is reported in the overlay file, not in the graph). ``dmnflow tune`` writes its
+    best trial as one; ``dmnflow launch g.yaml --overlay FILE`` applies it."""
+    issues = IssueList()
+    file = _display(Path(path))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        issues.add("file-not-found", f"overlay file {file} does not exist", Location(file),
+                   hint="check the path (dmnflow tune writes best.yaml in its output directory)")
+        return [], issues.issues
+    except (OSError, UnicodeDecodeError) as exc:
+        issues.add("file-unreadable", f"cannot read {file}: {exc}", Location(file),
+                   hint="an overlay file is UTF-8 YAML text")
+        return [], issues.issues
+    data, srcmap = parse_yaml(text, file, issues)
+    if data is None:
+        return [], issues.issues
+    if not isinstance(data, dict):
+        issues.add("invalid-value", "an overlay file is a mapping of dotted keys to values "
+                   "(e.g. `nodes.risk.params.target_vol: 0.1`)", srcmap.at(()))
+        return [], issues.issues
+    out = []
+    for key, value in data.items():
+        segments = tuple(s.strip() for s in str(key).split("."))
+        loc = srcmap.at((key,), key=True) or Location(file)
+        if not all(segments):
+            issues.add("bad-override", f"{key!r} is not a dotted key", loc, path=str(key),
+                       hint="write it as the KEY of --set KEY=VALUE, e.g. nodes.lstm.params.hidden")
+            continue
+        out.append(Override(segments, value, loc, f"{key}={value!r}"))
+    return out, issues.issues
+
+
 def _apply_override(data: dict[str, Any], srcmap: SourceMap, ov: Override, issues: IssueList) -> None:
     """Set one dotted path; routes ``nodes.<inc>/<node>...`` into include ``<inc>``'s set.
 
@@ -589,9 +629,10 @@ def _apply_override(data: dict[str, Any], srcmap: SourceMap, ov: Override, issue
             entry = includes[inc]
             if isinstance(entry, str):
                 entry = includes[inc] = {"path": entry}
+            inner = ".".join(("nodes", rest) + path[2:])
             if isinstance(entry, dict):
-                entry.setdefault("set", {})[".".join(("nodes", rest) + path[2:])] = ov.value
-            srcmap.mark(("include", inc, "set"), ov.loc)
+                entry.setdefault("set", {})[inner] = ov.value
+            srcmap.mark(("include", inc, "set", inner), ov.loc)  # each setting keeps its own location
             return
         if name not in nodes:
             issues.add("bad-override", f"no node {name!r} to set {'.'.join(path)} on", ov.loc,
@@ -788,11 +829,15 @@ class LoadedGraph:
         return node in self.broken or any(node.startswith(b) for b in self.broken if b.endswith("/"))
 
 
-def load_graph(path: str | os.PathLike[str], overrides: Sequence[str] = (), *,
+def load_graph(path: str | os.PathLike[str], overrides: Sequence[str | Override] = (), *,
                profile: str | None = None, env: Mapping[str, str] | None = None) -> LoadedGraph:
-    """Read a graph file with its includes; problems are collected in ``issues``."""
+    """Read a graph file with its includes; problems are collected in ``issues``.
+
+    ``overrides`` are ``--set`` texts (``KEY=VALUE``) or ``Override``s already read, with
+    their own locations (an overlay file's, from ``load_overlay``)."""
     issues = IssueList()
-    parsed = [o for o in (Override.parse(text, issues) for text in overrides) if o is not None]
+    parsed = [o for o in (o if isinstance(o, Override) else Override.parse(o, issues) for o in overrides)
+              if o is not None]
     file = Path(path)
     graph = _load_file(file, parsed, profile, os.environ if env is None else env, issues, [])
     if graph is None:
@@ -959,6 +1004,16 @@ def _scope(spec: NodeSpec, prefix: str) -> NodeSpec:
 
 def _rescope(dotted: str, prefix: str) -> str:
     return f"nodes.{prefix}/{dotted[len('nodes.'):]}" if dotted.startswith("nodes.") else dotted
+
+
+def validate_section(model: type[BaseModel], raw: Any, base: Path_, srcmap: SourceMap,
+                     issues: IssueList) -> tuple[Any, frozenset[str]]:
+    """Validate a part of a located YAML document (``raw`` at ``base``) against a pydantic
+    model the way graph files are: every error an issue at its file:line:col, unknown keys
+    with a did-you-mean, and the good keys kept when some are bad. Returns the model (None
+    when nothing usable is left) and the keys that failed. Other YAML files dmnflow reads
+    (tune files) are checked with it."""
+    return _validate_partial(model, raw, base, srcmap, issues, set())
 
 
 def _validate_partial(model: type[BaseModel], raw: Any, base: Path_, srcmap: SourceMap,

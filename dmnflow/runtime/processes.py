@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ class Zygote:
         longest = max((len(os.fsencode(n)) for n in names), default=0)
         pad = "-" * (longest + 24)
         try:
-            self.popen: subprocess.Popen[bytes] | None = subprocess.Popen(
+            self.popen: subprocess.Popen[bytes] | Forked | None = subprocess.Popen(
                 [sys.executable, "-m", "dmnflow.runtime.zygote", run_dir, str(os.getpid()), str(theirs.fileno()),
                  pad], env=env, pass_fds=[theirs.fileno()], start_new_session=True)
         except OSError as exc:
@@ -128,6 +129,38 @@ class Zygote:
         theirs.close()
         self.sock = ours
         self.buffer = b""
+
+    @classmethod
+    def forked(cls, run_dir: str, env: dict[str, str]) -> Zygote:
+        """A zygote forked from this process instead of started as a new interpreter
+        (``launch(warm=True)``): its workers inherit every module this process has imported
+        (torch, the nodes' code), so none of them imports it again. Taken before the run
+        has a zmq context; from then on it serves exactly as the exec'd one does. Its
+        environment is ``env`` (the zygote's: no secret a node did not declare)."""
+        zygote = cls.__new__(cls)
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the zygote (and, returning from serve, each worker): never back into our caller
+            code = 1
+            try:
+                ours.close()
+                os.environ.clear()
+                os.environ.update(env)
+                from . import zygote as _zygote
+
+                code = _zygote.main([run_dir, str(os.getppid()), str(theirs.fileno())])
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                os._exit(code)
+        theirs.close()
+        zygote.popen = Forked(pid)
+        zygote.sock = ours
+        zygote.buffer = b""
+        return zygote
 
     def spawn(self, name: str, inc: int, timeout_s: float, env: dict[str, str] | None = None) -> Forked | None:
         """A worker forked from the zygote, or None when the zygote cannot (it then stays unused).

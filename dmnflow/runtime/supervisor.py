@@ -78,18 +78,21 @@ class _Proc:
 
 def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
            startup_timeout_s: float = 60.0, on_status: Callable[[Report], None] | None = None,
-           name: str | None = None) -> Report:
+           name: str | None = None, warm: bool = False) -> Report:
     """Run a compiled graph until it ends by itself, ``duration_s`` passes, or Ctrl-C.
 
     ``name`` (default: the graph's name) is how ``dmnflow swap`` and ``dmnflow runs`` find
     the run while it runs: a ``name`` that another live run has is refused, a default name
-    another run has gets a suffix (``-2``, with a warning).
+    another run has gets a suffix (``-2``, with a warning). ``warm``: fork the workers' zygote from
+    this process, so they start with what it has already imported (``dmnflow tune`` runs each
+    trial this way in a process that imported torch and the nodes once for the whole study);
+    the caller must have no thread that holds a lock the workers need.
 
     Raises:
         LaunchError: the graph could not be started (a worker failed during start-up, ``name``
             is taken, or a fixed tcp port is in use: ``PortInUse``, exit code 1).
     """
-    return _Supervisor(plan, grace_s, startup_timeout_s, name).run(duration_s, on_status)
+    return _Supervisor(plan, grace_s, startup_timeout_s, name, warm).run(duration_s, on_status)
 
 
 @dataclass
@@ -129,10 +132,12 @@ def check_fixed_ports(plan: Plan) -> None:
 
 
 class _Supervisor:
-    def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float, name: str | None) -> None:
+    def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float, name: str | None,
+                 warm: bool = False) -> None:
         self.plan = plan
         self.name = name or plan.graph
         self.name_given = name is not None  # a taken --name is refused; a taken default is suffixed
+        self.warm = warm
         self.requests: dict[int, _Request] = {}
         self.next_token = 0
         self.grace_s = grace_s
@@ -171,6 +176,10 @@ class _Supervisor:
         except LaunchError:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+        # workers forked by the zygote become our children: we wait for them and signal them by PID
+        reaper = subreaper(True) if os.environ.get(ZYGOTE_ENV, "1") != "0" else None
+        if self.warm and reaper is not None:  # before the run's zmq context and threads exist
+            self.zygote = Zygote.forked(self.run_dir, self.worker_env())
         zctx = zmq.Context()
         self.control = zctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
@@ -189,10 +198,8 @@ class _Supervisor:
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         t0 = time.monotonic()
         status, startup_s = "failed", 0.0
-        # workers forked by the zygote become our children: we wait for them and signal them by PID
-        reaper = subreaper(True) if os.environ.get(ZYGOTE_ENV, "1") != "0" else None
         try:
-            if reaper is not None:
+            if reaper is not None and self.zygote is None:
                 self.zygote = Zygote(self.run_dir, list(self.procs), self.worker_env())
             for proc in self.procs.values():
                 self.spawn(proc)

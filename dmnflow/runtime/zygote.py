@@ -29,6 +29,10 @@ cores before that) and forks only while it has a single thread; it imports no no
 and not numpy (OpenBLAS starts a thread at import, and reads its thread count, which a
 worker sets from its pins, only then). It dies with the supervisor, and exits when the
 supervisor closes the socket.
+
+``launch(warm=True)`` forks the zygote from the supervisor instead (``supervisor._Zygote.forked``,
+before the run's zmq context exists): it then runs ``main`` with the caller's imports
+(torch, the nodes) already in place, and its workers inherit them.
 """
 
 from __future__ import annotations

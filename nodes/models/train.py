@@ -38,8 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .data import VOL_TARGET, Panel, Sequences, build_panel, make_sequences
 
-__all__ = ["FitResult", "TrainConfig", "closes_fingerprint", "fit", "load_closes", "main", "seed_everything",
-           "sharpe_loss", "weights_fingerprint"]
+__all__ = ["FitResult", "TrainConfig", "Training", "closes_fingerprint", "fit", "load_closes", "main",
+           "seed_everything", "sharpe_loss", "weights_fingerprint", "write_sidecar"]
 
 TRADING_DAYS = 252
 
@@ -163,35 +163,56 @@ def _score(net: Any, x: Any, target: Any, sigma: Any, cost: float, mask: Any = N
         return float(sharpe_loss(pos, target, sigma, cost, mask))
 
 
-def fit(panel: Panel, config: TrainConfig, start: Any = None, end: Any = None, log: Any = None) -> FitResult:
-    """Train ``config.model`` on the windows of ``[start, end)`` with early stopping on its last
-    ``valid_fraction`` (by date); the best epoch's weights are kept."""
-    import torch
+class Training:
+    """One training run, an epoch at a time: what ``fit`` loops over, and what a tuner steps,
+    checkpoints and (population-based training) hands to another member with new settings.
 
-    from .nets import build_model
+    Built on ``[start, end)`` with early stopping on its last ``valid_fraction`` (by date);
+    the best epoch's weights are kept (``best_state``).
+    """
 
-    say = log or (lambda *_: None)
-    seed_everything(config.seed, config.threads)
-    split = _validation_split(panel, start, end, config.valid_fraction)
-    train = make_sequences(panel, start, split, config.window, config.stride)
-    valid, vmask = _validation_sequences(panel, split, end, config.window)
-    if not len(train) or not len(valid):
-        raise ValueError(f"not enough data: {len(train)} training and {len(valid)} validation windows of "
-                         f"{config.window} days between {start} and {end} (split {split.date()})")
-    net = build_model(config.model, hidden=config.hidden, dropout=config.dropout, d_model=config.d_model,
-                      heads=config.heads, layers=config.layers, window=config.window)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    gen = torch.Generator().manual_seed(config.seed)
-    cost = config.cost_bps * 1e-4
-    tx, tt, ts = (torch.from_numpy(a) for a in (train.x, train.target, train.sigma))
-    vx, vt, vs = (torch.from_numpy(a) for a in (valid.x, valid.target, valid.sigma))
-    vm = torch.from_numpy(vmask)
-    best, best_state, best_epoch, bad = math.inf, copy.deepcopy(net.state_dict()), 0, 0
-    history: list[dict[str, float]] = []
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        net.train()
-        order = torch.randperm(len(train), generator=gen)
+    def __init__(self, panel: Panel, config: TrainConfig, start: Any = None, end: Any = None) -> None:
+        import torch
+
+        from .nets import build_model
+
+        self.config = config
+        seed_everything(config.seed, config.threads)
+        self.split = _validation_split(panel, start, end, config.valid_fraction)
+        self.train = make_sequences(panel, start, self.split, config.window, config.stride)
+        valid, vmask = _validation_sequences(panel, self.split, end, config.window)
+        if not len(self.train) or not len(valid):
+            raise ValueError(f"not enough data: {len(self.train)} training and {len(valid)} validation windows of "
+                             f"{config.window} days between {start} and {end} (split {self.split.date()})")
+        self.valid_windows = len(valid)
+        self.net = build_model(config.model, hidden=config.hidden, dropout=config.dropout, d_model=config.d_model,
+                               heads=config.heads, layers=config.layers, window=config.window)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.tx, self.tt, self.ts = (torch.from_numpy(a) for a in (self.train.x, self.train.target, self.train.sigma))
+        self.vx, self.vt, self.vs = (torch.from_numpy(a) for a in (valid.x, valid.target, valid.sigma))
+        self.vm = torch.from_numpy(vmask)
+        self.best, self.best_state, self.best_epoch, self.bad = math.inf, copy.deepcopy(self.net.state_dict()), 0, 0
+        self.history: list[dict[str, float]] = []
+        self.epoch = 0
+
+    @property
+    def cost(self) -> float:
+        return self.config.cost_bps * 1e-4
+
+    @property
+    def stalled(self) -> bool:
+        """``patience`` epochs in a row without a better validation loss."""
+        return self.bad >= self.config.patience
+
+    def step(self) -> dict[str, float]:
+        """Train one epoch; its losses (minus Sharpe ratios) in the history."""
+        import torch
+
+        config = self.config
+        self.epoch += 1
+        self.net.train()
+        order = torch.randperm(len(self.train), generator=self.gen)
         if config.max_windows is not None:
             order = order[:config.max_windows]
         losses = []
@@ -199,27 +220,69 @@ def fit(panel: Panel, config: TrainConfig, start: Any = None, end: Any = None, l
             idx = order[a:a + config.batch]
             if idx.numel() < 2:
                 continue
-            loss = sharpe_loss(net(tx[idx]), tt[idx], ts[idx], cost)
-            opt.zero_grad()
+            loss = sharpe_loss(self.net(self.tx[idx]), self.tt[idx], self.ts[idx], self.cost)
+            self.opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), config.max_grad_norm)
-            opt.step()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), config.max_grad_norm)
+            self.opt.step()
             losses.append(float(loss.detach()))
-        vloss = _score(net, vx, vt, vs, cost, vm)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_loss": vloss})
-        say(f"epoch {epoch:3d}  train Sharpe {-np.mean(losses):6.3f}  valid Sharpe {-vloss:6.3f}")
-        if vloss < best - 1e-6:
-            best, best_state, best_epoch, bad = vloss, copy.deepcopy(net.state_dict()), epoch, 0
+        vloss = _score(self.net, self.vx, self.vt, self.vs, self.cost, self.vm)
+        row = {"epoch": self.epoch, "train_loss": float(np.mean(losses)), "valid_loss": vloss}
+        self.history.append(row)
+        if vloss < self.best - 1e-6:
+            self.best, self.best_state, self.best_epoch, self.bad = vloss, copy.deepcopy(self.net.state_dict()), \
+                self.epoch, 0
         else:
-            bad += 1
-            if bad >= config.patience:
-                break
-    net.load_state_dict(best_state)
-    sample = torch.from_numpy(np.unique(np.linspace(0, len(train) - 1, min(len(train), 4096)).astype(np.int64)))
-    train_sharpe = -_score(net, tx[sample], tt[sample], ts[sample], cost)  # up to 4096 windows, evenly spread
-    return FitResult(net=net, config=config, best_epoch=best_epoch, epochs_run=epoch, valid_sharpe=-best,
-                     train_sharpe=train_sharpe, train_windows=len(train), valid_windows=len(valid),
-                     valid_from=str(split.date()), history=history)
+            self.bad += 1
+        return row
+
+    def retune(self, config: TrainConfig) -> None:
+        """Go on under new settings (PBT's explore): learning rate, dropout, cost, batch, clipping."""
+        for group in self.opt.param_groups:
+            group["lr"] = config.lr
+        for module in self.net.modules():
+            if type(module).__name__ == "Dropout":
+                module.p = config.dropout
+        self.config = config
+
+    def state(self) -> dict[str, Any]:
+        """Everything to continue from here (a checkpoint)."""
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+                "best": self.best, "best_state": self.best_state, "best_epoch": self.best_epoch, "bad": self.bad,
+                "epoch": self.epoch, "history": self.history}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.best, self.best_state, self.best_epoch = state["best"], state["best_state"], state["best_epoch"]
+        self.bad, self.epoch, self.history = state["bad"], state["epoch"], list(state["history"])
+
+    def result(self) -> FitResult:
+        """The best epoch's network, and how training went."""
+        import torch
+
+        self.net.load_state_dict(self.best_state)
+        n = len(self.train)
+        sample = torch.from_numpy(np.unique(np.linspace(0, n - 1, min(n, 4096)).astype(np.int64)))
+        # up to 4096 windows, evenly spread
+        train_sharpe = -_score(self.net, self.tx[sample], self.tt[sample], self.ts[sample], self.cost)
+        return FitResult(net=self.net, config=self.config, best_epoch=self.best_epoch, epochs_run=self.epoch,
+                         valid_sharpe=-self.best, train_sharpe=train_sharpe, train_windows=n,
+                         valid_windows=self.valid_windows, valid_from=str(self.split.date()), history=self.history)
+
+
+def fit(panel: Panel, config: TrainConfig, start: Any = None, end: Any = None, log: Any = None) -> FitResult:
+    """Train ``config.model`` on the windows of ``[start, end)`` with early stopping on its last
+    ``valid_fraction`` (by date); the best epoch's weights are kept."""
+    say = log or (lambda *_: None)
+    run = Training(panel, config, start, end)
+    for _ in range(config.epochs):
+        row = run.step()
+        say(f"epoch {row['epoch']:3d}  train Sharpe {-row['train_loss']:6.3f}  valid Sharpe {-row['valid_loss']:6.3f}")
+        if run.stalled:
+            break
+    return run.result()
 
 
 # ---------------------------------------------------------------------- data sources and the command line
@@ -343,6 +406,28 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def write_sidecar(out: Path, result: FitResult, source: dict[str, Any], panel: Panel, train_start: Any,
+                  train_end: Any, test: dict[str, Any] | None, command: str, **more: Any) -> Path:
+    """The model file's provenance, ``<out>.json``: data, dates, config, figures, digests, commit, command."""
+    import torch
+
+    config = result.config
+    sidecar = {
+        "file": out.name, "sha256": _sha256(out), "weights_sha256": weights_fingerprint(result.net),
+        "model": config.model,
+        "input": {"shape": [config.window, 8], "dtype": "float32"}, "output": {"shape": [1]},
+        "data": source, "train": {"start": train_start or str(panel.dates[panel.valid().any(axis=1)][0].date()),
+                                  "end": train_end, "valid_from": result.valid_from},
+        "config": config.model_dump(), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+        "train_sharpe": round(result.train_sharpe, 6), "valid_sharpe": round(result.valid_sharpe, 6),
+        "train_windows": result.train_windows, "valid_windows": result.valid_windows,
+        "out_of_sample": test, "git_commit": git_commit(), "torch": torch.__version__, "command": command, **more,
+    }
+    path = Path(str(out) + ".json")
+    path.write_text(json.dumps(sidecar, indent=2) + "\n")
+    return path
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m nodes.models.train", formatter_class=_Defaults,
                                  description=__doc__.split("\n\n")[0].replace("``", ""))
@@ -406,21 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         test = {"start": args.train_end, "end": args.test_end or str(closes.index[-1].date()),
                 "vol_target": VOL_TARGET, "cost_bps": 0.0,
                 "figures": out_of_sample(result, panel, args.train_end, args.test_end)}
-    import torch
-
-    sidecar = {
-        "file": out.name, "sha256": _sha256(out), "weights_sha256": weights_fingerprint(result.net),
-        "model": config.model,
-        "input": {"shape": [config.window, 8], "dtype": "float32"}, "output": {"shape": [1]},
-        "data": source, "train": {"start": args.train_start or str(panel.dates[panel.valid().any(axis=1)][0].date()),
-                                  "end": args.train_end, "valid_from": result.valid_from},
-        "config": config.model_dump(), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-        "train_sharpe": round(result.train_sharpe, 6), "valid_sharpe": round(result.valid_sharpe, 6),
-        "train_windows": result.train_windows, "valid_windows": result.valid_windows,
-        "out_of_sample": test, "git_commit": git_commit(), "torch": torch.__version__,
-        "command": "python -m nodes.models.train " + " ".join(sys.argv[1:] if argv is None else argv),
-    }
-    Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    write_sidecar(out, result, source, panel, args.train_start, args.train_end, test,
+                  "python -m nodes.models.train " + " ".join(sys.argv[1:] if argv is None else argv))
     log(f"best epoch {result.best_epoch}/{result.epochs_run}: valid Sharpe {result.valid_sharpe:.3f}; "
         f"wrote {out} ({out.stat().st_size} bytes) in {time.perf_counter() - began:.1f}s")
     if test:

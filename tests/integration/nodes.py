@@ -1,14 +1,15 @@
-"""Node classes only the runtime tests use: slow and watchable sinks, jitter, a join."""
+"""Node classes only the runtime and tune tests use: slow and watchable sinks, jitter, a join, a score."""
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import random
 import time
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dmnflow import ConfigError, Input, Node, Output, Tensor
 from nodes.basic import Collect
@@ -300,3 +301,45 @@ class EnvProbe(Node):
 
     def on_values(self, value: Any, ctx: Any) -> None:
         pass
+
+
+class Score(Node):
+    """A sink whose summary is a known function of its params: the objective of the tune tests.
+
+    ``score = -(x - 3)^2 - (y + 1)^2`` (best at x=3, y=-1); ``mode`` makes the trial go wrong
+    on purpose: ``nan`` reports NaN, ``crash`` raises after a few values, ``hang`` stops
+    reading. ``gap`` refuses an x inside it at compile time (a value the ends of a range do not show).
+    """
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        x: float = 0.0
+        y: float = 0.0
+        mode: Literal["ok", "nan", "crash", "hang"] = "ok"
+        gap: list[float] | None = Field(None, description="[low, high]: x may not lie inside")
+
+        @model_validator(mode="after")
+        def _outside_gap(self) -> Score.Params:
+            if self.gap is not None and self.gap[0] < self.x < self.gap[1]:
+                raise ValueError(f"x {self.x} lies in the gap {self.gap}")
+            return self
+
+    values = Input(float)
+    summary_keys = ("score", "seen")
+
+    def setup(self, ctx: Any) -> None:
+        self.p = ctx.params
+        self.seen = 0
+
+    def on_values(self, value: float, ctx: Any) -> None:
+        self.seen += 1
+        if self.p.mode == "crash" and self.seen > 5:
+            raise RuntimeError("score: crashing on purpose")
+        if self.p.mode == "hang":
+            time.sleep(3600)
+
+    def summary(self) -> dict[str, Any]:
+        if not hasattr(self, "p"):
+            return {}
+        score = math.nan if self.p.mode == "nan" else -(self.p.x - 3) ** 2 - (self.p.y + 1) ** 2
+        return {"score": score, "seen": self.seen}

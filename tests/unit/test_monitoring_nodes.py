@@ -57,6 +57,14 @@ def test_performance_summary_matches_metrics(tmp_path: Path) -> None:
     assert last["t"] == T0 + 4 * DAY and len(ctx.out["metrics"]) == 5
 
 
+def test_performance_declares_its_summary_keys() -> None:
+    """`summary_keys` is what a tune file's objectives are checked against: exactly the summary's keys."""
+    node, ctx = make(Performance)
+    for i, e in enumerate([1000.0, 1010.0, 1005.0]):
+        node.on_account(account(T0 + i * DAY, e, 0.0), ctx)
+    assert list(node.summary()) == list(Performance.summary_keys)
+
+
 def test_performance_same_time_replaces_and_bad_input_counts() -> None:
     node, ctx = make(Performance, {"emit_every": 2})
     node.on_account({"t": 1, "equity": 1000.0, "traded": 0.0}, ctx)  # without pnl: no starting-capital point

@@ -1,0 +1,290 @@
+"""`dmnflow tune` for real: trials are graph runs in real processes, on both engines.
+
+Each study runs as a `dmnflow tune` child process tagged with an environment variable that
+every process it starts inherits (host, trials, supervisors, zygotes, workers, Ray's
+processes), so a test finds anything left behind by that tag, and kills it by PID at the end
+whatever happened. Budgets are tiny: a few trials of short synthetic runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .procs import ROOT, alive, kill_all, wait_until
+
+DATA = Path(__file__).resolve().parent / "data"
+SCORE = DATA / "tune_score.yaml"
+
+
+def tagged(tag: str) -> list[int]:
+    """Live processes whose environment carries ``tag`` (a zombie is gone)."""
+    needle = f"DMNFLOW_TEST_TAG={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "environ").read_bytes().split(b"\0") and alive(int(entry.name)):
+                    found.append(int(entry.name))
+    return found
+
+
+class Study:
+    """A `dmnflow tune` child process and everything it starts, found by its tag."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.tag = uuid.uuid4().hex
+        self.out = tmp / "out"
+        self.env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "DMNFLOW_TEST_TAG": self.tag, **(env or {})}
+        self.args = list(args)
+        self.proc: subprocess.Popen[str] | None = None
+        self.seen: set[int] = set()
+
+    def start(self, *more: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        self.proc = subprocess.Popen([sys.executable, "-m", "dmnflow", "tune", *self.args, *more,
+                                      "--set", f"out={self.out}"], cwd=ROOT, env={**self.env, **(env or {})},
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self.proc
+
+    def run(self, *more: str, timeout_s: float = 300, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        proc = self.start(*more, env=env)
+        out, err = proc.communicate(timeout=timeout_s)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def left_behind(self) -> list[int]:
+        """What still runs once the study has exited (give reaping a moment)."""
+        wait_until(lambda: not tagged(self.tag), 10.0)
+        return tagged(self.tag)
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.out / "summary.json").read_text())
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.seen.update(tagged(self.tag))
+            self.proc.kill()
+            self.proc.communicate(timeout=30)
+        kill_all(sorted(set(tagged(self.tag)) | {p for p in self.seen if alive(p)}))
+
+
+@contextlib.contextmanager
+def study(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Study]:
+    s = Study(tmp, *args, env=env)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _figures(report: dict[str, Any], node: str) -> dict[str, Any]:
+    return report["nodes"][node]["summary"]
+
+
+# ---------------------------------------------------------------- the embedded engine
+
+
+SMALL_DMN = ("graphs/tune_dmn.yaml", "--trials", "3", "--set", "set.vars.days=420", "--set", "set.vars.symbols=3",
+             "--set", "holdout.set.vars.days=520", "--set", "holdout.set.nodes.dmn/performance.params.start=2001-09-03")
+
+
+def test_dmn_study_runs_real_trials_and_its_best_overlay_launches_to_the_same_figures(tmp_path: Path) -> None:
+    with study(tmp_path, *SMALL_DMN) as s:
+        result = s.run()
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not s.left_behind(), "a process of the study outlived it"
+        summary = s.summary()
+        assert summary["counts"].get("complete", 0) + summary["counts"].get("pruned", 0) == 3, summary["counts"]
+        (best,) = summary["best"]
+        assert best["figures"]["report.startup_s"] > 0
+        assert (s.out / "journal.log").is_file() and (s.out / "plots" / "history.png").is_file()
+        assert summary["holdout"]["trial"] == best["number"] and summary["holdout"]["state"] == "complete"
+        assert "in sample and held out" in result.stdout
+        overlay = s.out / "best.yaml"
+        assert "dmnflow launch graphs/dmn_backtest.yaml --overlay" in overlay.read_text()
+        report = tmp_path / "report.json"
+        launched = subprocess.run([sys.executable, "-m", "dmnflow", "launch", "graphs/dmn_backtest.yaml",
+                                   "--overlay", str(overlay), "--report", str(report)], cwd=ROOT, env=s.env,
+                                  capture_output=True, text=True, timeout=300)
+        assert launched.returncode == 0, launched.stderr[-2000:]
+        again = _figures(json.loads(report.read_text()), "dmn/performance")
+        for key in ("sharpe", "sortino", "max_drawdown", "equity", "turnover", "periods"):
+            assert again[key] == best["figures"][f"dmn/performance.{key}"], key  # exactly: the same run
+        assert again["sharpe"] == best["values"][0]
+        assert not s.left_behind()
+
+
+def test_crashed_hung_nan_and_refused_trials_fail_with_their_reason(tmp_path: Path) -> None:
+    args = (str(SCORE), "--trials", "4", "--timeout", "4s", "--set", "sampler=grid", "--set", "pruner=none",
+            "--set", "space={nodes.score.params.mode: {choice: [ok, nan, crash, hang]}}")
+    with study(tmp_path, *args) as s:
+        result = s.run()
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not s.left_behind()
+        rows = {t["params"]["nodes.score.params.mode"]: t for t in s.summary()["trials"]}
+        assert rows["ok"]["state"] == "complete" and rows["ok"]["values"] == [-10.0]
+        assert rows["nan"]["state"] == "fail" and "NaN" in rows["nan"]["reason"]
+        assert rows["crash"]["state"] == "fail" and "crashing on purpose" in rows["crash"]["reason"]
+        assert rows["hang"]["state"] == "fail" and "timed out after 4s" in rows["hang"]["reason"]
+    refused = (str(SCORE), "--trials", "3", "--set", "sampler=grid", "--set", "pruner=none",
+               "--set", "set.nodes.score.params.gap=[2, 4]",
+               "--set", "space={nodes.score.params.x: {float: [0, 6], step: 3}}")
+    with study(tmp_path / "refused", *refused) as s:
+        result = s.run()
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = {t["params"]["nodes.score.params.x"]: t for t in s.summary()["trials"]}
+        assert rows[3.0]["state"] == "fail" and "the graph refuses this trial's values" in rows[3.0]["reason"]
+        assert "lies in the gap" in rows[3.0]["reason"]
+        assert rows[0.0]["state"] == rows[6.0]["state"] == "complete"  # the study went on
+
+
+def test_ctrl_c_stops_the_trials_marks_them_and_resume_runs_them_again(tmp_path: Path) -> None:
+    with study(tmp_path, str(SCORE), "--trials", "2", "--set", "pruner=none") as s:
+        proc = s.start(env={"SCORE_RATE": "20"})  # a minute a trial
+        assert wait_until(lambda: len(list((s.out / "trials").glob("*/log.txt"))) == 2 if (
+            s.out / "trials").exists() else False, 120), "the trials did not start"
+        time.sleep(2.0)
+        s.seen.update(tagged(s.tag))
+        assert len(s.seen) > 6, "host, trials, their zygotes and workers"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err[-2000:]
+        assert "--resume" in out + err
+        assert not s.left_behind(), "Ctrl-C left a process running"
+        trials = s.summary()["trials"]
+        assert [t["state"] for t in trials] == ["fail", "fail"]
+        assert all("interrupted" in t["reason"] for t in trials)
+        again = s.run("--resume", env={"SCORE_RATE": "600"})
+        assert again.returncode == 0, again.stderr[-3000:]
+        trials = s.summary()["trials"]
+        assert [t["state"] for t in trials][2:] == ["complete", "complete"]  # the interrupted ones, run again
+        assert {json.dumps(t["params"]) for t in trials[:2]} == {json.dumps(t["params"]) for t in trials[2:]}
+        assert not s.left_behind()
+
+
+def test_trials_and_results_on_the_seeds_zeromq_layout_read_by_a_raw_sub(tmp_path: Path) -> None:
+    import zmq
+
+    ports = _free_ports(4)
+    publish = f"publish={{coordinator: {ports[0]}, workers: [{ports[1]}, {ports[2]}], aggregator: {ports[3]}}}"
+    got: list[tuple[str, dict[str, Any]]] = []
+    stop = threading.Event()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    for port in ports:
+        sub.connect(f"tcp://127.0.0.1:{port}")
+    for topic in (b"optimization_trial.", b"optimization_progress.", b"optimization_result."):
+        sub.subscribe(topic)
+
+    def listen() -> None:
+        while not stop.is_set():
+            if sub.poll(100):
+                topic, body = sub.recv_multipart()
+                got.append((topic.decode(), json.loads(body)))
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    try:
+        with study(tmp_path, str(SCORE), "--trials", "2", "--set", publish) as s:
+            result = s.run()
+            assert result.returncode == 0, result.stderr[-3000:]
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(5)
+        sub.close()
+        ctx.term()
+    topics = [t for t, _ in got]
+    for n in (0, 1):
+        assert f"optimization_trial.{n}" in topics and f"optimization_result.{n}" in topics, topics
+    result = next(b for t, b in got if t == "optimization_result.0")
+    assert result["state"] == "complete" and result["study"] == "tune-score" and len(result["values"]) == 1
+    assert "nodes.score.params.x" in next(b for t, b in got if t == "optimization_trial.0")["params"]
+    assert any(t.startswith("optimization_progress.") for t in topics), "intermediate values from the workers"
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# ---------------------------------------------------------------- Ray Tune
+
+
+def test_ray_engine_runs_the_same_study_and_leaves_no_ray_process(tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    with study(tmp_path, str(SCORE), "--engine", "ray", "--trials", "2") as s:
+        result = s.run(timeout_s=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not s.left_behind(), "Ray or a trial outlived the study"
+        summary = s.summary()
+        assert len(summary["trials"]) == 2 and summary["counts"].get("fail", 0) == 0, summary["counts"]
+        assert (s.out / "best.yaml").is_file()
+
+
+def test_pbt_example_trains_exports_and_backtests_its_best_model(tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    args = ("graphs/tune_dmn_pbt.yaml", "--no-plots", "--set", "pbt.population=2", "--set", "train.iterations=2",
+            "--set", "pbt.perturbation_interval=1", "--set", "train.params.max_windows=32",
+            "--set", "train.params.hidden=8", "--set", "train.params.days=600",
+            "--set", "train.params.train_end=2002-01-01", "--set", "set.vars.days=600",
+            "--set", "set.vars.symbols=3", "--set", "train.params.symbols=3", "--set", "holdout.set.vars.days=700",
+            "--set", "holdout.set.nodes.dmn/performance.params.start=2002-05-01")
+    with study(tmp_path, *args) as s:
+        result = s.run(timeout_s=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not s.left_behind()
+        model = s.out / "best_model.pt"
+        sidecar = json.loads(Path(str(model) + ".json").read_text())
+        assert sidecar["config"]["hidden"] == 8 and "DMNTrainer" in sidecar["command"]
+        summary = s.summary()
+        assert len(summary["trials"]) == 2
+        (best,) = summary["best"]
+        assert best["figures"]["train.model"] == str(model.resolve())
+        assert "dmn/performance.sharpe" in best["figures"], "the best model's backtest through the graph"
+        overlay = (s.out / "best.yaml").read_text()
+        assert f"vars.lstm_model: {model.resolve()}" in overlay
+        checked = subprocess.run([sys.executable, "-m", "dmnflow", "validate", "graphs/dmn_backtest.yaml",
+                                  "--overlay", str(s.out / "best.yaml")], cwd=ROOT, env=s.env,
+                                 capture_output=True, text=True, timeout=300)
+        assert checked.returncode == 0, checked.stderr  # the model loads and fits the LSTM node's ports
+
+
+# ---------------------------------------------------------------- the runtime's hook
+
+
+def test_a_warm_launch_forks_its_zygote_from_the_caller_and_runs_the_same_graph(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dmnflow
+    from dmnflow.runtime import launch
+
+    monkeypatch.chdir(ROOT)
+    plan = dmnflow.compile_graph(DATA / "score.yaml", ["vars.count=300", "vars.rate=0",
+                                                       "nodes.score.params.x=1.5"], models=False)
+    before = set(os.listdir("/proc"))
+    warm, cold = launch(plan, warm=True), launch(plan)
+    for report in (warm, cold):
+        assert report.status == "finished" and report.nodes["score"].summary == {"score": -3.25, "seen": 300}
+    leftover = [p for p in set(os.listdir("/proc")) - before if p.isdigit() and alive(int(p))
+                and b"dmnflow" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert leftover == [], "a worker or zygote outlived launch()"
