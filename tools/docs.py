@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # what a scratch workspace holds: the files docs' commands and graphs name (copied, never written back)
 WORKSPACE_DIRS = ("graphs", "models", "tests/unit/data", "docs/examples")
 
-KINDS = {"graph", "fragment", "continue", "output", "skip"}
+KINDS = {"graph", "fragment", "overlay", "continue", "output", "skip"}
 COMMAND_LANGS = {"bash", "sh", "shell", "console", "zsh"}
 LAUNCH_SETTLE_S = 1.0  # a smoke launch runs this long once every node is up, then gets Ctrl-C
 LAUNCH_UP_TIMEOUT_S = 180.0
@@ -217,10 +217,11 @@ def _marker_problems(block: Block) -> list[str]:
                                                                  f"; markers are {', '.join(sorted(KINDS))}")]
     if marker.kind == "skip" and not marker.args:
         return [f"{where}: `skip` needs a reason: <!-- docs: skip the reason -->"]
-    if marker.kind in ("graph", "fragment") and block.lang not in ("yaml", "yml"):
+    if marker.kind in ("graph", "fragment", "overlay") and block.lang not in ("yaml", "yml"):
         return [f"{where}: `{marker.kind}` is for yaml blocks"]
-    if marker.kind == "fragment" and (not marker.args or not (ROOT / marker.args[0]).is_file()):
-        return [f"{where}: `fragment` names its base graph, an existing file: <!-- docs: fragment graphs/x.yaml -->"]
+    if marker.kind in ("fragment", "overlay") and (not marker.args or not (ROOT / marker.args[0]).is_file()):
+        return [f"{where}: `{marker.kind}` names its base graph, an existing file: "
+                f"<!-- docs: {marker.kind} graphs/x.yaml -->"]
     if marker.kind == "continue" and block.lang not in ("python", "py"):
         return [f"{where}: `continue` is for python blocks"]
     if marker.kind == "output" and not marker.args:
@@ -349,15 +350,24 @@ def check_yaml(block: Block, ws: Workspace) -> list[str]:
         return [f"{block.id}: the block is not YAML: {str(exc).splitlines()[0]}"]
     except ValueError as exc:
         return [f"{block.id}: cannot merge it into {marker.args[0] if marker else '?'}: {exc}"]
-    sets = [v for k, v in (marker.opts if marker else ()) if k == "set"]
+    sets: list[Any] = [v for k, v in (marker.opts if marker else ()) if k == "set"]
+    if marker is not None and marker.kind == "overlay":  # the block is an --overlay file of the graph
+        from dmnflow.spec import load_overlay
+
+        settings, problems = load_overlay(path)
+        sets = [*settings, *sets]
+        path = ws.path / marker.args[0]
     with ws.cwd():
         issues = dmnflow.validate(path.relative_to(ws.path), sets, profile=marker.opt("profile") if marker else None)
+    if marker is not None and marker.kind == "overlay":
+        issues = [*problems, *issues]
     got = sorted(i.code for i in issues if i.is_error or i.code in expect)
     if got == expect:
         return []
     with ws.cwd():
         shown = dmnflow.format_issues(issues)
     what = "a whole graph" if marker is None or marker.kind == "graph" else \
+        f"an overlay of {marker.args[0]}" if marker.kind == "overlay" else \
         f"merged into {marker.args[0]}" + (f" at {marker.opt('at')}" if marker.opt("at") else "")
     return [f"{block.id}: as {what}, expected {expect or 'no errors'}, got {got or 'no errors'}:\n"
             + textwrap.indent(shown, "    ")]

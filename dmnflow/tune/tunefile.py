@@ -202,8 +202,7 @@ class _Loader:
             self.add("file-not-found", f"graph file {_display(graph)} does not exist", self.at("graph"), "graph",
                      "the path is relative to the tune file")
             return tune
-        tune.base = self.base(spec)
-        tune.plan = self.compile(graph, tune.base, spec.profile)
+        tune.base, tune.plan = self.compile(graph, self.base(spec), spec.profile)
         if tune.plan is not None:
             tune.figure_nodes = [n.name for n in tune.plan.nodes if tune.declared(n.name)]
         top_vars = self.graph_vars(graph, spec.profile)
@@ -265,14 +264,29 @@ class _Loader:
             out.append(Override(tuple(key.split(".")), value, self.at("set", key, key=True), f"{key}={value!r}"))
         return out
 
-    def compile(self, graph: Path, overrides: Sequence[Override], profile: str | None) -> Plan | None:
-        """The graph with these settings; its errors join the tune file's (they are located
-        in the graph, an overlay, or where the tune file sets the value)."""
+    def compile(self, graph: Path, overrides: list[Override], profile: str | None
+                ) -> tuple[list[Override], Plan | None]:
+        """The graph with these settings, and the settings that apply; its errors join the tune
+        file's (they are located in the graph, an overlay, or where the tune file sets the value)."""
         try:
-            return compile_graph(graph, overrides, profile=profile, models=False)
+            return overrides, compile_graph(graph, overrides, profile=profile, models=False)
         except GraphError as exc:
-            self.issues.issues.extend(i for i in exc.issues if i.is_error)
-            return None
+            errors = [i for i in exc.issues if i.is_error]
+        # A ``set:`` key naming nothing of the graph is reported by check_key (with the tune
+        # file's code and the closest key); without it the graph still compiles, so every
+        # other mistake of the tune file is found in the same pass.
+        own = {id(ov.loc): ov for ov in overrides}
+        bad = [i for i in errors if i.code == "bad-override" and id(i.loc) in own]
+        if not bad:
+            self.issues.issues.extend(errors)
+            return overrides, None
+        dropped = {id(i.loc) for i in bad}
+        kept = [ov for ov in overrides if id(ov.loc) not in dropped]
+        try:
+            return kept, compile_graph(graph, kept, profile=profile, models=False)
+        except GraphError:
+            self.issues.issues.extend(errors)
+            return kept, None
 
     def graph_vars(self, graph: Path, profile: str | None) -> set[str]:
         """The graph file's own vars (what ``vars.NAME`` keys may set), its profile's included."""

@@ -145,7 +145,7 @@ class Performance(Node):
                     "downside_dev", "max_drawdown", "drawdown", "calmar", "var_95", "hit_rate", "avg_win_loss",
                     "turnover", "tick_to_trade_p50_us", "tick_to_trade_p99_us", "tick_to_account_p50_us",
                     "tick_to_account_p99_us", "latency_samples", "accounts", "fills_messages", "fills", "bad_accounts",
-                    "out_of_order", "replaced", "bad_fills", "before_start")
+                    "out_of_order", "replaced", "bad_fills", "before_start", "after_end")
 
     account = Input(dict, doc="Account: t, equity, cash, positions, gross, pnl, traded")
     fills = Input(dict, optional=True, doc="Fills, for tick-to-trade latency and (without traded) turnover")
