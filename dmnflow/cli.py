@@ -4,16 +4,13 @@ errors to exit codes (``ExitCode``: 0 ok, 1 invalid graph, 2 usage, 3 node faile
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -21,8 +18,14 @@ from rich.tree import Tree
 from . import __version__
 from .compiler import compile_graph, validate
 from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, LaunchError, format_issues
+from .observe.dashboard import serve_run_dashboard
+from .observe.listen import bw, echo, hz
+from .observe.replay import replay_plan
+from .observe.session import watching
+from .observe.top import top
+from .observe.view import render_report
 from .plan import Plan
-from .runtime import Report, launch
+from .runtime import launch
 from .runtime.admin import find_run, list_runs, run_status, send_command
 from .spec import format_cpus, json_schema, parse_duration
 from .transport.security import KeyError_, generate_keys
@@ -46,6 +49,17 @@ ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="apply t
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 NoModelsOpt = Annotated[bool, typer.Option("--no-models", help="do not load model files to check them "
                                            "against their ports")]
+MetricsOpt = Annotated[str | None, typer.Option("--metrics", help="serve Prometheus /metrics at HOST:PORT "
+                                                "(e.g. 127.0.0.1:9464) while the graph runs")]
+DashboardOpt = Annotated[str | None, typer.Option("--dashboard", help="serve the live web dashboard at HOST:PORT "
+                                                  "(e.g. 127.0.0.1:8050); the URL, with its token, is printed")]
+RecordOpt = Annotated[Path | None, typer.Option("--record", help="record outputs to this MCAP file "
+                                                "(all of them, or those of --edges)")]
+EdgesOpt = Annotated[str | None, typer.Option("--edges", help="the outputs --record writes: node.port,node.port")]
+StatusEveryOpt = Annotated[str, typer.Option("--status-every", help="without a terminal, log a status line "
+                                             "this often (0: never)")]
+RunArg = Annotated[str | None, typer.Argument(help="the run: its --name (default the graph's name) or its "
+                                              "pid; default: the only one running", show_default=False)]
 
 
 def _print_issues(issues: list[Issue]) -> None:
@@ -148,24 +162,50 @@ def launch_cmd(
     name: Annotated[str | None, typer.Option("--name", "-n", help="the run's name for `dmnflow swap` and "
                                              "`dmnflow runs`; default: the graph's name")] = None,
     no_models: NoModelsOpt = False,
+    metrics: MetricsOpt = None,
+    dashboard: DashboardOpt = None,
+    record: RecordOpt = None,
+    edges: EdgesOpt = None,
+    status_every: StatusEveryOpt = "5s",
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
+    duration_s, every_s = _durations(duration, status_every)
+    plan = _plan(graph, sets, profile, models=not no_models)
+    _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s)
+
+
+def _durations(duration: str | None, status_every: str) -> tuple[float | None, float]:
     try:
         duration_s = parse_duration(duration) if duration is not None else None
     except ValueError as exc:
         err.print(f"error: --duration: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
-    plan = _plan(graph, sets, profile, models=not no_models)
     try:
-        with _live_status(plan) as show:
-            result = launch(plan, duration_s=duration_s, on_status=show, name=name)
+        return duration_s, parse_duration(status_every)
+    except ValueError as exc:
+        err.print(f"error: --status-every: {exc}")
+        raise typer.Exit(ExitCode.USAGE) from None
+
+
+def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | None, metrics: str | None,
+         dashboard: str | None, record: Path | None, edges: str | None, every_s: float,
+         title: str | None = None) -> NoReturn:
+    """Launch ``plan`` with what watches it (observe/session.py), print the report, exit with its code."""
+    chosen = [e for e in edges.split(",") if e.strip()] if edges else None
+    try:
+        with watching(plan, err, status_every_s=every_s, metrics=metrics, dashboard=dashboard, record=record,
+                      edges=chosen, title=title) as session:
+            result = launch(session.plan, duration_s=duration_s, on_status=session.on_status, name=name,
+                            observer=session.observer)
     except LaunchError as exc:
         err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
         raise typer.Exit(getattr(exc, "exit_code", ExitCode.NODE_FAILED)) from None
     except KeyboardInterrupt:
         err.print("interrupted before the graph started; every worker was stopped")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
-    _render_report(result)
+    render_report(result, out)
+    if record is not None:
+        err.print(f"wrote {record}")
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(result.to_json(), encoding="utf-8")
@@ -237,6 +277,124 @@ def swap_cmd(
             err.print(Text(f"refused {inst}: {result}", style="red"), soft_wrap=True)
     if not answer.ok:  # the model did not load or run: the old one still serves
         raise typer.Exit(ExitCode.INVALID)
+
+
+@app.command("top")
+def top_cmd(
+    run: RunArg = None,
+    interval: Annotated[str, typer.Option("--interval", help="how often to look")] = "1s",
+    once: Annotated[bool, typer.Option("--once", help="print the live view once and exit")] = False,
+    duration: Annotated[str | None, typer.Option("--duration", "-d", help="stop looking after this long")] = None,
+) -> None:
+    """Show a running graph's live view from another terminal (rates, latencies, cpu, figures)."""
+    duration_s, interval_s = _durations(duration, interval)
+    try:
+        top(run, err if err.is_terminal else out, interval_s=interval_s, once=once, duration_s=duration_s)
+    except ControlError as exc:
+        _fail(exc)
+
+
+TopicOpt = Annotated[str, typer.Option("--topic", help="only records whose topic starts with this")]
+OutputArg = Annotated[str, typer.Argument(help="the output: node.port (every replica of a replicated node)",
+                                          show_default=False)]
+ForOpt = Annotated[str | None, typer.Option("--duration", "-d", help="stop after this long")]
+
+
+@app.command("echo")
+def echo_cmd(
+    run: Annotated[str, typer.Argument(help="the run: its --name or its pid", show_default=False)],
+    output: OutputArg,
+    topic: TopicOpt = "",
+    count: Annotated[int | None, typer.Option("--count", "-c", help="exit after this many records")] = None,
+    max_rate: Annotated[int, typer.Option("--max-rate", help="records per second the tap forwards at most "
+                                          "(0: every one; the rest are counted as not shown)")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    duration: ForOpt = None,
+) -> None:
+    """Print an output's records, decoded, as the graph runs."""
+    duration_s, _ = _durations(duration, "0")
+    try:
+        echo(find_run(run), output, sys.stdout, count=count, topic=topic, max_rate=max_rate, as_json=as_json,
+             duration_s=duration_s)
+    except ControlError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("hz")
+def hz_cmd(
+    run: Annotated[str, typer.Argument(help="the run: its --name or its pid", show_default=False)],
+    output: OutputArg,
+    topic: TopicOpt = "",
+    window: Annotated[str, typer.Option("--window", help="measure over this long")] = "10s",
+    duration: ForOpt = None,
+) -> None:
+    """Print an output's rate every second: exact msg/s, and the spread of the periods."""
+    duration_s, window_s = _durations(duration, window)
+    try:
+        hz(find_run(run), output, sys.stdout, window_s=window_s, topic=topic, duration_s=duration_s)
+    except ControlError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("bw")
+def bw_cmd(
+    run: Annotated[str, typer.Argument(help="the run: its --name or its pid", show_default=False)],
+    output: OutputArg,
+    topic: TopicOpt = "",
+    window: Annotated[str, typer.Option("--window", help="measure over this long")] = "10s",
+    duration: ForOpt = None,
+) -> None:
+    """Print an output's bandwidth every second (payload bytes/s)."""
+    duration_s, window_s = _durations(duration, window)
+    try:
+        bw(find_run(run), output, sys.stdout, window_s=window_s, topic=topic, duration_s=duration_s)
+    except ControlError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    run: RunArg = None,
+    address: Annotated[str, typer.Option("--address", "-a", help="HOST:PORT to serve at (port 0: any)")] =
+    "127.0.0.1:8050",
+    duration: ForOpt = None,
+) -> None:
+    """Serve the live web dashboard of a running graph (the URL, with its token, is printed)."""
+    duration_s, _ = _durations(duration, "0")
+    try:
+        serve_run_dashboard(run, address, err, duration_s=duration_s)
+    except (ControlError, LaunchError) as exc:
+        _fail(exc)
+
+
+@app.command("replay")
+def replay_cmd(
+    recording: Annotated[Path, typer.Argument(help="the MCAP file `launch --record` wrote", show_default=False)],
+    graph: GraphArg,
+    into: Annotated[str, typer.Option("--into", help="the node(s) the recorded streams feed, node,node: they "
+                                      "and everything downstream of them run; their producers do not")],
+    sets: SetOpt = None,
+    profile: ProfileOpt = None,
+    report: Annotated[Path | None, typer.Option("--report", "-r", help="write the report as JSON here")] = None,
+    record: RecordOpt = None,
+    edges: EdgesOpt = None,
+    speed: Annotated[float, typer.Option("--speed", help="0: as fast as the graph takes it; 1: at the recorded "
+                                         "pace; 2: twice as fast")] = 0.0,
+    no_models: NoModelsOpt = False,
+) -> None:
+    """Feed a recording into a subgraph in event-time order, replacing the streams' producers."""
+    try:
+        plan = replay_plan(recording, graph, [n.strip() for n in into.split(",") if n.strip()], sets or [],
+                           profile=profile, speed=speed, models=not no_models)
+    except DmnflowError as exc:
+        _fail(exc)
+    _run(plan, None, report, None, None, None, record, edges, 5.0)
 
 
 keys_app = typer.Typer(help="CURVE keys for tcp edges (security: {curve: DIR} in a graph).", no_args_is_help=True)
@@ -361,73 +519,6 @@ def _render_ports(plan: Plan) -> None:
         seen[b.id] = 1
         table.add_row("" if repeat else address, "" if repeat else kind, process, output, edges or "-")
     out.print(table)
-
-
-@contextlib.contextmanager
-def _live_status(plan: Plan) -> Iterator[Callable[[Report], None] | None]:
-    """A live table of per-node counts while the graph runs (only on a terminal)."""
-    if not err.is_terminal:
-        yield None
-        return
-    with Live(console=err, refresh_per_second=4, transient=True) as live:
-        def show(report: Report) -> None:
-            table = Table(title=f"{plan.graph}: running {report.duration_s:.1f}s", title_justify="left")
-            for col in ("node", "in", "out", "restarts"):
-                table.add_column(col, justify="left" if col == "node" else "right")
-            for n in report.nodes.values():
-                table.add_row(n.name, str(n.messages_in), str(n.messages_out), str(n.restarts))
-            live.update(table)
-        yield show
-
-
-def _render_report(report: Report) -> None:
-    colour = {"finished": "green", "stopped": "yellow", "failed": "red"}[report.status]
-    out.print(f"[bold]{report.graph}[/bold] [{colour}]{report.status}[/{colour}] in {report.duration_s:.2f}s "
-              f"(start-up {report.startup_s:.2f}s)")
-    nodes = Table(title="nodes", title_justify="left")
-    for col in ("node", "in", "out", "cpu s", "restarts", "status"):
-        nodes.add_column(col, justify="left" if col in ("node", "status") else "right")
-    for n in report.nodes.values():
-        nodes.add_row(n.name, str(n.messages_in), str(n.messages_out), f"{n.cpu_s:.2f}", str(n.restarts), n.status)
-    out.print(nodes)
-    edges = Table(title="edges", title_justify="left")
-    for col in ("edge", "sent", "received", "lost", "decode errors", "p50 us", "p99 us"):
-        edges.add_column(col, justify="left" if col == "edge" else "right")
-    for e in report.edges:
-        lost = f"[red]{e.lost}[/red]" if e.lost else "0"
-        edges.add_row(f"{e.src} -> {e.dst}", str(e.sent), str(e.received), lost, str(e.decode_errors),
-                      _us(e.p50_us), _us(e.p99_us))
-    out.print(edges)
-    if report.e2e:
-        e2e = Table(title="end to end", title_justify="left")
-        for col in ("source", "sink", "messages", "p50 us", "p99 us"):
-            e2e.add_column(col, justify="left" if col in ("source", "sink") else "right")
-        for row in report.e2e:
-            e2e.add_row(row["source"], row["sink"], str(row["messages"]), _us(row["p50_us"]), _us(row["p99_us"]))
-        out.print(e2e)
-    summaries = [(n.name, n.summary) for n in report.nodes.values() if n.summary]
-    if summaries:
-        table = Table(title="node summaries", title_justify="left")
-        table.add_column("node")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for name, summary in summaries:
-            for i, (key, value) in enumerate(summary.items()):
-                table.add_row(name if i == 0 else "", str(key), _value(value))
-        out.print(table)
-    for line in report.errors:
-        err.print(Text(f"error: {line}", style="red"), soft_wrap=True)
-
-
-def _value(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:,.4g}"
-    text = json.dumps(value) if isinstance(value, dict | list) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _us(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
 
 
 def main() -> None:
