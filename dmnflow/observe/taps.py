@@ -23,6 +23,7 @@ The worker side (``Taps``) imports only zmq and msgpack: every worker loads it.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import msgpack
@@ -137,6 +138,8 @@ class Taps:
             if point.live is not None:
                 point.live.close(0)
                 point.live = None
+                with contextlib.suppress(OSError):  # libzmq leaves the ipc file behind
+                    os.unlink(tap_endpoint(self.run_dir, outlet.src).removeprefix("ipc://"))
             point.retime()
             return
         if point.live is None:

@@ -96,8 +96,8 @@ def _rows(title: str, names: list[str], columns: list[str], rows: list[list[Any]
     def plain(cell: Any) -> str:
         return cell.plain if isinstance(cell, Text) else str(cell)
     name_w = max([len(n) for n in names] + [len("edge")])
-    nums_w = sum(max([len(c)] + [len(plain(r[i])) for r in rows]) + 1 for i, c in enumerate(columns))
-    if name_w + 1 + nums_w <= width:
+    nums_w = sum(max([len(c)] + [len(plain(r[i])) for r in rows]) + 2 for i, c in enumerate(columns))
+    if name_w + 1 + nums_w <= width:  # (each column is padded by a space on either side)
         table = _table(title, [("edge", "name"), *((c, "right") for c in columns)])
         for name, row in zip(names, rows, strict=True):
             table.add_row(Text(name), *row)
@@ -105,11 +105,17 @@ def _rows(title: str, names: list[str], columns: list[str], rows: list[list[Any]
     lines: list[RenderableType] = [Text(title, style="italic")]
     for name, row in zip(names, rows, strict=True):
         lines.append(Text(name, overflow="fold"))
-        text = Text("    ")
+        text, used = Text("    "), 4
         for column, cell in zip(columns, row, strict=True):
+            value = cell if isinstance(cell, Text) else Text(str(cell))
+            size = len(column) + 1 + len(value.plain) + 2
+            if used + size > width and used > 4:  # the next figure on a line of its own: never split
+                lines.append(text)
+                text, used = Text("    "), 4
             text.append(f"{column} ", style="dim")
-            text.append(cell if isinstance(cell, Text) else Text(str(cell)))
+            text.append(value)
             text.append("  ")
+            used += size
         lines.append(text)
     return Group(*lines)
 
@@ -249,7 +255,8 @@ def render_report(report: Any, console: Console) -> None:
     nodes = _table("nodes", [("node", "name"), ("in", "right"), ("out", "right"), ("cpu s", "right"),
                              ("restarts", "right"), ("status", "left")])
     for n in report.nodes.values():
-        nodes.add_row(Text(n.name), _num(n.messages_in), _num(n.messages_out), f"{n.cpu_s:.2f}", str(n.restarts), n.status)
+        nodes.add_row(Text(n.name), _num(n.messages_in), _num(n.messages_out), f"{n.cpu_s:.2f}", str(n.restarts),
+                      n.status)
     console.print(nodes)
     rows = [[_num(e.sent), _num(e.received), Text(_num(e.lost), style="red" if e.lost else ""),
              _num(e.decode_errors), _us(e.p50_us), _us(e.p99_us)] for e in report.edges]

@@ -26,7 +26,8 @@ DATA = Path(__file__).resolve().parent / "data"
 
 # Every check the corpus covers. A new check needs a corpus file, then a line here.
 CODES = {
-    "bad-budget", "bad-join", "bad-name", "budget-path", "bad-override", "bad-substitution", "codec-type", "codec-unsafe", "cycle",
+    "bad-budget", "bad-join", "bad-name", "bad-override", "bad-substitution", "budget-path", "codec-type",
+    "codec-unsafe", "cycle",
     "dtype-mismatch", "duplicate-key", "duplicate-port", "empty-graph", "file-not-found",
     "file-unreadable", "import-error", "include-cycle", "invalid-param", "invalid-value",
     "missing-handler", "missing-input", "missing-key", "missing-param", "model-error", "model-mismatch",
