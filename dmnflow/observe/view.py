@@ -90,15 +90,16 @@ def _table(title: str, columns: Iterable[tuple[str, str]]) -> Table:
     return table
 
 
-def _rows(title: str, names: list[str], columns: list[str], rows: list[list[Any]], width: int) -> RenderableType:
+def _rows(title: str, names: list[str], columns: list[str], rows: list[list[Any]], width: int,
+          first: str = "edge") -> RenderableType:
     """A table of named rows; when the names do not fit beside the numbers at ``width``, each
     row is stacked instead: its name on a line of its own, its numbers below (nothing cut)."""
     def plain(cell: Any) -> str:
         return cell.plain if isinstance(cell, Text) else str(cell)
-    name_w = max([len(n) for n in names] + [len("edge")])
+    name_w = max([len(n) for n in names] + [len(first)])
     nums_w = sum(max([len(c)] + [len(plain(r[i])) for r in rows]) + 2 for i, c in enumerate(columns))
     if name_w + 1 + nums_w <= width:  # (each column is padded by a space on either side)
-        table = _table(title, [("edge", "name"), *((c, "right") for c in columns)])
+        table = _table(title, [(first, "name"), *((c, "right") for c in columns)])
         for name, row in zip(names, rows, strict=True):
             table.add_row(Text(name), *row)
         return table
@@ -183,7 +184,7 @@ def live_view(report: Any, title: str | None = None, width: int = 120) -> Render
     parts.append(_rows("edges", [_edge_name(e) for e in report.edges],
                        ["msg/s", "p50 us", "p99 us", "queued", "drops"], rows, width))
     if report.budgets:
-        parts.append(_budgets(report.budgets, live=True))
+        parts.append(_budgets(report.budgets, width, live=True))
     shown = [(name, figures(n.summary, LIVE_FIGURES)) for name, n in report.nodes.items() if n.summary]
     shown = [(name, f) for name, f in shown if f]
     if shown:
@@ -194,22 +195,20 @@ def live_view(report: Any, title: str | None = None, width: int = 120) -> Render
     return Group(*parts)
 
 
-def _budgets(rows: list[dict[str, Any]], live: bool = False) -> Table:
-    title = "latency budgets (us)"
-    table = _table(title, [("budget", "name"), ("limit", "left"), ("window" if live else "measured", "left"),
-                           ("missed", "right"), ("", "left")])
+def _budgets(rows: list[dict[str, Any]], width: int, live: bool = False) -> RenderableType:
+    names, cells = [], []
     for b in rows:
         limits = b.get("limits_us", {})
         got = b.get("window_us" if live else "measured_us", {}) or {}
-        missed = b.get("missed_windows", 0) + (0 if "max" not in limits else 0)
         status = b.get("status", "")
-        style = {"missed": "red", "met": "green"}.get(status, "")
-        limit_text = " ".join(f"{k}<{_us(v)}" for k, v in limits.items())
-        got_text = " ".join(f"{k} {_us(got[k])}" for k in limits if k in got) or "-"
         over = f", {b['over_max']:,} over max" if b.get("over_max") else ""
-        table.add_row(Text(b["name"]), limit_text, got_text, f"{missed}/{b.get('windows', 0)}",
-                      Text(status + over, style=style))
-    return table
+        names.append(b["name"])
+        cells.append([" ".join(f"{k}<{_us(v)}" for k, v in limits.items()),
+                      " ".join(f"{k} {_us(got[k])}" for k in limits if k in got) or "-",
+                      f"{b.get('missed_windows', 0)}/{b.get('windows', 0)}",
+                      Text(status + over, style={"missed": "red", "met": "green"}.get(status, ""))])
+    return _rows("latency budgets (us)", names, ["limit", "window" if live else "measured", "missed", "status"],
+                 cells, width, first="budget")
 
 
 def status_line(report: Any) -> str:
@@ -270,7 +269,7 @@ def render_report(report: Any, console: Console) -> None:
                         _us(row["p99_us"]))
         console.print(e2e)
     if report.budgets:
-        console.print(_budgets(report.budgets))
+        console.print(_budgets(report.budgets, console.width))
     summaries = [(n.name, n.summary) for n in report.nodes.values() if n.summary]
     if summaries:
         table = _table("node summaries", [("node", "name"), ("figure", "name"), ("value", "right")])

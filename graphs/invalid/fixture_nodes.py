@@ -119,29 +119,3 @@ class Band(Node):
         if ctx.params.low <= value <= ctx.params.high:
             ctx.emit("kept", value)
 
-
-class Ping(Node):
-    """Sends a number on each tick of its timer and answers each number it gets with the next."""
-
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        limit: int = Field(1000, description="stop answering past this number")
-
-    back = Input(int)
-    out = Output(int)
-
-    def setup(self, ctx: Any) -> None:
-        self.ticks = 0
-        self.answered = 0
-
-    def on_tick(self, ctx: Any) -> None:
-        self.ticks += 1
-        ctx.emit("out", 0)
-
-    def on_back(self, value: int, ctx: Any) -> None:
-        if value < ctx.params.limit:
-            self.answered += 1
-            ctx.emit("out", value + 1)
-
-    def summary(self) -> dict[str, int]:
-        return {"ticks": getattr(self, "ticks", 0), "answered": getattr(self, "answered", 0)}

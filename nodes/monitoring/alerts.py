@@ -155,11 +155,8 @@ class Alerts(Node):
         state = "firing" if missed else "resolved"
         severity = self.p.budget_severity
         self.counts[state] += 1
-        if missed:
+        if missed:  # (the supervisor has logged it; the journal logs the alert)
             self.counts[severity] += 1
-            self.log.warning(f"budget:{event.get('budget')}", "latency budget %s missed: %s %.1fus > %.1fus",
-                             event.get("budget"), event.get("quantile"), event.get("measured_us", 0.0),
-                             event.get("limit_us", 0.0))
         quantile, limit = event.get("quantile", "p99"), event.get("limit_us", 0.0)
         self._alert(ctx, {
             "t": event.get("t_ns"), "rule": f"budget {event.get('budget')} {quantile} <= {limit:g}us",

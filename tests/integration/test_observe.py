@@ -151,32 +151,8 @@ def test_without_a_terminal_a_run_logs_status_lines_and_an_80_column_report(tmp_
 
 
 def test_a_missed_budget_is_counted_reported_and_alerted(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.chdir(ROOT)
-    g = write(tmp_path / "slow.yaml", f"""
-        graph: over-budget
-        nodes:
-          counter: {{uses: nodes.basic:Counter, params: {{count: 1500, rate_hz: 500}}}}
-          scale:
-            uses: nodes.basic:Scale
-            inputs: {{value: {{from: counter.numbers, budget: {{p50: 1us, max: 2us}}}}}}
-          sink:
-            uses: nodes.basic:Collect
-            inputs: {{values: scale.scaled}}
-            budget: {{from: counter, p99: 1us}}
-          health:
-            uses: nodes.monitoring:Health
-            params: {{stale_after_s: 60, expected: [scaled], emit: always}}
-            timers: {{check: 200ms}}
-            inputs: {{feeds: scale.scaled}}
-          alerts:
-            uses: nodes.monitoring:Alerts
-            params: {{rules: []}}
-            inputs: {{metrics: health.health}}
-          journal:
-            uses: nodes.monitoring:Journal
-            params: {{path: {tmp_path}/journal.jsonl}}
-            inputs: {{entries: alerts.alerts}}
-        """)
+    monkeypatch.chdir(tmp_path)  # the example writes to out/
+    g = ROOT / "docs" / "examples" / "over_budget.yaml"
     report = launch(dmnflow.compile_graph(g))
     assert report.status == "finished", report.errors
     budgets = {b["name"]: b for b in report.budgets}
@@ -185,7 +161,8 @@ def test_a_missed_budget_is_counted_reported_and_alerted(tmp_path: Path, monkeyp
     assert edge["measured_us"]["p50"] > 1.0 and edge["limits_us"] == {"p50": 1.0, "max": 2.0}
     path = budgets["counter -> sink"]
     assert path["kind"] == "path" and path["status"] == "missed" and path["messages"] == 1500
-    entries = [json.loads(line)["value"] for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    journal = tmp_path / "out" / "over_budget_journal.jsonl"
+    entries = [json.loads(line)["value"] for line in journal.read_text().splitlines()]
     fired = [e for e in entries if e.get("state") == "firing" and str(e.get("rule", "")).startswith("budget ")]
     assert fired, entries
     console = Console(file=io.StringIO(), width=80, color_system=None)
@@ -203,10 +180,10 @@ def test_a_loop_driven_by_a_timer_runs_until_stopped(tmp_path: Path, monkeypatch
         graph: ping-pong
         nodes:
           ping:
-            uses: graphs.invalid.fixture_nodes:Ping
+            uses: docs.examples.pingnodes:Ping
             inputs: {back: {from: pong.out, feedback: true}}
             timers: {tick: 50ms}
-          pong: {uses: graphs.invalid.fixture_nodes:Ping, inputs: {back: ping.out}}
+          pong: {uses: docs.examples.pingnodes:Ping, inputs: {back: ping.out}}
         """)
     assert not [i for i in dmnflow.validate(g) if i.code == "no-driver"]
     start = time.monotonic()
