@@ -68,7 +68,8 @@ class History:
                 self.step[name] = step * 2
 
     def to_dict(self) -> dict[str, dict[str, list[Any]]]:
-        return {name: {k: list(v) for k, v in s.items()} for name, s in self.series.items()}
+        # (read by the dashboard's thread while the supervisor adds: copy the keys first)
+        return {name: {k: list(v) for k, v in list(s.items())} for name, s in list(self.series.items())}
 
 
 class TapLeases:
