@@ -37,6 +37,7 @@ __all__ = ["Recorder", "channel_topic", "encode_record", "recordable_outputs"]
 
 log = logging.getLogger("dmnflow.record")
 
+CHUNK_BYTES = 256 << 10
 IDLE_S = 2.0  # at the end: stop waiting for outputs that never ended once nothing came for this long
 
 
@@ -127,7 +128,8 @@ class Recorder:
         """Connect to the recorded outputs' sockets (bound by the workers soon) and start writing."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self.writer = self.Writer(self.file, compression=self.Compression.ZSTD)
+        # small chunks: a run killed before the file is finished loses at most its last one
+        self.writer = self.Writer(self.file, chunk_size=CHUNK_BYTES, compression=self.Compression.ZSTD)
         self.writer.start(profile="", library="dmnflow")
         self.writer.add_metadata("dmnflow", {"graph": self.plan.graph, "file": self.plan.file,
                                              "outputs": ",".join(f"{n}.{p}" for n, p in self.outputs)})

@@ -47,14 +47,18 @@ class Recording:
             raise ObserveError("replay needs mcap and cbor2: pip install 'dmnflow[observe]'") from None
         try:
             with open(self.path, "rb") as f:
-                reader = make_reader(f)
-                summary = reader.get_summary()
-                if summary is None:
-                    channels = {ch.id: ch for _, ch, _ in reader.iter_messages(log_time_order=False)}
-                    counts: dict[int, int] = {}
-                else:
-                    channels = dict(summary.channels)
-                    counts = dict(summary.statistics.channel_message_counts) if summary.statistics else {}
+                try:
+                    summary = make_reader(f).get_summary()
+                except Exception:  # cut short (a killed run): read what it holds, record by record
+                    summary = None
+            if summary is None:
+                channels, counts = {}, {}
+                for channel, _ in _scan(self.path):
+                    channels[channel.id] = channel
+                    counts[channel.id] = counts.get(channel.id, 0) + 1
+            else:
+                channels = dict(summary.channels)
+                counts = dict(summary.statistics.channel_message_counts) if summary.statistics else {}
         except FileNotFoundError:
             raise ObserveError(f"{self.path}: no such file") from None
         except Exception as exc:  # not an MCAP file, or a broken one
@@ -69,6 +73,28 @@ class Recording:
                                                      "messages": 0})
             entry["topics"].append(ch.topic)
             entry["messages"] += counts.get(cid, 0)
+
+
+def _scan(path: str | Path) -> Iterator[tuple[Any, Any]]:
+    """Every (channel, message) of the file in the order written; a file cut short (its writer
+    was killed) yields what it holds up to the cut."""
+    from mcap.records import Channel, Message
+    from mcap.stream_reader import StreamReader
+
+    channels: dict[int, Any] = {}
+    with open(path, "rb") as f:
+        records = StreamReader(f).records
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except Exception:  # the cut: the rest of the last chunk is lost
+                return
+            if isinstance(record, Channel):
+                channels[record.id] = record
+            elif isinstance(record, Message) and record.channel_id in channels:
+                yield channels[record.channel_id], record
 
 
 def _port_name(output: str) -> str:
@@ -182,23 +208,21 @@ def read_records(path: str | Path, outputs: Sequence[str] | None = None) -> list
     """Every record of ``outputs`` (all when None) in the file, in event-time order (ties: as
     recorded): dicts with ``output``, ``topic``, ``value``, ``event_time``, ``attrs``, ``send_ns``."""
     import cbor2
-    from mcap.reader import make_reader
 
     out: list[dict[str, Any]] = []
-    with open(path, "rb") as f:
-        for _, channel, message in make_reader(f).iter_messages(log_time_order=False):
-            output = channel.metadata.get("output")
-            if output is None or (outputs is not None and output not in outputs):
-                continue
-            env = cbor2.loads(message.data)
-            value = env["value"]
-            if channel.metadata.get("value") == "tensor":
-                import numpy as np
+    for channel, message in _scan(path):
+        output = channel.metadata.get("output")
+        if output is None or (outputs is not None and output not in outputs):
+            continue
+        env = cbor2.loads(message.data)
+        value = env["value"]
+        if channel.metadata.get("value") == "tensor":
+            import numpy as np
 
-                value = np.frombuffer(value["data"], dtype=value["dtype"]).reshape(value["shape"])
-            out.append({"output": output, "topic": channel.metadata.get("topic", ""), "value": value,
-                        "event_time": env.get("event_time"), "attrs": env.get("attrs"),
-                        "send_ns": env.get("send_ns") or message.publish_time, "index": len(out)})
+            value = np.frombuffer(value["data"], dtype=value["dtype"]).reshape(value["shape"])
+        out.append({"output": output, "topic": channel.metadata.get("topic", ""), "value": value,
+                    "event_time": env.get("event_time"), "attrs": env.get("attrs"),
+                    "send_ns": env.get("send_ns") or message.publish_time, "index": len(out)})
     times = [r["event_time"] for r in out]
     numbers = all(isinstance(t, int | float) and not isinstance(t, bool) for t in times)
     if times and (numbers or all(isinstance(t, str) for t in times)):
