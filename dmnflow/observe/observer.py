@@ -25,7 +25,7 @@ from . import live as _live
 from .budgets import BudgetWatch
 from .taps import tap_endpoint
 
-__all__ = ["HISTORY_KEYS", "Observer", "TapLeases"]
+__all__ = ["HISTORY_KEYS", "Observer", "TapLeases", "find_outputs"]
 
 log = logging.getLogger("dmnflow.observe")
 
@@ -72,6 +72,20 @@ class History:
         return {name: {k: list(v) for k, v in list(s.items())} for name, s in list(self.series.items())}
 
 
+def find_outputs(plan: Plan, ref: str) -> list[tuple[str, str]]:
+    """The output instances ``node.port`` names: that instance, every replica of a replicated
+    node, and, when no node has that name, the one node of an include with it (``meta.positions``
+    for ``dmn/meta.positions``)."""
+    node, _, port = ref.strip().rpartition(".")
+    found = [(n.name, port) for n in plan.nodes if node in (n.name, n.spec_name) and
+             any(o.port == port for o in n.outputs)]
+    if not found and "/" not in node:
+        scoped = {n.spec_name for n in plan.nodes if n.spec_name.rsplit("/", 1)[-1] == node}
+        if len(scoped) == 1:
+            return find_outputs(plan, f"{scoped.pop()}.{port}")
+    return found
+
+
 class TapLeases:
     """Which clients listen to which outputs, and what the tap of each must do for them."""
 
@@ -83,9 +97,7 @@ class TapLeases:
 
     def outputs(self, ref: str) -> list[tuple[str, str]]:
         """The output instances ``ref`` (``node.port``; a replicated node's every replica) names."""
-        node, _, port = ref.rpartition(".")
-        return [(n.name, port) for n in self.plan.nodes if node in (n.name, n.spec_name)
-                and any(o.port == port for o in n.outputs)]
+        return find_outputs(self.plan, ref)
 
     def request(self, args: dict[str, Any], run_dir: str, tell: Tell, now: float) -> tuple[bool, Any]:
         ref, client = args.get("output"), args.get("client")

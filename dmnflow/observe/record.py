@@ -31,6 +31,7 @@ import zmq
 from ..codecs import get_codec
 from ..plan import Plan
 from ..transport.wire import EOS
+from .observer import find_outputs
 from .taps import record_endpoint
 
 __all__ = ["Recorder", "channel_topic", "encode_record", "recordable_outputs"]
@@ -67,9 +68,7 @@ def recordable_outputs(plan: Plan, refs: list[str] | None) -> list[tuple[str, st
     else:
         chosen = []
         for ref in refs:
-            node, _, port = ref.strip().rpartition(".")
-            found = [(n.name, p) for n in plan.nodes if node in (n.name, n.spec_name)
-                     for p in (o.port for o in n.outputs) if p == port]
+            found = find_outputs(plan, ref)
             if not found:
                 known = ", ".join(sorted({f"{n.spec_name}.{o.port}" for n in plan.nodes for o in n.outputs}))
                 raise ObserveError(f"--edges {ref!r}: the graph has no output {ref!r}; outputs: {known}")
