@@ -4,17 +4,14 @@ errors to exit codes (``ExitCode``: 0 ok, 1 invalid graph, 2 usage, 3 node faile
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -22,8 +19,14 @@ from rich.tree import Tree
 from . import __version__
 from .compiler import compile_graph, validate
 from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, LaunchError, format_issues
+from .observe.dashboard import serve_run_dashboard
+from .observe.listen import bw, echo, hz
+from .observe.replay import replay_plan
+from .observe.session import watching
+from .observe.top import top
+from .observe.view import format_value, render_report
 from .plan import Plan
-from .runtime import Report, launch
+from .runtime import launch
 from .runtime.admin import find_run, list_runs, run_status, send_command
 from .spec import Override, format_cpus, json_schema, load_overlay, parse_duration
 from .transport.security import KeyError_, generate_keys
@@ -50,6 +53,17 @@ ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="apply t
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 NoModelsOpt = Annotated[bool, typer.Option("--no-models", help="do not load model files to check them "
                                            "against their ports")]
+MetricsOpt = Annotated[str | None, typer.Option("--metrics", help="serve Prometheus /metrics at HOST:PORT "
+                                                "(e.g. 127.0.0.1:9464) while the graph runs")]
+DashboardOpt = Annotated[str | None, typer.Option("--dashboard", help="serve the live web dashboard at HOST:PORT "
+                                                  "(e.g. 127.0.0.1:8050); the URL, with its token, is printed")]
+RecordOpt = Annotated[Path | None, typer.Option("--record", help="record outputs to this MCAP file "
+                                                "(all of them, or those of --edges)")]
+EdgesOpt = Annotated[str | None, typer.Option("--edges", help="the outputs --record writes: node.port,node.port")]
+StatusEveryOpt = Annotated[str, typer.Option("--status-every", help="without a terminal, log a status line "
+                                             "this often (0: never)")]
+RunArg = Annotated[str | None, typer.Argument(help="the run: its --name (default the graph's name) or its "
+                                              "pid; default: the only one running", show_default=False)]
 
 
 def _print_issues(issues: list[Issue]) -> None:
@@ -169,24 +183,50 @@ def launch_cmd(
                                              "`dmnflow runs`; default: the graph's name")] = None,
     no_models: NoModelsOpt = False,
     overlays: OverlayOpt = None,
+    metrics: MetricsOpt = None,
+    dashboard: DashboardOpt = None,
+    record: RecordOpt = None,
+    edges: EdgesOpt = None,
+    status_every: StatusEveryOpt = "5s",
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
+    duration_s, every_s = _durations(duration, status_every)
+    plan = _plan(graph, sets, profile, models=not no_models, overlays=overlays)
+    _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s)
+
+
+def _durations(duration: str | None, status_every: str) -> tuple[float | None, float]:
     try:
         duration_s = parse_duration(duration) if duration is not None else None
     except ValueError as exc:
         err.print(f"error: --duration: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
-    plan = _plan(graph, sets, profile, models=not no_models, overlays=overlays)
     try:
-        with _live_status(plan) as show:
-            result = launch(plan, duration_s=duration_s, on_status=show, name=name)
+        return duration_s, parse_duration(status_every)
+    except ValueError as exc:
+        err.print(f"error: --status-every: {exc}")
+        raise typer.Exit(ExitCode.USAGE) from None
+
+
+def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | None, metrics: str | None,
+         dashboard: str | None, record: Path | None, edges: str | None, every_s: float,
+         title: str | None = None) -> NoReturn:
+    """Launch ``plan`` with what watches it (observe/session.py), print the report, exit with its code."""
+    chosen = [e for e in edges.split(",") if e.strip()] if edges else None
+    try:
+        with watching(plan, err, status_every_s=every_s, metrics=metrics, dashboard=dashboard, record=record,
+                      edges=chosen, title=title) as session:
+            result = launch(session.plan, duration_s=duration_s, on_status=session.on_status, name=name,
+                            observer=session.observer)
     except LaunchError as exc:
         err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
         raise typer.Exit(getattr(exc, "exit_code", ExitCode.NODE_FAILED)) from None
     except KeyboardInterrupt:
         err.print("interrupted before the graph started; every worker was stopped")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
-    _render_report(result)
+    render_report(result, out)
+    if record is not None:
+        err.print(f"wrote {record}")
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(result.to_json(), encoding="utf-8")
@@ -258,6 +298,124 @@ def swap_cmd(
             err.print(Text(f"refused {inst}: {result}", style="red"), soft_wrap=True)
     if not answer.ok:  # the model did not load or run: the old one still serves
         raise typer.Exit(ExitCode.INVALID)
+
+
+@app.command("top")
+def top_cmd(
+    run: RunArg = None,
+    interval: Annotated[str, typer.Option("--interval", help="how often to look")] = "1s",
+    once: Annotated[bool, typer.Option("--once", help="print the live view once and exit")] = False,
+    duration: Annotated[str | None, typer.Option("--duration", "-d", help="stop looking after this long")] = None,
+) -> None:
+    """Show a running graph's live view from another terminal (rates, latencies, cpu, figures)."""
+    duration_s, interval_s = _durations(duration, interval)
+    try:
+        top(run, err if err.is_terminal else out, interval_s=interval_s, once=once, duration_s=duration_s)
+    except ControlError as exc:
+        _fail(exc)
+
+
+TopicOpt = Annotated[str, typer.Option("--topic", help="only records whose topic starts with this")]
+OutputArg = Annotated[str, typer.Argument(help="the output: node.port (every replica of a replicated node)",
+                                          show_default=False)]
+ForOpt = Annotated[str | None, typer.Option("--duration", "-d", help="stop after this long")]
+
+
+@app.command("echo")
+def echo_cmd(
+    run: Annotated[str, typer.Argument(help="the run: its --name or its pid", show_default=False)],
+    output: OutputArg,
+    topic: TopicOpt = "",
+    count: Annotated[int | None, typer.Option("--count", "-c", help="exit after this many records")] = None,
+    max_rate: Annotated[int, typer.Option("--max-rate", help="records per second the tap forwards at most "
+                                          "(0: every one; the rest are counted as not shown)")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    duration: ForOpt = None,
+) -> None:
+    """Print an output's records, decoded, as the graph runs."""
+    duration_s, _ = _durations(duration, "0")
+    try:
+        echo(find_run(run), output, sys.stdout, count=count, topic=topic, max_rate=max_rate, as_json=as_json,
+             duration_s=duration_s)
+    except ControlError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("hz")
+def hz_cmd(
+    run: Annotated[str, typer.Argument(help="the run: its --name or its pid", show_default=False)],
+    output: OutputArg,
+    topic: TopicOpt = "",
+    window: Annotated[str, typer.Option("--window", help="measure over this long")] = "10s",
+    duration: ForOpt = None,
+) -> None:
+    """Print an output's rate every second: exact msg/s, and the spread of the periods."""
+    duration_s, window_s = _durations(duration, window)
+    try:
+        hz(find_run(run), output, sys.stdout, window_s=window_s, topic=topic, duration_s=duration_s)
+    except ControlError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("bw")
+def bw_cmd(
+    run: Annotated[str, typer.Argument(help="the run: its --name or its pid", show_default=False)],
+    output: OutputArg,
+    topic: TopicOpt = "",
+    window: Annotated[str, typer.Option("--window", help="measure over this long")] = "10s",
+    duration: ForOpt = None,
+) -> None:
+    """Print an output's bandwidth every second (payload bytes/s)."""
+    duration_s, window_s = _durations(duration, window)
+    try:
+        bw(find_run(run), output, sys.stdout, window_s=window_s, topic=topic, duration_s=duration_s)
+    except ControlError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    run: RunArg = None,
+    address: Annotated[str, typer.Option("--address", "-a", help="HOST:PORT to serve at (port 0: any)")] =
+    "127.0.0.1:8050",
+    duration: ForOpt = None,
+) -> None:
+    """Serve the live web dashboard of a running graph (the URL, with its token, is printed)."""
+    duration_s, _ = _durations(duration, "0")
+    try:
+        serve_run_dashboard(run, address, err, duration_s=duration_s)
+    except (ControlError, LaunchError) as exc:
+        _fail(exc)
+
+
+@app.command("replay")
+def replay_cmd(
+    recording: Annotated[Path, typer.Argument(help="the MCAP file `launch --record` wrote", show_default=False)],
+    graph: GraphArg,
+    into: Annotated[str, typer.Option("--into", help="the node(s) the recorded streams feed, node,node: they "
+                                      "and everything downstream of them run; their producers do not")],
+    sets: SetOpt = None,
+    profile: ProfileOpt = None,
+    report: Annotated[Path | None, typer.Option("--report", "-r", help="write the report as JSON here")] = None,
+    record: RecordOpt = None,
+    edges: EdgesOpt = None,
+    speed: Annotated[float, typer.Option("--speed", help="0: as fast as the graph takes it; 1: at the recorded "
+                                         "pace; 2: twice as fast")] = 0.0,
+    no_models: NoModelsOpt = False,
+) -> None:
+    """Feed a recording into a subgraph in event-time order, replacing the streams' producers."""
+    try:
+        plan = replay_plan(recording, graph, [n.strip() for n in into.split(",") if n.strip()], sets or [],
+                           profile=profile, speed=speed, models=not no_models)
+    except DmnflowError as exc:
+        _fail(exc)
+    _run(plan, None, report, None, None, None, record, edges, 5.0)
 
 
 keys_app = typer.Typer(help="CURVE keys for tcp edges (security: {curve: DIR} in a graph).", no_args_is_help=True)
@@ -352,17 +510,20 @@ class _TuneView:
     line per finished trial otherwise."""
 
     def __init__(self, tune: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.tune = tune
         self.best: list[float] | None = None
         self.best_number: int | None = None
         self.states: dict[str, int] = {}
         self.running = 0
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=err,
-                                 transient=False, disable=not err.is_terminal)
-        self.task = self.progress.add_task(tune.study, total=tune.spec.trials, status="starting")
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 TextColumn("{task.fields[count]}"), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[status]}"), console=err, transient=False,
+                                 disable=not err.is_terminal)
+        self.task = self.progress.add_task(tune.study, total=tune.spec.trials, status="starting",
+                                           count=f"0/{tune.spec.trials}")
+        self.trials: dict[int, Any] = {}  # a running trial's own bar: its graph's progress and ETA
 
     def __enter__(self) -> _TuneView:
         self.progress.start()
@@ -372,14 +533,21 @@ class _TuneView:
         self.progress.stop()
 
     def __call__(self, event: Any) -> None:
+        if event.kind == "running":
+            self._trial_progress(event)
+            return
         if event.kind == "started":
             self.running += 1
         elif event.kind == "finished":
             self.running -= 1
+            if event.number in self.trials:
+                self.progress.remove_task(self.trials.pop(event.number))
             self.states[event.state] = self.states.get(event.state, 0) + 1
             if event.state == "complete" and event.values and self._better(event.values):
                 self.best, self.best_number = list(event.values), event.number
             self.progress.advance(self.task)
+            done_n = int(self.progress.tasks[0].completed) if self.progress.tasks else 0
+            self.progress.update(self.task, count=f"{done_n}/{self.tune.spec.trials}")
             if not err.is_terminal:
                 err.print(f"trial {event.number} {event.state}"
                           + (f" {', '.join(f'{v:.4g}' for v in event.values)}" if event.values else "")
@@ -390,6 +558,19 @@ class _TuneView:
                 + f" (trial {self.best_number})") if self.best else "no complete trial yet"
         done = ", ".join(f"{n} {s}" for s, n in sorted(self.states.items()))
         self.progress.update(self.task, status=f"{best}; running {self.running}" + (f"; {done}" if done else ""))
+
+    def _trial_progress(self, event: Any) -> None:
+        """A running trial's graph: how far its slowest finite source is (days of days), and the ETA."""
+        f = event.figures
+        if f.get("fraction") is None:
+            return
+        unit = f" {f['unit']}" if f.get("unit") else ""
+        count = f"{f['done']:g}/{f['total']:g}{unit}" if f.get("done") is not None and f.get("total") else ""
+        eta = f"ETA {f['eta_s']:.0f}s" if f.get("eta_s") is not None else ""
+        if event.number not in self.trials:
+            self.trials[event.number] = self.progress.add_task(f"  trial {event.number}", total=1.0, status="",
+                                                               count="")
+        self.progress.update(self.trials[event.number], completed=float(f["fraction"]), count=count, status=eta)
 
     def _better(self, values: list[float]) -> bool:
         if self.best is None:
@@ -417,7 +598,7 @@ def _render_dry_run(tune: Any, drawn: list[dict[str, Any]]) -> None:
     for name in _short_names(keys):
         table.add_column(name, justify="right")
     for i, values in enumerate(drawn):
-        table.add_row(str(i), *[_value(values[k]) if k in values else "-" for k in keys])
+        table.add_row(str(i), *[format_value(values[k]) if k in values else "-" for k in keys])
     out.print(table)
 
 
@@ -433,9 +614,9 @@ def _render_study(tune: Any, result: Any) -> None:
         table.add_column("")
         table.add_column("value", justify="right")
         for name, value in zip(names, row.values or [], strict=False):
-            table.add_row(f"[bold]{name}[/bold]", _value(value))
+            table.add_row(f"[bold]{name}[/bold]", format_value(value))
         for key in keys:
-            table.add_row(key, _value(row.params[key]) if key in row.params else "- (not searched)")
+            table.add_row(key, format_value(row.params[key]) if key in row.params else "- (not searched)")
     else:
         table = Table(title=f"Pareto front ({len(result.best)} trials)", title_justify="left")
         table.add_column("trial", justify="right")
@@ -443,8 +624,8 @@ def _render_study(tune: Any, result: Any) -> None:
         for name in [*names, *short]:
             table.add_column(name, justify="right")
         for row in result.best[:20]:
-            table.add_row(str(row.number), *[_value(v) for v in row.values or []],
-                          *[_value(row.params[k]) if k in row.params else "-" for k in keys])
+            table.add_row(str(row.number), *[format_value(v) for v in row.values or []],
+                          *[format_value(row.params[k]) if k in row.params else "-" for k in keys])
     out.print(table)
     failed = [r for r in result.rows if r.state == "fail"]
     for row in failed[:5]:
@@ -459,7 +640,7 @@ def _render_study(tune: Any, result: Any) -> None:
             table.add_column(col, justify="left" if col == "figure" else "right")
         inside, outside = result.best[0].figures, hold.get("figures") or {}
         for key in _shown_figures(tune, inside, outside):
-            table.add_row(key, _value(inside.get(key, "-")), _value(outside.get(key, "-")))
+            table.add_row(key, format_value(inside.get(key, "-")), format_value(outside.get(key, "-")))
         out.print(table)
         if hold.get("state") != "complete":
             err.print(Text(f"the held-out run {hold.get('state')}: {hold.get('reason', '')}", style="red"),
@@ -573,73 +754,6 @@ def _render_ports(plan: Plan) -> None:
         seen[b.id] = 1
         table.add_row("" if repeat else address, "" if repeat else kind, process, output, edges or "-")
     out.print(table)
-
-
-@contextlib.contextmanager
-def _live_status(plan: Plan) -> Iterator[Callable[[Report], None] | None]:
-    """A live table of per-node counts while the graph runs (only on a terminal)."""
-    if not err.is_terminal:
-        yield None
-        return
-    with Live(console=err, refresh_per_second=4, transient=True) as live:
-        def show(report: Report) -> None:
-            table = Table(title=f"{plan.graph}: running {report.duration_s:.1f}s", title_justify="left")
-            for col in ("node", "in", "out", "restarts"):
-                table.add_column(col, justify="left" if col == "node" else "right")
-            for n in report.nodes.values():
-                table.add_row(n.name, str(n.messages_in), str(n.messages_out), str(n.restarts))
-            live.update(table)
-        yield show
-
-
-def _render_report(report: Report) -> None:
-    colour = {"finished": "green", "stopped": "yellow", "failed": "red"}[report.status]
-    out.print(f"[bold]{report.graph}[/bold] [{colour}]{report.status}[/{colour}] in {report.duration_s:.2f}s "
-              f"(start-up {report.startup_s:.2f}s)")
-    nodes = Table(title="nodes", title_justify="left")
-    for col in ("node", "in", "out", "cpu s", "restarts", "status"):
-        nodes.add_column(col, justify="left" if col in ("node", "status") else "right")
-    for n in report.nodes.values():
-        nodes.add_row(n.name, str(n.messages_in), str(n.messages_out), f"{n.cpu_s:.2f}", str(n.restarts), n.status)
-    out.print(nodes)
-    edges = Table(title="edges", title_justify="left")
-    for col in ("edge", "sent", "received", "lost", "decode errors", "p50 us", "p99 us"):
-        edges.add_column(col, justify="left" if col == "edge" else "right")
-    for e in report.edges:
-        lost = f"[red]{e.lost}[/red]" if e.lost else "0"
-        edges.add_row(f"{e.src} -> {e.dst}", str(e.sent), str(e.received), lost, str(e.decode_errors),
-                      _us(e.p50_us), _us(e.p99_us))
-    out.print(edges)
-    if report.e2e:
-        e2e = Table(title="end to end", title_justify="left")
-        for col in ("source", "sink", "messages", "p50 us", "p99 us"):
-            e2e.add_column(col, justify="left" if col in ("source", "sink") else "right")
-        for row in report.e2e:
-            e2e.add_row(row["source"], row["sink"], str(row["messages"]), _us(row["p50_us"]), _us(row["p99_us"]))
-        out.print(e2e)
-    summaries = [(n.name, n.summary) for n in report.nodes.values() if n.summary]
-    if summaries:
-        table = Table(title="node summaries", title_justify="left")
-        table.add_column("node")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for name, summary in summaries:
-            for i, (key, value) in enumerate(summary.items()):
-                table.add_row(name if i == 0 else "", str(key), _value(value))
-        out.print(table)
-    for line in report.errors:
-        err.print(Text(f"error: {line}", style="red"), soft_wrap=True)
-
-
-def _value(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:,.4g}"
-    text = json.dumps(value) if isinstance(value, dict | list) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _us(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import pkgutil
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from .codecs import codec_names, get_codec
 from .errors import CompileError, Issue, IssueList, Location, SpecError, sort_issues
 from .node import Input, Node, Output, Ports, check_types, describe_type
+from .observe.budgets import check_budgets, plan_budgets
 from .plan import (
     RUN_DIR,
     BatchPlan,
@@ -67,14 +68,17 @@ def validate(path: str | os.PathLike[str], overrides: Sequence[str | Override] =
 
 def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str | Override] = (), *,
                   profile: str | None = None, machine_cpus: Sequence[int] | None = None,
-                  models: bool = True) -> Plan:
+                  models: bool = True, transform: Callable[[LoadedGraph], None] | None = None) -> Plan:
     """Compile a graph file into a Plan.
+
+    ``transform`` may change the loaded graph before it is compiled (``dmnflow replay``
+    swaps producers for a recording's replayer, observe/replay.py).
 
     Raises:
         SpecError: the file cannot be read as a graph (YAML, schema, substitution).
         CompileError: it reads, but does not hold together (imports, ports, types, pins).
     """
-    plan, issues, spec_issues = _compile(path, overrides, profile, machine_cpus, models)
+    plan, issues, spec_issues = _compile(path, overrides, profile, machine_cpus, models, transform)
     if plan is None:
         only_spec = all(i in spec_issues for i in issues if i.is_error)  # the file itself is the problem
         raise (SpecError if only_spec else CompileError)(issues)
@@ -82,9 +86,12 @@ def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str | Overri
 
 
 def _compile(path: str | os.PathLike[str], overrides: Sequence[str | Override], profile: str | None,
-             machine_cpus: Sequence[int] | None, models: bool = True) -> tuple[Plan | None, list[Issue], list[Issue]]:
+             machine_cpus: Sequence[int] | None, models: bool = True,
+             transform: Callable[[LoadedGraph], None] | None = None) -> tuple[Plan | None, list[Issue], list[Issue]]:
     """The plan (None when there are errors), every issue, and those found reading the file."""
     graph = load_graph(path, overrides, profile=profile)
+    if transform is not None and not any(i.is_error for i in graph.issues):
+        transform(graph)
     cpus = sorted(machine_cpus if machine_cpus is not None else os.sched_getaffinity(0))
     compiler = _Compiler(graph, cpus, models)
     plan = compiler.run()
@@ -166,6 +173,8 @@ class _Compiler:
         self.check_tcp_ports()
         self.check_busy_cores()
         self.check_delivery()
+        self.check_drivers()
+        check_budgets(self.nodes, self.edges, self.loc, self.issues)
         security = self.check_security()
         if self.issues.has_errors:
             return None
@@ -600,6 +609,23 @@ class _Compiler:
                                  "or say `security: {insecure: true}` if the network is yours alone")
         return SecurityPlan(curve=curve_dir, key=key or None, insecure=sec.insecure)
 
+    def check_drivers(self) -> None:
+        """A graph whose data nothing starts ends at once, having sent nothing: say so."""
+        if self.issues.has_errors or not self.nodes or any(n.cls is None for n in self.nodes.values()):
+            return
+        forward = {e.dst for e in self.edges if not e.feedback}
+        for node in self.nodes.values():
+            spec = node.entry.spec
+            if node.cls.is_source() or (spec.timers and node.entry.name not in forward):  # type: ignore[union-attr]
+                return  # a source, or a node its timer drives (no input that ends it)
+        first = next(iter(self.nodes))
+        self.add("no-driver", "nothing sends the first message: the graph has no source (a node with `run`) "
+                 "and no timer on a node without inputs that end it, so launched it sends nothing (its nodes "
+                 "wait until it is stopped)",
+                 self.key_loc(("nodes", first)), "nodes",
+                 "add a source, or a timer on a node whose inputs are all `feedback: true` (it then runs until "
+                 "the graph is stopped)", severity="warning")
+
     def check_busy_cores(self) -> None:
         on_core: dict[int, list[str]] = {}
         for node in self.nodes.values():
@@ -756,7 +782,9 @@ class _Compiler:
             for p, members in processes.items()]
         return Plan(graph=self.graph.name, file=self.graph.file, profile=self.graph.profile,
                     machine_cpus=self.cpus, nodes=final_nodes, edges=edge_plans, processes=process_plans,
-                    warnings=[i.to_dict() for i in self.issues.issues if not i.is_error], security=security)
+                    warnings=[i.to_dict() for i in self.issues.issues if not i.is_error], security=security,
+                    budgets=plan_budgets(self.nodes, edge_plans, self.loc,
+                                         {name: node.instances for name, node in self.nodes.items()}))
 
     def endpoint(self, inst: str, port: str, transport: str, pattern: str, target: str, node: _Node,
                  fixed: int | None) -> str:

@@ -108,6 +108,14 @@ class Node:
     core busy (busy-polls or computes continuously), so the compiler warns when two
     such nodes are pinned to the same core.
 
+    Optional hooks the runtime calls when a node defines them: ``setup(ctx)`` and
+    ``teardown(ctx)``; ``summary() -> dict`` (figures for the live view, the report,
+    Prometheus and the dashboard, asked about once a second); ``progress() -> (done,
+    total[, unit])`` (a finite source: how far it is, e.g. ``(days, 2520, "days")``, for the
+    progress bar and its ETA; total None when unknown); ``on_budget(event, ctx)`` (a latency
+    budget of the graph was missed, or is met again: docs/observe.md); ``on_command(name,
+    args, ctx)`` (``dmnflow swap`` and friends); ``on_<timer>(ctx)`` per ``timers:`` entry.
+
     ``env`` names the secret environment variables the node reads (``("MY_API_KEY",)``;
     shell-style patterns such as ``"AWS_*"`` work too). A worker's environment keeps every
     variable except secret-looking ones (``*_KEY``, ``*_SECRET``, ``*_TOKEN``, ``*PASSWORD*``,

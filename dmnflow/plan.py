@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "BindPlan",
+    "BudgetPlan",
     "ConnectPlan",
     "EdgePlan",
     "InputPlan",
@@ -174,6 +175,23 @@ class EdgePlan(_Frozen):
     group: str | None = None  # replicas sharing one input ("node.port"): each message goes to one of them
 
 
+class BudgetPlan(_Frozen):
+    """A latency budget: on the edges into one input (``kind: edge``, send to receive), or on
+    a path from a source to a node (``kind: path``, entering the graph to arriving there).
+    Quantiles are checked over each window of the run, ``max_s`` per message."""
+
+    name: str  # what it covers, as the report shows it: "features.market_data" or "market -> execution"
+    kind: Literal["edge", "path"]
+    edges: list[int] = []  # edge budgets: every plan edge into the input
+    sources: list[str] = []  # path budgets: the source's instances (where the data entered)
+    sinks: list[str] = []  # path budgets: the end node's instances (where the latency is measured)
+    p50_s: float | None = None
+    p90_s: float | None = None
+    p99_s: float | None = None
+    max_s: float | None = None
+    loc: str = ""
+
+
 class SecurityPlan(_Frozen):
     """CURVE on tcp edges: the key directory (absolute) and this host's keypair name."""
 
@@ -203,6 +221,8 @@ class Plan(_Frozen):
     processes: list[ProcessPlan]
     warnings: list[dict[str, Any]]
     security: SecurityPlan = SecurityPlan()
+    budgets: list[BudgetPlan] = []  # latency budgets (observe/budgets.py)
+    record: list[str] = []  # outputs ("node.port" instances) mirrored to the run's recorder from the start
 
     def node(self, name: str) -> NodePlan:
         """The node instance called ``name``; KeyError names the known ones."""

@@ -36,6 +36,7 @@ from .errors import Issue, IssueList, Location
 
 __all__ = [
     "BatchSpec",
+    "BudgetSpec",
     "Defaults",
     "GraphSpec",
     "IncludeSpec",
@@ -47,6 +48,7 @@ __all__ = [
     "NodeSpec",
     "OutputSpec",
     "Override",
+    "PathBudgetSpec",
     "RestartSpec",
     "SecuritySpec",
     "SourceMap",
@@ -193,6 +195,23 @@ class BatchSpec(_Spec):
     wait: Duration = 200e-6
 
 
+class BudgetSpec(_Spec):
+    """How long a message may take: each quantile is checked over every window of the run
+    (a few seconds), ``max`` against every message (docs/observe.md, "Latency budgets")."""
+
+    p50: Duration | None = Field(None, description="the median may not exceed this, e.g. '50us'")
+    p90: Duration | None = Field(None, description="the 90th percentile may not exceed this")
+    p99: Duration | None = Field(None, description="the 99th percentile may not exceed this")
+    max: Duration | None = Field(None, description="no message may take longer (counted per message)")
+
+
+class PathBudgetSpec(BudgetSpec):
+    """A budget on the path from a source to this node: from the moment the data entered the
+    graph (the source's emit) to its arrival here."""
+
+    from_: str = Field(alias="from", description="the source node the path starts at")
+
+
 def _input_shorthand(value: Any) -> Any:
     if isinstance(value, str | list):
         return {"from": value}
@@ -216,6 +235,7 @@ class InputSpec(_Spec):
     batch: BatchSpec | None = None
     delivery: Delivery | None = None
     max_message: Size | None = Field(None, ge=1, description="the largest message this input accepts")
+    budget: BudgetSpec | None = Field(None, description="latency budget of this input's edges (send to receive)")
 
     @field_validator("from_")
     @classmethod
@@ -286,6 +306,8 @@ class NodeSpec(_Spec):
     model: ModelSpec | None = None
     join: JoinSpec | None = None
     timers: dict[str, Duration] = Field(default_factory=dict, description="name: period; calls on_<name>(ctx)")
+    budget: PathBudgetSpec | None = Field(None, description="latency budget of the path from a source "
+                                          "(`from`) to this node")
 
     @field_validator("uses")
     @classmethod
@@ -999,7 +1021,10 @@ def _scope(spec: NodeSpec, prefix: str) -> NodeSpec:
         for port, inp in spec.inputs.items()
     }
     group = f"{prefix}/{spec.group}" if spec.group else None
-    return spec.model_copy(update={"inputs": inputs, "group": group})
+    budget = spec.budget
+    if budget is not None and not budget.from_.startswith("/"):
+        budget = budget.model_copy(update={"from_": f"{prefix}/{budget.from_}"})
+    return spec.model_copy(update={"inputs": inputs, "group": group, "budget": budget})
 
 
 def _rescope(dotted: str, prefix: str) -> str:

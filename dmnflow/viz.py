@@ -29,7 +29,7 @@ import resvg_py
 from .plan import EdgePlan, NodePlan, Plan
 from .spec import format_cpus
 
-__all__ = ["FORMATS", "render"]
+__all__ = ["FORMATS", "font_faces", "live_svg", "render"]
 
 FORMATS: tuple[str, ...] = ("mermaid", "dot", "svg", "png", "html", "json")
 
@@ -614,6 +614,21 @@ def _png(plan: Plan) -> bytes:
                                        zoom=2.0 if max(lay.width, lay.height) <= 4096 else 1.0))
 
 
+def live_svg(plan: Plan) -> tuple[str, list[int]]:
+    """Our own svg drawing (the html page's), and the plan edge id behind each drawn edge's
+    ``data-edge``: for a page that updates the picture while the graph runs (the dashboard)."""
+    lay = _layout(plan)
+    return _draw(plan, lay), [edge.id for edge, _, _ in lay.chains]
+
+
+def font_faces() -> str:
+    """CSS ``@font-face`` rules embedding the bundled fonts (pages that work offline)."""
+    return "\n".join(
+        f'@font-face{{font-family:"DejaVu Sans";font-weight:{weight};src:url(data:font/ttf;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode()}) format("truetype")}}'
+        for weight, path in zip((400, 700), _FONT_FILES, strict=True))
+
+
 def _details(plan: Plan) -> dict[str, dict[str, object]]:
     """What the html page shows when a node is clicked, as display strings."""
     edges = {e.id: e for e in plan.edges}
@@ -639,11 +654,7 @@ def _details(plan: Plan) -> dict[str, dict[str, object]]:
 
 
 def _html(plan: Plan) -> str:
-    fonts = "\n".join(
-        f'@font-face{{font-family:"DejaVu Sans";font-weight:{weight};src:url(data:font/ttf;base64,'
-        f'{base64.b64encode(path.read_bytes()).decode()}) format("truetype")}}'
-        for weight, path in zip((400, 700), _FONT_FILES, strict=True))
-    parts = {"FONTS": fonts, "TITLE": _esc(plan.graph), "SVG": _draw(plan, _layout(plan)),
+    parts = {"FONTS": font_faces(), "TITLE": _esc(plan.graph), "SVG": _draw(plan, _layout(plan)),
              "DATA": json.dumps(_details(plan), ensure_ascii=False).replace("<", "\\u003c")}
     page = _PAGE.read_text(encoding="utf-8")  # one pass, so inserted text is never rescanned
     return re.sub(r"%(FONTS|TITLE|SVG|DATA)%", lambda m: parts[m.group(1)], page)

@@ -32,10 +32,15 @@ class Counter(Node):
 
     numbers = Output(int)
 
+    def progress(self) -> tuple[int, int, str]:
+        """Numbers sent of ``count``: the live view's progress bar and ETA."""
+        return getattr(self, "sent", 0), getattr(self, "count", None), "numbers"
+
     def run(self, ctx: Any) -> Iterator[tuple[str, int, int]]:
         p = ctx.params
         period = 1.0 / p.rate_hz if p.rate_hz else 0.0
         due = time.perf_counter()
+        self.count, self.sent = p.count, 0
         for n in range(p.start, p.start + p.count):
             if period:
                 due += period
@@ -43,6 +48,7 @@ class Counter(Node):
                 if delay > 0:
                     time.sleep(delay)
             yield "numbers", n, n
+            self.sent += 1
 
 
 class Scale(Node):

@@ -25,7 +25,7 @@ import zmq
 from ..errors import ControlError, LaunchError
 from .supervisor import ADMIN_SOCKET, RUN_DIR_PREFIX
 
-__all__ = ["Answer", "RunInfo", "claim_run_name", "find_run", "list_runs", "run_status", "send_command"]
+__all__ = ["Answer", "RunInfo", "ask", "claim_run_name", "find_run", "list_runs", "run_status", "send_command"]
 
 log = logging.getLogger("dmnflow.supervisor")
 
@@ -145,6 +145,15 @@ def send_command(run: RunInfo, node: str, name: str, args: dict[str, Any], *, ti
 def run_status(run: RunInfo, *, timeout_s: float = 5.0) -> Answer:
     """The run's graph, name, pid and the state of each node instance."""
     return _request(run, ["status"], timeout_s)
+
+
+def ask(run: RunInfo, verb: str, *args: Any, timeout_s: float = 5.0) -> Answer:
+    """Any admin request (``protocol.ADMIN``): ``snapshot``, ``tap`` (``dmnflow.observe``).
+
+    Raises:
+        ControlError: the run did not answer within ``timeout_s`` (it may have ended).
+    """
+    return _request(run, [verb, *args], timeout_s)
 
 
 def _request(run: RunInfo, request: list[Any], timeout_s: float) -> Answer:

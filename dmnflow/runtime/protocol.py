@@ -35,9 +35,13 @@ STOP = "stop"  # drain: sources end, end-of-stream follows the data
 REHELLO = "rehello"  # a restarted producer must hear from its consumers again
 REPORT = "report"  # the run is failing: send what you counted
 COMMAND = "command"  # node, name, args, token
+TAP = "tap"  # node, port, {max_rate, topic}: mirror that output to its tap socket; {} stops it (observe/taps.py)
+BUDGET = "budget"  # {budget, state, ...}: a latency budget was missed or is met again (nodes' on_budget)
 
 # client -> supervisor (admin socket)
 STATUS = "status"
+SNAPSHOT = "snapshot"  # {history: bool}: the live report (observe/observer.py)
+# TAP {output, client, max_rate, topic, on}: a client's lease on a tap, renewed while it listens
 
 _MAP, _STR, _ANY, _INT, _BOOL = dict, str, object, int, bool
 
@@ -47,9 +51,9 @@ WORKER: dict[str, tuple[type, ...]] = {  # what a worker may send
 }
 SUPERVISOR: dict[str, tuple[type, ...]] = {  # what the supervisor may send a worker
     CONNECT: (_MAP,), RECONNECT: (_MAP,), START: (), STOP: (), REHELLO: (), REPORT: (),
-    COMMAND: (_STR, _STR, _MAP, _INT),
+    COMMAND: (_STR, _STR, _MAP, _INT), TAP: (_STR, _STR, _MAP), BUDGET: (_MAP,),
 }
-ADMIN: dict[str, tuple[type, ...]] = {STATUS: (), COMMAND: (_STR, _STR, _MAP)}
+ADMIN: dict[str, tuple[type, ...]] = {STATUS: (), COMMAND: (_STR, _STR, _MAP), SNAPSHOT: (_MAP,), TAP: (_MAP,)}
 
 MAX_MESSAGE = 16 << 20  # a heartbeat of a large graph is well under this
 

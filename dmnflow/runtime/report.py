@@ -52,6 +52,8 @@ class NodeReport:
     status: str = "pending"  # running while it runs; then done, failed or stopped
     host: str = ""  # where it ran (the distributed backend runs nodes on several hosts)
     summary: dict[str, Any] | None = None  # what the node's own ``summary()`` reported last
+    progress: dict[str, Any] | None = None  # a finite source's ``progress()``: {done, total, unit}
+    rss_bytes: int = 0  # resident memory of its process (shared by the nodes of a group)
 
 
 @dataclass
@@ -110,17 +112,29 @@ class Report:
     errors: list[str] = field(default_factory=list)
     sockets: list[SocketReport] = field(default_factory=list)
     control_junk: int = 0  # messages to the supervisor's control and admin sockets it did not trust
+    budgets: list[dict[str, Any]] = field(default_factory=list)  # latency budgets: limits, measured, misses
+    live: dict[str, Any] | None = None  # while it runs: windowed rates, latencies, cpu, progress (observe/live.py)
+    # the cumulative latency histograms behind p50/p99 (not in the JSON): per edge id, per (source, sink)
+    latency: dict[int, Histogram] = field(default_factory=dict, repr=False)
+    e2e_latency: dict[tuple[str, str], Histogram] = field(default_factory=dict, repr=False)
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (what ``to_json`` writes)."""
         def edge(e: EdgeReport) -> dict[str, Any]:
             return {**e.__dict__, "lost": e.lost}
 
-        return json.dumps({"graph": self.graph, "status": self.status, "exit_code": self.exit_code,
-                           "duration_s": self.duration_s, "startup_s": self.startup_s,
-                           "nodes": {n: v.__dict__ for n, v in self.nodes.items()},
-                           "edges": [edge(e) for e in self.edges], "e2e": self.e2e, "errors": self.errors,
-                           "sockets": [s.__dict__ for s in self.sockets], "control_junk": self.control_junk},
-                          indent=2)
+        out = {"graph": self.graph, "status": self.status, "exit_code": self.exit_code,
+               "duration_s": self.duration_s, "startup_s": self.startup_s,
+               "nodes": {n: dict(v.__dict__) for n, v in self.nodes.items()},
+               "edges": [edge(e) for e in self.edges], "e2e": self.e2e, "errors": self.errors,
+               "sockets": [s.__dict__ for s in self.sockets], "control_junk": self.control_junk,
+               "budgets": self.budgets}
+        if self.live is not None:
+            out["live"] = self.live
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
 
 
 @dataclass
@@ -182,6 +196,10 @@ def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str,
                 ns = (beat.get("nodes") or {}).get(name) or {}
                 if isinstance(ns.get("summary"), dict):
                     node.summary = ns["summary"]
+                if isinstance(ns.get("progress"), dict):
+                    node.progress = ns["progress"]
+                if k == last and type(beat.get("rss_bytes")) is int:
+                    node.rss_bytes = beat["rss_bytes"]
                 for origin, sparse in (ns.get("e2e") or {}).items():
                     if isinstance(sparse, dict):
                         e2e.setdefault((int(origin), name), Histogram()).merge(Histogram.from_sparse(sparse))
@@ -228,12 +246,17 @@ def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str,
         edge.p50_us = None if p50 is None else round(p50 / 1e3, 1)
         edge.p99_us = None if p99 is None else round(p99 / 1e3, 1)
     names = [n.name for n in plan.nodes]
+    sinks = {n.name for n in plan.nodes if not n.outputs}
     paths = []
+    by_path: dict[tuple[str, str], Histogram] = {}
     for (origin, sink), h in sorted(e2e.items()):
         if not 0 <= origin < len(names):
+            continue
+        by_path[(names[origin], sink)] = h
+        if sink not in sinks:  # a node measured only for a path budget: in the budgets table, not here
             continue
         p50, p99 = h.quantile(0.5), h.quantile(0.99)
         paths.append({"source": names[origin], "sink": sink, "messages": h.n,
                       "p50_us": round((p50 or 0) / 1e3, 1), "p99_us": round((p99 or 0) / 1e3, 1)})
     return Report(plan.graph, status, code, round(duration_s, 3), round(startup_s, 3), nodes, edges, paths,
-                  list(errors), list(sockets.values()), control_junk)
+                  list(errors), list(sockets.values()), control_junk, latency=hist, e2e_latency=by_path)

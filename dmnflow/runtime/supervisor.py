@@ -35,6 +35,7 @@ from typing import Any
 import zmq
 
 from ..errors import ExitCode, LaunchError
+from ..observe.observer import Observer
 from ..plan import Plan
 from ..transport.stats import Counters
 from ..transport.wire import write_token
@@ -78,7 +79,7 @@ class _Proc:
 
 def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
            startup_timeout_s: float = 60.0, on_status: Callable[[Report], None] | None = None,
-           name: str | None = None, warm: bool = False) -> Report:
+           name: str | None = None, warm: bool = False, observer: Observer | None = None) -> Report:
     """Run a compiled graph until it ends by itself, ``duration_s`` passes, or Ctrl-C.
 
     ``name`` (default: the graph's name) is how ``dmnflow swap`` and ``dmnflow runs`` find
@@ -86,13 +87,15 @@ def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
     another run has gets a suffix (``-2``, with a warning). ``warm``: fork the workers' zygote from
     this process, so they start with what it has already imported (``dmnflow tune`` runs each
     trial this way in a process that imported torch and the nodes once for the whole study);
-    the caller must have no thread that holds a lock the workers need.
+    the caller must have no thread that holds a lock the workers need. ``on_status`` gets a
+    report with the live figures every 0.5 s; ``observer`` (default: a plain one) is what makes
+    them, watches the latency budgets and holds a recording (``dmnflow.observe``).
 
     Raises:
         LaunchError: the graph could not be started (a worker failed during start-up, ``name``
             is taken, or a fixed tcp port is in use: ``PortInUse``, exit code 1).
     """
-    return _Supervisor(plan, grace_s, startup_timeout_s, name, warm).run(duration_s, on_status)
+    return _Supervisor(plan, grace_s, startup_timeout_s, name, warm, observer).run(duration_s, on_status)
 
 
 @dataclass
@@ -133,8 +136,10 @@ def check_fixed_ports(plan: Plan) -> None:
 
 class _Supervisor:
     def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float, name: str | None,
-                 warm: bool = False) -> None:
+                 warm: bool = False, observer: Observer | None = None) -> None:
         self.plan = plan
+        self.observer = observer if observer is not None else Observer(plan)
+        self.t0 = time.monotonic()
         self.name = name or plan.graph
         self.name_given = name is not None  # a taken --name is refused; a taken default is suffixed
         self.warm = warm
@@ -194,9 +199,10 @@ class _Supervisor:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.admin, zmq.POLLIN)
+        self.observer.open(self.run_dir, self.tell_node, self.broadcast)
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
-        t0 = time.monotonic()
+        t0 = self.t0 = time.monotonic()
         status, startup_s = "failed", 0.0
         try:
             if reaper is not None and self.zygote is None:
@@ -221,6 +227,8 @@ class _Supervisor:
             self.admin.close()
             zctx.term()
             report = self.report(status, 0, time.monotonic() - t0, startup_s)  # the counters files are still there
+            self.observer.finish(report)
+            self.observer.close()  # the workers are gone: a recording gets what is left
             shutil.rmtree(self.run_dir, ignore_errors=True)
         report.exit_code = int(ExitCode.NODE_FAILED if status == "failed" else ExitCode.OK)
         return report
@@ -249,6 +257,18 @@ class _Supervisor:
                 env=self.worker_env(proc.name),
                 start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
         proc.state = "new"
+
+    def tell_node(self, node: str, *msg: Any) -> None:
+        """A control message to the worker of node instance ``node`` (the observer's taps)."""
+        proc = self.procs.get(self.proc_of.get(node, ""))
+        if proc is not None and proc.state == "running":
+            self.tell(proc, *msg)
+
+    def broadcast(self, *msg: Any) -> None:
+        """A control message to every running worker (a latency budget's event)."""
+        for proc in self.procs.values():
+            if proc.state == "running":
+                self.tell(proc, *msg)
 
     def tell(self, proc: _Proc, *msg: Any) -> None:
         with contextlib.suppress(zmq.ZMQError):  # a worker that died meanwhile is noticed by check()
@@ -347,8 +367,12 @@ class _Supervisor:
                 return "failed"
             if all(p.state == "done" for p in self.procs.values()):
                 return "stopped" if stop_sent_at is not None else "finished"
-            if on_status is not None and now >= next_status:
-                on_status(self.report("running", 0, now - t0, 0.0))
+            self.observer.poll(now)
+            if now >= next_status:  # the live figures, budgets, what `dmnflow top` and `on_status` see
+                report = self.report("running", 0, now - t0, 0.0)
+                self.observer.update(report, now)
+                if on_status is not None:
+                    on_status(report)
                 next_status = now + 0.5
 
     def on_message(self, proc: _Proc, msg: list[Any]) -> None:
@@ -397,6 +421,8 @@ class _Supervisor:
             if request[0] == protocol.STATUS:
                 self.answer(client, True, {"graph": self.plan.graph, "name": self.name, "pid": os.getpid(),
                                            "nodes": {p: self.procs[self.proc_of[p]].state for p in self.proc_of}})
+            elif request[0] in (protocol.SNAPSHOT, protocol.TAP):  # dmnflow top / echo / hz / dashboard
+                self.answer(client, *self.observer.admin(request[0], request[1], time.monotonic()))
             else:
                 self.start_command(client, *request[1:])
 

@@ -38,6 +38,7 @@ import zmq
 from ..codecs import Limits, get_codec
 from ..errors import ConfigError, NodeError, TransportError
 from ..node import Context, Message, Node
+from ..observe.taps import Taps
 from ..plan import NodePlan, Plan
 from ..transport import Counters, Flusher, Histogram, Inlet, Link, Outlet
 from ..transport.security import KeyError_, Watch, load_curve
@@ -209,6 +210,8 @@ class NodeRunner:
         now = time.monotonic()
         self.timers = [[now + period, period, getattr(self.node, f"on_{name}"), name]
                        for name, period in plan_node.timers.items()]
+        # inputs that end it: a node whose inputs are all feedback (a loop its timer drives) runs until stopped
+        self.forward_inputs = any(not i.feedback for i in plan_node.inputs)
 
     def setup(self) -> None:
         if hasattr(self.node, "setup"):
@@ -429,8 +432,40 @@ class NodeRunner:
         if self.join is not None:
             self.mv[self.nbase + N_JOIN_INCOMPLETE] = self.join.incomplete
         summary = getattr(self.node, "summary", None)
+        progress = getattr(self.node, "progress", None)
         return {"e2e": {origin: h.to_sparse() for origin, h in self.e2e.items()},
-                "summary": summary() if callable(summary) else None}
+                "summary": summary() if callable(summary) else None,
+                "progress": _progress(progress()) if callable(progress) else None}
+
+    def on_budget(self, event: dict[str, Any]) -> None:
+        """A latency budget was missed, or is met again: the node's ``on_budget``, if it has one."""
+        handler = getattr(self.node, "on_budget", None)
+        if handler is None or self.done:
+            return
+        try:
+            handler(event, self.ctx)
+        except Exception as exc:
+            raise NodeError(f"{type(exc).__name__} in on_budget: {exc}", node=self.plan.name,
+                            port="on_budget") from exc
+
+
+def _progress(value: Any) -> dict[str, Any] | None:
+    """A node's ``progress()``: ``(done, total)`` or ``(done, total, unit)``, total None when unknown."""
+    if not isinstance(value, tuple | list) or len(value) not in (2, 3):
+        return None
+    done, total = value[0], value[1]
+    if not isinstance(done, int | float) or not (total is None or isinstance(total, int | float)):
+        return None
+    return {"done": done, "total": total, "unit": str(value[2]) if len(value) == 3 else ""}
+
+
+def _rss() -> int:
+    """This process's resident memory, bytes (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _one_node_layout(index: int) -> Layout:
@@ -468,6 +503,7 @@ class Worker:
         self.next_beat = time.monotonic() + 1.0
         self.pending: list[tuple[Future[Any], Any, str]] = []  # commands still running: (future, token, node)
         self.refusals: list[str] = []  # CURVE handshakes our inputs' producers refused (start-up fails on them)
+        self.taps = Taps(self.zctx, run_dir, self.counters.mv)  # outputs mirrored while someone listens
 
     def tell(self, *msg: Any) -> None:
         self.control.send(protocol.encode(*msg))
@@ -525,6 +561,10 @@ class Worker:
                 runner.alo_routers += [r for r in outlet.routers if r.held]
                 self.outlets[(name, out.port)] = outlet
                 bound.update(outlet.bound)
+                if f"{name}.{out.port}" in self.plan.record:  # launch --record: every record, from the start
+                    self.taps.record(outlet)
+            if any(name in b.sinks for b in self.plan.budgets):  # a path budget ends here: measure it
+                runner.is_sink = True
             self.runners.append(runner)
         if self.link.curve is not None:
             for outlet in self.outlets.values():
@@ -713,8 +753,8 @@ class Worker:
                 for runner in self.runners:
                     inputs_ended = all(i.ended for i in by_runner.get(id(runner), []))
                     ended = runner.gen is None and not runner.loop_source and inputs_ended
-                    if not runner.done and ended and (runner.plan.inputs or runner.plan.source or self.stopping):
-                        runner.finish()  # a timer-only node runs until the graph is stopped
+                    if not runner.done and ended and (runner.forward_inputs or runner.plan.source or self.stopping):
+                        runner.finish()  # a node without inputs that end it (timer-driven) runs until stopped
                         ending.extend(runner.outlets.values())
                         if runner in timed:
                             timed.remove(runner)
@@ -762,6 +802,13 @@ class Worker:
             self.tell(protocol.HB, self.stats())
         elif verb == protocol.COMMAND:
             self.run_command(*msg[1:])
+        elif verb == protocol.TAP:  # dmnflow echo / hz / bw listen to an output, or stopped (observe/taps.py)
+            outlet = self.outlets.get((msg[1], msg[2]))
+            if outlet is not None:
+                self.taps.set(outlet, msg[3])
+        elif verb == protocol.BUDGET:  # a latency budget was missed or is met again (observe/budgets.py)
+            for runner in self.runners:
+                runner.on_budget(msg[1])
 
     def run_command(self, node: str, name: str, args: dict[str, Any], token: Any) -> None:
         """A command for one node (``dmnflow swap`` and friends) goes to its ``on_command``;
@@ -796,9 +843,10 @@ class Worker:
         (the supervisor reads the counters file itself where it can; a remote one cannot)."""
         edges = {e: st.latency.to_sparse() for _, inlet in self.inlets for e, st in inlet.stats.items()}
         return {"cpu_s": time.process_time(), "nodes": {r.plan.name: r.stats() for r in self.runners},
-                "latency": edges, "counts": self.counters.snapshot()}
+                "latency": edges, "counts": self.counters.snapshot(), "rss_bytes": _rss()}
 
     def close(self) -> None:
+        self.taps.close()
         self.flusher.close()
         for _, inlet in self.inlets:
             inlet.close()

@@ -193,6 +193,7 @@ class Outlet:
         self.eos_header = b""
         self.feedback = {e for e, p in edges.items() if p.feedback}
         self.tensor = tensor  # the output's codec is ``tensor``: ``alloc`` may loan slots
+        self.tap: Any = None  # a TapPoint while the output is mirrored (observe/taps.py)
         for bind in binds:
             what = f"output {self.name}"
             if bind.pattern == "stream":
@@ -289,6 +290,9 @@ class Outlet:
         mv = self.mv
         if self.accepted >= 0:
             mv[self.accepted] += 1
+        tap = self.tap  # someone listens (dmnflow echo, a recording): observe/taps.py
+        if tap is not None and now >= tap.due:
+            tap.send(topic, meta, frames, origin_ns, origin, now, event_time, attrs)
         if self.pubs:
             seq = self.seq.get(topic, 0)
             self.seq[topic] = seq + 1
@@ -321,6 +325,8 @@ class Outlet:
         self.eos_header = eos_header(self.packer, self.src, self.inc, self.seq, time.time_ns(), self.link.token)
         for stream in self.streams:
             stream.tap_eos()
+        if self.tap is not None:
+            self.tap.eos()
         self.flush_eos()
 
     def flush_eos(self) -> bool:

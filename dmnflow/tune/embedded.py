@@ -111,6 +111,9 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
                 run.pruned = f"pruned at step {step} ({tune.intermediate.value.name if tune.intermediate else ''} " \
                              f"{value:.4g})"
                 run.proc.stop(run.pruned)
+        elif event.get("event") == "running":
+            emit(TrialEvent("running", run.trial.number, run.params, slot=run.slot,
+                            figures={k: event.get(k) for k in ("fraction", "eta_s", "done", "total", "unit")}))
         elif event.get("event") == "done":
             finish(run, event)
 

@@ -63,6 +63,9 @@ class Feed:
         elif event.kind == "progress":
             sock, topic = self.workers[event.slot % len(self.workers)], "optimization_progress"
             body.update(step=event.step, value=event.value, slot=event.slot)
+        elif event.kind == "running":  # how far the trial's graph is: fraction, eta_s, done/total unit
+            sock, topic = self.workers[event.slot % len(self.workers)], "optimization_progress"
+            body.update(event.figures, slot=event.slot)
         else:
             sock, topic = self.aggregator, "optimization_result"
             body.update(state=event.state, values=event.values, reason=event.reason, params=event.params,

@@ -39,7 +39,7 @@ class TuneError(DmnflowError):
 class TrialEvent:
     """What an engine tells its watchers (the progress bar, the ZeroMQ feed) about a trial."""
 
-    kind: str  # started, progress, finished
+    kind: str  # started, running (the graph's progress: figures fraction, eta_s), progress, finished
     number: int
     params: dict[str, Any] = field(default_factory=dict)
     state: str = ""  # finished: complete, pruned, fail

@@ -267,8 +267,22 @@ class _Progress:
         self.every = float(inter["every"]) if inter else 0.0
         self.chan = chan
         self.last = 0
+        self.shown = -1.0
+
+    def running(self, report: Any) -> None:
+        """The graph's progress (its slowest finite source, with the ETA): for the study's
+        progress bar; sent when it moved by a percent, at most every status tick."""
+        live = getattr(report, "live", None) or {}
+        progress = live.get("progress") or {}
+        fraction = progress.get("fraction")
+        if fraction is None or fraction - self.shown < 0.01:
+            return
+        self.shown = float(fraction)
+        self.chan.send(event="running", fraction=round(float(fraction), 4), eta_s=progress.get("eta_s"),
+                       done=progress.get("done"), total=progress.get("total"), unit=progress.get("unit"))
 
     def __call__(self, report: Any) -> None:
+        self.running(report)
         if self.value is None or self.step is None:
             return
         figures = {}

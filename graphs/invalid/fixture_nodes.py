@@ -118,3 +118,4 @@ class Band(Node):
     def on_value(self, value: float, ctx: Any) -> None:
         if ctx.params.low <= value <= ctx.params.high:
             ctx.emit("kept", value)
+

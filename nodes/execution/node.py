@@ -221,7 +221,15 @@ class Execution(Node):
             value = account.get(key)
             if isinstance(value, float | int) and math.isfinite(value):
                 out[f"account_{key}"] = value
+        positions = account.get("positions")
+        if isinstance(positions, Mapping):  # the dashboard's positions table
+            out["positions"] = {str(s): _quantity(p) for s, p in positions.items()}
         return out
+
+
+def _quantity(position: Any) -> Any:
+    """A position's quantity: the number itself, or a position record's ``qty``."""
+    return position.get("qty") if isinstance(position, Mapping) else position
 
 
 def _valid(order: Any) -> bool:

@@ -186,10 +186,15 @@ class DayReplay(Node):
         self.frame = frame.sorted() if getattr(p, "sort", True) else frame
         self.guard = MarketGuard(log=ctx.log, what="row")
         self.counts = {"days": 0, "bars": 0, "panels": 0}
+        self.total_days = int(np.unique(self.frame.t).size) if len(self.frame) else 0
 
     def summary(self) -> dict[str, int]:
         """Days, bars and panels published; rows skipped by the guard, per reason; requested symbols missing."""
         return {**self.counts, **self.guard.summary(), "missing_symbols": len(self.missing)}
+
+    def progress(self) -> tuple[int, int, str]:
+        """Days replayed of the days to replay: the live view's progress bar and ETA."""
+        return self.counts["days"], self.total_days, "days"
 
     def run(self, ctx: Any) -> Iterator[None]:
         p, f = ctx.params, self.frame

@@ -249,10 +249,15 @@ class Synthetic(Node):
                                       process=p.process)
         self.topics = [topic_for(s) for s in self.market.symbols]
         self.counts = {"days": 0, "bars": 0, "ticks": 0, "panels": 0}
+        self.total_days = None if p.live else p.days
 
     def summary(self) -> dict[str, int]:
         """What was published: days, and bars, ticks or panels."""
         return dict(self.counts)
+
+    def progress(self) -> tuple[int, int | None, str]:
+        """Days published of the days to publish (a live market has no end: total None)."""
+        return self.counts["days"], self.total_days, "days"
 
     def run(self, ctx: Any) -> Iterator[None]:
         p = ctx.params

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -69,6 +70,11 @@ class Alerts(Node):
             description="threshold rules: [{metric, op, value, severity, name, message}]")
         notify_resolved: bool = Field(True, description="send a resolved alert when a rule stops holding")
         repeat_every: int = Field(0, ge=0, description="re-send a firing alert every this many messages; 0: never")
+        budgets: bool = Field(True, description="raise an alert when a latency budget of the graph is missed "
+                              "(and resolve it once it is met again)")
+        budget_severity: Literal["info", "warning", "critical"] = Field(
+            "warning", description="severity of a missed latency budget's alert")
+        recent: int = Field(20, ge=0, description="alerts the summary keeps (newest last), for the dashboard")
 
     metrics = Input(dict, doc="any flat dict of metrics (Performance.metrics, Health.health, ...)")
     alerts = Output(dict, doc="t, rule, metric, op, threshold, value, severity, state, message")
@@ -83,6 +89,7 @@ class Alerts(Node):
         self.counts = {"messages": 0, "bad_messages": 0, "non_numeric": 0, "firing": 0, "resolved": 0,
                        "info": 0, "warning": 0, "critical": 0}
         self.per_rule = [0] * len(self.rules)
+        self.recent: list[dict[str, Any]] = []
 
     def on_metrics(self, metrics: dict, ctx: Any) -> None:
         c = self.counts
@@ -126,17 +133,45 @@ class Alerts(Node):
             self.per_rule[i] += 1
             if rule.severity != "info":
                 self.log.warning(f"alert:{i}", "%s alert %r: %s = %g", rule.severity, rule.label(), rule.metric, value)
-        ctx.emit("alerts", {
+        self._alert(ctx, {
             "t": t, "rule": rule.label(), "metric": rule.metric, "op": rule.op, "threshold": rule.value,
             "value": value, "severity": rule.severity, "state": state,
             "message": rule.message or f"{rule.metric} = {value:g} ({rule.op} {rule.value:g})",
         })
 
-    def summary(self) -> dict[str, int]:
-        """Counters: messages, alerts by state and severity, rules firing now."""
+    def _alert(self, ctx: Any, alert: dict[str, Any]) -> None:
+        if self.p.recent:
+            self.recent = [*self.recent[-self.p.recent + 1:], {**alert, "t_ns": time.time_ns()}]
+        ctx.emit("alerts", alert)
+
+    def on_budget(self, event: dict[str, Any], ctx: Any) -> None:
+        """A latency budget of the graph was missed (``state: missed``) or is met again: an alert
+        named after the budget, firing or resolved (the runtime calls this; docs/observe.md)."""
+        if not self.p.budgets:
+            return
+        missed = event.get("state") == "missed"
+        if not missed and not self.p.notify_resolved:
+            return
+        state = "firing" if missed else "resolved"
+        severity = self.p.budget_severity
+        self.counts[state] += 1
+        if missed:  # (the supervisor has logged it; the journal logs the alert)
+            self.counts[severity] += 1
+        quantile, limit = event.get("quantile", "p99"), event.get("limit_us", 0.0)
+        self._alert(ctx, {
+            "t": event.get("t_ns"), "rule": f"budget {event.get('budget')} {quantile} <= {limit:g}us",
+            "metric": f"latency_{quantile}_us", "op": "<=", "threshold": limit, "value": event.get("measured_us"),
+            "severity": severity, "state": state,
+            "message": f"{event.get('budget')}: {quantile} {event.get('measured_us')}us, budget {limit:g}us",
+        })
+
+    def summary(self) -> dict[str, Any]:
+        """Counters: messages, alerts by state and severity, rules firing now; the latest alerts."""
         if not hasattr(self, "counts"):  # asked before setup
             return {}
-        out = dict(self.counts)
+        out: dict[str, Any] = dict(self.counts)
         out["rules"] = len(self.rules)
         out["firing_now"] = sum(self.firing)
+        if self.p.recent:
+            out["recent"] = list(self.recent)
         return out

@@ -302,6 +302,8 @@ class Performance(Node):
         if self.equity:
             out.update(self.report())
         out.update(self._latency())
+        if self.t:
+            out["t"] = self.t[-1]  # the last event time measured: where the equity curve is
         out.update(latency_samples=self.fill_latency.n, **self.counts)
         for name, w in self.p.windows.items():
             out.update({f"{name}.{k}": v for k, v in self.window(w.start, w.end).items()})

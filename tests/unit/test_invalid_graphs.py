@@ -26,18 +26,18 @@ DATA = Path(__file__).resolve().parent / "data"
 
 # Every check the corpus covers. A new check needs a corpus file, then a line here.
 CODES = {
-    "bad-delivery", "bad-join", "bad-key", "bad-name", "bad-override", "bad-substitution", "codec-type",
-    "codec-unsafe", "cycle", "insecure-bind",
+    "bad-budget", "bad-delivery", "bad-join", "bad-key", "bad-name", "bad-override", "bad-substitution",
+    "budget-path", "codec-type", "codec-unsafe", "cycle", "insecure-bind",
     "dtype-mismatch", "duplicate-key", "duplicate-port", "empty-graph", "file-not-found",
     "file-unreadable", "import-error", "include-cycle", "invalid-param", "invalid-value",
     "missing-handler", "missing-input", "missing-key", "missing-param", "model-error", "model-mismatch",
-    "model-missing",
+    "model-missing", "no-driver",
     "node-error", "not-a-node", "pin-range", "pin-shared", "shape-mismatch", "type-mismatch",
     "unknown-codec", "unknown-input", "unknown-key", "unknown-node", "unknown-output",
     "unknown-param", "unknown-port", "unknown-profile", "unknown-var", "unset-env",
     "unused-output", "var-cycle", "yaml-syntax",
 }
-WARNINGS = {"pin-shared", "unused-output"}
+WARNINGS = {"no-driver", "pin-shared", "unused-output"}
 # Issues about the file as a whole have no key path.
 FILE_LEVEL = {"yaml-syntax", "empty-graph"}
 

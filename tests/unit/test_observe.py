@@ -1,0 +1,174 @@
+"""dmnflow.observe without processes: budgets' windows, live rates, the terminal views."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+import dmnflow
+from dmnflow.observe.budgets import BudgetWatch
+from dmnflow.observe.live import LiveWindow
+from dmnflow.observe.observer import History, TapLeases
+from dmnflow.observe.view import live_view, render_report, status_line
+from dmnflow.plan import BudgetPlan
+from dmnflow.runtime.report import EdgeReport, NodeReport, Report
+from dmnflow.transport.stats import Histogram
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+
+
+def _hist(*latencies_us: float) -> Histogram:
+    h = Histogram()
+    for us in latencies_us:
+        h.add(int(us * 1000))
+    return h
+
+
+def _report(latency: dict[int, Histogram], *, received: int = 0, status: str = "running") -> Report:
+    nodes = {"market": NodeReport("market", messages_out=received, status=status, cpu_s=received / 1000,
+                                  progress={"done": received, "total": 1000, "unit": "days"}),
+             "features": NodeReport("features", messages_in=received, status=status,
+                                    summary={"equity": 1_000_000.5, "sharpe": 1.25, "positions": {"ES": 3}})}
+    edges = [EdgeReport(0, "market.market_data", "features.market_data", sent=received + 5, received=received)]
+    return Report("dmn_trading", status, 0, 12.0, 0.5, nodes, edges, latency=latency)
+
+
+def _plan_with(budget: BudgetPlan) -> dmnflow.Plan:
+    plan = dmnflow.compile_graph("graphs/quickstart.yaml")
+    return plan.model_copy(update={"budgets": [budget]})
+
+
+def test_budget_windows_count_misses_and_raise_events_once_then_resolve() -> None:
+    plan = _plan_with(BudgetPlan(name="counter.numbers -> scale.value", kind="edge", edges=[0], p50_s=50e-6,
+                                 max_s=200e-6))
+    watch = BudgetWatch(plan, window_s=1.0)
+    cum = Histogram()
+    events = []
+    # two slow windows (p50 ~ 100us, one message past the max), then four fast ones
+    for t, batch in enumerate([[100] * 9 + [300], [120] * 10] + [[20] * 10] * 4):
+        cum.merge(_hist(*batch))
+        events += watch.update(_report({0: Histogram(list(cum.counts))}), float(t + 1))
+    row = watch.table()[0]
+    assert row["windows"] == 6
+    assert row["missed_windows"] == 2
+    assert row["over_max"] == 1
+    assert row["status"] == "missed"
+    assert [e["state"] for e in events] == ["missed", "met"]  # one alert, resolved after RESOLVE_AFTER windows
+    assert events[0]["quantile"] == "p50" and events[0]["limit_us"] == 50.0
+    assert row["limits_us"] == {"p50": 50.0, "max": 200.0}
+
+
+def test_a_budget_that_holds_is_met_and_raises_nothing() -> None:
+    plan = _plan_with(BudgetPlan(name="b", kind="edge", edges=[0], p99_s=1e-3))
+    watch = BudgetWatch(plan, window_s=1.0)
+    cum = Histogram()
+    for t in range(3):
+        cum.merge(_hist(*[80] * 20))
+        assert watch.update(_report({0: Histogram(list(cum.counts))}), float(t + 1)) == []
+    assert watch.table()[0]["status"] == "met"
+
+
+def test_path_budget_reads_the_end_nodes_e2e_histograms() -> None:
+    plan = _plan_with(BudgetPlan(name="counter -> sink", kind="path", sources=["counter"], sinks=["sink"],
+                                 p99_s=10e-6))
+    watch = BudgetWatch(plan, window_s=0.0)
+    report = _report({})
+    report.e2e_latency = {("counter", "sink"): _hist(500, 600)}
+    events = watch.update(report, 1.0)
+    assert events and events[0]["budget"] == "counter -> sink"
+
+
+def test_the_trading_graph_declares_the_seeds_latency_table() -> None:
+    plan = dmnflow.compile_graph("graphs/dmn_trading.yaml", models=False)
+    budgets = {b.name: b for b in plan.budgets}
+    data = budgets["market.market_data -> features.market_data"]
+    assert (data.p50_s, data.max_s) == pytest.approx((50e-6, 200e-6))
+    assert budgets["features.windows -> lstm.x"].edges == [e.id for e in plan.edges if e.dst.startswith("lstm[")]
+    assert budgets["meta.positions -> risk.positions"].p50_s == pytest.approx(200e-6)
+    assert budgets["portfolio.orders -> execution.orders"].p50_s == pytest.approx(100e-6)
+
+
+def test_live_window_gives_rates_windowed_latency_cpu_and_an_eta() -> None:
+    window = LiveWindow(window_s=2.0)
+    window.update(_report({0: _hist(100)}, received=0), 0.0)
+    live = window.update(_report({0: _hist(100, *[40] * 50)}, received=200), 2.0)
+    edge = live["edges"]["0"]
+    assert edge["msg_s"] == 100.0
+    assert edge["queued"] == 5
+    assert edge["p50_us"] == pytest.approx(40, rel=0.1)  # the window's messages, not the first one
+    assert live["nodes"]["market"]["out_s"] == 100.0
+    assert live["nodes"]["market"]["cpu_pct"] == pytest.approx(10.0)
+    progress = live["progress"]
+    assert progress["fraction"] == pytest.approx(0.2) and progress["eta_s"] == pytest.approx(8.0)
+
+
+def _console(width: int = 80) -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, width=width, force_terminal=False, color_system=None), buf
+
+
+def test_final_report_is_readable_at_80_columns() -> None:
+    report = _report({0: _hist(100, 120)}, received=1000, status="done")
+    long = EdgeReport(1, "features.long_windows_of_every_symbol", "transformer[0].x_long_input_port", sent=7,
+                      received=7)
+    report.edges.append(long)
+    report.budgets = [{"name": "market.market_data -> features.market_data", "limits_us": {"p50": 50.0},
+                       "measured_us": {"p50": 90.0}, "window_us": {}, "windows": 4, "missed_windows": 3,
+                       "over_max": 0, "status": "missed", "firing": True}]
+    console, buf = _console()
+    render_report(report, console)
+    text = buf.getvalue()
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert "…" not in text
+    flat = "".join(text.split())
+    for name in ("market.market_data", "features.market_data", "features.long_windows_of_every_symbol",
+                 "transformer[0].x_long_input_port"):
+        assert name in flat, f"{name} cut in:\n{text}"
+    assert "missed" in text and "3/4" in text
+    assert "(1 items" not in text and '{"ES": 3}' in text  # a short dict is shown as it is
+
+
+def test_live_view_and_status_line_show_rates_progress_and_figures() -> None:
+    window = LiveWindow(window_s=1.0)
+    window.update(_report({0: _hist(100)}, received=0), 0.0)
+    report = _report({0: _hist(100, 90)}, received=500)
+    report.live = window.update(report, 1.0)
+    console, buf = _console(100)
+    console.print(live_view(report))
+    text = buf.getvalue()
+    assert "500" in text and "ETA" in text and "sharpe 1.25" in text
+    line = status_line(report)
+    assert "500/1,000 days (50%" in line and "msg/s" in line and "sharpe 1.25" in line
+
+
+def test_history_keeps_the_whole_run_within_its_points() -> None:
+    history = History(points=10)
+    for i in range(100):
+        history.add(_report({}, received=i).__class__("g", "running", 0, 0, 0, {
+            "perf": NodeReport("perf", summary={"t": i, "equity": 100.0 + i})}, []), float(i))
+    series = history.to_dict()["perf"]
+    assert len(series["equity"]) < 10
+    assert series["t"][0] == 0 and series["t"][-1] >= 90
+
+
+def test_tap_leases_merge_clients_and_lapse() -> None:
+    plan = dmnflow.compile_graph("graphs/quickstart.yaml")
+    leases = TapLeases(plan)
+    told = []
+    tell = lambda node, *msg: told.append((node, *msg))  # noqa: E731
+    ok, result = leases.request({"output": "counter.numbers", "client": "a", "max_rate": 10}, "/run", tell, 0.0)
+    assert ok and result["outputs"][0]["endpoint"].startswith("ipc:///run/tap.")
+    leases.request({"output": "counter.numbers", "client": "b", "max_rate": 0}, "/run", tell, 0.5)
+    assert told[-1] == ("counter", "tap", "counter", "numbers", {"max_rate": 0, "topic": ""})
+    leases.expire(10.0, tell)
+    assert told[-1] == ("counter", "tap", "counter", "numbers", {})  # nobody listens: off
+    ok, message = leases.request({"output": "counter.nope", "client": "a"}, "/run", tell, 0.0)
+    assert not ok and "counter.numbers" in message
