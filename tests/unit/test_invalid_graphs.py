@@ -28,7 +28,7 @@ DATA = Path(__file__).resolve().parent / "data"
 CODES = {
     "bad-join", "bad-name", "bad-override", "bad-substitution", "codec-type", "codec-unsafe", "cycle",
     "dtype-mismatch", "duplicate-key", "duplicate-port", "empty-graph", "file-not-found",
-    "file-unreadable", "import-error", "include-cycle", "invalid-param", "invalid-value",
+    "file-unreadable", "host-conflict", "import-error", "include-cycle", "invalid-param", "invalid-value",
     "missing-handler", "missing-input", "missing-key", "missing-param", "model-error", "model-mismatch",
     "model-missing",
     "node-error", "not-a-node", "pin-range", "pin-shared", "shape-mismatch", "type-mismatch",
