@@ -24,6 +24,7 @@ from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, Lau
 from .plan import Plan
 from .runtime import Report, launch
 from .runtime.admin import find_run, list_runs, run_status, send_command
+from .runtime.backends import BACKENDS
 from .spec import format_cpus, json_schema, parse_duration
 from .transport.security import KeyError_, generate_keys
 from .viz import FORMATS, render
@@ -148,6 +149,11 @@ def launch_cmd(
     name: Annotated[str | None, typer.Option("--name", "-n", help="the run's name for `dmnflow swap` and "
                                              "`dmnflow runs`; default: the graph's name")] = None,
     no_models: NoModelsOpt = False,
+    backend: Annotated[str, typer.Option("--backend", "-b", help="where the processes run: local (this "
+                                         "machine) or ray (Ray actors on a Ray cluster)")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="--backend ray: the cluster, auto or HOST:PORT "
+                                                "(what `ray start --head` prints); default: a Ray started for "
+                                                "this run and stopped after it")] = None,
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
     try:
@@ -155,10 +161,14 @@ def launch_cmd(
     except ValueError as exc:
         err.print(f"error: --duration: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
+    if backend not in BACKENDS or (address is not None and backend != "ray"):
+        err.print(f"error: --backend {backend!r}: use {' or '.join(BACKENDS)}" if backend not in BACKENDS else
+                  "error: --address is for --backend ray (the local backend runs on this machine)")
+        raise typer.Exit(ExitCode.USAGE)
     plan = _plan(graph, sets, profile, models=not no_models)
     try:
         with _live_status(plan) as show:
-            result = launch(plan, duration_s=duration_s, on_status=show, name=name)
+            result = launch(plan, duration_s=duration_s, on_status=show, name=name, backend=backend, address=address)
     except LaunchError as exc:
         err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
         raise typer.Exit(getattr(exc, "exit_code", ExitCode.NODE_FAILED)) from None
@@ -372,10 +382,12 @@ def _live_status(plan: Plan) -> Iterator[Callable[[Report], None] | None]:
     with Live(console=err, refresh_per_second=4, transient=True) as live:
         def show(report: Report) -> None:
             table = Table(title=f"{plan.graph}: running {report.duration_s:.1f}s", title_justify="left")
-            for col in ("node", "in", "out", "restarts"):
-                table.add_column(col, justify="left" if col == "node" else "right")
+            hosts = len({n.host for n in report.nodes.values()}) > 1
+            for col in ("node", "in", "out", "restarts") + (("host",) if hosts else ()):
+                table.add_column(col, justify="left" if col in ("node", "host") else "right")
             for n in report.nodes.values():
-                table.add_row(n.name, str(n.messages_in), str(n.messages_out), str(n.restarts))
+                table.add_row(n.name, str(n.messages_in), str(n.messages_out), str(n.restarts),
+                              *((n.host,) if hosts else ()))
             live.update(table)
         yield show
 
@@ -385,10 +397,12 @@ def _render_report(report: Report) -> None:
     out.print(f"[bold]{report.graph}[/bold] [{colour}]{report.status}[/{colour}] in {report.duration_s:.2f}s "
               f"(start-up {report.startup_s:.2f}s)")
     nodes = Table(title="nodes", title_justify="left")
-    for col in ("node", "in", "out", "cpu s", "restarts", "status"):
-        nodes.add_column(col, justify="left" if col in ("node", "status") else "right")
+    hosts = len({n.host for n in report.nodes.values()}) > 1  # several hosts (the ray backend): say where
+    for col in ("node", "in", "out", "cpu s", "restarts", "status") + (("host",) if hosts else ()):
+        nodes.add_column(col, justify="left" if col in ("node", "status", "host") else "right")
     for n in report.nodes.values():
-        nodes.add_row(n.name, str(n.messages_in), str(n.messages_out), f"{n.cpu_s:.2f}", str(n.restarts), n.status)
+        nodes.add_row(n.name, str(n.messages_in), str(n.messages_out), f"{n.cpu_s:.2f}", str(n.restarts), n.status,
+                      *((n.host,) if hosts else ()))
     out.print(nodes)
     edges = Table(title="edges", title_justify="left")
     for col in ("edge", "sent", "received", "lost", "decode errors", "p50 us", "p99 us"):

@@ -293,8 +293,8 @@ class NodeSpec(_Spec):
     def _resources(cls, resources: dict[str, float]) -> dict[str, float]:
         for name, amount in resources.items():
             if name in ("CPU", "GPU"):
-                raise ValueError(f"{name} is not a custom resource: say how many cores with `cpus:` and which GPU "
-                                 "with `gpu:`")
+                raise ValueError(f"{name!r} is Ray's own resource, not a custom one: say how many cores with `cpus:` "
+                                 "and which GPU with `gpu:`")
             if amount <= 0:
                 raise ValueError(f"resource {name!r} needs an amount above zero (got {amount})")
         return resources

@@ -221,13 +221,13 @@ class _Supervisor:
             for proc in self.procs.values():
                 if proc.state not in ("done", "failed"):
                     proc.state = "stopped"
-            self.control.close()
-            self.admin.close()
-            zctx.term()
             try:
                 report = self.report(status, 0, time.monotonic() - t0, startup_s)  # the counters files are still there
             finally:
                 self.backend.end()  # every worker has exited: the zygote; Ray actors and placement groups
+                self.control.close()
+                self.admin.close()
+                zctx.term()
                 shutil.rmtree(self.run_dir, ignore_errors=True)
         report.exit_code = int(ExitCode.NODE_FAILED if status == "failed" else ExitCode.OK)
         return report
