@@ -63,6 +63,7 @@ HOST_LABEL = "host"  # `ray start --labels host=gpu1`: what a node's `host: gpu1
 KEY_LABEL = "dmnflow.io/key"  # with security.curve: the keypair (in the key directory) this node's processes use
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 60.0  # one round of calls to every actor (they run a few file operations each)
+UNAVAILABLE_S = 60.0  # an actor Ray cannot reach for this long is taken for lost (Ray decides sooner)
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'dmnflow[ray]')"
 
 
@@ -229,6 +230,7 @@ class RayHandle:
         self.node = backend.node_of[process]
         self.host = backend.nodes[self.node].describe() if self.node in backend.nodes else "?"
         self._pid: int | None = None
+        self.unavailable_since = 0.0
 
     @property
     def pid(self) -> int:
@@ -250,6 +252,13 @@ class RayHandle:
         ray = self.backend.ray
         try:
             code, counts = ray.get(self.wait_ref)
+        except ray.exceptions.ActorUnavailableError as exc:  # unreachable for now: back, or declared dead, soon
+            self.unavailable_since = self.unavailable_since or time.monotonic()
+            if time.monotonic() - self.unavailable_since < UNAVAILABLE_S:
+                self.wait_ref = self.actor.wait.remote(self.inc)  # ask again: it answers, or Ray says why not
+                return
+            self.returncode, self.fatal = -9, True
+            self.reason = self.backend.node_lost(self.node, "its node has died") or _first_line(exc)
         except ray.exceptions.RayActorError as exc:  # the actor is gone: killed, crashed, or its node was lost
             self.returncode = -9
             self.backend.actor_died(self.process)
