@@ -425,7 +425,8 @@ class RayBackend:
         if target is None:
             cpus = max(os.cpu_count() or 1, int(sum(d.num_cpus for d in self.demands.values()) + 0.999))
             try:
-                ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+                # "local": a new Ray on this machine, even where RAY_ADDRESS names a cluster (--address auto joins it)
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
             except Exception as exc:  # Ray's own processes did not come up (a machine too busy, a full disk)
                 with contextlib.suppress(Exception):
                     ray.shutdown()
