@@ -307,8 +307,10 @@ def _render_plan(plan: Plan) -> None:
         branch = root.add(f"[bold]process {proc.name}[/bold]  cpus {format_cpus(proc.cpus) or 'any'}")
         for name in proc.nodes:
             n = plan.node(name)
+            placed = (f"  host {n.host}" if n.host else "") + ("  resources " + ", ".join(
+                f"{k} {v:g}" for k, v in sorted(n.resources.items())) if n.resources else "")  # --backend ray
             node = branch.add(f"[cyan]{n.name}[/cyan]  {n.uses}  restart {n.restart.policy} "
-                              f"(max {n.restart.max_restarts})" + (f"  layer {n.layer}" if n.layer else ""))
+                              f"(max {n.restart.max_restarts})" + (f"  layer {n.layer}" if n.layer else "") + placed)
             for i in n.inputs:
                 batch = f"  batch {i.batch.max} / {i.batch.wait_s * 1e6:.0f}us" if i.batch else ""
                 delivery = "  at-least-once" if i.delivery == "at-least-once" else ""

@@ -245,6 +245,39 @@ def test_a_killed_worker_and_a_killed_actor_are_restarted_with_their_gaps_counte
     assert_nothing_left("kill-ray.")
 
 
+def test_ctrl_c_drains_the_graph_and_stops_every_actor(cluster, tmp_path: Path) -> None:
+    graph = tmp_path / "chain.yaml"
+    graph.write_text(textwrap.dedent(f"""
+        graph: ray-stop
+        defaults: {{policy: block}}
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: 1000000, rate_hz: 500}}, host: data}}
+          sink:
+            uses: tests.integration.nodes:Tap
+            params: {{path: {tmp_path}/out.txt}}
+            inputs: {{values: src.numbers}}
+            host: gpubox
+        """).lstrip())
+    out = tmp_path / "out.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "dmnflow", "launch", str(graph), "--backend", "ray", "--address",
+                             cluster.address, "--report", str(tmp_path / "r.json"), "--name", "stop-ray"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NO_COLOR": "1"})
+    try:
+        assert wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 100, 90)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    report = report_of(tmp_path / "r.json")
+    assert report["status"] == "stopped" and report["edges"][0]["lost"] == 0  # a drain: all that was sent arrived
+    assert report["edges"][0]["received"] == len(out.read_text().splitlines())
+    assert_nothing_left("stop-ray.")
+
+
 def test_bad_placement_fails_before_anything_starts(cluster, tmp_path: Path) -> None:
     before = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
     unknown = dmnflow("launch", "graphs/quickstart.yaml", "--set", "nodes.scale.host=gpu9", "--backend", "ray",
