@@ -28,6 +28,7 @@ from .observe.view import format_value, render_report
 from .plan import Plan
 from .runtime import launch
 from .runtime.admin import find_run, list_runs, run_status, send_command
+from .runtime.backends import BACKENDS
 from .spec import Override, format_cpus, json_schema, load_overlay, parse_duration
 from .transport.security import KeyError_, generate_keys
 from .viz import FORMATS, render
@@ -188,11 +189,18 @@ def launch_cmd(
     record: RecordOpt = None,
     edges: EdgesOpt = None,
     status_every: StatusEveryOpt = "5s",
+    backend: Annotated[str, typer.Option("--backend", "-b", help="where the processes run: local (this "
+                                         "machine) or ray (Ray actors on a Ray cluster)")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="--backend ray: the cluster, auto or HOST:PORT "
+                                                "(what `ray start --head` prints); default: a Ray started for "
+                                                "this run and stopped after it")] = None,
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
     duration_s, every_s = _durations(duration, status_every)
+    _backend(backend, address)
     plan = _plan(graph, sets, profile, models=not no_models, overlays=overlays)
-    _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s)
+    _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s, backend=backend,
+         address=address)
 
 
 def _durations(duration: str | None, status_every: str) -> tuple[float | None, float]:
@@ -208,16 +216,24 @@ def _durations(duration: str | None, status_every: str) -> tuple[float | None, f
         raise typer.Exit(ExitCode.USAGE) from None
 
 
+def _backend(backend: str, address: str | None) -> None:
+    """--backend and --address: a usage error before anything is compiled."""
+    if backend not in BACKENDS or (address is not None and backend != "ray"):
+        err.print(f"error: --backend {backend!r}: use {' or '.join(BACKENDS)}" if backend not in BACKENDS else
+                  "error: --address is for --backend ray (the local backend runs on this machine)")
+        raise typer.Exit(ExitCode.USAGE)
+
+
 def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | None, metrics: str | None,
          dashboard: str | None, record: Path | None, edges: str | None, every_s: float,
-         title: str | None = None) -> NoReturn:
+         title: str | None = None, backend: str = "local", address: str | None = None) -> NoReturn:
     """Launch ``plan`` with what watches it (observe/session.py), print the report, exit with its code."""
     chosen = [e for e in edges.split(",") if e.strip()] if edges else None
     try:
         with watching(plan, err, status_every_s=every_s, metrics=metrics, dashboard=dashboard, record=record,
                       edges=chosen, title=title) as session:
             result = launch(session.plan, duration_s=duration_s, on_status=session.on_status, name=name,
-                            observer=session.observer)
+                            observer=session.observer, backend=backend, address=address)
     except LaunchError as exc:
         err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
         raise typer.Exit(getattr(exc, "exit_code", ExitCode.NODE_FAILED)) from None
@@ -690,8 +706,10 @@ def _render_plan(plan: Plan) -> None:
         branch = root.add(f"[bold]process {proc.name}[/bold]  cpus {format_cpus(proc.cpus) or 'any'}")
         for name in proc.nodes:
             n = plan.node(name)
+            placed = (f"  host {n.host}" if n.host else "") + ("  resources " + ", ".join(
+                f"{k} {v:g}" for k, v in sorted(n.resources.items())) if n.resources else "")  # --backend ray
             node = branch.add(f"[cyan]{n.name}[/cyan]  {n.uses}  restart {n.restart.policy} "
-                              f"(max {n.restart.max_restarts})" + (f"  layer {n.layer}" if n.layer else ""))
+                              f"(max {n.restart.max_restarts})" + (f"  layer {n.layer}" if n.layer else "") + placed)
             for i in n.inputs:
                 batch = f"  batch {i.batch.max} / {i.batch.wait_s * 1e6:.0f}us" if i.batch else ""
                 delivery = "  at-least-once" if i.delivery == "at-least-once" else ""
@@ -754,6 +772,7 @@ def _render_ports(plan: Plan) -> None:
         seen[b.id] = 1
         table.add_row("" if repeat else address, "" if repeat else kind, process, output, edges or "-")
     out.print(table)
+
 
 
 def main() -> None:

@@ -172,6 +172,7 @@ class _Compiler:
         codecs = self.check_codecs()
         self.check_tcp_ports()
         self.check_busy_cores()
+        self.check_hosts()
         self.check_delivery()
         self.check_drivers()
         check_budgets(self.nodes, self.edges, self.loc, self.issues)
@@ -566,6 +567,20 @@ class _Compiler:
                         break
                     taken.setdefault(number, (process, inst if len(node.instances) > 1 else f"{name}.{port}", where))
 
+    def check_hosts(self) -> None:
+        """The nodes of one group run in one process, so on one host: they cannot name two."""
+        hosts: dict[str, tuple[str, str]] = {}  # group -> (host, the node that named it first)
+        for name, node in self.nodes.items():
+            group, host = node.entry.spec.group, node.entry.spec.host
+            if group is None or host is None:
+                continue
+            first = hosts.setdefault(group, (host, name))
+            if first[0] != host:
+                self.add("host-conflict", f"{name!r} is in group {group!r} with {first[1]!r}, which runs on host "
+                         f"{first[0]!r}, but names host {host!r}", self.loc("nodes", name, "host"),
+                         f"nodes.{name}.host", "a group is one process: give its nodes one host, or move this "
+                         "node out of the group")
+
     def check_delivery(self) -> None:
         for name, node in self.nodes.items():
             for port, inp in node.entry.spec.inputs.items():
@@ -739,7 +754,8 @@ class _Compiler:
             restart = spec.restart or entry.defaults.restart
             node_plans.append(NodePlan(
                 name=inst, spec_name=entry.name, uses=spec.uses, params=node.params.model_dump(mode="json"),
-                layer=spec.layer, process=process_of[inst], cpus=spec.cpus or [], gpu=spec.gpu,
+                layer=spec.layer, process=process_of[inst], cpus=spec.cpus or [], gpu=spec.gpu, host=spec.host,
+                resources=spec.resources,
                 replica=None if len(node.instances) == 1 else node.instances.index(inst),
                 replicas=len(node.instances), restart=RestartPlan(
                     policy=restart.policy, max_restarts=restart.max_restarts, backoff_s=restart.backoff,

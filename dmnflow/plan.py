@@ -139,6 +139,8 @@ class NodePlan(_Frozen):
     process: str
     cpus: list[int]
     gpu: int | None
+    host: str | None = None  # the ray backend: the Ray node (label `host`, address or host name) it runs on
+    resources: dict[str, float] = {}  # the ray backend: Ray custom resources its process needs
     replica: int | None
     replicas: int
     restart: RestartPlan
@@ -193,11 +195,13 @@ class BudgetPlan(_Frozen):
 
 
 class SecurityPlan(_Frozen):
-    """CURVE on tcp edges: the key directory (absolute) and this host's keypair name."""
+    """CURVE on tcp edges: the key directory (absolute, or under the ``{run_dir}`` placeholder: the
+    per-run keys of the ray backend) and this host's keypair name."""
 
     curve: str | None = None
     key: str | None = None
     insecure: bool = False  # binding beyond loopback without CURVE was asked for explicitly
+    keys: dict[str, str] = {}  # process -> its keypair's name, where processes differ (one per host: the ray backend)
 
 
 class ProcessPlan(_Frozen):

@@ -298,6 +298,11 @@ class NodeSpec(_Spec):
     group: str | None = Field(None, description="nodes of one group share one process (inproc)")
     cpus: CpuSet | None = None
     gpu: int | None = Field(None, ge=0)
+    host: str | None = Field(None, min_length=1, description="the ray backend: run on a Ray node whose label "
+                             "`host` is this (or whose address or host name is); nodes naming one host share "
+                             "one node of it")
+    resources: dict[str, float] = Field(default_factory=dict, description="the ray backend: Ray custom resources "
+                                        "the node's process needs, e.g. {gpu_box: 1}")
     replicas: int = Field(1, ge=1)
     dispatch: Literal["share", "broadcast"] = Field(
         "share", description="replicas share the inputs' messages, or each gets them all")
@@ -308,6 +313,17 @@ class NodeSpec(_Spec):
     timers: dict[str, Duration] = Field(default_factory=dict, description="name: period; calls on_<name>(ctx)")
     budget: PathBudgetSpec | None = Field(None, description="latency budget of the path from a source "
                                           "(`from`) to this node")
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"{name!r} is Ray's own resource, not a custom one: say how many cores with `cpus:` "
+                                 "and which GPU with `gpu:`")
+            if amount <= 0:
+                raise ValueError(f"resource {name!r} needs an amount above zero (got {amount})")
+        return resources
 
     @field_validator("uses")
     @classmethod

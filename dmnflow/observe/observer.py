@@ -161,13 +161,15 @@ class Observer:
         self.latest: Any = None
         self.recorder = record  # observe.record.Recorder, opened with the run directory
         self.run_dir = ""
+        self.remote = False
         self.tell: Tell = lambda *_: None
         self.broadcast: Callable[..., None] = lambda *_: None
         self.started = time.time()
 
-    def open(self, run_dir: str, tell: Tell, broadcast: Callable[..., None]) -> None:
-        """The run directory exists, the workers do not yet: a recording connects now."""
-        self.run_dir, self.tell, self.broadcast = run_dir, tell, broadcast
+    def open(self, run_dir: str, tell: Tell, broadcast: Callable[..., None], remote: bool = False) -> None:
+        """The run directory exists, the workers do not yet: a recording connects now.
+        ``remote``: the workers run on other hosts (``--backend ray``), where no tap can be read."""
+        self.run_dir, self.tell, self.broadcast, self.remote = run_dir, tell, broadcast, remote
         if self.recorder is not None:
             self.recorder.open(run_dir)
 
@@ -190,6 +192,9 @@ class Observer:
     def admin(self, verb: str, args: dict[str, Any], now: float) -> tuple[bool, Any]:
         """An admin request (``snapshot``, ``tap``): (ok, result)."""
         if verb == "tap":
+            if self.remote:
+                return False, ("taps are ipc sockets in the workers' run directories, on the Ray nodes: echo, hz "
+                               "and bw need the local backend (top, --metrics and the dashboard work on both)")
             return self.leases.request(args, self.run_dir, self.tell, now)
         if self.latest is None:
             return False, "the graph is still starting; try again in a moment"

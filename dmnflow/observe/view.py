@@ -251,11 +251,12 @@ def render_report(report: Any, console: Console) -> None:
     if prog and prog.get("fraction") is not None:
         console.print(f"progress: {_num(prog['done'])}/{_num(prog['total'])} {prog.get('unit', '')} "
                       f"({prog['fraction'] * 100:.0f}%)")
+    hosts = len({n.host for n in report.nodes.values()}) > 1  # several hosts (--backend ray): say where
     nodes = _table("nodes", [("node", "name"), ("in", "right"), ("out", "right"), ("cpu s", "right"),
-                             ("restarts", "right"), ("status", "left")])
+                             ("restarts", "right"), ("status", "left")] + ([("host", "left")] if hosts else []))
     for n in report.nodes.values():
         nodes.add_row(Text(n.name), _num(n.messages_in), _num(n.messages_out), f"{n.cpu_s:.2f}", str(n.restarts),
-                      n.status)
+                      n.status, *((n.host,) if hosts else ()))
     console.print(nodes)
     rows = [[_num(e.sent), _num(e.received), Text(_num(e.lost), style="red" if e.lost else ""),
              _num(e.decode_errors), _us(e.p50_us), _us(e.p99_us)] for e in report.edges]

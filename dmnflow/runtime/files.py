@@ -2,7 +2,8 @@
 
 A run directory (``dmnflow-*`` in the temp directory, mode 0700) holds the plan, the run's
 secret token (0600), the supervisor's pid and the run's name, the control and admin
-sockets, the ipc endpoints, ``endpoints.json`` (the address each bind actually took, so a
+sockets, the ipc endpoints, ``control.json`` (a supervisor on another host: the ray backend),
+``endpoints.json`` (the address each bind actually took, so a
 restarted worker binds the same automatic tcp port) and one counters file per worker
 incarnation (``counters/PROCESS.INC``), which the supervisor reads even after a kill -9.
 """
@@ -17,10 +18,12 @@ from typing import Any
 from ..plan import Plan
 from ..transport.stats import Layout
 
-__all__ = ["COALESCE_ENV", "counters_path", "layout_of", "read_endpoints", "write_endpoints"]
+__all__ = ["COALESCE_ENV", "counters_path", "layout_of", "read_control", "read_endpoints", "write_control",
+           "write_endpoints"]
 
 COALESCE_ENV = "DMNFLOW_COALESCE"  # "0": every record is its own message
 ENDPOINTS = "endpoints.json"
+CONTROL = "control.json"  # where the supervisor is, when it is not this directory's control socket
 
 
 def layout_of(plan: Plan) -> Layout:
@@ -51,3 +54,19 @@ def read_endpoints(run_dir: str) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
     return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def write_control(run_dir: str, endpoint: str, server_key: str | None = None) -> None:
+    """Tell the workers of this directory where the supervisor's control socket is (and which
+    public key it holds, under CURVE): a run directory on a host the supervisor is not on."""
+    Path(run_dir, CONTROL).write_text(json.dumps({"endpoint": endpoint, "server_key": server_key}))
+
+
+def read_control(run_dir: str) -> tuple[str, str | None]:
+    """The supervisor's control endpoint and its key name; by default the directory's own socket."""
+    try:
+        data: Any = json.loads(Path(run_dir, CONTROL).read_text())
+    except FileNotFoundError:
+        return f"ipc://{run_dir}/control", None
+    key = data.get("server_key")
+    return str(data["endpoint"]), key if isinstance(key, str) else None

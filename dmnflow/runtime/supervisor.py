@@ -9,6 +9,10 @@ end, end-of-stream follows the data through the graph, and every worker exits by
 Only past ``grace_s`` does the supervisor escalate: SIGTERM, then SIGKILL, and it always
 waits for (reaps) every worker.
 
+Where a worker runs is its backend's business (``runtime/backends``: ``local`` processes,
+or ``ray`` actors on a cluster); the supervisor sees each worker as a handle it polls,
+waits for and signals like a ``Popen``, so every backend gets the same guarantees.
+
 The control and admin sockets trust nothing: a worker is known by an identity only the
 run's token makes (``protocol.worker_identity``), every message is checked against the
 protocol, and anything else is counted as junk and dropped.
@@ -24,7 +28,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,12 +40,12 @@ import zmq
 from ..errors import ExitCode, LaunchError
 from ..observe.observer import Observer
 from ..plan import Plan
-from ..transport.stats import Counters
 from ..transport.wire import write_token
 from . import protocol
-from .env import declared_secrets, worker_environ
-from .files import counters_path, layout_of, write_endpoints
-from .processes import RUN_DIR_PREFIX, SPAWN_TIMEOUT_S, ZYGOTE_ENV, Forked, Zygote, subreaper, sweep_run_dirs
+from .backends import Backend, Handle, PlacementError, make_backend
+from .env import worker_environ
+from .files import layout_of, write_endpoints
+from .processes import RUN_DIR_PREFIX, sweep_run_dirs
 from .report import EdgeReport, Incarnation, NodeReport, Report, SocketReport, build_report
 
 __all__ = ["ADMIN_SOCKET", "RUN_DIR_PREFIX", "EdgeReport", "NodeReport", "Report", "SocketReport", "launch"]
@@ -65,7 +68,7 @@ class _Proc:
     def __init__(self, name: str, nodes: list[str]) -> None:
         self.name = name
         self.nodes = nodes
-        self.popen: subprocess.Popen[bytes] | Forked | None = None
+        self.popen: Handle | None = None  # the current incarnation, as its backend started it
         self.state = "new"  # new, bound, connected, ready, running, done, failed
         self.restarts = 0
         self.inc = 0
@@ -73,13 +76,14 @@ class _Proc:
         self.stats: dict[str, Any] = {}  # the current incarnation's last heartbeat
         self.past: list[dict[str, Any]] = []  # last heartbeats of earlier incarnations (before restarts)
         self.killed: list[bool] = []  # per earlier incarnation: whether it died (rather than ended)
-        self.host = socket.gethostname()
+        self.host = socket.gethostname()  # the backend's handle says where it runs
         self.incarnations: list[Incarnation] = []  # filled when the report is made
 
 
 def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
            startup_timeout_s: float = 60.0, on_status: Callable[[Report], None] | None = None,
-           name: str | None = None, warm: bool = False, observer: Observer | None = None) -> Report:
+           name: str | None = None, warm: bool = False, observer: Observer | None = None,
+           backend: str | Backend = "local", address: str | None = None) -> Report:
     """Run a compiled graph until it ends by itself, ``duration_s`` passes, or Ctrl-C.
 
     ``name`` (default: the graph's name) is how ``dmnflow swap`` and ``dmnflow runs`` find
@@ -91,11 +95,17 @@ def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
     report with the live figures every 0.5 s; ``observer`` (default: a plain one) is what makes
     them, watches the latency budgets and holds a recording (``dmnflow.observe``).
 
+    ``backend``: ``"local"`` (processes on this machine) or ``"ray"`` (Ray actors on the
+    cluster at ``address``: ``"auto"``, ``"HOST:PORT"``, or None for a Ray started for this
+    run and stopped after it); or a backend object (``runtime.backends``).
+
     Raises:
         LaunchError: the graph could not be started (a worker failed during start-up, ``name``
-            is taken, or a fixed tcp port is in use: ``PortInUse``, exit code 1).
+            is taken, or a fixed tcp port is in use: ``PortInUse``, exit code 1; the backend
+            cannot place it: ``PlacementError``, exit code 1).
     """
-    return _Supervisor(plan, grace_s, startup_timeout_s, name, warm, observer).run(duration_s, on_status)
+    chosen = make_backend(backend, address=address, warm=warm) if isinstance(backend, str) else backend
+    return _Supervisor(plan, grace_s, startup_timeout_s, name, chosen, observer).run(duration_s, on_status)
 
 
 @dataclass
@@ -136,13 +146,13 @@ def check_fixed_ports(plan: Plan) -> None:
 
 class _Supervisor:
     def __init__(self, plan: Plan, grace_s: float, startup_timeout_s: float, name: str | None,
-                 warm: bool = False, observer: Observer | None = None) -> None:
+                 backend: Backend, observer: Observer | None = None) -> None:
         self.plan = plan
+        self.backend = backend
         self.observer = observer if observer is not None else Observer(plan)
         self.t0 = time.monotonic()
         self.name = name or plan.graph
         self.name_given = name is not None  # a taken --name is refused; a taken default is suffixed
-        self.warm = warm
         self.requests: dict[int, _Request] = {}
         self.next_token = 0
         self.grace_s = grace_s
@@ -155,7 +165,6 @@ class _Supervisor:
         self.stop_requested = False
         self.run_dir = ""
         self.token = b""
-        self.zygote: Zygote | None = None
         self.layout = layout_of(plan)
         self.junk = 0
         self.by_identity: dict[bytes, _Proc] = {}
@@ -167,7 +176,19 @@ class _Supervisor:
     # ---------------------------------------------------------------- lifecycle
 
     def run(self, duration_s: float | None, on_status: Callable[[Report], None] | None) -> Report:
-        check_fixed_ports(self.plan)
+        if not self.backend.remote:  # a remote backend probes its ports where they are bound
+            check_fixed_ports(self.plan)
+        elif self.observer.recorder is not None:
+            raise PlacementError("--record reads the recorded outputs from the workers' run directories, which "
+                                 f"are on the {self.backend.name} nodes: record with the local backend "
+                                 "(the recording replays into any subgraph, on either backend)")
+        self.backend.open(self.plan)  # raises before anything starts (and leaves nothing) if it cannot place it
+        try:
+            return self._run(duration_s, on_status)
+        finally:
+            self.backend.close()
+
+    def _run(self, duration_s: float | None, on_status: Callable[[Report], None] | None) -> Report:
         sweep_run_dirs()
         self.run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)  # mode 0700: only we reach the sockets
         self.token = write_token(self.run_dir)
@@ -181,16 +202,13 @@ class _Supervisor:
         except LaunchError:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
-        # workers forked by the zygote become our children: we wait for them and signal them by PID
-        reaper = subreaper(True) if os.environ.get(ZYGOTE_ENV, "1") != "0" else None
-        if self.warm and reaper is not None:  # before the run's zmq context and threads exist
-            self.zygote = Zygote.forked(self.run_dir, self.worker_env())
+        self.backend.prepare(self)  # before the run's zmq context and threads exist (a warm zygote forks here)
         zctx = zmq.Context()
         self.control = zctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
         self.control.setsockopt(zmq.RCVHWM, 10_000)
-        self.control.bind(f"ipc://{self.run_dir}/control")
+        self.control_endpoint = self.backend.bind_control(zctx, self.control, self.run_dir)
         self.admin = zctx.socket(zmq.ROUTER)  # dmnflow swap / runs talk to the run here
         self.admin.setsockopt(zmq.LINGER, 0)
         self.admin.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
@@ -199,37 +217,35 @@ class _Supervisor:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.admin, zmq.POLLIN)
-        self.observer.open(self.run_dir, self.tell_node, self.broadcast)
+        self.observer.open(self.run_dir, self.tell_node, self.broadcast, remote=self.backend.remote)
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         t0 = self.t0 = time.monotonic()
         status, startup_s = "failed", 0.0
         try:
-            if reaper is not None and self.zygote is None:
-                self.zygote = Zygote(self.run_dir, list(self.procs), self.worker_env())
+            self.backend.begin(self)  # the zygote; Ray actors placed on their nodes
             for proc in self.procs.values():
                 self.spawn(proc)
-            self.bring_up(t0)
+            self.bring_up(time.monotonic())
             startup_s = time.monotonic() - t0
             status = self.supervise(duration_s, on_status, t0)
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
             self.stop_all(self.grace_s if status in ("finished", "stopped") else 0.0)
-            if self.zygote is not None:
-                self.zygote.close()
-            if reaper is not None:
-                subreaper(reaper)
             for proc in self.procs.values():
                 if proc.state not in ("done", "failed"):
                     proc.state = "stopped"
-            self.control.close()
-            self.admin.close()
-            zctx.term()
-            report = self.report(status, 0, time.monotonic() - t0, startup_s)  # the counters files are still there
-            self.observer.finish(report)
-            self.observer.close()  # the workers are gone: a recording gets what is left
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            try:
+                report = self.report(status, 0, time.monotonic() - t0, startup_s)  # the counters files are still there
+                self.observer.finish(report)
+            finally:
+                self.backend.end()  # every worker has exited: the zygote; Ray actors and placement groups
+                self.control.close()
+                self.admin.close()
+                zctx.term()
+                self.observer.close()  # the workers are gone: a recording gets what is left
+                shutil.rmtree(self.run_dir, ignore_errors=True)
         report.exit_code = int(ExitCode.NODE_FAILED if status == "failed" else ExitCode.OK)
         return report
 
@@ -245,17 +261,9 @@ class _Supervisor:
         return env
 
     def spawn(self, proc: _Proc) -> None:
-        """Fork the worker from the zygote; without one, start a new interpreter for it."""
-        forked = (self.zygote.spawn(proc.name, proc.inc, SPAWN_TIMEOUT_S, declared_secrets(self.plan, proc.name))
-                  if self.zygote is not None else None)
-        if forked is not None:
-            proc.popen = forked
-        else:
-            proc.popen = subprocess.Popen(
-                [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, proc.name, str(proc.inc),
-                 str(os.getpid())],
-                env=self.worker_env(proc.name),
-                start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
+        """Start the worker's next incarnation where the backend runs it."""
+        proc.popen = self.backend.spawn(proc.name, proc.inc)
+        proc.host = getattr(proc.popen, "host", None) or proc.host
         proc.state = "new"
 
     def tell_node(self, node: str, *msg: Any) -> None:
@@ -316,7 +324,8 @@ class _Supervisor:
                                   f"{', '.join(late)}")
             for proc in self.procs.values():
                 if proc.popen is not None and proc.popen.poll() is not None:
-                    detail = f"; {self.errors[-1]}" if self.errors else ""
+                    reason = getattr(proc.popen, "reason", None)  # what the backend knows: a lost Ray node
+                    detail = f"; {reason}" if reason else f"; {self.errors[-1]}" if self.errors else ""
                     raise LaunchError(f"worker {proc.name} (pid {proc.popen.pid}) exited with code "
                                       f"{proc.popen.returncode} during start-up{detail}")
             got = self.hear(50)
@@ -499,14 +508,20 @@ class _Supervisor:
         if code is None or proc.state == "done":
             return False
         pid = proc.popen.pid
+        reason, fatal = getattr(proc.popen, "reason", None), getattr(proc.popen, "fatal", False)
         proc.past.append(proc.stats)
         proc.killed.append(True)
         proc.stats = {}
         proc.popen = None
+        if fatal:  # where it ran is gone (a lost Ray node): no restart can help
+            self.errors.append(reason or f"worker {proc.name} (pid {pid}) was lost")
+            proc.state = "failed"
+            return True
         policy = self.restart[proc.nodes[0]]
         wants = policy.policy == "always" or (policy.policy == "on-failure" and code != 0)
+        why = f" ({reason})" if reason else ""
         if stopping or not wants or proc.restarts >= policy.max_restarts:
-            self.errors.append(f"worker {proc.name} (pid {pid}) exited with code {code}; "
+            self.errors.append(f"worker {proc.name} (pid {pid}) exited with code {code}{why}; "
                                f"restart policy {policy.policy}, {proc.restarts} restart(s) used")
             proc.state = "failed"
             return True
@@ -514,8 +529,8 @@ class _Supervisor:
         proc.restarts += 1
         proc.restart_at = time.monotonic() + backoff
         proc.state = "restarting"
-        log.warning("worker %s (pid %d) exited with code %s; restarting in %.2fs (%d/%d)", proc.name, pid,
-                    code, backoff, proc.restarts, policy.max_restarts)
+        log.warning("worker %s (pid %d) exited with code %s%s; restarting in %.2fs (%d/%d)", proc.name, pid,
+                    code, why, backoff, proc.restarts, policy.max_restarts)
         return False
 
     # ---------------------------------------------------------------- shutdown
@@ -553,11 +568,10 @@ class _Supervisor:
                             self.junk)
 
     def counts(self, proc: _Proc, inc: int, beat: dict[str, Any]) -> list[int] | None:
-        """An incarnation's counts: from its counters file (exact, even after a kill), else
-        from its last heartbeat (a worker on another host)."""
-        if self.run_dir:
-            found = Counters.read(counters_path(self.run_dir, proc.name, inc), self.layout)
-            if found is not None:
-                return found
+        """An incarnation's counts: from its counters file, through the backend (exact, even
+        after a kill), else from its last heartbeat (a host the run lost)."""
+        found = self.backend.counts(proc.name, inc)
+        if found is not None:
+            return found
         counts = beat.get("counts")
         return counts if isinstance(counts, list) and all(type(c) is int for c in counts) else None

@@ -39,9 +39,9 @@ from ..codecs import Limits, get_codec
 from ..errors import ConfigError, NodeError, TransportError
 from ..node import Context, Message, Node
 from ..observe.taps import Taps
-from ..plan import NodePlan, Plan
+from ..plan import RUN_DIR, NodePlan, Plan
 from ..transport import Counters, Flusher, Histogram, Inlet, Link, Outlet
-from ..transport.security import KeyError_, Watch, load_curve
+from ..transport.security import Curve, KeyError_, Watch, load_curve
 from ..transport.stats import (
     ACKED,
     N_CONFLATED,
@@ -55,7 +55,7 @@ from ..transport.stats import (
 )
 from ..transport.wire import read_token, shm_tag
 from . import protocol
-from .files import COALESCE_ENV, counters_path, layout_of, read_endpoints
+from .files import COALESCE_ENV, counters_path, layout_of, read_control, read_endpoints
 
 LINGER_S = 5.0
 BATCH = 256  # messages read from one socket before looking at the others
@@ -489,7 +489,10 @@ class Worker:
         self.control = self.zctx.socket(zmq.DEALER)
         self.control.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
         self.control.setsockopt(zmq.IDENTITY, protocol.worker_identity(self.token, process))
-        self.control.connect(f"ipc://{run_dir}/control")
+        control, server_key = read_control(run_dir)
+        if control.startswith("tcp://") and self.plan.security.curve is not None:  # a supervisor on another host
+            self.curve().dial(self.control, server_key)
+        self.control.connect(control)
         self.counters = Counters(layout_of(self.plan), counters_path(run_dir, process, inc))
         self.link = Link(self.zctx, run_dir, self.token, shm_tag(self.token), self.counters,
                          coalesce=os.environ.get(COALESCE_ENV, "1") != "0")
@@ -530,14 +533,23 @@ class Worker:
         security = self.plan.security
         if security.curve is None:
             return
-        try:
-            self.link.curve = load_curve(security.curve, security.key)
-        except KeyError_ as exc:
-            raise TransportError(f"CURVE keys: {exc}") from exc
+        self.link.curve = self.curve()
+        if security.keys:  # a keypair per host: dial each producer with its host's public key
+            self.link.server_keys = {b.id: security.keys[n.process] for n in self.plan.nodes
+                                     if n.process in security.keys for o in n.outputs for b in o.binds}
         tcp_binds = any(b.transport == "tcp" for n in self.plan.nodes if n.process == self.process
                         for o in n.outputs for b in o.binds)
         if tcp_binds:
             self.auth = self.link.curve.authenticator(self.zctx)
+
+    def curve(self) -> Curve:
+        """This process's keypair (``security.keys`` names it where hosts differ) and the admitted keys."""
+        security = self.plan.security
+        try:
+            return load_curve(str(security.curve).replace(RUN_DIR, self.run_dir),
+                              security.keys.get(self.process, security.key))
+        except KeyError_ as exc:
+            raise TransportError(f"CURVE keys: {exc}") from exc
 
     def run(self) -> int:
         index = {n.name: i for i, n in enumerate(self.plan.nodes)}

@@ -151,7 +151,7 @@ class Inlet:
         link = self.link
         endpoint = link.resolved.get(c.bind) or link.endpoint(c.endpoint)
         if c.transport == "tcp" and link.curve is not None:
-            link.curve.dial(sock)
+            link.curve.dial(sock, link.server_keys.get(c.bind))
         with zmq_errors(f"input {self.consumer}.{self.port}: connect {endpoint}"):
             sock.connect(endpoint)
         self._dialled[c.bind + f"#{c.edge}"] = (sock, endpoint)

@@ -134,6 +134,7 @@ class Link:
     coalesce: bool = True
     shm_slots: int = 16
     streams: dict[str, _StreamSocket] = field(default_factory=dict)  # fixed ports shared by outputs
+    server_keys: dict[str, str] = field(default_factory=dict)  # bind id -> its host's key name (a key per host)
 
     def endpoint(self, template: str) -> str:
         return template.replace("{run_dir}", self.run_dir)

@@ -29,7 +29,7 @@ CODES = {
     "bad-budget", "bad-delivery", "bad-join", "bad-key", "bad-name", "bad-override", "bad-substitution",
     "budget-path", "codec-type", "codec-unsafe", "cycle", "insecure-bind",
     "dtype-mismatch", "duplicate-key", "duplicate-port", "empty-graph", "file-not-found",
-    "file-unreadable", "import-error", "include-cycle", "invalid-param", "invalid-value",
+    "file-unreadable", "host-conflict", "import-error", "include-cycle", "invalid-param", "invalid-value",
     "missing-handler", "missing-input", "missing-key", "missing-param", "model-error", "model-mismatch",
     "model-missing", "no-driver",
     "node-error", "not-a-node", "pin-range", "pin-shared", "shape-mismatch", "type-mismatch",
