@@ -56,18 +56,27 @@ def kind_of(size: int) -> str:
     return "tensor" if size >= 1 << 20 else "bytes"
 
 
-def dmnflow_hop(transport: str, size: int, count: int, rate_hz: float, alloc: bool = False) -> harness.Run:
-    """Ping -> Sink; gives up (RuntimeError) 30 s past the run's expected length."""
+def dmnflow_hop(transport: str, size: int, count: int, rate_hz: float, alloc: bool = False,
+                coalescing: bool = True, busy: bool = False) -> harness.Run:
+    """Ping -> Sink; gives up (RuntimeError) 30 s past the run's expected length. ``busy``:
+    latency mode, both nodes ``busy: true`` on cores of their own (their loops spin)."""
     kind = kind_of(size)
-    nodes = {
+    nodes: dict[str, Any] = {
         "ping": {"uses": "bench.nodes:Ping",
                  "params": {"count": count, "size": size, "rate_hz": rate_hz, "kind": kind, "result": "auto",
                             "alloc": alloc},
                  "outputs": {"out": {"codec": "tensor" if kind == "tensor" else "raw"}}},
         "sink": {"uses": "bench.nodes:Sink", "inputs": {"inp": "ping.out"}, "params": {"result": "auto"}},
     }
+    if busy:
+        cores = sorted(os.sched_getaffinity(0))
+        for i, name in enumerate(("ping", "sink")):
+            nodes[name].update(busy=True, cpus=cores[i % len(cores)])
     timeout_s = 30.0 + (count / rate_hz if rate_hz else 0.0)
-    return harness.run_graph("hop", nodes, {"transport": transport, "policy": "block"}, timeout_s=timeout_s)
+    defaults: dict[str, Any] = {"transport": transport, "policy": "block"}
+    if not coalescing:
+        defaults["coalesce"] = False
+    return harness.run_graph("hop", nodes, defaults, timeout_s=timeout_s)
 
 
 def raw_hop(transport: str, size: int, count: int, rate_hz: float, stamped: bool) -> dict[str, Any]:
@@ -77,29 +86,30 @@ def raw_hop(transport: str, size: int, count: int, rate_hz: float, stamped: bool
 
 
 def measure(transport: str, size: int, quick: bool, parts: str = "latency,throughput",
-            alloc: bool = False) -> dict[str, Any]:
+            alloc: bool = False, coalescing: bool = True, busy: bool = False) -> dict[str, Any]:
     rate, count = latency_load(size, quick)
     row: dict[str, Any] = {"transport": transport, "size": size, "codec": "tensor" if kind_of(size) == "tensor"
                            else "raw", "latency_rate_hz": rate, "latency_count": count}
     row.update({k: None for k in ("raw_p50_us", "raw_p99_us", "df_p50_us", "df_p99_us", "raw_exact_p50_us",
                                   "df_e2e_exact_p50_us", "raw_msgs_per_s", "df_msgs_per_s")})
     row.update(df_lat_lost=0, df_tp_lost=0, raw_tp_lost=0)
-    row["alloc"] = alloc
+    row["alloc"], row["coalescing"], row["busy"] = alloc, coalescing, busy
     if "latency" in parts:
-        measure_latency(row, transport, size, count, rate, alloc)
+        measure_latency(row, transport, size, count, rate, alloc, coalescing, busy)
     if "throughput" in parts:
-        measure_throughput(row, transport, size, quick, alloc)
+        measure_throughput(row, transport, size, quick, alloc, coalescing, busy)
     row["ratio_p50"] = ratio(row["df_p50_us"], row["raw_p50_us"])
     row["ratio_e2e_exact_p50"] = ratio(row["df_e2e_exact_p50_us"], row["raw_exact_p50_us"])
     row["ratio_msgs"] = ratio(row["df_msgs_per_s"], row["raw_msgs_per_s"])
     return row
 
 
-def measure_latency(row: dict[str, Any], transport: str, size: int, count: int, rate: float, alloc: bool) -> None:
+def measure_latency(row: dict[str, Any], transport: str, size: int, count: int, rate: float, alloc: bool,
+                    coalescing: bool = True, busy: bool = False) -> None:
     raw = raw_hop(transport, size, count, rate, stamped=True)
     row.update(raw_p50_us=raw["p50_us"], raw_p99_us=raw["p99_us"], raw_lat_lost=raw["lost"],
                raw_exact_p50_us=raw["exact_p50_us"], raw_exact_p99_us=raw["exact_p99_us"])
-    run = dmnflow_hop(transport, size, count, rate, alloc)
+    run = dmnflow_hop(transport, size, count, rate, alloc, coalescing, busy)
     edge, e2e = run.edge("ping", "sink"), run.e2e("ping", "sink")
     row.update(df_p50_us=edge.p50_us, df_p99_us=edge.p99_us, df_e2e_p50_us=e2e["p50_us"],
                df_e2e_p99_us=e2e["p99_us"], df_lat_lost=count - run.results["sink"]["received"] + edge.lost,
@@ -107,11 +117,12 @@ def measure_latency(row: dict[str, Any], transport: str, size: int, count: int, 
                df_e2e_exact_p99_us=run.results["sink"]["exact_p99_us"])
 
 
-def measure_throughput(row: dict[str, Any], transport: str, size: int, quick: bool, alloc: bool) -> None:
+def measure_throughput(row: dict[str, Any], transport: str, size: int, quick: bool, alloc: bool,
+                       coalescing: bool = True, busy: bool = False) -> None:
     n_raw, n_df = throughput_count(size, quick, True), throughput_count(size, quick, False)
     raw = raw_hop(transport, size, n_raw, 0.0, stamped=False)
     row.update(raw_msgs_per_s=raw["msgs_per_s"], raw_tp_lost=raw["lost"], raw_tp_count=n_raw)
-    run = dmnflow_hop(transport, size, n_df, 0.0, alloc)
+    run = dmnflow_hop(transport, size, n_df, 0.0, alloc, coalescing, busy)
     sink = run.results["sink"]
     row.update(df_msgs_per_s=sink["msgs_per_s"], df_tp_lost=n_df - sink["received"], df_tp_count=n_df,
                df_tp_edge_p50_us=run.edge("ping", "sink").p50_us,
@@ -120,7 +131,8 @@ def measure_throughput(row: dict[str, Any], transport: str, size: int, quick: bo
 
 def label(row: dict[str, Any]) -> str:
     """The size, and how it was sent when not the default: "64 B", "4 MiB (alloc)", "64 B (single)"."""
-    notes = [n for n, on in (("alloc", row.get("alloc")), ("single", not row.get("coalescing", True))) if on]
+    notes = [n for n, on in (("alloc", row.get("alloc")), ("single", not row.get("coalescing", True)),
+                             ("busy", row.get("busy"))) if on]
     return human_size(row["size"]) + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -168,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="comma-separated byte counts")
     ap.add_argument("--only", choices=["latency", "throughput"], default=None, help="measure one of the two")
     ap.add_argument("--coalescing", choices=["on", "off", "both"], default="on",
-                    help="dmnflow with push-edge coalescing (the default), without (DMNFLOW_COALESCE=0), or both "
-                         "interleaved")
+                    help="dmnflow with push-edge coalescing (the default), without (defaults.coalesce: false), "
+                         "or both interleaved")
+    ap.add_argument("--busy", choices=["on", "off", "both"], default="off",
+                    help="latency mode: both nodes `busy: true`, pinned to cores of their own (their loops spin "
+                         "instead of sleeping in poll), or both interleaved")
     ap.add_argument("--alloc", choices=["on", "off", "both"], default="both",
                     help="tensor sizes: the source writes each tensor into ctx.alloc's array (a shared-memory "
                          "slot on ipc) before emitting it, or emits the same array (copied into a slot), or both")
@@ -189,13 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         order = modes if rep % 2 == 0 else modes[::-1]  # alternate which goes first: runs drift
         allocs = {"on": [True], "off": [False], "both": [False, True]}[args.alloc]
         allocs = allocs if rep % 2 == 0 else allocs[::-1]
-        runs = [(t, z, c, a) for t in transports for z in sizes for c in order
-                for a in (allocs if kind_of(z) == "tensor" else [False])]
-        for transport, size, coalescing, alloc in runs:
+        busies = {"on": [True], "off": [False], "both": [False, True]}[args.busy]
+        busies = busies if rep % 2 == 0 else busies[::-1]
+        runs = [(t, z, c, a, b) for t in transports for z in sizes for c in order
+                for a in (allocs if kind_of(z) == "tensor" else [False]) for b in busies]
+        for transport, size, coalescing, alloc, busy in runs:
             try:
-                os.environ["DMNFLOW_COALESCE"] = "1" if coalescing else "0"
-                row = measure(transport, size, args.quick, parts, alloc)
-                row["repeat"], row["coalescing"] = rep, coalescing
+                row = measure(transport, size, args.quick, parts, alloc, coalescing, busy)
+                row["repeat"] = rep
             except Exception as exc:  # one broken run must not lose the others: report it in the row
                 print(f"  {transport} {human_size(size)}: FAILED: {exc}", file=sys.stderr, flush=True)
                 errors.append({"transport": transport, "size": size, "error": f"{type(exc).__name__}: {exc}"})
@@ -203,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"  {transport} {label(row)}: p50 {fmt(row['ratio_p50'], '.2f')}x, "
                   f"msg/s {fmt(row['ratio_msgs'], '.2f')}x", file=sys.stderr, flush=True)
-    os.environ.pop("DMNFLOW_COALESCE", None)
     machine = noise.summary()
     print(render(rows))
     if args.repeat > 1:

@@ -709,13 +709,17 @@ def _render_plan(plan: Plan) -> None:
             placed = (f"  host {n.host}" if n.host else "") + ("  resources " + ", ".join(
                 f"{k} {v:g}" for k, v in sorted(n.resources.items())) if n.resources else "")  # --backend ray
             node = branch.add(f"[cyan]{n.name}[/cyan]  {n.uses}  restart {n.restart.policy} "
-                              f"(max {n.restart.max_restarts})" + (f"  layer {n.layer}" if n.layer else "") + placed)
+                              f"(max {n.restart.max_restarts})" + (f"  layer {n.layer}" if n.layer else "") + placed
+                              + ("  busy" + (" (spins: every node of its process is busy)" if all(
+                                  plan.node(m).busy for m in proc.nodes) else "") if n.busy else ""))
             for i in n.inputs:
                 batch = f"  batch {i.batch.max} / {i.batch.wait_s * 1e6:.0f}us" if i.batch else ""
                 delivery = "  at-least-once" if i.delivery == "at-least-once" else ""
                 for c in i.connects:
+                    hwm = "unbounded" if c.hwm == 0 else f"{c.hwm} msgs"
                     node.add(f"in  {i.port} <- {c.node}.{c.port}  {c.transport} {c.pattern}  "
-                             f"queue {i.queue} {i.policy}{delivery}  max {_size(i.max_bytes)}"
+                             f"queue {i.queue} ({hwm}) {i.policy}{delivery}  max {_size(i.max_bytes)}  "
+                             f"reads {i.read_batch}/turn"
                              + (f"  topics {', '.join(i.topics)}" if i.topics else "")
                              + ("  feedback" if i.feedback else "") + batch)
             if n.join is not None:
@@ -726,10 +730,14 @@ def _render_plan(plan: Plan) -> None:
             if n.env:  # the secret variables its worker gets (runtime/env.py)
                 node.add(f"env {', '.join(n.env)}")
             for o in n.outputs:
+                shm = f"  shm >= {_size(o.shm_above)} ({o.shm_slots} slots)" if o.shm_above is not None else ""
                 for b in o.binds:
-                    hwm = "unbounded (same process)" if b.hwm == 0 else b.hwm
+                    hwm = "unbounded (same process)" if b.hwm == 0 else f"{b.hwm} msgs"
+                    co = b.coalesce
+                    coalesce = (f"  coalesce {co.records} records/{_size(co.bytes)}, <= {_size(co.record_max)} each, "
+                                f"gap {co.gap_ns / 1e3:g}us, max age {co.max_age_ns / 1e3:g}us") if co else ""
                     node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {hwm}  "
-                             f"({len(b.edges)} edge{'s' * (len(b.edges) != 1)})")
+                             f"({len(b.edges)} edge{'s' * (len(b.edges) != 1)}){coalesce}{shm}")
     out.print(root)
     _render_ports(plan)
     for w in plan.warnings:

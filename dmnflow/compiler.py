@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import networkx as nx
 from pydantic import BaseModel, ValidationError
@@ -35,6 +35,7 @@ from .plan import (
     RUN_DIR,
     BatchPlan,
     BindPlan,
+    CoalescePlan,
     ConnectPlan,
     EdgePlan,
     InputPlan,
@@ -46,8 +47,9 @@ from .plan import (
     ProcessPlan,
     RestartPlan,
     SecurityPlan,
+    push_hwm,
 )
-from .spec import LoadedGraph, ModelSpec, NodeEntry, Override, SourceMap, format_cpus, load_graph
+from .spec import CoalesceSpec, LoadedGraph, ModelSpec, NodeEntry, Override, SourceMap, format_cpus, load_graph
 from .transport.security import check_key_dir
 
 __all__ = ["compile_graph", "validate"]
@@ -724,6 +726,8 @@ class _Compiler:
                 elif not groups:
                     groups = {(self.output_transport(node, port), "pub", ""): []}
                 hwm = out.queue if out and out.queue else entry.defaults.queue
+                coalesce = _coalesce_plan(out.coalesce if out and out.coalesce is not None
+                                          else entry.defaults.coalesce)
                 bind_plans = []
                 for (transport, pattern, target), ids in groups.items():
                     endpoint = self.endpoint(inst, port, transport, pattern, target, node,
@@ -733,24 +737,30 @@ class _Compiler:
                         # a block edge's credit (its queue) never fills its pipe: libzmq learns what the
                         # reader took only every half pipe, so the pipe holds twice the credit
                         window = max([edge_plans[e].queue for e in ids], default=hwm)
-                        hwm = max(hwm, 2 * window + 64)
+                        send_hwm = max(hwm, 2 * window + 64)
                     else:
+                        send_hwm = hwm
                         bind_id = f"{inst}.{port}/{pattern}" + (f"/{target}" if target else "") + f"/{transport}"
                     counter = counters.setdefault(bind_id, len(counters))
                     # inside one process the consumer runs in the producer's own loop: a bounded queue
                     # there could only deadlock (the producer waiting for a reader that cannot run)
-                    bound = 0 if transport == "inproc" else hwm
+                    # push: bursts coalesce, except on at-least-once edges (each record is resent alone)
+                    merged = coalesce if pattern == "push" and not any(
+                        edge_plans[e].delivery == "at-least-once" for e in ids) else None
+                    bound = 0 if transport == "inproc" else push_hwm(hwm, merged) if pattern == "push" else send_hwm
                     for edge_id in ids:
                         bind_of[edge_id] = (bind_id, endpoint)
                     bind_plans.append(BindPlan(id=bind_id, counter=counter, endpoint=endpoint, transport=transport,
-                                               pattern=pattern, hwm=bound, edges=ids))
+                                               pattern=pattern, hwm=bound, edges=ids, coalesce=merged))
                 codec = codecs[(entry.name, port)]
                 outputs.append(OutputPlan(
                     port=port, type=describe_type(decl.type), codec=codec,
                     compress_above=(out.compress_above if out and out.compress_above is not None
                                     else entry.defaults.compress_above) if get_codec(codec).compressible else None,
                     binds=bind_plans,
-                    shm_above=entry.defaults.shm_above if get_codec(codec).shm else None))
+                    shm_above=entry.defaults.shm_above if get_codec(codec).shm else None,
+                    shm_slots=out.shm_slots if out and out.shm_slots else entry.defaults.shm_slots,
+                    room_poll_s=entry.defaults.room_poll))
             restart = spec.restart or entry.defaults.restart
             node_plans.append(NodePlan(
                 name=inst, spec_name=entry.name, uses=spec.uses, params=node.params.model_dump(mode="json"),
@@ -768,6 +778,7 @@ class _Compiler:
 
         edge_plans = [e.model_copy(update={"bind": bind_of[e.id][0], "endpoint": bind_of[e.id][1]})
                       for e in edge_plans]
+        bind_by_id = {b.id: b for n in node_plans for o in n.outputs for b in o.binds}
         by_input: dict[tuple[str, str], list[EdgePlan]] = {}
         for e in edge_plans:
             by_input.setdefault((e.dst, e.dst_port), []).append(e)
@@ -779,15 +790,17 @@ class _Compiler:
                 edges = by_input.get((plan_node.name, port), [])
                 declared = node.ports.inputs[port] if node.ports else None
                 defaults = node.entry.defaults
+                queue = inp.queue or defaults.queue
                 inputs.append(InputPlan(
                     port=port, type=describe_type(declared.type if declared else Any),
                     policy=inp.policy or defaults.policy,
-                    queue=inp.queue or defaults.queue, topics=inp.topics, feedback=inp.feedback,
+                    queue=queue, topics=inp.topics, feedback=inp.feedback,
                     batch=BatchPlan(max=inp.batch.max, wait_s=inp.batch.wait) if inp.batch else None,
                     connects=[ConnectPlan(edge=e.id, bind=e.bind, node=e.src, port=e.src_port, endpoint=e.endpoint,
-                                          transport=e.transport, pattern=e.pattern) for e in edges],
+                                          transport=e.transport, pattern=e.pattern,
+                                          hwm=_receive_hwm(e, queue, bind_by_id[e.bind])) for e in edges],
                     delivery=inp.delivery or defaults.delivery,
-                    max_bytes=inp.max_message or defaults.max_message))
+                    max_bytes=inp.max_message or defaults.max_message, read_batch=defaults.read_batch))
             final_nodes.append(plan_node.model_copy(update={"inputs": inputs}))
 
         processes: dict[str, list[str]] = {}
@@ -892,3 +905,21 @@ def _user_frame(exc: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if "importlib" not in f.filename and "dmnflow" not in Path(f.filename).parts]
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _coalesce_plan(spec: CoalesceSpec | Literal[False]) -> CoalescePlan | None:
+    if spec is False:
+        return None
+    return CoalescePlan(records=spec.records, bytes=spec.bytes, record_max=spec.record_max,
+                        gap_ns=round(spec.gap * 1e9), max_age_ns=round(spec.max_age * 1e9))
+
+
+def _receive_hwm(edge: EdgePlan, queue: int, bind: BindPlan) -> int:
+    """The consumer socket's high-water mark, in ZeroMQ messages, for ``queue`` records: a
+    pipe inside one process is unbounded (a bound there could only deadlock); a stream's
+    reader holds its credit window and the control traffic on top."""
+    if edge.transport == "inproc":
+        return 0
+    if edge.pattern == "push":
+        return push_hwm(queue, bind.coalesce)
+    return queue + 64 if edge.pattern == "stream" else queue

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "BindPlan",
+    "CoalescePlan",
     "BudgetPlan",
     "ConnectPlan",
     "EdgePlan",
@@ -58,6 +59,29 @@ class BatchPlan(_Frozen):
     wait_s: float
 
 
+class CoalescePlan(_Frozen):
+    """How a push bind coalesces bursts (``defaults.coalesce``): up to ``records`` records
+    or ``bytes`` payload bytes in one message, records up to ``record_max`` bytes; a record
+    within ``gap_ns`` of the previous one waits, the oldest at most ``max_age_ns``."""
+
+    records: int
+    bytes: int
+    record_max: int
+    gap_ns: int
+    max_age_ns: int
+
+
+PUSH_HWM_MIN = 64  # a coalescing push pipe holds at least this many messages (large records go alone)
+
+
+def push_hwm(queue: int, coalesce: CoalescePlan | None) -> int:
+    """The high-water mark, in ZeroMQ messages, of a push pipe whose queue holds ``queue``
+    records: coalescing, a message carries up to ``coalesce.records`` of them."""
+    if coalesce is None:
+        return queue
+    return min(queue, max(PUSH_HWM_MIN, -(-queue // coalesce.records)))
+
+
 class BindPlan(_Frozen):
     """One socket an output binds. A PUB bind serves every subscriber; a PUSH bind serves
     one consumer (or one set of replicas sharing the load); a STREAM bind is a fixed tcp
@@ -72,8 +96,9 @@ class BindPlan(_Frozen):
     endpoint: str
     transport: Transport
     pattern: Pattern
-    hwm: int
+    hwm: int  # the socket's send high-water mark, in ZeroMQ messages (0: unbounded, inproc)
     edges: list[int]
+    coalesce: CoalescePlan | None = None  # push binds that coalesce bursts
 
 
 class ConnectPlan(_Frozen):
@@ -86,6 +111,7 @@ class ConnectPlan(_Frozen):
     endpoint: str
     transport: Transport
     pattern: Pattern
+    hwm: int = 1000  # the receiving socket's high-water mark, in ZeroMQ messages (0: unbounded)
 
 
 class OutputPlan(_Frozen):
@@ -95,6 +121,8 @@ class OutputPlan(_Frozen):
     compress_above: int | None
     binds: list[BindPlan]
     shm_above: int | None = None  # tensor payloads from this size go through shared memory (push, same host)
+    shm_slots: int = 16  # shared-memory slots in flight at once
+    room_poll_s: float = 0.01  # a blocked send looks at its consumers again at least this often
 
 
 class InputPlan(_Frozen):
@@ -108,6 +136,7 @@ class InputPlan(_Frozen):
     connects: list[ConnectPlan]
     delivery: Delivery = "at-most-once"
     max_bytes: int = 256 * 2**20  # the decode limit of one message on this input
+    read_batch: int = 256  # messages read from one of its sockets before the worker looks at the others
 
 
 class JoinPlan(_Frozen):

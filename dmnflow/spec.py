@@ -36,6 +36,7 @@ from .errors import Issue, IssueList, Location
 
 __all__ = [
     "BatchSpec",
+    "CoalesceSpec",
     "BudgetSpec",
     "Defaults",
     "GraphSpec",
@@ -170,6 +171,18 @@ def _restart_shorthand(value: Any) -> Any:
 Restart = Annotated[RestartSpec, BeforeValidator(_restart_shorthand, json_schema_input_type=str | RestartSpec)]
 
 
+class CoalesceSpec(_Spec):
+    """Bursts on push edges go several records to one ZeroMQ message (docs/runtime.md,
+    "Coalescing"): a record that follows the previous one within ``gap`` waits for the next,
+    until ``records`` or ``bytes`` are waiting or the oldest is ``max_age`` old."""
+
+    records: int = Field(64, ge=2, le=4096, description="records in one message at most")
+    bytes: Size = Field(64 << 10, ge=1, description="payload bytes in one message at most")
+    record_max: Size = Field(8 << 10, ge=1, description="larger records travel alone")
+    gap: Duration = Field(20e-6, ge=0, description="a record this soon after the previous one is in a burst")
+    max_age: Duration = Field(200e-6, gt=0, description="the oldest waiting record goes at the next emit after this")
+
+
 class Defaults(_Spec):
     """Graph-wide defaults; each node, input and output may override them."""
 
@@ -179,7 +192,16 @@ class Defaults(_Spec):
     compress_above: Size = Field(1024, description="msgpack+lz4 compresses payloads above this")
     shm_above: Size | None = Field(2**20, description="tensors this large on same-host push edges go "
                                    "through shared memory; none: always the socket")
-    queue: int = Field(1000, ge=1, description="messages buffered per edge (ZeroMQ HWM)")
+    queue: int = Field(1000, ge=1, description="records buffered per edge (the plan shows the ZeroMQ high-water "
+                       "mark it becomes)")
+    coalesce: CoalesceSpec | Literal[False] = Field(default_factory=CoalesceSpec, description="push edges: "
+                                                    "records of a burst share a message; false: each alone")
+    shm_slots: int = Field(16, ge=1, le=4096, description="shared-memory slots per output (large payloads in "
+                           "flight at once before emit falls back to the socket)")
+    read_batch: int = Field(256, ge=1, description="messages read from one input before the worker looks at the "
+                            "others")
+    room_poll: Duration = Field(0.01, gt=0, description="a blocked output looks at its consumers again at least "
+                                "this often")
     policy: Policy = Field("drop", description="when a queue is full: drop (counted), block, or keep latest")
     delivery: Delivery = Field("at-most-once", description="at-least-once: a block edge's producer keeps each "
                                "record until its consumer has handled it, and resends it to a restarted one")
@@ -272,6 +294,8 @@ class OutputSpec(_Spec):
     host: str | None = Field(None, description="address the tcp output binds to (default: defaults.host); "
                              "beyond loopback it needs security.curve (or security.insecure)")
     queue: int | None = Field(None, ge=1)
+    coalesce: CoalesceSpec | Literal[False] | None = None
+    shm_slots: int | None = Field(None, ge=1, le=4096)
 
 
 class ModelSpec(_Spec):

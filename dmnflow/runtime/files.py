@@ -18,10 +18,9 @@ from typing import Any
 from ..plan import Plan
 from ..transport.stats import Layout
 
-__all__ = ["COALESCE_ENV", "counters_path", "layout_of", "read_control", "read_endpoints", "write_control",
+__all__ = ["counters_path", "layout_of", "read_control", "read_endpoints", "write_control",
            "write_endpoints"]
 
-COALESCE_ENV = "DMNFLOW_COALESCE"  # "0": every record is its own message
 ENDPOINTS = "endpoints.json"
 CONTROL = "control.json"  # where the supervisor is, when it is not this directory's control socket
 

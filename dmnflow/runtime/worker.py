@@ -55,10 +55,9 @@ from ..transport.stats import (
 )
 from ..transport.wire import read_token, shm_tag
 from . import protocol
-from .files import COALESCE_ENV, counters_path, layout_of, read_control, read_endpoints
+from .files import counters_path, layout_of, read_control, read_endpoints
 
 LINGER_S = 5.0
-BATCH = 256  # messages read from one socket before looking at the others
 SOURCE_STEPS = 64  # items taken from a source's generator per turn of the loop
 
 
@@ -494,8 +493,7 @@ class Worker:
             self.curve().dial(self.control, server_key)
         self.control.connect(control)
         self.counters = Counters(layout_of(self.plan), counters_path(run_dir, process, inc))
-        self.link = Link(self.zctx, run_dir, self.token, shm_tag(self.token), self.counters,
-                         coalesce=os.environ.get(COALESCE_ENV, "1") != "0")
+        self.link = Link(self.zctx, run_dir, self.token, shm_tag(self.token), self.counters)
         self.watch = Watch()
         self.auth: Any = None
         self.outlets: dict[tuple[str, str], Outlet] = {}
@@ -568,7 +566,8 @@ class Worker:
                 edges = {e: self.plan.edges[e] for b in out.binds for e in b.edges}
                 outlet = Outlet(self.link, ids[(name, out.port)], self.inc, name, out.port, out.binds, edges,
                                 encoder, accepted=layout.output(ids[(name, out.port)]), shm_above=out.shm_above,
-                                flusher=self.flusher, tensor=codec.shm)
+                                shm_slots=out.shm_slots, room_poll_s=out.room_poll_s, flusher=self.flusher,
+                                tensor=codec.shm)
                 runner.outlets[out.port] = outlet
                 runner.alo_routers += [r for r in outlet.routers if r.held]
                 self.outlets[(name, out.port)] = outlet
@@ -600,7 +599,7 @@ class Worker:
                 src_of_edge = {e: ids[(edge.src, edge.src_port)] for e, edge in edges.items()}
                 inlet = Inlet(self.link, inp.port, runner.plan.name, inp.connects, src_of_edge, inp.topics,
                               inp.queue, decoders, feedback=inp.feedback, max_bytes=inp.max_bytes, inc=self.inc,
-                              delivery=inp.delivery,
+                              delivery=inp.delivery, read_batch=inp.read_batch,
                               zero_copy=any(get_codec(e.codec).zero_copy for e in edges.values()))
                 self.inlets.append((runner, inlet))
                 if inp.delivery == "at-least-once":
@@ -691,9 +690,12 @@ class Worker:
         coalescing = flusher.routers
         alo = [r for r in self.runners if r.alo_inlets]
         alo_inlets = [i for r in alo for i in r.alo_inlets.values()]
+        # latency mode: when every node of the process is `busy`, the loop never sleeps in poll;
+        # it spins on its (pinned) core, so a message is read when it lands, without a wake-up
+        spin = all(r.plan.busy for r in self.runners)
         while True:
             batching = bool(batched) and any(b.values for r in batched for b in r.batches.values())
-            wait_ms = 0 if sources else 1 if batching else 2 if ending else 100
+            wait_ms = 0 if sources or spin else 1 if batching else 2 if ending else 100
             if timed:
                 now = time.monotonic()
                 wait_ms = min(wait_ms, max(0, int(min(r.fire_timers(now) for r in timed) * 1000)))
@@ -716,14 +718,14 @@ class Worker:
                 elif sock in inlet_of:
                     runner, inlet = inlet_of[sock]
                     if inlet.port in runner.latest:  # keep only the newest of what is waiting
-                        waiting = list(inlet.receive(sock, BATCH))
+                        waiting = list(inlet.receive(sock, inlet.read_batch))
                         if waiting:
                             runner.mv[runner.nbase + N_CONFLATED] += len(waiting) - 1
                             runner.deliver(inlet.port, *waiting[-1])
                     else:
                         port = inlet.port
                         deliver = runner.deliver if port in runner.batches else runner.handle
-                        for value, header in inlet.receive(sock, BATCH):
+                        for value, header in inlet.receive(sock, inlet.read_batch):
                             deliver(port, value, header)
 
                     if inlet.ended:

@@ -12,9 +12,9 @@ No zmq or msgpack error leaves this package untranslated.
 """
 
 from .inlet import Inlet
-from .outlet import Flusher, Link, Outlet, push_hwm, zmq_errors
+from .outlet import Flusher, Link, Outlet, zmq_errors
 from .stats import Counters, EdgeStats, Histogram, Layout, NodeCounts
 from .wire import BATCH, DATA, EOS
 
 __all__ = ["BATCH", "DATA", "EOS", "Counters", "EdgeStats", "Flusher", "Histogram", "Inlet", "Layout", "Link",
-           "NodeCounts", "Outlet", "push_hwm", "zmq_errors"]
+           "NodeCounts", "Outlet", "zmq_errors"]

@@ -23,7 +23,7 @@ from msgpack import unpackb
 from ..codecs import Decoder
 from ..errors import DecodeError
 from ..plan import ConnectPlan
-from .outlet import Link, hello_msg, push_hwm, zmq_errors
+from .outlet import Link, hello_msg, zmq_errors
 from .shm import ShmMaps, segment_prefix
 from .stats import DECODE_ERRORS, GAPS, RECEIVED, REDELIVERED, RESTARTS_SEEN, EdgeStats, Histogram
 from .wire import (
@@ -70,9 +70,10 @@ class Inlet:
     def __init__(self, link: Link, port: str, consumer: str, connects: list[ConnectPlan],
                  src_of_edge: dict[int, int], topics: list[str], queue: int, decoders: dict[int, Decoder], *,
                  feedback: bool, max_bytes: int, inc: int = 0, delivery: str = "at-most-once",
-                 zero_copy: bool = True) -> None:
+                 zero_copy: bool = True, read_batch: int = 256) -> None:
         self.link = link
         self.port = port
+        self.read_batch = read_batch  # messages the worker reads from one socket before the others
         self.consumer = consumer
         self.inc = inc
         # zmq Frames cost an object per part; worth it only where payloads are used in place
@@ -109,7 +110,7 @@ class Inlet:
         if subs:
             sub = self.sub = link.zctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)  # an input has nothing to flush; its (un)subscriptions may be undeliverable
-            sub.setsockopt(zmq.RCVHWM, queue)
+            sub.setsockopt(zmq.RCVHWM, max(c.hwm for c in subs))  # the plan's, per connection (one socket)
             sub.setsockopt(zmq.MAXMSGSIZE, cap)
             for prefix in (topics or [""]):
                 sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
@@ -125,7 +126,7 @@ class Inlet:
                 dealer = link.zctx.socket(zmq.DEALER)
                 # at-least-once: the last `done` must reach the producer, which waits for it to end
                 dealer.setsockopt(zmq.LINGER, 1000 if self.alo else 0)
-                dealer.setsockopt(zmq.RCVHWM, 0 if c.transport == "inproc" else push_hwm(queue, link.coalesce))
+                dealer.setsockopt(zmq.RCVHWM, c.hwm)
                 dealer.setsockopt(zmq.MAXMSGSIZE, cap)
                 dealer.setsockopt(zmq.IDENTITY, identity(link.token, consumer, c.edge))
                 self._dial(dealer, c)
@@ -135,7 +136,7 @@ class Inlet:
             elif c.pattern == "stream":
                 xsub = link.zctx.socket(zmq.XSUB)
                 xsub.setsockopt(zmq.LINGER, 0)
-                xsub.setsockopt(zmq.RCVHWM, queue + 64)
+                xsub.setsockopt(zmq.RCVHWM, c.hwm)
                 xsub.setsockopt(zmq.MAXMSGSIZE, cap)
                 self._dial(xsub, c)
                 route = route_prefix(c.edge)

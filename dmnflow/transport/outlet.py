@@ -28,8 +28,8 @@ Bursts on push edges are coalesced: several records go as one single-frame messa
 its topic and its one payload frame, so the consumer hands every record over exactly as if
 it had come alone. Sequence numbers are given when the batch goes (per edge: a batch is one
 consumer's). A push edge's high-water mark counts messages, so it is ``queue /
-COALESCE_RECORDS`` (``push_hwm``). Only push edges coalesce; records over 8 KiB or of
-several frames go alone.
+coalesce.records`` (``plan.push_hwm``, shown by ``dmnflow plan``). Only push edges
+coalesce; records over ``coalesce.record_max`` or of several frames go alone.
 
 ``delivery: at-least-once`` (push edges) keeps every record until its consumer has
 handled it (a ``done`` control message, sent once the consumer's own at-least-once outputs
@@ -75,37 +75,22 @@ from .wire import (
     route_prefix,
 )
 
-__all__ = ["Flusher", "Link", "Outlet", "push_hwm", "zmq_errors"]
+__all__ = ["Flusher", "Link", "Outlet", "zmq_errors"]
 
-# Coalescing on push edges: a record that follows the previous one of its output within
-# BURST_GAP_NS (a burst: past ~50k msg/s), or finds every consumer full, waits to go with
-# the next ones in one ZeroMQ message, until COALESCE_RECORDS or COALESCE_BYTES are
-# pending, the oldest is MAX_AGE_NS old at the next emit, the worker's turn ends, or (the
-# node's code is busy: a source sleeping after a burst) the flusher thread sends them,
-# FLUSH_DELAY_S later (FLUSH_DELAY_MAX_S while a long burst keeps the worker sending by
-# itself). A record after a quiet gap goes at once, alone: an isolated message never waits.
-COALESCE_RECORDS = 64
-COALESCE_BYTES = 64 << 10
-COALESCE_RECORD_MAX = 8 << 10  # larger payloads travel alone, as they are
-INLINE_MAX = COALESCE_RECORD_MAX  # payloads up to this ride in the header's frame (one frame a message)
-BURST_GAP_NS = 20_000
-MAX_AGE_NS = 200_000
+# Coalescing on push edges (each bind's ``coalesce``, from the plan): a record that follows
+# the previous one of its output within ``gap_ns`` (a burst: past ~50k msg/s), or finds
+# every consumer full, waits to go with the next ones in one ZeroMQ message, until
+# ``records`` or ``bytes`` are pending, the oldest is ``max_age_ns`` old at the next emit,
+# the worker's turn ends, or (the node's code is busy: a source sleeping after a burst) the
+# flusher thread sends them, FLUSH_DELAY_S later (FLUSH_DELAY_MAX_S while a long burst keeps
+# the worker sending by itself). A record after a quiet gap goes at once, alone: an
+# isolated message never waits.
+INLINE_MAX = 8 << 10  # payloads up to this ride in the header's frame (one frame a message)
 FLUSH_DELAY_S = 200e-6
 FLUSH_DELAY_MAX_S = 1e-3
-PUSH_HWM_MIN = 64
-ROOM_POLL_MS = 10  # back-pressure: look at the consumers again at least this often
 CONTROL_HWM = 1000  # control messages queued per peer at a producer socket (a flooding peer fills only its own)
 # plain ints: zmq's flag enums cost a Python enum operation per frame on the hot path
 _MORE, _NOWAIT = int(zmq.SNDMORE), int(zmq.NOBLOCK)
-
-
-def push_hwm(queue: int, coalesce: bool = True) -> int:
-    """The high-water mark, in ZeroMQ messages, of a coalescing push edge whose queue holds
-    ``queue`` records: a message carries up to COALESCE_RECORDS of them. At least
-    PUSH_HWM_MIN, so large records (which travel alone) still have a pipeline to fill."""
-    if not coalesce:
-        return queue
-    return min(queue, max(PUSH_HWM_MIN, -(-queue // COALESCE_RECORDS)))
 
 
 @contextlib.contextmanager
@@ -131,8 +116,6 @@ class Link:
     counters: Counters
     resolved: dict[str, str] = field(default_factory=dict)
     curve: Curve | None = None
-    coalesce: bool = True
-    shm_slots: int = 16
     streams: dict[str, _StreamSocket] = field(default_factory=dict)  # fixed ports shared by outputs
     server_keys: dict[str, str] = field(default_factory=dict)  # bind id -> its host's key name (a key per host)
 
@@ -169,7 +152,8 @@ class Outlet:
 
     def __init__(self, link: Link, src: int, inc: int, node: str, port: str, binds: list[BindPlan],
                  edges: dict[int, EdgePlan], encoder: Encoder, *, accepted: int = -1,
-                 shm_above: int | None = None, flusher: Flusher | None = None, tensor: bool = False) -> None:
+                 shm_above: int | None = None, shm_slots: int = 16, room_poll_s: float = 0.01,
+                 flusher: Flusher | None = None, tensor: bool = False) -> None:
         self.link = link
         self.src, self.inc, self.port = src, inc, port
         self.name = f"{node}.{port}"
@@ -195,12 +179,13 @@ class Outlet:
         self.feedback = {e for e, p in edges.items() if p.feedback}
         self.tensor = tensor  # the output's codec is ``tensor``: ``alloc`` may loan slots
         self.tap: Any = None  # a TapPoint while the output is mirrored (observe/taps.py)
+        room_ms = max(1, round(room_poll_s * 1000))  # a blocked send looks at its consumers this often
         for bind in binds:
             what = f"output {self.name}"
             if bind.pattern == "stream":
                 shared = link.streams.get(bind.id)
                 if shared is None:
-                    shared = link.streams[bind.id] = _StreamSocket(link, bind, what)
+                    shared = link.streams[bind.id] = _StreamSocket(link, bind, what, room_ms)
                     self.bound[bind.id] = shared.address
                 shared.edges.update(bind.edges)  # outputs sharing the port: each one's consumers
                 self.streams.append(_Stream(shared, self, [edges[e] for e in bind.edges]))
@@ -211,7 +196,7 @@ class Outlet:
             sock.setsockopt(zmq.LINGER, -1)
             sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX)  # consumers send only short control messages
             if bind.pattern == "push":
-                sock.setsockopt(zmq.SNDHWM, push_hwm(bind.hwm, link.coalesce))
+                sock.setsockopt(zmq.SNDHWM, bind.hwm)  # in messages: the compiler counted coalescing in
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone consumer is an error, not a drop
                 sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted consumer takes its name back
                 sock.setsockopt(zmq.RCVHWM, CONTROL_HWM)
@@ -223,11 +208,11 @@ class Outlet:
                 self.pubs.append(_Pub(sock, bind, [edges[e] for e in bind.edges], link))
             else:
                 same_host = shm_above is not None and bind.transport != "tcp"
-                pool = ShmPool(shm_above, link.shm_slots, segment_prefix(link.tag, src)) if same_host else None
+                pool = ShmPool(shm_above, shm_slots, segment_prefix(link.tag, src)) if same_host else None
                 router = _Router(sock, bind, [edges[e] for e in bind.edges], link, src, inc, pool,
-                                 self.flusher if link.coalesce else None)
+                                 self.flusher if bind.coalesce is not None else None, room_ms)
                 self.routers.append(router)
-                if link.coalesce:
+                if router.flusher is not None:
                     self.flusher.routers.append(router)
 
     def sockets(self) -> list[zmq.Socket]:
@@ -460,7 +445,7 @@ class _Router:
     """
 
     def __init__(self, sock: zmq.Socket, bind: BindPlan, edges: list[EdgePlan], link: Link, src: int, inc: int,
-                 pool: ShmPool | None, flusher: Flusher | None) -> None:
+                 pool: ShmPool | None, flusher: Flusher | None, room_ms: int = 10) -> None:
         self.sock = sock
         self.bind = bind
         self.link = link
@@ -473,9 +458,16 @@ class _Router:
         self.block = any(e.policy == "block" for e in edges)
         # at-least-once edges keep what they sent (and never coalesce: each record is resent alone)
         self.held = {e.id: _Held(e.queue) for e in edges if e.delivery == "at-least-once"}
-        self.flusher = None if self.held else flusher  # None: no coalescing
+        co = bind.coalesce
+        self.flusher = None if self.held or co is None else flusher  # None: no coalescing
+        self.room_ms = room_ms
+        self.max_records = co.records if co else 1
+        self.max_bytes = co.bytes if co else 0
+        self.gap_ns = co.gap_ns if co else 0
+        self.max_age_ns = co.max_age_ns if co else 0
         # payloads up to this size join batches (not those bound for shared memory)
-        self.inline_max = COALESCE_RECORD_MAX if pool is None else min(COALESCE_RECORD_MAX, pool.threshold - 1)
+        record_max = co.record_max if co else 0
+        self.inline_max = record_max if pool is None else min(record_max, pool.threshold - 1)
         # appended to by the worker's thread only (without the lock: a deque's append is atomic);
         # taken from, under the lock, by it or by the flusher thread
         self.pending: deque[list[Any]] = deque()
@@ -533,7 +525,7 @@ class _Router:
                     self.sock.send(peer, _MORE | _NOWAIT)
                     break
                 except zmq.ZMQError:
-                    self.sock.poll(ROOM_POLL_MS, zmq.POLLOUT)
+                    self.sock.poll(self.room_ms, zmq.POLLOUT)
             send_parts(self.sock, parts, 0)
             self.mv[self.base[edge] + RESENT] += 1
 
@@ -561,7 +553,7 @@ class _Router:
                 self.send_one(topic, frames, (origin_ns, origin, now, event_time, meta, attrs))
             return
         if not pending:
-            burst = now - self.last_ns < BURST_GAP_NS
+            burst = now - self.last_ns < self.gap_ns
             self.last_ns = now
             if not burst:  # after a quiet gap: alone, at once (unless every consumer is full)
                 rest = (origin_ns, origin, now, event_time, meta, attrs)
@@ -579,8 +571,8 @@ class _Router:
         if not flusher.wake.is_set():  # after the append: the flusher clears it before it takes records
             flusher.notify()
         self.pending_bytes += len(payload)
-        if len(pending) >= COALESCE_RECORDS or self.pending_bytes >= COALESCE_BYTES \
-                or now - self.pending_since >= MAX_AGE_NS:
+        if len(pending) >= self.max_records or self.pending_bytes >= self.max_bytes \
+                or now - self.pending_since >= self.max_age_ns:
             with flusher.lock:
                 self.flush()
 
@@ -597,7 +589,7 @@ class _Router:
         (when the flusher thread calls it) stay for the next batch."""
         pending = self.pending
         popleft = pending.popleft
-        records = [popleft() for _ in range(min(len(pending), COALESCE_RECORDS))]
+        records = [popleft() for _ in range(min(len(pending), self.max_records))]
         self.pending_bytes = 0
         if not records:
             return
@@ -638,7 +630,7 @@ class _Router:
         """Every consumer is full (or gone): back-pressure. Wait until one has room (a
         mandatory ROUTER polls writable then) or says something (a restarted consumer's
         hello, a free, an ack, a done), then read what it said."""
-        self.sock.poll(ROOM_POLL_MS, zmq.POLLIN | zmq.POLLOUT)
+        self.sock.poll(self.room_ms, zmq.POLLIN | zmq.POLLOUT)
         self.service()
 
     def send_one(self, topic: bytes, frames: list[Any], rest: tuple[Any, ...], defer: bool = False) -> bool:
@@ -743,9 +735,10 @@ class _StreamSocket:
     process may share a port). Tracks which in-graph consumers joined, their credit and their
     acknowledgements, and whether any subscriber outside the graph wants plain topics."""
 
-    def __init__(self, link: Link, bind: BindPlan, what: str) -> None:
+    def __init__(self, link: Link, bind: BindPlan, what: str, room_ms: int = 10) -> None:
         self.link = link
         self.bind = bind
+        self.room_ms = room_ms
         self.owner: Outlet | None = None
         sock = self.sock = link.zctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, -1)
@@ -898,7 +891,7 @@ class _Stream:
                 edge = joined[self.next[g] % n]
                 self.next[g] = (self.next[g] + 1) % n
                 return edge
-            shared.sock.poll(ROOM_POLL_MS, zmq.POLLIN)  # back-pressure: wait for a credit
+            shared.sock.poll(shared.room_ms, zmq.POLLIN)  # back-pressure: wait for a credit
             shared.service()
 
     def tap_eos(self) -> None:
@@ -948,7 +941,7 @@ class Flusher:
             self.wake.set()
 
     def _run(self) -> None:
-        """Look every ``delay``: a batch older than MAX_AGE_NS means the worker's thread has
+        """Look every ``delay``: a batch older than its ``max_age_ns`` means the worker's thread has
         not been back (its next emit or the end of its turn would have sent it): send it. A
         young one means it is busy sending by itself: look less often, up to FLUSH_DELAY_MAX_S,
         so a long burst costs few wake-ups. Nothing pending: sleep until the next batch."""
@@ -960,8 +953,8 @@ class Flusher:
                 return
             time.sleep(delay)
             now = time.time_ns()
-            waiting = [r.pending_since for r in routers if r.pending]
-            if waiting and now - min(waiting) < MAX_AGE_NS:
+            due = [r.pending_since + r.max_age_ns for r in routers if r.pending]
+            if due and now < min(due):
                 delay = min(delay * 2, FLUSH_DELAY_MAX_S)
                 continue
             if not lock.acquire(blocking=False):

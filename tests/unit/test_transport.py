@@ -11,7 +11,7 @@ import zmq
 
 from dmnflow.codecs import Limits, get_codec
 from dmnflow.node import Tensor
-from dmnflow.plan import BindPlan, ConnectPlan, EdgePlan
+from dmnflow.plan import BindPlan, CoalescePlan, ConnectPlan, EdgePlan, push_hwm
 from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
 from dmnflow.transport.shm import ShmMaps, ShmPool, segment_prefix
 from dmnflow.transport.wire import EOS, SEP, control, eos_header
@@ -28,9 +28,11 @@ def ctx():
     context.destroy(linger=0)
 
 
-def make_link(ctx, coalesce: bool = True) -> Link:
-    return Link(ctx, "/nonexistent", TOKEN, TAG, Counters(Layout(edges=EDGE + 1, nodes=1, outputs=SRC + 1, binds=1)),
-                coalesce=coalesce)
+COALESCE = CoalescePlan(records=64, bytes=64 << 10, record_max=8 << 10, gap_ns=20_000, max_age_ns=200_000)
+
+
+def make_link(ctx) -> Link:
+    return Link(ctx, "/nonexistent", TOKEN, TAG, Counters(Layout(edges=EDGE + 1, nodes=1, outputs=SRC + 1, binds=1)))
 
 
 def edge_plan(pattern: str, *, policy: str = "drop", queue: int = 1000, delivery: str = "at-most-once",
@@ -42,17 +44,22 @@ def edge_plan(pattern: str, *, policy: str = "drop", queue: int = 1000, delivery
 
 def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, policy: str = "drop",
          delivery: str = "at-most-once", link: Link | None = None, shm_above: int | None = None,
-         max_bytes: int = 1 << 20, transport: str = "inproc"):
-    """An Outlet bound to ``endpoint`` and an Inlet connected to it, the consumer joined."""
+         max_bytes: int = 1 << 20, transport: str = "inproc", coalesce: bool = True):
+    """An Outlet bound to ``endpoint`` and an Inlet connected to it, the consumer joined; the
+    sockets' high-water marks and coalescing as the compiler sets them."""
     link = link or make_link(ctx)
     plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery)
+    co = COALESCE if coalesce and pattern == "push" and delivery != "at-least-once" else None
+    send_hwm = 2 * hwm + 64 if pattern == "stream" else push_hwm(hwm, co) if pattern == "push" else hwm
+    receive_hwm = hwm + 64 if pattern == "stream" else hwm if pattern == "pub" else \
+        0 if transport == "inproc" else push_hwm(hwm, co)
     bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport=transport, pattern=pattern,
-                    hwm=2 * hwm + 64 if pattern == "stream" else hwm, edges=[EDGE])  # as the compiler sizes it
+                    hwm=send_hwm, edges=[EDGE], coalesce=co)
     outlet = Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: plan}, get_codec(codec).encoder(tp),
                     shm_above=shm_above)
     link.resolved.update(outlet.bound)
     inlet = Inlet(link, "in", "c", [ConnectPlan(edge=EDGE, bind="b", node="p", port="out", endpoint=endpoint,
-                                                transport=transport, pattern=pattern)],
+                                                transport=transport, pattern=pattern, hwm=receive_hwm)],
                   {EDGE: SRC}, [], hwm, {EDGE: get_codec(codec).decoder(tp, Limits(max_bytes=max_bytes))},
                   feedback=False, max_bytes=max_bytes, delivery=delivery)
     deadline = time.monotonic() + 5
@@ -198,7 +205,7 @@ def push_pair(ctx, endpoint: str, codec: str = "raw", tp=bytes, hwm: int = 64_00
     """An Outlet binding a push edge and an Inlet connected to it, the consumer joined (a tcp
     endpoint for a bounded queue: inside one process the runtime never bounds an edge)."""
     return wire(ctx, codec, tp, endpoint, "push", hwm=hwm, policy="block" if block else "drop",
-                link=make_link(ctx, coalesce), transport="tcp" if endpoint.startswith("tcp") else "inproc")
+                transport="tcp" if endpoint.startswith("tcp") else "inproc", coalesce=coalesce)
 
 
 def drain_headers(inlet: Inlet, expect: int) -> list:
@@ -367,7 +374,7 @@ def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
 
     def outlet(pattern: str, endpoint: str) -> Outlet:
         bind = BindPlan(id=endpoint, counter=0, endpoint=endpoint, transport="inproc", pattern=pattern, hwm=100,
-                        edges=[EDGE])
+                        edges=[EDGE], coalesce=COALESCE if pattern == "push" else None)
         return Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: edge_plan(pattern)}, get_codec("tensor").encoder(tp),
                       shm_above=1024, tensor=True)
 
@@ -572,7 +579,7 @@ def test_a_restarted_consumer_on_a_stream_port_gets_credit_afresh(ctx):
         outlet.send(b"%d" % i, None, 1, 0, None)
     first.close()  # killed; its successor comes with a new incarnation and counts from zero
     connect = ConnectPlan(edge=EDGE, bind="b", node="p", port="out", endpoint="tcp://127.0.0.1:*", transport="tcp",
-                          pattern="stream")
+                          pattern="stream", hwm=8 + 64)
     second = Inlet(link, "in", "c", [connect], {EDGE: SRC}, [], 8, {EDGE: get_codec("raw").decoder(bytes)},
                    feedback=False, max_bytes=1 << 20, inc=1)
     shared = outlet.streams[0].shared
