@@ -559,8 +559,13 @@ def _smoke_one(cmd: Command, ws: Workspace, env: dict[str, str], background: lis
         if late is not None or code != 0:
             return [f"{late or f'exit {code}'}:\n" + textwrap.indent(_tail(run.output()), "    ")]
         return []
+    argv = list(cmd.argv)
+    if argv[1:2] == ["tune"] and "--dry-run" not in argv:
+        # a study runs for minutes: its tune file, options and space are checked here (a dry
+        # run draws the first trials); .ci/run and tests/integration/test_tune.py run studies
+        argv.append("--dry-run")
     try:
-        done = subprocess.run(_dmnflow(cmd.argv), cwd=ws.path, env=env, capture_output=True, text=True,
+        done = subprocess.run(_dmnflow(argv), cwd=ws.path, env=env, capture_output=True, text=True,
                               timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return [f"still running after {COMMAND_TIMEOUT_S:.0f}s"]
