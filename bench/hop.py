@@ -56,8 +56,10 @@ def kind_of(size: int) -> str:
     return "tensor" if size >= 1 << 20 else "bytes"
 
 
-def dmnflow_hop(transport: str, size: int, count: int, rate_hz: float, alloc: bool = False) -> harness.Run:
-    """Ping -> Sink; gives up (RuntimeError) 30 s past the run's expected length."""
+def dmnflow_hop(transport: str, size: int, count: int, rate_hz: float, alloc: bool = False,
+                **where: Any) -> harness.Run:
+    """Ping -> Sink; gives up (RuntimeError) 30 s past the run's expected length. ``where``:
+    ``place``, ``backend``, ``address`` of ``harness.run_graph`` (bench/ray.py)."""
     kind = kind_of(size)
     nodes = {
         "ping": {"uses": "bench.nodes:Ping",
@@ -67,7 +69,8 @@ def dmnflow_hop(transport: str, size: int, count: int, rate_hz: float, alloc: bo
         "sink": {"uses": "bench.nodes:Sink", "inputs": {"inp": "ping.out"}, "params": {"result": "auto"}},
     }
     timeout_s = 30.0 + (count / rate_hz if rate_hz else 0.0)
-    return harness.run_graph("hop", nodes, {"transport": transport, "policy": "block"}, timeout_s=timeout_s)
+    return harness.run_graph("hop", nodes, {"transport": transport, "policy": "block"}, timeout_s=timeout_s,
+                             **where)
 
 
 def raw_hop(transport: str, size: int, count: int, rate_hz: float, stamped: bool) -> dict[str, Any]:
