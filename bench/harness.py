@@ -54,11 +54,17 @@ class Run:
 
 
 def run_graph(name: str, nodes: dict[str, dict[str, Any]], defaults: dict[str, Any], *,
-              timeout_s: float = 120.0, top: dict[str, Any] | None = None) -> Run:
+              timeout_s: float = 120.0, top: dict[str, Any] | None = None,
+              place: dict[str, dict[str, Any]] | None = None, backend: str = "local",
+              address: str | None = None) -> Run:
     """Write the graph to a temporary file, compile it, launch it until it ends, collect results.
 
     Every node with a ``result`` param of ``"auto"`` gets a file in the temporary directory.
+    ``place``: keys added to nodes (``{"ping": {"resources": {"a": 1}}}``) for ``backend="ray"``
+    at ``address`` (bench/ray_backend.py).
     """
+    for node, keys in (place or {}).items():
+        nodes[node] = {**nodes[node], **keys}
     with tempfile.TemporaryDirectory(prefix="dmnflow-bench-") as tmp:
         for node, spec in nodes.items():
             params = spec.get("params", {})
@@ -69,7 +75,7 @@ def run_graph(name: str, nodes: dict[str, dict[str, Any]], defaults: dict[str, A
         plan = compile_graph(path)
         launched_ns = time.time_ns()
         start = time.perf_counter()
-        report = launch(plan, duration_s=timeout_s)
+        report = launch(plan, duration_s=timeout_s, backend=backend, address=address)
         wall_s = time.perf_counter() - start
         results = {}
         for node in nodes:

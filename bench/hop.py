@@ -57,9 +57,10 @@ def kind_of(size: int) -> str:
 
 
 def dmnflow_hop(transport: str, size: int, count: int, rate_hz: float, alloc: bool = False,
-                coalescing: bool = True, busy: bool = False) -> harness.Run:
+                coalescing: bool = True, busy: bool = False, **where: Any) -> harness.Run:
     """Ping -> Sink; gives up (RuntimeError) 30 s past the run's expected length. ``busy``:
-    latency mode, both nodes ``busy: true`` on cores of their own (their loops spin)."""
+    latency mode, both nodes ``busy: true`` on cores of their own (their loops spin).
+    ``where``: ``place``, ``backend``, ``address`` of ``harness.run_graph`` (bench/ray_backend.py)."""
     kind = kind_of(size)
     nodes: dict[str, Any] = {
         "ping": {"uses": "bench.nodes:Ping",
@@ -76,7 +77,7 @@ def dmnflow_hop(transport: str, size: int, count: int, rate_hz: float, alloc: bo
     defaults: dict[str, Any] = {"transport": transport, "policy": "block"}
     if not coalescing:
         defaults["coalesce"] = False
-    return harness.run_graph("hop", nodes, defaults, timeout_s=timeout_s)
+    return harness.run_graph("hop", nodes, defaults, timeout_s=timeout_s, **where)
 
 
 def raw_hop(transport: str, size: int, count: int, rate_hz: float, stamped: bool) -> dict[str, Any]:

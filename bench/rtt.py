@@ -161,7 +161,9 @@ def _exact(rtts: list[int]) -> dict[str, Any]:
     return {"p50_us": round(float(p50), 1), "p99_us": round(float(p99), 1), "n": len(rtts)}
 
 
-def dmnflow_rtt(transport: str, policy: str, size: int, kind: str, count: int, warmup: int) -> dict[str, Any]:
+def dmnflow_rtt(transport: str, policy: str, size: int, kind: str, count: int, warmup: int,
+                **where: Any) -> dict[str, Any]:
+    """RttPing <-> Pong; ``where``: ``place``, ``backend``, ``address`` of ``harness.run_graph``."""
     codec = "tensor" if kind == "tensor" else "raw"
     nodes = {
         "ping": {"uses": "bench.nodes:RttPing",
@@ -170,7 +172,7 @@ def dmnflow_rtt(transport: str, policy: str, size: int, kind: str, count: int, w
         "pong": {"uses": "bench.nodes:Pong", "params": {"kind": kind}, "inputs": {"x": "ping.out"},
                  "outputs": {"y": {"codec": codec}}},
     }
-    run = harness.run_graph("rtt", nodes, {"transport": transport, "policy": policy}, timeout_s=120)
+    run = harness.run_graph("rtt", nodes, {"transport": transport, "policy": policy}, timeout_s=120, **where)
     ping = run.results["ping"]
     return {"p50_us": ping["exact_p50_us"], "p99_us": ping["exact_p99_us"], "n": ping["n"]}
 
@@ -179,9 +181,14 @@ def kinds_for(size: int) -> list[str]:
     return ["bytes"] if size < 64 << 10 else ["bytes", "tensor"]
 
 
-def measure(transport: str, size: int, kind: str, quick: bool) -> dict[str, Any]:
+def load(size: int, quick: bool) -> tuple[int, int]:
+    """(count, warmup) round trips of one measurement."""
     count = (300 if quick else 2000) if size <= 64 << 10 else (60 if quick else 300)
-    warmup = max(20, count // 10)
+    return count, max(20, count // 10)
+
+
+def measure(transport: str, size: int, kind: str, quick: bool) -> dict[str, Any]:
+    count, warmup = load(size, quick)
     row: dict[str, Any] = {"transport": transport, "size": size, "kind": kind}
     row["raw_pair_spin"] = raw_rtt(transport, size, kind, count, warmup, spin=True)
     row["raw_pair_block"] = raw_rtt(transport, size, kind, count, warmup, spin=False)

@@ -649,16 +649,18 @@ class RayBackend:
             late = [k for k in keys if refs[k] in pending]
             wanted = "; ".join(f"{k} needs {_fmt(self.demands[k].needs()) if k in self.demands else 'its host'}"
                                for k in late)
-            raise LaunchError(f"{', '.join(late)} did not {what} within {timeout_s:.0f}s ({wanted}; free on the "
+            raise LaunchError(f"{', '.join(late)} could not {what} within {timeout_s:.0f}s ({wanted}; free on the "
                               f"cluster now: {_fmt(ray.available_resources())}): other work holds those resources")
-        out, failed = {}, []
+        out, failed, placement = {}, [], False
         for k in keys:
             try:
                 out[k] = ray.get(refs[k])
             except Exception as exc:
-                failed.append(_cause(exc) if "cannot run on" in str(exc) else f"{k}: {_first_line(exc)}")
+                host = "cannot run on" in str(exc)  # a host check (ray_host.HostError): the graph asks too much
+                placement = placement or host
+                failed.append(_cause(exc) if host else f"{k}: {_first_line(exc)}")
         if failed:
-            raise LaunchError("; ".join(failed))
+            raise (PlacementError if placement else LaunchError)("; ".join(failed))
         return out
 
     # ---------------------------------------------------------------- workers
