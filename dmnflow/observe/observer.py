@@ -80,7 +80,7 @@ def find_outputs(plan: Plan, ref: str) -> list[tuple[str, str]]:
     found = [(n.name, port) for n in plan.nodes if node in (n.name, n.spec_name) and
              any(o.port == port for o in n.outputs)]
     if not found and "/" not in node:
-        scoped = {n.spec_name for n in plan.nodes if n.spec_name.rsplit("/", 1)[-1] == node}
+        scoped = {n.spec_name for n in plan.nodes if n.spec_name != node and n.spec_name.rsplit("/", 1)[-1] == node}
         if len(scoped) == 1:
             return find_outputs(plan, f"{scoped.pop()}.{port}")
     return found

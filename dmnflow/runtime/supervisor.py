@@ -431,7 +431,12 @@ class _Supervisor:
                 self.answer(client, True, {"graph": self.plan.graph, "name": self.name, "pid": os.getpid(),
                                            "nodes": {p: self.procs[self.proc_of[p]].state for p in self.proc_of}})
             elif request[0] in (protocol.SNAPSHOT, protocol.TAP):  # dmnflow top / echo / hz / dashboard
-                self.answer(client, *self.observer.admin(request[0], request[1], time.monotonic()))
+                try:
+                    answer = self.observer.admin(request[0], request[1], time.monotonic())
+                except Exception as exc:  # a client's request must never stop the run
+                    log.exception("the %s request of a client failed", request[0])
+                    answer = (False, f"the run could not answer ({type(exc).__name__}: {exc})")
+                self.answer(client, *answer)
             else:
                 self.start_command(client, *request[1:])
 
