@@ -240,7 +240,7 @@ def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | 
     except KeyboardInterrupt:
         err.print("interrupted before the graph started; every worker was stopped")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
-    render_report(result, out)
+    render_report(result, out, err)
     if record is not None:
         err.print(f"wrote {record}")
     if report is not None:

@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import networkx as nx
 from pydantic import BaseModel, ValidationError
@@ -907,8 +907,8 @@ def _user_frame(exc: BaseException) -> str:
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
-def _coalesce_plan(spec: CoalesceSpec | Literal[False]) -> CoalescePlan | None:
-    if spec is False:
+def _coalesce_plan(spec: CoalesceSpec) -> CoalescePlan | None:
+    if not spec.enabled:
         return None
     return CoalescePlan(records=spec.records, bytes=spec.bytes, record_max=spec.record_max,
                         gap_ns=round(spec.gap * 1e9), max_age_ns=round(spec.max_age * 1e9))

@@ -181,6 +181,17 @@ class CoalesceSpec(_Spec):
     record_max: Size = Field(8 << 10, ge=1, description="larger records travel alone")
     gap: Duration = Field(20e-6, ge=0, description="a record this soon after the previous one is in a burst")
     max_age: Duration = Field(200e-6, gt=0, description="the oldest waiting record goes at the next emit after this")
+    enabled: bool = Field(True, description="false (what `coalesce: false` means): every record alone")
+
+
+def _coalesce_switch(value: Any) -> Any:
+    """``coalesce: false`` / ``true``: off, or the default figures."""
+    if value is False:
+        return {"enabled": False}
+    return {} if value is True else value
+
+
+Coalesce = Annotated[CoalesceSpec, BeforeValidator(_coalesce_switch, json_schema_input_type=CoalesceSpec | bool)]
 
 
 class Defaults(_Spec):
@@ -194,8 +205,8 @@ class Defaults(_Spec):
                                    "through shared memory; none: always the socket")
     queue: int = Field(1000, ge=1, description="records buffered per edge (the plan shows the ZeroMQ high-water "
                        "mark it becomes)")
-    coalesce: CoalesceSpec | Literal[False] = Field(default_factory=CoalesceSpec, description="push edges: "
-                                                    "records of a burst share a message; false: each alone")
+    coalesce: Coalesce = Field(default_factory=CoalesceSpec, description="push edges: records of a burst share "
+                               "a message; false: each alone")
     shm_slots: int = Field(16, ge=1, le=4096, description="shared-memory slots per output (large payloads in "
                            "flight at once before emit falls back to the socket)")
     read_batch: int = Field(256, ge=1, description="messages read from one input before the worker looks at the "
@@ -294,7 +305,7 @@ class OutputSpec(_Spec):
     host: str | None = Field(None, description="address the tcp output binds to (default: defaults.host); "
                              "beyond loopback it needs security.curve (or security.insecure)")
     queue: int | None = Field(None, ge=1)
-    coalesce: CoalesceSpec | Literal[False] | None = None
+    coalesce: Coalesce | None = None
     shm_slots: int | None = Field(None, ge=1, le=4096)
 
 

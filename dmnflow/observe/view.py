@@ -242,8 +242,9 @@ def status_line(report: Any) -> str:
     return " | ".join(parts)
 
 
-def render_report(report: Any, console: Console) -> None:
-    """The report at the end of a run, readable at 80 columns."""
+def render_report(report: Any, console: Console, errors: Console | None = None) -> None:
+    """The report at the end of a run, readable at 80 columns; its errors on ``errors``
+    (the CLI's stderr), so a script reading the tables is not handed them."""
     colour = {"finished": "green", "stopped": "yellow", "failed": "red"}.get(report.status, "")
     console.print(Text.assemble((report.graph, "bold"), " ", (report.status, colour),
                                 f" in {report.duration_s:.2f}s (start-up {report.startup_s:.2f}s)"))
@@ -282,7 +283,7 @@ def render_report(report: Any, console: Console) -> None:
                 first = False
         console.print(table)
     for line in report.errors:
-        console.print(Text(f"error: {line}", style="red"), soft_wrap=True)
+        (errors or console).print(Text(f"error: {line}", style="red"), soft_wrap=True)
 
 
 def format_value(value: Any) -> str:

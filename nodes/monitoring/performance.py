@@ -144,7 +144,8 @@ class Performance(Node):
     summary_keys = ("periods", "equity", "pnl", "total_return", "ann_return", "cagr", "ann_vol", "sharpe", "sortino",
                     "downside_dev", "max_drawdown", "drawdown", "calmar", "var_95", "hit_rate", "avg_win_loss",
                     "turnover", "tick_to_trade_p50_us", "tick_to_trade_p99_us", "tick_to_account_p50_us",
-                    "tick_to_account_p99_us", "latency_samples", "accounts", "fills_messages", "fills", "bad_accounts",
+                    "tick_to_account_p99_us", "t", "latency_samples", "accounts", "fills_messages", "fills",
+                    "bad_accounts",
                     "out_of_order", "replaced", "bad_fills", "before_start", "after_end")
 
     account = Input(dict, doc="Account: t, equity, cash, positions, gross, pnl, traded")

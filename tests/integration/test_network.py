@@ -105,7 +105,12 @@ def test_a_graph_with_many_tcp_edges_of_every_kind_starts_and_delivers_every_mes
     assert lines(tmp_path / "subs.jsonl") == list(range(300))
     assert lines(tmp_path / "subs_fixed.jsonl") == [float(i) for i in range(n)]
     assert report.nodes["tail"].messages_in == n
+    feedback = {e.id for e in plan.edges if e.feedback}
     for edge in report.edges:
+        if edge.id in feedback:  # a feedback input holds nothing open: echoes still in flight when the
+            # loop's head ends are lost, and counted (how many depends on the machine's timing)
+            assert (edge.received + edge.lost, edge.dropped, edge.decode_errors) == (edge.sent, 0, 0), edge
+            continue
         assert (edge.sent, edge.lost, edge.decode_errors) == (edge.received, 0, 0), edge
     assert sum(s.junk for s in report.sockets) == 0
     fan = [e for e in report.edges if e.src == "src.numbers" and e.dst.startswith("fan")]

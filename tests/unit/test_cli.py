@@ -102,7 +102,7 @@ def test_usage_errors_exit_2():
 def test_plan_table_and_json():
     table = run("plan", "graphs/quickstart.yaml")
     assert table.exit_code == 0, table.output
-    for text in ("process counter", "in  value <- counter.numbers  ipc push  queue 1000 block",
+    for text in ("process counter", "in  value <- counter.numbers  ipc push  queue 1000 (64 msgs) block",
                  "out numbers [msgpack] -> push", "ipc://{run_dir}/counter.numbers.scale.value"):
         assert text in table.output
     as_json = run("plan", "graphs/quickstart.yaml", "--json")

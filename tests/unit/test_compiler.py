@@ -314,3 +314,63 @@ def test_replicas_with_a_fixed_port_bind_consecutive_ports_and_collisions_are_re
     plan = dmnflow.compile_graph(ok)
     ports = {n.name: [b.endpoint for o in n.outputs for b in o.binds if b.transport == "tcp"] for n in plan.nodes}
     assert ports["work[0]"] == ["tcp://127.0.0.1:6101"] and ports["work[1]"] == ["tcp://127.0.0.1:6102"]
+
+
+def _bind(plan: Plan, node: str, port: str):
+    """The output and its one push bind."""
+    [out] = [o for o in plan.node(node).outputs if o.port == port]
+    [bind] = [b for b in out.binds if b.pattern == "push"]
+    return out, bind
+
+
+def test_every_bound_is_a_plan_field_coalescing_included(tmp_path):
+    """The socket high-water marks, coalescing, shared-memory slots, read batch and back-pressure
+    poll the runtime uses are all in the plan (and so in `dmnflow plan`), from defaults or the output."""
+    g = write(tmp_path / "g.yaml", """
+        defaults: {policy: block, queue: 1000, read_batch: 32, room_poll: 2ms, shm_slots: 4}
+        nodes:
+          src: {uses: nodes.basic:Counter}
+          a:
+            uses: nodes.basic:Scale
+            inputs: {value: src.numbers}
+            outputs: {scaled: {coalesce: {records: 10, gap: 5us}, shm_slots: 8}}
+          b: {uses: nodes.basic:Scale, inputs: {value: {from: a.scaled, delivery: at-least-once}}}
+          c: {uses: nodes.basic:Scale, inputs: {value: {from: src.numbers, policy: drop}}}
+          sink: {uses: nodes.basic:Collect, inputs: {values: [b.scaled, c.scaled]}}
+        """)
+    plan = dmnflow.compile_graph(g)
+    out, bind = _bind(plan, "src", "numbers")
+    assert bind.coalesce.records == 64 and bind.hwm == 64  # 1000 records / 64 a message, at least 64
+    assert [b.coalesce for b in out.binds if b.pattern == "pub"] == [None] and out.room_poll_s == 0.002
+    assert out.shm_slots == 4
+    out, bind = _bind(plan, "a", "scaled")
+    assert bind.coalesce is None and bind.hwm == 1000  # at-least-once: each record alone, so queue messages
+    assert out.shm_slots == 8
+    [inp] = plan.node("a").inputs
+    assert inp.read_batch == 32 and [c.hwm for c in inp.connects] == [64]
+
+    g2 = write(tmp_path / "g2.yaml", """
+        defaults: {policy: block, queue: 5000}
+        nodes:
+          src: {uses: nodes.basic:Counter, outputs: {numbers: {coalesce: {records: 10, gap: 5us, max_age: 1ms}}}}
+          a: {uses: nodes.basic:Scale, inputs: {value: src.numbers}, outputs: {scaled: {coalesce: false}}}
+          sink: {uses: nodes.basic:Collect, inputs: {values: a.scaled}}
+        """)
+    plan = dmnflow.compile_graph(g2)
+    _, bind = _bind(plan, "src", "numbers")
+    co = bind.coalesce
+    assert (co.records, co.gap_ns, co.max_age_ns, bind.hwm) == (10, 5000, 1_000_000, 500)
+    _, bind = _bind(plan, "a", "scaled")
+    assert bind.coalesce is None and bind.hwm == 5000
+    assert [c.hwm for c in plan.node("sink").inputs[0].connects] == [5000]
+
+
+def test_a_bad_coalesce_setting_is_located(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        defaults: {coalesce: {records: 1}}
+        nodes:
+          src: {uses: nodes.basic:Counter}
+          sink: {uses: nodes.basic:Collect, inputs: {values: src.numbers}}
+        """)
+    [issue] = [i for i in dmnflow.validate(g) if i.is_error]
+    assert (issue.code, issue.loc.line, issue.path) == ("invalid-value", 1, "defaults.coalesce.records")
