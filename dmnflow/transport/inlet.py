@@ -61,7 +61,11 @@ class _Source:
     inc: int = -1
     next_seq: dict[bytes, int] = field(default_factory=dict)
     ended: bool = False
-    last: int = -1  # at-least-once: the highest sequence handed over (duplicates are dropped)
+    last: int = -1  # at-least-once: the highest sequence handed over
+    # at-least-once: the sequences handed over, from `last - window` up (duplicates are dropped).
+    # A set, not a high-water mark: a restarted consumer may get new records before the
+    # producer has read its hello and resent the older ones it holds
+    seen: set[int] = field(default_factory=set)
 
 
 class Inlet:
@@ -85,6 +89,9 @@ class Inlet:
         self.feedback = feedback
         self.max_bytes = max_bytes
         self.alo = delivery == "at-least-once"
+        # a producer holds at most `queue` records it has not heard handled: what it can resend
+        # lies within the last 2 * queue sequences (in flight included) of what it sent
+        self.window = 2 * queue
         mv = self.mv = link.counters.mv
         layout = link.counters.layout
         self.base = {c.edge: layout.edge(c.edge) for c in connects}
@@ -268,19 +275,26 @@ class Inlet:
                     continue
                 seq = header[SEQ]
                 if self.alo:
-                    if seq <= source.last:
+                    seen = source.seen
+                    if seq in seen or seq < source.last - self.window:
                         mv[base + REDELIVERED] += 1  # resent to us, but we had it: handled once
                         continue
-                    source.last = seq
+                    seen.add(seq)
+                    if seq > source.last:
+                        source.last = seq
+                    if len(seen) > 4 * self.window:  # forget what no producer can still hold
+                        floor = source.last - self.window
+                        source.seen = {q for q in seen if q >= floor}
                     key = b""
                 else:
                     key = topic
                 expected = source.next_seq.get(key)
                 if expected is None:
                     expected = seq if self.baseline else 0
-                if seq > expected:
-                    mv[base + GAPS] += seq - expected
-                source.next_seq[key] = seq + 1
+                if seq >= expected:  # (lower: an at-least-once resend overtaken by newer records)
+                    if seq > expected:
+                        mv[base + GAPS] += seq - expected
+                    source.next_seq[key] = seq + 1
                 mv[base + RECEIVED] += 1
                 ns = now - header[SEND_NS]  # Histogram.add, inlined
                 latency = self.stats[source.edge].latency
@@ -388,7 +402,7 @@ class Inlet:
         """The producer came back (a restart): it counts from zero again."""
         if source.inc >= 0:
             self.mv[base + RESTARTS_SEEN] += 1
-        source.inc, source.next_seq, source.last = inc, {}, -1
+        source.inc, source.next_seq, source.last, source.seen = inc, {}, -1, set()
 
     def _end(self, source: _Source, totals: dict[bytes, int], topic_filter: tuple[bytes, ...]) -> None:
         base = self.base[source.edge]
@@ -408,7 +422,9 @@ class Inlet:
         """At-least-once: the worker has handled this record (its own at-least-once outputs
         included); ``send_done`` tells the producer."""
         source = self.sources.get(header[SRC])
-        if source is not None:
+        # a record of an earlier incarnation of the producer: its sequence numbers mean nothing
+        # to the one now connected, which holds its own (a `done` for it would release them)
+        if source is not None and header[INC] == source.inc:
             self.done_pending[source.edge] = header[SEQ]
 
     def send_done(self, upto: dict[int, int] | None = None) -> None:
