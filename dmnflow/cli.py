@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -350,9 +351,13 @@ def echo_cmd(
 ) -> None:
     """Print an output's records, decoded, as the graph runs."""
     duration_s, _ = _durations(duration, "0")
+    _listen(echo, run, output, count=count, topic=topic, max_rate=max_rate, as_json=as_json, duration_s=duration_s)
+
+
+def _listen(client: Callable[..., None], run: str, output: str, **options: Any) -> None:
+    """``echo``, ``hz`` or ``bw`` on the run's tap of ``output``, until done or Ctrl-C."""
     try:
-        echo(find_run(run), output, sys.stdout, count=count, topic=topic, max_rate=max_rate, as_json=as_json,
-             duration_s=duration_s)
+        client(find_run(run), output, sys.stdout, **options)
     except ControlError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -369,12 +374,7 @@ def hz_cmd(
 ) -> None:
     """Print an output's rate every second: exact msg/s, and the spread of the periods."""
     duration_s, window_s = _durations(duration, window)
-    try:
-        hz(find_run(run), output, sys.stdout, window_s=window_s, topic=topic, duration_s=duration_s)
-    except ControlError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        pass
+    _listen(hz, run, output, window_s=window_s, topic=topic, duration_s=duration_s)
 
 
 @app.command("bw")
@@ -387,12 +387,7 @@ def bw_cmd(
 ) -> None:
     """Print an output's bandwidth every second (payload bytes/s)."""
     duration_s, window_s = _durations(duration, window)
-    try:
-        bw(find_run(run), output, sys.stdout, window_s=window_s, topic=topic, duration_s=duration_s)
-    except ControlError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        pass
+    _listen(bw, run, output, window_s=window_s, topic=topic, duration_s=duration_s)
 
 
 @app.command("dashboard")

@@ -90,6 +90,15 @@ def report_of(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def launch_on(cluster, graph: Path, name: str) -> subprocess.Popen:
+    """``dmnflow launch GRAPH --backend ray`` on the test cluster, its report beside the graph;
+    the caller stops it by its pid."""
+    return subprocess.Popen([sys.executable, "-m", "dmnflow", "launch", str(graph), "--backend", "ray", "--address",
+                             cluster.address, "--report", str(graph.parent / "r.json"), "--name", name],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NO_COLOR": "1"})
+
+
 def test_the_quickstart_across_three_nodes_gives_what_the_local_backend_gives(cluster, tmp_path: Path) -> None:
     sets = ["--set", "vars.count=300", "--set", "nodes.counter.params.rate_hz=0"]
     local = dmnflow("launch", "graphs/quickstart.yaml", *sets, out=tmp_path / "local")
@@ -206,10 +215,7 @@ def test_a_killed_worker_and_a_killed_actor_are_restarted_with_their_gaps_counte
             host: head
         """).lstrip())
     out = tmp_path / "out.txt"
-    proc = subprocess.Popen([sys.executable, "-m", "dmnflow", "launch", str(graph), "--backend", "ray", "--address",
-                             cluster.address, "--report", str(tmp_path / "r.json"), "--name", "kill-ray"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "NO_COLOR": "1"})
+    proc = launch_on(cluster, graph, "kill-ray")
     try:
         name, mid = actor("kill-ray.")  # any of the run's actors: wait until they exist
         name, mid = actor(name.split("/")[0] + "/mid#")
@@ -259,10 +265,7 @@ def test_ctrl_c_drains_the_graph_and_stops_every_actor(cluster, tmp_path: Path) 
             host: gpubox
         """).lstrip())
     out = tmp_path / "out.txt"
-    proc = subprocess.Popen([sys.executable, "-m", "dmnflow", "launch", str(graph), "--backend", "ray", "--address",
-                             cluster.address, "--report", str(tmp_path / "r.json"), "--name", "stop-ray"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "NO_COLOR": "1"})
+    proc = launch_on(cluster, graph, "stop-ray")
     try:
         assert wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 100, 90)
         proc.send_signal(signal.SIGINT)
@@ -311,10 +314,7 @@ def test_a_lost_node_fails_the_run_naming_the_nodes_on_it(cluster, tmp_path: Pat
         """).lstrip())
     out = tmp_path / "out.txt"
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dmnflow", "launch", str(graph), "--backend", "ray", "--address", cluster.address,
-             "--report", str(tmp_path / "r.json"), "--name", "lost-ray"], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+        proc = launch_on(cluster, graph, "lost-ray")
         try:
             assert wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 100, 90)
             cluster.remove_node(spare, allow_graceful=False)  # its raylet, actors and workers die at once
