@@ -512,6 +512,11 @@ class _Supervisor:
         code = proc.popen.poll()
         if code is None or proc.state == "done":
             return False
+        if code == 0:  # a clean exit: its `done` may still be queued behind other workers' messages
+            while (got := self.hear(0)) is not None:
+                self.on_message(*got)
+            if proc.state == "done":
+                return False
         pid = proc.popen.pid
         reason, fatal = getattr(proc.popen, "reason", None), getattr(proc.popen, "fatal", False)
         proc.past.append(proc.stats)
