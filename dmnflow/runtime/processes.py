@@ -21,7 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUN_DIR_PREFIX", "SPAWN_TIMEOUT_S", "ZYGOTE_ENV", "Forked", "Zygote", "subreaper", "sweep_run_dirs"]
+__all__ = ["RUN_DIR_PREFIX", "SPAWN_TIMEOUT_S", "ZYGOTE_ENV", "Forked", "Zygote", "exit_forked", "subreaper",
+           "sweep_run_dirs"]
 
 log = logging.getLogger("dmnflow.supervisor")
 
@@ -53,6 +54,15 @@ def sweep_run_dirs() -> list[str]:
 
 
 PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
+
+
+def exit_forked(code: int) -> None:
+    """End a forked child: its output flushed, none of the parent's atexit handlers or
+    buffered state run (``os._exit``)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def subreaper(on: bool) -> bool | None:
@@ -152,10 +162,7 @@ class Zygote:
             except BaseException:
                 traceback.print_exc()
             finally:
-                for stream in (sys.stdout, sys.stderr):
-                    with contextlib.suppress(Exception):
-                        stream.flush()
-                os._exit(code)
+                exit_forked(code)
         theirs.close()
         zygote.popen = Forked(pid)
         zygote.sock = ours

@@ -34,7 +34,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .trial import TrialProcess, TrialRequest
+from ..runtime.processes import exit_forked
+from .trial import TrialProcess, TrialRequest, read_request
 
 __all__ = ["Host", "connect", "main", "start_host", "warm_modules"]
 
@@ -87,22 +88,7 @@ def _fork_trial(conn: socket.socket, listener: socket.socket, request: TrialRequ
 
         traceback.print_exc()
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
-
-
-def _read_line(conn: socket.socket, timeout_s: float) -> bytes:
-    conn.settimeout(timeout_s)
-    buffer = b""
-    while b"\n" not in buffer:
-        chunk = conn.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before the request")
-        buffer += chunk
-    conn.settimeout(None)
-    return buffer.split(b"\n", 1)[0]
+        exit_forked(code)
 
 
 def serve(listener: socket.socket) -> None:
@@ -117,7 +103,7 @@ def serve(listener: socket.socket) -> None:
             if ready:
                 conn, _ = listener.accept()
                 try:
-                    request = TrialRequest.from_json(_read_line(conn, 10.0))
+                    request = read_request(conn, 10.0)
                 except (OSError, ValueError, TypeError) as exc:
                     with contextlib.suppress(OSError):
                         conn.sendall(json.dumps({"event": "done", "state": "fail", "values": None, "figures": {},

@@ -41,7 +41,7 @@ from ..errors import Location
 from ..spec import Override
 from .objectives import Objective, report_figures, value_of
 
-__all__ = ["TrialProcess", "TrialRequest", "run_child"]
+__all__ = ["TrialProcess", "TrialRequest", "read_request", "run_child"]
 
 
 @dataclass
@@ -143,13 +143,16 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _read_request(sock: socket.socket) -> TrialRequest:
+def read_request(sock: socket.socket, timeout_s: float | None = None) -> TrialRequest:
+    """The trial's request: one JSON line on ``sock`` (from the study, or the warm host)."""
+    sock.settimeout(timeout_s)
     buffer = b""
     while b"\n" not in buffer:
         chunk = sock.recv(65536)
         if not chunk:
             raise ConnectionError("the request never came")
         buffer += chunk
+    sock.settimeout(None)
     line, _ = buffer.split(b"\n", 1)
     return TrialRequest.from_json(line)
 
@@ -162,7 +165,7 @@ def run_child(sock: socket.socket, request: TrialRequest | None = None) -> int:
 
     chan = _Channel(sock)
     try:
-        request = request or _read_request(sock)
+        request = request or read_request(sock)
     except (OSError, ValueError, TypeError) as exc:
         chan.send(event="done", state="fail", reason=f"bad trial request: {exc}", values=None, figures={})
         return 1
