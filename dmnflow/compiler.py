@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib
 import inspect
 import ipaddress
 import os
-import pkgutil
 import re
-import sys
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from .codecs import codec_names, get_codec
 from .errors import CompileError, Issue, IssueList, Location, SpecError, sort_issues
+from .importing import ImportPathError, load_object, subclass_of, user_frame
 from .node import Input, Node, Output, Ports, check_types, describe_type
 from .observe.budgets import check_budgets, plan_budgets
 from .plan import (
@@ -189,35 +186,11 @@ class _Compiler:
         uses = node.entry.spec.uses
         where = self.loc("nodes", node.entry.name, "uses")
         path = f"nodes.{node.entry.name}.uses"
-        module_name, _, qualname = uses.partition(":")
-        if os.getcwd() not in sys.path:  # resolve users' packages like `python -m` does
-            sys.path.insert(0, os.getcwd())
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-                self.add("import-error", f"cannot import {module_name!r}: no module named {exc.name!r}",
-                         where, path, _module_hint(exc.name))
-            else:
-                self.add("import-error", f"importing {module_name!r} failed: {exc}{_user_frame(exc)}",
-                         where, path, f"install the missing package {exc.name!r}")
+            obj = load_object(uses, kind=subclass_of(Node), what="node classes")
+        except ImportPathError as exc:
+            self.add("import-error", exc.message, where, path, exc.hint)
             return
-        except (Exception, SystemExit) as exc:  # user code ran at import time; show where it broke
-            self.add("import-error", f"importing {module_name!r} raised {type(exc).__name__}: "
-                     f"{exc}{_user_frame(exc)}", where, path, "fix the error in that module")
-            return
-        obj: Any = module
-        for part in qualname.split("."):
-            nxt = getattr(obj, part, None)
-            if nxt is None:
-                classes = [n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, Node)
-                           and v is not Node]
-                near = difflib.get_close_matches(part, classes, n=1)
-                hint = f"did you mean {module_name}:{near[0]}?" if near else (
-                    f"node classes there: {', '.join(sorted(classes))}" if classes else "")
-                self.add("import-error", f"module {module_name!r} has no {part!r}", where, path, hint)
-                return
-            obj = nxt
         if not (inspect.isclass(obj) and issubclass(obj, Node)):
             self.add("not-a-node", f"{uses} is not a dmnflow Node class", where, path,
                      "subclass dmnflow.Node and declare its ports")
@@ -266,7 +239,7 @@ class _Compiler:
             return
         except Exception as exc:  # a validator in the user's Params raised something else
             self.add("node-error", f"validating params of {node.cls.__name__} raised {type(exc).__name__}: "
-                     f"{exc}{_user_frame(exc)}", self.loc(*base) or self.loc("nodes", name, "uses"),
+                     f"{exc}{user_frame(exc)}", self.loc(*base) or self.loc("nodes", name, "uses"),
                      f"nodes.{name}.params", "fix the Params model: validators should raise ValueError")
             return
         if unknown:
@@ -284,7 +257,7 @@ class _Compiler:
             ports = node.cls.ports(params)  # type: ignore[arg-type]
         except Exception as exc:
             self.add("node-error", f"{node.cls.__name__}.ports() raised {type(exc).__name__}: {exc}"
-                     f"{_user_frame(exc)}", self.loc("nodes", name, "uses"), f"nodes.{name}", "fix the node class")
+                     f"{user_frame(exc)}", self.loc("nodes", name, "uses"), f"nodes.{name}", "fix the node class")
             return
         if not (isinstance(ports, Ports) and all(isinstance(v, Input) for v in ports.inputs.values())
                 and all(isinstance(v, Output) for v in ports.outputs.values())):
@@ -881,30 +854,6 @@ def _field_hint(model: type[BaseModel], key: str) -> str:
     kind = getattr(info.annotation, "__name__", str(info.annotation))
     doc = f": {info.description}" if info.description else ""
     return f"{key} is {kind}{doc}"
-
-
-def _module_hint(missing: str) -> str:
-    parent, _, leaf = missing.rpartition(".")
-    if parent:
-        try:
-            package = importlib.import_module(parent)
-        except Exception:
-            return f"is the package {parent!r} installed?"
-        found = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
-        near = difflib.get_close_matches(leaf, found, n=1)
-        if near:
-            return f"did you mean {parent}.{near[0]}?"
-        return f"modules in {parent}: {', '.join(sorted(found))}" if found else ""
-    return "is it installed, or is the current directory the project root?"
-
-
-def _user_frame(exc: BaseException) -> str:
-    """`` (at file:line)`` of the deepest frame outside dmnflow and importlib, if any."""
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return f" (at {exc.filename}:{exc.lineno}:{exc.offset or 0})"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if "importlib" not in f.filename and "dmnflow" not in Path(f.filename).parts]
-    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _coalesce_plan(spec: CoalesceSpec) -> CoalescePlan | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import heapq
-import importlib
 import inspect
 import os
 import signal
@@ -37,7 +36,8 @@ import zmq
 
 from ..codecs import Limits, get_codec
 from ..errors import ConfigError, NodeError, TransportError
-from ..node import Context, Message, Node
+from ..importing import load_object
+from ..node import Context, Message
 from ..observe.taps import Taps
 from ..plan import RUN_DIR, NodePlan, Plan
 from ..transport import Counters, Flusher, Histogram, Inlet, Link, Outlet
@@ -82,14 +82,6 @@ def _pin(cpus: list[int]) -> None:
     threads = str(len(cpus))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, threads)  # before the node's modules import numpy/torch
-
-
-def _load_class(uses: str) -> type[Node]:
-    module, _, qualname = uses.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 class _Join:
@@ -180,7 +172,7 @@ class NodeRunner:
             counters = Counters(_one_node_layout(index))
         self.mv = counters.mv
         self.nbase = counters.layout.node(index)
-        self.cls = _load_class(plan_node.uses)
+        self.cls = load_object(plan_node.uses)
         params = self.cls.Params.model_validate(plan_node.params)
         self.ports = self.cls.ports(params)
         self.outlets: dict[str, Outlet] = {}  # filled by the worker as it binds

@@ -10,12 +10,13 @@ writes the model file a graph runs (with its provenance sidecar).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from ..importing import ImportPathError, load_object, subclass_of
 
 __all__ = ["Trainer", "load_trainer"]
 
@@ -61,18 +62,10 @@ def load_trainer(uses: str) -> type[Trainer]:
     Raises:
         ValueError: it cannot be imported, or it is not a Trainer subclass (the message says which).
     """
-    module_name, sep, qualname = uses.partition(":")
-    if not sep or not module_name or not qualname:
-        raise ValueError(f"{uses!r} is not 'package.module:Class' (e.g. 'nodes.models.tuning:LSTMTrainer')")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r}: {exc}") from exc
-    for part in qualname.split("."):
-        nxt = getattr(obj, part, None)
-        if nxt is None:
-            raise ValueError(f"module {module_name!r} has no {part!r}")
-        obj = nxt
+        obj = load_object(uses, kind=subclass_of(Trainer), what="trainers")
+    except ImportPathError as exc:
+        raise ValueError(f"{exc.message}; {exc.hint}" if exc.hint else exc.message) from exc
     if not (inspect.isclass(obj) and issubclass(obj, Trainer)):
         raise ValueError(f"{uses} is not a dmnflow.tune.Trainer subclass")
     return obj

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from ..compiler import compile_graph
 from ..errors import GraphError, Issue, IssueList, Location, SpecError
+from ..importing import ImportPathError, load_object
 from ..plan import Plan
 from ..spec import (
     GraphSpec,
@@ -719,14 +720,7 @@ class _Loader:
 
 def _node_class(uses: str) -> Any:
     """The node class a plan names (already imported by the compile)."""
-    import importlib
-
-    module, _, qualname = uses.partition(":")
     try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
+        return load_object(uses)
+    except ImportPathError:
         return None
-    return obj
-
