@@ -10,7 +10,8 @@ import math
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,77 +21,110 @@ from pydantic import BaseModel
 
 from .codecs import get_codec
 from .compiler import plan_model
-from .errors import DecodeError
-from .node import Context, Node
-from .plan import ModelPlan
+from .errors import DecodeError, NodeError
+from .node import Context, Node, Ports, describe_type
+from .plan import BatchPlan, InputPlan, JoinPlan, ModelPlan, NodePlan, OutputPlan, RestartPlan
+from .runtime.node_runner import NodeRunner
 from .spec import ModelSpec
+from .transport.memory import MemoryInlet, MemoryOutlet
 
-__all__ = ["RecordingContext", "check_codec", "run_node"]
+__all__ = ["RecordingContext", "Tick", "check_codec", "run_node"]
+
+
+@dataclass(frozen=True)
+class Tick:
+    """An item of ``run_node``'s inputs that calls the timer ``name`` (``on_<name>``) at that
+    point of the sequence: a test decides when timers fire, so its result does not depend on
+    the clock."""
+
+    name: str
 
 
 def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
-             inputs: Iterable[tuple[Any, ...]] = (), model: str | os.PathLike[str] | dict[str, Any] | None = None,
-             join: Sequence[str] = (), node: Node | None = None) -> dict[str, list[Any]]:
+             inputs: Iterable[tuple[Any, ...] | Tick] = (),
+             model: str | os.PathLike[str] | dict[str, Any] | None = None,
+             join: Sequence[str] = (), batch: Mapping[str, int] | None = None, node: Node | None = None,
+             name: str | None = None) -> dict[str, list[Any]]:
     """Run a node in this process, no sockets: what it emitted, per output port.
 
-    Params are validated as the compiler would; ``setup`` runs first and ``teardown``
-    last; each ``(port, value)`` or ``(port, value, event_time)`` of ``inputs`` goes to its
-    handler in order (``ctx.message`` says which port and event time), and a source's
-    ``run`` generator is taken to its end. Exceptions from the node propagate.
+    The node runs in the worker's own ``NodeRunner``, with in-memory outlets: params are
+    validated as the compiler would; ``setup`` runs first and ``teardown`` last; a source's
+    ``run`` (a generator, or a plain loop that calls ``ctx.emit``) is taken to its end; each
+    ``(port, value)`` or ``(port, value, event_time)`` of ``inputs`` goes to its handler in
+    order (``ctx.message`` says which port and event time), and each ``Tick("flush")`` calls
+    the timer ``on_flush``. Exceptions from the node propagate.
 
     ``join`` names the inputs the YAML would join (``join: {inputs: [...]}``): their values
-    are aligned by event time exactly as the runtime does and handed to ``on_join``.
+    are aligned by event time exactly as the runtime does and handed to ``on_join``, with
+    ``ctx.joined``. ``batch`` maps an input to its ``batch: {max: N}``: its handler gets
+    lists of up to N values (``ctx.batch`` their messages), the rest when the input ends.
     ``model`` is a model node's ``model:`` block (a path, or a mapping with ``path``,
     ``device``, ``dtype``...). Pass ``node`` (an instance of ``cls``) to look at its state
-    afterwards, e.g. its ``summary()``.
+    afterwards, e.g. its ``summary()``; ``name`` is the node's name (``ctx.name``).
 
         out = run_node(Scale, params={"factor": 2}, inputs=[("value", 1.0), ("value", 2.5)])
         assert out["scaled"] == [2.0, 5.0]
     """
-    from .runtime.worker import _Join
-
+    items = list(inputs)
     validated = cls.Params.model_validate(params or {})
     ports = cls.ports(validated)
-    emitted: dict[str, list[Any]] = {port: [] for port in ports.outputs}
-
-    def emit(port: str, value: Any, topic: str | None, event_time: Any, attrs: Any = None, of: Any = None) -> None:
-        if port not in emitted:
-            raise KeyError(f"{cls.__name__} has no output {port!r}; outputs: {sorted(emitted)}")
-        emitted[port].append(value)
-
-    node = node if node is not None else cls()
-    ctx = Context(cls.__name__, validated, emit, model=_model_plan(model))
-    joiner = _Join(list(join), None) if join else None
-    if hasattr(node, "setup"):
-        node.setup(ctx)
-    if cls.is_source():
-        for item in node.run(ctx):  # type: ignore[attr-defined]
-            if item is not None:
-                emit(item[0], item[1], None, None)
-
-    def call_join(released: list[tuple[Any, dict[str, Any]]]) -> None:
-        for event_time, values in released:
-            ctx.message.port, ctx.message.event_time = "", event_time
-            node.on_join(values, ctx)  # type: ignore[attr-defined]
-
-    for item in inputs:
-        port, value = item[0], item[1]
+    batch = dict(batch or {})
+    for port in [*join, *batch]:
         if port not in ports.inputs:
             raise KeyError(f"{cls.__name__} has no input {port!r}; inputs: {sorted(ports.inputs)}")
-        ctx.message.port, ctx.message.event_time = port, item[2] if len(item) > 2 else None
-        if joiner is not None and port in joiner.ports:
-            call_join(joiner.add(port, 0, ctx.message.event_time, value))
-            continue
-        handler = getattr(node, f"on_{port}", None)
-        if handler is not None:
-            handler(value, ctx)
-        else:
-            node.on_message(port, value, ctx)  # type: ignore[attr-defined]
-    if joiner is not None:
-        call_join(joiner.release(final=True))
-    if hasattr(node, "teardown"):
-        node.teardown(ctx)
-    return emitted
+    timers = {item.name: math.inf for item in items if isinstance(item, Tick)}
+    for timer in timers:
+        if not callable(getattr(cls, f"on_{timer}", None)):
+            raise KeyError(f"{cls.__name__} has no timer handler on_{timer}")
+    plan = _node_plan(cls, name or cls.__name__, params or {}, ports, _model_plan(model), join, batch, timers)
+    runner = NodeRunner(plan, 0, cls=cls, node=node)
+    outlets = {port: MemoryOutlet(port) for port in ports.outputs}
+    runner.outlets.update(outlets)
+    feeds = {port: MemoryInlet(port) for port in ports.inputs}
+    if runner.join is not None:
+        for port in runner.join.ports:
+            runner.join.producers[port] = {feeds[port].src}
+    try:
+        runner.setup()
+        while runner.gen is not None:
+            runner.step(64)
+        if runner.loop_source:
+            runner.run_loop(lambda: None)
+        for item in items:
+            if isinstance(item, Tick):
+                runner.fire(item.name)
+                continue
+            port = item[0]
+            if port not in feeds:
+                raise KeyError(f"{cls.__name__} has no input {port!r}; inputs: {sorted(ports.inputs)}")
+            if not (cls.handles(port) or port in join):
+                raise KeyError(f"{cls.__name__} has no handler for input {port!r}: "
+                               f"define on_{port}(self, value, ctx) or on_message(self, port, value, ctx)")
+            runner.take(port, [feeds[port].record(item[1], item[2] if len(item) > 2 else None)])
+        for port in feeds:
+            runner.input_ended(port)
+        runner.finish()
+    except NodeError as exc:  # the runner names the node and port; a test wants the node's own exception
+        if exc.__cause__ is None:
+            raise
+        raise exc.__cause__.with_traceback(exc.__cause__.__traceback__) from None
+    return {port: [sent.value for sent in outlet.sent] for port, outlet in outlets.items()}
+
+
+def _node_plan(cls: type[Node], name: str, params: dict[str, Any], ports: Ports, model: ModelPlan | None,
+               join: Sequence[str], batch: Mapping[str, int], timers: dict[str, float]) -> NodePlan:
+    """The plan the compiler would give this node on its own (nothing connected)."""
+    inputs = [InputPlan(port=port, type=describe_type(inp.type), policy="block", queue=1000, topics=[],
+                        feedback=False, batch=BatchPlan(max=batch[port], wait_s=math.inf) if port in batch else None,
+                        connects=[]) for port, inp in ports.inputs.items()]
+    outputs = [OutputPlan(port=port, type=describe_type(out.type), codec=out.codec or "msgpack", compress_above=None,
+                          binds=[]) for port, out in ports.outputs.items()]
+    return NodePlan(name=name, spec_name=name, uses=f"{cls.__module__}:{cls.__qualname__}", params=params, layer=None,
+                    process=name, cpus=[], gpu=None, replica=None, replicas=1,
+                    restart=RestartPlan(policy="never", max_restarts=0, backoff_s=0.0, backoff_max_s=0.0),
+                    busy=bool(cls.busy), source=cls.is_source(), model=model,
+                    join=JoinPlan(inputs=list(join), timeout_s=None) if join else None, timers=timers,
+                    inputs=inputs, outputs=outputs, loc=name)
 
 
 class RecordingContext(Context):

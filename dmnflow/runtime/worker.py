@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import heapq
-import inspect
 import os
 import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -36,26 +33,14 @@ import zmq
 
 from ..codecs import Limits, get_codec
 from ..errors import ConfigError, NodeError, TransportError
-from ..importing import load_object
-from ..node import Context, Message
 from ..observe.taps import Taps
-from ..plan import RUN_DIR, NodePlan, Plan
-from ..transport import Counters, Flusher, Histogram, Inlet, Link, Outlet
+from ..plan import RUN_DIR, Plan
+from ..transport import Counters, Flusher, Inlet, Link, Outlet
 from ..transport.security import Curve, KeyError_, Watch, load_curve
-from ..transport.stats import (
-    ACKED,
-    N_CONFLATED,
-    N_HANDLING,
-    N_HANDLING_OUT,
-    N_IN,
-    N_JOIN_INCOMPLETE,
-    N_OUT,
-    SENT,
-    Layout,
-)
 from ..transport.wire import read_token, shm_tag
 from . import protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
+from .node_runner import NodeRunner
 
 LINGER_S = 5.0
 SOURCE_STEPS = 64  # items taken from a source's generator per turn of the loop
@@ -84,372 +69,6 @@ def _pin(cpus: list[int]) -> None:
         os.environ.setdefault(var, threads)  # before the node's modules import numpy/torch
 
 
-class _Join:
-    """Aligns inputs by event time: releases an event time once every joined input has
-    delivered it, in event-time order, so the node sees the same calls on every run.
-
-    An event time is given up on (and counted) when an input that lacks it has moved past it
-    (each producer's stream arrives in event-time order: an input fed by several producers,
-    such as the replicas of a node sharing the work, has moved past a time once every one
-    of them has), has ended, or after ``timeout_s`` (live graphs).
-    """
-
-    def __init__(self, ports: list[str], timeout_s: float | None) -> None:
-        self.ports = ports
-        self.timeout_s = timeout_s
-        self.pending: dict[Any, dict[str, Any]] = {}
-        self.first_seen: dict[Any, float] = {}
-        self.times: list[Any] = []  # a heap of the pending event times
-        self.producers: dict[str, set[int]] = {p: set() for p in ports}  # filled by the worker
-        self.latest: dict[tuple[str, int], Any] = {}  # (port, producer) -> its newest event time
-        self.ended: set[str] = set()
-        self.incomplete = 0
-
-    def add(self, port: str, src: int, event_time: Any, value: Any) -> list[tuple[Any, dict[str, Any]]]:
-        group = self.pending.get(event_time)
-        if group is None:
-            group = self.pending[event_time] = {}
-            self.first_seen[event_time] = time.monotonic()
-            heapq.heappush(self.times, event_time)
-        group[port] = value
-        self.latest[(port, src)] = event_time
-        return self.release()
-
-    def passed(self, port: str, t: Any) -> bool:
-        """Whether every producer of ``port`` has sent something later than ``t``."""
-        latest = self.latest
-        producers = self.producers[port] or {src for p, src in latest if p == port}
-        return bool(producers) and all((port, s) in latest and latest[(port, s)] > t for s in producers)
-
-    def release(self, final: bool = False) -> list[tuple[Any, dict[str, Any]]]:
-        ready = []
-        now = time.monotonic()
-        while self.times:
-            t = self.times[0]
-            group = self.pending[t]
-            if len(group) < len(self.ports):
-                missing = [p for p in self.ports if p not in group]
-                gone = final or any(p in self.ended or self.passed(p, t) for p in missing)
-                late = self.timeout_s is not None and now - self.first_seen[t] > self.timeout_s
-                if not (gone or late):
-                    break
-                self.incomplete += 1
-            else:
-                ready.append((t, group))
-            heapq.heappop(self.times)
-            del self.pending[t], self.first_seen[t]
-        return ready
-
-
-class _StopSource(Exception):
-    """Raised inside a plain-loop source's ``emit`` when the graph is being stopped."""
-
-
-class _Batch:
-    """Messages of one input waiting to be handed over together (``batch: {max, wait}``)."""
-
-    __slots__ = ("max", "wait_s", "values", "headers", "due")
-
-    def __init__(self, max_: int, wait_s: float) -> None:
-        self.max, self.wait_s = max_, wait_s
-        self.values: list[Any] = []
-        self.headers: list[list[Any]] = []
-        self.due = 0.0
-
-
-def _message(port: str, header: list[Any]) -> Message:
-    """The ``ctx.message`` view of a received header (the inlet appends the topic to it)."""
-    return Message(port, header[10].decode("utf-8", "replace"), header[3], header[4], header[7], header[9], header[5])
-
-
-class NodeRunner:
-    """One node instance inside the worker: its object, context, handlers and counters."""
-
-    def __init__(self, plan_node: NodePlan, index: int, counters: Counters | None = None) -> None:
-        self.plan = plan_node
-        self.index = index
-        if counters is None:  # on its own (dmnflow.testing): counts in private memory
-            counters = Counters(_one_node_layout(index))
-        self.mv = counters.mv
-        self.nbase = counters.layout.node(index)
-        self.cls = load_object(plan_node.uses)
-        params = self.cls.Params.model_validate(plan_node.params)
-        self.ports = self.cls.ports(params)
-        self.outlets: dict[str, Outlet] = {}  # filled by the worker as it binds
-        self.node = self.cls()
-        self.ctx = Context(plan_node.name, params, self._emit, replica=plan_node.replica, model=plan_node.model,
-                           alloc=self._alloc)
-        self.origin_ns = 0
-        self.origin = -1
-        self.e2e: dict[int, Histogram] = {}  # per origin source, at sinks
-        self.topic_bytes, self.topic = b"", ""  # the last topic seen, decoded
-        self.is_sink = not plan_node.outputs
-        self.handlers = {i.port: getattr(self.node, f"on_{i.port}", None) for i in plan_node.inputs}
-        self.on_message = getattr(self.node, "on_message", None)
-        self.gen: Iterator[Any] | None = None
-        self.loop_source = False  # a source whose run() is a plain loop, not a generator
-        self.stopping = False
-        self.check_control: Callable[[], None] = lambda: None
-        self.next_check = 0.0
-        self.done = False
-        self.join = None if plan_node.join is None else _Join(plan_node.join.inputs, plan_node.join.timeout_s)
-        self.batches = {i.port: _Batch(i.batch.max, i.batch.wait_s) for i in plan_node.inputs if i.batch}
-        self.latest = {i.port for i in plan_node.inputs if i.policy == "latest"}
-        self.alo_inlets: dict[str, Inlet] = {}  # at-least-once inputs: say `done` once handled
-        self.custody: list[Any] = []  # at-least-once: (inlet, header, out marks) waiting for downstream
-        self.alo_routers: list[Any] = []  # this node's at-least-once outputs (their consumers' `done`)
-        now = time.monotonic()
-        self.timers = [[now + period, period, getattr(self.node, f"on_{name}"), name]
-                       for name, period in plan_node.timers.items()]
-        # inputs that end it: a node whose inputs are all feedback (a loop its timer drives) runs until stopped
-        self.forward_inputs = any(not i.feedback for i in plan_node.inputs)
-
-    def setup(self) -> None:
-        if hasattr(self.node, "setup"):
-            self.node.setup(self.ctx)
-        if self.plan.source:
-            run = self.node.run  # type: ignore[attr-defined]
-            if inspect.isgeneratorfunction(run):
-                self.gen = run(self.ctx)  # creating it runs nothing yet
-            else:
-                self.loop_source = True  # a plain loop calling ctx.emit: it runs once the graph starts
-
-    def run_loop(self, check_control: Callable[[], None]) -> None:
-        """Run a plain-loop source to its end; its ``emit`` looks at the control socket every
-        ~20 ms, and a stop ends the loop from inside ``emit``."""
-        self.check_control = check_control
-        try:
-            result = self.node.run(self.ctx)  # type: ignore[attr-defined]
-            for item in result if hasattr(result, "__next__") else ():
-                self._emit_yielded(item)
-        except _StopSource:
-            pass
-        finally:
-            self.loop_source = False
-
-    def _emit(self, port: str, value: Any, topic: str | None, event_time: Any, attrs: Any = None,
-              of: Message | None = None) -> None:
-        if self.loop_source:
-            now = time.monotonic()
-            if now >= self.next_check:
-                self.next_check = now + 0.02
-                self.check_control()
-            if self.stopping:
-                raise _StopSource
-        outlet = self.outlets.get(port)
-        if outlet is None:
-            raise KeyError(f"{self.cls.__name__} has no output {port!r}; outputs: {sorted(self.outlets)}")
-        if of is not None and of.origin >= 0:  # derived from one message of a batch
-            origin_ns, origin = of.origin_ns, of.origin
-            if event_time is None:
-                event_time = of.event_time
-        elif self.origin < 0:  # a source (or a timer): the data enters the graph now
-            origin_ns, origin = time.time_ns(), self.index
-        else:
-            origin_ns, origin = self.origin_ns, self.origin
-            if event_time is None:
-                event_time = self.ctx.message.event_time
-        self.mv[self.nbase + N_OUT] += 1  # before the outlet has it: a kill between the two is a loss, counted
-        outlet.send(value, topic.encode() if topic is not None else None, origin_ns, origin, event_time, attrs)
-
-    def _alloc(self, port: str, shape: Any, dtype: Any) -> Any:
-        outlet = self.outlets.get(port)
-        if outlet is None:
-            raise KeyError(f"{self.cls.__name__} has no output {port!r}; outputs: {sorted(self.outlets)}")
-        return outlet.alloc(shape, dtype)
-
-    def deliver(self, port: str, value: Any, header: list[Any]) -> None:
-        batch = self.batches.get(port)
-        if batch is not None:
-            batch.values.append(value)
-            batch.headers.append(header)
-            if len(batch.values) == 1:
-                batch.due = time.monotonic() + batch.wait_s
-            if len(batch.values) >= batch.max:
-                self.flush(port, batch)
-            return
-        self.handle(port, value, header)
-
-    def flush(self, port: str, batch: _Batch) -> None:
-        """Hand the handler the batch as one list; ``ctx.batch`` holds each value's message,
-        and ``ctx.message`` is the last one's."""
-        values, headers = batch.values, batch.headers
-        batch.values, batch.headers = [], []
-        self.ctx.batch = [_message(port, h) for h in headers]
-        try:
-            self.handle(port, values, headers[-1], len(values))
-        finally:
-            self.ctx.batch = []
-
-    def flush_due(self, now: float, force: bool = False) -> None:
-        for port, batch in self.batches.items():
-            if batch.values and (force or now >= batch.due):
-                self.flush(port, batch)
-
-    def handle(self, port: str, value: Any, header: list[Any], count: int = 1) -> None:
-        message = self.ctx.message
-        topic = header[10]
-        if topic != self.topic_bytes:  # most messages repeat the topic before them
-            self.topic_bytes, self.topic = topic, topic.decode("utf-8", "replace")
-        message.port, message.seq, message.topic = port, header[3], self.topic
-        message.origin_ns, message.event_time, message.attrs = header[4], header[7], header[9]
-        self.origin_ns = message.origin_ns
-        self.origin = message.origin = header[5]
-        mv, nbase = self.mv, self.nbase
-        mv[nbase + N_IN] += count
-        # what a kill would interrupt: the report counts a message whose handler emitted nothing yet as lost
-        mv[nbase + N_HANDLING_OUT] = mv[nbase + N_OUT]
-        mv[nbase + N_HANDLING] = count
-        try:
-            if self.join is not None and port in self.join.ports:
-                for event_time, values in self.join.add(port, header[1], header[7], (value, header)):
-                    self.call_join(event_time, values)
-            elif (handler := self.handlers.get(port)) is not None:
-                handler(value, self.ctx)
-            else:
-                self.on_message(port, value, self.ctx)  # type: ignore[misc]
-        except Exception as exc:
-            raise NodeError(f"{type(exc).__name__}: {exc}", node=self.plan.name, port=port,
-                            seq=header[3]) from exc
-        mv[nbase + N_HANDLING] = 0
-        inlet = self.alo_inlets.get(port) if self.alo_inlets else None
-        if inlet is not None:
-            self.handled(inlet, header)
-        if self.is_sink and header[5] >= 0:
-            hist = self.e2e.get(header[5])
-            if hist is None:
-                hist = self.e2e[header[5]] = Histogram()
-            hist.add(time.time_ns() - header[4])
-        self.origin = -1
-
-    def handled(self, inlet: Inlet, header: list[Any]) -> None:
-        """At-least-once: a record is done once its handler returned and everything it emitted
-        on this node's at-least-once outputs is handled downstream too (their `done` came)."""
-        if not self.alo_routers:
-            inlet.handled(header)
-            return
-        marks = [(router.mv, router.base[edge] + ACKED, router.mv[router.base[edge] + SENT])
-                 for router in self.alo_routers for edge in router.held]
-        self.custody.append((inlet, header, marks))
-
-    def release_custody(self) -> None:
-        """Say `done` upstream for every record whose outputs downstream has handled."""
-        custody = self.custody
-        released = 0
-        for inlet, header, marks in custody:
-            if not all(mv[acked] >= sent for mv, acked, sent in marks):
-                break
-            inlet.handled(header)
-            released += 1
-        if released:
-            del custody[:released]
-
-    def call_join(self, event_time: Any, group: dict[str, tuple[Any, list[Any]]]) -> None:
-        """``on_join`` with one value per input; ``ctx.joined`` holds the message behind each."""
-        self.ctx.message.port, self.ctx.message.event_time = "", event_time
-        self.ctx.joined = {port: _message(port, header) for port, (_, header) in group.items()}
-        try:
-            self.node.on_join({port: value for port, (value, _) in group.items()}, self.ctx)  # type: ignore
-        except Exception as exc:
-            raise NodeError(f"{type(exc).__name__} in on_join at event time {event_time!r}: {exc}",
-                            node=self.plan.name, port="join") from exc
-
-    def input_ended(self, port: str) -> None:
-        """An input delivered its end-of-stream: its batch goes out; event times still waiting
-        for it never complete."""
-        batch = self.batches.get(port)
-        if batch is not None and batch.values:
-            self.flush(port, batch)
-        if self.join is not None and port in self.join.ports and port not in self.join.ended:
-            self.join.ended.add(port)
-            for event_time, values in self.join.release():
-                self.call_join(event_time, values)
-
-    def fire_timers(self, now: float) -> float:
-        """Call the timers that are due; the time until the next one is due."""
-        for timer in self.timers:
-            if now >= timer[0]:
-                timer[0] = max(timer[0] + timer[1], now)  # late ticks are skipped, not bunched
-                try:
-                    timer[2](self.ctx)
-                except Exception as exc:
-                    raise NodeError(f"{type(exc).__name__} in timer on_{timer[3]}: {exc}", node=self.plan.name,
-                                    port=f"timer {timer[3]}") from exc
-        return min(t[0] for t in self.timers) - now
-
-    def step(self, steps: int) -> None:
-        """Take up to ``steps`` items from the source's generator; end the stream when it returns."""
-        for _ in range(steps):
-            try:
-                item = next(self.gen)  # type: ignore[arg-type]
-            except StopIteration:
-                self.gen = None
-                return
-            self._emit_yielded(item)
-
-    def _emit_yielded(self, item: Any) -> None:
-        """What a source yields: ``(port, value)``, ``(port, value, event_time)`` or None (a turn)."""
-        if item is not None:
-            self._emit(item[0], item[1], None, item[2] if len(item) > 2 else None)
-
-    def stop_source(self) -> None:
-        self.stopping = True
-        if self.gen is not None:
-            self.gen.close()  # type: ignore[attr-defined]  # made by a generator function
-            self.gen = None
-
-    def finish(self) -> None:
-        """The node's inputs (or its source) ended: teardown, then end-of-stream downstream."""
-        self.done = True
-        self.flush_due(0.0, force=True)
-        if self.join is not None:
-            for event_time, values in self.join.release(final=True):
-                self.call_join(event_time, values)
-        if hasattr(self.node, "teardown"):
-            self.node.teardown(self.ctx)
-        for outlet in self.outlets.values():
-            outlet.send_eos()
-
-    @property
-    def messages_in(self) -> int:
-        return self.mv[self.nbase + N_IN]
-
-    @property
-    def messages_out(self) -> int:
-        return self.mv[self.nbase + N_OUT]
-
-    def stats(self) -> dict[str, Any]:
-        """What a heartbeat carries of this node; its counts are in the counters file."""
-        if self.join is not None:
-            self.mv[self.nbase + N_JOIN_INCOMPLETE] = self.join.incomplete
-        summary = getattr(self.node, "summary", None)
-        progress = getattr(self.node, "progress", None)
-        return {"e2e": {origin: h.to_sparse() for origin, h in self.e2e.items()},
-                "summary": summary() if callable(summary) else None,
-                "progress": _progress(progress()) if callable(progress) else None}
-
-    def on_budget(self, event: dict[str, Any]) -> None:
-        """A latency budget was missed, or is met again: the node's ``on_budget``, if it has one."""
-        handler = getattr(self.node, "on_budget", None)
-        if handler is None or self.done:
-            return
-        try:
-            handler(event, self.ctx)
-        except Exception as exc:
-            raise NodeError(f"{type(exc).__name__} in on_budget: {exc}", node=self.plan.name,
-                            port="on_budget") from exc
-
-
-def _progress(value: Any) -> dict[str, Any] | None:
-    """A node's ``progress()``: ``(done, total)`` or ``(done, total, unit)``, total None when unknown."""
-    if not isinstance(value, tuple | list) or len(value) not in (2, 3):
-        return None
-    done, total = value[0], value[1]
-    if not isinstance(done, int | float) or not (total is None or isinstance(total, int | float)):
-        return None
-    return {"done": done, "total": total, "unit": str(value[2]) if len(value) == 3 else ""}
-
-
 def _rss() -> int:
     """This process's resident memory, bytes (0 where /proc is not there)."""
     try:
@@ -457,10 +76,6 @@ def _rss() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-def _one_node_layout(index: int) -> Layout:
-    return Layout(edges=0, nodes=index + 1, outputs=0, binds=0)
 
 
 class Worker:
@@ -709,17 +324,7 @@ class Worker:
                     check_end = True
                 elif sock in inlet_of:
                     runner, inlet = inlet_of[sock]
-                    if inlet.port in runner.latest:  # keep only the newest of what is waiting
-                        waiting = list(inlet.receive(sock, inlet.read_batch))
-                        if waiting:
-                            runner.mv[runner.nbase + N_CONFLATED] += len(waiting) - 1
-                            runner.deliver(inlet.port, *waiting[-1])
-                    else:
-                        port = inlet.port
-                        deliver = runner.deliver if port in runner.batches else runner.handle
-                        for value, header in inlet.receive(sock, inlet.read_batch):
-                            deliver(port, value, header)
-
+                    runner.take(inlet.port, inlet.receive(sock, inlet.read_batch))
                     if inlet.ended:
                         runner.input_ended(inlet.port)
                         check_end = True

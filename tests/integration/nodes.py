@@ -343,3 +343,60 @@ class Score(Node):
             return {}
         score = math.nan if self.p.mode == "nan" else -(self.p.x - 3) ** 2 - (self.p.y + 1) ** 2
         return {"score": score, "seen": self.seen}
+
+
+class Feed(Node):
+    """A plain-loop source (``run`` calls ``ctx.emit``): for t = 1..count, ``t`` on ``value``,
+    ``x`` and ``y`` and ``"t<t>"`` on ``label``, event time t."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        count: int = 100
+
+    value = Output(float)
+    x = Output(float)
+    y = Output(float)
+    label = Output(str)
+
+    def run(self, ctx: Any) -> None:
+        for t in range(1, ctx.params.count + 1):
+            ctx.emit("value", float(t), event_time=t)
+            ctx.emit("x", float(t), event_time=t)
+            ctx.emit("y", 10.0 * t, event_time=t)
+            ctx.emit("label", f"t{t}", event_time=t)
+
+
+class Subject(Node):
+    """Every kind of dispatch at once: a batched input, two joined inputs, a timer, a plain
+    handler, and emits from ``teardown``: what the worker and ``run_node`` must agree on."""
+
+    value = Input(float)
+    x = Input(float)
+    y = Input(float)
+    label = Input(str)
+    batches = Output(list)
+    joined = Output(list)
+    flushed = Output(float)
+    labels = Output(list)
+
+    def setup(self, ctx: Any) -> None:
+        self.pending = 0.0
+
+    def on_value(self, values: list[float], ctx: Any) -> None:
+        ctx.emit("batches", [len(values), sum(values), [m.event_time for m in ctx.batch], ctx.message.event_time])
+        self.pending += sum(values)
+
+    def on_join(self, values: dict[str, float], ctx: Any) -> None:
+        ctx.emit("joined", [ctx.message.event_time, values["x"], values["y"], ctx.joined["y"].event_time])
+
+    def on_label(self, value: str, ctx: Any) -> None:
+        ctx.emit("labels", [value.upper(), ctx.message.event_time])
+
+    def on_flush(self, ctx: Any) -> None:
+        if self.pending:
+            ctx.emit("flushed", self.pending)
+            self.pending = 0.0
+
+    def teardown(self, ctx: Any) -> None:
+        if self.pending:
+            ctx.emit("flushed", self.pending)

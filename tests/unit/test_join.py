@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from dmnflow.runtime.worker import _Join
+from dmnflow.runtime.node_runner import Join
 
 
 def test_releases_complete_event_times_in_order_whatever_the_arrival_order():
-    join = _Join(["a", "b"], None)
+    join = Join(["a", "b"], None)
     assert join.add("a", 0, 2, "a2") == []
     assert join.add("a", 0, 1, "a1") == []
     assert join.add("b", 0, 1, "b1") == [(1, {"a": "a1", "b": "b1"})]
@@ -17,7 +17,7 @@ def test_releases_complete_event_times_in_order_whatever_the_arrival_order():
 
 
 def test_an_input_that_moved_past_an_event_time_gives_it_up():
-    join = _Join(["a", "b"], None)
+    join = Join(["a", "b"], None)
     join.add("a", 0, 1, "a1")
     assert join.add("b", 0, 2, "b2") == []  # b skipped 1: event time 1 cannot complete
     assert join.add("a", 0, 2, "a2") == [(2, {"a": "a2", "b": "b2"})]
@@ -25,7 +25,7 @@ def test_an_input_that_moved_past_an_event_time_gives_it_up():
 
 
 def test_an_ended_input_and_the_final_flush_give_up_what_waits_for_it():
-    join = _Join(["a", "b"], None)
+    join = Join(["a", "b"], None)
     join.add("a", 0, 5, "a5")
     join.ended.add("b")
     assert join.release() == [] and join.incomplete == 1
@@ -34,7 +34,7 @@ def test_an_ended_input_and_the_final_flush_give_up_what_waits_for_it():
 
 
 def test_timeout_gives_up_late_event_times():
-    join = _Join(["a", "b"], 0.01)
+    join = Join(["a", "b"], 0.01)
     join.add("a", 0, 1, "a1")
     assert join.release() == []
     time.sleep(0.02)
@@ -43,7 +43,7 @@ def test_timeout_gives_up_late_event_times():
 
 def test_an_input_fed_by_two_producers_moves_past_a_time_only_when_both_have():
     """Replicas sharing the work feed one input; each producer's own stream is in order."""
-    join = _Join(["x", "s"], None)
+    join = Join(["x", "s"], None)
     join.producers["x"] = {10, 11}
     for t in (1, 2, 3):
         join.add("s", 0, t, f"s{t}")

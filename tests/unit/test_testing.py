@@ -48,3 +48,28 @@ def test_run_node_aligns_joined_inputs_by_event_time_and_hands_back_the_instance
                    inputs=[("high", 5.0, 1), ("high", 7.0, 2), ("low", 1.0, 1), ("low", 2.0, 2), ("high", 9.0, 3)])
     assert out["spread"] == [4.0, 5.0]  # event times 1 and 2; 3 never completes
     assert isinstance(node, Pair)
+
+
+def test_a_plain_loop_source_timers_and_batches_run_as_in_a_graph():
+    from dmnflow.testing import Tick
+    from tests.integration.nodes import Feed, Subject
+
+    fed = run_node(Feed, params={"count": 3})
+    assert fed == {"value": [1.0, 2.0, 3.0], "x": [1.0, 2.0, 3.0], "y": [10.0, 20.0, 30.0], "label": ["t1", "t2", "t3"]}
+    out = run_node(Subject, batch={"value": 2}, join=["x", "y"],
+                   inputs=[("value", 1.0, 1), ("value", 2.0, 2), Tick("flush"), ("value", 3.0, 3),
+                           ("x", 1.0, 1), ("y", 5.0, 1), ("label", "a", 7)])
+    assert out["batches"] == [[2, 3.0, [1, 2], 2], [1, 3.0, [3], 3]]  # the last one when the input ends
+    assert out["flushed"] == [3.0, 3.0]  # the tick, then teardown
+    assert out["joined"] == [[1, 1.0, 5.0, 1]] and out["labels"] == [["A", 7]]
+
+
+def test_run_node_names_a_missing_timer_or_batched_input_and_raises_the_nodes_own_error():
+    from dmnflow.testing import Tick
+
+    with pytest.raises(KeyError, match="no timer handler on_flush"):
+        run_node(Scale, inputs=[Tick("flush")])
+    with pytest.raises(KeyError, match="no input 'vaule'"):
+        run_node(Scale, batch={"vaule": 2})
+    with pytest.raises(TypeError):  # from the handler itself, not wrapped
+        run_node(Scale, inputs=[("value", "text")])
