@@ -174,7 +174,7 @@ class Worker:
                 outlet = Outlet(self.link, ids[(name, out.port)], self.inc, name, out.port, out.binds, edges,
                                 encoder, accepted=layout.output(ids[(name, out.port)]), shm_above=out.shm_above,
                                 shm_slots=out.shm_slots, room_poll_s=out.room_poll_s, flusher=self.flusher,
-                                tensor=codec.shm)
+                                loans=codec.shm and codec.zero_copy)
                 runner.outlets[out.port] = outlet
                 runner.alo_routers += [r for r in outlet.routers if r.held]
                 self.outlets[(name, out.port)] = outlet

@@ -23,7 +23,7 @@ from msgpack import unpackb
 from ..codecs import Decoder
 from ..errors import DecodeError
 from ..plan import ConnectPlan
-from .outlet import Link, hello_msg, zmq_errors
+from .link import Link, hello_msg, zmq_errors
 from .shm import ShmMaps, segment_prefix
 from .stats import DECODE_ERRORS, GAPS, RECEIVED, REDELIVERED, RESTARTS_SEEN, EdgeStats, Histogram
 from .wire import (

@@ -43,23 +43,19 @@ edge of the socket they arrive on, and on push edges come from the consumer's ow
 from __future__ import annotations
 
 import contextlib
-import errno
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import zmq
 
 from ..codecs import Encoder
-from ..errors import SendTimeout, TransportError
 from ..plan import BindPlan, EdgePlan
-from .security import Curve
+from .link import Link, bind_socket
 from .shm import ShmPool, segment_prefix
-from .stats import ACKED, B_JUNK, B_REFUSED, DROPPED, RESENT, SENT, Counters, EdgeStats
+from .stats import ACKED, B_JUNK, B_REFUSED, DROPPED, RESENT, SENT, EdgeStats
 from .wire import (
     BATCH,
     CONTROL_MAX,
@@ -68,14 +64,13 @@ from .wire import (
     RAW,
     ROUTE,
     SEP,
-    control,
     eos_header,
     identity,
     parse_control,
     route_prefix,
 )
 
-__all__ = ["Flusher", "Link", "Outlet", "zmq_errors"]
+__all__ = ["Flusher", "Outlet"]
 
 # Coalescing on push edges (each bind's ``coalesce``, from the plan): a record that follows
 # the previous one of its output within ``gap_ns`` (a burst: past ~50k msg/s), or finds
@@ -93,67 +88,13 @@ CONTROL_HWM = 1000  # control messages queued per peer at a producer socket (a f
 _MORE, _NOWAIT = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 
 
-@contextlib.contextmanager
-def zmq_errors(what: str) -> Iterator[None]:
-    """Turn a zmq error into a TransportError that says which socket operation failed."""
-    try:
-        yield
-    except zmq.Again as exc:
-        raise SendTimeout(f"{what}: the receiver is not reading") from exc
-    except zmq.ZMQError as exc:
-        raise TransportError(f"{what}: {exc}") from exc
-
-
-@dataclass
-class Link:
-    """What every socket of one worker shares: the run's secret token and shared-memory tag,
-    the actual address of each bind (by the plan's bind id), the counters, CURVE."""
-
-    zctx: zmq.Context
-    run_dir: str
-    token: bytes
-    tag: str
-    counters: Counters
-    resolved: dict[str, str] = field(default_factory=dict)
-    curve: Curve | None = None
-    streams: dict[str, _StreamSocket] = field(default_factory=dict)  # fixed ports shared by outputs
-    server_keys: dict[str, str] = field(default_factory=dict)  # bind id -> its host's key name (a key per host)
-
-    def endpoint(self, template: str) -> str:
-        return template.replace("{run_dir}", self.run_dir)
-
-
-def bind_socket(link: Link, sock: zmq.Socket, bind: BindPlan, what: str, previous: str | None = None) -> str:
-    """Bind ``sock`` where the plan says (CURVE first on tcp); a restarted worker takes the
-    automatic port it had before, so its consumers, still dialling it, find it again.
-    Returns the address actually bound."""
-    template = link.endpoint(bind.endpoint)
-    if bind.transport == "tcp" and link.curve is not None:
-        link.curve.serve(sock)
-    if previous and previous != template:
-        try:
-            sock.bind(previous)
-            return previous
-        except zmq.ZMQError:
-            pass  # taken meanwhile: a new port, and the supervisor tells the consumers
-    try:
-        sock.bind(template)
-    except zmq.ZMQError as exc:
-        if exc.errno == errno.EADDRINUSE and bind.transport == "tcp":
-            port = template.rsplit(":", 1)[1]
-            raise TransportError(f"{what}: tcp port {port} is already in use (another program, or another "
-                                 "run of this graph?)") from exc
-        raise TransportError(f"{what}: cannot bind {template}: {exc}") from exc
-    return sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind.transport != "inproc" else template
-
-
 class Outlet:
     """One output port: encodes once, then sends on every socket the port binds."""
 
     def __init__(self, link: Link, src: int, inc: int, node: str, port: str, binds: list[BindPlan],
                  edges: dict[int, EdgePlan], encoder: Encoder, *, accepted: int = -1,
                  shm_above: int | None = None, shm_slots: int = 16, room_poll_s: float = 0.01,
-                 flusher: Flusher | None = None, tensor: bool = False) -> None:
+                 flusher: Flusher | None = None, loans: bool = False) -> None:
         self.link = link
         self.src, self.inc, self.port = src, inc, port
         self.name = f"{node}.{port}"
@@ -177,7 +118,7 @@ class Outlet:
         self.bound: dict[str, str] = {}  # bind id -> actual address
         self.eos_header = b""
         self.feedback = {e for e, p in edges.items() if p.feedback}
-        self.tensor = tensor  # the output's codec is ``tensor``: ``alloc`` may loan slots
+        self.loans = loans  # the codec sends an array's own buffer: ``alloc`` may lend shared-memory slots
         self.tap: Any = None  # a TapPoint while the output is mirrored (observe/taps.py)
         room_ms = max(1, round(room_poll_s * 1000))  # a blocked send looks at its consumers this often
         for bind in binds:
@@ -231,7 +172,7 @@ class Outlet:
         count = 1
         for n in shape:
             count *= n
-        alone = self.tensor and len(self.routers) == 1 and not self.pubs and not self.streams
+        alone = self.loans and len(self.routers) == 1 and not self.pubs and not self.streams
         pool = self.routers[0].pool if alone else None
         if pool is None or count * dtype.itemsize < pool.threshold:
             return np.empty(shape, dtype)
@@ -975,7 +916,3 @@ class Flusher:
         self.wake.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(1.0)
-
-
-def hello_msg(link: Link, edge: int, inc: int) -> bytes:
-    return control(b"hello", edge, link.token, inc)

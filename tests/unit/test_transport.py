@@ -376,7 +376,7 @@ def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
         bind = BindPlan(id=endpoint, counter=0, endpoint=endpoint, transport="inproc", pattern=pattern, hwm=100,
                         edges=[EDGE], coalesce=COALESCE if pattern == "push" else None)
         return Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: edge_plan(pattern)}, get_codec("tensor").encoder(tp),
-                      shm_above=1024, tensor=True)
+                      shm_above=1024, loans=True)
 
     push, pub = outlet("push", "inproc://alloc-push"), outlet("pub", "inproc://alloc-pub")
     loaned = None

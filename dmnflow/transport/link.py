@@ -1,0 +1,83 @@
+"""What every socket of one worker shares (``Link``), binding a socket where the plan says,
+and turning zmq errors into dmnflow's: the pieces both sides of an edge use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import zmq
+
+from ..errors import SendTimeout, TransportError
+from ..plan import RUN_DIR, BindPlan
+from .security import Curve
+from .stats import Counters
+from .wire import control
+
+if TYPE_CHECKING:
+    from .outlet import _StreamSocket
+
+__all__ = ["Link", "bind_socket", "hello_msg", "zmq_errors"]
+
+
+@contextlib.contextmanager
+def zmq_errors(what: str) -> Iterator[None]:
+    """Turn a zmq error into a TransportError that says which socket operation failed."""
+    try:
+        yield
+    except zmq.Again as exc:
+        raise SendTimeout(f"{what}: the receiver is not reading") from exc
+    except zmq.ZMQError as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+
+
+@dataclass
+class Link:
+    """What every socket of one worker shares: the run's secret token and shared-memory tag,
+    the actual address of each bind (by the plan's bind id), the counters, CURVE."""
+
+    zctx: zmq.Context
+    run_dir: str
+    token: bytes
+    tag: str
+    counters: Counters
+    resolved: dict[str, str] = field(default_factory=dict)
+    curve: Curve | None = None
+    streams: dict[str, _StreamSocket] = field(default_factory=dict)  # fixed ports shared by outputs
+    server_keys: dict[str, str] = field(default_factory=dict)  # bind id -> its host's key name (a key per host)
+
+    def endpoint(self, template: str) -> str:
+        return template.replace(RUN_DIR, self.run_dir)
+
+
+def bind_socket(link: Link, sock: zmq.Socket, bind: BindPlan, what: str, previous: str | None = None) -> str:
+    """Bind ``sock`` where the plan says (CURVE first on tcp); a restarted worker takes the
+    automatic port it had before, so its consumers, still dialling it, find it again.
+    Returns the address actually bound."""
+    template = link.endpoint(bind.endpoint)
+    if bind.transport == "tcp" and link.curve is not None:
+        link.curve.serve(sock)
+    if previous and previous != template:
+        try:
+            sock.bind(previous)
+            return previous
+        except zmq.ZMQError:
+            pass  # taken meanwhile: a new port, and the supervisor tells the consumers
+    try:
+        sock.bind(template)
+    except zmq.ZMQError as exc:
+        if exc.errno == errno.EADDRINUSE and bind.transport == "tcp":
+            port = template.rsplit(":", 1)[1]
+            raise TransportError(f"{what}: tcp port {port} is already in use (another program, or another "
+                                 "run of this graph?)") from exc
+        raise TransportError(f"{what}: cannot bind {template}: {exc}") from exc
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind.transport != "inproc" else template
+
+
+def hello_msg(link: Link, edge: int, inc: int) -> bytes:
+    """A consumer's ``hello`` on ``edge``: here I am, in incarnation ``inc``."""
+    return control(b"hello", edge, link.token, inc)
