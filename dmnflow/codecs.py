@@ -5,7 +5,7 @@ The compiler checks every edge against this registry, so a graph that names an u
 codec, or a codec that cannot carry its port's type, is refused before any process
 starts. Codec names are what the YAML writes (``codec: msgpack+lz4``).
 
-The runtime builds one encoder per output edge and one decoder per input edge
+The runtime builds one encoder per output port and one decoder per input edge
 (``Codec.encoder(tp)``, ``Codec.decoder(tp, limits)``) and calls them per message:
 
     encode(value) -> (meta, frames)     meta: small msgpack-able value for the header

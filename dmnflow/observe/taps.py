@@ -17,7 +17,7 @@ Recording (``launch --record``) uses a PUSH socket per recorded output instead,
 (blocking: a recording that drops is no recording); the recorder in the supervisor's
 process reads it (``observe/record.py``).
 
-The worker side (``Taps``) imports only zmq and msgpack: every worker loads it.
+The worker side (``Taps``) needs only zmq, msgpack and the transport: every worker loads it.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from typing import Any
 import msgpack
 import zmq
 
-from ..transport.wire import DATA, EOS
+from ..transport.link import send_parts
+from ..transport.wire import DATA, EOS, EOS_TOPIC
 
 __all__ = ["TapPoint", "Taps", "record_endpoint", "tap_endpoint"]
 
 LIVE_HWM = 1000  # records a slow reader may be behind before the tap drops for it (a PUB drops)
 RECORD_HWM = 10_000
-_EOS_TOPIC = b"\x00eos"
 
 
 def tap_endpoint(run_dir: str, output: int) -> str:
@@ -89,10 +89,10 @@ class TapPoint:
             return  # a record of another topic: the next one is looked at again
         header = self._header(DATA, origin_ns, origin, now, event_time, meta, attrs)
         if self.record is not None:
-            _send(self.record, topic, header, frames, 0)  # every record, waiting for the recorder if it must
+            send_parts(self.record, [topic, header, *frames], 0)  # every record, waiting for the recorder if it must
         if copy:
             with contextlib.suppress(zmq.Again):
-                _send(live, topic, header, frames, zmq.NOBLOCK)  # type: ignore[arg-type]
+                send_parts(live, [topic, header, *frames], zmq.NOBLOCK)  # type: ignore[arg-type]
             self.live_next = now + self.gap_ns
             if self.record is None:
                 self.due = self.live_next
@@ -103,7 +103,7 @@ class TapPoint:
         for sock in (self.record, self.live):
             if sock is not None:
                 with contextlib.suppress(zmq.ZMQError):
-                    sock.send_multipart([_EOS_TOPIC, header], 0 if sock is self.record else zmq.NOBLOCK)
+                    sock.send_multipart([EOS_TOPIC, header], 0 if sock is self.record else zmq.NOBLOCK)
 
 
 class Taps:
@@ -161,14 +161,3 @@ class Taps:
                 if sock is not None:
                     sock.close()
             point.live = point.record = None
-
-
-def _send(sock: zmq.Socket, topic: bytes, header: bytes, frames: list[Any], flags: int) -> None:
-    sock.send(topic, flags | zmq.SNDMORE)
-    if not frames:
-        sock.send(header, flags)
-        return
-    sock.send(header, flags | zmq.SNDMORE)
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        sock.send(frame, flags if i == last else flags | zmq.SNDMORE, copy=False)

@@ -3,12 +3,11 @@
 Started only by the supervisor: forked by its zygote (``runtime/zygote.py``), or as
 ``python -m dmnflow.runtime.worker RUN_DIR PROCESS INC PID`` when there is none.
 It dies with the supervisor (parent-death signal), ignores Ctrl-C (the supervisor drives
-shutdown), and talks to the supervisor over a DEALER socket:
-
-    worker -> supervisor: bound {endpoint: actual}, connected, ready, hb {...}, done {...}, error text,
-                          reply token node ok result
-    supervisor -> worker: connect {endpoint: actual}, start, stop, rehello, report,
-                          command node name args token
+shutdown), and talks to the supervisor over a DEALER socket; the verbs, both ways, are
+named in ``runtime/protocol.py`` (bound, connected, ready, hb, done, error and reply from
+the worker; connect, reconnect, start, stop, rehello, report, command, tap and budget to it).
+Each node of the process runs in a ``NodeRunner`` (``runtime/node_runner.py``), which the
+loop here feeds from the node's inlets.
 
 A node ends when every (non-feedback) input has received end-of-stream from every
 producer, or, for a source, when its ``run`` generator returns; it then runs
@@ -37,6 +36,7 @@ from ..observe.taps import Taps
 from ..plan import RUN_DIR, Plan
 from ..transport import Counters, Flusher, Inlet, Link, Outlet
 from ..transport.security import Curve, KeyError_, Watch, load_curve
+from ..transport.stats import B_REFUSED
 from ..transport.wire import read_token, shm_tag
 from . import protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
@@ -216,7 +216,7 @@ class Worker:
                 if self.link.curve is not None:
                     for c in inp.connects:
                         if c.transport == "tcp":
-                            sock = inlet._dialled[c.bind + f"#{c.edge}"][0]
+                            sock = inlet.socket_of(c)
                             self.watch.add(sock, f"input {runner.plan.name}.{inp.port}",
                                            lambda ev, c=c, r=runner, i=inp: self._rejected(c, r, i, ev))
         self.tell(protocol.CONNECTED)
@@ -259,7 +259,7 @@ class Worker:
         for holder in [*outlet.pubs, *outlet.routers]:
             if holder.sock is sock:
                 layout = self.counters.layout
-                self.counters.mv[layout.bind(holder.bind.counter) + 1] += 1  # B_REFUSED
+                self.counters.mv[layout.bind(holder.bind.counter) + B_REFUSED] += 1
                 return
 
     def _rejected(self, c: Any, runner: NodeRunner, inp: Any, event: dict[str, Any]) -> None:

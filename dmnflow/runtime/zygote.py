@@ -30,7 +30,7 @@ and not numpy (OpenBLAS starts a thread at import, and reads its thread count, w
 worker sets from its pins, only then). It dies with the supervisor, and exits when the
 supervisor closes the socket.
 
-``launch(warm=True)`` forks the zygote from the supervisor instead (``supervisor._Zygote.forked``,
+``launch(warm=True)`` forks the zygote from the supervisor instead (``processes.Zygote.forked``,
 before the run's zmq context exists): it then runs ``main`` with the caller's imports
 (torch, the nodes) already in place, and its workers inherit them.
 """

@@ -25,18 +25,20 @@ from ..errors import DecodeError
 from ..plan import ConnectPlan
 from .link import Link, hello_msg, zmq_errors
 from .shm import ShmMaps, segment_prefix
-from .stats import DECODE_ERRORS, GAPS, RECEIVED, REDELIVERED, RESTARTS_SEEN, EdgeStats, Histogram
+from .stats import DECODE_ERRORS, GAPS, RECEIVED, REDELIVERED, RESTARTS_SEEN, EdgeStats
 from .wire import (
     BATCH,
     CONTROL_PREFIX,
     EOS,
     EVENT_TIME,
     INC,
+    KIND,
     META,
     RAW,
     SEND_NS,
     SEP,
     SEQ,
+    SHM_LEASE,
     SRC,
     UNPACK,
     check_header,
@@ -230,7 +232,7 @@ class Inlet:
                     except Exception:
                         self._junk(sock)
                         continue
-                    if type(header) is list and len(header) == 4 and header[0] == BATCH:
+                    if type(header) is list and len(header) == 4 and header[KIND] == BATCH:
                         count += yield from self._batch(sock, header, now)
                         continue
                     if type(header) is not list or len(header) != 11:
@@ -265,7 +267,7 @@ class Inlet:
                     self._incarnation(source, header[INC], base)
                     if stream is not None and source.inc >= 0:  # a restarted producer counts our credit anew
                         stream[2], stream[3] = 1, 0
-                if header[0] == EOS:
+                if header[KIND] == EOS:
                     if not eos_trusted(header, self.link.token):
                         mv[base + DECODE_ERRORS] += 1  # an end from a peer the plan does not know ends nothing
                         continue
@@ -296,20 +298,13 @@ class Inlet:
                         mv[base + GAPS] += seq - expected
                     source.next_seq[key] = seq + 1
                 mv[base + RECEIVED] += 1
-                ns = now - header[SEND_NS]  # Histogram.add, inlined
-                latency = self.stats[source.edge].latency
-                if ns < 16:
-                    latency.counts[max(ns, 0)] += 1
-                else:
-                    bits = ns.bit_length()
-                    latency.counts[(bits << 3) | ((ns >> (bits - 4)) & 7)] += 1
-                latency.n += 1
+                self.stats[source.edge].latency.add(now - header[SEND_NS])
                 if header[EVENT_TIME] is not None and not self._time_ok(header[EVENT_TIME]):
                     mv[base + DECODE_ERRORS] += 1
                     continue
                 meta = header[META]
                 try:
-                    if type(meta) is list and len(meta) == 6 and meta[0] == "shm":
+                    if type(meta) is list and len(meta) == 6 and meta[0] == SHM_LEASE:
                         if self.connects_tcp(source.edge):
                             raise ValueError("shared memory over tcp")
                         payload = [self.shm.attach(source.edge, meta[:5], self.shm_prefix[src], self.max_bytes)]
@@ -318,7 +313,7 @@ class Inlet:
                 except (DecodeError, ValueError, OSError):  # OSError: a segment that is not there
                     mv[base + DECODE_ERRORS] += 1
                     continue
-                header.append(topic)  # header[10]: what the handler sees as ctx.message.topic
+                header.append(topic)  # header[TOPIC]: what the handler sees as ctx.message.topic
                 yield value, header
         finally:
             if stream is not None and stream[2] - stream[3] >= stream[4]:
@@ -329,6 +324,10 @@ class Inlet:
         if self.time_kind is None:
             self.time_kind = kind
         return kind is self.time_kind
+
+    def socket_of(self, connect: ConnectPlan) -> zmq.Socket:
+        """The socket that dials ``connect`` (its CURVE handshakes are watched)."""
+        return self._dialled[connect.bind + f"#{connect.edge}"][0]
 
     def connects_tcp(self, edge: int) -> bool:
         return any(c.edge == edge and c.transport == "tcp" for c in self.connects)
@@ -360,13 +359,12 @@ class Inlet:
         next_seq = source.next_seq
         decoder = self.decoders[source.edge]
         latency = self.stats[source.edge].latency
-        counts, sub, mask = latency.counts, Histogram.SUB, (1 << Histogram.SUB) - 1
         for record in records:
             try:
                 payload = record.pop()  # the header as a single message has it, then the topic
                 topic = record.pop()
                 if type(topic) is not bytes or type(payload) is not bytes or not check_header(record) \
-                        or record[0] == EOS or record[SRC] != src or record[INC] != inc:
+                        or record[KIND] == EOS or record[SRC] != src or record[INC] != inc:
                     raise ValueError("malformed record")
             except Exception:
                 mv[base + DECODE_ERRORS] += 1
@@ -379,13 +377,7 @@ class Inlet:
                 mv[base + GAPS] += seq - expected
             next_seq[topic] = seq + 1
             mv[base + RECEIVED] += 1
-            ns = now - record[SEND_NS]  # Histogram.add, inlined
-            if ns < 16:
-                counts[max(ns, 0)] += 1
-            else:
-                bits = ns.bit_length()
-                counts[(bits << sub) | ((ns >> (bits - 1 - sub)) & mask)] += 1
-            latency.n += 1
+            latency.add(now - record[SEND_NS])
             if record[EVENT_TIME] is not None and not self._time_ok(record[EVENT_TIME]):
                 mv[base + DECODE_ERRORS] += 1
                 continue

@@ -8,7 +8,7 @@ import contextlib
 import errno
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -21,7 +21,9 @@ from .wire import control
 if TYPE_CHECKING:
     from .outlet import _StreamSocket
 
-__all__ = ["Link", "bind_socket", "hello_msg", "zmq_errors"]
+__all__ = ["Link", "bind_socket", "hello_msg", "send_parts", "zmq_errors"]
+
+_MORE = int(zmq.SNDMORE)  # a plain int: zmq's flag enums cost an enum operation per frame
 
 
 @contextlib.contextmanager
@@ -76,6 +78,20 @@ def bind_socket(link: Link, sock: zmq.Socket, bind: BindPlan, what: str, previou
                                  "run of this graph?)") from exc
         raise TransportError(f"{what}: cannot bind {template}: {exc}") from exc
     return sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind.transport != "inproc" else template
+
+
+def send_parts(sock: zmq.Socket, parts: list[Any], flags: int) -> None:
+    """One message, frame by frame (send_multipart costs several Python checks per frame);
+    the topic and header are copied, payload frames go without copying."""
+    send = sock.send
+    last = len(parts) - 1
+    if not last:
+        send(parts[0], flags)
+        return
+    send(parts[0], flags | _MORE)
+    send(parts[1], flags if last == 1 else flags | _MORE)
+    for i in range(2, last + 1):
+        send(parts[i], flags if i == last else flags | _MORE, copy=False)
 
 
 def hello_msg(link: Link, edge: int, inc: int) -> bytes:

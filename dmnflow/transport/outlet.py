@@ -53,7 +53,7 @@ import zmq
 
 from ..codecs import Encoder
 from ..plan import BindPlan, EdgePlan
-from .link import Link, bind_socket
+from .link import Link, bind_socket, send_parts
 from .shm import ShmPool, segment_prefix
 from .stats import ACKED, B_JUNK, B_REFUSED, DROPPED, RESENT, SENT, EdgeStats
 from .wire import (
@@ -64,6 +64,8 @@ from .wire import (
     RAW,
     ROUTE,
     SEP,
+    SEQ,
+    TOPIC,
     eos_header,
     identity,
     parse_control,
@@ -305,20 +307,6 @@ def message(topic: bytes, packer: msgpack.Packer, fields: tuple[Any, ...], frame
     return [topic, packer.pack(fields), *frames]
 
 
-def send_parts(sock: zmq.Socket, parts: list[Any], flags: int) -> None:
-    """One message, frame by frame (send_multipart costs several Python checks per frame);
-    the topic and header are copied, payload frames go without copying."""
-    send = sock.send
-    last = len(parts) - 1
-    if not last:
-        send(parts[0], flags)
-        return
-    send(parts[0], flags | _MORE)
-    send(parts[1], flags if last == 1 else flags | _MORE)
-    for i in range(2, last + 1):
-        send(parts[i], flags if i == last else flags | _MORE, copy=False)
-
-
 def _send(sock: zmq.Socket, topic: bytes, header: bytes, frames: list[Any], flags: int) -> None:
     """A message in the long form, ``[topic, header, *frames]``: what subscribers outside the
     graph read (docs/wire.md) and end-of-stream."""
@@ -549,9 +537,9 @@ class _Router:
                     continue
                 seqs = self.seq[edge]
                 for record in records:
-                    topic = record[10]
+                    topic = record[TOPIC]
                     seq = seqs.get(topic, 0)
-                    record[3] = seq
+                    record[SEQ] = seq
                     seqs[topic] = seq + 1
                 mv[base[edge] + SENT] += len(records)  # counted before it goes (the rest cannot fail)
                 self.sock.send(SEP + self.packer.pack((BATCH, self.src, self.inc, records)), 0)

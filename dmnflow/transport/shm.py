@@ -21,6 +21,8 @@ import weakref
 from multiprocessing import shared_memory
 from typing import Any
 
+from .wire import SHM_LEASE
+
 __all__ = ["ShmMaps", "ShmPool", "segment_prefix"]
 
 _CREATED: set[str] = set()  # segments this process made (a group may hold producer and consumer)
@@ -88,14 +90,14 @@ class ShmPool:
                 slot = self.slots[loan[0]]
                 if slot[3] == loan[1] and not slot[1] and size <= slot[0].size:
                     slot[1], slot[2] = True, slot[2] + 1
-                    return ["shm", slot[0].name, loan[0], slot[2], size]
+                    return [SHM_LEASE, slot[0].name, loan[0], slot[2], size]
         index = self._take(size)
         if index is None:
             return None
         slot = self.slots[index]
         slot[1], slot[2] = True, slot[2] + 1
         slot[0].buf[:size] = payload
-        return ["shm", slot[0].name, index, slot[2], size]
+        return [SHM_LEASE, slot[0].name, index, slot[2], size]
 
     def loan(self, size: int) -> Any:
         """A writable buffer of ``size`` bytes over a free slot, held until every array over

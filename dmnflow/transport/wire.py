@@ -39,6 +39,8 @@ KIND, SRC, INC, SEQ, ORIGIN_NS, ORIGIN, SEND_NS, EVENT_TIME, META, ATTRS = range
 TOPIC = 10  # appended by the inlet: what the handler sees as ctx.message.topic
 HEADER_FIELDS = ("kind", "src", "inc", "seq", "origin_ns", "origin", "send_ns", "event_time", "meta", "attrs")
 
+SHM_LEASE = "shm"  # meta[0] of a payload in a shared-memory slot: [SHM_LEASE, name, slot, gen, size, meta]
+
 INT64_MAX = 2**63 - 1
 INC_MAX = 2**31 - 1
 EVENT_TEXT_MAX = 256  # an event time written as text (a date) is short
