@@ -28,6 +28,7 @@ import zmq
 from ..codecs import get_codec
 from ..errors import ControlError
 from ..plan import Plan
+from ..runtime import protocol
 from ..runtime.admin import RunInfo, ask
 from ..transport.wire import EOS
 
@@ -71,7 +72,7 @@ class Listener:
         self.ended: set[int] = set()
 
     def _lease(self, on: bool) -> dict[str, Any]:
-        answer = ask(self.run, "tap", {"output": self.ref, "client": self.client, "max_rate": self.max_rate,
+        answer = ask(self.run, protocol.TAP, {"output": self.ref, "client": self.client, "max_rate": self.max_rate,
                                        "topic": self.topic, "on": on})
         if not answer.ok:
             raise ControlError(str(answer.message))

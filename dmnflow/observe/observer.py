@@ -9,7 +9,8 @@ admin socket's ``snapshot`` answers with the latest of these reports; ``tap`` ta
 renews a client's lease on an output's tap (``observe/taps.py``). A recording
 (``launch --record``) is opened with the run directory and closed after the workers.
 
-Nothing heavy is imported here: the supervisor (and so every worker) imports this module.
+Nothing heavy is imported here: every supervisor (every trial of ``dmnflow tune``) imports
+this module. The verbs it answers and sends are ``runtime/protocol.py``'s.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..plan import Plan
+from ..runtime import protocol
 from . import live as _live
 from .budgets import BudgetWatch
 from .taps import tap_endpoint
@@ -141,7 +143,7 @@ class TapLeases:
             settings = {}
         if force or settings != self.applied.get(key, {}):
             if settings or key in self.applied:
-                tell(key[0], "tap", key[0], key[1], settings)
+                tell(key[0], protocol.TAP, key[0], key[1], settings)
             if settings:
                 self.applied[key] = settings
             else:
@@ -180,7 +182,7 @@ class Observer:
             for event in self.budgets.update(report, now):
                 self.events = [*self.events[-EVENTS_KEPT + 1:], event]
                 with contextlib.suppress(Exception):
-                    self.broadcast("budget", event)
+                    self.broadcast(protocol.BUDGET, event)
             report.budgets = self.budgets.table()
         self.history.add(report, time.time() - self.started)
         self.latest = report
@@ -190,8 +192,8 @@ class Observer:
         self.leases.expire(now, self.tell)
 
     def admin(self, verb: str, args: dict[str, Any], now: float) -> tuple[bool, Any]:
-        """An admin request (``snapshot``, ``tap``): (ok, result)."""
-        if verb == "tap":
+        """An admin request (``protocol.SNAPSHOT``, ``protocol.TAP``): (ok, result)."""
+        if verb == protocol.TAP:
             if self.remote:
                 return False, ("taps are ipc sockets in the workers' run directories, on the Ray nodes: echo, hz "
                                "and bw need the local backend (top, --metrics and the dashboard work on both)")

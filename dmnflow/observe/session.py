@@ -22,6 +22,7 @@ from rich.live import Live
 
 from ..errors import ExitCode, LaunchError
 from ..plan import Plan
+from ..runtime import protocol
 from .observer import Observer
 from .view import live_view, status_line
 
@@ -120,5 +121,5 @@ class _InProcess:
         self.observer = observer
 
     def snapshot(self, history: bool = False) -> dict[str, Any] | None:
-        ok, result = self.observer.admin("snapshot", {"history": history}, time.monotonic())
+        ok, result = self.observer.admin(protocol.SNAPSHOT, {"history": history}, time.monotonic())
         return result if ok else None

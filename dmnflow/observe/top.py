@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 
 from ..errors import ControlError
+from ..runtime import protocol
 from ..runtime.admin import RunInfo, ask, find_run, list_runs
 from ..runtime.report import EdgeReport, NodeReport, Report
 from ..transport.stats import Histogram
@@ -46,7 +47,7 @@ def snapshot(run: RunInfo, history: bool = False, timeout_s: float = 5.0) -> dic
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        answer = ask(run, "snapshot", {"history": history}, timeout_s=timeout_s)
+        answer = ask(run, protocol.SNAPSHOT, {"history": history}, timeout_s=timeout_s)
         if answer.ok:
             return answer.message
         if time.monotonic() > deadline:

@@ -13,15 +13,16 @@ Where a worker runs is its backend's business (``runtime/backends``: ``local`` p
 or ``ray`` actors on a cluster); the supervisor sees each worker as a handle it polls,
 waits for and signals like a ``Popen``, so every backend gets the same guarantees.
 
-The control and admin sockets trust nothing: a worker is known by an identity only the
-run's token makes (``protocol.worker_identity``), every message is checked against the
-protocol, and anything else is counted as junk and dropped.
+The control socket trusts nothing: a worker is known by an identity only the run's token
+makes (``protocol.worker_identity``), every message is checked against the protocol, and
+anything else is counted as junk and dropped. Clients outside the run (``dmnflow runs``,
+``swap``, ``top``, ``echo``) talk to the run's ``AdminServer`` (``runtime/admin/server.py``),
+which the supervisor owns and serves between the workers' messages.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -31,7 +32,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,24 +42,17 @@ from ..observe.observer import Observer
 from ..plan import Plan
 from ..transport.wire import write_token
 from . import protocol
+from .admin.client import claim_run_name
+from .admin.server import AdminServer
 from .backends import Backend, Handle, PlacementError, make_backend
 from .env import worker_environ
 from .files import layout_of, write_endpoints
 from .processes import RUN_DIR_PREFIX, sweep_run_dirs
 from .report import EdgeReport, Incarnation, NodeReport, Report, SocketReport, build_report
 
-__all__ = ["ADMIN_SOCKET", "RUN_DIR_PREFIX", "EdgeReport", "NodeReport", "Report", "SocketReport", "launch"]
+__all__ = ["EdgeReport", "NodeReport", "Report", "SocketReport", "launch"]
 
 log = logging.getLogger("dmnflow.supervisor")
-
-ADMIN_SOCKET = "admin"
-COMMAND_TIMEOUT_S = 120.0  # a model swap loads and warms a model: give it time
-
-
-class PortInUse(LaunchError):
-    """A fixed tcp port of the graph is taken (by another program, or another run)."""
-
-    exit_code = ExitCode.INVALID
 
 
 class _Proc:
@@ -101,47 +94,11 @@ def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
 
     Raises:
         LaunchError: the graph could not be started (a worker failed during start-up, ``name``
-            is taken, or a fixed tcp port is in use: ``PortInUse``, exit code 1; the backend
-            cannot place it: ``PlacementError``, exit code 1).
+            is taken); the backend cannot place it: ``PlacementError``, exit code 1 (a fixed
+            tcp port in use: ``backends.PortInUse``).
     """
     chosen = make_backend(backend, address=address, warm=warm) if isinstance(backend, str) else backend
     return _Supervisor(plan, grace_s, startup_timeout_s, name, chosen, observer).run(duration_s, on_status)
-
-
-@dataclass
-class _Request:
-    """A command from ``dmnflow swap`` (or another client) waiting for its nodes' answers."""
-
-    client: bytes
-    waiting: set[str]
-    answers: dict[str, list[Any]] = field(default_factory=dict)
-    deadline: float = 0.0
-
-
-def check_fixed_ports(plan: Plan) -> None:
-    """Fail before anything starts when a fixed tcp port is taken, naming node, output and
-    port (a worker's bind would fail the same way, later and less clearly)."""
-    for node in plan.nodes:
-        for out in node.outputs:
-            for bind in out.binds:
-                if bind.pattern != "stream":
-                    continue
-                host, _, port = bind.endpoint.removeprefix("tcp://").rpartition(":")
-                host = host.strip("[]")
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                probe = socket.socket(family, socket.SOCK_STREAM)
-                try:
-                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq binds
-                    probe.bind((host, int(port)))
-                except OSError as exc:
-                    if exc.errno == errno.EADDRINUSE:
-                        raise PortInUse(f"node {node.name}, output {out.port}: tcp port {port} on {host} is already "
-                                        "in use (by another program, or another run of this graph: "
-                                        "`dmnflow runs` lists them)") from None
-                    raise PortInUse(f"node {node.name}, output {out.port}: cannot bind tcp {host}:{port}: "
-                                    f"{exc.strerror}") from None
-                finally:
-                    probe.close()
 
 
 class _Supervisor:
@@ -153,8 +110,7 @@ class _Supervisor:
         self.t0 = time.monotonic()
         self.name = name or plan.graph
         self.name_given = name is not None  # a taken --name is refused; a taken default is suffixed
-        self.requests: dict[int, _Request] = {}
-        self.next_token = 0
+        self.admin = AdminServer(plan, self.observer, self)
         self.grace_s = grace_s
         self.startup_timeout_s = startup_timeout_s
         self.procs = {p.name: _Proc(p.name, p.nodes) for p in plan.processes}
@@ -176,9 +132,7 @@ class _Supervisor:
     # ---------------------------------------------------------------- lifecycle
 
     def run(self, duration_s: float | None, on_status: Callable[[Report], None] | None) -> Report:
-        if not self.backend.remote:  # a remote backend probes its ports where they are bound
-            check_fixed_ports(self.plan)
-        elif self.observer.recorder is not None:
+        if self.backend.remote and self.observer.recorder is not None:
             raise PlacementError("--record reads the recorded outputs from the workers' run directories, which "
                                  f"are on the {self.backend.name} nodes: record with the local backend "
                                  "(the recording replays into any subgraph, on either backend)")
@@ -195,8 +149,6 @@ class _Supervisor:
         self.by_identity = {protocol.worker_identity(self.token, p): proc for p, proc in self.procs.items()}
         Path(self.run_dir, "supervisor.pid").write_text(str(os.getpid()))
         Path(self.run_dir, "plan.json").write_text(self.plan.to_json(indent=None))
-        from .admin import claim_run_name  # admin imports this module
-
         try:
             self.name = claim_run_name(self.run_dir, self.name, exact=self.name_given)
         except LaunchError:
@@ -209,14 +161,9 @@ class _Supervisor:
         self.control.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
         self.control.setsockopt(zmq.RCVHWM, 10_000)
         self.control_endpoint = self.backend.bind_control(zctx, self.control, self.run_dir)
-        self.admin = zctx.socket(zmq.ROUTER)  # dmnflow swap / runs talk to the run here
-        self.admin.setsockopt(zmq.LINGER, 0)
-        self.admin.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
-        self.admin.setsockopt(zmq.RCVHWM, 1000)
-        self.admin.bind(f"ipc://{self.run_dir}/{ADMIN_SOCKET}")
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
-        self.poller.register(self.admin, zmq.POLLIN)
+        self.poller.register(self.admin.open(zctx, self.run_dir), zmq.POLLIN)  # dmnflow runs / swap / top
         self.observer.open(self.run_dir, self.tell_node, self.broadcast, remote=self.backend.remote)
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
@@ -266,8 +213,12 @@ class _Supervisor:
         proc.host = getattr(proc.popen, "host", None) or proc.host
         proc.state = "new"
 
+    def state_of(self, node: str) -> str:
+        """The state of node instance ``node``'s worker (``_Proc.state``)."""
+        return self.procs[self.proc_of[node]].state
+
     def tell_node(self, node: str, *msg: Any) -> None:
-        """A control message to the worker of node instance ``node`` (the observer's taps)."""
+        """A control message to the worker of node instance ``node`` (the observer's taps, commands)."""
         proc = self.procs.get(self.proc_of.get(node, ""))
         if proc is not None and proc.state == "running":
             self.tell(proc, *msg)
@@ -286,10 +237,9 @@ class _Supervisor:
     def hear(self, timeout_ms: int) -> tuple[_Proc, list[Any]] | None:
         """The next message from a worker; requests from clients are served meanwhile."""
         events = dict(self.poller.poll(timeout_ms))
-        if self.admin in events:
-            self.serve_admin()
-        if self.requests:
-            self.expire_requests()
+        if self.admin.socket in events:
+            self.admin.serve()
+        self.admin.expire(time.monotonic())
         if self.control not in events:
             return None
         try:
@@ -410,74 +360,7 @@ class _Supervisor:
         elif kind == protocol.ERROR:
             self.errors.append(f"{proc.name}: {msg[1]}")
         elif kind == protocol.REPLY:
-            self.on_reply(*msg[1:])
-
-    # ---------------------------------------------------------------- clients (dmnflow swap, runs)
-
-    def serve_admin(self) -> None:
-        while True:
-            try:
-                frames = self.admin.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            request = protocol.decode(frames[1], protocol.ADMIN) if len(frames) == 2 else None
-            if request is None:
-                self.junk += 1
-                if len(frames) == 2:
-                    self.answer(frames[0], False, "not a request dmnflow knows")
-                continue
-            client = frames[0]
-            if request[0] == protocol.STATUS:
-                self.answer(client, True, {"graph": self.plan.graph, "name": self.name, "pid": os.getpid(),
-                                           "nodes": {p: self.procs[self.proc_of[p]].state for p in self.proc_of}})
-            elif request[0] in (protocol.SNAPSHOT, protocol.TAP):  # dmnflow top / echo / hz / dashboard
-                try:
-                    answer = self.observer.admin(request[0], request[1], time.monotonic())
-                except Exception as exc:  # a client's request must never stop the run
-                    log.exception("the %s request of a client failed", request[0])
-                    answer = (False, f"the run could not answer ({type(exc).__name__}: {exc})")
-                self.answer(client, *answer)
-            else:
-                self.start_command(client, *request[1:])
-
-    def expire_requests(self) -> None:
-        """A node that never answers (its worker died meanwhile) does not leave a client waiting."""
-        now = time.monotonic()
-        for token, req in list(self.requests.items()):
-            if now > req.deadline:
-                del self.requests[token]
-                self.answer(req.client, False, f"no answer from {', '.join(sorted(req.waiting))} in "
-                            f"{COMMAND_TIMEOUT_S:.0f}s", req.answers)
-
-    def start_command(self, client: bytes, node: str, name: str, args: dict[str, Any]) -> None:
-        """Send ``name`` to every instance of ``node`` (a YAML node's replicas, or one instance)."""
-        targets = [n.name for n in self.plan.nodes if node in (n.name, n.spec_name)]
-        if not targets:
-            known = ", ".join(sorted({n.spec_name for n in self.plan.nodes}))
-            self.answer(client, False, f"the run has no node {node!r}; nodes: {known}")
-            return
-        down = [t for t in targets if self.procs[self.proc_of[t]].state != "running"]
-        if down:
-            self.answer(client, False, f"{', '.join(down)} not running now ({self.procs[self.proc_of[down[0]]].state})")
-            return
-        token = self.next_token = self.next_token + 1
-        self.requests[token] = _Request(client, set(targets), deadline=time.monotonic() + COMMAND_TIMEOUT_S)
-        for target in targets:
-            self.tell(self.procs[self.proc_of[target]], protocol.COMMAND, target, name, args, token)
-
-    def on_reply(self, token: int, node: str, ok: bool, result: Any) -> None:
-        req = self.requests.get(token)
-        if req is None or node not in req.waiting:
-            return
-        req.answers[node] = [ok, result]
-        req.waiting.discard(node)
-        if not req.waiting:
-            del self.requests[token]
-            self.answer(req.client, all(a[0] for a in req.answers.values()), None, req.answers)
-
-    def answer(self, client: bytes, ok: bool, result: Any, per_node: dict[str, Any] | None = None) -> None:
-        with contextlib.suppress(zmq.ZMQError):
-            self.admin.send_multipart([client, protocol.encode(ok, result, per_node or {})], zmq.NOBLOCK)
+            self.admin.on_reply(*msg[1:])
 
     def collect_stats(self, wait_s: float = 0.5) -> None:
         """Ask the live workers for their heartbeats, so a failed run still reports what happened."""
@@ -575,7 +458,7 @@ class _Supervisor:
                                              killed[inc] if inc < len(killed) else False)
                                  for inc in range(proc.inc + 1)]
         return build_report(self.plan, self.layout, self.procs, status, code, duration_s, startup_s, self.errors,
-                            self.junk)
+                            self.junk + self.admin.junk)
 
     def counts(self, proc: _Proc, inc: int, beat: dict[str, Any]) -> list[int] | None:
         """An incarnation's counts: from its counters file, through the backend (exact, even

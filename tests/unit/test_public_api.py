@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 import dmnflow
 
 
@@ -26,6 +28,30 @@ def test_a_worker_does_not_import_the_compiler_or_the_renderers():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_worker_does_not_import_the_supervisor_its_backends_or_the_observer():
+    import subprocess
+    import sys
+
+    code = "import dmnflow.runtime.worker; import sys; print('dmnflow.runtime.supervisor' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+    code = ("import sys, dmnflow.runtime.worker; print(sorted(m for m in ('dmnflow.runtime.backends', "
+            "'dmnflow.runtime.admin', 'dmnflow.runtime.report', 'dmnflow.observe.observer') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_runtime_names_load_on_first_use():
+    import dmnflow.runtime as runtime
+    from dmnflow.runtime.report import Report
+    from dmnflow.runtime.supervisor import launch
+
+    assert runtime.launch is launch and runtime.Report is Report
+    assert set(runtime.__all__) <= set(dir(runtime))
+    with pytest.raises(AttributeError, match="nothing_here"):
+        runtime.nothing_here  # noqa: B018
 
 
 def test_exports_report_the_package():

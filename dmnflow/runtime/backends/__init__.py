@@ -26,6 +26,8 @@ written, and leaves nothing behind. This package never imports Ray at module lev
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Any, Protocol
 
 import zmq
@@ -33,7 +35,8 @@ import zmq
 from ...errors import ExitCode, LaunchError
 from ...plan import Plan
 
-__all__ = ["BACKENDS", "Backend", "Handle", "PlacementError", "RunContext", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "Handle", "PlacementError", "PortInUse", "RunContext", "make_backend",
+           "port_problem"]
 
 BACKENDS = ("local", "ray")
 
@@ -43,6 +46,30 @@ class PlacementError(LaunchError):
     has, a host nobody is, a missing package): found before any worker starts."""
 
     exit_code = ExitCode.INVALID
+
+
+class PortInUse(PlacementError):
+    """A fixed tcp port of the graph is taken (by another program, or another run)."""
+
+
+def port_problem(endpoint: str) -> str | None:
+    """Why the fixed tcp port of ``endpoint`` cannot be bound on this host, or None when it
+    can: probed before any worker starts (a worker's bind would fail the same way, later and
+    less clearly). The local backend probes in ``open``, a Ray host where it is placed."""
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    host = host.strip("[]")
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq binds
+        probe.bind((host, int(port)))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (f"tcp port {port} on {host} is already in use (by another program, or another run of this "
+                    "graph: `dmnflow runs` lists them)")
+        return f"cannot bind tcp {host}:{port}: {exc.strerror}"
+    finally:
+        probe.close()
+    return None
 
 
 class Handle(Protocol):

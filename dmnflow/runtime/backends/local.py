@@ -16,9 +16,23 @@ from ...transport.stats import Counters, Layout
 from ..env import declared_secrets
 from ..files import counters_path, layout_of
 from ..processes import SPAWN_TIMEOUT_S, ZYGOTE_ENV, Zygote, subreaper
-from . import Handle, RunContext
+from . import Handle, PortInUse, RunContext, port_problem
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "check_fixed_ports"]
+
+
+def check_fixed_ports(plan: Plan) -> None:
+    """Fail before anything starts when a fixed tcp port of ``plan`` is taken on this machine,
+    naming node, output and port.
+
+    Raises:
+        PortInUse: a port is taken, or cannot be bound here.
+    """
+    for node in plan.nodes:
+        for out in node.outputs:
+            for bind in out.binds:
+                if bind.pattern == "stream" and (problem := port_problem(bind.endpoint)):
+                    raise PortInUse(f"node {node.name}, output {out.port}: {problem}")
 
 
 class LocalBackend:
@@ -36,6 +50,7 @@ class LocalBackend:
         self.host = socket.gethostname()
 
     def open(self, plan: Plan) -> None:
+        check_fixed_ports(plan)
         self.layout = layout_of(plan)
 
     def bind_control(self, zctx: zmq.Context, sock: zmq.Socket, run_dir: str) -> str:

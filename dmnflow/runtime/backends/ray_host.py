@@ -21,7 +21,6 @@ ask it where they run.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import socket
@@ -40,6 +39,7 @@ from ...transport.wire import TOKEN_FILE
 from ..env import worker_environ
 from ..files import counters_path, layout_of, write_control, write_endpoints
 from ..processes import RUN_DIR_PREFIX, sweep_run_dirs
+from . import port_problem
 
 __all__ = ["HostError", "WorkerHost"]
 
@@ -155,7 +155,7 @@ class WorkerHost:
             for out in node.outputs:
                 for bind in out.binds:
                     if bind.pattern == "stream":
-                        problem = _probe(bind.endpoint)
+                        problem = port_problem(bind.endpoint)
                         if problem:
                             problems.append(f"node {node.name}, output {out.port}: {problem}")
         return problems
@@ -246,20 +246,3 @@ class WorkerHost:
         self.spawner.shutdown(wait=False)
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def _probe(endpoint: str) -> str | None:
-    """Whether a fixed tcp port can be bound here (as the supervisor checks it locally)."""
-    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
-    host = host.strip("[]")
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, int(port)))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            return f"tcp port {port} on {host} is already in use (by another program, or another run)"
-        return f"cannot bind tcp {host}:{port}: {exc.strerror}"
-    finally:
-        probe.close()
-    return None

@@ -1,9 +1,11 @@
-"""Talking to a running graph from outside it: find runs by name, send a node a command.
+"""The admin channel's client: find runs by name, ask a run for its status, send a node a
+command, ask anything else of ``protocol.ADMIN``.
 
-``dmnflow runs`` and ``dmnflow swap`` use this. A run is a directory ``dmnflow-*`` in the
-temp directory (mode 0700, so only its user reaches it) holding the supervisor's pid, the
-run's name and its ``admin`` socket; the supervisor forwards a command to every instance
-of the node and answers once each has.
+``dmnflow runs``, ``swap``, ``top``, ``echo``/``hz``/``bw`` use this. A run is a directory
+``dmnflow-*`` in the temp directory (mode 0700, so only its user reaches it) holding the
+supervisor's pid, the run's name and its ``admin`` socket (``protocol.ADMIN_SOCKET``); the
+server (``server.py``) forwards a command to every instance of the node and answers once
+each has.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
-from ..errors import ControlError, LaunchError
-from .supervisor import ADMIN_SOCKET, RUN_DIR_PREFIX
+from ...errors import ControlError, LaunchError
+from .. import protocol
+from ..processes import RUN_DIR_PREFIX
+from ..protocol import ADMIN_SOCKET, Answer
 
 __all__ = ["Answer", "RunInfo", "ask", "claim_run_name", "find_run", "list_runs", "run_status", "send_command"]
 
@@ -38,16 +41,6 @@ class RunInfo:
     pid: int
     graph: str
     run_dir: str
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What a command got back: ``ok`` when every instance accepted it; per instance
-    ``[ok, result-or-reason]``."""
-
-    ok: bool
-    message: Any
-    nodes: dict[str, list[Any]]
 
 
 def list_runs() -> list[RunInfo]:
@@ -139,35 +132,35 @@ def send_command(run: RunInfo, node: str, name: str, args: dict[str, Any], *, ti
     Raises:
         ControlError: the run did not answer within ``timeout_s`` (it may have ended).
     """
-    return _request(run, ["command", node, name, args], timeout_s)
+    return ask(run, protocol.COMMAND, node, name, args, timeout_s=timeout_s)
 
 
 def run_status(run: RunInfo, *, timeout_s: float = 5.0) -> Answer:
     """The run's graph, name, pid and the state of each node instance."""
-    return _request(run, ["status"], timeout_s)
+    return ask(run, protocol.STATUS, timeout_s=timeout_s)
 
 
 def ask(run: RunInfo, verb: str, *args: Any, timeout_s: float = 5.0) -> Answer:
-    """Any admin request (``protocol.ADMIN``): ``snapshot``, ``tap`` (``dmnflow.observe``).
+    """One admin request of ``protocol.ADMIN`` (``status``, ``command``, ``snapshot``, ``tap``)
+    and its answer.
 
     Raises:
-        ControlError: the run did not answer within ``timeout_s`` (it may have ended).
+        ControlError: the run did not answer within ``timeout_s`` (it may have ended), or its
+            answer is not one (``protocol.decode_answer``).
     """
-    return _request(run, [verb, *args], timeout_s)
-
-
-def _request(run: RunInfo, request: list[Any], timeout_s: float) -> Answer:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(f"ipc://{run.run_dir}/{ADMIN_SOCKET}")
-        sock.send(msgpack.packb(request, use_bin_type=True))
+        sock.send(protocol.encode(verb, *args))
         if not sock.poll(int(timeout_s * 1000)):
             raise ControlError(f"run {run.name!r} (pid {run.pid}) did not answer within {timeout_s:.0f}s; "
                                "it may have ended")
-        ok, message, nodes = msgpack.unpackb(sock.recv(), raw=False)
-        return Answer(bool(ok), message, nodes)
+        answer = protocol.decode_answer(sock.recv())
+        if answer is None:
+            raise ControlError(f"run {run.name!r} (pid {run.pid}) answered {verb!r} with something that is "
+                               "not an answer (a dmnflow of another version?)")
+        return answer
     finally:
         sock.close()
 
