@@ -30,7 +30,7 @@ from ..errors import ControlError
 from ..plan import Plan
 from ..runtime import protocol
 from ..runtime.admin import RunInfo, ask
-from ..transport.wire import EOS
+from ..transport.wire import ATTRS, EOS, EVENT_TIME, KIND, META, SEND_NS, SEQ, SRC
 
 __all__ = ["Listener", "Record", "bw", "echo", "hz"]
 
@@ -44,7 +44,8 @@ class Record:
 
     def __init__(self, output: str, topic: str, header: list[Any], value: Any, size: int, skipped: int) -> None:
         self.output, self.topic, self.value, self.size, self.skipped = output, topic, value, size, skipped
-        self.count, self.send_ns, self.event_time, self.attrs = header[3], header[6], header[7], header[9]
+        self.count, self.send_ns = header[SEQ], header[SEND_NS]
+        self.event_time, self.attrs = header[EVENT_TIME], header[ATTRS]
 
 
 class Listener:
@@ -92,15 +93,15 @@ class Listener:
                 continue
             frames = self.sub.recv_multipart(copy=False)
             header = msgpack.unpackb(frames[1].bytes, raw=False, strict_map_key=False)
-            src = header[1]
+            src = header[SRC]
             if src not in self.outputs:
                 continue
-            if header[0] == EOS:
+            if header[KIND] == EOS:
                 self.ended.add(src)
                 continue
-            skipped = header[3] - self.last[src] - 1 if src in self.last else 0
-            self.last[src] = header[3]
-            value = self.decoders[src](header[8], [f.buffer for f in frames[2:]])
+            skipped = header[SEQ] - self.last[src] - 1 if src in self.last else 0
+            self.last[src] = header[SEQ]
+            value = self.decoders[src](header[META], [f.buffer for f in frames[2:]])
             yield Record(self.outputs[src], frames[0].bytes.decode("utf-8", "replace"), header, value,
                          sum(len(f.buffer) for f in frames[2:]), max(0, skipped))
 

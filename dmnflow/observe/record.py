@@ -30,7 +30,7 @@ import zmq
 
 from ..codecs import get_codec
 from ..plan import Plan
-from ..transport.wire import EOS
+from ..transport.wire import ATTRS, EOS, EVENT_TIME, KIND, META, ORIGIN_NS, SEND_NS, SEQ, SRC
 from .observer import find_outputs
 from .taps import record_endpoint
 
@@ -93,8 +93,8 @@ def encode_record(cbor2: Any, value: Any, header: list[Any]) -> tuple[bytes, str
         kind = "tensor"
     elif isinstance(value, memoryview):
         value = value.tobytes()
-    envelope = {"value": value, "event_time": header[7], "attrs": header[9], "origin_ns": header[4],
-                "send_ns": header[6], "count": header[3]}
+    envelope = {"value": value, "event_time": header[EVENT_TIME], "attrs": header[ATTRS],
+                "origin_ns": header[ORIGIN_NS], "send_ns": header[SEND_NS], "count": header[SEQ]}
     return cbor2.dumps(envelope), kind
 
 
@@ -172,13 +172,13 @@ class Recorder:
     def _write(self, frames: list[Any]) -> None:
         topic = frames[0].bytes
         header = msgpack.unpackb(frames[1].bytes, raw=False, strict_map_key=False)
-        src = header[1]
-        if header[0] == EOS:
+        src = header[SRC]
+        if header[KIND] == EOS:
             self.ended.add(src)
             return
         node, port = self.src[src]
         try:
-            value = self.decoders[src](header[8], [f.buffer for f in frames[2:]])
+            value = self.decoders[src](header[META], [f.buffer for f in frames[2:]])
             data, kind = encode_record(self.cbor2, value, header)
         except Exception as exc:
             self.errors += 1
@@ -193,8 +193,8 @@ class Recorder:
                 channel_topic(node, port, text), "cbor", 0,
                 {"output": f"{node}.{port}", "topic": text, "codec": self.codec[src], "value": kind,
                  "type": _port_type_text(self.plan, node, port)})
-        count = header[3]
-        self.writer.add_message(channel, log_time=time.time_ns(), data=data, publish_time=header[6] or 0,
+        count = header[SEQ]
+        self.writer.add_message(channel, log_time=time.time_ns(), data=data, publish_time=header[SEND_NS] or 0,
                                 sequence=count & 0xFFFFFFFF)
         self.messages += 1
 
