@@ -32,7 +32,7 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import Issue, IssueList, Location
+from ..errors import Issue, IssueList, Location
 
 __all__ = [
     "BatchSpec",
