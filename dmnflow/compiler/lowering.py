@@ -23,12 +23,12 @@ from typing import Any
 import networkx as nx
 from pydantic import BaseModel, ValidationError
 
-from .codecs import codec_names, get_codec
-from .errors import CompileError, Issue, IssueList, Location, SpecError, sort_issues
-from .importing import ImportPathError, load_object, subclass_of, user_frame
-from .node import Input, Node, Output, Ports, check_types, describe_type
-from .observe.budgets import check_budgets, plan_budgets
-from .plan import (
+from ..codecs import codec_names, get_codec
+from ..errors import CompileError, Issue, IssueList, Location, SpecError, sort_issues
+from ..importing import ImportPathError, load_object, subclass_of, user_frame
+from ..node import Input, Node, Output, Ports, check_types, describe_type
+from ..observe.budgets import check_budgets, plan_budgets
+from ..plan import (
     RUN_DIR,
     BatchPlan,
     BindPlan,
@@ -46,8 +46,8 @@ from .plan import (
     SecurityPlan,
     push_hwm,
 )
-from .spec import CoalesceSpec, LoadedGraph, ModelSpec, NodeEntry, Override, SourceMap, format_cpus, load_graph
-from .transport.security import check_key_dir
+from ..spec import CoalesceSpec, LoadedGraph, ModelSpec, NodeEntry, Override, SourceMap, format_cpus, load_graph
+from ..transport.security import check_key_dir
 
 __all__ = ["compile_graph", "validate"]
 
