@@ -31,12 +31,11 @@ from ..spec import (
     NodeSpec,
     Override,
     SourceMap,
-    _display,
-    _suggest,
     load_overlay,
     parse_yaml,
     validate_section,
 )
+from ..spec.source import _display, _suggest
 from .objectives import REPORT_FIGURES, Objective, match_node
 from .schema import ParamSpec, TuneSpec
 from .space import Param, Space

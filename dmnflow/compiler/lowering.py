@@ -1,0 +1,232 @@
+"""Lowering the checked graph to the Plan: replicas expanded, instances in topological
+order, every instance edge given a transport, a pattern and a bind, each bind its endpoint,
+high-water mark and coalescing, each input its connects, and the processes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import networkx as nx
+
+from ..codecs import get_codec
+from ..node import describe_type
+from ..observe.budgets import plan_budgets
+from ..plan import (
+    RUN_DIR,
+    BatchPlan,
+    BindPlan,
+    CoalescePlan,
+    ConnectPlan,
+    EdgePlan,
+    InputPlan,
+    JoinPlan,
+    NodePlan,
+    OutputPlan,
+    Plan,
+    ProcessPlan,
+    RestartPlan,
+    SecurityPlan,
+    push_hwm,
+)
+from ..spec import CoalesceSpec
+from .binding import model_plan
+from .state import _Compilation, _Edge, _Node, _template
+from .wiring import output_transport
+
+
+class _Lowering(_Compilation):
+    """``build_plan``: run once every check has passed."""
+
+    def build_plan(self, codecs: dict[tuple[str, str], str], security: SecurityPlan) -> Plan:
+        order = {name: i for i, name in enumerate(self.nodes)}
+        instances = nx.DiGraph()
+        for node in self.nodes.values():
+            instances.add_nodes_from(node.instances)
+        inst_edges: list[tuple[str, str, _Edge]] = []
+        for e in self.edges:
+            producers = self.nodes[e.src].instances
+            if e.replica is not None:
+                producers = [producers[e.replica]]
+            for src in producers:
+                for dst in self.nodes[e.dst].instances:
+                    inst_edges.append((src, dst, e))
+                    if not e.feedback:
+                        instances.add_edge(src, dst)
+        topo = list(nx.lexicographical_topological_sort(
+            instances, key=lambda n: (order[_template(n)], n)))
+        process_of = {inst: (node.entry.spec.group or inst) for node in self.nodes.values()
+                      for inst in node.instances}
+
+        # every instance edge gets an id, a transport, a pattern and a bind
+        edge_plans: list[EdgePlan] = []
+        binds: dict[tuple[str, str], dict[tuple[str, str, str], list[int]]] = {}
+        for i, (src, dst, e) in enumerate(sorted(inst_edges, key=lambda t: (
+                topo.index(t[0]), t[2].src_port, topo.index(t[1]), t[2].dst_port))):
+            consumer = self.nodes[e.dst]
+            inp = consumer.entry.spec.inputs[e.dst_port]
+            policy = inp.policy or consumer.entry.defaults.policy
+            producer = self.nodes[e.src]
+            fixed = producer.entry.spec.outputs.get(e.src_port)
+            transport = "inproc" if process_of[src] == process_of[dst] else \
+                output_transport(producer, e.src_port)
+            share = len(consumer.instances) > 1 and consumer.entry.spec.dispatch == "share"
+            if transport == "tcp" and fixed is not None and fixed.port is not None:
+                pattern, target = "stream", ""  # the fixed port carries every edge of the output
+            else:
+                pattern = "push" if policy == "block" or share else "pub"
+                # a PUB serves all subscribers; a PUSH serves one consumer, or one replica set
+                target = "" if pattern == "pub" else (e.dst if share else dst) + "." + e.dst_port
+            binds.setdefault((src, e.src_port), {}).setdefault((transport, pattern, target), []).append(i)
+            edge_plans.append(EdgePlan(
+                id=i, src=src, src_port=e.src_port, dst=dst, dst_port=e.dst_port, type=e.type,
+                codec=codecs[(e.src, e.src_port)], transport=transport, endpoint="", bind="", pattern=pattern,
+                policy=policy, queue=inp.queue or consumer.entry.defaults.queue, topics=inp.topics,
+                feedback=e.feedback, delivery=inp.delivery or consumer.entry.defaults.delivery,
+                group=f"{e.dst}.{e.dst_port}" if share else None))
+
+        bind_of: dict[int, tuple[str, str]] = {}  # edge -> (bind id, endpoint)
+        counters: dict[str, int] = {}  # bind id -> its counter slot
+        node_plans: list[NodePlan] = []
+        for inst in topo:
+            node = self.nodes[_template(inst)]
+            entry, spec = node.entry, node.entry.spec
+            assert node.ports is not None and node.cls is not None and node.params is not None
+            outputs = []
+            for port, decl in node.ports.outputs.items():
+                out = spec.outputs.get(port)
+                groups = binds.get((inst, port), {})
+                fixed = out.port if out is not None else None
+                if fixed is not None and len(node.instances) > 1:
+                    fixed += node.instances.index(inst)  # replicas take consecutive ports
+                if fixed is not None and not any(k[1] == "stream" for k in groups):
+                    # a fixed port with no consumer in another process: bound anyway, for clients outside
+                    groups = {("tcp", "stream", ""): [], **groups}
+                elif not groups:
+                    groups = {(output_transport(node, port), "pub", ""): []}
+                hwm = out.queue if out and out.queue else entry.defaults.queue
+                coalesce = _coalesce_plan(out.coalesce if out and out.coalesce is not None
+                                          else entry.defaults.coalesce)
+                bind_plans = []
+                for (transport, pattern, target), ids in groups.items():
+                    endpoint = self.endpoint(inst, port, transport, pattern, target, node,
+                                             fixed if pattern == "stream" else None)
+                    if pattern == "stream":  # one socket per port and process: outputs may share it
+                        bind_id = f"{process_of[inst]}@{endpoint.removeprefix('tcp://')}"
+                        # a block edge's credit (its queue) never fills its pipe: libzmq learns what the
+                        # reader took only every half pipe, so the pipe holds twice the credit
+                        window = max([edge_plans[e].queue for e in ids], default=hwm)
+                        send_hwm = max(hwm, 2 * window + 64)
+                    else:
+                        send_hwm = hwm
+                        bind_id = f"{inst}.{port}/{pattern}" + (f"/{target}" if target else "") + f"/{transport}"
+                    counter = counters.setdefault(bind_id, len(counters))
+                    # inside one process the consumer runs in the producer's own loop: a bounded queue
+                    # there could only deadlock (the producer waiting for a reader that cannot run)
+                    # push: bursts coalesce, except on at-least-once edges (each record is resent alone)
+                    merged = coalesce if pattern == "push" and not any(
+                        edge_plans[e].delivery == "at-least-once" for e in ids) else None
+                    bound = 0 if transport == "inproc" else push_hwm(hwm, merged) if pattern == "push" else send_hwm
+                    for edge_id in ids:
+                        bind_of[edge_id] = (bind_id, endpoint)
+                    bind_plans.append(BindPlan(id=bind_id, counter=counter, endpoint=endpoint, transport=transport,
+                                               pattern=pattern, hwm=bound, edges=ids, coalesce=merged))
+                codec = codecs[(entry.name, port)]
+                outputs.append(OutputPlan(
+                    port=port, type=describe_type(decl.type), codec=codec,
+                    compress_above=(out.compress_above if out and out.compress_above is not None
+                                    else entry.defaults.compress_above) if get_codec(codec).compressible else None,
+                    binds=bind_plans,
+                    shm_above=entry.defaults.shm_above if get_codec(codec).shm else None,
+                    shm_slots=out.shm_slots if out and out.shm_slots else entry.defaults.shm_slots,
+                    room_poll_s=entry.defaults.room_poll))
+            restart = spec.restart or entry.defaults.restart
+            node_plans.append(NodePlan(
+                name=inst, spec_name=entry.name, uses=spec.uses, params=node.params.model_dump(mode="json"),
+                layer=spec.layer, process=process_of[inst], cpus=spec.cpus or [], gpu=spec.gpu, host=spec.host,
+                resources=spec.resources,
+                replica=None if len(node.instances) == 1 else node.instances.index(inst),
+                replicas=len(node.instances), restart=RestartPlan(
+                    policy=restart.policy, max_restarts=restart.max_restarts, backoff_s=restart.backoff,
+                    backoff_max_s=restart.backoff_max),
+                busy=spec.busy if spec.busy is not None else node.cls.busy, source=node.cls.is_source(),
+                model=model_plan(node),
+                join=None if spec.join is None else JoinPlan(inputs=spec.join.inputs, timeout_s=spec.join.timeout),
+                timers=spec.timers, env=list(node.cls.environment(node.params)),
+                inputs=[], outputs=outputs, loc=str(self.loc("nodes", entry.name, key=True) or entry.name)))
+
+        edge_plans = [e.model_copy(update={"bind": bind_of[e.id][0], "endpoint": bind_of[e.id][1]})
+                      for e in edge_plans]
+        bind_by_id = {b.id: b for n in node_plans for o in n.outputs for b in o.binds}
+        by_input: dict[tuple[str, str], list[EdgePlan]] = {}
+        for e in edge_plans:
+            by_input.setdefault((e.dst, e.dst_port), []).append(e)
+        final_nodes = []
+        for plan_node in node_plans:
+            node = self.nodes[plan_node.spec_name]
+            inputs = []
+            for port, inp in node.entry.spec.inputs.items():
+                edges = by_input.get((plan_node.name, port), [])
+                declared = node.ports.inputs[port] if node.ports else None
+                defaults = node.entry.defaults
+                queue = inp.queue or defaults.queue
+                inputs.append(InputPlan(
+                    port=port, type=describe_type(declared.type if declared else Any),
+                    policy=inp.policy or defaults.policy,
+                    queue=queue, topics=inp.topics, feedback=inp.feedback,
+                    batch=BatchPlan(max=inp.batch.max, wait_s=inp.batch.wait) if inp.batch else None,
+                    connects=[ConnectPlan(edge=e.id, bind=e.bind, node=e.src, port=e.src_port, endpoint=e.endpoint,
+                                          transport=e.transport, pattern=e.pattern,
+                                          hwm=_receive_hwm(e, queue, bind_by_id[e.bind])) for e in edges],
+                    delivery=inp.delivery or defaults.delivery,
+                    max_bytes=inp.max_message or defaults.max_message, read_batch=defaults.read_batch))
+            final_nodes.append(plan_node.model_copy(update={"inputs": inputs}))
+
+        processes: dict[str, list[str]] = {}
+        for inst in topo:
+            processes.setdefault(process_of[inst], []).append(inst)
+        process_plans = [ProcessPlan(name=p, nodes=members, cpus=sorted({
+            c for m in members for c in (self.nodes[_template(m)].entry.spec.cpus or [])}))
+            for p, members in processes.items()]
+        return Plan(graph=self.graph.name, file=self.graph.file, profile=self.graph.profile,
+                    machine_cpus=self.cpus, nodes=final_nodes, edges=edge_plans, processes=process_plans,
+                    warnings=[i.to_dict() for i in self.issues.issues if not i.is_error], security=security,
+                    budgets=plan_budgets(self.nodes, edge_plans, self.loc,
+                                         {name: node.instances for name, node in self.nodes.items()}))
+
+    def endpoint(self, inst: str, port: str, transport: str, pattern: str, target: str, node: _Node,
+                 fixed: int | None) -> str:
+        suffix = "" if pattern == "pub" else "." + _safe(target)
+        if transport == "inproc":
+            return f"inproc://{inst}.{port}{suffix}"
+        if transport == "ipc":
+            name = f"{_safe(inst)}.{port}{suffix}"
+            if len(name) > 60:  # unix socket paths are limited to ~107 bytes
+                name = "e" + hashlib.sha1(name.encode()).hexdigest()[:16]
+            return f"ipc://{RUN_DIR}/{name}"
+        out = node.entry.spec.outputs.get(port)
+        host = (out.host if out and out.host else None) or node.entry.defaults.host
+        return f"tcp://{host}:{fixed if fixed is not None else '*'}"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _coalesce_plan(spec: CoalesceSpec) -> CoalescePlan | None:
+    if not spec.enabled:
+        return None
+    return CoalescePlan(records=spec.records, bytes=spec.bytes, record_max=spec.record_max,
+                        gap_ns=round(spec.gap * 1e9), max_age_ns=round(spec.max_age * 1e9))
+
+
+def _receive_hwm(edge: EdgePlan, queue: int, bind: BindPlan) -> int:
+    """The consumer socket's high-water mark, in ZeroMQ messages, for ``queue`` records: a
+    pipe inside one process is unbounded (a bound there could only deadlock); a stream's
+    reader holds its credit window and the control traffic on top."""
+    if edge.transport == "inproc":
+        return 0
+    if edge.pattern == "push":
+        return push_hwm(queue, bind.coalesce)
+    return queue + 64 if edge.pattern == "stream" else queue
