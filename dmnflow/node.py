@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -103,31 +103,28 @@ class NoParams(BaseModel):
 class Node:
     """Base class of every node. Subclass it, declare ports and ``Params``, add handlers.
 
-    Handlers: ``on_<input>(self, value, ctx)`` per input, or one ``on_message``;
-    a source implements ``run(self, ctx)``. ``busy = True`` marks a node that keeps a
-    core busy (busy-polls or computes continuously), so the compiler warns when two
-    such nodes are pinned to the same core.
-
-    Optional hooks the runtime calls when a node defines them: ``setup(ctx)`` and
-    ``teardown(ctx)``; ``summary() -> dict`` (figures for the live view, the report,
-    Prometheus and the dashboard, asked about once a second); ``progress() -> (done,
-    total[, unit])`` (a finite source: how far it is, e.g. ``(days, 2520, "days")``, for the
-    progress bar and its ETA; total None when unknown); ``on_budget(event, ctx)`` (a latency
-    budget of the graph was missed, or is met again: docs/observe.md); ``on_command(name,
-    args, ctx)`` (``dmnflow swap`` and friends); ``on_<timer>(ctx)`` per ``timers:`` entry.
+    Every hook the framework calls is declared below, with its signature: override the ones
+    the node needs. Two kinds are named after the YAML and cannot be declared here:
+    ``on_<input>(self, value, ctx)`` for each input (or one ``on_message``), and
+    ``on_<timer>(self, ctx)`` for each ``timers:`` entry. A source implements ``run``.
+    ``busy = True`` marks a node that keeps a core busy (busy-polls or computes
+    continuously): the compiler warns when two such nodes are pinned to the same core, and a
+    process whose nodes are all busy spins instead of sleeping.
 
     ``env`` names the secret environment variables the node reads (``("MY_API_KEY",)``;
     shell-style patterns such as ``"AWS_*"`` work too). A worker's environment keeps every
     variable except secret-looking ones (``*_KEY``, ``*_SECRET``, ``*_TOKEN``, ``*PASSWORD*``,
     ...), which reach only the workers whose nodes declare them (docs/runtime.md).
-    A node with a ``summary()`` (figures for the run's report) may list its keys in
-    ``summary_keys``, so a tune file's objectives are checked against them before any trial runs.
+    A node with a ``summary()`` may list its keys in ``summary_keys``, so a tune file's
+    objectives are checked against them before any trial runs. ``needs_model`` marks a node
+    that cannot run without a ``model:`` block.
     """
 
     Params: ClassVar[type[BaseModel]] = NoParams
     busy: ClassVar[bool] = False
     summary_keys: ClassVar[tuple[str, ...]] = ()  # what summary() reports: `dmnflow tune` checks objectives by it
     env: ClassVar[tuple[str, ...]] = ()
+    needs_model: ClassVar[bool] = False
 
     @classmethod
     def environment(cls, params: BaseModel) -> tuple[str, ...]:
@@ -159,12 +156,76 @@ class Node:
     @classmethod
     def is_source(cls) -> bool:
         """A source produces data on its own (``run``) rather than in reply to inputs."""
-        return callable(getattr(cls, "run", None))
+        return cls.defines("run")
 
     @classmethod
     def handles(cls, port: str) -> bool:
         """Whether messages arriving on ``port`` have a handler to go to."""
-        return callable(getattr(cls, f"on_{port}", None)) or callable(getattr(cls, "on_message", None))
+        return callable(getattr(cls, f"on_{port}", None)) or cls.defines("on_message")
+
+    @classmethod
+    def defines(cls, hook: str) -> bool:
+        """Whether this class implements ``hook`` itself: the do-nothing versions declared on
+        ``Node`` do not count (a node without ``run`` is no source)."""
+        mine = getattr(cls, hook, None)
+        if not callable(mine):
+            return False
+        base = getattr(Node, hook, None)
+        return base is None or getattr(mine, "__func__", mine) is not getattr(base, "__func__", base)
+
+    # -- the hooks: the framework calls each at the moment its docstring says
+
+    def setup(self, ctx: Context) -> None:
+        """Once, before the first message, after every connection of the graph is up (open
+        files, load state; a model node loads its model here)."""
+
+    def teardown(self, ctx: Context) -> None:
+        """Once, after the last message: every input has ended (or the source's ``run``
+        returned). It may still emit; end-of-stream follows what it sends."""
+
+    def run(self, ctx: Context) -> Iterator[Any] | None:
+        """A source's data: best a generator that yields ``(port, value)`` or ``(port, value,
+        event_time)`` (or None, to give the worker a turn without emitting); returning ends
+        its stream. A plain loop calling ``ctx.emit`` works too (a stop ends it from inside
+        ``emit``). Only a class that defines it is a source."""
+        raise NotImplementedError
+
+    def on_message(self, port: str, value: Any, ctx: Context) -> None:
+        """Every message of an input that has no ``on_<input>`` of its own (``ctx.message``
+        says where it came from)."""
+        raise NotImplementedError(f"{type(self).__name__} has no handler for input {port!r}")
+
+    def on_join(self, values: dict[str, Any], ctx: Context) -> None:
+        """One event time of the YAML's ``join:``: ``values`` has one value per joined input,
+        ``ctx.joined`` the message behind each, ``ctx.message.event_time`` the time."""
+        raise NotImplementedError(f"{type(self).__name__} has no on_join")
+
+    def on_command(self, name: str, args: dict[str, Any], ctx: Context) -> Any:
+        """A command sent to the running node (``dmnflow swap`` sends ``swap``): its result, or
+        a ``concurrent.futures.Future`` of it, is the answer; an exception refuses it. A node
+        that does not define it takes no commands."""
+        raise NotImplementedError(f"{type(self).__name__} takes no commands")
+
+    def on_budget(self, event: dict[str, Any], ctx: Context) -> None:
+        """A latency budget of the graph was missed (``event["state"] == "missed"``) or holds
+        again (``"met"``), with its name, quantile, limit and measured value
+        (docs/observe.md); it may emit, like a timer."""
+
+    def summary(self) -> dict[str, Any] | None:
+        """The node's figures for the live view, the report, Prometheus, the dashboard and
+        tune objectives, asked about once a second (declare the keys in ``summary_keys``)."""
+        return None
+
+    def progress(self) -> tuple[Any, ...] | None:
+        """How far a finite source is: ``(done, total)`` or ``(done, total, unit)``, e.g.
+        ``(days, 2520, "days")``, total None when unknown; for the progress bar and its ETA."""
+        return None
+
+    @classmethod
+    def check_model(cls, params: BaseModel, model: Any) -> list[tuple[str, str, str]]:
+        """``dmnflow validate`` on a node with a ``model:`` block (its ``ModelPlan``): what is
+        wrong with the model for these params, as ``(code, message, hint)``; none by default."""
+        return []
 
 
 @dataclass(slots=True)

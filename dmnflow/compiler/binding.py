@@ -148,7 +148,7 @@ class _Binding(_Compilation):
         if len(set(join.inputs)) != len(join.inputs):
             self.add("bad-join", "join names an input twice", self.loc("nodes", name, "join", "inputs"),
                      f"nodes.{name}.join.inputs", "list each input once")
-        if not callable(getattr(node.cls, "on_join", None)):
+        if not node.cls.defines("on_join"):
             self.add("missing-handler", f"{node.cls.__name__} has no on_join() for its join",
                      self.loc("nodes", name, "join"), f"nodes.{name}.join",
                      f"add `def on_join(self, values: dict, ctx)` to {node.cls.__name__}")
@@ -171,7 +171,7 @@ class _Binding(_Compilation):
         model = node.entry.spec.model
         name = node.entry.name
         if model is None:
-            if node.cls is not None and getattr(node.cls, "needs_model", False):
+            if node.cls is not None and node.cls.needs_model:
                 self.add("model-missing", f"{node.cls.__name__} runs a model, but the node has no `model:` block",
                          self.key_loc(("nodes", name, "uses"), ("nodes", name)), f"nodes.{name}",
                          "add `model: {path: models/my_model.pt}` (a TorchScript or torch.export file)")
@@ -182,10 +182,9 @@ class _Binding(_Compilation):
                      self.loc("nodes", name, "model", "path"), f"nodes.{name}.model.path",
                      "paths are relative to the YAML file; train or export the model first")
             return
-        check = getattr(node.cls, "check_model", None)
-        if not (self.models and callable(check) and node.params is not None):
+        if not (self.models and node.cls.defines("check_model") and node.params is not None):
             return
-        for code, message, hint in check(node.params, model_plan(node)):
+        for code, message, hint in node.cls.check_model(node.params, model_plan(node)):
             self.add(code, message, self.key_loc(("nodes", name, "model"), ("nodes", name)), f"nodes.{name}.model",
                      hint)
 

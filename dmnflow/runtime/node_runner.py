@@ -159,7 +159,7 @@ class NodeRunner:
         self.topic_bytes, self.topic = b"", ""  # the last topic seen, decoded
         self.is_sink = not plan_node.outputs
         self.handlers = {i.port: getattr(self.node, f"on_{i.port}", None) for i in plan_node.inputs}
-        self.on_message = getattr(self.node, "on_message", None)
+        self.on_message = self.node.on_message if self.cls.defines("on_message") else None
         self.gen: Iterator[Any] | None = None
         self.loop_source = False  # a source whose run() is a plain loop, not a generator
         self.stopping = False
@@ -179,8 +179,7 @@ class NodeRunner:
         self.forward_inputs = any(not i.feedback for i in plan_node.inputs)
 
     def setup(self) -> None:
-        if hasattr(self.node, "setup"):
-            self.node.setup(self.ctx)
+        self.node.setup(self.ctx)
         if self.plan.source:
             run = self.node.run  # type: ignore[attr-defined]
             if inspect.isgeneratorfunction(run):
@@ -405,8 +404,7 @@ class NodeRunner:
         if self.join is not None:
             for event_time, values in self.join.release(final=True):
                 self.call_join(event_time, values)
-        if hasattr(self.node, "teardown"):
-            self.node.teardown(self.ctx)
+        self.node.teardown(self.ctx)
         for outlet in self.outlets.values():
             outlet.send_eos()
 
@@ -422,19 +420,16 @@ class NodeRunner:
         """What a heartbeat carries of this node; its counts are in the counters file."""
         if self.join is not None:
             self.mv[self.nbase + N_JOIN_INCOMPLETE] = self.join.incomplete
-        summary = getattr(self.node, "summary", None)
-        progress = getattr(self.node, "progress", None)
+        node = self.node
         return {"e2e": {origin: h.to_sparse() for origin, h in self.e2e.items()},
-                "summary": summary() if callable(summary) else None,
-                "progress": progress_of(progress()) if callable(progress) else None}
+                "summary": node.summary(), "progress": progress_of(node.progress())}
 
     def on_budget(self, event: dict[str, Any]) -> None:
         """A latency budget was missed, or is met again: the node's ``on_budget``, if it has one."""
-        handler = getattr(self.node, "on_budget", None)
-        if handler is None or self.done:
+        if self.done or not self.cls.defines("on_budget"):
             return
         try:
-            handler(event, self.ctx)
+            self.node.on_budget(event, self.ctx)
         except Exception as exc:
             raise NodeError(f"{type(exc).__name__} in on_budget: {exc}", node=self.plan.name,
                             port="on_budget") from exc

@@ -425,7 +425,7 @@ class Worker:
         """A command for one node (``dmnflow swap`` and friends) goes to its ``on_command``;
         a result that is a Future is answered when it completes (see ``answer_done``)."""
         runner = next((r for r in self.runners if r.plan.name == node), None)
-        handler = getattr(runner.node, "on_command", None) if runner is not None else None
+        handler = runner.node.on_command if runner is not None and runner.cls.defines("on_command") else None
         if handler is None:
             self.tell(protocol.REPLY, token, node, False, f"node {node!r} takes no commands")
             return

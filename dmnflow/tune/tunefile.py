@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from ..compiler import compile_graph
 from ..errors import GraphError, Issue, IssueList, Location, SpecError
 from ..importing import ImportPathError, load_object
+from ..node import Node
 from ..plan import Plan
 from ..spec import (
     GraphSpec,
@@ -598,7 +599,7 @@ class _Loader:
         cls = _node_class(plan_node.uses)
         if cls is not None:
             keys = cls.summary_keys
-            if not callable(getattr(cls, "summary", None)):
+            if not (isinstance(cls, type) and issubclass(cls, Node) and cls.defines("summary")):
                 self.add("unknown-objective", f"node {found[0]!r} ({cls.__name__}) reports no figures", loc, path,
                          "name a node with a summary(), e.g. performance")
                 return None

@@ -67,3 +67,31 @@ def test_error_tree():
     assert issubclass(dmnflow.GraphError, dmnflow.DmnflowError)
     assert issubclass(dmnflow.DecodeError, dmnflow.CodecError)
     assert issubclass(dmnflow.SendTimeout, dmnflow.TransportError)
+
+
+def test_every_hook_the_framework_calls_is_declared_on_node():
+    import inspect
+
+    hooks = ("setup", "teardown", "run", "on_message", "on_join", "on_command", "on_budget", "summary", "progress",
+             "check_model", "ports", "environment")
+    for hook in hooks:
+        member = getattr(dmnflow.Node, hook)
+        assert callable(member) and inspect.getdoc(member), hook
+
+    class Plain(dmnflow.Node):
+        value = dmnflow.Input(float)
+
+        def on_value(self, value, ctx):
+            pass
+
+    class Source(Plain):
+        def run(self, ctx):
+            yield from ()
+
+        def summary(self):
+            return {"n": 1}
+
+    assert not Plain.is_source() and Source.is_source()
+    assert not Plain.defines("summary") and Source.defines("summary") and not Plain.defines("on_join")
+    assert Plain.handles("value") and not Plain.handles("other")
+    assert Plain().summary() is None and Plain().progress() is None and Plain.check_model(None, None) == []
