@@ -725,8 +725,8 @@ def _render_plan(plan: Plan) -> None:
             if n.env:  # the secret variables its worker gets (runtime/env.py)
                 node.add(f"env {', '.join(n.env)}")
             for o in n.outputs:
-                shm = f"  shm >= {_size(o.shm_above)} ({o.shm_slots} slots)" if o.shm_above is not None else ""
                 for b in o.binds:
+                    shm = f"  shm >= {_size(o.shm_above)} ({o.shm_slots} slots)" if b.shm and o.shm_above else ""
                     hwm = "unbounded (same process)" if b.hwm == 0 else f"{b.hwm} msgs"
                     co = b.coalesce
                     coalesce = (f"  coalesce {co.records} records/{_size(co.bytes)}, <= {_size(co.record_max)} each, "

@@ -607,20 +607,20 @@ def _pickle_decoder(tp: Any, limits: Limits) -> Decoder:
 
 
 for _codec in (
-    Codec("raw", "bytes as they are, one frame", _bytes_like, zero_copy=True,
+    Codec("raw", "bytes as they are, one frame", _bytes_like, zero_copy=True, shm=True,
           make_encoder=_raw_encoder, make_decoder=_raw_decoder),
-    Codec("json", "UTF-8 JSON of plain data and records", lambda t: _plain(t, with_bytes=False),
+    Codec("json", "UTF-8 JSON of plain data and records", lambda t: _plain(t, with_bytes=False), shm=True,
           make_encoder=_json_encoder, make_decoder=_json_decoder),
-    Codec("msgpack", "msgpack of plain data, bytes and records", lambda t: _plain(t, with_bytes=True),
+    Codec("msgpack", "msgpack of plain data, bytes and records", lambda t: _plain(t, with_bytes=True), shm=True,
           make_encoder=_msgpack_encoder, make_decoder=_msgpack_decoder),
     Codec("msgpack+lz4", "msgpack, lz4-compressed above compress_above bytes",
-          lambda t: _plain(t, with_bytes=True), compressible=True,
+          lambda t: _plain(t, with_bytes=True), compressible=True, shm=True,
           make_encoder=_lz4_encoder, make_decoder=_lz4_decoder),
     Codec("tensor", "n-d arrays as a raw buffer frame; dtype and shape in the header",
           lambda t: t is Any or isinstance(t, Tensor), zero_copy=True, shm=True,
           make_encoder=_tensor_encoder, make_decoder=_tensor_decoder),
     Codec("pickle", "any Python object; opt-in, refused on tcp edges", lambda t: True,
-          network_safe=False, zero_copy=True, make_encoder=_pickle_encoder, make_decoder=_pickle_decoder),
+          network_safe=False, zero_copy=True, shm=True, make_encoder=_pickle_encoder, make_decoder=_pickle_decoder),
 ):
     register_codec(_codec)
 del _codec

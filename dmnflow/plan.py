@@ -99,6 +99,7 @@ class BindPlan(_Frozen):
     hwm: int  # the socket's send high-water mark, in ZeroMQ messages (0: unbounded, inproc)
     edges: list[int]
     coalesce: CoalescePlan | None = None  # push binds that coalesce bursts
+    shm: bool = False  # payloads of the output's shm_above and more go through shared memory (ipc binds)
 
 
 class ConnectPlan(_Frozen):
@@ -120,8 +121,8 @@ class OutputPlan(_Frozen):
     codec: str
     compress_above: int | None
     binds: list[BindPlan]
-    shm_above: int | None = None  # tensor payloads from this size go through shared memory (push, same host)
-    shm_slots: int = 16  # shared-memory slots in flight at once
+    shm_above: int | None = None  # payloads from this size go through shared memory, on the binds marked shm
+    shm_slots: int = 16  # shared-memory slots in flight at once, per bind
     room_poll_s: float = 0.01  # a blocked send looks at its consumers again at least this often
 
 

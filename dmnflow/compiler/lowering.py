@@ -133,12 +133,19 @@ class _Lowering(_Compilation):
                     bind_plans.append(BindPlan(id=bind_id, counter=counter, endpoint=endpoint, transport=transport,
                                                pattern=pattern, hwm=bound, edges=ids, coalesce=merged))
                 codec = codecs[(entry.name, port)]
+                # large payloads through shared memory: a codec that allows it, between processes of one host
+                shm_above = entry.defaults.shm_above if get_codec(codec).shm else None
+                if shm_above is not None:
+                    bind_plans = [b.model_copy(update={"shm": True}) if b.transport == "ipc"
+                                  and b.pattern in ("pub", "push") else b for b in bind_plans]
+                    if not any(b.shm for b in bind_plans):
+                        shm_above = None
                 outputs.append(OutputPlan(
                     port=port, type=describe_type(decl.type), codec=codec,
                     compress_above=(out.compress_above if out and out.compress_above is not None
                                     else entry.defaults.compress_above) if get_codec(codec).compressible else None,
                     binds=bind_plans,
-                    shm_above=entry.defaults.shm_above if get_codec(codec).shm else None,
+                    shm_above=shm_above,
                     shm_slots=out.shm_slots if out and out.shm_slots else entry.defaults.shm_slots,
                     room_poll_s=entry.defaults.room_poll))
             restart = spec.restart or entry.defaults.restart

@@ -88,7 +88,7 @@ class Defaults(_Spec):
     host: str = Field("127.0.0.1", description="address tcp outputs bind to")
     codec: str = Field("msgpack", description="codec of outputs whose port names none")
     compress_above: Size = Field(1024, description="msgpack+lz4 compresses payloads above this")
-    shm_above: Size | None = Field(2**20, description="tensors this large on same-host push edges go "
+    shm_above: Size | None = Field(2**20, description="payloads this large on same-host (ipc) edges go "
                                    "through shared memory; none: always the socket")
     queue: int = Field(1000, ge=1, description="records buffered per edge (the plan shows the ZeroMQ high-water "
                        "mark it becomes)")

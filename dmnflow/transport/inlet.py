@@ -304,11 +304,17 @@ class Inlet:
                     continue
                 meta = header[META]
                 try:
-                    if type(meta) is list and len(meta) == 6 and meta[0] == SHM_LEASE:
+                    if type(meta) is list and 6 <= len(meta) <= 7 and meta[0] == SHM_LEASE:
                         if self.connects_tcp(source.edge):
                             raise ValueError("shared memory over tcp")
                         payload = [self.shm.attach(source.edge, meta[:5], self.shm_prefix[src], self.max_bytes)]
-                        meta = meta[5]
+                        if len(meta) == 7:  # a pub lease: the subscribers the producer counted free it
+                            readers = meta[5]
+                            if type(readers) is not list:
+                                raise ValueError("malformed lease")
+                            if source.edge not in readers:  # joined meanwhile: the slot may be reused, copy
+                                payload = [memoryview(payload[0].tobytes())]
+                        meta = meta[-1]
                     value = self.decoders[source.edge](meta, payload)
                 except (DecodeError, ValueError, OSError):  # OSError: a segment that is not there
                     mv[base + DECODE_ERRORS] += 1
@@ -437,10 +443,14 @@ class Inlet:
         frees, self.shm.frees = self.shm.frees, []
         dealer_of = {e: d for d, e in self.dealers}
         for edge, slot, gen in frees:
+            msg = control(b"free", edge, self.link.token, slot, gen)
             dealer = dealer_of.get(edge)
             if dealer is not None:
                 with contextlib.suppress(zmq.ZMQError):
-                    dealer.send(control(b"free", edge, self.link.token, slot, gen), zmq.NOBLOCK)
+                    dealer.send(msg, zmq.NOBLOCK)
+            elif self.sub is not None:  # a pub edge: the producer reads the subscription, which goes again
+                self.sub.setsockopt(zmq.SUBSCRIBE, msg)
+                self.sub.setsockopt(zmq.UNSUBSCRIBE, msg)
 
     def _ack(self, edge: int, sock: zmq.Socket) -> None:
         if sock in self.streams:

@@ -147,11 +147,12 @@ class Outlet:
                 sock.setsockopt(zmq.SNDHWM, bind.hwm)
             actual = bind_socket(link, sock, bind, what, link.resolved.get(bind.id))
             self.bound[bind.id] = actual
+            # the compiler marks the binds whose large payloads go through shared memory (never tcp)
+            shm = bind.shm and shm_above is not None and bind.transport != "tcp"
+            pool = ShmPool(shm_above, shm_slots, segment_prefix(link.tag, src)) if shm else None
             if bind.pattern == "pub":
-                self.pubs.append(_Pub(sock, bind, [edges[e] for e in bind.edges], link))
+                self.pubs.append(_Pub(sock, bind, [edges[e] for e in bind.edges], link, pool))
             else:
-                same_host = shm_above is not None and bind.transport != "tcp"
-                pool = ShmPool(shm_above, shm_slots, segment_prefix(link.tag, src)) if same_host else None
                 router = _Router(sock, bind, [edges[e] for e in bind.edges], link, src, inc, pool,
                                  self.flusher if bind.coalesce is not None else None, room_ms)
                 self.routers.append(router)
@@ -225,14 +226,25 @@ class Outlet:
         if self.pubs:
             seq = self.seq.get(topic, 0)
             self.seq[topic] = seq + 1
-            parts = message(topic, self.packer, (DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time,
-                                                 meta, attrs), frames)
+            parts = None
             for pub in self.pubs:  # counted before it goes: a kill in between is a loss the report shows
                 for base in pub.unfiltered:
                     mv[base] += 1
                 for base, prefixes in pub.filtered:  # count what that subscriber asked for
                     if topic.startswith(prefixes):
                         mv[base] += 1
+                if pub.pool is not None and len(frames) == 1 and memoryview(frames[0]).nbytes >= pub.pool.threshold:
+                    pub.service()  # frees waiting on the socket
+                    readers = pub.readers(topic)
+                    lease = pub.pool.put(frames, readers) if readers else None
+                    if lease is not None:  # every subscriber maps the one slot; those it names free it
+                        send_parts(pub.sock, message(topic, self.packer, (
+                            DATA, self.src, self.inc, seq, origin_ns, origin, now, event_time,
+                            [*lease, readers, meta], attrs), []), 0)
+                        continue
+                if parts is None:
+                    parts = message(topic, self.packer, (DATA, self.src, self.inc, seq, origin_ns, origin, now,
+                                                         event_time, meta, attrs), frames)
                 send_parts(pub.sock, parts, 0)
         for router in self.routers:
             router.send(topic, frames, origin_ns, origin, now, event_time, meta, attrs)
@@ -284,8 +296,9 @@ class Outlet:
                 stream.shared.close()
             for router in self.routers:
                 router.pending.clear()
-                if router.pool is not None:
-                    router.pool.close()
+            for holder in [*self.pubs, *self.routers]:
+                if holder.pool is not None:
+                    holder.pool.close()
 
 
 def message(topic: bytes, packer: msgpack.Packer, fields: tuple[Any, ...], frames: list[Any]) -> list[Any]:
@@ -318,14 +331,29 @@ def _junk(link: Link, bind: BindPlan) -> None:
         link.counters.mv[link.counters.layout.bind(bind.counter) + B_JUNK] += 1
 
 
+class _AnyEdge:
+    """Every edge number: for telling another edge's control message from junk."""
+
+    def __contains__(self, edge: object) -> bool:
+        return True
+
+
+_ANY_EDGE = _AnyEdge()
+
+
 class _Pub:
     """The sending side of ``pub`` edges: which consumers joined, which acknowledged the end."""
 
-    def __init__(self, sock: zmq.Socket, bind: BindPlan, edges: list[EdgePlan], link: Link) -> None:
+    def __init__(self, sock: zmq.Socket, bind: BindPlan, edges: list[EdgePlan], link: Link,
+                 pool: ShmPool | None = None) -> None:
         self.sock = sock
         self.bind = bind
         self.link = link
+        self.pool = pool  # large payloads in shared memory: every subscriber maps the slot
         self.edges = [e.id for e in edges]
+        self.all_topics = [e.id for e in edges if not e.topics]
+        self.some_topics = [(e.id, tuple(t.encode() for t in e.topics)) for e in edges if e.topics]
+        self.inc_of: dict[int, int] = {}  # each consumer's incarnation, from its hello
         layout = link.counters.layout
         self.unfiltered = [layout.edge(e.id) + SENT for e in edges if not e.topics]
         self.filtered = [(layout.edge(e.id) + SENT, tuple(t.encode() for t in e.topics)) for e in edges if e.topics]
@@ -344,14 +372,31 @@ class _Pub:
                 continue  # a subscription to data topics: an in-graph consumer's, or a tap's
             ctl = parse_control(msg[1:], token, edges)
             if ctl is None:
-                _junk(self.link, self.bind)
+                # an input's one SUB tells every producer it dials what it tells one of them: with
+                # the run's token, another edge's hello, ack or free is not junk, only not ours
+                if parse_control(msg[1:], token, _ANY_EDGE) is None:
+                    _junk(self.link, self.bind)
             elif msg[:1] != b"\x01":  # an unsubscription: of a hello topic when its consumer left
-                if ctl.verb == b"hello":
+                if ctl.verb == b"hello" and self.inc_of.get(ctl.edge) == ctl.args[0]:
                     self.left.add(ctl.edge)
+                    if self.pool is not None:  # its mappings went with it
+                        self.pool.gone(ctl.edge)
             elif ctl.verb == b"hello":
                 self.joined.add(ctl.edge)
+                self.inc_of[ctl.edge] = ctl.args[0]
+                self.left.discard(ctl.edge)  # a restarted consumer is back
             elif ctl.verb == b"ack":
                 self.acked.add(ctl.edge)
+            elif ctl.verb == b"free" and self.pool is not None:  # subscribed, then unsubscribed, by a SUB
+                self.pool.free(ctl.args[0], ctl.args[1], ctl.edge)
+
+    def readers(self, topic: bytes) -> list[int]:
+        """The subscribers that will receive ``topic`` and free its slot: joined, not gone."""
+        joined, left = self.joined, self.left
+        found = [e for e in self.all_topics if e in joined and e not in left]
+        found += [e for e, prefixes in self.some_topics if topic.startswith(prefixes) and e in joined
+                  and e not in left]
+        return found
 
 
 class _Held:

@@ -1,10 +1,18 @@
-"""Shared memory for large payloads on same-host push edges.
+"""Shared memory for large payloads on same-host edges (push and pub, ipc).
 
 The producer copies a large payload into a slot of its pool (or the node wrote it there
 itself, ``Outlet.alloc``) and sends only a lease ``["shm", name, slot, gen, size]``; the
 consumer maps the segment and hands the node a read-only array over it, without copying.
 The slot is freed (a ``free`` control message back to the producer) only when that array
-and every view of it are gone, so a node may keep what it received.
+and every view of it are gone, so a node may keep what it received. On a pub bind every
+subscriber gets the lease: the slot is free once each one the producer counted (the
+``readers`` the lease names) has freed it; a subscriber the lease does not name (one that
+joined meanwhile) copies the payload out at once. A pub socket may drop a lease at a slow
+subscriber, which then never frees it. A subscriber reads in order, so once it has freed a
+lease sent later, it either maps this slot already or will never see the lease: when all
+slots are taken, a slot every pending reader has passed so is replaced by a new segment
+(whoever still maps the old one keeps reading it intact). Nothing a consumer may still
+map is ever unlinked.
 
 Nothing in a lease is trusted: a consumer maps only segments whose name carries this run's
 tag and the producer's output number (``segment_prefix``), only on same-host edges, at most
@@ -23,7 +31,7 @@ from typing import Any
 
 from .wire import SHM_LEASE
 
-__all__ = ["ShmMaps", "ShmPool", "segment_prefix"]
+__all__ = ["ANY", "ShmMaps", "ShmPool", "segment_prefix"]
 
 _CREATED: set[str] = set()  # segments this process made (a group may hold producer and consumer)
 _COUNTER = [0]
@@ -60,23 +68,30 @@ def _address(view: memoryview) -> int | None:
         return None
 
 
+ANY = -1  # a push lease: whichever consumer received it frees it
+
+
 class ShmPool:
-    """Shared-memory slots of one output's push edges. A slot is taken while its consumer has
-    not freed it (``sent``) or while the node holds arrays over it (``held``: a loan from
-    ``loan``, for the node to write its tensor into, not yet gone)."""
+    """Shared-memory slots of one bind of an output. A slot is taken while consumers have not
+    freed it (``pending``, the edges the lease went to) or while the node holds arrays over
+    it (``held``: a loan from ``loan``, for the node to write its tensor into, not yet gone)."""
 
     def __init__(self, threshold: int, slots: int, prefix: str) -> None:
         self.threshold = threshold
         self.max_slots = slots
         self.prefix = prefix
-        self.slots: list[list[Any]] = []  # [segment, sent, generation, held: loan id or 0]
+        self.reclaimed = 0
+        self.sent = 0  # leases given out: their order
+        self.passed: dict[int, int] = {}  # edge -> the order of the latest lease it freed
+        self.slots: list[list[Any]] = []  # [segment, pending: set of edges, generation, held: loan id or 0, order]
         self.loans: dict[int, tuple[int, int]] = {}  # address of a loaned slot -> (slot, loan id)
         self.next_loan = 1
 
-    def put(self, frames: list[Any]) -> list[Any] | None:
+    def put(self, frames: list[Any], readers: Any = (ANY,)) -> list[Any] | None:
         """A lease ``["shm", name, slot, gen, size]`` for a large single-frame payload: the
         slot it was written in (a loan, emitted: nothing to copy), else a free slot it is
-        copied into; None when it is small or every slot is taken."""
+        copied into; None when it is small or every slot is taken. ``readers``: the edges
+        that must free it (a pub bind's subscribers), else whichever one receives it."""
         if len(frames) != 1:
             return None
         payload = memoryview(frames[0]).cast("B")
@@ -89,13 +104,15 @@ class ShmPool:
             if loan is not None:
                 slot = self.slots[loan[0]]
                 if slot[3] == loan[1] and not slot[1] and size <= slot[0].size:
-                    slot[1], slot[2] = True, slot[2] + 1
+                    self.sent += 1
+                    slot[1], slot[2], slot[4] = set(readers), slot[2] + 1, self.sent
                     return [SHM_LEASE, slot[0].name, loan[0], slot[2], size]
         index = self._take(size)
         if index is None:
             return None
         slot = self.slots[index]
-        slot[1], slot[2] = True, slot[2] + 1
+        self.sent += 1
+        slot[1], slot[2], slot[4] = set(readers), slot[2] + 1, self.sent
         slot[0].buf[:size] = payload
         return [SHM_LEASE, slot[0].name, index, slot[2], size]
 
@@ -130,20 +147,42 @@ class ShmPool:
         return index if index is not None else self._grow(size)
 
     def _grow(self, size: int) -> int | None:
-        """A new slot, or a free one that was too small made bigger; None when all are in use."""
+        """A new slot, or a free one that was too small made bigger, or one its readers never
+        freed, replaced; None when all are in use."""
         if len(self.slots) < self.max_slots:
-            self.slots.append([_segment(self.prefix, size), False, 0, 0])
+            self.slots.append([_segment(self.prefix, size), set(), 0, 0, 0])
             return len(self.slots) - 1
         small = next((i for i, s in enumerate(self.slots) if not s[1] and not s[3]), None)
         if small is None:
-            return None
-        _drop_segment(self.slots[small][0])
-        self.slots[small] = [_segment(self.prefix, size), False, self.slots[small][2], 0]
+            small = self._stale()
+            if small is None:
+                return None
+            self.reclaimed += 1
+        _drop_segment(self.slots[small][0])  # a consumer still mapping it keeps its pages
+        self.slots[small] = [_segment(self.prefix, size), set(), self.slots[small][2], 0, 0]
         return small
 
-    def free(self, index: int, gen: int) -> None:
+    def _stale(self) -> int | None:
+        """The oldest slot each of whose pending readers has freed a lease sent after it (so
+        maps it already, or lost the lease): safe to replace; None when there is none."""
+        passed = self.passed
+        stale = [(s[4], i) for i, s in enumerate(self.slots)
+                 if s[1] and not s[3] and ANY not in s[1] and all(passed.get(e, 0) > s[4] for e in s[1])]
+        return min(stale)[1] if stale else None
+
+    def free(self, index: int, gen: int, edge: int = ANY) -> None:
+        """Edge ``edge``'s consumer no longer uses the slot (a stale generation is ignored)."""
         if 0 <= index < len(self.slots) and self.slots[index][2] == gen:
-            self.slots[index][1] = False
+            slot = self.slots[index]
+            slot[1].discard(edge)
+            if slot[4] > self.passed.get(edge, 0):
+                self.passed[edge] = slot[4]
+
+    def gone(self, edge: int) -> None:
+        """Edge ``edge``'s consumer is gone: it frees nothing any more."""
+        for slot in self.slots:
+            slot[1].discard(edge)
+        self.passed.pop(edge, None)
 
     def in_use(self) -> int:
         return sum(1 for s in self.slots if s[1] or s[3])

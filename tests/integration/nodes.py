@@ -400,3 +400,59 @@ class Subject(Node):
     def teardown(self, ctx: Any) -> None:
         if self.pending:
             ctx.emit("flushed", self.pending)
+
+
+class Blobs(Node):
+    """Sends ``count`` payloads of ``size`` bytes, payload i filled with ``i % 251``: bytes, or
+    a uint8 tensor."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        count: int = 40
+        size: int = 1 << 20
+        kind: Literal["bytes", "tensor"] = "bytes"
+
+    @classmethod
+    def ports(cls, params: BaseModel) -> Any:
+        from dmnflow import Ports
+
+        out = Output(bytes if getattr(params, "kind", "bytes") == "bytes" else Tensor("uint8", shape=(None,)))
+        out.name = "blobs"
+        return Ports({}, {"blobs": out})
+
+    def run(self, ctx: Any) -> Any:
+        import numpy as np
+
+        for i in range(ctx.params.count):
+            data = np.full(ctx.params.size, i % 251, dtype=np.uint8)
+            yield "blobs", data.tobytes() if ctx.params.kind == "bytes" else data
+
+
+class Digest(Node):
+    """Keeps every payload it receives (bytes or a tensor) and, at the end, writes which fill
+    values arrived, whether each payload is still uniform, and how many lie in shared memory."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        path: str
+
+    blobs = Input(Any)
+
+    def setup(self, ctx: Any) -> None:
+        self.kept: list[Any] = []
+
+    def on_blobs(self, value: Any, ctx: Any) -> None:
+        self.kept.append(value)
+
+    def teardown(self, ctx: Any) -> None:
+        import json
+
+        import numpy as np
+
+        arrays = [np.frombuffer(v, dtype=np.uint8) for v in self.kept]
+        shared = sum(_leased(a) or isinstance(getattr(v, "obj", None), ctypes.Array)
+                     for a, v in zip(arrays, self.kept, strict=True))
+        path = ctx.params.path + (f".{ctx.replica}" if ctx.replica is not None else "")  # replicas: one each
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump({"fills": sorted(int(a[0]) for a in arrays),
+                       "intact": all(bool((a == a[0]).all()) for a in arrays), "via_shm": int(shared)}, out)

@@ -523,6 +523,39 @@ def test_large_tensors_through_shared_memory_stay_intact_while_a_node_keeps_them
     assert 0 < result["via_shm"] <= 16
 
 
+@pytest.mark.parametrize("kind", ["bytes", "tensor"])
+def test_large_payloads_reach_several_subscribers_and_replicas_through_shared_memory(tmp_path, monkeypatch, kind):
+    """A pub output with two subscribers (drop) and a push output to two replicas (block),
+    1 MiB payloads: every one arrives intact although the consumers keep them all."""
+    monkeypatch.chdir(ROOT)
+    g = write(tmp_path / "fan.yaml", f"""
+        nodes:
+          src: {{uses: tests.integration.nodes:Blobs, params: {{count: 40, kind: {kind}}},
+                outputs: {{blobs: {{codec: {"raw" if kind == "bytes" else "tensor"}}}}}}}
+          a: {{uses: tests.integration.nodes:Digest, inputs: {{blobs: {{from: src.blobs, policy: drop}}}},
+              params: {{path: {tmp_path}/a.json}}}}
+          b: {{uses: tests.integration.nodes:Digest, inputs: {{blobs: {{from: src.blobs, policy: drop}}}},
+              params: {{path: {tmp_path}/b.json}}}}
+          r: {{uses: tests.integration.nodes:Digest, replicas: 2, inputs: {{blobs: {{from: src.blobs, policy: block}}}},
+              params: {{path: {tmp_path}/r.json}}}}
+        """)
+    plan = dmnflow.compile_graph(g)
+    binds = {b.pattern: b for b in plan.node("src").outputs[0].binds}
+    assert binds["pub"].shm and binds["push"].shm
+    report = launch(plan, duration_s=120)
+    assert report.status == "finished", report.errors
+    got = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("a", "b")}
+    got.update({f"r{i}": json.loads((tmp_path / f"r.json.{i}").read_text()) for i in (0, 1)})
+    fills = sorted(i % 251 for i in range(40))
+    for name in ("a", "b"):
+        [edge] = [e for e in report.edges if e.dst == f"{name}.blobs"]
+        assert got[name]["intact"] and len(got[name]["fills"]) + edge.lost == 40 == edge.sent, (name, got[name])
+        assert edge.decode_errors == 0
+        assert got[name]["via_shm"] > 0, name
+    assert sorted(got["r0"]["fills"] + got["r1"]["fills"]) == fills  # the replicas shared the 40, block: all
+    assert got["r0"]["intact"] and got["r1"]["intact"] and got["r0"]["via_shm"] + got["r1"]["via_shm"] > 0
+
+
 class Looped(Node):
     """Passes numbers on, and takes feedback it ignores (the loop's head)."""
 

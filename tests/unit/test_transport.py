@@ -54,7 +54,7 @@ def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, p
     receive_hwm = hwm + 64 if pattern == "stream" else hwm if pattern == "pub" else \
         0 if transport == "inproc" else push_hwm(hwm, co)
     bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport=transport, pattern=pattern,
-                    hwm=send_hwm, edges=[EDGE], coalesce=co)
+                    hwm=send_hwm, edges=[EDGE], coalesce=co, shm=shm_above is not None)
     outlet = Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: plan}, get_codec(codec).encoder(tp),
                     shm_above=shm_above)
     link.resolved.update(outlet.bound)
@@ -374,7 +374,7 @@ def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
 
     def outlet(pattern: str, endpoint: str) -> Outlet:
         bind = BindPlan(id=endpoint, counter=0, endpoint=endpoint, transport="inproc", pattern=pattern, hwm=100,
-                        edges=[EDGE], coalesce=COALESCE if pattern == "push" else None)
+                        edges=[EDGE], coalesce=COALESCE if pattern == "push" else None, shm=True)
         return Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: edge_plan(pattern)}, get_codec("tensor").encoder(tp),
                       shm_above=1024, loans=True)
 
@@ -390,6 +390,111 @@ def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
         del loaned
         push.close()
         pub.close()
+
+
+def _pub_to_two(ctx, endpoint: str, shm_above: int = 1024):
+    """One pub outlet with shared memory, two subscribers (edges 7 and 8), both joined."""
+    link = Link(ctx, "/nonexistent", TOKEN, TAG, Counters(Layout(edges=9, nodes=1, outputs=SRC + 1, binds=1)))
+    plans = {e: edge_plan("pub", edge=e) for e in (7, 8)}
+    bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport="ipc", pattern="pub", hwm=1000,
+                    edges=[7, 8], shm=True)
+    outlet = Outlet(link, SRC, 0, "p", "out", [bind], plans, get_codec("raw").encoder(bytes), shm_above=shm_above)
+    link.resolved.update(outlet.bound)
+    inlets = {e: Inlet(link, "in", f"c{e}", [ConnectPlan(edge=e, bind="b", node="p", port="out", endpoint=endpoint,
+                                                         transport="ipc", pattern="pub", hwm=1000)],
+                       {e: SRC}, [], 1000, {e: get_codec("raw").decoder(memoryview, Limits())}, feedback=False,
+                       max_bytes=1 << 20) for e in (7, 8)}
+    deadline = time.monotonic() + 5
+    while outlet.waiting_for() and time.monotonic() < deadline:
+        for sock in outlet.sockets():
+            outlet.service(sock)
+        time.sleep(0.001)
+    assert not outlet.waiting_for()
+    return outlet, inlets
+
+
+def _frees_reach(outlet, inlets, until) -> None:
+    deadline = time.monotonic() + 5
+    while not until() and time.monotonic() < deadline:
+        for inlet in inlets:
+            inlet.send_frees()
+        time.sleep(0.002)
+        outlet.pubs[0].service()
+
+
+def test_a_pub_edge_hands_every_subscriber_the_same_shared_memory_slot(ctx, tmp_path):
+    import gc
+
+    outlet, inlets = _pub_to_two(ctx, f"ipc://{tmp_path}/pub-shm")
+    pool = outlet.pubs[0].pool
+    try:
+        payloads = [bytes([i]) * 4096 for i in range(20)]
+        for p in payloads:
+            outlet.send(p, None, 1, 0, None)
+        got = {e: drain(inlet, 20) for e, inlet in inlets.items()}
+        for e in (7, 8):
+            assert [bytes(v) for v in got[e]] == payloads, e
+            assert inlets[e].stats[e].decode_errors == 0
+        assert len(pool.slots) == 16 and pool.in_use() == 16  # 4 went by the socket: every slot was taken
+        del got[7]
+        gc.collect()
+        _frees_reach(outlet, [inlets[7]], lambda: False)
+        assert pool.in_use() == 16  # edge 8 still holds its arrays
+        del got
+        gc.collect()
+        _frees_reach(outlet, inlets.values(), lambda: pool.in_use() == 0)
+        assert pool.in_use() == 0
+        assert outlet.link.counters.mv[outlet.link.counters.layout.bind(0)] == 0  # no frees counted as junk
+    finally:
+        outlet.close()
+        for inlet in inlets.values():
+            inlet.close()
+
+
+def test_a_subscriber_the_lease_does_not_name_copies_and_frees_nothing(ctx, tmp_path):
+    import gc
+
+    outlet, inlets = _pub_to_two(ctx, f"ipc://{tmp_path}/pub-late")
+    pool = outlet.pubs[0].pool
+    try:
+        outlet.pubs[0].joined.discard(8)  # as if it had joined after the lease went
+        outlet.send(b"a" * 4096, None, 1, 0, None)
+        [first7], [first8] = drain(inlets[7], 1), drain(inlets[8], 1)
+        del first7
+        gc.collect()
+        _frees_reach(outlet, inlets.values(), lambda: pool.in_use() == 0)
+        assert pool.in_use() == 0  # edge 7 freed it; edge 8 was never counted
+        outlet.pubs[0].joined.add(8)
+        outlet.send(b"b" * 4096, None, 1, 0, None)  # the same slot, written again
+        assert bytes(drain(inlets[7], 1)[0]) == b"b" * 4096
+        assert bytes(first8) == b"a" * 4096  # its own copy: untouched
+    finally:
+        outlet.close()
+        for inlet in inlets.values():
+            inlet.close()
+
+
+def test_a_slot_its_readers_have_passed_without_freeing_it_is_replaced_and_the_old_mapping_stays_intact():
+    prefix = segment_prefix(TAG, SRC)
+    pool, maps = ShmPool(1024, 3, prefix), ShmMaps(32)
+    try:
+        # edges 7 and 8 get three leases; 7 keeps the first (mapped), 8 never got it (the pub socket dropped it)
+        leases = [pool.put([bytes([i]) * 2048], readers=[7, 8]) for i in (1, 2, 3)]
+        held = maps.attach(7, leases[0], prefix, 1 << 20)
+        pool.free(leases[2][2], leases[2][3], 8)  # 8 is past the first (it freed the third)...
+        assert pool.put([b"x" * 2048], readers=[7, 8]) is None  # ...7 is not (it might not have read it): wait
+        pool.free(leases[1][2], leases[1][3], 7)  # 7 frees the second: so it maps the first already
+        lease = pool.put([b"z" * 2048], readers=[7, 8])  # the oldest slot both are past is replaced
+        assert lease is not None and pool.reclaimed == 1 and lease[2] == 0 and lease[1] != leases[0][1]
+        assert bytes(held) == bytes([1]) * 2048  # the old segment, still mapped by 7, unchanged
+        pool.free(leases[0][2], leases[0][3], 7)  # a late free of the replaced lease changes nothing
+        assert pool.slots[0][1] == {7, 8}
+        pool.gone(8)  # a consumer that left frees nothing more, and holds nothing any longer
+        assert all(8 not in slot[1] for slot in pool.slots)
+    finally:
+        del held
+        maps.close()
+        pool.close()
 
 
 def test_ctx_alloc_without_a_runtime_is_an_ordinary_array():
