@@ -233,7 +233,7 @@ class Outlet:
                 for base, prefixes in pub.filtered:  # count what that subscriber asked for
                     if topic.startswith(prefixes):
                         mv[base] += 1
-                if pub.pool is not None and len(frames) == 1 and memoryview(frames[0]).nbytes >= pub.pool.threshold:
+                if pub.pool is not None and len(frames) == 1 and large(frames[0], pub.pool.threshold):
                     pub.service()  # frees waiting on the socket
                     readers = pub.readers(topic)
                     lease = pub.pool.put(frames, readers) if readers else None
@@ -299,6 +299,11 @@ class Outlet:
             for holder in [*self.pubs, *self.routers]:
                 if holder.pool is not None:
                     holder.pool.close()
+
+
+def large(frame: Any, threshold: int) -> bool:
+    """Whether a payload frame is big enough for shared memory (cheap for the common bytes)."""
+    return (len(frame) if type(frame) is bytes else memoryview(frame).nbytes) >= threshold
 
 
 def message(topic: bytes, packer: msgpack.Packer, fields: tuple[Any, ...], frames: list[Any]) -> list[Any]:
@@ -618,7 +623,7 @@ class _Router:
             return True
         src, inc, packer = self.src, self.inc, self.packer
         lease = None
-        if self.pool is not None:
+        if self.pool is not None and len(frames) == 1 and large(frames[0], self.pool.threshold):
             self.service()  # frees waiting on the socket: a source may not return to the loop for a while
             lease = self.pool.put(frames)
         if lease is not None:  # the payload now lives in a shared-memory slot; the message names it
