@@ -196,6 +196,21 @@ class _Wiring(_Compilation):
                     self.add("bad-delivery", f"at-least-once delivery needs policy block on input {port!r} "
                              f"(it is {policy!r}): only a blocking edge can hold what it sent", where,
                              f"nodes.{name}.inputs.{port}.delivery", "set policy: block on this input")
+                if delivery != "at-least-once":
+                    continue
+                for e in self.edges:  # a fixed port carries its edges as one stream: nothing is kept to resend
+                    if e.dst != name or e.dst_port != port:
+                        continue
+                    producer = self.nodes[e.src]
+                    fixed = producer.entry.spec.outputs.get(e.src_port)
+                    group = producer.entry.spec.group
+                    if fixed is None or fixed.port is None or (group and group == node.entry.spec.group) \
+                            or output_transport(producer, e.src_port) != "tcp":
+                        continue
+                    self.add("bad-delivery", f"at-least-once delivery on input {port!r}: its producer "
+                             f"{e.src}.{e.src_port} has a fixed port ({fixed.port}), whose stream is at most once",
+                             self.loc("nodes", name, "inputs", port), f"nodes.{name}.inputs.{port}.delivery",
+                             f"drop `port:` from {e.src}'s output {e.src_port!r}, or use delivery: at-most-once")
 
     def check_security(self) -> SecurityPlan:
         """CURVE's key directory, and binds beyond loopback: those need CURVE or an explicit

@@ -294,7 +294,7 @@ class NodeRunner:
             elif (handler := self.handlers.get(port)) is not None:
                 handler(value, self.ctx)
             else:
-                self.onmessage_of(port, value, self.ctx)  # type: ignore[misc]
+                self.on_message(port, value, self.ctx)  # type: ignore[misc]
         except Exception as exc:
             raise NodeError(f"{type(exc).__name__}: {exc}", node=self.plan.name, port=port,
                             seq=header[SEQ]) from exc

@@ -367,8 +367,8 @@ class Feed(Node):
 
 
 class Subject(Node):
-    """Every kind of dispatch at once: a batched input, two joined inputs, a timer, a plain
-    handler, and emits from ``teardown``: what the worker and ``run_node`` must agree on."""
+    """Every kind of dispatch at once: a batched input, two joined inputs, a timer,
+    ``on_message`` and emits from ``teardown``: what the worker and ``run_node`` must agree on."""
 
     value = Input(float)
     x = Input(float)
@@ -389,8 +389,8 @@ class Subject(Node):
     def on_join(self, values: dict[str, float], ctx: Any) -> None:
         ctx.emit("joined", [ctx.message.event_time, values["x"], values["y"], ctx.joined["y"].event_time])
 
-    def on_label(self, value: str, ctx: Any) -> None:
-        ctx.emit("labels", [value.upper(), ctx.message.event_time])
+    def on_message(self, port: str, value: str, ctx: Any) -> None:  # `label`: the one input without its own
+        ctx.emit("labels", [value.upper(), ctx.message.event_time, port])
 
     def on_flush(self, ctx: Any) -> None:
         if self.pending:

@@ -374,3 +374,20 @@ def test_a_bad_coalesce_setting_is_located(tmp_path):
         """)
     [issue] = [i for i in dmnflow.validate(g) if i.is_error]
     assert (issue.code, issue.loc.line, issue.path) == ("invalid-value", 1, "defaults.coalesce.records")
+
+
+def test_at_least_once_from_a_fixed_port_is_refused_where_the_input_is(tmp_path):
+    g = write(tmp_path / "g.yaml", """
+        defaults: {policy: block, transport: tcp}
+        nodes:
+          src: {uses: nodes.basic:Counter, outputs: {numbers: {port: 5599}}}
+          sink: {uses: nodes.basic:Collect, inputs: {values: {from: src.numbers, delivery: at-least-once}}}
+        """)
+    with pytest.raises(CompileError) as err:
+        dmnflow.compile_graph(g)
+    [issue] = [i for i in err.value.issues if i.code == "bad-delivery"]
+    assert "fixed port (5599)" in issue.message and issue.loc.line == 4
+    assert "drop `port:`" in issue.hint
+    # the same edge without a fixed port is a push edge that keeps what it sent
+    ok = write(tmp_path / "ok.yaml", g.read_text().replace(", outputs: {numbers: {port: 5599}}", ""))
+    assert dmnflow.compile_graph(ok).edges[0].delivery == "at-least-once"

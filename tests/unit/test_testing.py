@@ -61,7 +61,7 @@ def test_a_plain_loop_source_timers_and_batches_run_as_in_a_graph():
                            ("x", 1.0, 1), ("y", 5.0, 1), ("label", "a", 7)])
     assert out["batches"] == [[2, 3.0, [1, 2], 2], [1, 3.0, [3], 3]]  # the last one when the input ends
     assert out["flushed"] == [3.0, 3.0]  # the tick, then teardown
-    assert out["joined"] == [[1, 1.0, 5.0, 1]] and out["labels"] == [["A", 7]]
+    assert out["joined"] == [[1, 1.0, 5.0, 1]] and out["labels"] == [["A", 7, "label"]]
 
 
 def test_run_node_names_a_missing_timer_or_batched_input_and_raises_the_nodes_own_error():
