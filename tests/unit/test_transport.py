@@ -62,13 +62,18 @@ def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, p
                                                 transport=transport, pattern=pattern, hwm=receive_hwm)],
                   {EDGE: SRC}, [], hwm, {EDGE: get_codec(codec).decoder(tp, Limits(max_bytes=max_bytes))},
                   feedback=False, max_bytes=max_bytes, delivery=delivery, inc=inc)
+    joined(outlet)
+    return outlet, inlet
+
+
+def joined(outlet: Outlet) -> None:
+    """Wait until every consumer of ``outlet`` has said hello."""
     deadline = time.monotonic() + 5
     while outlet.waiting_for() and time.monotonic() < deadline:
         for sock in outlet.sockets():
             outlet.service(sock)
         time.sleep(0.001)
     assert not outlet.waiting_for()
-    return outlet, inlet
 
 
 def pair(ctx, codec: str, tp, endpoint: str):
@@ -404,12 +409,7 @@ def _pub_to_two(ctx, endpoint: str, shm_above: int = 1024):
                                                          transport="ipc", pattern="pub", hwm=1000)],
                        {e: SRC}, [], 1000, {e: get_codec("raw").decoder(memoryview, Limits())}, feedback=False,
                        max_bytes=1 << 20) for e in (7, 8)}
-    deadline = time.monotonic() + 5
-    while outlet.waiting_for() and time.monotonic() < deadline:
-        for sock in outlet.sockets():
-            outlet.service(sock)
-        time.sleep(0.001)
-    assert not outlet.waiting_for()
+    joined(outlet)
     return outlet, inlets
 
 
