@@ -19,8 +19,8 @@ It launches ``graphs/dmn_trading.yaml`` (the live synthetic market, paper broker
   portfolio -> execution -> performance``: per edge its latency (emit -> the consumer's
   socket read: queues, coalescing, waking the consumer), and per node the time from the
   bar's emit to the end of that node's handler (a path budget ``from: market`` on each node
-  makes the runtime measure it). The difference between a node's figure and its
-  predecessor's is the stage: the hop plus the wait in the consumer plus its handler;
+  makes the runtime measure it; at a node with several inputs it counts each of them, so
+  the single-input nodes, lstm, transformer, portfolio and execution, read cleanest);
 - cpu seconds per node, and the machine's noise (load average, steal, other processes).
 
 Nothing is asserted: this is a benchmark. Medians over ``--repeat`` runs with min-max.
@@ -69,9 +69,18 @@ class Snapshots:
         self.history = history
         self.steady: dict[str, Any] | None = None  # the snapshot the steady state starts at
         self.last: dict[str, Any] | None = None
+        self.series: list[tuple[Any, ...]] = []
+        self.t0 = 0.0
 
     def __call__(self, report: Any) -> None:
         snap = self.take(report)
+        if self.last is not None:  # the windowed market -> performance latency, for --series
+            h = _diff(snap["nodes"].get("performance"), self.last["nodes"].get("performance")) \
+                if snap["nodes"].get("performance") is not None else None
+            self.series.append((round(snap["t"] - self.t0, 1), snap["market_days"], snap["traded_days"],
+                                h.n if h is not None else 0, _q(h, 0.5), _q(h, 0.99)))
+        else:
+            self.t0 = snap["t"]
         self.last = snap
         if self.steady is None and snap["market_days"] > self.history and snap["traded_days"] >= 0 \
                 and snap["market_days"] - snap["traded_days"] <= 2:
@@ -141,6 +150,8 @@ def run_once(symbols: int, seconds: float, sets: list[str], profile: str | None)
         "join_incomplete": {n: v.join_incomplete for n, v in report.nodes.items() if v.join_incomplete},
         "cpu": {n: round(v.cpu_s, 2) for n, v in report.nodes.items()},
         "steady": steady is not None,
+        "steady_from_s": round(steady["t"] - snaps.t0, 1) if steady is not None else None,
+        "series": snaps.series,
     }
     last = snaps.last if snaps.last is not None else final
     if steady is not None:
@@ -201,22 +212,13 @@ def print_summary(symbols: int, runs: list[dict[str, Any]]) -> None:
                       _med([v and v["n"] for v in vals])])
     print(table(["edge", "p50 us", "p99 us", "messages"], erows))
     nrows = []
-    prev = None
     for node in PATH:
         vals = [r["nodes"].get(node) for r in runs]
-        p50 = [v and v["p50_us"] for v in vals]
-        stage = None
-        if prev is not None:
-            stage = [None if a is None or b is None else a - b for a, b in zip(p50, prev, strict=True)]
-        nrows.append([node, _med(p50), _med([v and v["p99_us"] for v in vals]),
-                      _med(stage) if stage is not None else "-", _med([v and v["n"] for v in vals])])
-        if node not in ("lstm",):  # meta waits for the later of lstm and transformer: its stage counts from that
-            prev = p50
-        else:
-            prev_lstm = p50
-        if node == "transformer":
-            prev = [None if a is None or b is None else max(a, b) for a, b in zip(prev_lstm, p50, strict=True)]
-    print(table(["node (end of handler)", "p50 us from bar", "p99 us from bar", "stage p50 us", "messages"], nrows))
+        nrows.append([node, _med([v and v["p50_us"] for v in vals]), _med([v and v["p99_us"] for v in vals]),
+                      _med([v and v["n"] for v in vals])])
+    print(table(["node (end of handler)", "p50 us from bar", "p99 us from bar", "messages"], nrows))
+    print("(features: every bar, not only a day's last; meta, risk, performance: every input message, "
+          "so their figures mix the early inputs with the one that completes the day)")
     cpu: dict[str, list[float]] = {}
     for r in runs:
         for n, v in r["cpu"].items():
@@ -238,6 +240,8 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="a profile of the graph (e.g. latency)")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="passed to the graph, as --set")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--series", action="store_true",
+                        help="also print, every status (0.5 s), the days and the market -> performance latency")
     args = parser.parse_args()
     os.chdir(ROOT)
     counts = [int(s) for s in args.symbols.split(",") if s]
@@ -254,6 +258,13 @@ def main() -> None:
                   f" us; {r['days']} days", flush=True)
     for n in counts:
         print_summary(n, results[n])
+        if args.series:
+            for r in results[n]:
+                print(f"\n{n} symbols, steady from {r['steady_from_s']} s: t s, market days, traded days, "
+                      "messages at performance, p50 us, p99 us")
+                for row in r["series"]:
+                    print("  " + "  ".join(fmt(v, ",.0f") if isinstance(v, float) and v >= 100 else str(v)
+                                           for v in row))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))

@@ -23,7 +23,7 @@ checked against the rows the cache was made from (an exact comparison): a symbol
 history does not continue yesterday's (its first ready day, a day it missed, a different
 window length) runs the full pass, so the output never depends on what came before it.
 
-The precomputation runs in a thread of its own at the lowest CPU priority (``nice 19``)
+The precomputation runs in a thread of its own at the lowest CPU priority (``SCHED_IDLE``)
 right after the day's output is emitted, so on a shared core it takes only the time the
 critical path leaves idle; the next window waits for it if it is not done (a backtest
 replaying flat out). Anything else runs as ``TorchScriptModel``: a model file of another
@@ -49,10 +49,16 @@ from dmnflow.runners import TorchScriptModel
 __all__ = ["IncrementalModel", "LSTMSteps", "TransformerSteps", "steps_for"]
 
 
-def _thread_nice() -> None:
-    """This thread at the lowest priority: it runs when the critical path leaves the core idle."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+def _idle_priority() -> None:
+    """This thread runs only when its core has nothing else to run: ``SCHED_IDLE`` (a woken
+    idle-class thread never preempts the critical path, whose wake-up preempts it at once;
+    ``nice 19`` alone still takes up to a scheduler tick, ~4 ms, on waking), else nice 19."""
+    tid = threading.get_native_id()
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
 
 
 class LSTMSteps:
@@ -261,7 +267,7 @@ class IncrementalModel(TorchScriptModel):
         if value.shape[0]:
             self.last_shape = tuple(value.shape)
         if self.pool is None:
-            self.pool = ThreadPoolExecutor(1, thread_name_prefix="dmnflow-prefix", initializer=_thread_nice)
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="dmnflow-prefix", initializer=_idle_priority)
         self.future = self.pool.submit(self._prefix, steps, value, symbols)
 
     def _run(self, steps: Any, cache: _Cache | None, x: np.ndarray, symbols: list[str]) -> np.ndarray:
@@ -283,7 +289,9 @@ class IncrementalModel(TorchScriptModel):
                 hit[rows[~same]] = False
         out = np.empty((k, 1), np.float32)
         with torch.inference_mode():
-            if hit.any():
+            if hit.all() and src.shape[0] == cache.rows.shape[0] and (src == np.arange(k)).all():  # type: ignore
+                out[:] = steps.last(cache.state, torch.from_numpy(x[:, -1])).numpy()  # yesterday's symbols
+            elif hit.any():
                 sel = np.flatnonzero(hit)
                 state = steps.take(cache.state, torch.from_numpy(src[sel]))  # type: ignore[union-attr]
                 out[sel] = steps.last(state, torch.from_numpy(x[sel, -1])).numpy()

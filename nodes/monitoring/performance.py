@@ -97,7 +97,9 @@ class Performance(Node):
 
     Tick-to-trade latency: ``time.time_ns() - ctx.message.origin_ns`` when a Fills message
     arrives (and tick-to-account at each Account), p50/p99 over the last
-    ``latency_window`` messages. Wall-clock figures stay out of the deterministic metrics.
+    ``latency_window`` messages, leaving out the first ``latency_skip`` days (a live market's
+    warm-up history arrives at once: what those would measure is its backlog). Wall-clock
+    figures stay out of the deterministic metrics.
     """
 
     class Params(BaseModel):
@@ -108,6 +110,8 @@ class Performance(Node):
         latency_in_metrics: bool = Field(
             False, description="add latency p50/p99 to emitted metrics (not deterministic)")
         latency_window: int = Field(100_000, ge=1, description="latencies kept for the percentiles")
+        latency_skip: int = Field(0, ge=0, description="days (Accounts) at the start whose Fills and Account are not "
+                                                       "timed: a live source's warm-up history, published at once")
         title: str = Field("Strategy equity", description="title of the equity PNG")
         start: str | None = Field(None, pattern=_DATE,
                                   description="count from this day (YYYY-MM-DD): a replay that starts earlier to "
@@ -170,6 +174,7 @@ class Performance(Node):
         self.fill_latency = LatencyWindow(p.latency_window)
         self.account_latency = LatencyWindow(p.latency_window)
         self.since_emit = 0
+        self.days_seen = 0  # Accounts received, measured or not (latency_skip counts these)
         self.seeded = False  # the first point is the starting capital
         self.counts = dict.fromkeys(("accounts", "fills_messages", "fills", "bad_accounts", "out_of_order",
                                      "replaced", "bad_fills", "before_start", "after_end"), 0)
@@ -177,7 +182,7 @@ class Performance(Node):
     # -- inputs ----------------------------------------------------------------------------
     def on_fills(self, msg: dict, ctx: Any) -> None:
         origin = ctx.message.origin_ns
-        if origin:
+        if origin and self.days_seen >= self.p.latency_skip:  # a day's Fills come before its Account
             self.fill_latency.add(time.time_ns() - origin)
         fills = msg.get("fills") if isinstance(msg, Mapping) else None
         if not isinstance(fills, list):
@@ -194,8 +199,9 @@ class Performance(Node):
     def on_account(self, acc: dict, ctx: Any) -> None:
         c = self.counts
         origin = ctx.message.origin_ns
-        if origin:
+        if origin and self.days_seen >= self.p.latency_skip:
             self.account_latency.add(time.time_ns() - origin)
+        self.days_seen += 1
         t = event_time_of(acc, ctx)
         equity = _num(acc.get("equity")) if isinstance(acc, Mapping) else math.nan
         if t is None or equity != equity:
