@@ -78,7 +78,7 @@ class Snapshots:
             h = _diff(snap["nodes"].get("performance"), self.last["nodes"].get("performance")) \
                 if snap["nodes"].get("performance") is not None else None
             self.series.append((round(snap["t"] - self.t0, 1), snap["market_days"], snap["traded_days"],
-                                h.n if h is not None else 0, _q(h, 0.5), _q(h, 0.99)))
+                                h.n if h is not None else 0, _q(h, 0.5), _q(h, 0.99), snap["node_p99"]))
         else:
             self.t0 = snap["t"]
         self.last = snap
@@ -106,8 +106,9 @@ class Snapshots:
         perf = report.nodes.get("performance")
         market_days = int(((market.progress or {}).get("done")) or 0) if market else 0
         traded = int(((perf.summary or {}).get("accounts")) or -1) if perf else -1
+        node_p99 = (perf.summary or {}).get("tick_to_trade_p99_us") if perf else None
         return {"t": time.monotonic(), "edges": edges, "nodes": nodes, "market_days": market_days,
-                "traded_days": traded, "cpu": {n: v.cpu_s for n, v in report.nodes.items()}}
+                "traded_days": traded, "node_p99": node_p99, "cpu": {n: v.cpu_s for n, v in report.nodes.items()}}
 
 
 def _diff(after: Any, before: Any | None) -> Any:
@@ -261,7 +262,7 @@ def main() -> None:
         if args.series:
             for r in results[n]:
                 print(f"\n{n} symbols, steady from {r['steady_from_s']} s: t s, market days, traded days, "
-                      "messages at performance, p50 us, p99 us")
+                      "messages at performance, p50 us, p99 us, the performance node's p99 so far")
                 for row in r["series"]:
                     print("  " + "  ".join(fmt(v, ",.0f") if isinstance(v, float) and v >= 100 else str(v)
                                            for v in row))

@@ -174,7 +174,10 @@ class Performance(Node):
         self.fill_latency = LatencyWindow(p.latency_window)
         self.account_latency = LatencyWindow(p.latency_window)
         self.since_emit = 0
-        self.days_seen = 0  # Accounts received, measured or not (latency_skip counts these)
+        self.days_seen = 0  # Accounts received until latency_skip is reached
+        # the event time after which messages are timed (None: latency_skip Accounts not yet seen);
+        # by event time, not by arrival, because Fills and Accounts come on two inputs read in turns
+        self.latency_from: int | None = None if p.latency_skip else -(2**63)
         self.seeded = False  # the first point is the starting capital
         self.counts = dict.fromkeys(("accounts", "fills_messages", "fills", "bad_accounts", "out_of_order",
                                      "replaced", "bad_fills", "before_start", "after_end"), 0)
@@ -182,7 +185,7 @@ class Performance(Node):
     # -- inputs ----------------------------------------------------------------------------
     def on_fills(self, msg: dict, ctx: Any) -> None:
         origin = ctx.message.origin_ns
-        if origin and self.days_seen >= self.p.latency_skip:  # a day's Fills come before its Account
+        if origin and self._timed(msg.get("t") if isinstance(msg, Mapping) else None, ctx):
             self.fill_latency.add(time.time_ns() - origin)
         fills = msg.get("fills") if isinstance(msg, Mapping) else None
         if not isinstance(fills, list):
@@ -196,12 +199,23 @@ class Performance(Node):
             except (TypeError, ValueError, KeyError):
                 self.counts["bad_fills"] += 1
 
+    def _timed(self, t: Any, ctx: Any) -> bool:
+        """Whether a message of event time ``t`` is past the untimed first days (``latency_skip``)."""
+        if self.latency_from is None:
+            return False
+        if not isinstance(t, int):
+            t = ctx.message.event_time
+        return not isinstance(t, int) or t > self.latency_from
+
     def on_account(self, acc: dict, ctx: Any) -> None:
         c = self.counts
         origin = ctx.message.origin_ns
-        if origin and self.days_seen >= self.p.latency_skip:
+        if self.latency_from is None:
+            self.days_seen += 1
+            if self.days_seen >= self.p.latency_skip:  # the last untimed day: later ones are timed
+                self.latency_from = event_time_of(acc, ctx)
+        elif origin and self._timed(acc.get("t") if isinstance(acc, Mapping) else None, ctx):
             self.account_latency.add(time.time_ns() - origin)
-        self.days_seen += 1
         t = event_time_of(acc, ctx)
         equity = _num(acc.get("equity")) if isinstance(acc, Mapping) else math.nan
         if t is None or equity != equity:
