@@ -8,9 +8,10 @@ causal mask, to rows that do not depend on later ones. So everything but the new
 share can be computed as soon as today's window is in, off the critical path:
 
 - **LSTM**: the state ``(h, c)`` after the ``L - 1`` known rows of tomorrow's window; when
-  tomorrow's window comes, one LSTM step on its last row and the dense head. On this VM
-  that takes the 12-symbol LSTM from ~1.5 ms to ~0.1 ms at the moment the day closes, the
-  96-symbol one from ~11 ms.
+  tomorrow's window comes, one LSTM step on its last row and the dense head. On the 2-vCPU
+  VM of docs/performance.md that takes the 12-symbol LSTM from ~1.5 ms to ~0.1 ms at the
+  moment the day closes, the 96-symbol one from ~11 ms to ~0.2 ms (in a loop; a paced graph
+  sees 3-10x more on that VM, caches cold).
 - **Transformer**: per layer, the keys and values of the ``L - 1`` known rows at their
   positions in tomorrow's window (the positional encoding moves with the window), and,
   below the last layer, their outputs; tomorrow, the new row's query attends to the cached
