@@ -225,6 +225,8 @@ class Synthetic(Node):
         live: bool = Field(False, description="run until the graph is stopped, generating forever")
         history: int = Field(0, ge=0, description="days published at once before pacing starts (`rate`): "
                              "a live run's features and models start warm")
+        settle: float = Field(0.0, ge=0, description="live: seconds between the history and the first paced bar, "
+                              "so the graph has taken the history in before the session opens")
         ticks_per_day: int = Field(24, ge=2, le=10_000, description="intraday ticks per symbol and day")
         process: SyntheticProcess = Field(default_factory=SyntheticProcess,
                                           description="the market process's parameters")
@@ -269,6 +271,8 @@ class Synthetic(Node):
             bars = self.market.next_day()
             day += 1
             if day == p.history + 1:
+                if p.live and p.settle:  # the session opens once the warm-up is through the graph
+                    yield from Pacer(p.settle).wait()
                 paced.due = time.perf_counter()
                 pacer = paced
             counts["days"] = day

@@ -97,7 +97,9 @@ class Performance(Node):
 
     Tick-to-trade latency: ``time.time_ns() - ctx.message.origin_ns`` when a Fills message
     arrives (and tick-to-account at each Account), p50/p99 over the last
-    ``latency_window`` messages. Wall-clock figures stay out of the deterministic metrics.
+    ``latency_window`` messages, leaving out the first ``latency_skip`` days (a live market's
+    warm-up history arrives at once: what those would measure is its backlog). Wall-clock
+    figures stay out of the deterministic metrics.
     """
 
     class Params(BaseModel):
@@ -108,6 +110,8 @@ class Performance(Node):
         latency_in_metrics: bool = Field(
             False, description="add latency p50/p99 to emitted metrics (not deterministic)")
         latency_window: int = Field(100_000, ge=1, description="latencies kept for the percentiles")
+        latency_skip: int = Field(0, ge=0, description="days (Accounts) at the start whose Fills and Account are not "
+                                                       "timed: a live source's warm-up history, published at once")
         title: str = Field("Strategy equity", description="title of the equity PNG")
         start: str | None = Field(None, pattern=_DATE,
                                   description="count from this day (YYYY-MM-DD): a replay that starts earlier to "
@@ -170,6 +174,10 @@ class Performance(Node):
         self.fill_latency = LatencyWindow(p.latency_window)
         self.account_latency = LatencyWindow(p.latency_window)
         self.since_emit = 0
+        self.days_seen = 0  # Accounts received until latency_skip is reached
+        # the event time after which messages are timed (None: latency_skip Accounts not yet seen);
+        # by event time, not by arrival, because Fills and Accounts come on two inputs read in turns
+        self.latency_from: int | None = None if p.latency_skip else -(2**63)
         self.seeded = False  # the first point is the starting capital
         self.counts = dict.fromkeys(("accounts", "fills_messages", "fills", "bad_accounts", "out_of_order",
                                      "replaced", "bad_fills", "before_start", "after_end"), 0)
@@ -177,7 +185,7 @@ class Performance(Node):
     # -- inputs ----------------------------------------------------------------------------
     def on_fills(self, msg: dict, ctx: Any) -> None:
         origin = ctx.message.origin_ns
-        if origin:
+        if origin and self._timed(msg.get("t") if isinstance(msg, Mapping) else None, ctx):
             self.fill_latency.add(time.time_ns() - origin)
         fills = msg.get("fills") if isinstance(msg, Mapping) else None
         if not isinstance(fills, list):
@@ -191,10 +199,22 @@ class Performance(Node):
             except (TypeError, ValueError, KeyError):
                 self.counts["bad_fills"] += 1
 
+    def _timed(self, t: Any, ctx: Any) -> bool:
+        """Whether a message of event time ``t`` is past the untimed first days (``latency_skip``)."""
+        if self.latency_from is None:
+            return False
+        if not isinstance(t, int):
+            t = ctx.message.event_time
+        return not isinstance(t, int) or t > self.latency_from
+
     def on_account(self, acc: dict, ctx: Any) -> None:
         c = self.counts
         origin = ctx.message.origin_ns
-        if origin:
+        if self.latency_from is None:
+            self.days_seen += 1
+            if self.days_seen >= self.p.latency_skip:  # the last untimed day: later ones are timed
+                self.latency_from = event_time_of(acc, ctx)
+        elif origin and self._timed(acc.get("t") if isinstance(acc, Mapping) else None, ctx):
             self.account_latency.add(time.time_ns() - origin)
         t = event_time_of(acc, ctx)
         equity = _num(acc.get("equity")) if isinstance(acc, Mapping) else math.nan

@@ -307,6 +307,26 @@ def test_pandas_is_not_imported_by_the_package() -> None:
     assert common.TOPIC == "market_data"
 
 
+def test_a_live_synthetic_market_settles_between_its_history_and_the_session():
+    import time
+
+    from dmnflow.testing import RecordingContext
+    from nodes.market import Synthetic
+
+    params = {"symbols": 2, "mode": "panel", "live": True, "history": 3, "rate": 1000, "settle": 0.2}
+    ctx = RecordingContext(Synthetic, params)
+    node = Synthetic()
+    node.setup(ctx)
+    times = []
+    for _ in node.run(ctx):
+        if len(ctx.out["market_data"]) > len(times):
+            times.append(time.monotonic())
+        if len(times) == 5:
+            break
+    assert times[3] - times[2] >= 0.19  # the history at once, then the settle, then the paced days
+    assert times[2] - times[0] < 0.1 and times[4] - times[3] < 0.1
+
+
 def test_synthetic_history_changes_when_days_go_out_not_what_they_hold():
     from dmnflow.testing import run_node
     from nodes.market import Synthetic

@@ -110,6 +110,19 @@ def test_latency_percentiles(monkeypatch: pytest.MonkeyPatch) -> None:
     assert node.summary()["latency_samples"] == 3
 
 
+def test_latency_skip_leaves_the_first_days_untimed(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = 10**18
+    monkeypatch.setattr(perf_module.time, "time_ns", lambda: now)
+    node, ctx = make(Performance, {"latency_skip": 2})
+    for i, lat_us in enumerate([90_000, 80_000, 300, 500]):  # a warm-up backlog, then the live path
+        ctx.message.origin_ns = now - lat_us * 1000
+        node.on_fills({"t": i, "fills": []}, ctx)
+        node.on_account(account(i, 1000.0, 0.0), ctx)
+    s = node.summary()
+    assert s["latency_samples"] == 2 and s["tick_to_trade_p50_us"] == 400.0 and s["tick_to_account_p99_us"] < 500.1
+    assert s["accounts"] == 4  # the figures count every day; only the clock skips them
+
+
 def test_performance_with_run_node_and_no_data() -> None:
     out = run_node(Performance, inputs=[])
     assert out["metrics"] == []
