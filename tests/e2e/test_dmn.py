@@ -43,8 +43,9 @@ def test_the_picture_shows_the_seeds_layers() -> None:
     assert {"data", "features", "models", "risk", "portfolio", "execution", "monitoring"} <= layers
 
 
-def backtest(tmp: Path, days: int = 420, symbols: int = 6) -> tuple[dmnflow.Report, list, list]:
-    """The trading graph as a finite replay, with collectors on the risk targets and the account."""
+def backtest(tmp: Path, days: int = 420, symbols: int = 6, sets: str = "") -> tuple[dmnflow.Report, list, list]:
+    """The trading graph as a finite replay, with collectors on the risk targets and the account
+    (``sets``: more ``set:`` lines for the include, YAML)."""
     g = tmp / "bt.yaml"
     g.write_text(textwrap.dedent(f"""
         graph: dmn_e2e
@@ -54,6 +55,7 @@ def backtest(tmp: Path, days: int = 420, symbols: int = 6) -> tuple[dmnflow.Repo
             vars: {{live: false, mode: panel, rate: 0, join_timeout: null, days: {days}, symbols: {symbols}}}
             set:
               nodes.performance.params.equity_png: {tmp}/equity.png
+              {sets}
         nodes:
           targets:
             {{uses: nodes.basic:Collect, params: {{path: {tmp}/targets.jsonl}}, inputs: {{values: dmn/risk.targets}}}}
@@ -91,3 +93,21 @@ def test_a_backtest_ends_by_itself_with_the_performance_report_and_repeats_exact
     assert same == {k: v for k, v in second.nodes["dmn/performance"].summary.items() if not k.startswith(LATENCY)}
     weights = [t["weight"] for t in targets_a[-50:]]
     assert any(any(abs(w) > 0 for w in day) for day in weights), "the strategy never took a position"
+
+
+def test_the_latency_profile_s_models_trade_what_the_default_s_trade(tmp_path: Path) -> None:
+    """IncrementalModel (the `latency` profile's runner) against TorchScriptModel: the same days,
+    symbols and weights up to float rounding, and most rows from its cache."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, plain, _ = backtest(tmp_path / "a")
+    sets = ("nodes.lstm.uses: nodes.models:IncrementalModel\n              "
+            "nodes.transformer.uses: nodes.models:IncrementalModel\n              nodes.lstm.replicas: 1")
+    report, cached, _ = backtest(tmp_path / "b", sets=sets)
+    assert [t["t"] for t in plain] == [t["t"] for t in cached]
+    assert [t["symbols"] for t in plain] == [t["symbols"] for t in cached]
+    worst = max(abs(x - y) for a, b in zip(plain, cached, strict=True) for x, y in zip(a["weight"], b["weight"],
+                                                                                      strict=True))
+    assert worst < 1e-5
+    lstm = report.nodes["dmn/lstm"].summary
+    assert lstm["incremental_rows"] > 10 * lstm["full_rows"] > 0
