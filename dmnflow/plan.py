@@ -226,12 +226,22 @@ class BudgetPlan(_Frozen):
 
 class SecurityPlan(_Frozen):
     """CURVE on tcp edges: the key directory (absolute, or under the ``{run_dir}`` placeholder: the
-    per-run keys of the ray backend) and this host's keypair name."""
+    per-run keys of the ray backend) and this host's keypair name; or ``run_keys``: no key
+    directory, so the launch makes one keypair for the run in the run directory (0700), and
+    every tcp bind on an automatic port is CURVE with it (a fixed port stays plain: it is
+    the graph's public door, for outside subscribers without keys)."""
 
     curve: str | None = None
     key: str | None = None
     insecure: bool = False  # binding beyond loopback without CURVE was asked for explicitly
     keys: dict[str, str] = {}  # process -> its keypair's name, where processes differ (one per host: the ray backend)
+    run_keys: bool = False  # CURVE with a keypair made at launch (tcp edges, no `security.curve`, not insecure)
+
+    def curved(self, transport: str, pattern: str) -> bool:
+        """Whether a bind (or the connects to it) of this transport and pattern is CURVE."""
+        if transport != "tcp":
+            return False
+        return self.curve is not None or (self.run_keys and pattern != "stream")
 
 
 class ProcessPlan(_Frozen):

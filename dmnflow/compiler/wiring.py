@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import zmq
 
 from ..codecs import codec_names, get_codec
 from ..errors import Location
@@ -241,7 +242,12 @@ class _Wiring(_Compilation):
                                  f"nodes.{name}.outputs.{port}.host" if written else "defaults.host",
                                  "add `security: {curve: keys/}` (dmnflow keys generate keys/), bind 127.0.0.1, "
                                  "or say `security: {insecure: true}` if the network is yours alone")
-        return SecurityPlan(curve=curve_dir, key=key or None, insecure=sec.insecure)
+        # no key directory: tcp edges get CURVE with a keypair the launch makes for the run, so a
+        # local peer that binds a port a killed producer freed fails the handshake
+        run_keys = curve_dir is None and not sec.insecure and zmq.has("curve") and any(
+            output_transport(node, port) == "tcp" for node in self.nodes.values()
+            for port in (node.ports.outputs if node.ports else {}))
+        return SecurityPlan(curve=curve_dir, key=key or None, insecure=sec.insecure, run_keys=run_keys)
 
     def check_drivers(self) -> None:
         """A graph whose data nothing starts ends at once, having sent nothing: say so."""

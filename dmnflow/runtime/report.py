@@ -16,6 +16,7 @@ from typing import Any
 from ..plan import Plan
 from ..transport.stats import (
     ACKED,
+    B_DISCONNECTS,
     B_JUNK,
     B_REFUSED,
     DECODE_ERRORS,
@@ -29,6 +30,7 @@ from ..transport.stats import (
     N_OUT,
     RECEIVED,
     REDELIVERED,
+    REFUSED,
     RESENT,
     RESTARTS_SEEN,
     SENT,
@@ -71,6 +73,7 @@ class EdgeReport:
     resent: int = 0  # at-least-once: records sent again to a restarted consumer
     redelivered: int = 0  # at-least-once: duplicates the consumer dropped by sequence
     unacked: int = 0  # at-least-once: records a live producer still held at the end
+    refused: int = 0  # CURVE handshakes the consumer failed (a peer on its producer's address without the key)
     p50_us: float | None = None
     p99_us: float | None = None
 
@@ -95,6 +98,7 @@ class SocketReport:
     outputs: list[str]
     junk: int = 0  # frames without the run's token, or from an unknown identity: ignored
     refused: int = 0  # CURVE handshakes refused (no key, or a key not admitted)
+    disconnects: int = 0  # connections ended before the end was acknowledged (a consumer died, an oversize frame)
 
 
 @dataclass
@@ -180,7 +184,7 @@ def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str,
                 sockets[b.id].outputs.append(f"{n.name}.{o.port}")
     edge_fields = (("sent", SENT), ("dropped", DROPPED), ("resent", RESENT), ("received", RECEIVED),
                    ("gaps", GAPS), ("decode_errors", DECODE_ERRORS), ("restarts_seen", RESTARTS_SEEN),
-                   ("redelivered", REDELIVERED))
+                   ("redelivered", REDELIVERED), ("refused", REFUSED))
     for proc in procs.values():
         share = len(proc.nodes)
         for name in proc.nodes:
@@ -241,6 +245,7 @@ def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str,
                 b = layout.bind(bind.counter)
                 sockets[bind.id].junk += counts[b + B_JUNK]
                 sockets[bind.id].refused += counts[b + B_REFUSED]
+                sockets[bind.id].disconnects += counts[b + B_DISCONNECTS]
     for edge in edges:
         p50, p99 = hist[edge.id].quantile(0.5), hist[edge.id].quantile(0.99)
         edge.p50_us = None if p50 is None else round(p50 / 1e3, 1)

@@ -35,8 +35,8 @@ from ..errors import ConfigError, NodeError, TransportError
 from ..observe.taps import Taps
 from ..plan import RUN_DIR, Plan
 from ..transport import Counters, Flusher, Inlet, Link, Outlet
-from ..transport.security import Curve, KeyError_, Watch, load_curve
-from ..transport.stats import B_REFUSED
+from ..transport.security import RUN_KEY, RUN_KEYS, Curve, KeyError_, Watch, load_curve
+from ..transport.stats import B_REFUSED, REFUSED
 from ..transport.wire import read_token, shm_tag
 from . import protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
@@ -136,13 +136,14 @@ class Worker:
         """CURVE for a plan that asks for it: this host's keys, and the ZAP allow-list started
         before any tcp socket binds (without a ZAP handler libzmq admits any client key)."""
         security = self.plan.security
-        if security.curve is None:
+        self.link.security = security
+        if security.curve is None and not security.run_keys:
             return
         self.link.curve = self.curve()
         if security.keys:  # a keypair per host: dial each producer with its host's public key
             self.link.server_keys = {b.id: security.keys[n.process] for n in self.plan.nodes
                                      if n.process in security.keys for o in n.outputs for b in o.binds}
-        tcp_binds = any(b.transport == "tcp" for n in self.plan.nodes if n.process == self.process
+        tcp_binds = any(security.curved(b.transport, b.pattern) for n in self.plan.nodes if n.process == self.process
                         for o in n.outputs for b in o.binds)
         if tcp_binds:
             self.auth = self.link.curve.authenticator(self.zctx)
@@ -150,9 +151,13 @@ class Worker:
     def curve(self) -> Curve:
         """This process's keypair (``security.keys`` names it where hosts differ) and the admitted keys."""
         security = self.plan.security
+        if security.curve is None:  # run_keys: the keypair the launch made for this run
+            directory, key = str(Path(self.run_dir, RUN_KEYS)), RUN_KEY
+        else:
+            directory = security.curve.replace(RUN_DIR, self.run_dir)
+            key = security.keys.get(self.process, security.key)
         try:
-            return load_curve(str(security.curve).replace(RUN_DIR, self.run_dir),
-                              security.keys.get(self.process, security.key))
+            return load_curve(directory, key)
         except KeyError_ as exc:
             raise TransportError(f"CURVE keys: {exc}") from exc
 
@@ -215,7 +220,7 @@ class Worker:
                     runner.join.producers[inp.port] = set(src_of_edge.values())
                 if self.link.curve is not None:
                     for c in inp.connects:
-                        if c.transport == "tcp":
+                        if self.link.curved(c.transport, c.pattern):
                             sock = inlet.socket_of(c)
                             self.watch.add(sock, f"input {runner.plan.name}.{inp.port}",
                                            lambda ev, c=c, r=runner, i=inp: self._rejected(c, r, i, ev))
@@ -263,7 +268,14 @@ class Worker:
                 return
 
     def _rejected(self, c: Any, runner: NodeRunner, inp: Any, event: dict[str, Any]) -> None:
-        """The producer of one of our tcp inputs refused our key (or we refused its)."""
+        """The producer of one of our tcp inputs refused our key (or we refused its). At
+        start-up that is a key mistake, and fails the worker with a message; once running,
+        whatever answers at the producer's address without the key (a peer that took the port
+        of a killed producer) is counted on the edge, and the socket keeps dialling until the
+        producer is back (there, or at the new address the supervisor sends)."""
+        if self.started:
+            self.counters.mv[self.counters.layout.edge(c.edge) + REFUSED] += 1
+            return
         edge = self.plan.edges[c.edge]
         key = self.plan.security.key or "?"
         self.refusals.append(f"edge {edge.src}.{edge.src_port} -> {edge.dst}.{edge.dst_port}: the CURVE handshake "

@@ -161,8 +161,8 @@ class Inlet:
     def _dial(self, sock: zmq.Socket, c: ConnectPlan) -> None:
         link = self.link
         endpoint = link.resolved.get(c.bind) or link.endpoint(c.endpoint)
-        if c.transport == "tcp" and link.curve is not None:
-            link.curve.dial(sock, link.server_keys.get(c.bind))
+        if link.curved(c.transport, c.pattern):
+            link.curve.dial(sock, link.server_keys.get(c.bind))  # type: ignore[union-attr]
         with zmq_errors(f"input {self.consumer}.{self.port}: connect {endpoint}"):
             sock.connect(endpoint)
         self._dialled[c.bind + f"#{c.edge}"] = (sock, endpoint)

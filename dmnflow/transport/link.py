@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ..errors import SendTimeout, TransportError
-from ..plan import RUN_DIR, BindPlan
+from ..plan import RUN_DIR, BindPlan, SecurityPlan
 from .security import Curve
 from .stats import Counters
 from .wire import control
@@ -51,6 +51,11 @@ class Link:
     curve: Curve | None = None
     streams: dict[str, _StreamSocket] = field(default_factory=dict)  # fixed ports shared by outputs
     server_keys: dict[str, str] = field(default_factory=dict)  # bind id -> its host's key name (a key per host)
+    security: SecurityPlan = field(default_factory=SecurityPlan)
+
+    def curved(self, transport: str, pattern: str) -> bool:
+        """Whether a socket of this transport and pattern is CURVE (the plan says which)."""
+        return self.curve is not None and self.security.curved(transport, pattern)
 
     def endpoint(self, template: str) -> str:
         return template.replace(RUN_DIR, self.run_dir)
@@ -61,8 +66,8 @@ def bind_socket(link: Link, sock: zmq.Socket, bind: BindPlan, what: str, previou
     automatic port it had before, so its consumers, still dialling it, find it again.
     Returns the address actually bound."""
     template = link.endpoint(bind.endpoint)
-    if bind.transport == "tcp" and link.curve is not None:
-        link.curve.serve(sock)
+    if link.curved(bind.transport, bind.pattern):
+        link.curve.serve(sock)  # type: ignore[union-attr]  # curved: there is one
     if previous and previous != template:
         try:
             sock.bind(previous)

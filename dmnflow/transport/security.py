@@ -11,6 +11,12 @@ logged; messages name key files, not keys.
 
 Without a ZAP handler libzmq would accept any client key (encrypted, not authenticated), so
 a worker with tcp binds always starts the authenticator before it binds.
+
+Without ``security.curve`` (and not ``insecure``) the plan says ``run_keys``: the launch
+writes one keypair, ``run``, into ``RUN_KEYS`` of the run directory (mode 0700, the secret
+0600), and every worker serves and dials its automatic tcp ports with it. No user manages a
+key; a local peer of another user cannot read it, so one that binds a port a killed producer
+freed fails the handshake, and nothing it sends is taken.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-__all__ = ["Curve", "KeyError_", "REFUSED_EVENTS", "check_key_dir", "generate_keys", "load_curve"]
+__all__ = ["RUN_KEY", "RUN_KEYS", "Curve", "KeyError_", "REFUSED_EVENTS", "check_key_dir", "generate_keys",
+           "load_curve", "write_run_keys"]
 
 REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 WATCHED = REFUSED_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED
 KEY_LEN = 40  # a 32-byte key in Z85
+RUN_KEYS, RUN_KEY = "keys", "run"  # the per-run key directory (in the run directory) and its keypair
 
 
 class KeyError_(ValueError):  # noqa: N801 - KeyError is a builtin with another meaning
@@ -173,6 +181,13 @@ def generate_keys(directory: str | os.PathLike[str], names: list[str], force: bo
         os.chmod(public_file, 0o644)
         written += [Path(public_file), Path(secret_file)]
     return written
+
+
+def write_run_keys(run_dir: str) -> Path:
+    """The run's own keypair (``security.run_keys``), in the private run directory."""
+    directory = Path(run_dir, RUN_KEYS)
+    generate_keys(directory, [RUN_KEY])
+    return directory
 
 
 def _named(result: tuple[str, list[str]], actual: str, shown: str) -> tuple[str, list[str]]:

@@ -21,14 +21,17 @@ __all__ = ["EDGE_FIELDS", "NODE_FIELDS", "Counters", "EdgeStats", "Histogram", "
 
 # per edge: the producer fills the first group, the consumer the second
 EDGE_FIELDS = ("sent", "dropped", "resent", "received", "gaps", "decode_errors", "restarts_seen", "redelivered",
-               "acked")
-SENT, DROPPED, RESENT, RECEIVED, GAPS, DECODE_ERRORS, RESTARTS_SEEN, REDELIVERED, ACKED = range(len(EDGE_FIELDS))
+               "acked", "refused")
+SENT, DROPPED, RESENT, RECEIVED, GAPS, DECODE_ERRORS, RESTARTS_SEEN, REDELIVERED, ACKED = range(9)
+REFUSED = 9  # CURVE handshakes the consumer failed with whatever answered at its producer's address
 # per node instance
 NODE_FIELDS = ("in", "out", "handling", "handling_out", "conflated", "join_incomplete")
 N_IN, N_OUT, N_HANDLING, N_HANDLING_OUT, N_CONFLATED, N_JOIN_INCOMPLETE = range(len(NODE_FIELDS))
-# per bound socket: frames from peers the plan does not know; handshakes refused (CURVE)
-BIND_FIELDS = ("junk", "refused")
-B_JUNK, B_REFUSED = range(len(BIND_FIELDS))
+# per bound socket: frames from peers the plan does not know; handshakes refused (CURVE);
+# connections that ended before the output's end was acknowledged (a consumer that died, or a
+# peer whose frame broke the protocol: an oversize one ends its connection, and what was queued behind it)
+BIND_FIELDS = ("junk", "refused", "disconnects")
+B_JUNK, B_REFUSED, B_DISCONNECTS = range(len(BIND_FIELDS))
 
 
 class Histogram:

@@ -12,6 +12,7 @@ import sys
 import zmq
 
 from ...plan import Plan
+from ...transport.security import write_run_keys
 from ...transport.stats import Counters, Layout
 from ..env import declared_secrets
 from ..files import counters_path, layout_of
@@ -61,6 +62,8 @@ class LocalBackend:
     def prepare(self, run: RunContext) -> None:
         """A warm zygote is forked from this process, so before it has a zmq context or threads."""
         self.run = run
+        if run.plan.security.run_keys:  # CURVE on tcp edges with the run's own keypair (0700 run directory)
+            write_run_keys(run.run_dir)
         # workers forked by the zygote become our children: we wait for them and signal them by PID
         self.reaper = subreaper(True) if os.environ.get(ZYGOTE_ENV, "1") != "0" else None
         if self.warm and self.reaper is not None:

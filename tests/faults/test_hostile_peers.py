@@ -1,0 +1,138 @@
+"""Hostile local peers: one that binds the tcp port a killed producer freed and sends data
+records in the wire layout, and one that knows the run's shared-memory tag and sends a lease
+on a segment of its own. Each gets exactly 0 records accepted, the consumer neither crashes
+nor restarts, and the refusal is counted in the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from tests.integration.procs import launched, wait_until
+
+pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
+
+FORGED = 1e12  # a value no honest node of these graphs makes
+N = 3000
+
+
+def _run_dir(pid: int) -> Path | None:
+    for d in Path("/tmp").glob("dmnflow-*"):
+        try:
+            if (d / "supervisor.pid").read_text() == str(pid):
+                return d
+        except OSError:
+            continue
+    return None
+
+
+def _chain(tmp_path: Path, security: str) -> Path:
+    path = tmp_path / "chain.yaml"
+    path.write_text(textwrap.dedent(f"""
+        graph: squat
+        {security}
+        defaults: {{transport: tcp}}
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: {N}, rate_hz: 1000}}}}
+          mid:
+            uses: nodes.basic:Scale
+            params: {{factor: 2.0}}
+            inputs: {{value: src.numbers}}
+            restart: {{backoff: 0.5}}
+          sink: {{uses: nodes.basic:Collect, params: {{path: {tmp_path}/sink.jsonl}}, inputs: {{values: mid.scaled}}}}
+        """).lstrip())
+    return path
+
+
+def _forged(seq: int) -> list[bytes]:
+    """A data record in docs/wire.md's long form, for each output number a plan of this size has."""
+    now = time.time_ns()
+    return [b"", msgpack.packb([0, seq % 3, 0, seq, now, -1, now, None, None, None]), msgpack.packb(FORGED)]
+
+
+def _squat(endpoint: str, stop: threading.Event, sent: list[int]) -> None:
+    """Bind the freed port as soon as it is free (it is an XPUB's: the output's one consumer
+    subscribes), and publish forged records to whoever dials it; ``sent`` gets how many."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                sock.bind(endpoint)
+                break
+            except zmq.ZMQError:
+                time.sleep(0.005)
+        else:
+            return
+        seq = 0
+        while not stop.is_set():
+            try:
+                sock.send_multipart(_forged(seq), zmq.NOBLOCK)
+                seq += 1
+            except zmq.Again:
+                pass
+            while sock.poll(0):
+                sock.recv_multipart()  # a subscription, if anyone got through (none should)
+            time.sleep(0.001)
+        sent.append(seq)
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def _security(kind: str, tmp_path: Path) -> str:
+    if kind == "insecure":
+        return "security: {insecure: true}"
+    if kind == "run-keys":
+        return ""  # the default: CURVE with a keypair the launch makes
+    import zmq.auth
+
+    (tmp_path / "keys").mkdir(mode=0o700)
+    zmq.auth.create_certificates(tmp_path / "keys", "graph")
+    os.chmod(tmp_path / "keys" / "graph.key_secret", 0o600)
+    return "security: {curve: keys}"
+
+
+@pytest.mark.parametrize("kind", ["run-keys", "user-keys"])
+def test_a_squatter_on_a_killed_producers_port_gets_nothing_in(tmp_path, load, kind):
+    path = _chain(tmp_path, _security(kind, tmp_path))
+    report_file = tmp_path / "r.json"
+    stop = threading.Event()
+    sent: list[int] = []
+    with launched(path, "--report", str(report_file)) as run:
+        pids = run.wait_for_workers({"src", "mid", "sink"})
+        assert wait_until(lambda: (d := _run_dir(run.proc.pid)) is not None and (d / "endpoints.json").exists(), 30)
+        endpoints = json.loads((_run_dir(run.proc.pid) / "endpoints.json").read_text())
+        [mid_port] = [e for b, e in endpoints.items() if b.startswith("mid.")]
+        assert mid_port.startswith("tcp://127.0.0.1:")
+        time.sleep(0.5)  # records flow
+        squatter = threading.Thread(target=_squat, args=(mid_port, stop, sent), daemon=True)
+        os.kill(pids["mid"], signal.SIGKILL)
+        squatter.start()
+        assert wait_until(lambda: run.workers().get("mid") not in (None, pids["mid"]), 30)
+        time.sleep(1.0)  # the squatter keeps sending while the run goes on
+        stop.set()
+        squatter.join(10)
+        _, err = run.proc.communicate(timeout=120)
+    assert run.proc.returncode == 0, err
+    assert sent and sent[0] > 100  # it held the port and sent
+    values = [json.loads(line) for line in (tmp_path / "sink.jsonl").read_text().splitlines()]
+    assert FORGED not in values and all(v == 2.0 * int(v / 2) for v in values)  # 0 forged records
+    report = json.loads(report_file.read_text())
+    assert report["status"] == "finished" and not report["errors"]
+    assert report["nodes"]["sink"]["restarts"] == 0 and report["nodes"]["mid"]["restarts"] == 1
+    [into_sink] = [e for e in report["edges"] if e["dst"].startswith("sink.")]
+    assert into_sink["refused"] > 0  # the squatter failed the handshake, counted on the edge
+    assert into_sink["decode_errors"] == 0
