@@ -24,7 +24,7 @@ from ..codecs import Decoder
 from ..errors import DecodeError
 from ..plan import ConnectPlan
 from .link import Link, hello_msg, zmq_errors
-from .shm import ShmMaps, segment_prefix
+from .shm import ShmMaps, lease_key, segment_prefix
 from .stats import DECODE_ERRORS, GAPS, RECEIVED, REDELIVERED, RESTARTS_SEEN, EdgeStats
 from .wire import (
     BATCH,
@@ -104,7 +104,7 @@ class Inlet:
         self.shm_prefix = {src_of_edge[c.edge]: segment_prefix(link.tag, src_of_edge[c.edge]) for c in connects}
         self.open: set[int] = {c.edge for c in connects}
         self.topics = tuple(t.encode() for t in topics)
-        self.shm = ShmMaps(SHM_MAPS_PER_SOURCE)
+        self.shm = ShmMaps(SHM_MAPS_PER_SOURCE, lease_key(link.token))
         self.time_kind: type | None = None  # event times are numbers or text, never both
         self.socks: list[zmq.Socket] = []
         self.dealers: list[tuple[zmq.Socket, int]] = []
@@ -308,12 +308,12 @@ class Inlet:
                     continue
                 meta = header[META]
                 try:
-                    if type(meta) is list and 6 <= len(meta) <= 7 and meta[0] == SHM_LEASE:
+                    if type(meta) is list and 7 <= len(meta) <= 8 and meta[0] == SHM_LEASE:
                         if self.connects_tcp(source.edge):
                             raise ValueError("shared memory over tcp")
-                        payload = [self.shm.attach(source.edge, meta[:5], self.shm_prefix[src], self.max_bytes)]
-                        if len(meta) == 7:  # a pub lease: the subscribers the producer counted free it
-                            readers = meta[5]
+                        payload = [self.shm.attach(source.edge, meta[:6], self.shm_prefix[src], self.max_bytes)]
+                        if len(meta) == 8:  # a pub lease: the subscribers the producer counted free it
+                            readers = meta[6]
                             if type(readers) is not list:
                                 raise ValueError("malformed lease")
                             if source.edge not in readers:  # joined meanwhile: the slot may be reused, copy

@@ -54,7 +54,7 @@ import zmq
 from ..codecs import Encoder
 from ..plan import BindPlan, EdgePlan
 from .link import Link, bind_socket, send_parts
-from .shm import ShmPool, segment_prefix
+from .shm import ShmPool, lease_key, segment_prefix
 from .stats import ACKED, B_JUNK, B_REFUSED, DROPPED, RESENT, SENT, EdgeStats
 from .wire import (
     BATCH,
@@ -149,7 +149,7 @@ class Outlet:
             self.bound[bind.id] = actual
             # the compiler marks the binds whose large payloads go through shared memory (never tcp)
             shm = bind.shm and shm_above is not None and bind.transport != "tcp"
-            pool = ShmPool(shm_above, shm_slots, segment_prefix(link.tag, src)) if shm else None
+            pool = ShmPool(shm_above, shm_slots, segment_prefix(link.tag, src), lease_key(link.token)) if shm else None
             if bind.pattern == "pub":
                 self.pubs.append(_Pub(sock, bind, [edges[e] for e in bind.edges], link, pool))
             else:

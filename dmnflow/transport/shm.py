@@ -14,27 +14,35 @@ slots are taken, a slot every pending reader has passed so is replaced by a new 
 (whoever still maps the old one keeps reading it intact). Nothing a consumer may still
 map is ever unlinked.
 
-Nothing in a lease is trusted: a consumer maps only segments whose name carries this run's
-tag and the producer's output number (``segment_prefix``), only on same-host edges, at most
-``max_maps`` of them per producer, and read-only.
+Nothing in a lease is trusted: a consumer maps a segment only when the lease's MAC (over
+name, slot, generation and size, keyed with a key derived from the run's token: ``lease_mac``)
+is right, so only this run's producers can have written it, and only for a name that carries
+this run's tag and the producer's output number (``segment_prefix``) and ends in a random part
+nobody can predict (``secrets.token_hex``); only on same-host edges, at most ``max_maps``
+segments per producer, and read-only. The tag is public (anyone sees the names in /dev/shm):
+a peer that knows it, creates a segment of that name and sends a lease for it is refused,
+since it cannot make the MAC.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import hmac
 import mmap
 import os
+import secrets
 import weakref
 from multiprocessing import shared_memory
 from typing import Any
 
-from .wire import SHM_LEASE
+from .wire import INT64_MAX, SHM_LEASE
 
-__all__ = ["ANY", "ShmMaps", "ShmPool", "segment_prefix"]
+__all__ = ["ANY", "ShmMaps", "ShmPool", "lease_key", "lease_mac", "segment_prefix"]
 
 _CREATED: set[str] = set()  # segments this process made (a group may hold producer and consumer)
-_COUNTER = [0]
+_RANDOM = 16  # hex characters of a segment name's random part
+MAC_BYTES = 16
 
 
 def segment_prefix(tag: str, src: int) -> str:
@@ -42,9 +50,18 @@ def segment_prefix(tag: str, src: int) -> str:
     return f"dmn_{tag}_{src}_"
 
 
+def lease_key(token: bytes) -> bytes:
+    """The key of the run's lease MACs: derived from the token, never the token itself."""
+    return hmac.digest(token, b"shm-lease", "sha256")
+
+
+def lease_mac(key: bytes, name: str, slot: int, gen: int, size: int) -> bytes:
+    """What proves a lease was made by a producer of this run (about a microsecond)."""
+    return hmac.digest(key, b"%s/%d/%d/%d" % (name.encode(), slot, gen, size), "sha256")[:MAC_BYTES]
+
+
 def _segment(prefix: str, size: int) -> shared_memory.SharedMemory:
-    _COUNTER[0] += 1
-    segment = shared_memory.SharedMemory(create=True, size=size, name=f"{prefix}{os.getpid()}_{_COUNTER[0]}")
+    segment = shared_memory.SharedMemory(create=True, size=size, name=prefix + secrets.token_hex(_RANDOM // 2))
     _CREATED.add(segment.name)
     return segment
 
@@ -76,7 +93,8 @@ class ShmPool:
     freed it (``pending``, the edges the lease went to) or while the node holds arrays over
     it (``held``: a loan from ``loan``, for the node to write its tensor into, not yet gone)."""
 
-    def __init__(self, threshold: int, slots: int, prefix: str) -> None:
+    def __init__(self, threshold: int, slots: int, prefix: str, key: bytes) -> None:
+        self.key = key  # lease_key(token): every lease carries its MAC
         self.threshold = threshold
         self.max_slots = slots
         self.prefix = prefix
@@ -88,7 +106,7 @@ class ShmPool:
         self.next_loan = 1
 
     def put(self, frames: list[Any], readers: Any = (ANY,)) -> list[Any] | None:
-        """A lease ``["shm", name, slot, gen, size]`` for a large single-frame payload: the
+        """A lease ``["shm", name, slot, gen, size, mac]`` for a large single-frame payload: the
         slot it was written in (a loan, emitted: nothing to copy), else a free slot it is
         copied into; None when it is small or every slot is taken. ``readers``: the edges
         that must free it (a pub bind's subscribers), else whichever one receives it."""
@@ -106,7 +124,8 @@ class ShmPool:
                 if slot[3] == loan[1] and not slot[1] and size <= slot[0].size:
                     self.sent += 1
                     slot[1], slot[2], slot[4] = set(readers), slot[2] + 1, self.sent
-                    return [SHM_LEASE, slot[0].name, loan[0], slot[2], size]
+                    name = slot[0].name
+                    return [SHM_LEASE, name, loan[0], slot[2], size, lease_mac(self.key, name, loan[0], slot[2], size)]
         index = self._take(size)
         if index is None:
             return None
@@ -114,7 +133,8 @@ class ShmPool:
         self.sent += 1
         slot[1], slot[2], slot[4] = set(readers), slot[2] + 1, self.sent
         slot[0].buf[:size] = payload
-        return [SHM_LEASE, slot[0].name, index, slot[2], size]
+        name = slot[0].name
+        return [SHM_LEASE, name, index, slot[2], size, lease_mac(self.key, name, index, slot[2], size)]
 
     def loan(self, size: int) -> Any:
         """A writable buffer of ``size`` bytes over a free slot, held until every array over
@@ -226,7 +246,8 @@ def _read_only_address(buffer: Any) -> int:
 class ShmMaps:
     """The consumer's side: maps producers' segments once, read-only, and hands out leases."""
 
-    def __init__(self, max_maps: int) -> None:
+    def __init__(self, max_maps: int, key: bytes) -> None:
+        self.key = key  # lease_key(token): a lease without its MAC names no segment we map
         self.max_maps = max_maps  # per producer output
         self.maps: dict[str, _Mapping] = {}
         self.frees: list[tuple[int, int, int]] = []  # (edge, slot, gen) whose arrays are gone
@@ -235,14 +256,16 @@ class ShmMaps:
         """A read-only buffer over the slot the lease names, valid while any array over it
         lives; when the last one is gone, the slot is queued to be freed. ValueError for a
         lease this producer could not have sent."""
-        if len(lease) != 5:
+        if len(lease) != 6:
             raise ValueError("malformed lease")
-        _, name, slot, gen, size = lease
-        if type(name) is not str or not name.startswith(prefix) or not name[len(prefix):].replace("_", "").isdigit():
+        _, name, slot, gen, size, mac = lease
+        if type(name) is not str or not name.startswith(prefix) or len(name) != len(prefix) + _RANDOM:
             raise ValueError("a lease on a segment this producer does not own")
         if type(slot) is not int or type(gen) is not int or type(size) is not int or not 0 < size <= max_bytes \
-                or slot < 0 or gen < 0:
+                or not 0 <= slot <= INT64_MAX or not 0 <= gen <= INT64_MAX or type(mac) is not bytes:
             raise ValueError("malformed lease")
+        if not hmac.compare_digest(mac, lease_mac(self.key, name, slot, gen, size)):
+            raise ValueError("a lease this run's producer did not make")  # before anything is opened
         mapping = self.maps.get(name)
         if mapping is None:
             mine = [n for n in self.maps if n.startswith(prefix)]

@@ -39,8 +39,9 @@ KIND, SRC, INC, SEQ, ORIGIN_NS, ORIGIN, SEND_NS, EVENT_TIME, META, ATTRS = range
 TOPIC = 10  # appended by the inlet: what the handler sees as ctx.message.topic
 HEADER_FIELDS = ("kind", "src", "inc", "seq", "origin_ns", "origin", "send_ns", "event_time", "meta", "attrs")
 
-# meta[0] of a payload in a shared-memory slot: [SHM_LEASE, name, slot, gen, size, meta] on a push
-# edge, [SHM_LEASE, name, slot, gen, size, readers, meta] on a pub edge (readers: the edges that free it)
+# meta[0] of a payload in a shared-memory slot: [SHM_LEASE, name, slot, gen, size, mac, meta] on a push
+# edge, [SHM_LEASE, name, slot, gen, size, mac, readers, meta] on a pub edge (readers: the edges that
+# free it; mac: shm.lease_mac, keyed with the run's token)
 SHM_LEASE = "shm"
 
 INT64_MAX = 2**63 - 1

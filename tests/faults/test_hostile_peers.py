@@ -136,3 +136,58 @@ def test_a_squatter_on_a_killed_producers_port_gets_nothing_in(tmp_path, load, k
     [into_sink] = [e for e in report["edges"] if e["dst"].startswith("sink.")]
     assert into_sink["refused"] > 0  # the squatter failed the handshake, counted on the edge
     assert into_sink["decode_errors"] == 0
+
+
+_ATTACKER = """
+import sys
+from multiprocessing import resource_tracker, shared_memory
+name = sys.argv[1]
+seg = shared_memory.SharedMemory(create=True, size=1 << 20, name=name)  # a name the producer could have made
+resource_tracker.unregister(seg._name, "shared_memory")  # the test unlinks it
+seg.buf[:] = b"\\x07" * (1 << 20)
+seg.close()
+"""
+
+
+def test_a_forged_shared_memory_lease_from_a_peer_that_knows_the_tag_is_refused(tmp_path, load):
+    """The peer knows the run's tag (it is in every segment name in /dev/shm), makes a segment
+    of a name the producer could have used, and gets leases for it onto the edge (with no MAC,
+    a made-up one, and one keyed with another run's token): each is refused before anything is
+    mapped and counted on the edge, and the producer's own leases still arrive."""
+    import subprocess
+    import sys
+    from multiprocessing import shared_memory
+
+    import numpy as np
+
+    from dmnflow.node import Tensor
+    from dmnflow.transport.shm import lease_key, lease_mac, segment_prefix
+    from tests.unit.test_transport import EDGE, SRC, TAG, drain_headers, header, wire
+
+    name = segment_prefix(TAG, SRC) + "5a" * 8
+    subprocess.run([sys.executable, "-c", _ATTACKER, name], check=True, timeout=60)
+    ctx = zmq.Context()
+    try:
+        outlet, inlet = wire(ctx, "tensor", Tensor("uint8", (None,)), f"ipc://{tmp_path}/edge", "push",
+                             transport="ipc", shm_above=1 << 20, max_bytes=2 << 20, policy="block")
+        router = outlet.routers[0]
+        size, meta = 1 << 20, ["np", "uint8", [1 << 20]]
+        forged = [None, b"\x00" * 16, lease_mac(lease_key(b"another run's token"), name, 0, 1, size)]
+        for i, mac in enumerate(forged * 100):
+            lease = ["shm", name, 0, 1, size, meta] if mac is None else ["shm", name, 0, 1, size, mac, meta]
+            router.sock.send_multipart([router.peers[EDGE], b"out", header(i, lease)])
+        for i in range(20):  # the producer's own, through its slots
+            outlet.send(np.full(1 << 20, i % 5, dtype=np.uint8), None, 1, 0, None)
+        outlet.flush()
+        got = drain_headers(inlet, 20)
+        assert sorted(int(v[0]) for v, _ in got) == sorted(i % 5 for i in range(20))  # 0 forged values (7s)
+        assert inlet.stats[EDGE].decode_errors == 300  # each forged lease refused and counted
+        assert all(n != name for n in inlet.shm.maps)  # the peer's segment was never mapped
+        del got
+        inlet.close()
+        outlet.close()
+    finally:
+        ctx.destroy(linger=0)
+        seg = shared_memory.SharedMemory(name=name)
+        seg.close()
+        seg.unlink()

@@ -13,12 +13,13 @@ from dmnflow.codecs import Limits, get_codec
 from dmnflow.node import Tensor
 from dmnflow.plan import BindPlan, CoalescePlan, ConnectPlan, EdgePlan, push_hwm
 from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
-from dmnflow.transport.shm import ShmMaps, ShmPool, segment_prefix
+from dmnflow.transport.shm import ShmMaps, ShmPool, lease_key, lease_mac, segment_prefix
 from dmnflow.transport.wire import EOS, SEP, control, eos_header
 
 EDGE, SRC = 7, 3
 TOKEN = b"0123456789abcdef0123456789abcdef"
 TAG = "tag000000000"
+KEY = lease_key(TOKEN)
 
 
 @pytest.fixture
@@ -177,7 +178,7 @@ def test_histogram_quantiles_are_within_their_bucket():
 def test_a_shared_memory_slot_is_reused_only_after_every_view_of_it_is_gone():
     slots = 16
     prefix = segment_prefix(TAG, SRC)
-    pool, maps = ShmPool(1024, slots, prefix), ShmMaps(32)
+    pool, maps = ShmPool(1024, slots, prefix, KEY), ShmMaps(32, KEY)
     encode = get_codec("tensor").encoder(Tensor("float32", (None,)))
     decode = get_codec("tensor").decoder(Tensor("float32", (None,)), Limits())
     try:
@@ -341,7 +342,7 @@ def test_an_emitted_loan_goes_without_a_copy_and_its_slot_waits_for_both_sides()
     import gc
 
     prefix = segment_prefix(TAG, SRC)
-    pool, maps = ShmPool(1024, 16, prefix), ShmMaps(32)
+    pool, maps = ShmPool(1024, 16, prefix, KEY), ShmMaps(32, KEY)
     decode = get_codec("tensor").decoder(Tensor("float32", (None,)), Limits())
     try:
         holder = pool.loan(4096)
@@ -476,7 +477,7 @@ def test_a_subscriber_the_lease_does_not_name_copies_and_frees_nothing(ctx, tmp_
 
 def test_a_slot_its_readers_have_passed_without_freeing_it_is_replaced_and_the_old_mapping_stays_intact():
     prefix = segment_prefix(TAG, SRC)
-    pool, maps = ShmPool(1024, 3, prefix), ShmMaps(32)
+    pool, maps = ShmPool(1024, 3, prefix, KEY), ShmMaps(32, KEY)
     try:
         # edges 7 and 8 get three leases; 7 keeps the first (mapped), 8 never got it (the pub socket dropped it)
         leases = [pool.put([bytes([i]) * 2048], readers=[7, 8]) for i in (1, 2, 3)]
@@ -607,10 +608,11 @@ def test_a_lease_on_a_segment_the_producer_does_not_own_is_refused_and_never_map
         victim.buf[:5] = b"12345"
         outlet, inlet = push_pair(ctx, "inproc://bad-lease", codec="tensor", tp=Tensor("uint8", (None,)))
         router = outlet.routers[0]
-        for lease in (["shm", victim.name, 0, 1, 5, ["np", "uint8", [5]]],
-                      ["shm", segment_prefix(TAG, SRC) + "../" + victim.name, 0, 1, 5, ["np", "uint8", [5]]],
-                      ["shm", 12, 0, 1, 5, ["np", "uint8", [5]]],
-                      ["shm", segment_prefix(TAG, SRC) + "1_2", 0, 1, "5", ["np", "uint8", [5]]]):
+        mac = lease_mac(KEY, victim.name, 0, 1, 5)  # even a right MAC does not make another's name ours
+        for lease in (["shm", victim.name, 0, 1, 5, mac, ["np", "uint8", [5]]],
+                      ["shm", segment_prefix(TAG, SRC) + "../" + victim.name, 0, 1, 5, mac, ["np", "uint8", [5]]],
+                      ["shm", 12, 0, 1, 5, mac, ["np", "uint8", [5]]],
+                      ["shm", segment_prefix(TAG, SRC) + "0" * 16, 0, 1, "5", mac, ["np", "uint8", [5]]]):
             router.sock.send_multipart([router.peers[EDGE], b"out", header(0, lease)])
         outlet.send(np.arange(3, dtype=np.uint8), None, 1, 0, None)
         outlet.flush()
@@ -622,9 +624,52 @@ def test_a_lease_on_a_segment_the_producer_does_not_own_is_refused_and_never_map
         victim.unlink()
 
 
+def test_a_lease_on_a_segment_made_by_a_peer_that_knows_the_tag_is_refused_before_it_is_mapped(ctx):
+    from multiprocessing import shared_memory
+
+    # the tag is public (/dev/shm lists it): the peer makes a segment of a name the producer could have
+    forged = shared_memory.SharedMemory(create=True, size=4096, name=segment_prefix(TAG, SRC) + "ab" * 8)
+    try:
+        forged.buf[:5] = b"\x07" * 5
+        outlet, inlet = push_pair(ctx, "inproc://forged-lease", codec="tensor", tp=Tensor("uint8", (None,)))
+        router = outlet.routers[0]
+        for mac in (b"\x00" * 16, lease_mac(lease_key(b"another run's token"), forged.name, 0, 1, 5), None):
+            router.sock.send_multipart([router.peers[EDGE], b"out",
+                                        header(0, ["shm", forged.name, 0, 1, 5, mac, ["np", "uint8", [5]]])])
+        router.sock.send_multipart([router.peers[EDGE], b"out", header(0, ["shm", forged.name, 0, 1, 5,
+                                                                            ["np", "uint8", [5]]])])  # no MAC
+        outlet.send(np.arange(3, dtype=np.uint8), None, 1, 0, None)
+        outlet.flush()
+        got = drain_headers(inlet, 1)
+        assert [v.tolist() for v, _ in got] == [[0, 1, 2]]  # 0 forged values
+        assert inlet.stats[EDGE].decode_errors == 4 and not inlet.shm.maps  # counted, nothing mapped
+    finally:
+        forged.close()
+        forged.unlink()
+
+
+def test_a_lease_whose_fields_were_changed_fails_its_mac():
+    prefix = segment_prefix(TAG, SRC)
+    pool, maps = ShmPool(1024, 2, prefix, KEY), ShmMaps(8, KEY)
+    try:
+        lease = pool.put([np.ones(1024, np.uint8).tobytes()])
+        assert lease is not None and len(lease) == 6 and len(lease[5]) == 16
+        assert lease[1].startswith(prefix) and lease[1] != pool.put([bytes(2048)])[1]  # names are not predictable
+        for index, value in ((2, 1), (3, lease[3] + 1), (4, 512)):  # another slot, generation, size
+            changed = list(lease)
+            changed[index] = value
+            with pytest.raises(ValueError, match="did not make"):
+                maps.attach(0, changed, prefix, 1 << 20)
+        assert not maps.maps
+        assert bytes(maps.attach(0, lease, prefix, 1 << 20))[:3] == b"\x01\x01\x01"  # the real one maps
+    finally:
+        maps.close()
+        pool.close()
+
+
 def test_a_received_shared_memory_array_is_read_only(ctx):
     prefix = segment_prefix(TAG, SRC)
-    pool, maps = ShmPool(1024, 4, prefix), ShmMaps(8)
+    pool, maps = ShmPool(1024, 4, prefix, KEY), ShmMaps(8, KEY)
     decode = get_codec("tensor").decoder(Tensor("float32", (None,)), Limits())
     try:
         meta, frames = get_codec("tensor").encoder(Tensor("float32", (None,)))(np.ones(1024, np.float32))
