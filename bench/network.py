@@ -4,8 +4,9 @@ delivery, each measured against the other in the same run.
     python bench/network.py [--quick] [--repeat N] [--json out.json] [--only curve|delivery]
 
 - curve: one hop (Ping -> Sink over tcp, ``policy: block``), paced latency (1000 msg/s) and
-  flat-out throughput, with and without ``security: {curve: DIR}``; raw pyzmq PUSH/PULL with
-  and without CURVE beside it, so libzmq's own cost of encryption is in the same table.
+  flat-out throughput, plain (``security: {insecure: true}``), with the default (CURVE with a
+  keypair made at launch) and with ``security: {curve: DIR}``; raw pyzmq PUSH/PULL with and
+  without CURVE beside it, so libzmq's own cost of encryption is in the same table.
 - delivery: a 5-node ``policy: block`` chain (Counter -> 3 x Scale -> Collect) over ipc,
   ``delivery: at-most-once`` against ``at-least-once``: flat-out msgs/s, paced e2e p50, and
   what a kill -9 of the middle node at 20k msg/s loses at the sink.
@@ -43,15 +44,17 @@ def keys(directory: str) -> str:
     return directory
 
 
-def dmnflow_hop(size: int, count: int, rate_hz: float, curve: str | None) -> harness.Run:
+def dmnflow_hop(size: int, count: int, rate_hz: float, curve: str | None, mode: str) -> harness.Run:
+    """``mode``: plain (insecure: no CURVE), run-keys (the default) or curve (the key directory)."""
     nodes = {
         "ping": {"uses": "bench.nodes:Ping", "params": {"count": count, "size": size, "rate_hz": rate_hz,
                                                         "result": "auto"},
                  "outputs": {"out": {"codec": "raw"}}},
         "sink": {"uses": "bench.nodes:Sink", "inputs": {"inp": "ping.out"}, "params": {"result": "auto"}},
     }
-    top = {"security": {"curve": curve}} if curve else None
-    return harness.run_graph("curve" if curve else "plain", nodes, {"transport": "tcp", "policy": "block"},
+    top = {"security": {"curve": curve}} if mode == "curve" else {"security": {"insecure": True}} \
+        if mode == "plain" else None
+    return harness.run_graph(mode, nodes, {"transport": "tcp", "policy": "block"},
                              timeout_s=60 + (count / rate_hz if rate_hz else 0), top=top)
 
 
@@ -101,15 +104,18 @@ def measure_curve(size: int, quick: bool, directory: str) -> dict[str, Any]:
     lat_n = 500 if quick else 3000
     tp_n = {64: 60_000, 64 << 10: 8_000}[size] // (5 if quick else 1)
     row: dict[str, Any] = {"size": size}
-    for mode, curve in (("plain", None), ("curve", directory)):
-        lat = dmnflow_hop(size, lat_n, 1000.0, curve)
+    for mode in ("plain", "run_keys", "curve"):
+        lat = dmnflow_hop(size, lat_n, 1000.0, directory, mode.replace("_", "-"))
         row[f"{mode}_p50_us"] = lat.edge("ping", "sink").p50_us
         row[f"{mode}_p99_us"] = lat.edge("ping", "sink").p99_us
-        tp = dmnflow_hop(size, tp_n, 0.0, curve)
+        tp = dmnflow_hop(size, tp_n, 0.0, directory, mode.replace("_", "-"))
         row[f"{mode}_msgs_per_s"] = tp.results["sink"]["msgs_per_s"]
-        row[f"raw_{mode}_msgs_per_s"] = raw_pair(size, tp_n * 2, curve is not None)
+        if mode != "run_keys":
+            row[f"raw_{mode}_msgs_per_s"] = raw_pair(size, tp_n * 2, mode == "curve")
     row["p50_ratio"] = ratio(row["curve_p50_us"], row["plain_p50_us"])
     row["msgs_ratio"] = ratio(row["curve_msgs_per_s"], row["plain_msgs_per_s"])
+    row["run_keys_p50_ratio"] = ratio(row["run_keys_p50_us"], row["plain_p50_us"])
+    row["run_keys_msgs_ratio"] = ratio(row["run_keys_msgs_per_s"], row["plain_msgs_per_s"])
     row["raw_msgs_ratio"] = ratio(row["raw_curve_msgs_per_s"], row["raw_plain_msgs_per_s"])
     return row
 
@@ -242,13 +248,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "delivery"):
                 delivery_rows.append(measure_delivery(args.quick))
     if curve_rows:
-        body = [[harness.human_size(r["size"]), f"{fmt(r['plain_p50_us'])} / {fmt(r['curve_p50_us'])}",
-                 fmt(r["p50_ratio"], ".2f") + "x", f"{fmt(r['plain_msgs_per_s'], ',.0f')} / "
-                 f"{fmt(r['curve_msgs_per_s'], ',.0f')}", fmt(r["msgs_ratio"], ".2f") + "x",
+        body = [[harness.human_size(r["size"]),
+                 f"{fmt(r['plain_p50_us'])} / {fmt(r['run_keys_p50_us'])} / {fmt(r['curve_p50_us'])}",
+                 fmt(r["run_keys_p50_ratio"], ".2f") + "x / " + fmt(r["p50_ratio"], ".2f") + "x",
+                 f"{fmt(r['plain_msgs_per_s'], ',.0f')} / {fmt(r['run_keys_msgs_per_s'], ',.0f')} / "
+                 f"{fmt(r['curve_msgs_per_s'], ',.0f')}",
+                 fmt(r["run_keys_msgs_ratio"], ".2f") + "x / " + fmt(r["msgs_ratio"], ".2f") + "x",
                  fmt(r["raw_msgs_ratio"], ".2f") + "x"] for r in curve_rows]
-        print("CURVE against plain tcp (dmnflow hop; raw pyzmq PUSH/PULL beside it)")
-        print(harness.table(["size", "p50 us plain / curve", "p50 ratio", "msg/s plain / curve", "msg/s ratio",
-                             "raw pyzmq msg/s ratio"], body))
+        print("CURVE against plain tcp (dmnflow hop: plain (insecure) / run keys (the default) / key directory; "
+              "raw pyzmq PUSH/PULL beside it)")
+        print(harness.table(["size", "p50 us plain / run keys / keys dir", "p50 ratio run keys / keys dir",
+                             "msg/s plain / run keys / keys dir", "msg/s ratio run keys / keys dir",
+                             "raw pyzmq msg/s ratio curve / plain"], body))
         if args.repeat > 1:
             for size in SIZES:
                 group = [r for r in curve_rows if r["size"] == size]

@@ -758,6 +758,7 @@ def _render_ports(plan: Plan) -> None:
         return
     security = plan.security
     mode = f"CURVE (keys {security.curve})" if security.curve else (
+        "CURVE with a keypair made for this run at launch; fixed ports plain" if security.run_keys else
         "plain, beyond loopback allowed (insecure)" if security.insecure else "plain (loopback only)")
     table = Table(title=f"tcp ports: {mode}", title_justify="left", caption_justify="left",
                   caption="XPUB stream: a fixed port, every in-graph consumer (XSUB) and any outside SUB; "
@@ -767,6 +768,8 @@ def _render_ports(plan: Plan) -> None:
     seen: dict[str, int] = {}
     for b, output, process in rows:
         kind = {"stream": "XPUB stream", "pub": "XPUB", "push": "ROUTER"}[b.pattern]
+        if security.curved(b.transport, b.pattern):
+            kind += ", CURVE"
         edges = ", ".join(f"{plan.edges[e].dst}.{plan.edges[e].dst_port} ({plan.edges[e].policy})" for e in b.edges)
         address = b.endpoint.removeprefix("tcp://")
         if address.endswith(":*"):

@@ -36,7 +36,7 @@ from ..observe.taps import Taps
 from ..plan import RUN_DIR, Plan
 from ..transport import Counters, Flusher, Inlet, Link, Outlet
 from ..transport.security import RUN_KEY, RUN_KEYS, Curve, KeyError_, Watch, load_curve
-from ..transport.stats import B_REFUSED, REFUSED
+from ..transport.stats import B_DISCONNECTS, B_REFUSED, REFUSED
 from ..transport.wire import read_token, shm_tag
 from . import protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
@@ -189,10 +189,10 @@ class Worker:
             if any(name in b.sinks for b in self.plan.budgets):  # a path budget ends here: measure it
                 runner.is_sink = True
             self.runners.append(runner)
-        if self.link.curve is not None:
-            for outlet in self.outlets.values():
-                for sock in outlet.sockets():
-                    self.watch.add(sock, f"output {outlet.name}", lambda _e, o=outlet, s=sock: self._refused(o, s))
+        for outlet in self.outlets.values():  # refused handshakes (CURVE), connections cut (any transport)
+            for sock in outlet.sockets():
+                self.watch.add(sock, f"output {outlet.name}", lambda _e, o=outlet, s=sock: self._refused(o, s),
+                               lambda _e, o=outlet, s=sock: self._disconnected(o, s))
         if proc.cpus and "torch" in sys.modules:  # imported by a node: one thread per pinned core
             sys.modules["torch"].set_num_threads(len(proc.cpus))
         self.tell(protocol.BOUND, bound)
@@ -257,15 +257,26 @@ class Worker:
 
     def _refused(self, outlet: Outlet, sock: zmq.Socket) -> None:
         """A peer without an admitted key tried one of our tcp binds: counted on that socket."""
+        counter = self._bind_counter(outlet, sock)
+        if counter >= 0:
+            self.counters.mv[self.counters.layout.bind(counter) + B_REFUSED] += 1
+
+    def _bind_counter(self, outlet: Outlet, sock: zmq.Socket) -> int:
         for stream in outlet.streams:
             if stream.shared.sock is sock:
-                stream.shared.refused()
-                return
+                return stream.shared.bind.counter
         for holder in [*outlet.pubs, *outlet.routers]:
             if holder.sock is sock:
-                layout = self.counters.layout
-                self.counters.mv[layout.bind(holder.bind.counter) + B_REFUSED] += 1
-                return
+                return holder.bind.counter
+        return -1
+
+    def _disconnected(self, outlet: Outlet, sock: zmq.Socket) -> None:
+        """A connection to one of our binds ended before the output's end went out: a consumer
+        that died, or a peer libzmq cut off (an oversize message ends its connection, and the
+        frames queued behind it go unread): counted on the socket, next to its junk."""
+        counter = self._bind_counter(outlet, sock)
+        if counter >= 0 and not outlet.eos_header and not self.stopping:
+            self.counters.mv[self.counters.layout.bind(counter) + B_DISCONNECTS] += 1
 
     def _rejected(self, c: Any, runner: NodeRunner, inp: Any, event: dict[str, Any]) -> None:
         """The producer of one of our tcp inputs refused our key (or we refused its). At

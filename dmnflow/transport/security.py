@@ -206,14 +206,17 @@ def _quiet_log() -> Any:
 
 
 class Watch:
-    """Handshake events of the tcp sockets of one worker: refusals counted per socket."""
+    """Connection events of one worker's sockets: CURVE refusals counted per socket, and on
+    binds, connections that ended (libzmq ends one whose peer broke the protocol, an oversize
+    message included, and drops what was queued behind it: counted, not silent)."""
 
     def __init__(self) -> None:
-        self.monitors: dict[zmq.Socket, tuple[str, Any]] = {}  # monitor socket -> (what, on_refused)
+        # monitor socket -> (what, on_refused, on_disconnected)
+        self.monitors: dict[zmq.Socket, tuple[str, Any, Any]] = {}
 
-    def add(self, sock: zmq.Socket, what: str, on_refused: Any) -> zmq.Socket:
-        mon = sock.get_monitor_socket(WATCHED)
-        self.monitors[mon] = (what, on_refused)
+    def add(self, sock: zmq.Socket, what: str, on_refused: Any, on_disconnected: Any = None) -> zmq.Socket:
+        mon = sock.get_monitor_socket(WATCHED | (zmq.EVENT_DISCONNECTED if on_disconnected else 0))
+        self.monitors[mon] = (what, on_refused, on_disconnected)
         return mon
 
     def read(self, mon: zmq.Socket) -> None:
@@ -224,9 +227,11 @@ class Watch:
                 event = recv_monitor_message(mon, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            _, on_refused, on_disconnected = self.monitors[mon]
             if event["event"] & REFUSED_EVENTS:
-                _, on_refused = self.monitors[mon]
                 on_refused(event)
+            elif event["event"] == zmq.EVENT_DISCONNECTED and on_disconnected is not None:
+                on_disconnected(event)
 
     def close(self) -> None:
         for mon in self.monitors:

@@ -191,3 +191,40 @@ def test_a_forged_shared_memory_lease_from_a_peer_that_knows_the_tag_is_refused(
         seg = shared_memory.SharedMemory(name=name)
         seg.close()
         seg.unlink()
+
+
+def test_one_oversize_frame_cuts_its_connection_and_the_report_counts_the_cut(tmp_path, load):
+    """libzmq ends the connection of a peer that sends a message over the socket's limit, and
+    drops what the peer had queued behind it; junk alone would undercount, so the cut is counted
+    on the socket (``disconnects``), exactly once per oversize message."""
+    path = tmp_path / "chain.yaml"
+    path.write_text(textwrap.dedent(f"""
+        graph: oversize
+        nodes:
+          src: {{uses: nodes.basic:Counter, params: {{count: {N}, rate_hz: 1000}}}}
+          mid: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}}}
+          sink: {{uses: nodes.basic:Collect, params: {{path: {tmp_path}/sink.jsonl}}, inputs: {{values: mid.scaled}}}}
+        """).lstrip())
+    report_file = tmp_path / "r.json"
+    with launched(path, "--report", str(report_file)) as run:
+        run.wait_for_workers({"src", "mid", "sink"})
+        assert wait_until(lambda: (d := _run_dir(run.proc.pid)) is not None and (d / "endpoints.json").exists(), 30)
+        endpoints = json.loads((_run_dir(run.proc.pid) / "endpoints.json").read_text())
+        [mid_bind] = [e for b, e in endpoints.items() if b.startswith("mid.")]
+        ctx = zmq.Context()
+        peer = ctx.socket(zmq.DEALER)
+        peer.setsockopt(zmq.LINGER, 1000)
+        peer.connect(mid_bind)
+        peer.send(b"\x00" + bytes(4096))  # a producer socket takes control messages of 512 bytes at most
+        for _ in range(5):
+            peer.send(b"\x00junk")  # queued behind it: may be dropped with the connection
+        time.sleep(0.5)
+        peer.close()
+        ctx.term()
+        _, err = run.proc.communicate(timeout=120)
+    assert run.proc.returncode == 0, err
+    report = json.loads(report_file.read_text())
+    [sock] = [s for s in report["sockets"] if s["outputs"] == ["mid.scaled"]]
+    assert sock["disconnects"] == 1 and sock["junk"] <= 5
+    assert sum(s["disconnects"] for s in report["sockets"]) == 1  # the graph's own connections held
+    assert report["nodes"]["sink"]["messages_in"] == N
