@@ -391,3 +391,22 @@ def test_at_least_once_from_a_fixed_port_is_refused_where_the_input_is(tmp_path)
     # the same edge without a fixed port is a push edge that keeps what it sent
     ok = write(tmp_path / "ok.yaml", g.read_text().replace(", outputs: {numbers: {port: 5599}}", ""))
     assert dmnflow.compile_graph(ok).edges[0].delivery == "at-least-once"
+
+
+TCP_CHAIN = CHAIN.replace("graph: chain", "graph: chain\n    defaults: {transport: tcp}")
+
+
+@pytest.mark.skipif(not __import__("zmq").has("curve"), reason="libzmq without CURVE")
+def test_tcp_edges_get_curve_with_the_runs_own_keys_unless_the_graph_says_otherwise(tmp_path):
+    ipc = dmnflow.compile_graph(write(tmp_path / "ipc.yaml", CHAIN))
+    assert not ipc.security.run_keys  # nothing on tcp: no keys to make
+    tcp = dmnflow.compile_graph(write(tmp_path / "tcp.yaml", TCP_CHAIN))
+    assert tcp.security.run_keys and tcp.security.curve is None
+    assert Plan.from_json(tcp.to_json()).security.run_keys  # the workers read it from plan.json
+    bind = tcp.node("src").outputs[0].binds[0]
+    assert tcp.security.curved(bind.transport, bind.pattern)
+    assert not tcp.security.curved("tcp", "stream")  # a fixed port stays the public, plain door
+    assert not tcp.security.curved("ipc", "push")
+    plain = dmnflow.compile_graph(write(tmp_path / "plain.yaml", TCP_CHAIN.replace(
+        "graph: chain", "graph: chain\n    security: {insecure: true}")))
+    assert not plain.security.run_keys and not plain.security.curved("tcp", "push")

@@ -780,3 +780,39 @@ def test_a_restarted_consumer_takes_resends_that_come_after_newer_records(ctx):
     assert inlet.done_pending == {}
     inlet.handled(fresh)
     assert inlet.done_pending == {EDGE: 0}
+
+
+def test_a_failed_curve_handshake_and_a_cut_connection_are_reported_by_the_watch_not_raised(ctx):
+    """What the worker counts: a CURVE client that meets a plain server (a squatter on its
+    producer's port) fails the handshake; a bind that gets a message over its limit drops
+    the connection. Both come out of ``Watch.read`` as calls, never as an exception."""
+    from dmnflow.transport.security import Watch
+
+    watch = Watch()
+    refused: list[int] = []
+    cut: list[int] = []
+    squatter = ctx.socket(zmq.ROUTER)
+    port = squatter.bind_to_random_port("tcp://127.0.0.1")
+    client = ctx.socket(zmq.DEALER)
+    public, secret = zmq.curve_keypair()
+    server_public, _ = zmq.curve_keypair()
+    client.curve_secretkey, client.curve_publickey, client.curve_serverkey = secret, public, server_public
+    mon = watch.add(client, "input c.in", lambda e: refused.append(e["event"]))
+    client.connect(f"tcp://127.0.0.1:{port}")
+    bind = ctx.socket(zmq.ROUTER)
+    bind.setsockopt(zmq.MAXMSGSIZE, 512)
+    bind_mon = watch.add(bind, "output p.out", lambda e: None, lambda e: cut.append(e["event"]))
+    bind_port = bind.bind_to_random_port("tcp://127.0.0.1")
+    peer = ctx.socket(zmq.DEALER)
+    peer.connect(f"tcp://127.0.0.1:{bind_port}")
+    peer.send(bytes(4096))
+    deadline = time.monotonic() + 5
+    while (not refused or not cut) and time.monotonic() < deadline:
+        for m in (mon, bind_mon):
+            if m.poll(10):
+                watch.read(m)
+    assert refused and all(e & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL for e in refused)
+    assert cut == [zmq.EVENT_DISCONNECTED]
+    watch.close()
+    for sock in (squatter, client, bind, peer):
+        sock.close(0)
