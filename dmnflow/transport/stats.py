@@ -28,8 +28,9 @@ REFUSED = 9  # CURVE handshakes the consumer failed with whatever answered at it
 NODE_FIELDS = ("in", "out", "handling", "handling_out", "conflated", "join_incomplete")
 N_IN, N_OUT, N_HANDLING, N_HANDLING_OUT, N_CONFLATED, N_JOIN_INCOMPLETE = range(len(NODE_FIELDS))
 # per bound socket: frames from peers the plan does not know; handshakes refused (CURVE);
-# connections that ended before the output's end was acknowledged (a consumer that died, or a
-# peer whose frame broke the protocol: an oversize one ends its connection, and what was queued behind it)
+# connections that ended before the output's end went out (a consumer that died, an outside subscriber
+# that left, or a peer whose frame broke the protocol: an oversize one ends its connection, and what
+# was queued behind it)
 BIND_FIELDS = ("junk", "refused", "disconnects")
 B_JUNK, B_REFUSED, B_DISCONNECTS = range(len(BIND_FIELDS))
 
