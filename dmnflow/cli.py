@@ -31,7 +31,7 @@ from .runtime import launch
 from .runtime.admin import find_run, list_runs, run_status, send_command
 from .runtime.backends import BACKENDS
 from .spec import Override, format_cpus, json_schema, load_overlay, parse_duration
-from .transport.security import KeyError_, generate_keys
+from .transport.security import KeyError_, check_key_name, generate_keys
 from .viz import FORMATS, render
 
 app = typer.Typer(
@@ -442,6 +442,9 @@ def keys_generate_cmd(
                                         "then refused)")] = False,
 ) -> None:
     """Write CURVE keypairs: NAME.key (public, to share) and NAME.key_secret (mode 0600, never shared)."""
+    for bad in filter(None, map(check_key_name, names or [])):
+        err.print(Text(f"error: --name {bad}", style="red"), soft_wrap=True)
+        raise typer.Exit(ExitCode.USAGE)
     try:
         written = generate_keys(directory, names or ["graph"], force=force)
     except (KeyError_, OSError) as exc:

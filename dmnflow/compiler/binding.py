@@ -57,8 +57,14 @@ class _Binding(_Compilation):
                 f"{node.cls.__name__} takes no params")
             self.add("unknown-param", f"{node.cls.__name__} has no param {key!r}",
                      self.loc(*base, key, key=True), f"nodes.{name}.params.{key}", hint)
+        given = {k: v for k, v in raw.items() if k not in unknown}
         try:
-            node.params = model.model_validate({k: v for k, v in raw.items() if k not in unknown})
+            try:
+                node.params = model.model_validate(given)
+            except ValidationError as exc:  # `--set ...params.name=yes` where it wants text: as typed
+                if not self.graph.srcmap.as_typed(given, base, exc.errors()):
+                    raise
+                node.params = model.model_validate(given)
         except ValidationError as exc:
             for err in exc.errors():
                 parts = tuple(err["loc"])

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import IssueList
-from .source import Path_, SourceMap, _dotted, _suggest
+from .source import Path_, SourceMap, _dotted, _is_union_tag, _suggest
 
 __all__ = ["validate_section"]
 
@@ -32,6 +32,8 @@ def _validate_partial(model: type[BaseModel], raw: Any, base: Path_, srcmap: Sou
     try:
         return model.model_validate(raw), frozenset()
     except ValidationError as exc:
+        if srcmap.as_typed(raw, base, exc.errors()):  # `--set defaults.host=::`: text, as typed
+            return _validate_partial(model, raw, base, srcmap, issues, unresolved)
         bad = _report(model, exc, base, srcmap, issues, unresolved)
     required = {f.alias or n for n, f in model.model_fields.items() if f.is_required()}
     if not isinstance(raw, dict) or "" in bad or bad & required:
@@ -63,11 +65,6 @@ def _report(model: type[BaseModel], exc: ValidationError, base: Path_, srcmap: S
             continue  # `use:` for `uses:`: the unknown key's "did you mean" says it all
         _pydantic_issue(model, err, loc_path, base, srcmap, issues)
     return bad
-
-
-def _is_union_tag(part: Any) -> bool:
-    """pydantic names union members and validators in error paths; they are not YAML keys."""
-    return isinstance(part, str) and ("[" in part or part in {"str", "list[str]", "int", "float"})
 
 
 def _pydantic_issue(model: type[BaseModel], err: Any, path: Path_, base: Path_,
