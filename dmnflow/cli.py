@@ -19,7 +19,7 @@ from rich.tree import Tree
 
 from . import __version__
 from .compiler import compile_graph, validate
-from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, LaunchError, format_issues
+from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, IssueList, LaunchError, format_issues
 from .observe.dashboard import serve_run_dashboard
 from .observe.listen import bw, echo, hz
 from .observe.replay import replay_plan
@@ -44,13 +44,32 @@ app = typer.Typer(
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
+
+def _flags_take_no_value() -> None:
+    """A flag (``--version``, ``--json``, ``--help``) is shown as a flag: typer's rich help writes
+    ``<bool>`` after it, as if it took a value (its plain help does not)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_dmnflow", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._dmnflow = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
 GraphArg = Annotated[Path, typer.Argument(help="the graph YAML file", show_default=False)]
 SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", "-s", help="override a value before validation: KEY=VALUE, KEY dotted and existing "
+    "--set", "-s", metavar="KEY=VALUE", help="override a value before validation: KEY=VALUE, KEY dotted and existing "
     "(e.g. vars.count=10, nodes.counter.params.rate_hz=0); VALUE is read as YAML; repeatable")]
 OverlayOpt = Annotated[list[Path] | None, typer.Option(
-    "--overlay", help="apply an overlay file (a YAML mapping of dotted keys to values, each applied like "
-    "--set; e.g. the best.yaml `dmnflow tune` writes) before the --set options; repeatable")]
+    "--overlay", metavar="FILE", help="apply an overlay file (a YAML mapping of dotted keys to values, each "
+    "applied like --set; e.g. the best.yaml `dmnflow tune` writes) before the --set options; repeatable")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="apply the graph's profile NAME")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 NoModelsOpt = Annotated[bool, typer.Option("--no-models", help="do not load model files to check them "
@@ -87,18 +106,25 @@ def _fail(exc: DmnflowError) -> NoReturn:
     raise typer.Exit(ExitCode.INVALID)
 
 
-def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[str | Override]:
-    """Overlay files' settings, then the --set options (which win), as the loader takes them."""
-    found: list[str | Override] = []
+def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[Override]:
+    """Overlay files' settings, then the --set options (which win), as the loader takes them.
+    A --set that is not KEY=VALUE is a wrong command line (exit 2), before any file is read."""
+    typed = IssueList()
+    settings = [o for o in (Override.parse(text, typed) for text in sets or []) if o is not None]
+    if typed.issues:
+        _print_issues(typed.issues)
+        raise typer.Exit(ExitCode.USAGE if any(i.code == "bad-override" for i in typed.issues) else
+                         ExitCode.INVALID)
+    found: list[Override] = []
     issues: list[Issue] = []
     for file in overlays or []:
-        settings, problems = load_overlay(file)
-        found += settings
+        read, problems = load_overlay(file)
+        found += read
         issues += problems
     if any(i.is_error for i in issues):
         _print_issues(issues)
         raise typer.Exit(ExitCode.INVALID)
-    return [*found, *(sets or [])]
+    return [*found, *settings]
 
 
 def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool = True,
@@ -204,16 +230,17 @@ def launch_cmd(
          address=address)
 
 
-def _durations(duration: str | None, status_every: str) -> tuple[float | None, float]:
+def _durations(duration: str | None, every: str, option: str = "--status-every") -> tuple[float | None, float]:
+    """--duration and the command's other duration (``option``: --status-every, --interval, --window)."""
     try:
         duration_s = parse_duration(duration) if duration is not None else None
     except ValueError as exc:
         err.print(f"error: --duration: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
     try:
-        return duration_s, parse_duration(status_every)
+        return duration_s, parse_duration(every)
     except ValueError as exc:
-        err.print(f"error: --status-every: {exc}")
+        err.print(f"error: {option}: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
 
 
@@ -325,7 +352,7 @@ def top_cmd(
     duration: Annotated[str | None, typer.Option("--duration", "-d", help="stop looking after this long")] = None,
 ) -> None:
     """Show a running graph's live view from another terminal (rates, latencies, cpu, figures)."""
-    duration_s, interval_s = _durations(duration, interval)
+    duration_s, interval_s = _durations(duration, interval, "--interval")
     try:
         top(run, err if err.is_terminal else out, interval_s=interval_s, once=once, duration_s=duration_s)
     except ControlError as exc:
@@ -373,7 +400,7 @@ def hz_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Print an output's rate every second: exact msg/s, and the spread of the periods."""
-    duration_s, window_s = _durations(duration, window)
+    duration_s, window_s = _durations(duration, window, "--window")
     _listen(hz, run, output, window_s=window_s, topic=topic, duration_s=duration_s)
 
 
@@ -386,7 +413,7 @@ def bw_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Print an output's bandwidth every second (payload bytes/s)."""
-    duration_s, window_s = _durations(duration, window)
+    duration_s, window_s = _durations(duration, window, "--window")
     _listen(bw, run, output, window_s=window_s, topic=topic, duration_s=duration_s)
 
 
@@ -422,7 +449,7 @@ def replay_cmd(
 ) -> None:
     """Feed a recording into a subgraph in event-time order, replacing the streams' producers."""
     try:
-        plan = replay_plan(recording, graph, [n.strip() for n in into.split(",") if n.strip()], sets or [],
+        plan = replay_plan(recording, graph, [n.strip() for n in into.split(",") if n.strip()], _overrides(None, sets),
                            profile=profile, speed=speed, models=not no_models)
     except DmnflowError as exc:
         _fail(exc)

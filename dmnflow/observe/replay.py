@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..compiler import compile_graph
 from ..node import Node, Output, Ports
 from ..plan import Plan
-from ..spec import LoadedGraph, NodeEntry, NodeSpec, OutputSpec
+from ..spec import LoadedGraph, NodeEntry, NodeSpec, OutputSpec, Override
 
 __all__ = ["Recording", "Replayer", "read_records", "replay_plan"]
 
@@ -176,8 +176,9 @@ def cut(graph: LoadedGraph, into: Sequence[str], recording: Recording, speed: fl
     graph.name = f"{graph.name}-replay"
 
 
-def replay_plan(recording: str | Path, graph: str | Path, into: Sequence[str], overrides: Sequence[str] = (), *,
-                profile: str | None = None, speed: float = 0.0, models: bool = True) -> Plan:
+def replay_plan(recording: str | Path, graph: str | Path, into: Sequence[str],
+                overrides: Sequence[str | Override] = (), *, profile: str | None = None, speed: float = 0.0,
+                models: bool = True) -> Plan:
     """The plan that replays ``recording`` into ``into`` of ``graph`` (see the module docstring).
 
     Raises:

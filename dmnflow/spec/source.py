@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -12,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import IssueList, Location
+from ..errors import IssueList, Location, did_you_mean
 
 __all__ = ["Path_", "SourceMap", "parse_yaml"]
 
@@ -220,9 +219,8 @@ def _dotted(path: Path_) -> str:
 def _suggest(word: str, options: Iterator[str] | Sequence[str] | Mapping[str, Any]) -> str:
     """``did you mean 'x'?`` for the closest option, or the list of options when few."""
     choices = sorted(str(o) for o in options)
-    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if near:
-        return f"did you mean {near[0]!r}?"
+    if near := did_you_mean(word, choices):
+        return near
     if not choices:
         return ""
     shown = ", ".join(repr(c) for c in choices[:12])

@@ -3,14 +3,13 @@ file:line:col, unknown keys with a did-you-mean, the good keys kept when some ar
 
 from __future__ import annotations
 
-import difflib
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import IssueList
+from ..errors import IssueList, closest
 from .source import Path_, SourceMap, _dotted, _is_union_tag, _suggest
 
 __all__ = ["validate_section"]
@@ -60,8 +59,7 @@ def _report(model: type[BaseModel], exc: ValidationError, base: Path_, srcmap: S
         loc_path = base + rel
         if any(loc_path[: len(u)] == u for u in unresolved):
             continue  # a failed ${...} was reported where it was written
-        if err["type"] == "missing" and difflib.get_close_matches(
-                str(rel[-1]), unknown.get(rel[:-1], []), n=1, cutoff=0.6):
+        if err["type"] == "missing" and closest(str(rel[-1]), unknown.get(rel[:-1], [])):
             continue  # `use:` for `uses:`: the unknown key's "did you mean" says it all
         _pydantic_issue(model, err, loc_path, base, srcmap, issues)
     return bad

@@ -12,7 +12,6 @@ pruner exist and take their options; the trainer, holdout and publishing setting
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..compiler import compile_graph
-from ..errors import GraphError, Issue, IssueList, Location, SpecError
+from ..errors import GraphError, Issue, IssueList, Location, SpecError, did_you_mean
 from ..importing import ImportPathError, load_object
 from ..node import Node
 from ..plan import Plan
@@ -340,11 +339,10 @@ class _Loader:
             return False
         name = parts[1]
         if name not in names:
-            near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
             ends = [n for n in names if n.rsplit("/", 1)[-1] == name]
-            hint = (f"did you mean {near[0]!r}?" if near else
-                    f"did you mean {ends[0]!r}? (included nodes are named <include>/<node>)" if ends else
-                    _suggest(name, names))
+            hint = did_you_mean(name, names) or (
+                f"did you mean {ends[0]!r}? (included nodes are named <include>/<node>)" if ends else
+                _suggest(name, names))
             self.add("unknown-key", f"the graph has no node {name!r}", loc, path, hint)
             return False
         field_name = parts[2]

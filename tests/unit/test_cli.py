@@ -166,3 +166,27 @@ def test_a_viewer_keypair_beside_the_graphs_needs_no_security_key(tmp_path):
     assert run("validate", str(g), "--set", "security.key=hosta").exit_code == 0
     result = run("validate", str(g), "--set", "security.key=../keys/hosta", "--json")
     assert "is not a plain file name" in json.loads(result.output)["issues"][0]["message"]
+
+
+def test_a_set_that_is_not_key_value_is_a_wrong_command_line():
+    for command in ("validate", "plan", "launch"):
+        result = run(command, "graphs/quickstart.yaml", "--set", "vars.count")
+        assert result.exit_code == 2, (command, result.output)
+        assert "'vars.count' is not KEY=VALUE" in result.output
+    assert run("validate", "graphs/quickstart.yaml", "--set", "vars.count=" + "9" * 5000).exit_code == 1  # a value
+
+
+def test_help_shows_flags_as_flags_and_value_options_by_what_they_take():
+    top = run("--help")
+    assert "--version" in top.output and "<bool>" not in top.output
+    validate_help = run("validate", "--help").output
+    assert "<bool>" not in validate_help and "<list" not in validate_help
+    assert "KEY=VALUE" in validate_help and "FILE" in validate_help
+
+
+@pytest.mark.parametrize(("command", "option"), [("hz", "--window"), ("bw", "--window"), ("top", "--interval")])
+def test_a_bad_duration_names_its_option(command, option):
+    args = [command, "run", "node.port"] if command != "top" else [command, "run"]
+    result = run(*args, option, "abc")
+    assert result.exit_code == 2
+    assert f"error: {option}: 'abc' is not a duration" in result.output

@@ -172,3 +172,23 @@ def test_tap_leases_merge_clients_and_lapse() -> None:
     assert told[-1] == ("counter", "tap", "counter", "numbers", {})  # nobody listens: off
     ok, message = leases.request({"output": "counter.nope", "client": "a"}, "/run", tell, 0.0)
     assert not ok and "counter.numbers" in message
+
+
+def test_echo_hz_bw_top_swap_say_did_you_mean_as_validate_does(monkeypatch) -> None:
+    """One did-you-mean (errors.did_you_mean) for a misspelt output, node and run name."""
+    from dmnflow.errors import ControlError
+    from dmnflow.runtime.admin import client
+
+    plan = dmnflow.compile_graph("graphs/quickstart.yaml")
+    ok, message = TapLeases(plan).request({"output": "counter.number", "client": "a"}, "/run", lambda *m: None, 0.0)
+    assert not ok and message == ("the run has no output 'counter.number'; did you mean 'counter.numbers'? "
+                                  "outputs: counter.numbers, scale.scaled")
+    runs = [client.RunInfo("live", 11, "dmn_trading", "/nowhere"), client.RunInfo("quickstart", 12, "q", "/x")]
+    monkeypatch.setattr(client, "list_runs", lambda: runs)
+    with pytest.raises(ControlError) as exc:
+        client.find_run("lvie")
+    assert str(exc.value) == ("no run named 'lvie' is running; did you mean 'live'? running now: live (pid 11), "
+                              "quickstart (pid 12)")
+    with pytest.raises(ControlError, match=r"running now: live") as exc:
+        client.find_run("zzz")
+    assert "did you mean" not in str(exc.value)

@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from ...errors import ControlError, LaunchError
+from ...errors import ControlError, LaunchError, did_you_mean
 from .. import protocol
 from ..processes import RUN_DIR_PREFIX
 from ..protocol import ADMIN_SOCKET, Answer
@@ -120,7 +120,9 @@ def find_run(ref: str) -> RunInfo:
         return hits[0]
     if not hits:
         running = ", ".join(f"{r.name} (pid {r.pid})" for r in runs) or "none"
-        raise ControlError(f"no run named {ref!r} is running; running now: {running}")
+        near = did_you_mean(ref, {r.name for r in runs})
+        raise ControlError(f"no run named {ref!r} is running; " + (f"{near} " if near else "")
+                           + f"running now: {running}")
     pids = ", ".join(str(r.pid) for r in hits)
     raise ControlError(f"{len(hits)} runs are named {ref!r} (pids {pids}); name one by its pid, "
                        "or start runs with distinct `--name`s")

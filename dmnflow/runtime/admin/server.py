@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import zmq
 
+from ...errors import did_you_mean
 from ...observe.observer import Observer
 from ...plan import Plan
 from .. import protocol
@@ -117,8 +118,10 @@ class AdminServer:
         """Send ``name`` to every instance of ``node`` (a YAML node's replicas, or one instance)."""
         targets = [n.name for n in self.plan.nodes if node in (n.name, n.spec_name)]
         if not targets:
-            known = ", ".join(sorted({n.spec_name for n in self.plan.nodes}))
-            self.answer(client, False, f"the run has no node {node!r}; nodes: {known}")
+            names = {n.spec_name for n in self.plan.nodes}
+            near = did_you_mean(node, names)
+            self.answer(client, False, f"the run has no node {node!r}; " + (f"{near} " if near else "")
+                        + f"nodes: {', '.join(sorted(names))}")
             return
         down = [t for t in targets if self.run.state_of(t) != "running"]
         if down:
