@@ -26,7 +26,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-__all__ = ["DEFAULT_KEY", "Curve", "KeyError_", "REFUSED_EVENTS", "check_key_dir", "check_key_name", "generate_keys",
+__all__ = ["Curve", "DEFAULT_KEY", "KeyError_", "REFUSED_EVENTS", "check_key_dir", "check_key_name", "generate_keys",
            "load_curve"]
 
 REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
