@@ -170,7 +170,7 @@ def test_a_missed_budget_is_counted_reported_and_alerted(tmp_path: Path, monkeyp
 
     render_report(report, console)
     text = console.file.getvalue()
-    assert "latency budgets" in text and "missed" in text and "p50<1.0" in text
+    assert "latency budgets" in text and "missed" in text and "p50 < 1 us" in text
     assert json.loads(report.to_json())["budgets"][0]["status"] == "missed"
 
 

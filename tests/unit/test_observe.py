@@ -192,3 +192,29 @@ def test_echo_hz_bw_top_swap_say_did_you_mean_as_validate_does(monkeypatch) -> N
     with pytest.raises(ControlError, match=r"running now: live") as exc:
         client.find_run("zzz")
     assert "did you mean" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (2.0803748, "2.08 s"), (0.03132, "31.3 ms"), (0.00085, "850 us"), (5e-5, "50 us"), (1.2e-7, "120 ns"),
+    (0.99996, "1 s"), (9.996e-6, "10 us"), (0.0, "0 us"), (None, "-"), (float("nan"), "-"), (-0.0021, "-2.1 ms"),
+])
+def test_one_formatter_shows_every_latency_in_human_units(seconds, text) -> None:
+    from dmnflow.spec import format_duration
+
+    assert format_duration(seconds) == text
+
+
+def test_the_report_shows_latencies_and_latency_figures_scaled() -> None:
+    """``2.08 s``, not ``2,080,374.8`` under "p99 us"; a ``*_us`` figure too, not ``3.132e+04``."""
+    report = _report({0: _hist(100, 120)}, received=1000, status="done")
+    report.edges[0].p50_us, report.edges[0].p99_us = 850.0, 2_080_374.8
+    report.nodes["features"].summary = {"tick_to_trade_p50_us": 31_320.5, "ratio": 31_320.5}
+    report.budgets = [{"name": "a.x -> b.y", "limits_us": {"p50": 50.0, "max": 200.0},
+                       "measured_us": {"p50": 612.4, "max": 2_228.2}, "window_us": {}, "windows": 4,
+                       "missed_windows": 3, "over_max": 0, "status": "missed", "firing": True}]
+    console, buf = _console()
+    render_report(report, console)
+    text = buf.getvalue()
+    assert "850 us" in text and "2.08 s" in text and "2,080,374.8" not in text and "p50 us" not in text
+    assert "31.3 ms" in text and "31,320" in text and "e+04" not in text
+    assert "p50 < 50 us, max < 200 us" in text and "p50 612 us, max 2.23 ms" in "".join(text.split("\n"))
