@@ -11,6 +11,7 @@ the spread of the periods between the consecutive records it saw.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import secrets
@@ -30,9 +31,10 @@ from ..errors import ControlError
 from ..plan import Plan
 from ..runtime import protocol
 from ..runtime.admin import RunInfo, ask
+from ..spec.units import format_duration
 from ..transport.wire import ATTRS, EOS, EVENT_TIME, KIND, META, SEND_NS, SEQ, SRC
 
-__all__ = ["Listener", "Record", "bw", "echo", "hz"]
+__all__ = ["Listener", "Record", "bw", "echo", "format_event_time", "hz"]
 
 RENEW_S = 1.0
 
@@ -126,6 +128,32 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+# epoch timestamps by their size: ns, us, ms or s since 1970 for a date between ~1973 and ~2286
+_EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3), (1e8, 1.0))
+
+
+def format_event_time(value: Any) -> str:
+    """An event time as a person reads it: an epoch timestamp (ns, us, ms or s, told by its size)
+    as a UTC date, with the time of day when it has one (``2016-01-04``,
+    ``2016-01-04 14:30:00.25Z``), a ``YYYYMMDD`` int as that date; anything else as it is."""
+    if isinstance(value, int) and not isinstance(value, bool) and 19000101 <= value <= 29991231:
+        with contextlib.suppress(ValueError):  # 20160104: a bar's date as an int (docs/wire.md)
+            return datetime.date(value // 10000, value // 100 % 100, value % 100).isoformat()
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        for floor, per_s in _EPOCH_UNITS:
+            if floor <= abs(value) < floor * 1e4:
+                whole, frac = divmod(int(value), int(per_s)) if per_s > 1 else (int(value), 0)
+                try:
+                    when = datetime.datetime.fromtimestamp(whole, datetime.UTC)
+                except (OverflowError, OSError, ValueError):
+                    break
+                if not frac and when.time() == datetime.time():
+                    return when.date().isoformat()
+                seconds = f"{when.second + frac / per_s:06.3f}".rstrip("0").rstrip(".")
+                return f"{when:%Y-%m-%d %H:%M}:{seconds.zfill(2)}Z"
+    return str(value)
+
+
 def echo(run: RunInfo, output: str, out: IO[str] = sys.stdout, *, count: int | None = None, topic: str = "",
          max_rate: int = 100, as_json: bool = False, duration_s: float | None = None) -> int:
     """Print ``output``'s records as they come; the number printed."""
@@ -139,7 +167,7 @@ def echo(run: RunInfo, output: str, out: IO[str] = sys.stdout, *, count: int | N
                                      default=_plain) + "\n")
             else:
                 skipped = f"  ({rec.skipped:,} not shown)" if rec.skipped else ""
-                et = f"  event_time {rec.event_time}" if rec.event_time is not None else ""
+                et = f"  event time {format_event_time(rec.event_time)}" if rec.event_time is not None else ""
                 out.write(f"--- {rec.output}  {rec.topic}  #{rec.count:,}{et}{skipped}\n")
                 out.write(json.dumps(rec.value, default=_plain) + "\n")
             out.flush()
@@ -177,10 +205,6 @@ class _Window:
             if c1 == c0 + 1:
                 out.append((t1 - t0) / 1e9)
         return out
-
-
-def _si(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f}ms" if seconds < 1 else f"{seconds:.3f}s"
 
 
 def _bytes(n: float) -> str:
@@ -227,8 +251,8 @@ def hz(run: RunInfo, output: str, out: IO[str] = sys.stdout, *, window_s: float 
         periods = win.periods()
         text = f"average rate: {rate:,.3f}"
         if len(periods) >= 2:
-            text += (f"\n\tmin: {_si(min(periods))} max: {_si(max(periods))} "
-                     f"std dev: {_si(statistics.pstdev(periods))} window: {len(periods) + 1}")
+            text += (f"\n\tmin: {format_duration(min(periods))} max: {format_duration(max(periods))} "
+                     f"std dev: {format_duration(statistics.pstdev(periods))} window: {len(periods) + 1}")
         elif any(s for *_, s in win.recs):
             text += f"\n\t(sampled: the tap forwards at most {max_rate}/s, so periods are not measured)"
         return text

@@ -101,6 +101,9 @@ def test_echo_names_the_outputs_when_one_is_unknown(tmp_path: Path) -> None:
         wait_running("obs-typo")
         out = dmnflow_cli("echo", "obs-typo", "counter.number", "--count", "1")
         assert out.returncode == 1 and "counter.numbers" in out.stderr and "Traceback" not in out.stderr
+        assert "did you mean 'counter.numbers'?" in out.stderr  # as validate says it
+        run = dmnflow_cli("hz", "obs-tpyo", "counter.numbers", "--duration", "1s")
+        assert run.returncode == 1 and "did you mean 'obs-typo'?" in run.stderr
 
 
 def test_prometheus_scrape_parses_and_counts_what_the_report_counts(tmp_path: Path, monkeypatch) -> None:

@@ -218,3 +218,15 @@ def test_the_report_shows_latencies_and_latency_figures_scaled() -> None:
     assert "850 us" in text and "2.08 s" in text and "2,080,374.8" not in text and "p50 us" not in text
     assert "31.3 ms" in text and "31,320" in text and "e+04" not in text
     assert "p50 < 50 us, max < 200 us" in text and "p50 612 us, max 2.23 ms" in "".join(text.split("\n"))
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (1_451_865_600_000_000_000, "2016-01-04"),  # a bar's day, epoch ns (the market nodes)
+    (1_451_917_800_250_000_000, "2016-01-04 14:30:00.25Z"),  # a tick's
+    (1_451_865_600, "2016-01-04"), (1_451_865_600_123, "2016-01-04 00:00:00.123Z"), (20160104, "2016-01-04"),
+    ("2016-01-04", "2016-01-04"), (3, "3"), (20161399, "20161399"), (True, "True"),
+])
+def test_echo_shows_an_event_time_as_a_date(value, text) -> None:
+    from dmnflow.observe.listen import format_event_time
+
+    assert format_event_time(value) == text
