@@ -128,7 +128,7 @@ def test_prometheus_scrape_parses_and_counts_what_the_report_counts(tmp_path: Pa
     hist = [s for s in families["dmnflow_edge_latency_seconds"].samples if s.name.endswith("_count")]
     assert {s.value for s in hist} == {600.0}
     buckets = [s for s in families["dmnflow_edge_latency_seconds"].samples if s.name.endswith("_bucket")
-               and s.labels["edge"] == "0"]
+               and s.labels["edge"] == "counter.numbers -> scale.value"]
     assert buckets[-1].labels["le"] == "+Inf" and [b.value for b in buckets] == sorted(b.value for b in buckets)
     outs = {s.labels["node"]: s.value for s in families["dmnflow_node_messages_out"].samples}
     assert outs["counter"] == 600 and outs["sink"] == 0

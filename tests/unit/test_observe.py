@@ -230,3 +230,23 @@ def test_echo_shows_an_event_time_as_a_date(value, text) -> None:
     from dmnflow.observe.listen import format_event_time
 
     assert format_event_time(value) == text
+
+
+def test_prometheus_labels_an_edge_by_name_and_a_budget_by_stat_not_quantile() -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from dmnflow.observe.prometheus import ReportCollector
+
+    report = _report({0: _hist(100, 120)}, received=1000, status="done")
+    report.budgets = [{"name": "market.market_data -> features.market_data", "limits_us": {"p50": 50.0, "max": 200.0},
+                       "window_us": {"p50": 612.4}, "windows": 4, "missed_windows": 3, "status": "missed"}]
+    registry = CollectorRegistry()
+    registry.register(ReportCollector(lambda: report))
+    text = generate_latest(registry).decode()
+    assert ('dmnflow_edge_messages_sent_total{dst="features.market_data",'
+            'edge="market.market_data -> features.market_data",src="market.market_data"} 1005.0') in text
+    assert 'edge="0"' not in text and "quantile=" not in text
+    assert ('dmnflow_budget_limit_seconds{budget="market.market_data -> features.market_data",stat="max"} 0.0002'
+            in text)
+    assert 'dmnflow_budget_measured_seconds{budget="market.market_data -> features.market_data",stat="p50"}' in text
