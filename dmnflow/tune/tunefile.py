@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,9 @@ def load_tune(path: str | os.PathLike[str], settings: Mapping[str, Any] | None =
     return loaded
 
 
+_BAD_REF = object()  # a set: value naming an unknown ${tune.X}
+
+
 class _Loader:
     def __init__(self, path: Path, settings: dict[str, Any], issues: IssueList, overrides: list[str]) -> None:
         self.path = path
@@ -146,6 +150,7 @@ class _Loader:
         self.issues = issues
         self.srcmap = SourceMap()
         self.train_broken = False  # train: is there but its trainer did not load: reported once
+        self.refs: dict[str, str] = {}  # ${tune.out}, ${tune.study}: what a set: value may name
 
     def at(self, *path: str | int, key: bool = False) -> Location:
         return self.srcmap.at(path, key=key) or Location(self.file)
@@ -194,6 +199,7 @@ class _Loader:
         study = spec.study or self.path.stem
         out_dir = Path(spec.out) if spec.out else Path("out") / study
         storage = spec.storage or str(out_dir / "journal.log")
+        self.refs = {"tune.out": str(out_dir), "tune.study": study}  # a renamed study's files follow it
         graph = (self.path.parent / spec.graph).resolve()
         tune = TuneFile(self.path, self.file, spec, study, graph, spec.profile, [], Space(), [], out_dir, storage,
                         None, self.srcmap, engine=spec.engine)
@@ -261,8 +267,30 @@ class _Loader:
             out += settings
             self.issues.issues.extend(problems)
         for key, value in spec.set.items():
+            value = self.tune_refs(value, ("set", key))
+            if value is _BAD_REF:
+                continue  # reported where it is written; the graph need not say it again
             out.append(Override(tuple(key.split(".")), value, self.at("set", key, key=True), f"{key}={value!r}"))
         return out
+
+    def tune_refs(self, value: Any, path: tuple[str, ...]) -> Any:
+        """``${tune.out}`` and ``${tune.study}`` in a ``set:`` value: the study's output directory
+        and name, as this run of the file has them (``--set study=X`` moves both), so a
+        ``${env:DMNFLOW_TRIAL_DIR:-${tune.out}/best}`` default follows a renamed study into its
+        best.yaml. Other ``${...}`` are the graph's, left to it. ``_BAD_REF`` when one is unknown."""
+        if isinstance(value, dict):
+            items = {k: self.tune_refs(v, (*path, k)) for k, v in value.items()}
+            return _BAD_REF if _BAD_REF in items.values() else items
+        if isinstance(value, list):
+            listed = [self.tune_refs(v, path) for v in value]
+            return _BAD_REF if any(v is _BAD_REF for v in listed) else listed
+        if not isinstance(value, str) or "${tune." not in value:
+            return value
+        unknown = [name for name in re.findall(r"\$\{(tune\.[^}]*)\}", value) if name not in self.refs]
+        for name in unknown:
+            self.add("bad-substitution", f"${{{name}}} is not a tune reference", self.at(*path), ".".join(path),
+                     did_you_mean(name, self.refs) or f"tune references are {', '.join(sorted(self.refs))}")
+        return _BAD_REF if unknown else re.sub(r"\$\{(tune\.[^}]*)\}", lambda m: self.refs[m[1]], value)
 
     def compile(self, graph: Path, overrides: list[Override], profile: str | None
                 ) -> tuple[list[Override], Plan | None]:
@@ -684,6 +712,9 @@ class _Loader:
             out += settings
             self.issues.issues.extend(problems)
         for key, value in hold.set.items():
+            value = self.tune_refs(value, ("holdout", "set", key))
+            if value is _BAD_REF:
+                continue
             out.append(Override(tuple(key.split(".")), value, self.at("holdout", "set", key, key=True),
                                 f"{key}={value!r}"))
         if tune.plan is not None and out:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import dmnflow
 from dmnflow.errors import GraphError
@@ -27,7 +28,7 @@ CORPUS = ROOT / "graphs" / "invalid" / "tune"
 DATA = Path(__file__).resolve().parent / "data"
 _EXPECT = re.compile(r"^# expect: (?P<code>[a-z-]+) at (?P<line>\d+):(?P<col>\d+)\s*$")
 
-TUNE_CODES = {"file-not-found", "import-error", "invalid-range", "invalid-value", "missing-key", "unknown-key",
+TUNE_CODES = {"bad-substitution", "file-not-found", "import-error", "invalid-range", "invalid-value", "missing-key", "unknown-key",
               "unknown-objective", "unknown-param", "yaml-syntax"}
 
 
@@ -99,6 +100,18 @@ def test_command_line_settings_replace_the_files_and_are_checked_too() -> None:
         load_tune(ROOT / "graphs" / "tune_dmn.yaml", {"trials": 0})
     (issue,) = info.value.errors
     assert issue.path == "trials" and str(issue.loc) == "--trials"
+
+
+def test_a_renamed_study_writes_and_relaunches_into_its_own_directory(tmp_path: Path) -> None:
+    """``--set study=X``: out/X/, and a best.yaml whose run writes into out/X/best, not out/tune_dmn/best."""
+    from dmnflow.tune.results import Row, write_overlay
+
+    tune = load_tune(ROOT / "graphs" / "tune_dmn.yaml", overrides=["study=renamed"])
+    assert (tune.study, tune.out_dir, tune.storage) == ("renamed", Path("out/renamed"), "out/renamed/journal.log")
+    overlay = write_overlay(tune, Row(3, "complete", [1.5], {"vars.strategy": "tsmom"}), tmp_path / "best.yaml")
+    settings = yaml.safe_load(overlay.read_text())
+    assert settings["vars.out"] == "${env:DMNFLOW_TRIAL_DIR:-out/renamed/best}"
+    assert "tune_dmn" not in overlay.read_text().split("\n", 1)[1].replace("graphs/tune_dmn.yaml", "")
 
 
 def test_schema_of_tune_files_accepts_the_shipped_ones() -> None:
