@@ -649,7 +649,9 @@ def _render_study(tune: Any, result: Any) -> None:
     out.print(f"[bold]{result.study}[/bold]: {len(result.rows)} trials ({counts})"
               + (" [yellow]interrupted: --resume continues[/yellow]" if result.interrupted else ""))
     keys = [p.key for p in tune.space]
-    if len(names) == 1 and result.best:  # one best trial: a key per line reads better than a wide row
+    if not result.best:  # interrupted before any trial completed, or every one failed
+        table: Table | Text = Text("no complete trial")
+    elif len(names) == 1:  # one best trial: a key per line reads better than a wide row
         (row,) = result.best
         table = Table(title=f"best trial: {row.number}", title_justify="left")
         table.add_column("")
@@ -690,8 +692,12 @@ def _render_study(tune: Any, result: Any) -> None:
         out.print(f"best trial: {result.overlay}  (run it: {result.launch_command})")
     if result.model is not None:
         out.print(f"its model: {result.model} (swap it into a running graph: dmnflow swap RUN NODE {result.model})")
+    from .tune.results import importance_caveat
+
+    caveat = importance_caveat(result.counts.get("complete", 0))
     for path in result.plots:
-        out.print(f"plot: {path}")
+        out.print(f"plot: {path}" + (f"  ({caveat})" if path.name == "importances.png" and caveat else ""),
+                  soft_wrap=True)
 
 
 def _short_names(keys: list[str]) -> list[str]:

@@ -114,6 +114,32 @@ def test_a_renamed_study_writes_and_relaunches_into_its_own_directory(tmp_path: 
     assert "tune_dmn" not in overlay.read_text().split("\n", 1)[1].replace("graphs/tune_dmn.yaml", "")
 
 
+def test_an_interrupted_study_with_no_complete_trial_says_so_not_pareto_front(monkeypatch, tmp_path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from dmnflow import cli
+    from dmnflow.tune.results import Row, StudyResult
+
+    tune = load_tune(ROOT / "graphs" / "tune_dmn.yaml")
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buf, width=120, color_system=None))
+    rows = [Row(0, "fail", None, {}, "interrupted")]
+    cli._render_study(tune, StudyResult("tune_dmn", ["maximize"], ["performance.sharpe"], rows, [], {"fail": 1},
+                                        interrupted=True))
+    text = buf.getvalue()
+    assert "Pareto" not in text and "no complete trial" in text and "interrupted: --resume continues" in text
+    best = Row(1, "complete", [1.2], {"vars.strategy": "meta"})
+    buf.seek(0)
+    buf.truncate(0)
+    cli._render_study(tune, StudyResult("tune_dmn", ["maximize"], ["performance.sharpe"], [best], [best],
+                                        {"complete": 8}, plots=[tmp_path / "importances.png"]))
+    text = buf.getvalue()
+    assert "best trial: 1" in text
+    assert "importances.png  (from 8 complete trials: importances mean little under 20)" in text
+
+
 def test_schema_of_tune_files_accepts_the_shipped_ones() -> None:
     import jsonschema
     import yaml
