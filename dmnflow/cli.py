@@ -534,6 +534,8 @@ def tune_cmd(
         settings["ray"] = {"address": address}
     try:
         tune = load_tune(tune_file, settings, sets or [])
+        if tune.issues:  # warnings: the file still runs
+            _print_issues(tune.issues)
         if dry_run:
             _render_dry_run(tune, draw(tune, min(tune.spec.trials, 5)))
             return

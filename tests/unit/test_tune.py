@@ -140,6 +140,19 @@ def test_an_interrupted_study_with_no_complete_trial_says_so_not_pareto_front(mo
     assert "importances.png  (from 8 complete trials: importances mean little under 20)" in text
 
 
+def test_a_step_that_does_not_divide_its_range_is_a_located_warning(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(f"graph: {ROOT / 'graphs' / 'dmn_backtest.yaml'}\nset: {{vars.days: 400}}\nspace:\n"
+                    "  nodes.dmn/meta.params.window: {int: [21, 250], step: 21}\n"
+                    "  nodes.dmn/risk.params.max_gross: {float: [1.0, 4.0], step: 0.5}\n"
+                    "objectives: {performance.sharpe: max}\n")
+    tune = load_tune(path)  # a warning: the study still runs
+    [warning] = tune.issues
+    assert (warning.code, warning.severity, warning.loc.line, warning.loc.col) == ("uneven-step", "warning", 4, 56)
+    assert "the highest value drawn is 231, never 250" in warning.message and "[21, 252]" in warning.hint
+    assert [i.code for i in load_tune(ROOT / "graphs" / "tune_dmn.yaml").issues] == []  # 21 divides [21, 252]
+
+
 def test_schema_of_tune_files_accepts_the_shipped_ones() -> None:
     import jsonschema
     import yaml
