@@ -21,14 +21,14 @@ from . import __version__
 from .compiler import compile_graph, validate
 from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, IssueList, LaunchError, format_issues
 from .observe.dashboard import serve_run_dashboard
-from .observe.listen import bw, echo, hz
+from .observe.listen import bw, echo, hz, outputs
 from .observe.replay import replay_plan
 from .observe.session import watching
-from .observe.top import top
+from .observe.top import pick_run, top
 from .observe.view import format_value, render_report
 from .plan import Plan
 from .runtime import launch
-from .runtime.admin import find_run, list_runs, run_status, send_command
+from .runtime.admin import find_run, list_runs, run_status, send_command, stop_run, wait_ended
 from .runtime.backends import BACKENDS
 from .spec import Override, format_cpus, json_schema, load_overlay, parse_duration
 from .transport.security import KeyError_, check_key_name, generate_keys
@@ -303,6 +303,52 @@ def runs_cmd(as_json: JsonOpt = False) -> None:
             states[state] = states.get(state, 0) + 1
         table.add_row(row["name"], str(row["pid"]), row["graph"],
                       ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    out.print(table)
+
+
+@app.command("stop")
+def stop_cmd(
+    run: Annotated[str, typer.Argument(help="the run: its --name (default the graph's name) or its pid",
+                                       show_default=False)],
+    wait: Annotated[str, typer.Option("--wait", help="wait this long for it to drain and end (0: do not wait)")
+                    ] = "60s",
+) -> None:
+    """Stop a running graph as Ctrl-C in its terminal would: sources end, the graph drains, it reports."""
+    _, wait_s = _durations(None, wait, "--wait")
+    try:
+        target = find_run(run)
+        stop_run(target)
+    except ControlError as exc:
+        _fail(exc)
+    if wait_s <= 0:
+        err.print(f"stopping {target.name} (pid {target.pid}): it drains and reports in its own terminal")
+        return
+    with err.status(f"stopping {target.name} (pid {target.pid}): draining..."):
+        ended = wait_ended(target, wait_s)
+    if not ended:
+        err.print(Text(f"error: {target.name} (pid {target.pid}) is still draining after {wait}", style="red"))
+        raise typer.Exit(ExitCode.INVALID)
+    out.print(f"stopped {target.name} (pid {target.pid})")
+
+
+@app.command("outputs")
+def outputs_cmd(run: RunArg = None, as_json: JsonOpt = False) -> None:
+    """List a running graph's outputs (as `ros2 topic list -t`): type, codec, consumers, rate."""
+    try:
+        rows = outputs(pick_run(run))
+    except ControlError as exc:
+        _fail(exc)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="outputs", title_justify="left")
+    for col, justify in (("output", "left"), ("type", "left"), ("codec", "left"), ("to", "left"),
+                         ("msg/s", "right"), ("sent", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(row["output"], row["type"], row["codec"], ", ".join(row["to"]) or "-",
+                      "-" if row["msg_s"] is None else f"{row['msg_s']:,.1f}",
+                      "-" if row["sent"] is None else f"{row['sent']:,}")
     out.print(table)
 
 

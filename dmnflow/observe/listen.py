@@ -34,7 +34,7 @@ from ..runtime.admin import RunInfo, ask
 from ..spec.units import format_duration
 from ..transport.wire import ATTRS, EOS, EVENT_TIME, KIND, META, SEND_NS, SEQ, SRC
 
-__all__ = ["Listener", "Record", "bw", "echo", "format_event_time", "hz"]
+__all__ = ["Listener", "Record", "bw", "echo", "format_event_time", "hz", "outputs"]
 
 RENEW_S = 1.0
 
@@ -126,6 +126,28 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return str(value)
+
+
+def outputs(run: RunInfo) -> list[dict[str, Any]]:
+    """Every output of a running graph (ROS 2's ``topic list -t``, with rates): ``node.port``,
+    its type and codec, the inputs it feeds, its rate over the live window (msg/s, as its
+    consumers receive it) and the messages sent so far. Rates are None while the run starts,
+    and for an output nothing in the graph reads."""
+    plan = Plan.from_json(Path(run.run_dir, "plan.json").read_bytes())
+    answer = ask(run, protocol.SNAPSHOT, {"history": False})
+    report = answer.message.get("report", {}) if answer.ok and isinstance(answer.message, dict) else {}
+    live = (report.get("live") or {}).get("edges") or {}
+    sent = {e["id"]: e.get("sent", 0) for e in report.get("edges", [])}
+    rows = []
+    for node in plan.nodes:
+        for out in node.outputs:
+            edges = [e for e in plan.edges if e.src == node.name and e.src_port == out.port]
+            rates = [r["msg_s"] for e in edges if (r := live.get(e.id) or live.get(str(e.id))) and
+                     r.get("msg_s") is not None]
+            rows.append({"output": f"{node.name}.{out.port}", "type": out.type, "codec": out.codec,
+                         "to": [f"{e.dst}.{e.dst_port}" for e in edges], "msg_s": max(rates) if rates else None,
+                         "sent": max((sent.get(e.id, 0) for e in edges), default=None) if report else None})
+    return rows
 
 
 # epoch timestamps by their size: ns, us, ms or s since 1970 for a date between ~1973 and ~2286

@@ -96,6 +96,17 @@ def test_top_echo_hz_and_bw_from_another_process(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no run named" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_stop_drains_a_run_from_another_terminal_as_ctrl_c_does(tmp_path: Path) -> None:
+    with launched(counting(tmp_path), "--name", "obs-stop") as run:
+        wait_running("obs-stop")
+        stop = dmnflow_cli("stop", "obs-stop")
+        assert stop.returncode == 0 and stop.stdout.strip() == f"stopped obs-stop (pid {run.proc.pid})", stop.stderr
+        out, err = run.proc.communicate(timeout=60)
+        assert run.proc.returncode == 0, err
+        assert "counting stopped" in out + err and "Traceback" not in err
+    assert dmnflow_cli("stop", "obs-stop").returncode == 1  # it is gone
+
+
 def test_echo_names_the_outputs_when_one_is_unknown(tmp_path: Path) -> None:
     with launched(counting(tmp_path), "--name", "obs-typo"):
         wait_running("obs-typo")

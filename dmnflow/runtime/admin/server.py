@@ -43,6 +43,7 @@ class Run(Protocol):
 
     def state_of(self, instance: str) -> str: ...  # new, bound, ..., running, done, failed, restarting
     def tell_node(self, instance: str, *msg: Any) -> None: ...  # a control message to its worker
+    def request_stop(self) -> None: ...  # drain, as Ctrl-C does
 
 
 @dataclass
@@ -104,6 +105,9 @@ class AdminServer:
                                        "nodes": {n.name: self.run.state_of(n.name) for n in self.plan.nodes}})
         elif verb == protocol.COMMAND:
             self.start_command(client, *args)
+        elif verb == protocol.STOP:  # dmnflow stop: the drain Ctrl-C starts
+            self.run.request_stop()
+            self.answer(client, True, {"name": self.run.name, "pid": os.getpid()})
         elif verb in (protocol.SNAPSHOT, protocol.TAP):  # dmnflow top / echo / hz / dashboard
             try:
                 ok, result = self.observer.admin(verb, args[0], time.monotonic())
