@@ -21,8 +21,8 @@ from . import __version__
 from .compiler import compile_graph, validate
 from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, IssueList, LaunchError, format_issues
 from .observe.dashboard import serve_run_dashboard
-from .observe.listen import bw, echo, hz, outputs
-from .observe.replay import replay_plan
+from .observe.listen import bw, echo, format_event_time, hz, outputs
+from .observe.replay import recording_info, replay_plan
 from .observe.session import watching
 from .observe.top import pick_run, top
 from .observe.view import format_value, render_report
@@ -30,7 +30,7 @@ from .plan import Plan
 from .runtime import launch
 from .runtime.admin import find_run, list_runs, run_status, send_command, stop_run, wait_ended
 from .runtime.backends import BACKENDS
-from .spec import Override, format_cpus, json_schema, load_overlay, parse_duration
+from .spec import Override, format_cpus, format_duration, json_schema, load_overlay, parse_duration
 from .transport.security import KeyError_, check_key_name, generate_keys
 from .viz import FORMATS, render
 
@@ -500,6 +500,37 @@ def replay_cmd(
     except DmnflowError as exc:
         _fail(exc)
     _run(plan, None, report, None, None, None, record, edges, 5.0)
+
+
+@app.command("info")
+def info_cmd(
+    recording: Annotated[Path, typer.Argument(help="an MCAP file `launch --record` wrote", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what a recording holds (as `ros2 bag info`): graph, time range, messages per channel."""
+    try:
+        info = recording_info(recording)
+    except DmnflowError as exc:
+        _fail(exc)
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    size = info["bytes"]
+    lines = [("file", info["file"] + ("" if info["complete"] else "  (cut short: read up to the cut)")),
+             ("size", f"{size / 2**20:,.1f} MiB" if size >= 2**20 else f"{size / 2**10:,.1f} KiB"),
+             ("graph", f"{info['graph']} ({info['graph_file']})" if info["graph"] else "-"),
+             ("duration", format_duration(info["duration_s"])),
+             ("start", format_event_time(info["start_ns"]) if info["start_ns"] is not None else "-"),
+             ("end", format_event_time(info["end_ns"]) if info["end_ns"] is not None else "-"),
+             ("messages", f"{info['messages']:,}")]
+    for key, value in lines:
+        out.print(f"{key + ':':<10} {value}", soft_wrap=True, highlight=False)
+    table = Table(title=f"channels: {len(info['channels'])}", title_justify="left")
+    for col in ("topic", "output", "type", "encoding", "schema", "messages"):
+        table.add_column(col, justify="right" if col == "messages" else "left")
+    for ch in info["channels"]:
+        table.add_row(ch["topic"], ch["output"], ch["type"] or "-", ch["encoding"], ch["schema"], f"{ch['messages']:,}")
+    out.print(table)
 
 
 keys_app = typer.Typer(help="CURVE keys for tcp edges (security: {curve: DIR} in a graph).", no_args_is_help=True)

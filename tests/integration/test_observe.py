@@ -99,6 +99,14 @@ def test_top_echo_hz_and_bw_from_another_process(tmp_path: Path) -> None:
 def test_stop_drains_a_run_from_another_terminal_as_ctrl_c_does(tmp_path: Path) -> None:
     with launched(counting(tmp_path), "--name", "obs-stop") as run:
         wait_running("obs-stop")
+        listed = dmnflow_cli("outputs", "obs-stop", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = {r["output"]: r for r in json.loads(listed.stdout)}
+        assert set(rows) == {"counter.numbers", "scale.scaled"}
+        assert (rows["counter.numbers"]["type"], rows["counter.numbers"]["codec"], rows["scale.scaled"]["to"]) == (
+            "int", "msgpack", ["sink.values"])
+        assert wait_until(lambda: (json.loads(dmnflow_cli("outputs", "obs-stop", "--json").stdout)[0]["msg_s"]
+                                   or 0) > 100, 30, 0.5)  # the counter's 500/s, once a window has passed
         stop = dmnflow_cli("stop", "obs-stop")
         assert stop.returncode == 0 and stop.stdout.strip() == f"stopped obs-stop (pid {run.proc.pid})", stop.stderr
         out, err = run.proc.communicate(timeout=60)

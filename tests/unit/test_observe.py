@@ -250,3 +250,38 @@ def test_prometheus_labels_an_edge_by_name_and_a_budget_by_stat_not_quantile() -
     assert ('dmnflow_budget_limit_seconds{budget="market.market_data -> features.market_data",stat="max"} 0.0002'
             in text)
     assert 'dmnflow_budget_measured_seconds{budget="market.market_data -> features.market_data",stat="p50"}' in text
+
+
+def test_info_of_a_recording_shows_its_graph_time_range_and_channels(tmp_path: Path) -> None:
+    """``dmnflow info FILE.mcap``: what ros2 bag info shows, read from the file's summary."""
+    pytest.importorskip("mcap")
+    from mcap.writer import Writer
+    from typer.testing import CliRunner
+
+    from dmnflow.cli import app
+    from dmnflow.observe.replay import recording_info
+
+    path = tmp_path / "run.mcap"
+    with open(path, "wb") as f:
+        writer = Writer(f)
+        writer.start(profile="", library="dmnflow")
+        writer.add_metadata("dmnflow", {"graph": "quickstart", "file": "graphs/quickstart.yaml", "outputs": ""})
+        for name, kind, n in (("counter.numbers", "int", 3), ("scale.scaled", "float", 2)):
+            cid = writer.register_channel(f"/{name}", "cbor", 0, {"output": name, "codec": "msgpack", "type": kind})
+            for i in range(n):
+                writer.add_message(cid, log_time=1_451_865_600_000_000_000 + i * 250_000_000, data=b"\x01",
+                                   publish_time=0)
+        writer.finish()
+    info = recording_info(path)
+    assert (info["graph"], info["messages"], info["complete"], info["duration_s"]) == ("quickstart", 5, True, 0.5)
+    assert [(c["topic"], c["type"], c["encoding"], c["messages"]) for c in info["channels"]] == [
+        ("/counter.numbers", "int", "cbor", 3), ("/scale.scaled", "float", "cbor", 2)]
+    result = CliRunner().invoke(app, ["info", str(path)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    for line in ("graph:     quickstart (graphs/quickstart.yaml)", "duration:  500 ms",
+                 "start:     2016-01-04", "end:       2016-01-04 00:00:00.5Z", "messages:  5"):
+        assert line in result.output
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(path.read_bytes()[:-200])  # a killed run's file: no summary
+    assert recording_info(cut)["complete"] is False
+    assert CliRunner().invoke(app, ["info", str(tmp_path / "nope.mcap")]).exit_code == 1
