@@ -28,8 +28,8 @@ CORPUS = ROOT / "graphs" / "invalid" / "tune"
 DATA = Path(__file__).resolve().parent / "data"
 _EXPECT = re.compile(r"^# expect: (?P<code>[a-z-]+) at (?P<line>\d+):(?P<col>\d+)\s*$")
 
-TUNE_CODES = {"bad-substitution", "file-not-found", "import-error", "invalid-range", "invalid-value", "missing-key", "unknown-key",
-              "unknown-objective", "unknown-param", "yaml-syntax"}
+TUNE_CODES = {"bad-substitution", "file-not-found", "import-error", "invalid-range", "invalid-value", "missing-key",
+              "unknown-key", "unknown-objective", "unknown-param", "yaml-syntax"}
 
 
 def _expects(path: Path) -> set[tuple[str, int, int]]:
