@@ -233,6 +233,8 @@ def test_an_integer_longer_than_python_reads_is_a_located_error(tmp_path):
     assert "an integer of 5000 digits" in issue.message and "quote it" in issue.hint
     [issue] = load_graph(write(tmp_path / "q.yaml", QUICK), [f"vars.n={digits}"]).issues
     assert (issue.code, issue.loc.file, issue.path) == ("invalid-value", f"--set vars.n={digits}", "vars.n")
+    env = load_graph(write(tmp_path / "e.yaml", QUICK.replace("{n: 3}", '{n: "${env:BIG}"}')), env={"BIG": digits})
+    assert codes(env) == [] and env.nodes["src"].spec.params["count"] == digits  # text: its node's Params decide
 
 
 def test_set_may_only_set_variables_the_file_declares(tmp_path):
