@@ -618,7 +618,8 @@ def normalise(text: str, *, volatile: bool = False) -> str:
     for pattern, repl in _MASKS:
         text = pattern.sub(repl, text)
     lines = [ln.rstrip() for ln in text.strip("\n").splitlines()]
-    if volatile:
+    if volatile:  # a latency's unit changes with it too (950 us, 1.2 ms: units.format_duration)
+        lines = [re.sub(r"-?\d[\d,]*(?:\.\d+)? (?:ns|us|ms|s)\b", "#", ln) for ln in lines]
         lines = [re.sub(r"[ ]+", " ", re.sub(r"[━─]+", "─", re.sub(r"-?\d[\d,]*\.\d+(?:e[+-]?\d+)?", "#", ln)))
                  for ln in lines]
     return "\n".join(lines)
