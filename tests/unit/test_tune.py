@@ -29,7 +29,8 @@ DATA = Path(__file__).resolve().parent / "data"
 _EXPECT = re.compile(r"^# expect: (?P<code>[a-z-]+) at (?P<line>\d+):(?P<col>\d+)\s*$")
 
 TUNE_CODES = {"bad-substitution", "file-not-found", "import-error", "invalid-range", "invalid-value", "missing-key",
-              "unknown-key", "unknown-objective", "unknown-param", "yaml-syntax"}
+              "unknown-key", "unknown-objective", "unknown-param", "uneven-step", "yaml-syntax"}
+TUNE_WARNINGS = {"uneven-step"}  # the study still runs: load_tune keeps them in TuneFile.issues
 
 
 def _expects(path: Path) -> set[tuple[str, int, int]]:
@@ -51,7 +52,7 @@ def _errors(path: Path) -> list[dmnflow.Issue]:
 def test_tune_corpus_file_reports_its_one_mistake_where_it_is(path: Path) -> None:
     ((code, line, col),) = _expects(path)
     assert path.stem == code, "a corpus file is named after the code it expects"
-    errors = _errors(path)
+    errors = load_tune(path).issues if code in TUNE_WARNINGS else _errors(path)
     assert [(i.code, i.loc.line, i.loc.col) for i in errors] == [(code, line, col)], "\n".join(map(str, errors))
     assert errors[0].loc.file.endswith(path.name) and errors[0].message
 
