@@ -109,12 +109,7 @@ def _fail(exc: DmnflowError) -> NoReturn:
 def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[Override]:
     """Overlay files' settings, then the --set options (which win), as the loader takes them.
     A --set that is not KEY=VALUE is a wrong command line (exit 2), before any file is read."""
-    typed = IssueList()
-    settings = [o for o in (Override.parse(text, typed) for text in sets or []) if o is not None]
-    if typed.issues:
-        _print_issues(typed.issues)
-        raise typer.Exit(ExitCode.USAGE if any(i.code == "bad-override" for i in typed.issues) else
-                         ExitCode.INVALID)
+    settings = _sets(sets)
     found: list[Override] = []
     issues: list[Issue] = []
     for file in overlays or []:
@@ -125,6 +120,17 @@ def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[Over
         _print_issues(issues)
         raise typer.Exit(ExitCode.INVALID)
     return [*found, *settings]
+
+
+def _sets(sets: list[str] | None) -> list[Override]:
+    """The --set options read; one that is not KEY=VALUE is a wrong command line (exit 2)."""
+    typed = IssueList()
+    settings = [o for o in (Override.parse(text, typed) for text in sets or []) if o is not None]
+    if typed.issues:
+        _print_issues(typed.issues)
+        raise typer.Exit(ExitCode.USAGE if any(i.code == "bad-override" for i in typed.issues) else
+                         ExitCode.INVALID)
+    return settings
 
 
 def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool = True,
@@ -609,6 +615,7 @@ def tune_cmd(
                 "storage": storage, "seed": seed, "publish": "seed" if publish else None}
     if address is not None:
         settings["ray"] = {"address": address}
+    _sets(sets)  # KEY=VALUE, or a usage error before the tune file is read
     try:
         tune = load_tune(tune_file, settings, sets or [])
         if tune.issues:  # warnings: the file still runs

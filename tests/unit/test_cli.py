@@ -174,6 +174,7 @@ def test_a_set_that_is_not_key_value_is_a_wrong_command_line():
         assert result.exit_code == 2, (command, result.output)
         assert "'vars.count' is not KEY=VALUE" in result.output
     assert run("validate", "graphs/quickstart.yaml", "--set", "vars.count=" + "9" * 5000).exit_code == 1  # a value
+    assert run("tune", "graphs/tune_dmn.yaml", "--set", "trials", "--dry-run").exit_code == 2
 
 
 def test_help_shows_flags_as_flags_and_value_options_by_what_they_take():
