@@ -19,19 +19,19 @@ from rich.tree import Tree
 
 from . import __version__
 from .compiler import compile_graph, validate
-from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, LaunchError, format_issues
+from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, IssueList, LaunchError, format_issues
 from .observe.dashboard import serve_run_dashboard
-from .observe.listen import bw, echo, hz
-from .observe.replay import replay_plan
+from .observe.listen import bw, echo, format_event_time, hz, outputs
+from .observe.replay import recording_info, replay_plan
 from .observe.session import watching
-from .observe.top import top
+from .observe.top import pick_run, top
 from .observe.view import format_value, render_report
 from .plan import Plan
 from .runtime import launch
-from .runtime.admin import find_run, list_runs, run_status, send_command
+from .runtime.admin import find_run, list_runs, run_status, send_command, stop_run, wait_ended
 from .runtime.backends import BACKENDS
-from .spec import Override, format_cpus, json_schema, load_overlay, parse_duration
-from .transport.security import KeyError_, generate_keys
+from .spec import Override, format_cpus, format_duration, json_schema, load_overlay, parse_duration
+from .transport.security import KeyError_, check_key_name, generate_keys
 from .viz import FORMATS, render
 
 app = typer.Typer(
@@ -44,13 +44,32 @@ app = typer.Typer(
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
+
+def _flags_take_no_value() -> None:
+    """A flag (``--version``, ``--json``, ``--help``) is shown as a flag: typer's rich help writes
+    ``<bool>`` after it, as if it took a value (its plain help does not)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_dmnflow", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._dmnflow = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
 GraphArg = Annotated[Path, typer.Argument(help="the graph YAML file", show_default=False)]
 SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", "-s", help="override a value before validation: KEY=VALUE, KEY dotted and existing "
+    "--set", "-s", metavar="KEY=VALUE", help="override a value before validation: KEY=VALUE, KEY dotted and existing "
     "(e.g. vars.count=10, nodes.counter.params.rate_hz=0); VALUE is read as YAML; repeatable")]
 OverlayOpt = Annotated[list[Path] | None, typer.Option(
-    "--overlay", help="apply an overlay file (a YAML mapping of dotted keys to values, each applied like "
-    "--set; e.g. the best.yaml `dmnflow tune` writes) before the --set options; repeatable")]
+    "--overlay", metavar="FILE", help="apply an overlay file (a YAML mapping of dotted keys to values, each "
+    "applied like --set; e.g. the best.yaml `dmnflow tune` writes) before the --set options; repeatable")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="apply the graph's profile NAME")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 NoModelsOpt = Annotated[bool, typer.Option("--no-models", help="do not load model files to check them "
@@ -87,18 +106,31 @@ def _fail(exc: DmnflowError) -> NoReturn:
     raise typer.Exit(ExitCode.INVALID)
 
 
-def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[str | Override]:
-    """Overlay files' settings, then the --set options (which win), as the loader takes them."""
-    found: list[str | Override] = []
+def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[Override]:
+    """Overlay files' settings, then the --set options (which win), as the loader takes them.
+    A --set that is not KEY=VALUE is a wrong command line (exit 2), before any file is read."""
+    settings = _sets(sets)
+    found: list[Override] = []
     issues: list[Issue] = []
     for file in overlays or []:
-        settings, problems = load_overlay(file)
-        found += settings
+        read, problems = load_overlay(file)
+        found += read
         issues += problems
     if any(i.is_error for i in issues):
         _print_issues(issues)
         raise typer.Exit(ExitCode.INVALID)
-    return [*found, *(sets or [])]
+    return [*found, *settings]
+
+
+def _sets(sets: list[str] | None) -> list[Override]:
+    """The --set options read; one that is not KEY=VALUE is a wrong command line (exit 2)."""
+    typed = IssueList()
+    settings = [o for o in (Override.parse(text, typed) for text in sets or []) if o is not None]
+    if typed.issues:
+        _print_issues(typed.issues)
+        raise typer.Exit(ExitCode.USAGE if any(i.code == "bad-override" for i in typed.issues) else
+                         ExitCode.INVALID)
+    return settings
 
 
 def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool = True,
@@ -204,16 +236,17 @@ def launch_cmd(
          address=address)
 
 
-def _durations(duration: str | None, status_every: str) -> tuple[float | None, float]:
+def _durations(duration: str | None, every: str, option: str = "--status-every") -> tuple[float | None, float]:
+    """--duration and the command's other duration (``option``: --status-every, --interval, --window)."""
     try:
         duration_s = parse_duration(duration) if duration is not None else None
     except ValueError as exc:
         err.print(f"error: --duration: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
     try:
-        return duration_s, parse_duration(status_every)
+        return duration_s, parse_duration(every)
     except ValueError as exc:
-        err.print(f"error: --status-every: {exc}")
+        err.print(f"error: {option}: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
 
 
@@ -279,6 +312,52 @@ def runs_cmd(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+@app.command("stop")
+def stop_cmd(
+    run: Annotated[str, typer.Argument(help="the run: its --name (default the graph's name) or its pid",
+                                       show_default=False)],
+    wait: Annotated[str, typer.Option("--wait", help="wait this long for it to drain and end (0: do not wait)")
+                    ] = "60s",
+) -> None:
+    """Stop a running graph as Ctrl-C in its terminal would: sources end, the graph drains, it reports."""
+    _, wait_s = _durations(None, wait, "--wait")
+    try:
+        target = find_run(run)
+        stop_run(target)
+    except ControlError as exc:
+        _fail(exc)
+    if wait_s <= 0:
+        err.print(f"stopping {target.name} (pid {target.pid}): it drains and reports in its own terminal")
+        return
+    with err.status(f"stopping {target.name} (pid {target.pid}): draining..."):
+        ended = wait_ended(target, wait_s)
+    if not ended:
+        err.print(Text(f"error: {target.name} (pid {target.pid}) is still draining after {wait}", style="red"))
+        raise typer.Exit(ExitCode.INVALID)
+    out.print(f"stopped {target.name} (pid {target.pid})")
+
+
+@app.command("outputs")
+def outputs_cmd(run: RunArg = None, as_json: JsonOpt = False) -> None:
+    """List a running graph's outputs (as `ros2 topic list -t`): type, codec, consumers, rate."""
+    try:
+        rows = outputs(pick_run(run))
+    except ControlError as exc:
+        _fail(exc)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="outputs", title_justify="left")
+    for col, justify in (("output", "left"), ("type", "left"), ("codec", "left"), ("to", "left"),
+                         ("msg/s", "right"), ("sent", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(row["output"], row["type"], row["codec"], ", ".join(row["to"]) or "-",
+                      "-" if row["msg_s"] is None else f"{row['msg_s']:,.1f}",
+                      "-" if row["sent"] is None else f"{row['sent']:,}")
+    out.print(table)
+
+
 @app.command("swap")
 def swap_cmd(
     run: Annotated[str, typer.Argument(help="the run: its --name (default the graph's name) or its pid",
@@ -325,7 +404,7 @@ def top_cmd(
     duration: Annotated[str | None, typer.Option("--duration", "-d", help="stop looking after this long")] = None,
 ) -> None:
     """Show a running graph's live view from another terminal (rates, latencies, cpu, figures)."""
-    duration_s, interval_s = _durations(duration, interval)
+    duration_s, interval_s = _durations(duration, interval, "--interval")
     try:
         top(run, err if err.is_terminal else out, interval_s=interval_s, once=once, duration_s=duration_s)
     except ControlError as exc:
@@ -373,7 +452,7 @@ def hz_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Print an output's rate every second: exact msg/s, and the spread of the periods."""
-    duration_s, window_s = _durations(duration, window)
+    duration_s, window_s = _durations(duration, window, "--window")
     _listen(hz, run, output, window_s=window_s, topic=topic, duration_s=duration_s)
 
 
@@ -386,7 +465,7 @@ def bw_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Print an output's bandwidth every second (payload bytes/s)."""
-    duration_s, window_s = _durations(duration, window)
+    duration_s, window_s = _durations(duration, window, "--window")
     _listen(bw, run, output, window_s=window_s, topic=topic, duration_s=duration_s)
 
 
@@ -422,11 +501,42 @@ def replay_cmd(
 ) -> None:
     """Feed a recording into a subgraph in event-time order, replacing the streams' producers."""
     try:
-        plan = replay_plan(recording, graph, [n.strip() for n in into.split(",") if n.strip()], sets or [],
+        plan = replay_plan(recording, graph, [n.strip() for n in into.split(",") if n.strip()], _overrides(None, sets),
                            profile=profile, speed=speed, models=not no_models)
     except DmnflowError as exc:
         _fail(exc)
     _run(plan, None, report, None, None, None, record, edges, 5.0)
+
+
+@app.command("info")
+def info_cmd(
+    recording: Annotated[Path, typer.Argument(help="an MCAP file `launch --record` wrote", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what a recording holds (as `ros2 bag info`): graph, time range, messages per channel."""
+    try:
+        info = recording_info(recording)
+    except DmnflowError as exc:
+        _fail(exc)
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    size = info["bytes"]
+    lines = [("file", info["file"] + ("" if info["complete"] else "  (cut short: read up to the cut)")),
+             ("size", f"{size / 2**20:,.1f} MiB" if size >= 2**20 else f"{size / 2**10:,.1f} KiB"),
+             ("graph", f"{info['graph']} ({info['graph_file']})" if info["graph"] else "-"),
+             ("duration", format_duration(info["duration_s"])),
+             ("start", format_event_time(info["start_ns"]) if info["start_ns"] is not None else "-"),
+             ("end", format_event_time(info["end_ns"]) if info["end_ns"] is not None else "-"),
+             ("messages", f"{info['messages']:,}")]
+    for key, value in lines:
+        out.print(f"{key + ':':<10} {value}", soft_wrap=True, highlight=False)
+    table = Table(title=f"channels: {len(info['channels'])}", title_justify="left")
+    for col in ("topic", "output", "type", "encoding", "schema", "messages"):
+        table.add_column(col, justify="right" if col == "messages" else "left")
+    for ch in info["channels"]:
+        table.add_row(ch["topic"], ch["output"], ch["type"] or "-", ch["encoding"], ch["schema"], f"{ch['messages']:,}")
+    out.print(table)
 
 
 keys_app = typer.Typer(help="CURVE keys for tcp edges (security: {curve: DIR} in a graph).", no_args_is_help=True)
@@ -442,6 +552,9 @@ def keys_generate_cmd(
                                         "then refused)")] = False,
 ) -> None:
     """Write CURVE keypairs: NAME.key (public, to share) and NAME.key_secret (mode 0600, never shared)."""
+    for bad in filter(None, map(check_key_name, names or [])):
+        err.print(Text(f"error: --name {bad}", style="red"), soft_wrap=True)
+        raise typer.Exit(ExitCode.USAGE)
     try:
         written = generate_keys(directory, names or ["graph"], force=force)
     except (KeyError_, OSError) as exc:
@@ -502,8 +615,11 @@ def tune_cmd(
                 "storage": storage, "seed": seed, "publish": "seed" if publish else None}
     if address is not None:
         settings["ray"] = {"address": address}
+    _sets(sets)  # KEY=VALUE, or a usage error before the tune file is read
     try:
         tune = load_tune(tune_file, settings, sets or [])
+        if tune.issues:  # warnings: the file still runs
+            _print_issues(tune.issues)
         if dry_run:
             _render_dry_run(tune, draw(tune, min(tune.spec.trials, 5)))
             return
@@ -619,7 +735,9 @@ def _render_study(tune: Any, result: Any) -> None:
     out.print(f"[bold]{result.study}[/bold]: {len(result.rows)} trials ({counts})"
               + (" [yellow]interrupted: --resume continues[/yellow]" if result.interrupted else ""))
     keys = [p.key for p in tune.space]
-    if len(names) == 1 and result.best:  # one best trial: a key per line reads better than a wide row
+    if not result.best:  # interrupted before any trial completed, or every one failed
+        table: Table | Text = Text("no complete trial")
+    elif len(names) == 1:  # one best trial: a key per line reads better than a wide row
         (row,) = result.best
         table = Table(title=f"best trial: {row.number}", title_justify="left")
         table.add_column("")
@@ -660,8 +778,12 @@ def _render_study(tune: Any, result: Any) -> None:
         out.print(f"best trial: {result.overlay}  (run it: {result.launch_command})")
     if result.model is not None:
         out.print(f"its model: {result.model} (swap it into a running graph: dmnflow swap RUN NODE {result.model})")
+    from .tune.results import importance_caveat
+
+    caveat = importance_caveat(result.counts.get("complete", 0))
     for path in result.plots:
-        out.print(f"plot: {path}")
+        out.print(f"plot: {path}" + (f"  ({caveat})" if path.name == "importances.png" and caveat else ""),
+                  soft_wrap=True)
 
 
 def _short_names(keys: list[str]) -> list[str]:

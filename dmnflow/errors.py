@@ -21,7 +21,9 @@ chained with ``raise ... from exc``. This module imports nothing else of dmnflow
 
 from __future__ import annotations
 
+import difflib
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -43,6 +45,8 @@ __all__ = [
     "SendTimeout",
     "SpecError",
     "TransportError",
+    "closest",
+    "did_you_mean",
     "format_issues",
 ]
 
@@ -115,6 +119,20 @@ class Issue:
             "line": self.loc.line if self.loc else None,
             "col": self.loc.col if self.loc else None,
         }
+
+
+def closest(word: str, options: Iterable[object], cutoff: float = 0.6) -> str | None:
+    """The option most like ``word`` (a misspelling of it), or None: the one measure of "near"
+    every did-you-mean uses (difflib's ratio; ``cutoff`` higher where options are many and long,
+    like file names)."""
+    near = difflib.get_close_matches(word, sorted({str(o) for o in options}), n=1, cutoff=cutoff)
+    return near[0] if near else None
+
+
+def did_you_mean(word: str, options: Iterable[object], cutoff: float = 0.6) -> str:
+    """``did you mean 'x'?`` for the option closest to ``word``, or ``""``."""
+    near = closest(word, options, cutoff)
+    return f"did you mean {near!r}?" if near is not None else ""
 
 
 def sort_issues(issues: list[Issue]) -> list[Issue]:

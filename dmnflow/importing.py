@@ -2,12 +2,11 @@
 file) names Python code. Written once, so the compiler, the worker and the tune layer give
 the same answer and the same message for the same path.
 
-This module imports nothing of dmnflow.
+This module imports nothing of dmnflow but ``errors`` (its one did-you-mean).
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import os
@@ -17,6 +16,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .errors import closest
 
 __all__ = ["ImportPathError", "load_object", "split_path", "subclass_of", "user_frame"]
 
@@ -72,8 +73,8 @@ def load_object(uses: str, *, kind: Callable[[Any], bool] | None = None, what: s
         nxt = getattr(obj, part, None)
         if nxt is None:
             offered = [n for n, v in vars(module).items() if kind is not None and kind(v)]
-            near = difflib.get_close_matches(part, offered, n=1)
-            hint = f"did you mean {module_name}:{near[0]}?" if near else (
+            near = closest(part, offered)
+            hint = f"did you mean {module_name}:{near}?" if near else (
                 f"{what} there: {', '.join(sorted(offered))}" if offered else "")
             raise ImportPathError(f"module {module_name!r} has no {part!r}", hint)
         obj = nxt
@@ -93,9 +94,9 @@ def _module_hint(missing: str) -> str:
         except Exception:
             return f"is the package {parent!r} installed?"
         found = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
-        near = difflib.get_close_matches(leaf, found, n=1)
+        near = closest(leaf, found)
         if near:
-            return f"did you mean {parent}.{near[0]}?"
+            return f"did you mean {parent}.{near}?"
         return f"modules in {parent}: {', '.join(sorted(found))}" if found else ""
     return "is it installed, or is the current directory the project root?"
 

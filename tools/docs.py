@@ -56,6 +56,8 @@ from typing import Any
 
 import yaml
 
+from dmnflow.errors import did_you_mean
+
 ROOT = Path(__file__).resolve().parents[1]
 # what a scratch workspace holds: the files docs' commands and graphs name (copied, never written back)
 WORKSPACE_DIRS = ("graphs", "models", "tests/unit/data", "docs/examples")
@@ -212,9 +214,8 @@ def _marker_problems(block: Block) -> list[str]:
         return []
     where = f"{block.page}:{marker.line}"
     if marker.kind not in KINDS:
-        near = difflib.get_close_matches(marker.kind, sorted(KINDS), n=1)
-        return [f"{where}: unknown marker {marker.kind!r}" + (f"; did you mean {near[0]!r}?" if near else
-                                                                 f"; markers are {', '.join(sorted(KINDS))}")]
+        near = did_you_mean(marker.kind, KINDS)
+        return [f"{where}: unknown marker {marker.kind!r}; " + (near or f"markers are {', '.join(sorted(KINDS))}")]
     if marker.kind == "skip" and not marker.args:
         return [f"{where}: `skip` needs a reason: <!-- docs: skip the reason -->"]
     if marker.kind in ("graph", "fragment", "overlay") and block.lang not in ("yaml", "yml"):
@@ -618,7 +619,8 @@ def normalise(text: str, *, volatile: bool = False) -> str:
     for pattern, repl in _MASKS:
         text = pattern.sub(repl, text)
     lines = [ln.rstrip() for ln in text.strip("\n").splitlines()]
-    if volatile:
+    if volatile:  # a latency's unit changes with it too (950 us, 1.2 ms: units.format_duration)
+        lines = [re.sub(r"-?\d[\d,]*(?:\.\d+)? (?:ns|us|ms|s)\b", "#", ln) for ln in lines]
         lines = [re.sub(r"[ ]+", " ", re.sub(r"[━─]+", "─", re.sub(r"-?\d[\d,]*\.\d+(?:e[+-]?\d+)?", "#", ln)))
                  for ln in lines]
     return "\n".join(lines)
@@ -722,8 +724,8 @@ def check_inline(page: Page, ws: Workspace | None = None) -> list[str]:
             sub = f"{sub} {rest[0]}"
             words = [words[0], *sub.split(), *rest[1:]]
         if sub not in options:
-            near = difflib.get_close_matches(sub, [c for c in options if c], n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
+            near = did_you_mean(sub, [c for c in options if c])
+            hint = f"; {near}" if near else ""
             problems.append(f"{where}: dmnflow has no command {sub!r}{hint}")
             continue
         for word in words[1 + len(sub.split()):]:

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from ..errors import did_you_mean
 from ..importing import ImportPathError, load_object, subclass_of, user_frame
 from ..node import Input, Node, Output, Ports, describe_type
 from ..plan import ModelPlan
@@ -51,14 +51,19 @@ class _Binding(_Compilation):
         extra_ok = model.model_config.get("extra") == "allow"
         unknown = [] if extra_ok else [k for k in raw if k not in fields]
         for key in unknown:
-            near = difflib.get_close_matches(key, sorted(fields), n=1)
-            hint = f"did you mean {near[0]!r}?" if near else (
+            hint = did_you_mean(key, fields) or (
                 f"{node.cls.__name__} takes {', '.join(sorted(fields))}" if fields else
                 f"{node.cls.__name__} takes no params")
             self.add("unknown-param", f"{node.cls.__name__} has no param {key!r}",
                      self.loc(*base, key, key=True), f"nodes.{name}.params.{key}", hint)
+        given = {k: v for k, v in raw.items() if k not in unknown}
         try:
-            node.params = model.model_validate({k: v for k, v in raw.items() if k not in unknown})
+            try:
+                node.params = model.model_validate(given)
+            except ValidationError as exc:  # `--set ...params.name=yes` where it wants text: as typed
+                if not self.graph.srcmap.as_typed(given, base, exc.errors()):
+                    raise
+                node.params = model.model_validate(given)
         except ValidationError as exc:
             for err in exc.errors():
                 parts = tuple(err["loc"])

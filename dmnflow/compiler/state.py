@@ -7,14 +7,13 @@ The passes (``binding``, ``wiring``, ``placement``, ``lowering``) are mixins ove
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
-from ..errors import IssueList, Location
+from ..errors import IssueList, Location, did_you_mean
 from ..node import Node, Ports
 from ..spec import LoadedGraph, NodeEntry, SourceMap
 
@@ -81,7 +80,6 @@ def _template(instance: str) -> str:
 
 def _choices(word: str, options: Any, what: str) -> str:
     names = sorted(options)
-    near = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
-    if near:
-        return f"did you mean {near[0]!r}?"
+    if near := did_you_mean(word, names):
+        return near
     return f"{what} are {', '.join(repr(n) for n in names)}" if names else f"there are no {what}"

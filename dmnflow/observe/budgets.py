@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import IssueList, Location
 from ..plan import BudgetPlan, EdgePlan, Plan
+from ..spec.units import format_duration
 from ..transport.stats import Histogram
 
 __all__ = ["QUANTILES", "BudgetWatch", "check_budgets", "plan_budgets"]
@@ -92,8 +93,9 @@ def _check_order(budget: Any, base: tuple[str, ...], loc: Callable[..., Location
     keys = list(limits)
     for lower, upper in zip(keys, keys[1:], strict=False):
         if limits[lower] > limits[upper]:
-            issues.add("bad-budget", f"{lower} ({_us(limits[lower])}) is above {upper} ({_us(limits[upper])}): "
-                       "no latency can meet both", loc(*base, upper), path=f"{dotted}.{upper}",
+            low, high = format_duration(limits[lower]), format_duration(limits[upper])
+            issues.add("bad-budget", f"{lower} ({low}) is above {upper} ({high}): no latency can meet both",
+                       loc(*base, upper), path=f"{dotted}.{upper}",
                        hint=f"a higher quantile needs a limit at least as large: raise {upper} or lower {lower}")
 
 
@@ -107,10 +109,6 @@ def _reaches(forward: dict[str, set[str]], src: str, dst: str) -> bool:
                 seen.add(nxt)
                 todo.append(nxt)
     return False
-
-
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:g}us"
 
 
 def plan_budgets(nodes: Mapping[str, Any], edge_plans: Sequence[EdgePlan], loc: Callable[..., Location | None],
@@ -220,7 +218,7 @@ class BudgetWatch:
                 st.firing = True
                 key, limit, value = missed[0]
                 log.warning("latency budget %s missed: %s %s over its %s (%d messages in the window)",
-                            st.budget.name, key, _fmt(value), _fmt(limit), delta.n)
+                            st.budget.name, key, format_duration(value), format_duration(limit), delta.n)
                 return self._event(st, "missed", key, limit, value, delta.n)
             return None
         st.met_run += 1
@@ -280,8 +278,3 @@ def _top(hist: Histogram) -> float:
             return _PROBE._value(i)
     return 0.0
 
-
-def _fmt(seconds: float) -> str:
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3g}ms"
-    return f"{seconds * 1e6:.3g}us"

@@ -11,6 +11,7 @@ the spread of the periods between the consecutive records it saw.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import secrets
@@ -30,9 +31,10 @@ from ..errors import ControlError
 from ..plan import Plan
 from ..runtime import protocol
 from ..runtime.admin import RunInfo, ask
+from ..spec.units import format_duration
 from ..transport.wire import ATTRS, EOS, EVENT_TIME, KIND, META, SEND_NS, SEQ, SRC
 
-__all__ = ["Listener", "Record", "bw", "echo", "hz"]
+__all__ = ["Listener", "Record", "bw", "echo", "format_event_time", "hz", "outputs"]
 
 RENEW_S = 1.0
 
@@ -126,6 +128,54 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def outputs(run: RunInfo) -> list[dict[str, Any]]:
+    """Every output of a running graph (ROS 2's ``topic list -t``, with rates): ``node.port``,
+    its type and codec, the inputs it feeds, its rate over the live window (msg/s, as its
+    consumers receive it) and the messages sent so far. Rates are None while the run starts,
+    and for an output nothing in the graph reads."""
+    plan = Plan.from_json(Path(run.run_dir, "plan.json").read_bytes())
+    answer = ask(run, protocol.SNAPSHOT, {"history": False})
+    report = answer.message.get("report", {}) if answer.ok and isinstance(answer.message, dict) else {}
+    live = (report.get("live") or {}).get("edges") or {}
+    sent = {e["id"]: e.get("sent", 0) for e in report.get("edges", [])}
+    rows = []
+    for node in plan.nodes:
+        for out in node.outputs:
+            edges = [e for e in plan.edges if e.src == node.name and e.src_port == out.port]
+            rates = [r["msg_s"] for e in edges if (r := live.get(e.id) or live.get(str(e.id))) and
+                     r.get("msg_s") is not None]
+            rows.append({"output": f"{node.name}.{out.port}", "type": out.type, "codec": out.codec,
+                         "to": [f"{e.dst}.{e.dst_port}" for e in edges], "msg_s": max(rates) if rates else None,
+                         "sent": max((sent.get(e.id, 0) for e in edges), default=None) if report else None})
+    return rows
+
+
+# epoch timestamps by their size: ns, us, ms or s since 1970 for a date between ~1973 and ~2286
+_EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3), (1e8, 1.0))
+
+
+def format_event_time(value: Any) -> str:
+    """An event time as a person reads it: an epoch timestamp (ns, us, ms or s, told by its size)
+    as a UTC date, with the time of day when it has one (``2016-01-04``,
+    ``2016-01-04 14:30:00.25Z``), a ``YYYYMMDD`` int as that date; anything else as it is."""
+    if isinstance(value, int) and not isinstance(value, bool) and 19000101 <= value <= 29991231:
+        with contextlib.suppress(ValueError):  # 20160104: a bar's date as an int (docs/wire.md)
+            return datetime.date(value // 10000, value // 100 % 100, value % 100).isoformat()
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        for floor, per_s in _EPOCH_UNITS:
+            if floor <= abs(value) < floor * 1e4:
+                whole, frac = divmod(int(value), int(per_s)) if per_s > 1 else (int(value), 0)
+                try:
+                    when = datetime.datetime.fromtimestamp(whole, datetime.UTC)
+                except (OverflowError, OSError, ValueError):
+                    break
+                if not frac and when.time() == datetime.time():
+                    return when.date().isoformat()
+                seconds = f"{when.second + frac / per_s:06.3f}".rstrip("0").rstrip(".")
+                return f"{when:%Y-%m-%d %H:%M}:{seconds.zfill(2)}Z"
+    return str(value)
+
+
 def echo(run: RunInfo, output: str, out: IO[str] = sys.stdout, *, count: int | None = None, topic: str = "",
          max_rate: int = 100, as_json: bool = False, duration_s: float | None = None) -> int:
     """Print ``output``'s records as they come; the number printed."""
@@ -139,7 +189,7 @@ def echo(run: RunInfo, output: str, out: IO[str] = sys.stdout, *, count: int | N
                                      default=_plain) + "\n")
             else:
                 skipped = f"  ({rec.skipped:,} not shown)" if rec.skipped else ""
-                et = f"  event_time {rec.event_time}" if rec.event_time is not None else ""
+                et = f"  event time {format_event_time(rec.event_time)}" if rec.event_time is not None else ""
                 out.write(f"--- {rec.output}  {rec.topic}  #{rec.count:,}{et}{skipped}\n")
                 out.write(json.dumps(rec.value, default=_plain) + "\n")
             out.flush()
@@ -177,10 +227,6 @@ class _Window:
             if c1 == c0 + 1:
                 out.append((t1 - t0) / 1e9)
         return out
-
-
-def _si(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f}ms" if seconds < 1 else f"{seconds:.3f}s"
 
 
 def _bytes(n: float) -> str:
@@ -227,8 +273,8 @@ def hz(run: RunInfo, output: str, out: IO[str] = sys.stdout, *, window_s: float 
         periods = win.periods()
         text = f"average rate: {rate:,.3f}"
         if len(periods) >= 2:
-            text += (f"\n\tmin: {_si(min(periods))} max: {_si(max(periods))} "
-                     f"std dev: {_si(statistics.pstdev(periods))} window: {len(periods) + 1}")
+            text += (f"\n\tmin: {format_duration(min(periods))} max: {format_duration(max(periods))} "
+                     f"std dev: {format_duration(statistics.pstdev(periods))} window: {len(periods) + 1}")
         elif any(s for *_, s in win.recs):
             text += f"\n\t(sampled: the tap forwards at most {max_rate}/s, so periods are not measured)"
         return text

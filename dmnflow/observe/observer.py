@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import did_you_mean
 from ..plan import Plan
 from ..runtime import protocol
 from . import live as _live
@@ -88,6 +89,13 @@ def find_outputs(plan: Plan, ref: str) -> list[tuple[str, str]]:
     return found
 
 
+def no_output_hint(plan: Plan, ref: str) -> str:
+    """``did you mean 'market.market_data'? outputs: ...`` for a ``node.port`` no output has."""
+    known = sorted({f"{n.spec_name}.{o.port}" for n in plan.nodes for o in n.outputs})
+    near = did_you_mean(ref.strip(), known)
+    return (f"{near} " if near else "") + f"outputs: {', '.join(known)}"
+
+
 class TapLeases:
     """Which clients listen to which outputs, and what the tap of each must do for them."""
 
@@ -107,8 +115,7 @@ class TapLeases:
             return False, "a tap request names an output ('node.port') and a client"
         found = self.outputs(ref)
         if not found:
-            known = ", ".join(sorted({f"{n.spec_name}.{o.port}" for n in self.plan.nodes for o in n.outputs}))
-            return False, f"the run has no output {ref!r}; outputs: {known}"
+            return False, f"the run has no output {ref!r}; {no_output_hint(self.plan, ref)}"
         rate = args.get("max_rate", 0)
         rate = int(rate) if isinstance(rate, int | float) and not isinstance(rate, bool) and rate >= 0 else 0
         topic = args.get("topic") if isinstance(args.get("topic"), str) else ""

@@ -7,7 +7,8 @@ conventions: ``_total`` counters, ``_seconds`` and ``_bytes`` units, histograms 
 ``_bucket``/``_sum``/``_count``. Latency histograms are the report's log-bucket
 histograms (~9% wide) folded into fixed ``le`` bounds; ``_sum`` adds bucket midpoints.
 
-    dmnflow_edge_messages_sent_total{edge, src, dst}      and received, dropped, decode errors, gaps
+    dmnflow_edge_messages_sent_total{edge, src, dst}      and received, dropped, decode errors, gaps;
+                                                          edge="counter.numbers -> scale.value", as budgets name it
     dmnflow_edge_lost_messages{edge, src, dst}            dropped + sent but not received (exact once drained)
     dmnflow_edge_queued_messages{edge, src, dst}          sent, not yet received
     dmnflow_edge_latency_seconds{edge, src, dst}          histogram: send to receive
@@ -17,7 +18,8 @@ histograms (~9% wide) folded into fixed ``le`` bounds; ``_sum`` adds bucket midp
     dmnflow_node_up{node, status}                         1 for the node's current status
     dmnflow_node_summary{node, figure}                    every number a node's summary() reports
     dmnflow_node_progress_ratio{node}                     a finite source's done / total
-    dmnflow_budget_limit_seconds{budget, quantile} / _measured_seconds / dmnflow_budget_missed_windows_total
+    dmnflow_budget_limit_seconds{budget, stat} / _measured_seconds / dmnflow_budget_missed_windows_total
+                                                          stat="p50", "p99", "max": a gauge, not a summary's quantile
     dmnflow_run_info{graph, status}, dmnflow_run_duration_seconds
 """
 
@@ -67,6 +69,11 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
+def edge_name(src: str, dst: str) -> str:
+    """An edge as people and budgets name it: ``counter.numbers -> scale.value`` (its id is the plan's)."""
+    return f"{src} -> {dst}"
+
+
 def _figure(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_:]", "_", name)
 
@@ -110,7 +117,7 @@ class ReportCollector:
         latency = core.HistogramMetricFamily("dmnflow_edge_latency_seconds", "send to receive, per message",
                                              labels=labels)
         for e in report.edges:
-            lab = [str(e.id), e.src, e.dst]
+            lab = [edge_name(e.src, e.dst), e.src, e.dst]
             for name, value in (("messages_sent", e.sent), ("messages_received", e.received),
                                 ("messages_dropped", e.dropped), ("decode_errors", e.decode_errors),
                                 ("gaps", e.gaps)):
@@ -161,7 +168,7 @@ class ReportCollector:
 
     def _budgets(self, report: Any) -> Iterator[Any]:
         core = self.core
-        labels = ["budget", "quantile"]
+        labels = ["budget", "stat"]  # p50, p99, max: not the `quantile` of a summary (0.5, 0.99)
         limit = core.GaugeMetricFamily("dmnflow_budget_limit_seconds", "a latency budget's limit", labels=labels)
         measured = core.GaugeMetricFamily("dmnflow_budget_measured_seconds", "over the last window", labels=labels)
         missed = core.CounterMetricFamily("dmnflow_budget_missed_windows", "windows that missed the budget",

@@ -31,7 +31,7 @@ import zmq
 from ..codecs import get_codec
 from ..plan import Plan
 from ..transport.wire import ATTRS, EOS, EVENT_TIME, KIND, META, ORIGIN_NS, SEND_NS, SEQ, SRC
-from .observer import find_outputs
+from .observer import find_outputs, no_output_hint
 from .taps import record_endpoint
 
 __all__ = ["Recorder", "channel_topic", "encode_record", "recordable_outputs"]
@@ -70,8 +70,7 @@ def recordable_outputs(plan: Plan, refs: list[str] | None) -> list[tuple[str, st
         for ref in refs:
             found = find_outputs(plan, ref)
             if not found:
-                known = ", ".join(sorted({f"{n.spec_name}.{o.port}" for n in plan.nodes for o in n.outputs}))
-                raise ObserveError(f"--edges {ref!r}: the graph has no output {ref!r}; outputs: {known}")
+                raise ObserveError(f"--edges {ref!r}: the graph has no output {ref!r}; {no_output_hint(plan, ref)}")
             for key in found:
                 if codec[key] == "pickle":
                     raise ObserveError(f"--edges {ref!r}: {key[0]}.{key[1]} is pickled, which is not recorded; "

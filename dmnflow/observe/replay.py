@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..compiler import compile_graph
 from ..node import Node, Output, Ports
 from ..plan import Plan
-from ..spec import LoadedGraph, NodeEntry, NodeSpec, OutputSpec
+from ..spec import LoadedGraph, NodeEntry, NodeSpec, OutputSpec, Override
 
-__all__ = ["Recording", "Replayer", "read_records", "replay_plan"]
+__all__ = ["Recording", "Replayer", "read_records", "recording_info", "replay_plan"]
 
 REPLAY_NODE = "replay"
 
@@ -73,6 +73,60 @@ class Recording:
                                                      "messages": 0})
             entry["topics"].append(ch.topic)
             entry["messages"] += counts.get(cid, 0)
+
+
+def recording_info(path: str | Path) -> dict[str, Any]:
+    """What ``dmnflow info FILE.mcap`` shows, as ``ros2 bag info`` does: the file's size, the
+    graph it was recorded from, its messages, time range (log time, ns since the epoch) and
+    duration, and per channel its topic, output, encoding, schema and count. A file cut short
+    (a killed run) is read record by record, up to the cut.
+
+    Raises:
+        ObserveError: no such file, not an MCAP file, or the mcap package missing.
+    """
+    from .session import ObserveError
+
+    recording = Recording(path)  # the same checks and errors as replay
+    from mcap.reader import make_reader
+
+    graph: dict[str, str] = {}
+    channels: dict[int, Any] = {}
+    schemas: dict[int, Any] = {}
+    counts: dict[int, int] = {}
+    start = end = None
+    complete = True
+    try:
+        with open(recording.path, "rb") as f:
+            reader = make_reader(f)
+            summary = reader.get_summary()
+            if summary is None or summary.statistics is None:
+                raise ValueError("no summary")
+            channels, schemas = dict(summary.channels), dict(summary.schemas)
+            counts = dict(summary.statistics.channel_message_counts)
+            if summary.statistics.message_count:
+                start, end = summary.statistics.message_start_time, summary.statistics.message_end_time
+            graph = next((dict(m.metadata) for m in reader.iter_metadata() if m.name == "dmnflow"), {})
+    except Exception:  # cut short: every record up to the cut
+        complete = False
+        for channel, message in _scan(recording.path):
+            channels[channel.id] = channel
+            counts[channel.id] = counts.get(channel.id, 0) + 1
+            start = message.log_time if start is None else min(start, message.log_time)
+            end = message.log_time if end is None else max(end, message.log_time)
+    if not channels and not recording.path.stat().st_size:
+        raise ObserveError(f"{recording.path}: an empty file, not a recording")
+    rows = []
+    for cid, ch in sorted(channels.items()):
+        schema = schemas.get(ch.schema_id)
+        rows.append({"topic": ch.topic, "output": ch.metadata.get("output", ""), "encoding": ch.message_encoding,
+                     "schema": f"{schema.name} ({schema.encoding})" if schema is not None else "-",
+                     "type": ch.metadata.get("type", ""), "codec": ch.metadata.get("codec", ""),
+                     "messages": counts.get(cid, 0)})
+    return {"file": str(recording.path), "bytes": recording.path.stat().st_size, "complete": complete,
+            "graph": graph.get("graph", ""), "graph_file": graph.get("file", ""),
+            "messages": sum(counts.values()), "start_ns": start, "end_ns": end,
+            "duration_s": (end - start) / 1e9 if start is not None and end is not None else None,
+            "channels": rows}
 
 
 def _scan(path: str | Path) -> Iterator[tuple[Any, Any]]:
@@ -176,8 +230,9 @@ def cut(graph: LoadedGraph, into: Sequence[str], recording: Recording, speed: fl
     graph.name = f"{graph.name}-replay"
 
 
-def replay_plan(recording: str | Path, graph: str | Path, into: Sequence[str], overrides: Sequence[str] = (), *,
-                profile: str | None = None, speed: float = 0.0, models: bool = True) -> Plan:
+def replay_plan(recording: str | Path, graph: str | Path, into: Sequence[str],
+                overrides: Sequence[str | Override] = (), *, profile: str | None = None, speed: float = 0.0,
+                models: bool = True) -> Plan:
     """The plan that replays ``recording`` into ``into`` of ``graph`` (see the module docstring).
 
     Raises:

@@ -17,6 +17,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from ..spec.units import format_duration
+
 __all__ = ["FIGURES", "format_value", "live_view", "render_report", "status_line"]
 
 # Summary figures shown first when a node has them (the rest are in the report): what a
@@ -36,7 +38,7 @@ def _num(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "-"
-        if abs(value) >= 1e5:
+        if abs(value) >= 10 ** digits:  # 31,320, not 3.132e+04: g goes exponential past its digits
             return f"{value:,.0f}"
         return f"{value:,.{digits}g}"
     return str(value)
@@ -51,17 +53,20 @@ def _rate(value: Any) -> str:
 
 
 def _us(value: Any) -> str:
-    """Microseconds, for columns headed "us"."""
-    return "-" if value is None else f"{value:,.1f}"
+    """Microseconds (the report's ``*_us``) as a person reads them: ``2.08 s``, ``850 us``."""
+    return "-" if value is None else format_duration(value * 1e-6)
 
 
 def _latency(value_us: float) -> str:
-    """A latency as a person reads it: us below a millisecond, ms below a second."""
-    if value_us >= 1e6:
-        return f"{value_us / 1e6:.3g}s"
-    if value_us >= 1e3:
-        return f"{value_us / 1e3:.3g}ms"
-    return f"{value_us:.3g}us"
+    """A latency in the status line (units.format_duration)."""
+    return format_duration(value_us * 1e-6)
+
+
+def _figure_value(key: str, value: Any) -> str:
+    """A node's figure: one named ``*_us`` (``tick_to_trade_p50_us``) is a latency."""
+    if key.endswith("_us") and isinstance(value, int | float) and not isinstance(value, bool):
+        return _us(value)
+    return format_value(value)
 
 
 def _duration(seconds: float | None) -> str:
@@ -133,7 +138,7 @@ def figures(summary: dict[str, Any] | None, limit: int | None = None) -> list[tu
             continue
         if isinstance(value, float) and not math.isfinite(value):
             continue
-        out.append((key, _num(value)))
+        out.append((key, _figure_value(key, value)))
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -182,7 +187,7 @@ def live_view(report: Any, title: str | None = None, width: int = 120) -> Render
         rows.append([_rate(row.get("msg_s")), _us(row.get("p50_us")), _us(row.get("p99_us")),
                      _num(row.get("queued", 0)), Text(_num(drops), style="red" if drops else "")])
     parts.append(_rows("edges", [_edge_name(e) for e in report.edges],
-                       ["msg/s", "p50 us", "p99 us", "queued", "drops"], rows, width))
+                       ["msg/s", "p50", "p99", "queued", "drops"], rows, width))
     if report.budgets:
         parts.append(_budgets(report.budgets, width, live=True))
     shown = [(name, figures(n.summary, LIVE_FIGURES)) for name, n in report.nodes.items() if n.summary]
@@ -203,11 +208,11 @@ def _budgets(rows: list[dict[str, Any]], width: int, live: bool = False) -> Rend
         status = b.get("status", "")
         over = f", {b['over_max']:,} over max" if b.get("over_max") else ""
         names.append(b["name"])
-        cells.append([" ".join(f"{k}<{_us(v)}" for k, v in limits.items()),
-                      " ".join(f"{k} {_us(got[k])}" for k in limits if k in got) or "-",
+        cells.append([", ".join(f"{k} < {_us(v)}" for k, v in limits.items()),
+                      ", ".join(f"{k} {_us(got[k])}" for k in limits if k in got) or "-",
                       f"{b.get('missed_windows', 0)}/{b.get('windows', 0)}",
                       Text(status + over, style={"missed": "red", "met": "green"}.get(status, ""))])
-    return _rows("latency budgets (us)", names, ["limit", "window" if live else "measured", "missed", "status"],
+    return _rows("latency budgets", names, ["limit", "window" if live else "measured", "missed", "status"],
                  cells, width, first="budget")
 
 
@@ -262,10 +267,10 @@ def render_report(report: Any, console: Console, errors: Console | None = None) 
     rows = [[_num(e.sent), _num(e.received), Text(_num(e.lost), style="red" if e.lost else ""),
              _num(e.decode_errors), _us(e.p50_us), _us(e.p99_us)] for e in report.edges]
     console.print(_rows("edges", [_edge_name(e) for e in report.edges],
-                        ["sent", "received", "lost", "decode err", "p50 us", "p99 us"], rows, console.width))
+                        ["sent", "received", "lost", "decode err", "p50", "p99"], rows, console.width))
     if report.e2e:
-        e2e = _table("end to end", [("source → sink", "name"), ("messages", "right"), ("p50 us", "right"),
-                                    ("p99 us", "right")])
+        e2e = _table("end to end", [("source → sink", "name"), ("messages", "right"), ("p50", "right"),
+                                    ("p99", "right")])
         for row in report.e2e:
             e2e.add_row(Text(f"{row['source']} → {row['sink']}"), _num(row["messages"]), _us(row["p50_us"]),
                         _us(row["p99_us"]))
@@ -278,7 +283,7 @@ def render_report(report: Any, console: Console, errors: Console | None = None) 
         for name, summary in summaries:
             first = True
             for key, value in summary.items():
-                text = format_value(value)
+                text = _figure_value(str(key), value)
                 table.add_row(Text(name if first else ""), Text(str(key)), Text(text))
                 first = False
         console.print(table)

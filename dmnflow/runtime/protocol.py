@@ -52,6 +52,7 @@ STATUS = "status"  # -> {graph, name, pid, nodes: {instance: state}}
 # COMMAND node, name, args -> sent to every instance of node; per_node {instance: [ok, result]}
 SNAPSHOT = "snapshot"  # {history: bool} -> the live report (observe/observer.py)
 # TAP {output, client, max_rate, topic, on} -> a client's lease on a tap, renewed while it listens
+# STOP -> {name, pid}: drain the run as Ctrl-C does (``dmnflow stop``)
 
 _MAP, _STR, _ANY, _INT, _BOOL = dict, str, object, int, bool
 
@@ -63,7 +64,8 @@ SUPERVISOR: dict[str, tuple[type, ...]] = {  # what the supervisor may send a wo
     CONNECT: (_MAP,), RECONNECT: (_MAP,), START: (), STOP: (), REHELLO: (), REPORT: (),
     COMMAND: (_STR, _STR, _MAP, _INT), TAP: (_STR, _STR, _MAP), BUDGET: (_MAP,),
 }
-ADMIN: dict[str, tuple[type, ...]] = {STATUS: (), COMMAND: (_STR, _STR, _MAP), SNAPSHOT: (_MAP,), TAP: (_MAP,)}
+ADMIN: dict[str, tuple[type, ...]] = {STATUS: (), COMMAND: (_STR, _STR, _MAP), SNAPSHOT: (_MAP,), TAP: (_MAP,),
+                                      STOP: ()}
 
 MAX_MESSAGE = 16 << 20  # a heartbeat of a large graph is well under this
 MAX_REQUEST = 1 << 20  # an admin request: a command's args (a model's path), a tap lease

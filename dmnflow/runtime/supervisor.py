@@ -213,6 +213,10 @@ class _Supervisor:
         proc.host = getattr(proc.popen, "host", None) or proc.host
         proc.state = "new"
 
+    def request_stop(self) -> None:
+        """``dmnflow stop``, through the admin socket: the drain a Ctrl-C starts."""
+        self.stop_requested = True
+
     def state_of(self, node: str) -> str:
         """The state of node instance ``node``'s worker (``_Proc.state``)."""
         return self.procs[self.proc_of[node]].state

@@ -28,7 +28,7 @@ from .schema import (
     json_schema,
 )
 from .source import SourceMap, parse_yaml
-from .units import Duration, format_cpus, parse_cpus, parse_duration, parse_size
+from .units import Duration, format_cpus, format_duration, parse_cpus, parse_duration, parse_size
 from .validation import validate_section
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "SecuritySpec",
     "SourceMap",
     "format_cpus",
+    "format_duration",
     "json_schema",
     "load_graph",
     "load_overlay",

@@ -12,7 +12,6 @@ mistakes are reported once.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Issue, IssueList, Location
+from ..errors import Issue, IssueList, Location, closest
 from .overrides import Override, _apply_override, _merge
 from .schema import Defaults, GraphSpec, NodeSpec, SecuritySpec
 from .source import Path_, SourceMap, _display, _dotted, _suggest, parse_yaml
@@ -212,14 +211,14 @@ def _near_file(path: Path) -> str:
         names = [p.name for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
     except OSError:
         return ""
-    near = difflib.get_close_matches(path.name, sorted(names), n=1, cutoff=0.75)
-    return _display(path.parent / near[0]) if near else ""
+    near = closest(path.name, names, cutoff=0.75)
+    return _display(path.parent / near) if near else ""
 
 
 def _misspelt(data: dict[str, Any], key: str) -> Any:
     """The value of a top-level key that looks like a typo of ``key`` (``var:`` for ``vars:``)."""
-    near = difflib.get_close_matches(key, [k for k in data if k not in GraphSpec.model_fields], n=1, cutoff=0.7)
-    return data[near[0]] if near else None
+    near = closest(key, [k for k in data if k not in GraphSpec.model_fields], cutoff=0.7)
+    return data[near] if near else None
 
 
 def _scope(spec: NodeSpec, prefix: str) -> NodeSpec:

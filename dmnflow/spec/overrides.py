@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from ..errors import Issue, IssueList, Location
-from .source import Path_, SourceMap, _display, _suggest, _TextDates, parse_yaml
+from .source import _TOO_LONG_HINT, Path_, SourceMap, _display, _suggest, _TextDates, _too_long, parse_yaml
 
 __all__ = ["Override", "load_overlay"]
 
@@ -23,6 +23,7 @@ class Override:
     value: Any
     loc: Location
     text: str
+    written: str | None = None  # VALUE as typed, where YAML read it as something else (``::`` is a mapping)
 
     @classmethod
     def parse(cls, text: str, issues: IssueList) -> Override | None:
@@ -37,7 +38,10 @@ class Override:
             value = yaml.load(raw, Loader=_TextDates) if raw.strip() else ""  # noqa: S506 - a SafeLoader
         except yaml.YAMLError:
             value = raw
-        return cls(segments, value, loc, text)
+        except ValueError as exc:  # an integer longer than Python reads
+            issues.add("invalid-value", _too_long(exc), loc, path=key.strip(), hint=_TOO_LONG_HINT)
+            return None
+        return cls(segments, value, loc, text, None if isinstance(value, str) else raw.strip())
 
 
 def load_overlay(path: str | os.PathLike[str]) -> tuple[list[Override], list[Issue]]:
@@ -128,6 +132,8 @@ def _apply_override(data: dict[str, Any], srcmap: SourceMap, ov: Override, issue
     target[path[-1]] = ov.value
     srcmap.mark(path, ov.loc)
     srcmap.keys[path] = ov.loc
+    if ov.written is not None:  # where the schema wants text, the value is taken as typed
+        srcmap.texts[path] = ov.written
 
 
 def _var_exists(data: dict[str, Any], srcmap: SourceMap, ov: Override, issues: IssueList) -> bool:

@@ -276,7 +276,7 @@ class SecuritySpec(_Spec):
     curve: str | None = Field(None, description="a key directory (`dmnflow keys generate DIR`), relative to "
                               "this file: CURVE on every tcp edge, clients admitted by their public key")
     key: str | None = Field(None, description="this host's keypair in the directory (default: its only "
-                            "secret key)")
+                            "secret key, or `graph` among several)")
     insecure: bool = Field(False, description="allow tcp binds beyond loopback without CURVE")
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
+import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import IssueList, Location
+from ..errors import IssueList, Location, did_you_mean
 
 __all__ = ["Path_", "SourceMap", "parse_yaml"]
 
@@ -23,6 +24,9 @@ class SourceMap:
 
     values: dict[Path_, Location] = field(default_factory=dict)
     keys: dict[Path_, Location] = field(default_factory=dict)
+    # a `--set` VALUE as typed where YAML read it as something else: ``host=::`` is a mapping to
+    # YAML and a host to a person; a field that wants text takes it as typed
+    texts: dict[Path_, str] = field(default_factory=dict)
 
     def at(self, path: Path_, *, key: bool = False) -> Location | None:
         """The location of ``path``, or of its nearest written ancestor."""
@@ -45,10 +49,27 @@ class SourceMap:
     def mark(self, path: Path_, loc: Location) -> None:
         """Attribute ``path`` and everything under it to ``loc`` (a ``--set`` argument)."""
         n = len(path)
-        for table in (self.values, self.keys):
+        for table in (self.values, self.keys, self.texts):
             for p in [p for p in table if p[:n] == path]:
                 del table[p]
         self.values[path] = loc
+
+    def as_typed(self, raw: Any, base: Path_, errors: list[Any]) -> bool:
+        """Put back, as typed, each ``--set`` value under ``base`` that failed only for not being
+        text (pydantic's ``string_type`` at its path); True when one was, so validate again."""
+        changed = False
+        for err in errors:
+            rel = tuple(p for p in err["loc"] if not _is_union_tag(p))
+            text = self.texts.get(base + rel)
+            if err["type"] != "string_type" or text is None or not rel:
+                continue
+            target = raw
+            for part in rel[:-1]:
+                target = target[part] if isinstance(target, dict | list) else None
+            if isinstance(target, dict) and target.get(rel[-1]) != text:
+                target[rel[-1]] = text
+                changed = True
+        return changed
 
 
 def _loc(file: str, mark: yaml.Mark) -> Location:
@@ -122,6 +143,12 @@ def parse_yaml(text: str, file: str, issues: IssueList,
             if failed is not None:
                 failed.add(path)
             return None
+        except ValueError as exc:  # an integer longer than Python reads (sys.get_int_max_str_digits)
+            issues.add("invalid-value", _too_long(exc), _loc(file, node.start_mark), path=_dotted(path),
+                       hint=_TOO_LONG_HINT)
+            if failed is not None:
+                failed.add(path)
+            return None
 
     def build_collection(node: yaml.Node, path: Path_) -> Any:
         if isinstance(node, yaml.MappingNode):
@@ -170,6 +197,21 @@ class _TooLarge(Exception):
     """The document expands (through aliases) past ``_MAX_VALUES`` values."""
 
 
+_TOO_LONG_HINT = "write a shorter number, or quote it to keep it as text"
+
+
+def _too_long(exc: ValueError) -> str:
+    """What YAML's integer reading refused, said as a graph author reads it."""
+    digits = re.search(r"value has (\d+) digits", str(exc))
+    return (f"an integer of {digits[1]} digits is longer than the {sys.get_int_max_str_digits()} digits a number "
+            "may have" if digits else f"cannot read this number: {exc}")
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic names union members and validators in error paths; they are not YAML keys."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "list[str]", "int", "float"})
+
+
 def _dotted(path: Path_) -> str:
     return ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
 
@@ -177,9 +219,8 @@ def _dotted(path: Path_) -> str:
 def _suggest(word: str, options: Iterator[str] | Sequence[str] | Mapping[str, Any]) -> str:
     """``did you mean 'x'?`` for the closest option, or the list of options when few."""
     choices = sorted(str(o) for o in options)
-    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if near:
-        return f"did you mean {near[0]!r}?"
+    if near := did_you_mean(word, choices):
+        return near
     if not choices:
         return ""
     shown = ", ".join(repr(c) for c in choices[:12])

@@ -100,7 +100,7 @@ class _Substituter:
         if whole and not whole[1]:
             ok, value = self.lookup(whole[2], loc, path)
             if ok and whole[2].startswith("env:") and isinstance(value, str):
-                with contextlib.suppress(yaml.YAMLError):  # RATE=1000 reads as a number
+                with contextlib.suppress(yaml.YAMLError, ValueError):  # RATE=1000 reads as a number (not 5000 digits)
                     value = yaml.safe_load(value) if value.strip() else value
             if not ok:
                 self.unresolved.add(path)

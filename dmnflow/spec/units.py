@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-__all__ = ["CpuSet", "Duration", "Size", "format_cpus", "parse_cpus", "parse_duration", "parse_size"]
+__all__ = ["CpuSet", "Duration", "Size", "format_cpus", "format_duration", "parse_cpus", "parse_duration", "parse_size"]
 
 _DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -67,6 +68,30 @@ def parse_cpus(value: Any) -> list[int]:
     if not cores:
         raise ValueError("cpus is empty; leave it out to let the OS place the node")
     return sorted(cores)
+
+
+_SCALES = ((1.0, "s"), (1e-3, "ms"), (1e-6, "us"), (1e-9, "ns"))
+
+
+def format_duration(seconds: float | None) -> str:
+    """A latency or duration as a person reads it: three significant digits, trailing zeros
+    dropped, in the largest unit under it (``2.08 s``, ``31.3 ms``, ``850 us``, ``50 us``; never
+    ``2,080,374.8 us`` or ``3.132e+04``), ``-`` for none. The one formatter of every latency
+    dmnflow shows (terminal, report, budgets; the dashboard's ``us()`` follows it)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds == 0:
+        return "0 us"
+    sign = "-" if seconds < 0 else ""
+    for scale, unit in _SCALES:
+        value = abs(seconds) / scale
+        if value >= 1 or unit == "ns":
+            text = f"{value:,.{0 if value >= 99.95 else 1 if value >= 9.995 else 2}f}"
+            if unit != "s" and float(text.replace(",", "")) >= 1000:  # 999.96 ms rounds to 1 s
+                return format_duration(float(sign + "1") * 1000 * scale)
+            text = text.rstrip("0").rstrip(".") if "." in text else text
+            return f"{sign if text != '0' else ''}{text} {unit}"
+    raise AssertionError("unreachable: ns takes every value")
 
 
 def format_cpus(cores: Sequence[int]) -> str:

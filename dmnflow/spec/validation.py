@@ -3,15 +3,14 @@ file:line:col, unknown keys with a did-you-mean, the good keys kept when some ar
 
 from __future__ import annotations
 
-import difflib
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import IssueList
-from .source import Path_, SourceMap, _dotted, _suggest
+from ..errors import IssueList, closest
+from .source import Path_, SourceMap, _dotted, _is_union_tag, _suggest
 
 __all__ = ["validate_section"]
 
@@ -32,6 +31,8 @@ def _validate_partial(model: type[BaseModel], raw: Any, base: Path_, srcmap: Sou
     try:
         return model.model_validate(raw), frozenset()
     except ValidationError as exc:
+        if srcmap.as_typed(raw, base, exc.errors()):  # `--set defaults.host=::`: text, as typed
+            return _validate_partial(model, raw, base, srcmap, issues, unresolved)
         bad = _report(model, exc, base, srcmap, issues, unresolved)
     required = {f.alias or n for n, f in model.model_fields.items() if f.is_required()}
     if not isinstance(raw, dict) or "" in bad or bad & required:
@@ -58,16 +59,10 @@ def _report(model: type[BaseModel], exc: ValidationError, base: Path_, srcmap: S
         loc_path = base + rel
         if any(loc_path[: len(u)] == u for u in unresolved):
             continue  # a failed ${...} was reported where it was written
-        if err["type"] == "missing" and difflib.get_close_matches(
-                str(rel[-1]), unknown.get(rel[:-1], []), n=1, cutoff=0.6):
+        if err["type"] == "missing" and closest(str(rel[-1]), unknown.get(rel[:-1], [])):
             continue  # `use:` for `uses:`: the unknown key's "did you mean" says it all
         _pydantic_issue(model, err, loc_path, base, srcmap, issues)
     return bad
-
-
-def _is_union_tag(part: Any) -> bool:
-    """pydantic names union members and validators in error paths; they are not YAML keys."""
-    return isinstance(part, str) and ("[" in part or part in {"str", "list[str]", "int", "float"})
 
 
 def _pydantic_issue(model: type[BaseModel], err: Any, path: Path_, base: Path_,

@@ -22,6 +22,7 @@ freed fails the handshake, and nothing it sends is taken.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,8 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-__all__ = ["RUN_KEY", "RUN_KEYS", "Curve", "KeyError_", "REFUSED_EVENTS", "check_key_dir", "generate_keys",
-           "load_curve", "write_run_keys"]
+__all__ = ["DEFAULT_KEY", "RUN_KEY", "RUN_KEYS", "Curve", "KeyError_", "REFUSED_EVENTS", "check_key_dir",
+           "check_key_name", "generate_keys", "load_curve", "write_run_keys"]
 
 REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -88,9 +89,24 @@ def read_secret(file: Path) -> tuple[bytes, bytes]:
     return _check_key(public, file, "public"), _check_key(secret, file, "secret")
 
 
+DEFAULT_KEY = "graph"  # the keypair `dmnflow keys generate DIR` writes without --name
+_KEY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_key_name(name: str) -> str | None:
+    """Why ``name`` cannot name a keypair (None when it can): it becomes ``DIR/NAME.key``, so a
+    path (``../evil``, ``a/b``) would put keys outside the directory."""
+    if _KEY_NAME_RE.fullmatch(name) and ".." not in name:
+        return None
+    return (f"{name!r} is not a plain file name: a keypair's name is letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit (it names the files NAME.key and NAME.key_secret in DIR)")
+
+
 def check_key_dir(directory: Path, key: str | None, shown: str | None = None) -> tuple[str, list[str]]:
     """The keypair name to use and the problems with the directory (empty when usable);
-    ``shown`` is how messages name the directory (as the user wrote it)."""
+    ``shown`` is how messages name the directory (as the user wrote it). Without ``key``:
+    the directory's only secret key, or ``graph`` (the default keypair) among several, so
+    an outside viewer's keypair generated beside it needs no ``security.key``."""
     problems: list[str] = []
     if not directory.is_dir():
         where = shown or directory
@@ -98,12 +114,14 @@ def check_key_dir(directory: Path, key: str | None, shown: str | None = None) ->
     if shown is not None:  # name files as the user wrote the directory, not by an absolute path
         return _named(check_key_dir(directory, key), str(directory), shown)
     secrets_ = sorted(p.name[: -len(".key_secret")] for p in directory.glob("*.key_secret"))
+    if key is not None and (problem := check_key_name(key)) is not None:
+        return key, [f"security.key: {problem}"]
     if key is None:
-        if len(secrets_) != 1:
+        if len(secrets_) != 1 and DEFAULT_KEY not in secrets_:
             found = ", ".join(secrets_) or "none"
-            return "", [f"{directory} must hold exactly one secret key when `key:` is not given (found: {found}); "
-                        "name the one this host uses with security.key"]
-        key = secrets_[0]
+            return "", [f"{directory} must hold one secret key, or {DEFAULT_KEY}.key_secret among several, when "
+                        f"`key:` is not given (found: {found}); name the one this host uses with security.key"]
+        key = secrets_[0] if len(secrets_) == 1 else DEFAULT_KEY
     try:
         read_secret(directory / f"{key}.key_secret")
     except KeyError_ as exc:
@@ -164,6 +182,9 @@ def load_curve(directory: str, key: str | None) -> Curve:
 
 def generate_keys(directory: str | os.PathLike[str], names: list[str], force: bool = False) -> list[Path]:
     """Write a keypair per name (a graph's, or one per host); secret files are mode 0600."""
+    for name in names:
+        if (problem := check_key_name(name)) is not None:
+            raise KeyError_(f"--name {problem}")
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     written: list[Path] = []

@@ -19,7 +19,12 @@ import yaml
 
 from .tunefile import TuneFile
 
-__all__ = ["Row", "StudyResult", "best_trials", "overlay_text", "plot_study", "summarize", "write_overlay"]
+__all__ = ["IMPORTANCE_TRIALS", "Row", "StudyResult", "best_trials", "importance_caveat", "overlay_text", "plot_study",
+           "summarize", "write_overlay"]
+
+# fANOVA importances from fewer complete trials than this rank noise as often as a parameter
+# (8 trials of graphs/tune_dmn.yaml put the strategy choice, which decides most, below 0.01)
+IMPORTANCE_TRIALS = 20
 
 
 @dataclass
@@ -191,10 +196,21 @@ def plot_study(tune: TuneFile, study: Any, out_dir: Path) -> list[Path]:
         if len(done) >= 2 and len(varied) >= 2:
             try:
                 target = None if len(names) == 1 else (lambda t: t.values[0])
-                save(plots.plot_param_importances(study, target=target, target_name=names[0]), "importances.png")
+                ax = plots.plot_param_importances(study, target=target, target_name=names[0])
+                caveat = importance_caveat(len(done))
+                if caveat is not None and hasattr(ax, "set_title"):
+                    ax.set_title(f"{ax.get_title()}\n({caveat})")
+                save(ax, "importances.png")
             except (RuntimeError, ValueError, ZeroDivisionError):
                 pass  # too few distinct trials for importances
     return written
+
+
+def importance_caveat(complete: int) -> str | None:
+    """What the importance plot cannot say from ``complete`` trials (None from enough of them)."""
+    if complete >= IMPORTANCE_TRIALS:
+        return None
+    return f"from {complete} complete trials: importances mean little under {IMPORTANCE_TRIALS}"
 
 
 def _fmt(value: Any) -> str:

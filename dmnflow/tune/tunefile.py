@@ -12,9 +12,10 @@ pruner exist and take their options; the trainer, holdout and publishing setting
 
 from __future__ import annotations
 
-import difflib
 import inspect
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..compiler import compile_graph
-from ..errors import GraphError, Issue, IssueList, Location, SpecError
+from ..errors import GraphError, Issue, IssueList, Location, SpecError, did_you_mean
 from ..importing import ImportPathError, load_object
 from ..node import Node
 from ..plan import Plan
@@ -138,6 +139,16 @@ def load_tune(path: str | os.PathLike[str], settings: Mapping[str, Any] | None =
     return loaded
 
 
+_BAD_REF = object()  # a set: value naming an unknown ${tune.X}
+
+
+def _last_step(low: float, high: float, step: float) -> float:
+    """The highest ``low + n * step`` within ``high`` (what Optuna draws at most; float noise forgiven)."""
+    n = math.floor((high - low) / step + 1e-9)
+    top = low + n * step
+    return high if math.isclose(top, high, rel_tol=1e-9, abs_tol=1e-12) else top
+
+
 class _Loader:
     def __init__(self, path: Path, settings: dict[str, Any], issues: IssueList, overrides: list[str]) -> None:
         self.path = path
@@ -147,6 +158,7 @@ class _Loader:
         self.issues = issues
         self.srcmap = SourceMap()
         self.train_broken = False  # train: is there but its trainer did not load: reported once
+        self.refs: dict[str, str] = {}  # ${tune.out}, ${tune.study}: what a set: value may name
 
     def at(self, *path: str | int, key: bool = False) -> Location:
         return self.srcmap.at(path, key=key) or Location(self.file)
@@ -195,6 +207,7 @@ class _Loader:
         study = spec.study or self.path.stem
         out_dir = Path(spec.out) if spec.out else Path("out") / study
         storage = spec.storage or str(out_dir / "journal.log")
+        self.refs = {"tune.out": str(out_dir), "tune.study": study}  # a renamed study's files follow it
         graph = (self.path.parent / spec.graph).resolve()
         tune = TuneFile(self.path, self.file, spec, study, graph, spec.profile, [], Space(), [], out_dir, storage,
                         None, self.srcmap, engine=spec.engine)
@@ -262,8 +275,30 @@ class _Loader:
             out += settings
             self.issues.issues.extend(problems)
         for key, value in spec.set.items():
+            value = self.tune_refs(value, ("set", key))
+            if value is _BAD_REF:
+                continue  # reported where it is written; the graph need not say it again
             out.append(Override(tuple(key.split(".")), value, self.at("set", key, key=True), f"{key}={value!r}"))
         return out
+
+    def tune_refs(self, value: Any, path: tuple[str, ...]) -> Any:
+        """``${tune.out}`` and ``${tune.study}`` in a ``set:`` value: the study's output directory
+        and name, as this run of the file has them (``--set study=X`` moves both), so a
+        ``${env:DMNFLOW_TRIAL_DIR:-${tune.out}/best}`` default follows a renamed study into its
+        best.yaml. Other ``${...}`` are the graph's, left to it. ``_BAD_REF`` when one is unknown."""
+        if isinstance(value, dict):
+            items = {k: self.tune_refs(v, (*path, k)) for k, v in value.items()}
+            return _BAD_REF if _BAD_REF in items.values() else items
+        if isinstance(value, list):
+            listed = [self.tune_refs(v, path) for v in value]
+            return _BAD_REF if any(v is _BAD_REF for v in listed) else listed
+        if not isinstance(value, str) or "${tune." not in value:
+            return value
+        unknown = [name for name in re.findall(r"\$\{(tune\.[^}]*)\}", value) if name not in self.refs]
+        for name in unknown:
+            self.add("bad-substitution", f"${{{name}}} is not a tune reference", self.at(*path), ".".join(path),
+                     did_you_mean(name, self.refs) or f"tune references are {', '.join(sorted(self.refs))}")
+        return _BAD_REF if unknown else re.sub(r"\$\{(tune\.[^}]*)\}", lambda m: self.refs[m[1]], value)
 
     def compile(self, graph: Path, overrides: list[Override], profile: str | None
                 ) -> tuple[list[Override], Plan | None]:
@@ -340,11 +375,10 @@ class _Loader:
             return False
         name = parts[1]
         if name not in names:
-            near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
             ends = [n for n in names if n.rsplit("/", 1)[-1] == name]
-            hint = (f"did you mean {near[0]!r}?" if near else
-                    f"did you mean {ends[0]!r}? (included nodes are named <include>/<node>)" if ends else
-                    _suggest(name, names))
+            hint = did_you_mean(name, names) or (
+                f"did you mean {ends[0]!r}? (included nodes are named <include>/<node>)" if ends else
+                _suggest(name, names))
             self.add("unknown-key", f"the graph has no node {name!r}", loc, path, hint)
             return False
         field_name = parts[2]
@@ -444,6 +478,11 @@ class _Loader:
         if step is not None and step > high - low:
             self.add("invalid-value", f"step {step:g} is larger than the range {high - low:g}",
                      self.at(*where, "step"), path)
+        elif step is not None and (top := _last_step(low, high, step)) != high:
+            self.add("uneven-step", f"step {step:g} does not divide [{low:g}, {high:g}]: the highest value drawn is "
+                     f"{top:g}, never {high:g}", self.at(*where, "step"), path,
+                     f"make the range end on a step ({bounds_key}: [{low:g}, {top:g}] or [{low:g}, {top + step:g}]), "
+                     "or pick a step that divides it", severity="warning")
         kind_out = "int" if kind == "int" else "float"
         if kind_out == "int":
             step = None if step is None else int(step)
@@ -686,6 +725,9 @@ class _Loader:
             out += settings
             self.issues.issues.extend(problems)
         for key, value in hold.set.items():
+            value = self.tune_refs(value, ("holdout", "set", key))
+            if value is _BAD_REF:
+                continue
             out.append(Override(tuple(key.split(".")), value, self.at("holdout", "set", key, key=True),
                                 f"{key}={value!r}"))
         if tune.plan is not None and out:

@@ -96,11 +96,33 @@ def test_top_echo_hz_and_bw_from_another_process(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no run named" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_stop_drains_a_run_from_another_terminal_as_ctrl_c_does(tmp_path: Path) -> None:
+    with launched(counting(tmp_path), "--name", "obs-stop") as run:
+        wait_running("obs-stop")
+        listed = dmnflow_cli("outputs", "obs-stop", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = {r["output"]: r for r in json.loads(listed.stdout)}
+        assert set(rows) == {"counter.numbers", "scale.scaled"}
+        assert (rows["counter.numbers"]["type"], rows["counter.numbers"]["codec"], rows["scale.scaled"]["to"]) == (
+            "int", "msgpack", ["sink.values"])
+        assert wait_until(lambda: (json.loads(dmnflow_cli("outputs", "obs-stop", "--json").stdout)[0]["msg_s"]
+                                   or 0) > 100, 30, 0.5)  # the counter's 500/s, once a window has passed
+        stop = dmnflow_cli("stop", "obs-stop")
+        assert stop.returncode == 0 and stop.stdout.strip() == f"stopped obs-stop (pid {run.proc.pid})", stop.stderr
+        out, err = run.proc.communicate(timeout=60)
+        assert run.proc.returncode == 0, err
+        assert "counting stopped" in out + err and "Traceback" not in err
+    assert dmnflow_cli("stop", "obs-stop").returncode == 1  # it is gone
+
+
 def test_echo_names_the_outputs_when_one_is_unknown(tmp_path: Path) -> None:
     with launched(counting(tmp_path), "--name", "obs-typo"):
         wait_running("obs-typo")
         out = dmnflow_cli("echo", "obs-typo", "counter.number", "--count", "1")
         assert out.returncode == 1 and "counter.numbers" in out.stderr and "Traceback" not in out.stderr
+        assert "did you mean 'counter.numbers'?" in out.stderr  # as validate says it
+        run = dmnflow_cli("hz", "obs-tpyo", "counter.numbers", "--duration", "1s")
+        assert run.returncode == 1 and "did you mean 'obs-typo'?" in run.stderr
 
 
 def test_prometheus_scrape_parses_and_counts_what_the_report_counts(tmp_path: Path, monkeypatch) -> None:
@@ -125,7 +147,7 @@ def test_prometheus_scrape_parses_and_counts_what_the_report_counts(tmp_path: Pa
     hist = [s for s in families["dmnflow_edge_latency_seconds"].samples if s.name.endswith("_count")]
     assert {s.value for s in hist} == {600.0}
     buckets = [s for s in families["dmnflow_edge_latency_seconds"].samples if s.name.endswith("_bucket")
-               and s.labels["edge"] == "0"]
+               and s.labels["edge"] == "counter.numbers -> scale.value"]
     assert buckets[-1].labels["le"] == "+Inf" and [b.value for b in buckets] == sorted(b.value for b in buckets)
     outs = {s.labels["node"]: s.value for s in families["dmnflow_node_messages_out"].samples}
     assert outs["counter"] == 600 and outs["sink"] == 0
@@ -170,7 +192,7 @@ def test_a_missed_budget_is_counted_reported_and_alerted(tmp_path: Path, monkeyp
 
     render_report(report, console)
     text = console.file.getvalue()
-    assert "latency budgets" in text and "missed" in text and "p50<1.0" in text
+    assert "latency budgets" in text and "missed" in text and "p50 < 1 us" in text
     assert json.loads(report.to_json())["budgets"][0]["status"] == "missed"
 
 

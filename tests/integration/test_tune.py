@@ -114,6 +114,7 @@ def test_dmn_study_runs_real_trials_and_its_best_overlay_launches_to_the_same_fi
         assert "in sample and held out" in result.stdout
         overlay = s.out / "best.yaml"
         assert "dmnflow launch graphs/dmn_backtest.yaml --overlay" in overlay.read_text()
+        assert f"vars.out: ${{env:DMNFLOW_TRIAL_DIR:-{s.out}/best}}" in overlay.read_text()  # ${tune.out}: its own
         report = tmp_path / "report.json"
         launched = subprocess.run([sys.executable, "-m", "dmnflow", "launch", "graphs/dmn_backtest.yaml",
                                    "--overlay", str(overlay), "--report", str(report)], cwd=ROOT, env=s.env,

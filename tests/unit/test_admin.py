@@ -94,6 +94,9 @@ class _Run:
     def tell_node(self, instance: str, *msg: Any) -> None:
         self.told.append((instance, *msg))
 
+    def request_stop(self) -> None:
+        self.told.append(("<run>", "stop"))
+
 
 class _Channel:
     """An ``AdminServer`` on a socket in a fresh directory, and a DEALER to it."""
@@ -193,6 +196,14 @@ def test_a_command_for_no_node_or_a_node_not_running_is_refused(channel):
     answer = channel.send(protocol.encode(protocol.COMMAND, "scale", "swap", {}))
     assert not answer.ok and answer.message == "scale not running now (restarting)"
     assert channel.server.run.told == []
+
+
+def test_stop_asks_the_run_to_drain_and_a_misspelt_node_gets_did_you_mean(channel):
+    answer = channel.send(protocol.encode(protocol.STOP))
+    assert answer is not None and answer.ok and answer.message == {"name": "quick", "pid": os.getpid()}
+    assert channel.server.run.told == [("<run>", "stop")]
+    answer = channel.send(protocol.encode(protocol.COMMAND, "scael", "swap", {}))
+    assert answer.message == "the run has no node 'scael'; did you mean 'scale'? nodes: counter, scale, sink"
 
 
 def test_a_node_that_never_answers_does_not_leave_the_client_waiting(channel):

@@ -136,3 +136,58 @@ def test_the_installed_command_runs_as_a_process(tmp_path):
     assert proc.returncode == 1
     assert f"{bad}:4:" in proc.stderr and "error[yaml-syntax]" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_keys_generate_refuses_a_name_that_is_not_a_plain_file_name(tmp_path):
+    for name in ("../evil", "a/b", "..", ".hidden", ""):
+        result = run("keys", "generate", str(tmp_path / "keys"), "--name", name)
+        assert result.exit_code == 2, (name, result.output)
+        assert "is not a plain file name" in result.output
+    assert not (tmp_path / "evil.key").exists() and not (tmp_path / "keys").exists()  # nothing written anywhere
+    assert run("keys", "generate", str(tmp_path / "keys"), "--name", "host-a.1").exit_code == 0
+
+
+def test_a_viewer_keypair_beside_the_graphs_needs_no_security_key(tmp_path):
+    """docs/network.md's viewer step: `keys generate keys --name viewer` next to `graph`."""
+    g = tmp_path / "secure.yaml"
+    g.write_text("security: {curve: keys}\ndefaults: {transport: tcp}\nnodes:\n"
+                 "  src: {uses: nodes.basic:Counter, params: {count: 3}}\n"
+                 "  sink: {uses: nodes.basic:Collect, inputs: {values: src.numbers}}\n")
+    assert run("keys", "generate", str(tmp_path / "keys")).exit_code == 0
+    assert run("keys", "generate", str(tmp_path / "keys"), "--name", "viewer").exit_code == 0
+    result = run("validate", str(g))
+    assert result.exit_code == 0, result.output
+    (tmp_path / "keys" / "graph.key_secret").rename(tmp_path / "keys" / "hosta.key_secret")
+    (tmp_path / "keys" / "graph.key").rename(tmp_path / "keys" / "hosta.key")
+    result = run("validate", str(g), "--json")  # two secrets, none the default: which is this host's?
+    [issue] = json.loads(result.output)["issues"]
+    assert (result.exit_code, issue["code"], issue["path"]) == (1, "bad-key", "security.curve")
+    assert "found: hosta, viewer" in issue["message"] and "security.key" in issue["message"]
+    assert run("validate", str(g), "--set", "security.key=hosta").exit_code == 0
+    result = run("validate", str(g), "--set", "security.key=../keys/hosta", "--json")
+    assert "is not a plain file name" in json.loads(result.output)["issues"][0]["message"]
+
+
+def test_a_set_that_is_not_key_value_is_a_wrong_command_line():
+    for command in ("validate", "plan", "launch"):
+        result = run(command, "graphs/quickstart.yaml", "--set", "vars.count")
+        assert result.exit_code == 2, (command, result.output)
+        assert "'vars.count' is not KEY=VALUE" in result.output
+    assert run("validate", "graphs/quickstart.yaml", "--set", "vars.count=" + "9" * 5000).exit_code == 1  # a value
+    assert run("tune", "graphs/tune_dmn.yaml", "--set", "trials", "--dry-run").exit_code == 2
+
+
+def test_help_shows_flags_as_flags_and_value_options_by_what_they_take():
+    top = run("--help")
+    assert "--version" in top.output and "<bool>" not in top.output
+    validate_help = run("validate", "--help").output
+    assert "<bool>" not in validate_help and "<list" not in validate_help
+    assert "KEY=VALUE" in validate_help and "FILE" in validate_help
+
+
+@pytest.mark.parametrize(("command", "option"), [("hz", "--window"), ("bw", "--window"), ("top", "--interval")])
+def test_a_bad_duration_names_its_option(command, option):
+    args = [command, "run", "node.port"] if command != "top" else [command, "run"]
+    result = run(*args, option, "abc")
+    assert result.exit_code == 2
+    assert f"error: {option}: 'abc' is not a duration" in result.output

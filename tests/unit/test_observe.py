@@ -172,3 +172,116 @@ def test_tap_leases_merge_clients_and_lapse() -> None:
     assert told[-1] == ("counter", "tap", "counter", "numbers", {})  # nobody listens: off
     ok, message = leases.request({"output": "counter.nope", "client": "a"}, "/run", tell, 0.0)
     assert not ok and "counter.numbers" in message
+
+
+def test_echo_hz_bw_top_swap_say_did_you_mean_as_validate_does(monkeypatch) -> None:
+    """One did-you-mean (errors.did_you_mean) for a misspelt output, node and run name."""
+    from dmnflow.errors import ControlError
+    from dmnflow.runtime.admin import client
+
+    plan = dmnflow.compile_graph("graphs/quickstart.yaml")
+    ok, message = TapLeases(plan).request({"output": "counter.number", "client": "a"}, "/run", lambda *m: None, 0.0)
+    assert not ok and message == ("the run has no output 'counter.number'; did you mean 'counter.numbers'? "
+                                  "outputs: counter.numbers, scale.scaled")
+    runs = [client.RunInfo("live", 11, "dmn_trading", "/nowhere"), client.RunInfo("quickstart", 12, "q", "/x")]
+    monkeypatch.setattr(client, "list_runs", lambda: runs)
+    with pytest.raises(ControlError) as exc:
+        client.find_run("lvie")
+    assert str(exc.value) == ("no run named 'lvie' is running; did you mean 'live'? running now: live (pid 11), "
+                              "quickstart (pid 12)")
+    with pytest.raises(ControlError, match=r"running now: live") as exc:
+        client.find_run("zzz")
+    assert "did you mean" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (2.0803748, "2.08 s"), (0.03132, "31.3 ms"), (0.00085, "850 us"), (5e-5, "50 us"), (1.2e-7, "120 ns"),
+    (0.99996, "1 s"), (9.996e-6, "10 us"), (0.0, "0 us"), (None, "-"), (float("nan"), "-"), (-0.0021, "-2.1 ms"),
+])
+def test_one_formatter_shows_every_latency_in_human_units(seconds, text) -> None:
+    from dmnflow.spec import format_duration
+
+    assert format_duration(seconds) == text
+
+
+def test_the_report_shows_latencies_and_latency_figures_scaled() -> None:
+    """``2.08 s``, not ``2,080,374.8`` under "p99 us"; a ``*_us`` figure too, not ``3.132e+04``."""
+    report = _report({0: _hist(100, 120)}, received=1000, status="done")
+    report.edges[0].p50_us, report.edges[0].p99_us = 850.0, 2_080_374.8
+    report.nodes["features"].summary = {"tick_to_trade_p50_us": 31_320.5, "ratio": 31_320.5}
+    report.budgets = [{"name": "a.x -> b.y", "limits_us": {"p50": 50.0, "max": 200.0},
+                       "measured_us": {"p50": 612.4, "max": 2_228.2}, "window_us": {}, "windows": 4,
+                       "missed_windows": 3, "over_max": 0, "status": "missed", "firing": True}]
+    console, buf = _console()
+    render_report(report, console)
+    text = buf.getvalue()
+    assert "850 us" in text and "2.08 s" in text and "2,080,374.8" not in text and "p50 us" not in text
+    assert "31.3 ms" in text and "31,320" in text and "e+04" not in text
+    assert "p50 < 50 us, max < 200 us" in text and "p50 612 us, max 2.23 ms" in "".join(text.split("\n"))
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (1_451_865_600_000_000_000, "2016-01-04"),  # a bar's day, epoch ns (the market nodes)
+    (1_451_917_800_250_000_000, "2016-01-04 14:30:00.25Z"),  # a tick's
+    (1_451_865_600, "2016-01-04"), (1_451_865_600_123, "2016-01-04 00:00:00.123Z"), (20160104, "2016-01-04"),
+    ("2016-01-04", "2016-01-04"), (3, "3"), (20161399, "20161399"), (True, "True"),
+])
+def test_echo_shows_an_event_time_as_a_date(value, text) -> None:
+    from dmnflow.observe.listen import format_event_time
+
+    assert format_event_time(value) == text
+
+
+def test_prometheus_labels_an_edge_by_name_and_a_budget_by_stat_not_quantile() -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from dmnflow.observe.prometheus import ReportCollector
+
+    report = _report({0: _hist(100, 120)}, received=1000, status="done")
+    report.budgets = [{"name": "market.market_data -> features.market_data", "limits_us": {"p50": 50.0, "max": 200.0},
+                       "window_us": {"p50": 612.4}, "windows": 4, "missed_windows": 3, "status": "missed"}]
+    registry = CollectorRegistry()
+    registry.register(ReportCollector(lambda: report))
+    text = generate_latest(registry).decode()
+    assert ('dmnflow_edge_messages_sent_total{dst="features.market_data",'
+            'edge="market.market_data -> features.market_data",src="market.market_data"} 1005.0') in text
+    assert 'edge="0"' not in text and "quantile=" not in text
+    assert ('dmnflow_budget_limit_seconds{budget="market.market_data -> features.market_data",stat="max"} 0.0002'
+            in text)
+    assert 'dmnflow_budget_measured_seconds{budget="market.market_data -> features.market_data",stat="p50"}' in text
+
+
+def test_info_of_a_recording_shows_its_graph_time_range_and_channels(tmp_path: Path) -> None:
+    """``dmnflow info FILE.mcap``: what ros2 bag info shows, read from the file's summary."""
+    pytest.importorskip("mcap")
+    from mcap.writer import Writer
+    from typer.testing import CliRunner
+
+    from dmnflow.cli import app
+    from dmnflow.observe.replay import recording_info
+
+    path = tmp_path / "run.mcap"
+    with open(path, "wb") as f:
+        writer = Writer(f)
+        writer.start(profile="", library="dmnflow")
+        writer.add_metadata("dmnflow", {"graph": "quickstart", "file": "graphs/quickstart.yaml", "outputs": ""})
+        for name, kind, n in (("counter.numbers", "int", 3), ("scale.scaled", "float", 2)):
+            cid = writer.register_channel(f"/{name}", "cbor", 0, {"output": name, "codec": "msgpack", "type": kind})
+            for i in range(n):
+                writer.add_message(cid, log_time=1_451_865_600_000_000_000 + i * 250_000_000, data=b"\x01",
+                                   publish_time=0)
+        writer.finish()
+    info = recording_info(path)
+    assert (info["graph"], info["messages"], info["complete"], info["duration_s"]) == ("quickstart", 5, True, 0.5)
+    assert [(c["topic"], c["type"], c["encoding"], c["messages"]) for c in info["channels"]] == [
+        ("/counter.numbers", "int", "cbor", 3), ("/scale.scaled", "float", "cbor", 2)]
+    result = CliRunner().invoke(app, ["info", str(path)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    for line in ("graph:     quickstart (graphs/quickstart.yaml)", "duration:  500 ms",
+                 "start:     2016-01-04", "end:       2016-01-04 00:00:00.5Z", "messages:  5"):
+        assert line in result.output
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(path.read_bytes()[:-200])  # a killed run's file: no summary
+    assert recording_info(cut)["complete"] is False
+    assert CliRunner().invoke(app, ["info", str(tmp_path / "nope.mcap")]).exit_code == 1

@@ -209,6 +209,34 @@ def test_an_invalid_value_from_set_is_located_at_the_set(tmp_path):
     assert str(issue.loc) == "--set nodes.src.params.count=many"
 
 
+@pytest.mark.parametrize("value", ["::", "yes", "10:20", "a: b"])
+def test_a_set_value_yaml_reads_as_something_else_is_text_where_a_string_is_wanted(tmp_path, value):
+    """``--set defaults.host=::`` is a mapping to YAML and an address to a person."""
+    import dmnflow
+
+    g = write(tmp_path / "g.yaml", QUICK)
+    sets = ["defaults.transport=tcp", f"defaults.host={value}", "security.insecure=true", "nodes.sink.params.path=no"]
+    graph = load_graph(g, sets)
+    assert codes(graph) == []
+    assert graph.nodes["sink"].spec.params == {"path": False}  # read as YAML: the node's Params decide
+    plan = dmnflow.compile_graph(g, sets, models=False)
+    assert plan.node("src").outputs[0].binds[0].endpoint == f"tcp://{value}:*"
+    assert plan.node("sink").params["path"] == "no"  # Collect's path wants text: as typed
+    assert [i.code for i in dmnflow.validate(g, ["defaults.queue=::"])] == ["invalid-value"]  # a number is no text
+
+
+def test_an_integer_longer_than_python_reads_is_a_located_error(tmp_path):
+    digits = "9" * 5000
+    g = write(tmp_path / "g.yaml", QUICK.replace("{n: 3}", "{n: " + digits + "}"))
+    [issue] = load_graph(g).issues
+    assert (issue.code, issue.loc.line, issue.loc.col, issue.path) == ("invalid-value", 1, 11, "vars.n")
+    assert "an integer of 5000 digits" in issue.message and "quote it" in issue.hint
+    [issue] = load_graph(write(tmp_path / "q.yaml", QUICK), [f"vars.n={digits}"]).issues
+    assert (issue.code, issue.loc.file, issue.path) == ("invalid-value", f"--set vars.n={digits}", "vars.n")
+    env = load_graph(write(tmp_path / "e.yaml", QUICK.replace("{n: 3}", '{n: "${env:BIG}"}')), env={"BIG": digits})
+    assert codes(env) == [] and env.nodes["src"].spec.params["count"] == digits  # text: its node's Params decide
+
+
 def test_set_may_only_set_variables_the_file_declares(tmp_path):
     g = write(tmp_path / "g.yaml", QUICK.replace("vars: {n: 3}", "vars: {n: 3, model: {hidden: 8}, xs: [1, 2]}"))
     assert codes(load_graph(g, ["vars.model.hidden=16", "vars.xs=[5]", "vars.model={hidden: 4}"])) == []

@@ -7,6 +7,18 @@ answers. Both speak ``runtime/protocol.py``: the verbs of ``protocol.ADMIN``, on
 (``from dmnflow.runtime.admin.server import AdminServer``); the names below are the client's.
 """
 
-from .client import Answer, RunInfo, ask, claim_run_name, find_run, list_runs, run_status, send_command
+from .client import (
+    Answer,
+    RunInfo,
+    ask,
+    claim_run_name,
+    find_run,
+    list_runs,
+    run_status,
+    send_command,
+    stop_run,
+    wait_ended,
+)
 
-__all__ = ["Answer", "RunInfo", "ask", "claim_run_name", "find_run", "list_runs", "run_status", "send_command"]
+__all__ = ["Answer", "RunInfo", "ask", "claim_run_name", "find_run", "list_runs", "run_status", "send_command",
+           "stop_run", "wait_ended"]

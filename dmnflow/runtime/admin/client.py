@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from ...errors import ControlError, LaunchError
+from ...errors import ControlError, LaunchError, did_you_mean
 from .. import protocol
 from ..processes import RUN_DIR_PREFIX
 from ..protocol import ADMIN_SOCKET, Answer
@@ -120,7 +121,9 @@ def find_run(ref: str) -> RunInfo:
         return hits[0]
     if not hits:
         running = ", ".join(f"{r.name} (pid {r.pid})" for r in runs) or "none"
-        raise ControlError(f"no run named {ref!r} is running; running now: {running}")
+        near = did_you_mean(ref, {r.name for r in runs})
+        raise ControlError(f"no run named {ref!r} is running; " + (f"{near} " if near else "")
+                           + f"running now: {running}")
     pids = ", ".join(str(r.pid) for r in hits)
     raise ControlError(f"{len(hits)} runs are named {ref!r} (pids {pids}); name one by its pid, "
                        "or start runs with distinct `--name`s")
@@ -133,6 +136,28 @@ def send_command(run: RunInfo, node: str, name: str, args: dict[str, Any], *, ti
         ControlError: the run did not answer within ``timeout_s`` (it may have ended).
     """
     return ask(run, protocol.COMMAND, node, name, args, timeout_s=timeout_s)
+
+
+def stop_run(run: RunInfo, *, timeout_s: float = 5.0) -> Answer:
+    """Ask the run to drain and stop, as Ctrl-C in its terminal does (``dmnflow stop``)."""
+    return ask(run, protocol.STOP, timeout_s=timeout_s)
+
+
+def wait_ended(run: RunInfo, timeout_s: float, poll_s: float = 0.1) -> bool:
+    """Whether the run's supervisor exited within ``timeout_s`` (its drain and report done)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.kill(run.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # alive, another user's: not ours to wait on
+            return False
+        if not Path(run.run_dir).exists():  # its run directory goes last, as it exits
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
 
 
 def run_status(run: RunInfo, *, timeout_s: float = 5.0) -> Answer:

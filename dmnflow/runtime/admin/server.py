@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import zmq
 
+from ...errors import did_you_mean
 from ...observe.observer import Observer
 from ...plan import Plan
 from .. import protocol
@@ -42,6 +43,7 @@ class Run(Protocol):
 
     def state_of(self, instance: str) -> str: ...  # new, bound, ..., running, done, failed, restarting
     def tell_node(self, instance: str, *msg: Any) -> None: ...  # a control message to its worker
+    def request_stop(self) -> None: ...  # drain, as Ctrl-C does
 
 
 @dataclass
@@ -103,6 +105,9 @@ class AdminServer:
                                        "nodes": {n.name: self.run.state_of(n.name) for n in self.plan.nodes}})
         elif verb == protocol.COMMAND:
             self.start_command(client, *args)
+        elif verb == protocol.STOP:  # dmnflow stop: the drain Ctrl-C starts
+            self.run.request_stop()
+            self.answer(client, True, {"name": self.run.name, "pid": os.getpid()})
         elif verb in (protocol.SNAPSHOT, protocol.TAP):  # dmnflow top / echo / hz / dashboard
             try:
                 ok, result = self.observer.admin(verb, args[0], time.monotonic())
@@ -117,8 +122,10 @@ class AdminServer:
         """Send ``name`` to every instance of ``node`` (a YAML node's replicas, or one instance)."""
         targets = [n.name for n in self.plan.nodes if node in (n.name, n.spec_name)]
         if not targets:
-            known = ", ".join(sorted({n.spec_name for n in self.plan.nodes}))
-            self.answer(client, False, f"the run has no node {node!r}; nodes: {known}")
+            names = {n.spec_name for n in self.plan.nodes}
+            near = did_you_mean(node, names)
+            self.answer(client, False, f"the run has no node {node!r}; " + (f"{near} " if near else "")
+                        + f"nodes: {', '.join(sorted(names))}")
             return
         down = [t for t in targets if self.run.state_of(t) != "running"]
         if down:
