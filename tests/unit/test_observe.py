@@ -172,3 +172,58 @@ def test_tap_leases_merge_clients_and_lapse() -> None:
     assert told[-1] == ("counter", "tap", "counter", "numbers", {})  # nobody listens: off
     ok, message = leases.request({"output": "counter.nope", "client": "a"}, "/run", tell, 0.0)
     assert not ok and "counter.numbers" in message
+
+
+def _trading_snapshot() -> Report:
+    """A status snapshot of the trading graph running (`dmnflow top`'s report of
+    graphs/dmn_trading.yaml on a 2-core VM): 13 nodes, 20 edges, 5 budgets, its figures."""
+    import json
+
+    from dmnflow.observe.top import report_from_dict
+
+    return report_from_dict(json.loads((ROOT / "tests/unit/data/trading_snapshot.json").read_text()))
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (120, 45), (200, 60)])
+def test_the_live_view_fits_the_terminal_with_every_node_and_headline_figure_whole(width: int, height: int) -> None:
+    import re
+
+    from dmnflow.observe.view import HEADLINE, figures
+
+    report = _trading_snapshot()
+    console = Console(width=width, height=height, record=True, file=io.StringIO(), color_system=None)
+    console.print(live_view(report, None, width, height))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert len(lines) <= height, text
+    assert all(len(line) <= width for line in lines), text
+    assert "…" not in text and "..." not in text
+    assert len(report.nodes) == 13
+    for name in report.nodes:  # whole, on one line: not folded, not dropped
+        assert any(re.search(rf"(^|\s){re.escape(name)}(\s|$)", line) for line in lines), f"{name}:\n{text}"
+    perf = dict(figures(report.nodes["performance"].summary))
+    shown = [k for k in HEADLINE if k in perf]
+    assert shown == list(HEADLINE)  # equity, pnl, sharpe, drawdown, max drawdown, tick-to-trade p50/p99
+    for key in shown:
+        assert any(f"{key} {perf[key]}" in line for line in lines), f"{key} {perf[key]}:\n{text}"
+    head = lines[0]
+    assert head.startswith("dmn_trading  running") and "13 running" in head and "budgets missed" in head
+    if height < 40:  # the edges and budgets collapsed: the worst first, the rest summed up
+        assert re.search(r"\d+ more edges:", text) and re.search(r"\d+ more latency budgets:", text)
+    else:
+        assert "features.long_windows → transformer.x" in text  # the worst edge (something queued)
+
+
+def test_the_live_view_says_first_what_needs_a_look() -> None:
+    report = _trading_snapshot()
+    report.nodes["risk"].status, report.nodes["risk"].restarts = "restarting", 2
+    worst = next(e for e in report.edges if e.src == "risk.targets")
+    report.live["edges"][str(worst.id)].update(drops=7, queued=40)
+    console = Console(width=80, height=24, record=True, file=io.StringIO(), color_system=None)
+    console.print(live_view(report, None, 80, 24))
+    lines = console.export_text().splitlines()
+    assert "12 running" in lines[0] and "1 restarting" in lines[0] and "2 restarts" in lines[0] \
+        and "7 dropped" in lines[0]
+    edges = lines.index(next(line for line in lines if line.startswith("edges")))
+    assert "risk.targets → portfolio.targets" in "\n".join(lines[edges:edges + 4])  # the worst edge first
+    assert any("risk restarting" in line for line in lines)
