@@ -432,15 +432,12 @@ def status_line(report: Any) -> str:
 
 
 def render_report(report: Any, console: Console, errors: Console | None = None) -> None:
-    """The report at the end of a run, readable at 80 columns; its errors on ``errors``
+    """The report at the end of a run, readable at 80 columns: a headline block first (how it
+    ended, what was lost, the graph's key figures), the details after; its errors on ``errors``
     (the CLI's stderr), so a script reading the tables is not handed them."""
-    colour = {"finished": "green", "stopped": "yellow", "failed": "red"}.get(report.status, "")
-    console.print(Text.assemble((report.graph, "bold"), " ", (report.status, colour),
-                                f" in {report.duration_s:.2f}s (start-up {report.startup_s:.2f}s)"))
-    prog = (report.live or {}).get("progress")
-    if prog and prog.get("fraction") is not None:
-        console.print(f"progress: {_num(prog['done'])}/{_num(prog['total'])} {prog.get('unit', '')} "
-                      f"({prog['fraction'] * 100:.0f}%)")
+    for part in _headline(report, console.width):
+        console.print(part)
+    console.print(Text("details", style="bold underline"))
     hosts = len({n.host for n in report.nodes.values()}) > 1  # several hosts (--backend ray): say where
     nodes = _table("nodes", [("node", "name"), ("in", "right"), ("out", "right"), ("cpu s", "right"),
                              ("restarts", "right"), ("status", "left")] + ([("host", "left")] if hosts else []))
@@ -462,17 +459,50 @@ def render_report(report: Any, console: Console, errors: Console | None = None) 
     if report.budgets:
         console.print(_budgets(report.budgets, console.width))
     summaries = [(n.name, n.summary) for n in report.nodes.values() if n.summary]
-    if summaries:
-        table = _table("node summaries", [("node", "name"), ("figure", "name"), ("value", "right")])
+    if summaries:  # every figure of every node, packed under its name (whole, never split)
+        console.print(Text("node summaries", style="italic"))
         for name, summary in summaries:
-            first = True
-            for key, value in summary.items():
-                text = format_value(value)
-                table.add_row(Text(name if first else ""), Text(str(key)), Text(text))
-                first = False
-        console.print(table)
+            cells = [_figure(str(key), format_value(value)) for key, value in summary.items()]
+            console.print(_pack(Text(name, style="bold"), cells, console.width, indent=4)[0]
+                          if len(name) + 2 + max(len(c.plain) for c in cells) <= console.width else
+                          Group(Text(name, style="bold"), _pack(Text("   "), cells, console.width, indent=4)[0]))
     for line in report.errors:
         (errors or console).print(Text(f"error: {line}", style="red"), soft_wrap=True)
+
+
+def _headline(report: Any, width: int) -> list[RenderableType]:
+    """What a run's report says first: how it ended, when, what was lost or missed, its progress,
+    and the well-known figures of its nodes (the live view's)."""
+    colour = {"finished": "green", "stopped": "yellow", "failed": "red"}.get(report.status, "")
+    out: list[RenderableType] = [Text.assemble((report.graph, "bold"), " ", (report.status, colour),
+                                               f" in {report.duration_s:.2f}s (start-up {report.startup_s:.2f}s)")]
+    states: dict[str, int] = {}
+    for n in report.nodes.values():
+        states[n.status] = states.get(n.status, 0) + 1
+    lost = sum(e.lost for e in report.edges) + sum(n.lost for n in report.nodes.values())
+    nodes = f"{len(report.nodes)} nodes {next(iter(states))}" if len(states) == 1 else \
+        f"{len(report.nodes)} nodes: " + ", ".join(f"{v} {k}" for k, v in sorted(states.items()))
+    items = [Text(nodes, style="red" if "failed" in states else ""),
+             Text(f"{lost:,} lost", style="red" if lost else "green")]
+    decode = sum(e.decode_errors for e in report.edges)
+    if decode:
+        items.append(Text(f"{decode:,} undecodable", style="red"))
+    restarts = sum(n.restarts for n in report.nodes.values())
+    if restarts:
+        items.append(Text(f"{restarts:,} restarts", style="yellow"))
+    if report.budgets:
+        missed = sum(1 for b in report.budgets if b.get("status") == "missed")
+        items.append(Text(f"{missed} of {len(report.budgets)} latency budgets missed" if missed else
+                          f"{len(report.budgets)} latency budgets met", style="red" if missed else "green"))
+    if report.errors:
+        items.append(Text(f"{len(report.errors)} error{'s' * (len(report.errors) != 1)} (at the end)", style="red"))
+    prog = (report.live or {}).get("progress")
+    if prog and prog.get("fraction") is not None:
+        items.append(Text(f"{_num(prog['done'])}/{_num(prog['total'])} {prog.get('unit', '')} "
+                          f"({prog['fraction'] * 100:.0f}%)"))
+    out.append(_pack(items[0], items[1:], width, sep="  ·  ")[0])
+    out += [part for part, _ in _figure_lines(report, width)]
+    return out
 
 
 def format_value(value: Any) -> str:

@@ -227,3 +227,27 @@ def test_the_live_view_says_first_what_needs_a_look() -> None:
     edges = lines.index(next(line for line in lines if line.startswith("edges")))
     assert "risk.targets → portfolio.targets" in "\n".join(lines[edges:edges + 4])  # the worst edge first
     assert any("risk restarting" in line for line in lines)
+
+
+def test_the_final_report_opens_with_its_headline() -> None:
+    from dmnflow.observe.view import figures
+
+    report = _trading_snapshot()
+    report.status = "stopped"
+    for n in report.nodes.values():
+        n.status = "done"
+    for e in report.edges:  # drained
+        e.received = e.sent
+    report.edges[3].dropped = 4
+    console, buf = _console()
+    render_report(report, console)
+    lines = buf.getvalue().splitlines()
+    head = "\n".join(lines[:lines.index("details")])
+    assert len(head.splitlines()) <= 10, head
+    assert lines[0].startswith("dmn_trading stopped in 25.")
+    assert "13 nodes done" in lines[1] and "4 lost" in lines[1] and "5 of 5 latency budgets missed" in lines[1]
+    perf = dict(figures(report.nodes["performance"].summary))
+    for key in ("equity", "pnl", "sharpe", "max_drawdown", "tick_to_trade_p50_us"):
+        assert f"{key} {perf[key]}" in head, head
+    assert all(len(line) <= 80 for line in lines)
+    assert "orders_rejected_queue_full 0" in buf.getvalue()  # the details follow: every figure, whole
