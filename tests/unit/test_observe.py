@@ -86,14 +86,22 @@ def test_path_budget_reads_the_end_nodes_e2e_histograms() -> None:
     assert events and events[0]["budget"] == "counter -> sink"
 
 
-def test_the_trading_graph_declares_the_seeds_latency_table() -> None:
+def test_the_trading_graph_declares_budgets_any_machine_keeps_and_a_profile_with_the_seeds_table() -> None:
     plan = dmnflow.compile_graph("graphs/dmn_trading.yaml", models=False)
     budgets = {b.name: b for b in plan.budgets}
     data = budgets["market.market_data -> features.market_data"]
-    assert (data.p50_s, data.max_s) == pytest.approx((50e-6, 200e-6))
+    assert (data.p50_s, data.max_s) == pytest.approx((25e-3, 1.0))  # a queue building up; a stall
+    assert [b.p50_s for b in plan.budgets] == pytest.approx([25e-3] * 5)
     assert budgets["features.windows -> lstm.x"].edges == [e.id for e in plan.edges if e.dst.startswith("lstm[")]
-    assert budgets["meta.positions -> risk.positions"].p50_s == pytest.approx(200e-6)
-    assert budgets["portfolio.orders -> execution.orders"].p50_s == pytest.approx(100e-6)
+    seed = {b.name: b for b in dmnflow.compile_graph("graphs/dmn_trading.yaml", profile="seed-budgets",
+                                                      models=False).budgets}
+    data = seed["market.market_data -> features.market_data"]
+    assert (data.p50_s, data.max_s) == pytest.approx((50e-6, 200e-6))
+    assert seed["features.windows -> lstm.x"].p50_s == pytest.approx(100e-6)
+    assert seed["meta.positions -> risk.positions"].p50_s == pytest.approx(200e-6)
+    assert seed["portfolio.orders -> execution.orders"].p50_s == pytest.approx(100e-6)
+    for replay in ("graphs/dmn_backtest.yaml", "graphs/dmn_futures.yaml"):  # full speed queues: no budget
+        assert dmnflow.compile_graph(replay, models=False).budgets == []
 
 
 def test_live_window_gives_rates_windowed_latency_cpu_and_an_eta() -> None:
@@ -251,3 +259,39 @@ def test_the_final_report_opens_with_its_headline() -> None:
         assert f"{key} {perf[key]}" in head, head
     assert all(len(line) <= 80 for line in lines)
     assert "orders_rejected_queue_full 0" in buf.getvalue()  # the details follow: every figure, whole
+
+
+def test_a_budgets_warm_up_is_shown_not_judged() -> None:
+    plan = _plan_with(BudgetPlan(name="b", kind="edge", edges=[0], p50_s=50e-6, max_s=200e-6, grace_s=5.0))
+    watch = BudgetWatch(plan, window_s=1.0)
+    cum = Histogram()
+    events = []
+    # a start-up burst (p50 ~ 10ms) for the first 4 seconds, then the budget holds
+    for t, batch in enumerate([[10_000] * 10] * 4 + [[20] * 10] * 4):
+        cum.merge(_hist(*batch))
+        events += watch.update(_report({0: Histogram(list(cum.counts))}), float(t + 10))
+        if t == 1:
+            row = watch.table()[0]
+            assert row["status"] == "warm-up" and row["window_us"]["p50"] > 5_000 and row["windows"] == 0
+    row = watch.table()[0]
+    assert events == []  # nothing fired: the burst was the warm-up
+    assert (row["warmup_windows"], row["windows"], row["missed_windows"], row["over_max"]) == (5, 3, 0, 0)
+    assert row["status"] == "met" and row["measured_us"]["max"] < 200  # the run after the warm-up
+    assert row["warmup_messages"] == 50 and row["messages"] == 30
+    # the same without a grace: every window of the burst is missed, and it fires
+    watch = BudgetWatch(_plan_with(BudgetPlan(name="b", kind="edge", edges=[0], p50_s=50e-6)), window_s=1.0)
+    cum = Histogram()
+    for t, batch in enumerate([[10_000] * 10] * 4 + [[20] * 10] * 4):
+        cum.merge(_hist(*batch))
+        events += watch.update(_report({0: Histogram(list(cum.counts))}), float(t + 10))
+    assert [e["state"] for e in events] == ["missed", "met"] and watch.table()[0]["missed_windows"] == 4
+
+
+def test_budget_grace_is_decided_by_the_compiler() -> None:
+    plan = dmnflow.compile_graph("graphs/dmn_trading.yaml", models=False)
+    assert {b.grace_s for b in plan.budgets} == {20.0}  # the trading graph's defaults.budget_grace
+    value = "nodes.scale.inputs.value={from: counter.numbers, budget: {p50: 1ms%s}}"
+    plan = dmnflow.compile_graph("graphs/quickstart.yaml", [value % ""])
+    assert [b.grace_s for b in plan.budgets] == [10.0]  # the schema's default
+    plan = dmnflow.compile_graph("graphs/quickstart.yaml", [value % ", grace: 0s"])
+    assert [b.grace_s for b in plan.budgets] == [0.0]
