@@ -295,3 +295,37 @@ def test_budget_grace_is_decided_by_the_compiler() -> None:
     assert [b.grace_s for b in plan.budgets] == [10.0]  # the schema's default
     plan = dmnflow.compile_graph("graphs/quickstart.yaml", [value % ", grace: 0s"])
     assert [b.grace_s for b in plan.budgets] == [0.0]
+
+
+def test_a_record_goes_to_json_its_schema_holds_and_it_comes_back_identical() -> None:
+    import json
+    import math
+
+    import jsonschema
+    import numpy as np
+
+    from dmnflow.observe.record import decode_value, encode_record, value_schema
+    from dmnflow.transport.wire import ATTRS, EVENT_TIME, ORIGIN_NS, SEND_NS, SEQ
+
+    header: list = [None] * (max(ATTRS, EVENT_TIME, ORIGIN_NS, SEND_NS, SEQ) + 1)
+    header[EVENT_TIME], header[ATTRS], header[ORIGIN_NS], header[SEND_NS], header[SEQ] = \
+        1_058_140_800_000_000_000, {"day": 3}, 11, 12, 7
+    values = [
+        ({"equity": 1.5, "pnl": -0.0, "sharpe": math.nan, "var": math.inf, "n": 3, "ok": True, "none": None,
+          "positions": {"ES": 3.25}, "path": [1, 2.5, "x"], "raw": b"\x00\xff", "$odd": 1, 7: "int key"}, "dict"),
+        (np.arange(12, dtype=np.float32).reshape(3, 4) / 7, "tensor[float32, (?, 4)]"),
+        (b"\x01\x02", "bytes"),
+        (2.5, "float"), (-math.inf, "float"), (41, "int"), ("text", "str"),
+    ]
+    for value, type_text in values:
+        data, kind = encode_record(value, header, 99)
+        envelope = json.loads(data)  # plain JSON: no NaN, no Infinity
+        jsonschema.validate(envelope, value_schema("node.port", type_text, kind))
+        back = decode_value(data, kind)
+        assert (back["event_time"], back["attrs"], back["send_ns"], back["recorded_ns"], back["count"]) == \
+            (header[EVENT_TIME], {"day": 3}, 12, 99, 7)
+        if kind == "tensor":
+            assert back["value"].dtype == value.dtype and back["value"].tobytes() == value.tobytes()
+            assert envelope["value"]["shape"] == [3, 4]
+        else:
+            assert repr(back["value"]) == repr(value)  # identical, to the last float, its type and key order
