@@ -149,7 +149,9 @@ def figures(summary: dict[str, Any] | None, limit: int | None = None) -> list[tu
     return out
 
 
-def _progress_line(progress: dict[str, Any] | None, width: int = 30) -> RenderableType | None:
+def _progress_line(progress: dict[str, Any] | None, console_width: int = 120) -> tuple[RenderableType, int] | None:
+    """A finite run's progress bar, its count and ETA beside it (below it where the console is
+    narrow), and the rows it takes."""
     if not progress or progress.get("fraction") is None:
         return None
     frac = float(progress["fraction"])
@@ -157,11 +159,14 @@ def _progress_line(progress: dict[str, Any] | None, width: int = 30) -> Renderab
     text = Text(f" {_num(progress['done'])}/{_num(progress['total'])} {unit} {frac * 100:.0f}%")
     if progress.get("eta_s") is not None:
         text.append(f"  ETA {_duration(progress['eta_s'])}")
+    width = min(30, console_width - len(text.plain))
+    if width < 10:  # the bar on a line of its own
+        return Group(ProgressBar(total=1.0, completed=frac, width=min(30, console_width)), text), 2
     grid = Table.grid(padding=(0, 0))
     grid.add_column(width=width)
-    grid.add_column()
+    grid.add_column(no_wrap=True)
     grid.add_row(ProgressBar(total=1.0, completed=frac, width=width), text)
-    return grid
+    return grid, 1
 
 
 def live_view(report: Any, title: str | None = None, width: int = 120, height: int | None = None) -> RenderableType:
@@ -171,11 +176,12 @@ def live_view(report: Any, title: str | None = None, width: int = 120, height: i
     line (None: everything). Nothing is cut: a name or a figure is on one line, whole."""
     live = report.live or {}
     fixed: list[_Block] = [_head(report, title, width)]
-    bar = _progress_line(live.get("progress"))
+    bar = _progress_line(live.get("progress"), width)
     if bar is not None:
-        fixed.append((bar, 1))
-    fixed += _figure_lines(report, width)
-    sections = [_node_forms(report, width), _edge_forms(report, width)]
+        fixed.append(bar)
+    heads, rest = _figure_lines(report, width)
+    fixed += heads
+    sections = [[(Group(), 0), rest], _node_forms(report, width), _edge_forms(report, width)]
     if report.budgets:
         sections.append(_budget_forms(report.budgets, width))
     chosen = [len(forms) - 1 if height is None else 0 for forms in sections]
@@ -216,21 +222,24 @@ def _head(report: Any, title: str | None, width: int) -> _Block:
 
 
 def _pack(first: Text, items: list[Text], width: int, sep: str = "  ", indent: int = 2) -> _Block:
-    """``first`` then ``items`` on as few lines as ``width`` allows, breaking only between items."""
+    """``first`` then ``items`` on as few lines as ``width`` allows, breaking only between items
+    (an item wider than the console itself wraps at its spaces); ``first`` may be an indent only."""
     out = first.copy()
     used, lines = len(first.plain), 1
+    fresh = not first.plain.strip()  # nothing on the line yet but its indent
     for item in items:
         size = len(item.plain)
-        if used > indent and used + len(sep) + size > width:
+        if not fresh and used + len(sep) + size > width:
             out.append("\n" + " " * indent)
-            used, lines = indent, lines + 1
-        elif used:
+            used, lines, fresh = indent, lines + 1, True
+        if not fresh:
             out.append(sep)
             used += len(sep)
         out.append_text(item)
-        used += size
-    out.no_wrap = True
-    out.overflow = "fold"  # (only an item wider than the console itself)
+        used, fresh = used + size, False
+        while used > width:  # an item too wide for any line
+            used, lines = used - width, lines + 1
+    out.overflow = "fold"
     return out, lines
 
 
@@ -238,9 +247,9 @@ def _pack(first: Text, items: list[Text], width: int, sep: str = "  ", indent: i
 HEADLINE = FIGURES[:7]
 
 
-def _figure_lines(report: Any, width: int) -> list[_Block]:
+def _figure_lines(report: Any, width: int) -> tuple[list[_Block], _Block]:
     """The well-known figures of every node (``FIGURES``): a line for each node with a headline
-    figure (those with the first-listed, most figures first), the other nodes' packed below."""
+    figure (those with the first-listed, most figures first), and the other nodes' packed."""
     rows = []
     for order, (name, n) in enumerate(report.nodes.items()):
         figs = [(k, v) for k, v in figures(n.summary) if k in FIGURES]
@@ -258,16 +267,19 @@ def _figure_lines(report: Any, width: int) -> list[_Block]:
         else:  # too narrow for a name column: the name on a line of its own
             out.append((Text(name, style="bold", overflow="fold"), -(-len(name) // max(1, width))))
             out.append(_pack(Text("  "), cells, width))
-    rest = []
+    items = []
     for *_, name, figs in rows[len(heads):]:
         cell = Text(name, style="bold")
-        for k, v in figs:
-            cell.append(" ")
+        for i, (k, v) in enumerate(figs):
+            if i and len(cell.plain) + 1 + len(k) + 1 + len(v) > width:  # the rest of a wide node: items of their own
+                items.append(cell)
+                cell = Text("")
+            if cell.plain:
+                cell.append(" ")
             cell.append_text(_figure(k, v))
-        rest.append(cell)
-    if rest:
-        out.append(_pack(rest[0], rest[1:], width, sep="  ·  ", indent=0))
-    return out
+        items.append(cell)
+    rest = _pack(items[0], items[1:], width, sep="  ·  ", indent=0) if items else (Group(), 0)
+    return out, rest
 
 
 def _figure(key: str, value: str) -> Text:
@@ -465,7 +477,7 @@ def render_report(report: Any, console: Console, errors: Console | None = None) 
             cells = [_figure(str(key), format_value(value)) for key, value in summary.items()]
             console.print(_pack(Text(name, style="bold"), cells, console.width, indent=4)[0]
                           if len(name) + 2 + max(len(c.plain) for c in cells) <= console.width else
-                          Group(Text(name, style="bold"), _pack(Text("   "), cells, console.width, indent=4)[0]))
+                          Group(Text(name, style="bold"), _pack(Text("    "), cells, console.width, indent=4)[0]))
     for line in report.errors:
         (errors or console).print(Text(f"error: {line}", style="red"), soft_wrap=True)
 
@@ -501,8 +513,8 @@ def _headline(report: Any, width: int) -> list[RenderableType]:
         items.append(Text(f"{_num(prog['done'])}/{_num(prog['total'])} {prog.get('unit', '')} "
                           f"({prog['fraction'] * 100:.0f}%)"))
     out.append(_pack(items[0], items[1:], width, sep="  ·  ")[0])
-    out += [part for part, _ in _figure_lines(report, width)]
-    return out
+    heads, (rest, rows) = _figure_lines(report, width)
+    return out + [part for part, _ in heads] + ([rest] if rows else [])
 
 
 def format_value(value: Any) -> str:
