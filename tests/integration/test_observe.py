@@ -280,3 +280,28 @@ def test_replay_says_which_stream_the_recording_lacks(tmp_path: Path, monkeypatc
     out = dmnflow_cli("replay", str(rec), str(g), "--into", "scale")
     assert out.returncode == 1 and "counter.numbers" in out.stderr and "--edges" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_slow_start_up_is_no_stale_feed(tmp_path: Path, monkeypatch) -> None:
+    """Health's setup runs as soon as its process is up; the graph starts once every process is
+    (here a sink whose setup takes 4 s): a feed is stale only when it is silent after the start."""
+    monkeypatch.chdir(ROOT)
+    g = tmp_path / "slow.yaml"
+    g.write_text(textwrap.dedent(f"""
+        graph: slow-start
+        nodes:
+          counter: {{uses: nodes.basic:Counter, params: {{count: 300, rate_hz: 100}}}}
+          sink:
+            uses: tests.integration.nodes:SlowSink
+            inputs: {{values: counter.numbers}}
+            params: {{path: {tmp_path}/out.jsonl, delay_s: 4}}
+          health:
+            uses: nodes.monitoring:Health
+            params: {{stale_after_s: 3, expected: [numbers]}}
+            timers: {{check: 200ms}}
+            inputs: {{feeds: counter.numbers}}
+        """))
+    report = launch(dmnflow.compile_graph(g))
+    assert report.status == "finished", report.errors
+    health = report.nodes["health"].summary
+    assert health["messages"] == 300 and health["stale_events"] == 0, health
