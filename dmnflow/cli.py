@@ -738,7 +738,7 @@ def _render_plan(plan: Plan) -> None:
         for b in plan.budgets:
             limits = "  ".join(f"{k} < {_seconds(getattr(b, f'{k}_s'))}" for k in ("p50", "p90", "p99", "max")
                                if getattr(b, f"{k}_s") is not None)
-            budgets.add(f"{b.name}  {limits}  grace {_seconds(b.grace_s)}")
+            budgets.add(f"{b.name}  {limits}  warm-up {_seconds(b.warmup_s)}")
     out.print(root)
     _render_ports(plan)
     for w in plan.warnings:

@@ -13,7 +13,7 @@ every message over ``max`` is counted (to within the histograms' ~9% buckets). A
 that misses raises an event (``state: missed``) that the supervisor sends to every node
 with an ``on_budget`` hook (the monitoring layer's ``Alerts`` turns it into an alert);
 a budget met again for a few windows sends ``state: met``. The windows that close within a
-budget's ``grace_s`` of its first message are its warm-up (start-up, a warm-up burst):
+budget's ``warmup_s`` of its first message are its warm-up (start-up, a warm-up burst):
 shown, not judged, and left out of what the report measures. The report lists each budget
 with its limits, what was measured and how many windows missed.
 
@@ -129,20 +129,20 @@ def plan_budgets(nodes: Mapping[str, Any], edge_plans: Sequence[EdgePlan], loc: 
             producers = ", ".join(r.removeprefix("/") for r in inp.from_)
             out.append(BudgetPlan(name=f"{producers} -> {name}.{port}", kind="edge", edges=ids,
                                   loc=str(loc("nodes", name, "inputs", port, "budget") or ""),
-                                  grace_s=_grace(inp.budget, node.entry.defaults),
+                                  warmup_s=_warmup(inp.budget, node.entry.defaults),
                                   **{f"{k}_s": v for k, v in _limits(inp.budget).items()}))
         if spec.budget is not None:
             source = spec.budget.from_.removeprefix("/")
             out.append(BudgetPlan(name=f"{source} -> {name}", kind="path", sources=list(instances[source]),
                                   sinks=list(instances[name]), loc=str(loc("nodes", name, "budget") or ""),
-                                  grace_s=_grace(spec.budget, node.entry.defaults),
+                                  warmup_s=_warmup(spec.budget, node.entry.defaults),
                                   **{f"{k}_s": v for k, v in _limits(spec.budget).items()}))
     return out
 
 
-def _grace(budget: Any, defaults: Any) -> float:
-    """A budget's warm-up: its own ``grace``, else its file's ``defaults.budget_grace``."""
-    return float(budget.grace if budget.grace is not None else defaults.budget_grace)
+def _warmup(budget: Any, defaults: Any) -> float:
+    """A budget's warm-up: its own ``warmup``, else its file's ``defaults.budget_warmup``."""
+    return float(budget.warmup if budget.warmup is not None else defaults.budget_warmup)
 
 
 class _State:
@@ -202,7 +202,7 @@ class BudgetWatch:
                 continue
             delta = Histogram([max(0, a - b) for a, b in zip(hist.counts, st.last.counts, strict=True)])
             st.last, st.last_at = hist, now
-            if st.first_at is not None and now - st.first_at < st.budget.grace_s:
+            if st.first_at is not None and now - st.first_at < st.budget.warmup_s:
                 st.warm, st.warmup_windows = hist, st.warmup_windows + 1  # warm-up: seen, not judged
                 st.window = _quantiles(delta)
                 continue
@@ -279,7 +279,7 @@ class BudgetWatch:
                          "measured_us": measured, "window_us": dict(st.window), "messages": total.n,
                          "windows": st.windows, "missed_windows": st.missed_windows, "missed": dict(st.missed),
                          "over_max": st.over_max, "status": status, "firing": st.firing,
-                         "grace_s": st.budget.grace_s, "warmup_windows": st.warmup_windows,
+                         "warmup_s": st.budget.warmup_s, "warmup_windows": st.warmup_windows,
                          "warmup_messages": st.warm.n})
         return rows
 

@@ -262,7 +262,7 @@ def test_the_final_report_opens_with_its_headline() -> None:
 
 
 def test_a_budgets_warm_up_is_shown_not_judged() -> None:
-    plan = _plan_with(BudgetPlan(name="b", kind="edge", edges=[0], p50_s=50e-6, max_s=200e-6, grace_s=5.0))
+    plan = _plan_with(BudgetPlan(name="b", kind="edge", edges=[0], p50_s=50e-6, max_s=200e-6, warmup_s=5.0))
     watch = BudgetWatch(plan, window_s=1.0)
     cum = Histogram()
     events = []
@@ -278,7 +278,7 @@ def test_a_budgets_warm_up_is_shown_not_judged() -> None:
     assert (row["warmup_windows"], row["windows"], row["missed_windows"], row["over_max"]) == (5, 3, 0, 0)
     assert row["status"] == "met" and row["measured_us"]["max"] < 200  # the run after the warm-up
     assert row["warmup_messages"] == 50 and row["messages"] == 30
-    # the same without a grace: every window of the burst is missed, and it fires
+    # the same without a warm-up: every window of the burst is missed, and it fires
     watch = BudgetWatch(_plan_with(BudgetPlan(name="b", kind="edge", edges=[0], p50_s=50e-6)), window_s=1.0)
     cum = Histogram()
     for t, batch in enumerate([[10_000] * 10] * 4 + [[20] * 10] * 4):
@@ -287,14 +287,14 @@ def test_a_budgets_warm_up_is_shown_not_judged() -> None:
     assert [e["state"] for e in events] == ["missed", "met"] and watch.table()[0]["missed_windows"] == 4
 
 
-def test_budget_grace_is_decided_by_the_compiler() -> None:
+def test_budget_warmup_is_decided_by_the_compiler() -> None:
     plan = dmnflow.compile_graph("graphs/dmn_trading.yaml", models=False)
-    assert {b.grace_s for b in plan.budgets} == {20.0}  # the trading graph's defaults.budget_grace
+    assert {b.warmup_s for b in plan.budgets} == {20.0}  # the trading graph's defaults.budget_warmup
     value = "nodes.scale.inputs.value={from: counter.numbers, budget: {p50: 1ms%s}}"
     plan = dmnflow.compile_graph("graphs/quickstart.yaml", [value % ""])
-    assert [b.grace_s for b in plan.budgets] == [10.0]  # the schema's default
-    plan = dmnflow.compile_graph("graphs/quickstart.yaml", [value % ", grace: 0s"])
-    assert [b.grace_s for b in plan.budgets] == [0.0]
+    assert [b.warmup_s for b in plan.budgets] == [10.0]  # the schema's default
+    plan = dmnflow.compile_graph("graphs/quickstart.yaml", [value % ", warmup: 0s"])
+    assert [b.warmup_s for b in plan.budgets] == [0.0]
 
 
 def test_a_record_goes_to_json_its_schema_holds_and_it_comes_back_identical() -> None:
