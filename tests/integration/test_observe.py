@@ -206,7 +206,7 @@ def test_record_then_replay_into_a_subgraph_gives_the_same_outputs(tmp_path: Pat
     from mcap.reader import make_reader
 
     with open(first, "rb") as f:  # what Foxglove reads: json channels with a JSON Schema each
-        reader = make_reader(f)
+        reader = make_reader(f, validate_crcs=True)
         summary = reader.get_summary()
         assert {c.topic for c in summary.channels.values()} == {"/counter.numbers", "/scale.scaled"}
         assert {c.message_encoding for c in summary.channels.values()} == {"json"}
