@@ -23,7 +23,6 @@ __all__ = ["FIGURES", "format_value", "live_view", "render_report", "status_line
 # trading graph's operator watches, and what any node's counters are most often called.
 FIGURES = ("equity", "pnl", "sharpe", "drawdown", "max_drawdown", "tick_to_trade_p50_us", "tick_to_trade_p99_us",
            "firing_now", "alerts_firing", "alerts_critical", "stale_now", "fills", "accepted", "days")
-LIVE_FIGURES = 6  # per node in the live view
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -364,9 +363,9 @@ def _edge_forms(report: Any, width: int) -> list[_Block]:
 
 
 def _budget_forms(budgets: list[dict[str, Any]], width: int) -> list[_Block]:
-    """The budgets by status (missing now first, then missed, no data, met): a summary line,
-    then a row more at a time."""
-    rank = {"missed": 0, "no data": 1, "met": 2}
+    """The budgets by status (missed now first, then missed before, warm-up or no data, met): a
+    summary line, then a row more at a time."""
+    rank = {"missed": 0, "warm-up": 1, "no data": 1, "met": 2}
     order = sorted(budgets, key=lambda b: (not b.get("firing"), rank.get(b.get("status", ""), 3)))
 
     def rest(shown: int) -> _Block:
@@ -409,7 +408,7 @@ def _sized_budgets(rows: list[dict[str, Any]], width: int, live: bool = False) -
                       f"{b.get('missed_windows', 0)}/{b.get('windows', 0)}",
                       Text(status + over, style={"missed": "red", "met": "green"}.get(status, ""))])
     return _sized_rows("latency budgets (us)", names, ["limit", "window" if live else "measured", "missed", "status"],
-                 cells, width, first="budget")
+                       cells, width, first="budget")
 
 
 def status_line(report: Any) -> str:
