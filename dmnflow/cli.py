@@ -855,10 +855,24 @@ def _render_plan(plan: Plan) -> None:
                                 f"gap {co.gap_ns / 1e3:g}us, max age {co.max_age_ns / 1e3:g}us") if co else ""
                     node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {hwm}  "
                              f"({len(b.edges)} edge{'s' * (len(b.edges) != 1)}){coalesce}{shm}")
+    if plan.budgets:
+        budgets = root.add("[bold]latency budgets[/bold]")
+        for b in plan.budgets:
+            limits = "  ".join(f"{k} < {_seconds(getattr(b, f'{k}_s'))}" for k in ("p50", "p90", "p99", "max")
+                               if getattr(b, f"{k}_s") is not None)
+            budgets.add(f"{b.name}  {limits}  warm-up {_seconds(b.warmup_s)}")
     out.print(root)
     _render_ports(plan)
     for w in plan.warnings:
         err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}", soft_wrap=True)
+
+
+def _seconds(s: float) -> str:
+    """A bound from the YAML as it was written there: 50us, 25ms, 30s."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale or unit == "us":
+            return f"{round(s / scale, 6):g}{unit}"
+    return f"{s:g}s"
 
 
 def _size(n: int) -> str:

@@ -221,6 +221,7 @@ class BudgetPlan(_Frozen):
     p90_s: float | None = None
     p99_s: float | None = None
     max_s: float | None = None
+    warmup_s: float = 0.0  # warm-up: windows closing this soon after the budget's first message are not judged
     loc: str = ""
 
 

@@ -12,7 +12,9 @@ While the graph runs, the supervisor's observer hands every status tick's report
 every message over ``max`` is counted (to within the histograms' ~9% buckets). A window
 that misses raises an event (``state: missed``) that the supervisor sends to every node
 with an ``on_budget`` hook (the monitoring layer's ``Alerts`` turns it into an alert);
-a budget met again for a few windows sends ``state: met``. The report lists each budget
+a budget met again for a few windows sends ``state: met``. The windows that close within a
+budget's ``warmup_s`` of its first message are its warm-up (start-up, a warm-up burst):
+shown, not judged, and left out of what the report measures. The report lists each budget
 with its limits, what was measured and how many windows missed.
 
 This module imports nothing heavy: the supervisor (and so every worker) imports it.
@@ -125,13 +127,20 @@ def plan_budgets(nodes: Mapping[str, Any], edge_plans: Sequence[EdgePlan], loc: 
             producers = ", ".join(r.removeprefix("/") for r in inp.from_)
             out.append(BudgetPlan(name=f"{producers} -> {name}.{port}", kind="edge", edges=ids,
                                   loc=str(loc("nodes", name, "inputs", port, "budget") or ""),
+                                  warmup_s=_warmup(inp.budget, node.entry.defaults),
                                   **{f"{k}_s": v for k, v in _limits(inp.budget).items()}))
         if spec.budget is not None:
             source = spec.budget.from_.removeprefix("/")
             out.append(BudgetPlan(name=f"{source} -> {name}", kind="path", sources=list(instances[source]),
                                   sinks=list(instances[name]), loc=str(loc("nodes", name, "budget") or ""),
+                                  warmup_s=_warmup(spec.budget, node.entry.defaults),
                                   **{f"{k}_s": v for k, v in _limits(spec.budget).items()}))
     return out
+
+
+def _warmup(budget: Any, defaults: Any) -> float:
+    """A budget's warm-up: its own ``warmup``, else its file's ``defaults.budget_warmup``."""
+    return float(budget.warmup if budget.warmup is not None else defaults.budget_warmup)
 
 
 class _State:
@@ -150,6 +159,9 @@ class _State:
         self.met_run = 0
         self.window: dict[str, float] = {}  # the last window's quantiles, us
         self.total = Histogram()
+        self.first_at: float | None = None  # when its first messages were seen: the warm-up starts
+        self.warm = Histogram()  # the cumulative histogram when the warm-up ended (not judged)
+        self.warmup_windows = 0
 
 
 class BudgetWatch:
@@ -182,10 +194,16 @@ class BudgetWatch:
         for st in self.states:
             hist = self.merged(report, st.budget)
             st.total = hist
+            if hist.n and st.first_at is None:
+                st.first_at = now
             if hist.n <= st.last.n or now - st.last_at < self.window_s:
                 continue
             delta = Histogram([max(0, a - b) for a, b in zip(hist.counts, st.last.counts, strict=True)])
             st.last, st.last_at = hist, now
+            if st.first_at is not None and now - st.first_at < st.budget.warmup_s:
+                st.warm, st.warmup_windows = hist, st.warmup_windows + 1  # warm-up: seen, not judged
+                st.window = _quantiles(delta)
+                continue
             event = self._window(st, delta)
             if event is not None:
                 events.append(event)
@@ -194,12 +212,11 @@ class BudgetWatch:
     def _window(self, st: _State, delta: Histogram) -> dict[str, Any] | None:
         st.windows += 1
         missed: list[tuple[str, float, float]] = []
-        st.window = {}
+        st.window = _quantiles(delta)
         for key, q in QUANTILES:
             value = delta.quantile(q)
             if value is None:
                 continue
-            st.window[key] = round(value / 1e3, 1)
             limit = st.limits.get(key)
             if limit is not None and value > limit * 1e9:
                 st.missed[key] += 1
@@ -238,7 +255,8 @@ class BudgetWatch:
         """Every budget: its limits, the whole run's and the last window's figures, its misses."""
         rows = []
         for st in self.states:
-            total = st.total
+            # what is judged: the run after the warm-up
+            total = Histogram([max(0, a - b) for a, b in zip(st.total.counts, st.warm.counts, strict=True)])
             measured: dict[str, float] = {}
             for key, q in QUANTILES:
                 value = total.quantile(q)
@@ -249,7 +267,7 @@ class BudgetWatch:
             over_total = {k: measured[k] for k in st.limits if k != "max" and k in measured
                           and measured[k] > st.limits[k] * 1e6}
             if not total.n:
-                status = "no data"
+                status = "warm-up" if st.warm.n else "no data"
             elif st.missed_windows or st.over_max or over_total:
                 status = "missed"
             else:
@@ -258,11 +276,23 @@ class BudgetWatch:
                          "limits_us": {k: round(v * 1e6, 1) for k, v in st.limits.items()},
                          "measured_us": measured, "window_us": dict(st.window), "messages": total.n,
                          "windows": st.windows, "missed_windows": st.missed_windows, "missed": dict(st.missed),
-                         "over_max": st.over_max, "status": status, "firing": st.firing})
+                         "over_max": st.over_max, "status": status, "firing": st.firing,
+                         "warmup_s": st.budget.warmup_s, "warmup_windows": st.warmup_windows,
+                         "warmup_messages": st.warm.n})
         return rows
 
 
 _PROBE = Histogram([0])  # for bucket values only
+
+
+def _quantiles(hist: Histogram) -> dict[str, float]:
+    """A window's quantiles, us."""
+    out = {}
+    for key, q in QUANTILES:
+        value = hist.quantile(q)
+        if value is not None:
+            out[key] = round(value / 1e3, 1)
+    return out
 
 
 def _over(hist: Histogram, limit_s: float) -> int:

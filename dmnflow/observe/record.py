@@ -2,24 +2,33 @@
 
 Each recorded output's worker mirrors every record to a PUSH socket in the run directory
 from before the sources start (``observe/taps.py``); the recorder, a thread in the
-supervisor's process, reads them and writes one MCAP message per record. The file opens
-in Foxglove and in any MCAP reader:
+supervisor's process, reads them and writes one MCAP message per record, in an encoding
+Foxglove and any MCAP reader open (docs/observe.md, "The file"):
 
 - one channel per output and topic, ``/<node>.<port>`` (``/<node>.<port>/<topic>`` when the
-  topic is not the port's name), message encoding ``cbor`` (schemaless), channel metadata
-  ``output``, ``topic``, ``codec``, ``type``, ``value`` (``plain``, or ``tensor``);
-- each message's data a CBOR map: ``value`` (the record as the consumer decodes it; an
-  array as ``{dtype, shape, data}``), ``event_time``, ``attrs``, ``origin_ns``, ``send_ns``,
-  ``count`` (the output's running count of records); ``log_time`` is when the recorder got
-  it, ``publish_time`` when the node emitted it, ``sequence`` the count;
+  topic is not the port's name), message encoding ``json`` with a ``jsonschema`` schema made
+  from the port's type; channel metadata ``output``, ``topic``, ``codec``, ``type``, ``value``
+  (``plain``, ``tensor`` or ``bytes``);
+- each message a JSON object: ``value`` (the record as the consumer decodes it: a tensor as
+  ``{dtype, shape, data}`` with its bytes in base64, bytes as base64; what JSON cannot hold
+  as it is, tagged so that it comes back identical: ``{"$float": "nan"}``, ``{"$bytes": ...}``,
+  ``{"$map": [[key, value], ...]}`` for a mapping whose keys are not all text),
+  ``event_time``, ``attrs``, ``origin_ns``, ``send_ns`` (where the record has them),
+  ``recorded_ns`` (when the recorder got it), ``count`` (the output's running count);
+  ``log_time`` is the record's event time where that is an integer (ns), else when it was
+  recorded; ``publish_time`` when the node emitted it, ``sequence`` the count;
 - a metadata record ``dmnflow`` with the graph's name, file and the recorded outputs.
 
-``dmnflow replay`` (``observe/replay.py``) feeds such a file into a subgraph.
+``dmnflow replay`` (``observe/replay.py``) feeds such a file into a subgraph; files of
+earlier versions (``cbor`` channels) replay too.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -34,7 +43,7 @@ from ..transport.wire import ATTRS, EOS, EVENT_TIME, KIND, META, ORIGIN_NS, SEND
 from .observer import find_outputs, no_output_hint
 from .taps import record_endpoint
 
-__all__ = ["Recorder", "channel_topic", "encode_record", "recordable_outputs"]
+__all__ = ["Recorder", "channel_topic", "decode_value", "encode_record", "recordable_outputs", "value_schema"]
 
 log = logging.getLogger("dmnflow.record")
 
@@ -46,11 +55,10 @@ def _needs() -> tuple[Any, Any]:
     from .session import ObserveError
 
     try:
-        import cbor2
         from mcap.writer import CompressionType, Writer
     except ImportError:
-        raise ObserveError("--record needs mcap and cbor2: pip install 'dmnflow[observe]'") from None
-    return cbor2, (Writer, CompressionType)
+        raise ObserveError("--record needs mcap: pip install 'dmnflow[observe]'") from None
+    return Writer, CompressionType
 
 
 def recordable_outputs(plan: Plan, refs: list[str] | None) -> list[tuple[str, str]]:
@@ -84,24 +92,136 @@ def channel_topic(node: str, port: str, topic: str) -> str:
     return f"/{node}.{port}" if topic == port else f"/{node}.{port}/{topic}"
 
 
-def encode_record(cbor2: Any, value: Any, header: list[Any]) -> tuple[bytes, str]:
-    """A record as the CBOR envelope the file holds, and its value kind (plain or tensor)."""
-    kind = "plain"
-    if hasattr(value, "dtype") and hasattr(value, "shape") and hasattr(value, "tobytes"):
-        value = {"dtype": str(value.dtype), "shape": list(value.shape), "data": value.tobytes()}
-        kind = "tensor"
-    elif isinstance(value, memoryview):
-        value = value.tobytes()
-    envelope = {"value": value, "event_time": header[EVENT_TIME], "attrs": header[ATTRS],
-                "origin_ns": header[ORIGIN_NS], "send_ns": header[SEND_NS], "count": header[SEQ]}
-    return cbor2.dumps(envelope), kind
+def _plain(value: Any) -> Any:
+    """``value`` as JSON holds it, tagged where JSON alone would lose it (see the module docstring)."""
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in value):
+            return {k: _plain(v) for k, v in value.items()}
+        return {"$map": [[_plain(k), _plain(v)] for k, v in value.items()]}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if _is_array(value):
+        return {"$tensor": _tensor(value)}
+    raise TypeError(f"a {type(value).__name__} cannot be written to the recording")
+
+
+def _unplain(value: Any) -> Any:
+    """``_plain`` undone: the value as it was recorded."""
+    if isinstance(value, list):
+        return [_unplain(v) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1:
+            (tag, inner), = value.items()
+            if tag == "$float":
+                return float(inner)
+            if tag == "$bytes":
+                return base64.b64decode(inner)
+            if tag == "$map":
+                return {_key(_unplain(k)): _unplain(v) for k, v in inner}
+            if tag == "$tensor":
+                return _array(inner)
+        return {k: _unplain(v) for k, v in value.items()}
+    return value
+
+
+def _key(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key  # (a msgpack map's array key decodes as a tuple)
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(value, "dtype") and hasattr(value, "shape") and hasattr(value, "tobytes")
+
+
+def _tensor(value: Any) -> dict[str, Any]:
+    return {"dtype": str(value.dtype), "shape": list(value.shape),
+            "data": base64.b64encode(value.tobytes()).decode("ascii")}
+
+
+def _array(tensor: dict[str, Any]) -> Any:
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(tensor["data"]), dtype=tensor["dtype"]).reshape(tensor["shape"])
+
+
+def encode_record(value: Any, header: list[Any], recorded_ns: int) -> tuple[bytes, str]:
+    """A record as the JSON object the file holds, and its value kind (plain, tensor or bytes)."""
+    if _is_array(value):
+        kind, value = "tensor", _tensor(value)
+    elif isinstance(value, bytes | bytearray | memoryview):
+        kind, value = "bytes", base64.b64encode(value).decode("ascii")
+    else:
+        kind, value = "plain", _plain(value)
+    envelope: dict[str, Any] = {"value": value}
+    for key, field in (("event_time", EVENT_TIME), ("attrs", ATTRS), ("origin_ns", ORIGIN_NS), ("send_ns", SEND_NS)):
+        if header[field] is not None:
+            envelope[key] = _plain(header[field])
+    envelope["recorded_ns"] = recorded_ns
+    envelope["count"] = header[SEQ]
+    return json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode(), kind
+
+
+def decode_value(data: bytes, kind: str) -> dict[str, Any]:
+    """A message of a ``json`` channel back as its envelope, the value as it was recorded."""
+    env = json.loads(data)
+    value = env.get("value")
+    if kind == "tensor":
+        env["value"] = _array(value)
+    elif kind == "bytes":
+        env["value"] = base64.b64decode(value)
+    else:
+        env["value"] = _unplain(value)
+    for key in ("event_time", "attrs"):
+        if key in env:
+            env[key] = _unplain(env[key])
+    return env
+
+
+_SCALARS = {"int": {"type": "integer"}, "str": {"type": "string"}, "bool": {"type": "boolean"},
+            "dict": {"type": "object"}, "list": {"type": "array"}, "tuple": {"type": "array"},
+            "float": {"anyOf": [{"type": "number"}, {"type": "object", "properties": {"$float": {"type": "string"}},
+                                                      "required": ["$float"]}]}}
+
+
+def value_schema(output: str, type_text: str, kind: str) -> dict[str, Any]:
+    """The JSON Schema of a recorded output's messages: the envelope, its ``value`` from the
+    port's type (``type_text``, as the plan writes it) and the value kind the records have."""
+    if kind == "tensor":
+        value: dict[str, Any] = {
+            "type": "object", "description": f"a {type_text}: dtype, shape and the bytes of the array, row-major",
+            "properties": {"dtype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+                           "data": {"type": "string", "contentEncoding": "base64"}},
+            "required": ["dtype", "shape", "data"]}
+    elif kind == "bytes":
+        value = {"type": "string", "contentEncoding": "base64", "description": type_text}
+    else:
+        value = {**_SCALARS.get(type_text.split("[")[0].lower(), {}), "description": type_text}
+    integer = {"type": "integer"}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": output, "type": "object",
+            "properties": {"value": value,
+                           "event_time": {"description": "the record's event time, as the graph carries it"},
+                           "attrs": {"type": "object"}, "origin_ns": integer, "send_ns": integer,
+                           "recorded_ns": integer, "count": integer},
+            "required": ["value", "recorded_ns", "count"]}
+
+
+def _log_time(event_time: Any, recorded_ns: int) -> int:
+    """Where a message sits on the file's time line: its event time when that is a time (ns)."""
+    if type(event_time) is int and 0 <= event_time < 1 << 64:
+        return event_time
+    return recorded_ns
 
 
 class Recorder:
     """Writes the records of ``outputs`` to ``path`` while the run lasts."""
 
     def __init__(self, path: str | Path, plan: Plan, outputs: list[tuple[str, str]]) -> None:
-        self.cbor2, (self.Writer, self.Compression) = _needs()
+        self.Writer, self.Compression = _needs()
         self.path = Path(path)
         self.plan = plan
         self.outputs = outputs
@@ -115,6 +235,7 @@ class Recorder:
                     self.codec[ids[(n.name, o.port)]] = o.codec
                     self.decoders[ids[(n.name, o.port)]] = get_codec(o.codec).decoder(_port_type(plan, n.name, o.port))
         self.channels: dict[tuple[int, bytes], int] = {}
+        self.schemas: dict[tuple[int, str], int] = {}
         self.ended: set[int] = set()
         self.messages = 0
         self.errors = 0
@@ -176,9 +297,10 @@ class Recorder:
             self.ended.add(src)
             return
         node, port = self.src[src]
+        recorded_ns = time.time_ns()
         try:
             value = self.decoders[src](header[META], [f.buffer for f in frames[2:]])
-            data, kind = encode_record(self.cbor2, value, header)
+            data, kind = encode_record(value, header, recorded_ns)
         except Exception as exc:
             self.errors += 1
             if self.errors == 1:
@@ -188,13 +310,19 @@ class Recorder:
         channel = self.channels.get(key)
         if channel is None:
             text = topic.decode("utf-8", "replace")
+            type_text = _port_type_text(self.plan, node, port)
+            schema = self.schemas.get((src, kind))
+            if schema is None:
+                schema = self.schemas[(src, kind)] = self.writer.register_schema(
+                    f"{node}.{port}", "jsonschema",
+                    json.dumps(value_schema(f"{node}.{port}", type_text, kind)).encode())
             channel = self.channels[key] = self.writer.register_channel(
-                channel_topic(node, port, text), "cbor", 0,
+                channel_topic(node, port, text), "json", schema,
                 {"output": f"{node}.{port}", "topic": text, "codec": self.codec[src], "value": kind,
-                 "type": _port_type_text(self.plan, node, port)})
+                 "type": type_text})
         count = header[SEQ]
-        self.writer.add_message(channel, log_time=time.time_ns(), data=data, publish_time=header[SEND_NS] or 0,
-                                sequence=count & 0xFFFFFFFF)
+        self.writer.add_message(channel, log_time=_log_time(header[EVENT_TIME], recorded_ns), data=data,
+                                publish_time=header[SEND_NS] or recorded_ns, sequence=count & 0xFFFFFFFF)
         self.messages += 1
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ class Recording:
         try:
             from mcap.reader import make_reader
         except ImportError:
-            raise ObserveError("replay needs mcap and cbor2: pip install 'dmnflow[observe]'") from None
+            raise ObserveError("replay needs mcap: pip install 'dmnflow[observe]'") from None
         try:
             with open(self.path, "rb") as f:
                 try:
@@ -261,21 +261,18 @@ def replay_plan(recording: str | Path, graph: str | Path, into: Sequence[str],
 
 def read_records(path: str | Path, outputs: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Every record of ``outputs`` (all when None) in the file, in event-time order (ties: as
-    recorded): dicts with ``output``, ``topic``, ``value``, ``event_time``, ``attrs``, ``send_ns``."""
-    import cbor2
+    recorded): dicts with ``output``, ``topic``, ``value``, ``event_time``, ``attrs``, ``send_ns``.
+    Reads the ``json`` channels ``launch --record`` writes and the ``cbor`` ones it wrote before."""
+    from .record import decode_value
 
     out: list[dict[str, Any]] = []
     for channel, message in _scan(path):
         output = channel.metadata.get("output")
         if output is None or (outputs is not None and output not in outputs):
             continue
-        env = cbor2.loads(message.data)
-        value = env["value"]
-        if channel.metadata.get("value") == "tensor":
-            import numpy as np
-
-            value = np.frombuffer(value["data"], dtype=value["dtype"]).reshape(value["shape"])
-        out.append({"output": output, "topic": channel.metadata.get("topic", ""), "value": value,
+        kind = channel.metadata.get("value", "plain")
+        env = decode_value(message.data, kind) if channel.message_encoding == "json" else _cbor(message.data, kind)
+        out.append({"output": output, "topic": channel.metadata.get("topic", ""), "value": env["value"],
                     "event_time": env.get("event_time"), "attrs": env.get("attrs"),
                     "send_ns": env.get("send_ns") or message.publish_time, "index": len(out)})
     times = [r["event_time"] for r in out]
@@ -283,6 +280,19 @@ def read_records(path: str | Path, outputs: Sequence[str] | None = None) -> list
     if times and (numbers or all(isinstance(t, str) for t in times)):
         out.sort(key=lambda r: (r["event_time"], r["index"]))
     return out  # mixed or missing event times: in the order they were recorded
+
+
+def _cbor(data: bytes, kind: str) -> dict[str, Any]:
+    """A message of a recording of an earlier version (``cbor`` channels)."""
+    import cbor2
+
+    env = cbor2.loads(data)
+    if kind == "tensor":
+        import numpy as np
+
+        value = env["value"]
+        env["value"] = np.frombuffer(value["data"], dtype=value["dtype"]).reshape(value["shape"])
+    return env
 
 
 class Replayer(Node):

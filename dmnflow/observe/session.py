@@ -108,7 +108,7 @@ def watching(plan: Plan, console: Console, *, status_every_s: float = 5.0, metri
             console.print(f"dashboard: {board.url}")
         if console.is_terminal:
             live = stack.enter_context(Live(console=console, refresh_per_second=4, transient=True))
-            session.displays.append(lambda report: live.update(live_view(report, title, console.width)))
+            session.displays.append(lambda report: live.update(live_view(report, title, console.width, console.height)))
         elif status_every_s > 0:
             session.displays.append(_StatusLog(status_every_s))
         yield session

@@ -78,13 +78,14 @@ def top(ref: str | None, console: Console, *, interval_s: float = 1.0, once: boo
     run = pick_run(ref)
     title = f"{run.name} (pid {run.pid})"
     if once:
-        console.print(live_view(report_from_dict(snapshot(run)["report"]), title, console.width))
+        console.print(live_view(report_from_dict(snapshot(run)["report"]), title, console.width,
+                                console.height if console.is_terminal else None))
         return 0
     end = None if duration_s is None else time.monotonic() + duration_s
     try:
         if console.is_terminal:
             with Live(console=console, refresh_per_second=4, screen=False) as live:
-                _loop(run, interval_s, end, lambda r: live.update(live_view(r, title, console.width)))
+                _loop(run, interval_s, end, lambda r: live.update(live_view(r, title, console.width, console.height)))
         else:
             _loop(run, interval_s, end, lambda r: console.print(status_line(r), soft_wrap=True))
     except KeyboardInterrupt:

@@ -106,6 +106,8 @@ class Defaults(_Spec):
     max_message: Size = Field(256 * 2**20, ge=1, description="the largest message an input accepts; larger "
                               "ones are refused (counted as decode errors) before they are decoded")
     restart: Restart = Field(default_factory=RestartSpec)
+    budget_warmup: Duration = Field(10.0, ge=0, description="latency budgets' warm-up: the windows of this long "
+                                    "after a budget's first message are not judged (start-up, a warm-up burst)")
 
 
 class BatchSpec(_Spec):
@@ -123,6 +125,8 @@ class BudgetSpec(_Spec):
     p90: Duration | None = Field(None, description="the 90th percentile may not exceed this")
     p99: Duration | None = Field(None, description="the 99th percentile may not exceed this")
     max: Duration | None = Field(None, description="no message may take longer (counted per message)")
+    warmup: Duration | None = Field(None, ge=0, description="the windows of this long after the budget's "
+                                    "first message are not judged (default: defaults.budget_warmup)")
 
 
 class PathBudgetSpec(BudgetSpec):

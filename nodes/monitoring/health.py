@@ -32,7 +32,9 @@ class Health(Node):
     its topic (``market_data.ES``, ``account``...), or its port when it has none. The
     timer ``timers: {check: 1s}`` calls ``on_check``: for every feed, the age of its last
     message, its rate since the previous check, and ``stale`` when the age exceeds
-    ``stale_after_s`` (a feed listed in ``expected`` and never seen is stale too). It emits
+    ``stale_after_s`` (a feed listed in ``expected`` and never seen is stale too, counted from
+    the graph's start: the first check or message, since ``setup`` runs while the other
+    processes may still be starting, loading models). It emits
     ``{t, ok, stale_count, stale: [...], feeds: {name: {age_s, rate_hz, count, stale,
     event_time}}}`` every check (or only when the stale set changes, ``emit: changes``)
     and logs each change once.
@@ -55,7 +57,7 @@ class Health(Node):
         self.p = ctx.params
         self.tracked: dict[str, _Feed] = {name: _Feed() for name in self.p.expected}
         self.last_check = time.monotonic()
-        self.started = self.last_check
+        self.started: float | None = None  # the first message or check: the graph runs (setup may be long before)
         self.last_stale: tuple[str, ...] | None = None
         self.changed = False
         self.checks = 0
@@ -69,6 +71,8 @@ class Health(Node):
         if feed is None:
             feed = self.tracked[name] = _Feed()
         feed.last_seen = time.monotonic()
+        if self.started is None:
+            self.started = feed.last_seen
         feed.count += 1
         feed.last_event_time = msg.event_time
         self.messages += 1
@@ -81,6 +85,8 @@ class Health(Node):
 
     def check(self, now: float, ctx: Any) -> dict[str, Any]:
         """The health report at monotonic time ``now`` (the timer's work, callable from tests)."""
+        if self.started is None:
+            self.started = self.last_check = now
         dt = now - self.last_check
         stale_after = self.p.stale_after_s
         report: dict[str, dict[str, Any]] = {}

@@ -132,3 +132,38 @@ def test_the_dashboard_shows_the_trading_graph_live(tmp_path: Path) -> None:
                 proc.wait(10)
         kill_all(sorted(p for p in seen if alive(p)))
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_the_dashboards_tables_keep_names_readable(tmp_path: Path) -> None:
+    """A snapshot of the trading graph (no run needed): a budget's name gets a row of its own,
+    on one line at 900 px, and an edge's name breaks only between its parts."""
+    import dmnflow
+    from dmnflow.observe.dashboard import serve_dashboard
+
+    snap = json.loads((ROOT / "tests/unit/data/trading_snapshot.json").read_text())
+
+    class Snapshot:
+        def snapshot(self, history: bool = False) -> dict[str, Any]:
+            return {"report": snap, "events": [], "history": {}}
+
+    plan = dmnflow.compile_graph(ROOT / "graphs/dmn_trading.yaml", models=False)
+    server = serve_dashboard("127.0.0.1:0", plan, Snapshot())
+    browser = None
+    try:
+        browser = Browser(tmp_path / "profile")
+        browser.call("Emulation.setDeviceMetricsOverride", width=900, height=1800, deviceScaleFactor=1, mobile=False)
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=server.url)
+        read = "[...document.querySelectorAll('#budgets td.name')].map(td => td.innerText)"
+        assert wait_until(lambda: len(browser.js(read) or []) == len(snap["budgets"]), 30, 0.5), browser.js(read)
+        names = browser.js(read)
+        assert names == [b["name"] for b in snap["budgets"]]
+        heights = browser.js("[...document.querySelectorAll('#budgets td.name')].map(td => "
+                             "td.getBoundingClientRect().height)")
+        first_cells = browser.js("[...document.querySelectorAll('#edges td:first-child')].map(td => td.innerText)")
+        assert max(heights) < 30, heights  # one line each (the squeezed column took 5-9 lines)
+        assert all(not re.search(r"[a-z]\n[a-z]", text) for text in first_cells), first_cells  # never inside a word
+    finally:
+        if browser is not None:
+            browser.close()
+        server.close()

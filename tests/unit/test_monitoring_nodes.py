@@ -288,3 +288,21 @@ def test_performance_rejects_a_window_that_ends_before_it_starts():
         Performance.Params.model_validate({"windows": {"x": {"start": "2001-01-01", "end": "2000-01-01"}}})
     with pytest.raises(ValidationError, match="not a date"):
         Performance.Params.model_validate({"end": "2015-02-30"})
+
+
+def test_health_counts_a_feed_never_seen_from_the_graphs_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup runs once this process is up; the graph starts when every process is (models loaded):
+    a slow start-up is no stale feed."""
+    clock = [0.0]
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: clock[0])
+    node, ctx = make(Health, {"stale_after_s": 10.0, "expected": ["signals", "account"]})
+    clock[0] += 40.0  # the other processes start and load their models
+    node.on_check(ctx)  # the first timer tick: the graph runs
+    assert ctx.out["health"][-1]["stale"] == []
+    clock[0] += 5.0
+    ctx.message.topic = "signals"
+    node.on_feeds({}, ctx)
+    clock[0] += 6.0
+    node.on_check(ctx)
+    assert ctx.out["health"][-1]["stale"] == ["account"]  # 11 s since the start, never seen
+    assert node.summary()["stale_events"] == 1

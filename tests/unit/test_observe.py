@@ -86,14 +86,22 @@ def test_path_budget_reads_the_end_nodes_e2e_histograms() -> None:
     assert events and events[0]["budget"] == "counter -> sink"
 
 
-def test_the_trading_graph_declares_the_seeds_latency_table() -> None:
+def test_the_trading_graph_declares_budgets_any_machine_keeps_and_a_profile_with_the_seeds_table() -> None:
     plan = dmnflow.compile_graph("graphs/dmn_trading.yaml", models=False)
     budgets = {b.name: b for b in plan.budgets}
     data = budgets["market.market_data -> features.market_data"]
-    assert (data.p50_s, data.max_s) == pytest.approx((50e-6, 200e-6))
+    assert (data.p50_s, data.max_s) == pytest.approx((25e-3, 1.0))  # a queue building up; a stall
+    assert [b.p50_s for b in plan.budgets] == pytest.approx([25e-3] * 5)
     assert budgets["features.windows -> lstm.x"].edges == [e.id for e in plan.edges if e.dst.startswith("lstm[")]
-    assert budgets["meta.positions -> risk.positions"].p50_s == pytest.approx(200e-6)
-    assert budgets["portfolio.orders -> execution.orders"].p50_s == pytest.approx(100e-6)
+    seed = {b.name: b for b in dmnflow.compile_graph("graphs/dmn_trading.yaml", profile="seed-budgets",
+                                                      models=False).budgets}
+    data = seed["market.market_data -> features.market_data"]
+    assert (data.p50_s, data.max_s) == pytest.approx((50e-6, 200e-6))
+    assert seed["features.windows -> lstm.x"].p50_s == pytest.approx(100e-6)
+    assert seed["meta.positions -> risk.positions"].p50_s == pytest.approx(200e-6)
+    assert seed["portfolio.orders -> execution.orders"].p50_s == pytest.approx(100e-6)
+    for replay in ("graphs/dmn_backtest.yaml", "graphs/dmn_futures.yaml"):  # full speed queues: no budget
+        assert dmnflow.compile_graph(replay, models=False).budgets == []
 
 
 def test_live_window_gives_rates_windowed_latency_cpu_and_an_eta() -> None:
@@ -285,3 +293,152 @@ def test_info_of_a_recording_shows_its_graph_time_range_and_channels(tmp_path: P
     cut.write_bytes(path.read_bytes()[:-200])  # a killed run's file: no summary
     assert recording_info(cut)["complete"] is False
     assert CliRunner().invoke(app, ["info", str(tmp_path / "nope.mcap")]).exit_code == 1
+
+
+def _trading_snapshot() -> Report:
+    """A status snapshot of the trading graph running (`dmnflow top`'s report of
+    graphs/dmn_trading.yaml on a 2-core VM): 13 nodes, 20 edges, 5 budgets, its figures."""
+    import json
+
+    from dmnflow.observe.top import report_from_dict
+
+    return report_from_dict(json.loads((ROOT / "tests/unit/data/trading_snapshot.json").read_text()))
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (120, 45), (200, 60)])
+def test_the_live_view_fits_the_terminal_with_every_node_and_headline_figure_whole(width: int, height: int) -> None:
+    import re
+
+    from dmnflow.observe.view import HEADLINE, figures
+
+    report = _trading_snapshot()
+    console = Console(width=width, height=height, record=True, file=io.StringIO(), color_system=None)
+    console.print(live_view(report, None, width, height))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert len(lines) <= height, text
+    assert all(len(line) <= width for line in lines), text
+    assert "…" not in text and "..." not in text
+    assert len(report.nodes) == 13
+    for name in report.nodes:  # whole, on one line: not folded, not dropped
+        assert any(re.search(rf"(^|\s){re.escape(name)}(\s|$)", line) for line in lines), f"{name}:\n{text}"
+    perf = dict(figures(report.nodes["performance"].summary))
+    shown = [k for k in HEADLINE if k in perf]
+    assert shown == list(HEADLINE)  # equity, pnl, sharpe, drawdown, max drawdown, tick-to-trade p50/p99
+    for key in shown:
+        assert any(f"{key} {perf[key]}" in line for line in lines), f"{key} {perf[key]}:\n{text}"
+    head = lines[0]
+    assert head.startswith("dmn_trading  running") and "13 running" in head and "budgets missed" in head
+    if height < 40:  # the edges and budgets collapsed: the worst first, the rest summed up
+        assert re.search(r"\d+ more edges:", text) and re.search(r"\d+ more latency budgets:", text)
+    else:
+        assert "features.long_windows → transformer.x" in text  # the worst edge (something queued)
+
+
+def test_the_live_view_says_first_what_needs_a_look() -> None:
+    report = _trading_snapshot()
+    report.nodes["risk"].status, report.nodes["risk"].restarts = "restarting", 2
+    worst = next(e for e in report.edges if e.src == "risk.targets")
+    report.live["edges"][str(worst.id)].update(drops=7, queued=40)
+    console = Console(width=80, height=24, record=True, file=io.StringIO(), color_system=None)
+    console.print(live_view(report, None, 80, 24))
+    lines = console.export_text().splitlines()
+    assert "12 running" in lines[0] and "1 restarting" in lines[0] and "2 restarts" in lines[0] \
+        and "7 dropped" in lines[0]
+    edges = lines.index(next(line for line in lines if line.startswith("edges")))
+    assert "risk.targets → portfolio.targets" in "\n".join(lines[edges:edges + 4])  # the worst edge first
+    assert any("risk restarting" in line for line in lines)
+
+
+def test_the_final_report_opens_with_its_headline() -> None:
+    from dmnflow.observe.view import figures
+
+    report = _trading_snapshot()
+    report.status = "stopped"
+    for n in report.nodes.values():
+        n.status = "done"
+    for e in report.edges:  # drained
+        e.received = e.sent
+    report.edges[3].dropped = 4
+    console, buf = _console()
+    render_report(report, console)
+    lines = buf.getvalue().splitlines()
+    head = "\n".join(lines[:lines.index("details")])
+    assert len(head.splitlines()) <= 10, head
+    assert lines[0].startswith("dmn_trading stopped in 25.")
+    assert "13 nodes done" in lines[1] and "4 lost" in lines[1] and "5 of 5 latency budgets missed" in lines[1]
+    perf = dict(figures(report.nodes["performance"].summary))
+    for key in ("equity", "pnl", "sharpe", "max_drawdown", "tick_to_trade_p50_us"):
+        assert f"{key} {perf[key]}" in head, head
+    assert all(len(line) <= 80 for line in lines)
+    assert "orders_rejected_queue_full 0" in buf.getvalue()  # the details follow: every figure, whole
+
+
+def test_a_budgets_warm_up_is_shown_not_judged() -> None:
+    plan = _plan_with(BudgetPlan(name="b", kind="edge", edges=[0], p50_s=50e-6, max_s=200e-6, warmup_s=5.0))
+    watch = BudgetWatch(plan, window_s=1.0)
+    cum = Histogram()
+    events = []
+    # a start-up burst (p50 ~ 10ms) for the first 4 seconds, then the budget holds
+    for t, batch in enumerate([[10_000] * 10] * 4 + [[20] * 10] * 4):
+        cum.merge(_hist(*batch))
+        events += watch.update(_report({0: Histogram(list(cum.counts))}), float(t + 10))
+        if t == 1:
+            row = watch.table()[0]
+            assert row["status"] == "warm-up" and row["window_us"]["p50"] > 5_000 and row["windows"] == 0
+    row = watch.table()[0]
+    assert events == []  # nothing fired: the burst was the warm-up
+    assert (row["warmup_windows"], row["windows"], row["missed_windows"], row["over_max"]) == (5, 3, 0, 0)
+    assert row["status"] == "met" and row["measured_us"]["max"] < 200  # the run after the warm-up
+    assert row["warmup_messages"] == 50 and row["messages"] == 30
+    # the same without a warm-up: every window of the burst is missed, and it fires
+    watch = BudgetWatch(_plan_with(BudgetPlan(name="b", kind="edge", edges=[0], p50_s=50e-6)), window_s=1.0)
+    cum = Histogram()
+    for t, batch in enumerate([[10_000] * 10] * 4 + [[20] * 10] * 4):
+        cum.merge(_hist(*batch))
+        events += watch.update(_report({0: Histogram(list(cum.counts))}), float(t + 10))
+    assert [e["state"] for e in events] == ["missed", "met"] and watch.table()[0]["missed_windows"] == 4
+
+
+def test_budget_warmup_is_decided_by_the_compiler() -> None:
+    plan = dmnflow.compile_graph("graphs/dmn_trading.yaml", models=False)
+    assert {b.warmup_s for b in plan.budgets} == {20.0}  # the trading graph's defaults.budget_warmup
+    value = "nodes.scale.inputs.value={from: counter.numbers, budget: {p50: 1ms%s}}"
+    plan = dmnflow.compile_graph("graphs/quickstart.yaml", [value % ""])
+    assert [b.warmup_s for b in plan.budgets] == [10.0]  # the schema's default
+    plan = dmnflow.compile_graph("graphs/quickstart.yaml", [value % ", warmup: 0s"])
+    assert [b.warmup_s for b in plan.budgets] == [0.0]
+
+
+def test_a_record_goes_to_json_its_schema_holds_and_it_comes_back_identical() -> None:
+    import json
+    import math
+
+    import jsonschema
+    import numpy as np
+
+    from dmnflow.observe.record import decode_value, encode_record, value_schema
+    from dmnflow.transport.wire import ATTRS, EVENT_TIME, ORIGIN_NS, SEND_NS, SEQ
+
+    header: list = [None] * (max(ATTRS, EVENT_TIME, ORIGIN_NS, SEND_NS, SEQ) + 1)
+    header[EVENT_TIME], header[ATTRS], header[ORIGIN_NS], header[SEND_NS], header[SEQ] = \
+        1_058_140_800_000_000_000, {"day": 3}, 11, 12, 7
+    values = [
+        ({"equity": 1.5, "pnl": -0.0, "sharpe": math.nan, "var": math.inf, "n": 3, "ok": True, "none": None,
+          "positions": {"ES": 3.25}, "path": [1, 2.5, "x"], "raw": b"\x00\xff", "$odd": 1, 7: "int key"}, "dict"),
+        (np.arange(12, dtype=np.float32).reshape(3, 4) / 7, "tensor[float32, (?, 4)]"),
+        (b"\x01\x02", "bytes"),
+        (2.5, "float"), (-math.inf, "float"), (41, "int"), ("text", "str"),
+    ]
+    for value, type_text in values:
+        data, kind = encode_record(value, header, 99)
+        envelope = json.loads(data)  # plain JSON: no NaN, no Infinity
+        jsonschema.validate(envelope, value_schema("node.port", type_text, kind))
+        back = decode_value(data, kind)
+        assert (back["event_time"], back["attrs"], back["send_ns"], back["recorded_ns"], back["count"]) == \
+            (header[EVENT_TIME], {"day": 3}, 12, 99, 7)
+        if kind == "tensor":
+            assert back["value"].dtype == value.dtype and back["value"].tobytes() == value.tobytes()
+            assert envelope["value"]["shape"] == [3, 4]
+        else:
+            assert repr(back["value"]) == repr(value)  # identical, to the last float, its type and key order
