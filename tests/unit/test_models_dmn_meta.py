@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from dmnflow import Message
 from dmnflow.testing import RecordingContext
 from nodes.models import MetaLearner, SharpeWeighter, sharpe_weights
+from nodes.models.meta import combine_positions, realised_return
 
 
 def make(params: dict[str, Any] | None = None) -> tuple[MetaLearner, RecordingContext]:
@@ -236,3 +237,15 @@ def test_the_vectorised_weighter_gives_the_loops_floats(scheme: str) -> None:
         assert new.step(day, preds) == old.step(day, preds)
         assert np.array_equal([new.sharpe(m) for m in models], [old.sharpe(m) for m in models], equal_nan=True)
     assert all(len(new.returns[m]) == 30 for m in models)
+
+
+def test_the_plain_functions_on_hand_made_numbers() -> None:
+    nan = math.nan
+    # A: both models, weights 0.25 / 0.75; B: only the second; C: nobody; D: clipped to 1
+    has, pos = combine_positions([0.25, 0.75], [np.array([0.4, nan, nan, 2.0]), np.array([-0.4, 0.8, nan, 2.0])])
+    assert has.tolist() == [True, True, False, True]
+    assert pos[has].tolist() == [0.25 * 0.4 + 0.75 * -0.4, 0.75 * 0.8 / 0.75, 1.0]  # the loop's arithmetic
+    # only the assets with a position, a sigma > 0 and a return count
+    x, sigma, ret = np.array([1.0, -0.5, 1.0, nan]), np.array([0.3, 0.15, 0.0, 0.2]), np.array([0.01, 0.02, 0.5, 0.1])
+    assert realised_return(x, sigma, ret, 0.15) == np.mean([1.0 * 0.15 / 0.3 * 0.01, -0.5 * 0.15 / 0.15 * 0.02])
+    assert realised_return(x[2:], sigma[2:], ret[2:], 0.15) is None
