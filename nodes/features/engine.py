@@ -41,6 +41,7 @@ PRICE_STD_WINDOW = 63
 SIGNAL_STD_WINDOW = 252
 TRADING_DAYS = 252
 _RING = max(RETURN_HORIZONS) + 1  # prices kept per asset: p_t back to p_{t-252}
+N_FEATURES = len(FEATURE_NAMES)
 
 
 def ewm_alpha_span(span: float) -> float:
@@ -103,38 +104,67 @@ class RollingStd(_Grow):
         self.last = np.full((capacity, k), np.nan)
         self.same = np.zeros((capacity, k), np.int64)
 
-    def push(self, idx: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Add ``x`` (shape (len(idx), k)) to the assets ``idx`` (an index array); the std of each window."""
+    def push(self, sel: slice | np.ndarray, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Add ``x`` (shape (m, k)) to the assets ``sel`` (a slice, or an index array; ``rows``
+        is the same as an index array); the std of each window.
+
+        Called inside ``np.errstate(invalid="ignore", divide="ignore")`` (``DMNFeatureState.update``).
+        With a slice every read of the state is a view and the sums update in place, so a day's
+        cross-section costs the same few dozen numpy calls whatever the number of assets.
+        """
         w = self.w
-        n = self.n[idx]
-        pos = n % w
-        old = self.buf[idx, :, pos]  # (m, k): only the values leaving the window are read
-        full = (n >= w)[:, None]
-        shift = np.where((n == 0)[:, None], np.where(np.isfinite(x), x, 0.0), self.shift[idx])
-        old_ok = full & np.isfinite(old)
-        d_old = np.where(old_ok, old - shift, 0.0)
+        view = isinstance(sel, slice)
+        n0 = self.n[sel]
+        pos = n0 % w
+        old = self.buf[rows, :, pos]  # (m, k): only the values leaving the window are read
+        full = n0 >= w  # the window was full: its oldest value leaves
+        all_full = bool(full.all())
+        shift = self.shift[sel]  # a view (slice) or a copy
+        starting = n0 == 0
+        if starting.any():
+            shift[starting] = np.where(np.isfinite(x[starting]), x[starting], 0.0)
+        bad_old = ~np.isfinite(old)
+        if not all_full:
+            bad_old |= ~full[:, None]  # nothing leaves a window that is not full
+        d_old = old - shift
+        d_old[bad_old] = 0.0
         ok = np.isfinite(x)
-        d = np.where(ok, x - shift, 0.0)
-        s1 = self.s1[idx] - d_old + d
-        s2 = self.s2[idx] - d_old * d_old + d * d
-        nbad = self.nbad[idx] - (full & ~np.isfinite(old)) + ~ok
-        same = np.where(x == self.last[idx], self.same[idx] + 1, 1)
-        self.buf[idx, :, pos] = x
-        n = n + 1
-        redo = n % w == 0
+        d = x - shift
+        d[~ok] = 0.0
+        s1, s2, nbad, same = self.s1[sel], self.s2[sel], self.nbad[sel], self.same[sel]
+        s1 -= d_old
+        s1 += d
+        d_old *= d_old
+        d *= d
+        s2 -= d_old
+        s2 += d
+        nbad -= bad_old if all_full else bad_old & full[:, None]
+        nbad += ~ok
+        repeat = x == self.last[sel]
+        same += 1
+        same[~repeat] = 1
+        self.buf[rows, :, pos] = x
+        self.last[sel] = x
+        n1 = n0 + 1
+        self.n[sel] = n1
+        redo = n1 % w == 0
         if redo.any():  # exact recomputation over the (full) window, about once per w pushes
-            win = self.buf[idx[redo]]
+            win = self.buf[rows[redo]]
             good = np.isfinite(win)
             cnt = np.maximum(good.sum(axis=2), 1)
             mean = np.where(good, win, 0.0).sum(axis=2) / cnt
             dev = np.where(good, win - mean[:, :, None], 0.0)
             shift[redo], s1[redo], s2[redo] = mean, dev.sum(axis=2), (dev * dev).sum(axis=2)
-        self.n[idx], self.s1[idx], self.s2[idx], self.shift[idx] = n, s1, s2, shift
-        self.nbad[idx], self.last[idx], self.same[idx] = nbad, x, same
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = (s2 - s1 * s1 / w) / (w - 1)
-        var = np.where(same >= w, 0.0, np.maximum(var, 0.0))
-        return np.where((n >= w)[:, None] & (nbad == 0), np.sqrt(var), np.nan)
+        if not view:  # copies: write them back
+            self.s1[sel], self.s2[sel], self.shift[sel] = s1, s2, shift
+            self.nbad[sel], self.same[sel] = nbad, same
+        var = (s2 - s1 * s1 / w) / (w - 1)
+        np.maximum(var, 0.0, out=var)
+        var[same >= w] = 0.0
+        np.sqrt(var, out=var)
+        done = n1 >= w
+        var[(nbad != 0) if bool(done.all()) else (nbad != 0) | ~done[:, None]] = np.nan
+        return var
 
 
 class _Ewm(_Grow):
@@ -147,17 +177,21 @@ class _Ewm(_Grow):
         self.mean = np.full((capacity, len(alphas)), np.nan)
         self.old_wt = np.ones((capacity, len(alphas)))
 
-    def push(self, idx: np.ndarray, first: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Add ``x`` (shape (m, k)); ``first`` marks assets seeing their first value. The means after it."""
-        mean = self.mean[idx]
-        old_wt = self.old_wt[idx] * self.factor
-        moved = mean != x
-        mixed = np.where(moved, (old_wt * mean + x) / (old_wt + 1.0), mean)
-        first = first[:, None]
-        mean = np.where(first, x, mixed)
-        old_wt = np.where(first, 1.0, old_wt + 1.0)
-        self.mean[idx], self.old_wt[idx] = mean, old_wt
-        return mean
+    def push(self, sel: slice | np.ndarray, first: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+        """Add ``x`` (shape (m, 1): one value for all ``k`` series, or (m, k)); ``first`` marks
+        assets seeing their first value (None: none does). The means after it."""
+        mean = self.mean[sel]
+        old_wt = self.old_wt[sel] * self.factor
+        mixed = (old_wt * mean + x) / (old_wt + 1.0)
+        keep = mean == x  # an unchanged value keeps the mean exactly (pandas)
+        if keep.any():
+            mixed[keep] = mean[keep]
+        old_wt += 1.0
+        if first is not None:
+            mixed[first] = np.broadcast_to(x, mixed.shape)[first]
+            old_wt[first] = 1.0
+        self.mean[sel], self.old_wt[sel] = mixed, old_wt
+        return mixed
 
 
 class _EwmStd(_Grow):
@@ -175,32 +209,42 @@ class _EwmStd(_Grow):
         self.old_wt = np.ones(capacity)
         self.nobs = np.zeros(capacity, np.int64)
 
-    def push(self, idx: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Add ``x`` (m,); assets with ``nobs == 0`` start their series. The std after it."""
+    def push(self, sel: slice | np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Add ``x`` (m,); assets with ``nobs == 0`` start their series. The std after it.
+
+        Called inside ``np.errstate(invalid="ignore", divide="ignore")``.
+        """
         f = self.factor
-        nobs = self.nobs[idx]
-        first = nobs == 0
-        sum_wt = self.sum_wt[idx] * f
-        sum_wt2 = self.sum_wt2[idx] * (f * f)
-        old_wt = self.old_wt[idx] * f
-        old_mean = self.mean[idx]
-        mean = np.where(old_mean != x, (old_wt * old_mean + x) / (old_wt + 1.0), old_mean)
-        cov = (old_wt * (self.cov[idx] + (old_mean - mean) * (old_mean - mean)) + (x - mean) * (x - mean)) \
-            / (old_wt + 1.0)
-        sum_wt, sum_wt2, old_wt = sum_wt + 1.0, sum_wt2 + 1.0, old_wt + 1.0
-        mean = np.where(first, x, mean)
-        cov = np.where(first, 0.0, cov)
-        sum_wt = np.where(first, 1.0, sum_wt)
-        sum_wt2 = np.where(first, 1.0, sum_wt2)
-        old_wt = np.where(first, 1.0, old_wt)
-        nobs = nobs + 1
-        self.mean[idx], self.cov[idx], self.nobs[idx] = mean, cov, nobs
-        self.sum_wt[idx], self.sum_wt2[idx], self.old_wt[idx] = sum_wt, sum_wt2, old_wt
+        nobs = self.nobs[sel] + 1
+        first = nobs == 1
+        sum_wt = self.sum_wt[sel] * f
+        sum_wt2 = self.sum_wt2[sel] * (f * f)
+        old_wt = self.old_wt[sel] * f
+        old_mean = self.mean[sel]
+        mean = (old_wt * old_mean + x) / (old_wt + 1.0)
+        keep = old_mean == x
+        if keep.any():
+            mean[keep] = old_mean[keep]
+        dm = old_mean - mean
+        dx = x - mean
+        cov = (old_wt * (self.cov[sel] + dm * dm) + dx * dx) / (old_wt + 1.0)
+        sum_wt += 1.0
+        sum_wt2 += 1.0
+        old_wt += 1.0
+        if first.any():
+            mean[first] = x[first]
+            cov[first] = 0.0
+            sum_wt[first] = sum_wt2[first] = old_wt[first] = 1.0
+        self.mean[sel], self.cov[sel], self.nobs[sel] = mean, cov, nobs
+        self.sum_wt[sel], self.sum_wt2[sel], self.old_wt[sel] = sum_wt, sum_wt2, old_wt
         numerator = sum_wt * sum_wt
         denominator = numerator - sum_wt2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = np.where(denominator > 0.0, numerator / denominator * cov, np.nan)
-        return np.where(nobs >= self.min_periods, np.sqrt(np.maximum(var, 0.0)), np.nan)
+        var = numerator / denominator * cov
+        var[~(denominator > 0.0)] = np.nan
+        np.maximum(var, 0.0, out=var)
+        np.sqrt(var, out=var)
+        var[nobs < self.min_periods] = np.nan
+        return var
 
 
 @dataclass(slots=True)
@@ -259,40 +303,53 @@ class DMNFeatureState:
         return np.arange(start, need)
 
     def update(self, idx: np.ndarray | None, price: np.ndarray) -> FeatureRows:
-        """Advance the assets ``idx`` (None: all, in order) by one price each; their new features."""
+        """Advance the assets ``idx`` (None: all, in order) by one price each; their new features.
+
+        One pass of numpy over the assets named (no Python loop per asset); with ``idx`` None
+        the state is read through views and updated in place.
+        """
         price = np.asarray(price, np.float64)
-        sel = self._all if idx is None else np.asarray(idx, np.int64)
+        if idx is None:
+            sel: slice | np.ndarray = slice(0, self.n_assets)
+            rows = self._all
+        else:
+            sel = rows = np.asarray(idx, np.int64)
         m = price.shape[0]
-        nobs = self.nobs[sel]
-        # returns over k days from the ring of each asset's last 253 prices
-        back = (nobs[:, None] - self._horizons) % _RING  # position of p_{t-k}
-        past = self.prices[sel[:, None], back]
-        have = nobs[:, None] >= self._horizons  # p_{t-k} exists
         with np.errstate(invalid="ignore", divide="ignore"):
-            rets = np.where(have, price[:, None] / past - 1.0, np.nan)  # (m, 5)
-        self.prices[sel, nobs % _RING] = price
-        first = nobs == 0
-        self.nobs[sel] = nobs + 1
-        # sigma: EWM std of daily returns, for assets that have a return
-        daily = rets[:, 0]
-        sigma = np.full(m, np.nan)
-        has_ret = ~first
-        if has_ret.all():
-            sigma = self.vol.push(sel, daily)
-        elif has_ret.any():
-            sigma[has_ret] = self.vol.push(sel[has_ret], daily[has_ret])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            norm = rets / sigma[:, None] / self._sqrt_h
-            means = self.ewma.push(sel, first, np.repeat(price[:, None], 2 * len(MACD_PAIRS), axis=1))
+            nobs = self.nobs[sel].copy()
+            # returns over k days from the ring of each asset's last 253 prices
+            back = (nobs[:, None] - self._horizons) % _RING  # position of p_{t-k}
+            past = self.prices[rows[:, None], back]  # NaN where p_{t-k} does not exist yet
+            rets = price[:, None] / past - 1.0  # (m, 5)
+            self.prices[rows, nobs % _RING] = price
+            self.nobs[sel] = nobs + 1
+            first = nobs == 0
+            any_first = bool(first.any())
+            # sigma: EWM std of daily returns, for assets that have a return
+            daily = rets[:, 0]
+            if not any_first:
+                sigma = self.vol.push(sel, daily)
+            else:
+                sigma = np.full(m, np.nan)
+                has_ret = ~first
+                if has_ret.any():
+                    sigma[has_ret] = self.vol.push(rows[has_ret], daily[has_ret])
+            features = np.empty((m, N_FEATURES))
+            norm = features[:, :len(RETURN_HORIZONS)]
+            np.divide(rets, sigma[:, None], out=norm)
+            norm /= self._sqrt_h
+            means = self.ewma.push(sel, first if any_first else None, price[:, None])
             macd = means[:, 0::2] - means[:, 1::2]  # (m, 3)
-            std63 = self.price_std.push(sel, price[:, None])  # (m, 1)
-            q = macd / np.where(std63 > 0.0, std63, np.nan)
-            q = np.where(np.isfinite(q), q, np.nan)
-            std252 = self.q_std.push(sel, q)
-            y = q / np.where(std252 > 0.0, std252, np.nan)
-        features = np.concatenate([norm, y], axis=1)
-        features[~np.isfinite(features)] = np.nan
-        tsmom = np.sign(rets[:, -1])
-        signal = macd_response(y).mean(axis=1)
+            std63 = self.price_std.push(sel, rows, price[:, None])  # (m, 1)
+            std63[~(std63 > 0.0)] = np.nan
+            q = macd / std63
+            q[~np.isfinite(q)] = np.nan
+            std252 = self.q_std.push(sel, rows, q)
+            std252[~(std252 > 0.0)] = np.nan
+            y = features[:, len(RETURN_HORIZONS):]
+            np.divide(q, std252, out=y)
+            features[~np.isfinite(features)] = np.nan
+            tsmom = np.sign(rets[:, -1])
+            signal = macd_response(y).mean(axis=1)
         return FeatureRows(features=features, ret=daily, sigma=sigma * math.sqrt(TRADING_DAYS), tsmom=tsmom,
                            macd=signal)

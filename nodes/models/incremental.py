@@ -280,10 +280,14 @@ class IncrementalModel(TorchScriptModel):
         hit = np.zeros(k, bool)
         src = np.zeros(k, np.int64)
         if cache is not None and cache.steps is steps and cache.rows.shape[1] == x.shape[1] - 1:
-            for i, s in enumerate(symbols):
-                j = cache.index.get(s)
-                if j is not None:
-                    hit[i], src[i] = True, j
+            if symbols == cache.symbols:  # yesterday's symbols again (the usual day): no lookup per symbol
+                hit[:] = True
+                src[:] = np.arange(k)
+            else:
+                index = cache.index
+                src[:] = np.fromiter((index.get(s, -1) for s in symbols), np.int64, k)
+                hit[:] = src >= 0
+                src[~hit] = 0
             if hit.any():
                 rows = np.flatnonzero(hit)
                 same = (x[rows, :-1] == cache.rows[src[rows]]).all(axis=(1, 2))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import compress
 from typing import Any, Literal
 
 import numpy as np
@@ -37,7 +38,7 @@ from dmnflow import Input, Node, Output, Ports, Tensor
 
 from .baseline import UNIVERSE_DOC, baseline_positions, in_universe
 
-__all__ = ["MetaLearner", "SharpeWeighter", "sharpe_weights"]
+__all__ = ["MetaLearner", "SharpeWeighter", "combine_positions", "realised_return", "sharpe_weights"]
 
 TRADING_DAYS = 252
 
@@ -69,13 +70,63 @@ def sharpe_weights(sharpes: dict[str, float], scheme: str = "softmax", temperatu
     return {n: float(x) for n, x in zip(names, w, strict=True)}
 
 
+Rows = tuple[list[str], np.ndarray]  # one model's prediction of a day: its symbols, one position each (float64)
+
+
+def _vector(values: Any, n: int) -> np.ndarray:
+    """A Signals list as float64 of length ``n`` (None -> NaN; short lists padded with NaN, long ones cut)."""
+    arr = np.asarray(values if values is not None else [], np.float64).reshape(-1)
+    if arr.shape[0] == n:
+        return arr
+    out = np.full(n, np.nan)
+    out[: min(n, arr.shape[0])] = arr[:n]
+    return out
+
+
+def _take(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``values[idx]``, NaN where ``idx`` is -1 (absent)."""
+    if not values.shape[0]:
+        return np.full(idx.shape[0], np.nan)
+    return np.where(idx >= 0, values[idx], np.nan)
+
+
+def realised_return(x: np.ndarray, sigma: np.ndarray, ret: np.ndarray, vol_target: float) -> float | None:
+    """The paper's strategy return of one day, averaged over assets: ``mean_i x_i * vol_target / sigma_i * r_i``
+    over the assets whose position, sigma (> 0) and return are all defined; None when none is."""
+    ok = np.isfinite(ret) & np.isfinite(x) & np.isfinite(sigma) & (sigma > 0)
+    if not ok.any():
+        return None
+    return float(np.mean(x[ok] * vol_target / sigma[ok] * ret[ok]))
+
+
+def combine_positions(weights: list[float], xs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per symbol, the weighted mean of the models that predict it (NaN: no prediction), clipped to
+    [-1, 1]: ``(has, position)``, ``has`` marking the symbols some model with a weight > 0 predicts.
+
+    The sums run over the models in order, as a loop over models per symbol would.
+    """
+    n = xs[0].shape[0] if xs else 0
+    num, den = np.zeros(n), np.zeros(n)
+    for w, x in zip(weights, xs, strict=True):
+        ok = np.isfinite(x)
+        num += np.where(ok, w * x, 0.0)
+        den += np.where(ok, w, 0.0)
+    has = den > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        position = np.clip(num / den, -1.0, 1.0)
+    return has, position
+
+
 class SharpeWeighter:
     """The meta-learner's logic without the framework: one :meth:`step` per event time.
 
     ``step(signals, predictions)`` takes the day's Signals and, per model, ``{symbol: position}``
     (or None when the model has nothing for that day); it first books each model's realised
     return from its previous positions and today's ``ret``, then returns today's combined
-    positions and the weights used.
+    positions and the weights used. ``step_rows`` is the same with each model's prediction as
+    ``(symbols, positions array)``: numpy over the symbols, no Python loop per symbol (the
+    alignment of a model's symbols with the day's is cached while both repeat). Symbols are
+    unique within a Signals message and within a prediction.
     """
 
     def __init__(self, models: list[str], window: int = 63, warmup: int = 21, scheme: str = "softmax",
@@ -84,34 +135,64 @@ class SharpeWeighter:
         self.window, self.warmup = window, warmup
         self.scheme, self.temperature, self.floor, self.vol_target = scheme, temperature, floor, vol_target
         self.returns: dict[str, deque[float]] = {m: deque(maxlen=window) for m in self.models}
-        self.last: dict[str, dict[str, float]] = {m: {} for m in self.models}  # yesterday's positions
-        self.last_sigma: dict[str, float] = {}  # yesterday's sigma per symbol
+        # per model: yesterday's symbols, positions and the day's sigma at them (None: no prediction)
+        self.last: dict[str, tuple[list[str], np.ndarray, np.ndarray] | None] = dict.fromkeys(self.models)
+        self._symbols: list[str] | None = None  # the current Signals' symbols, and where each is
+        self._index: dict[str, int] = {}
+        self._memo: dict[str, list[tuple[list[str], list[str], np.ndarray]]] = {m: [] for m in self.models}
+        self._booked = dict.fromkeys(self.models, 0)  # returns booked so far, per model
+        self._sharpe: dict[str, tuple[int, float]] = {}  # per model: (booked, its Sharpe then)
+
+    def _signals(self, symbols: list[str]) -> None:
+        if symbols != self._symbols:
+            self._symbols = list(symbols)
+            self._index = {s: i for i, s in enumerate(self._symbols)}
+
+    def _positions(self, model: str, names: list[str]) -> np.ndarray:
+        """Where each of ``names`` is in the current Signals (-1: absent); the last two per model are kept."""
+        memo = self._memo[model]
+        for seen, symbols, idx in memo:
+            if symbols is self._symbols and (seen is names or seen == names):
+                return idx
+        index = self._index
+        idx = np.fromiter((index.get(s, -1) for s in names), np.intp, len(names))
+        memo.insert(0, (names, self._symbols, idx))  # type: ignore[arg-type]
+        del memo[2:]
+        return idx
 
     def realised(self, signals: dict[str, Any]) -> None:
         """Book each model's return for today: its positions of the previous step times today's returns."""
         symbols = signals.get("symbols") or []
-        rets = signals.get("ret") or []
-        ret = {s: float(r) for s, r in zip(symbols, rets, strict=False) if r is not None and math.isfinite(r)}
+        self._signals(symbols)
+        ret = _vector(signals.get("ret"), len(symbols))
         for m in self.models:
             prev = self.last[m]
-            if not prev:
+            if prev is None:
                 continue
-            parts = []
-            for s, x in prev.items():
-                sig, r = self.last_sigma.get(s), ret.get(s)
-                if r is None or sig is None or not sig > 0 or not math.isfinite(x):
-                    continue
-                parts.append(x * self.vol_target / sig * r)
-            if parts:
-                self.returns[m].append(float(np.mean(parts)))
+            names, x, sigma = prev
+            r = realised_return(x, sigma, _take(ret, self._positions(m, names)), self.vol_target)
+            if r is not None:
+                self.returns[m].append(r)
+                self._booked[m] += 1
 
     def sharpe(self, model: str) -> float:
-        """The model's annualised Sharpe ratio over its booked returns (NaN with fewer than 2)."""
+        """The model's annualised Sharpe ratio over its booked returns (NaN with fewer than 2).
+
+        Computed once per booked return (the node asks twice a day) as ``np.std(ddof=1)`` does:
+        the mean, then the sum of squared deviations, so it is the same float."""
+        booked = self._booked[model]
+        cached = self._sharpe.get(model)
+        if cached is not None and cached[0] == booked:
+            return cached[1]
         r = np.asarray(self.returns[model], np.float64)
-        if r.size < 2:
-            return math.nan
-        sd = r.std(ddof=1)
-        return float(r.mean() / sd * math.sqrt(TRADING_DAYS)) if sd > 0 else math.nan
+        value = math.nan
+        if r.size >= 2:
+            mean = r.sum() / r.size
+            dev = r - mean
+            sd = math.sqrt((dev * dev).sum() / (r.size - 1))
+            value = float(mean / sd * math.sqrt(TRADING_DAYS)) if sd > 0 else math.nan
+        self._sharpe[model] = (booked, value)
+        return value
 
     def weights(self, present: list[str]) -> dict[str, float]:
         """Weights of the models present today: equal while any of them has fewer than ``warmup``
@@ -130,26 +211,38 @@ class SharpeWeighter:
         others left out and the rest renormalised), clipped to [-1, 1]; symbols come in the
         order of ``signals["symbols"]``.
         """
+        rows = {m: (list(p), np.array(list(p.values()), np.float64)) if p else None
+                for m, p in predictions.items()}
+        return self.step_rows(signals, rows)
+
+    def step_rows(self, signals: dict[str, Any], rows: dict[str, Rows | None], allowed: np.ndarray | None = None
+                  ) -> tuple[list[str], list[float], dict[str, float]]:
+        """:meth:`step` with each model's prediction as ``(symbols, positions)``; ``allowed`` (one bool
+        per Signals symbol) leaves the others out of the result."""
         self.realised(signals)
-        present = [m for m in self.models if predictions.get(m)]
+        symbols = self._symbols or []
+        n = len(symbols)
+        present = [m for m in self.models if (r := rows.get(m)) is not None and len(r[0])]
         w = self.weights(present)
-        symbols, positions = [], []
-        for s in signals.get("symbols") or []:
-            num = den = 0.0
-            for m in present:
-                x = predictions[m].get(s)  # type: ignore[union-attr]
-                if x is not None and math.isfinite(x):
-                    num += w[m] * x
-                    den += w[m]
-            if den > 0:
-                symbols.append(s)
-                positions.append(max(-1.0, min(1.0, num / den)))
+        spread: dict[str, np.ndarray] = {}  # each model's positions at today's symbols (NaN: none)
+        for m in present:
+            names, x = rows[m]  # type: ignore[misc]
+            idx = self._positions(m, names)
+            xs = np.full(n, np.nan)
+            inside = idx >= 0
+            xs[idx[inside]] = x[inside]
+            spread[m] = xs
+        has, position = combine_positions([w[m] for m in present], [spread[m] for m in present])
+        if not present:
+            has, position = np.zeros(n, bool), np.zeros(n)
+        if allowed is not None:
+            has &= allowed
+        sigma = _vector(signals.get("sigma"), n)
         for m in self.models:
-            self.last[m] = dict(predictions.get(m) or {})
-        sig = signals.get("sigma") or []
-        self.last_sigma = {s: float(v) for s, v in zip(signals.get("symbols") or [], sig, strict=False)
-                           if v is not None and math.isfinite(v)}
-        return symbols, positions, w
+            r = rows.get(m)
+            self.last[m] = None if r is None or not len(r[0]) else \
+                (r[0], r[1], _take(sigma, self._positions(m, r[0])))
+        return list(compress(symbols, has.tolist())), position[has].tolist(), w
 
 
 class MetaLearner(Node):
@@ -223,29 +316,33 @@ class MetaLearner(Node):
         sharpe = {m: w.sharpe(m) for m in w.models} if w else {}
         return {**getattr(self, "counts", {}), "sharpe": sharpe}
 
-    def _aligned(self, model: str, value: Any, signals: dict[str, Any], ctx: Any) -> dict[str, float] | None:
+    def _aligned(self, model: str, value: Any, signals: dict[str, Any], ctx: Any) -> Rows | None:
+        """The model's rows with their symbols; None when it has none today or they cannot be placed."""
         if value is None:
             self.counts["missing"] += 1
             return None
         x = np.asarray(value, np.float64).reshape(-1)
         if not x.shape[0]:
-            return {}  # an empty cross-section (the model's windows are not warm yet): nothing to align
+            return None  # an empty cross-section (the model's windows are not warm yet): nothing to align
         message = getattr(ctx, "joined", {}).get(model)
         attrs = getattr(message, "attrs", None)
         named = attrs.get("symbols") if isinstance(attrs, dict) else None
         if isinstance(named, list) and len(named) == x.shape[0]:  # the rows name their symbols
-            return dict(zip(named, x.tolist(), strict=True))
+            if len(set(named)) == len(named):
+                return named, x
+            unique = dict(zip(named, x.tolist(), strict=True))  # a repeated symbol: its last row
+            return list(unique), np.array(list(unique.values()), np.float64)
         symbols = signals.get("symbols") or []
         chosen = None
         for field in dict.fromkeys((self.align[model], "ready")):  # the model's mask, else the 63-day one
             mask = signals.get(field)
             if isinstance(mask, list) and len(mask) == len(symbols):
-                marked = [s for s, ok in zip(symbols, mask, strict=True) if ok]
+                marked = list(compress(symbols, mask))
                 if len(marked) == x.shape[0]:
                     chosen = marked
                     break
         if chosen is None and x.shape[0] == len(symbols):
-            chosen = symbols
+            chosen = list(symbols)
         if chosen is None:
             self.counts["unaligned"] += 1
             if self.counts["unaligned"] in (1, 100, 10_000):
@@ -253,7 +350,7 @@ class MetaLearner(Node):
                                  "the model sits the day out (%d times so far)", model, x.shape[0], self.align[model],
                                  len(symbols), self.counts["unaligned"])
             return None
-        return dict(zip(chosen, x.tolist(), strict=True))
+        return chosen, x
 
     def on_join(self, values: dict[str, Any], ctx: Any) -> None:
         signals = values.get("signals")
@@ -272,12 +369,9 @@ class MetaLearner(Node):
                                    "position": position, "weights": {ctx.params.strategy: 1.0}})
             return
         preds = {m: self._aligned(m, values.get(m), signals, ctx) for m in ctx.params.models}
-        symbols, position, weights = self.weighter.step(signals, preds)
         allowed = in_universe(signals, universe)
-        if allowed is not None:
-            keep = {s for s, ok in zip(signals.get("symbols") or [], allowed, strict=True) if ok}
-            symbols, position = [s for s in symbols if s in keep], [x for s, x in zip(symbols, position, strict=True)
-                                                                    if s in keep]
+        symbols, position, weights = self.weighter.step_rows(
+            signals, preds, None if allowed is None else np.array(allowed, bool))
         self.counts["days"] += 1
         ctx.emit("positions", {"t": signals.get("t", ctx.message.event_time), "symbols": symbols,
                                "position": position, "weights": weights,

@@ -76,6 +76,56 @@ def test_streaming_matches_the_pandas_reference_to_1e9() -> None:
     assert np.isfinite(want).all(axis=2).sum() > 4000  # the comparison covers plenty of defined rows
 
 
+def _stream_all(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Every asset every day (the node's steady state: the engine's view path, no index arrays)."""
+    out = {"features": np.full((*values.shape, 8), np.nan), "sigma": np.full(values.shape, np.nan),
+           "macd": np.full(values.shape, np.nan)}
+    state = DMNFeatureState(values.shape[1])
+    for i in range(values.shape[0]):
+        rows = state.update(None, values[i])
+        out["features"][i], out["sigma"][i], out["macd"][i] = rows.features, rows.sigma, rows.macd
+    return out
+
+
+def _assert_matches_reference(closes: Any, got: dict[str, np.ndarray]) -> None:
+    want = ref.feature_tensor(closes)
+    for k, name in enumerate(FEATURE_NAMES):
+        _assert_close(got["features"][:, :, k], want[:, :, k], name)
+    _assert_close(got["sigma"], ref.ewm_vol(closes, annualise=True).to_numpy(), "sigma")
+    _assert_close(got["macd"], ref.macd_signal(closes).to_numpy(), "macd")
+
+
+def test_a_long_series_every_asset_every_day_matches_the_reference_to_1e9() -> None:
+    """12 assets over 4,000 days (16 exact recomputations of every 252-day window, so drift of
+    the running sums would show), through the in-place path a full cross-section takes."""
+    closes = synthetic_closes(seed=21, symbols=12, days=4000)
+    closes.iloc[:, 7] *= 1e-3  # a low price level
+    closes.iloc[1500:1600, 3] = closes.iloc[1500, 3]  # a flat stretch: std 0, MACD undefined
+    got = _stream_all(closes.to_numpy())
+    _assert_matches_reference(closes, got)
+    assert np.isfinite(got["features"]).all(axis=2).sum() > 40_000
+
+
+def _trendfollowing_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("trendfollowing")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _trendfollowing_installed(), reason="the trendfollowing package is not installed "
+                                                            "(pip install --no-deps trendfollowing)")
+def test_real_futures_match_the_reference_to_1e9() -> None:
+    """Nine trendfollowing futures, 1990-2015 (holidays, gaps, levels from FX to indices)."""
+    from nodes.market import load_trendfollowing
+
+    closes = load_trendfollowing("1990-01-01", "2015-12-31").iloc[:, ::10]
+    _assert_matches_reference(closes, _stream(closes))
+
+
 def test_warm_up_follows_the_definitions() -> None:
     closes = synthetic_closes(seed=1, symbols=1, days=400)
     got = _stream(closes)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from dmnflow import Message
 from dmnflow.testing import RecordingContext
 from nodes.models import MetaLearner, SharpeWeighter, sharpe_weights
+from nodes.models.meta import combine_positions, realised_return
 
 
 def make(params: dict[str, Any] | None = None) -> tuple[MetaLearner, RecordingContext]:
@@ -160,3 +161,91 @@ def test_a_universe_keeps_every_strategy_to_the_same_asset_days(strategy: str) -
     node.on_join({"lstm": col([0.4, -0.6, 0.1]), "signals": signals(2, ["A", "B", "C"], [0.0] * 3, [0.2] * 3,
                                                                       tsmom=[1.0] * 3, macd=[0.1] * 3)}, ctx)
     assert ctx.out["positions"][-1]["symbols"] == [] and node.summary()["no_universe"] == 1
+
+
+class _LoopWeighter(SharpeWeighter):
+    """The meta-learner as it was written before it went to numpy: a Python loop per model and
+    symbol, over dicts. The vectorised one must give the same floats."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prev: dict[str, dict[str, float]] = {m: {} for m in self.models}
+        self.prev_sigma: dict[str, float] = {}
+
+    def sharpe(self, model: str) -> float:
+        r = np.asarray(self.returns[model], np.float64)
+        if r.size < 2:
+            return math.nan
+        sd = r.std(ddof=1)
+        return float(r.mean() / sd * math.sqrt(252)) if sd > 0 else math.nan
+
+    def step(self, signals: dict[str, Any], predictions: dict[str, dict[str, float] | None]
+             ) -> tuple[list[str], list[float], dict[str, float]]:
+        ret = {s: float(r) for s, r in zip(signals["symbols"], signals["ret"], strict=False)
+               if r is not None and math.isfinite(r)}
+        for m in self.models:
+            parts = [x * self.vol_target / self.prev_sigma[s] * ret[s] for s, x in self.prev[m].items()
+                     if s in ret and s in self.prev_sigma and self.prev_sigma[s] > 0 and math.isfinite(x)]
+            if parts:
+                self.returns[m].append(float(np.mean(parts)))
+        present = [m for m in self.models if predictions.get(m)]
+        w = self.weights(present)
+        symbols, positions = [], []
+        for s in signals["symbols"]:
+            num = den = 0.0
+            for m in present:
+                x = predictions[m].get(s)  # type: ignore[union-attr]
+                if x is not None and math.isfinite(x):
+                    num += w[m] * x
+                    den += w[m]
+            if den > 0:
+                symbols.append(s)
+                positions.append(max(-1.0, min(1.0, num / den)))
+        for m in self.models:
+            self.prev[m] = dict(predictions.get(m) or {})
+        self.prev_sigma = {s: float(v) for s, v in zip(signals["symbols"], signals["sigma"], strict=False)
+                           if v is not None and math.isfinite(v)}
+        return symbols, positions, w
+
+
+@pytest.mark.parametrize("scheme", ["softmax", "positive"])
+def test_the_vectorised_weighter_gives_the_loops_floats(scheme: str) -> None:
+    """400 days of three models over 20 symbols that come and go, NaN positions, missing and bad
+    sigmas, a model with nothing some days: positions, weights and Sharpe ratios are equal (==)."""
+    rng = np.random.default_rng(17)
+    universe = [f"S{i:02d}" for i in range(20)]
+    models = ["lstm", "transformer", "other"]
+    new = SharpeWeighter(models, window=30, warmup=5, scheme=scheme, temperature=0.7, floor=0.1)
+    old = _LoopWeighter(models, window=30, warmup=5, scheme=scheme, temperature=0.7, floor=0.1)
+    for t in range(400):
+        symbols = [s for s in universe if rng.random() > 0.1] if t % 9 else list(universe)
+        sigma: list[float | None] = list(rng.uniform(0.05, 0.5, len(symbols)))
+        if t % 13 == 0 and symbols:
+            sigma[0] = None
+            sigma[-1] = -0.1
+        day = signals(t, symbols, list(rng.normal(0, 0.02, len(symbols))), sigma)  # type: ignore[arg-type]
+        preds: dict[str, dict[str, float] | None] = {}
+        for k, m in enumerate(models):
+            if (t + k) % 17 == 0:
+                preds[m] = None if k % 2 else {}
+                continue
+            chosen = [s for s in universe if rng.random() > 0.2]  # may name symbols absent today
+            x = np.tanh(rng.normal(0.1 * k, 1.0, len(chosen))).astype(np.float32).astype(np.float64)
+            if t % 11 == 0 and len(x):
+                x[0] = np.nan
+            preds[m] = dict(zip(chosen, x.tolist(), strict=True))
+        assert new.step(day, preds) == old.step(day, preds)
+        assert np.array_equal([new.sharpe(m) for m in models], [old.sharpe(m) for m in models], equal_nan=True)
+    assert all(len(new.returns[m]) == 30 for m in models)
+
+
+def test_the_plain_functions_on_hand_made_numbers() -> None:
+    nan = math.nan
+    # A: both models, weights 0.25 / 0.75; B: only the second; C: nobody; D: clipped to 1
+    has, pos = combine_positions([0.25, 0.75], [np.array([0.4, nan, nan, 2.0]), np.array([-0.4, 0.8, nan, 2.0])])
+    assert has.tolist() == [True, True, False, True]
+    assert pos[has].tolist() == [0.25 * 0.4 + 0.75 * -0.4, 0.75 * 0.8 / 0.75, 1.0]  # the loop's arithmetic
+    # only the assets with a position, a sigma > 0 and a return count
+    x, sigma, ret = np.array([1.0, -0.5, 1.0, nan]), np.array([0.3, 0.15, 0.0, 0.2]), np.array([0.01, 0.02, 0.5, 0.1])
+    assert realised_return(x, sigma, ret, 0.15) == np.mean([1.0 * 0.15 / 0.3 * 0.01, -0.5 * 0.15 / 0.15 * 0.02])
+    assert realised_return(x[2:], sigma[2:], ret[2:], 0.15) is None
