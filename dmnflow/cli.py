@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -18,21 +18,18 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import __version__
-from .compiler import compile_graph, validate
 from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, LaunchError, format_issues
-from .observe.dashboard import serve_run_dashboard
-from .observe.listen import bw, echo, hz
-from .observe.replay import replay_plan
-from .observe.session import watching
-from .observe.top import top
-from .observe.view import format_value, render_report
-from .plan import Plan
-from .runtime import launch
-from .runtime.admin import find_run, list_runs, run_status, send_command
-from .runtime.backends import BACKENDS
-from .spec import Override, format_cpus, json_schema, load_overlay, parse_duration
-from .transport.security import KeyError_, generate_keys
-from .viz import FORMATS, render
+
+if TYPE_CHECKING:
+    from .cache import Compiled
+    from .plan import Plan
+    from .spec import Override
+
+# Each command imports what it runs (the compiler, torch through the nodes, zmq, pydantic's
+# schemas) in its body, so `dmnflow --help` and a cached `validate` start in a blink:
+# tests/unit/test_cli.py::test_cli_imports_lightly checks what importing this module loads.
+# `--format`'s choices, as dmnflow.viz.FORMATS has them (a test checks they agree).
+_VIZ_FORMATS = ("mermaid", "dot", "svg", "png", "html", "json")
 
 app = typer.Typer(
     name="dmnflow",
@@ -89,6 +86,8 @@ def _fail(exc: DmnflowError) -> NoReturn:
 
 def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[str | Override]:
     """Overlay files' settings, then the --set options (which win), as the loader takes them."""
+    from .spec import load_overlay
+
     found: list[str | Override] = []
     issues: list[Issue] = []
     for file in overlays or []:
@@ -103,8 +102,25 @@ def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[str 
 
 def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool = True,
           overlays: list[Path] | None = None) -> Plan:
+    result = _compiled(graph, sets, profile, models, overlays)
+    if result.plan_json is None:
+        _fail(GraphError(result.issues))
+    return result.plan()
+
+
+def _compiled(graph: Path, sets: list[str] | None, profile: str | None, models: bool,
+              overlays: list[Path] | None) -> Compiled:
+    """The graph compiled, or the same answer from the compile cache (dmnflow/cache.py) when
+    nothing it depends on has changed since."""
+    from .cache import compiled
+
+    def compute() -> tuple[Plan | None, list[Issue]]:
+        from .compiler import check
+
+        return check(graph, _overrides(overlays, sets), profile=profile, models=models)
+
     try:
-        return compile_graph(graph, _overrides(overlays, sets), profile=profile, models=models)
+        return compiled(graph, sets or [], overlays or [], profile, models, compute)
     except DmnflowError as exc:
         _fail(exc)
 
@@ -113,7 +129,7 @@ def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool
 def validate_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
                  as_json: JsonOpt = False, no_models: NoModelsOpt = False, overlays: OverlayOpt = None) -> None:
     """Check a graph and report every problem with file:line:col; exit 1 if any is an error."""
-    issues = validate(graph, _overrides(overlays, sets), profile=profile, models=not no_models)
+    issues = _compiled(graph, sets, profile, not no_models, overlays).issues
     errors = sum(i.is_error for i in issues)
     if as_json:
         out.print_json(json.dumps({"file": str(graph), "valid": errors == 0, "errors": errors,
@@ -142,7 +158,7 @@ def plan_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
 @app.command("viz")
 def viz_cmd(
     graph: GraphArg,
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help=f"one of {', '.join(FORMATS)} "
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help=f"one of {', '.join(_VIZ_FORMATS)} "
                                             "(default: from -o's extension, else mermaid)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
     sets: SetOpt = None,
@@ -152,9 +168,11 @@ def viz_cmd(
     if fmt is None:
         ext = output.suffix.lstrip(".").lower() if output else ""
         fmt = {"mmd": "mermaid", "gv": "dot"}.get(ext, ext) if ext else "mermaid"
-    if fmt not in FORMATS:
-        err.print(f"error: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt not in _VIZ_FORMATS:
+        err.print(f"error: unknown format {fmt!r}; use one of {', '.join(_VIZ_FORMATS)}")
         raise typer.Exit(ExitCode.USAGE)
+    from .viz import render
+
     data = render(_plan(graph, sets, profile, models=False), fmt)  # a picture needs no model loaded
     if output is None:
         if isinstance(data, bytes):
@@ -205,6 +223,8 @@ def launch_cmd(
 
 
 def _durations(duration: str | None, status_every: str) -> tuple[float | None, float]:
+    from .spec import parse_duration
+
     try:
         duration_s = parse_duration(duration) if duration is not None else None
     except ValueError as exc:
@@ -219,6 +239,8 @@ def _durations(duration: str | None, status_every: str) -> tuple[float | None, f
 
 def _backend(backend: str, address: str | None) -> None:
     """--backend and --address: a usage error before anything is compiled."""
+    from .runtime.backends import BACKENDS
+
     if backend not in BACKENDS or (address is not None and backend != "ray"):
         err.print(f"error: --backend {backend!r}: use {' or '.join(BACKENDS)}" if backend not in BACKENDS else
                   "error: --address is for --backend ray (the local backend runs on this machine)")
@@ -229,6 +251,10 @@ def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | 
          dashboard: str | None, record: Path | None, edges: str | None, every_s: float,
          title: str | None = None, backend: str = "local", address: str | None = None) -> NoReturn:
     """Launch ``plan`` with what watches it (observe/session.py), print the report, exit with its code."""
+    from .observe.session import watching
+    from .observe.view import render_report
+    from .runtime import launch
+
     chosen = [e for e in edges.split(",") if e.strip()] if edges else None
     try:
         with watching(plan, err, status_every_s=every_s, metrics=metrics, dashboard=dashboard, record=record,
@@ -254,6 +280,8 @@ def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | 
 @app.command("runs")
 def runs_cmd(as_json: JsonOpt = False) -> None:
     """List the graphs running now (yours): name, supervisor pid, graph, node states."""
+    from .runtime.admin import list_runs, run_status
+
     rows = []
     for run in list_runs():
         try:
@@ -292,6 +320,8 @@ def swap_cmd(
                                                 "default: file name and SHA-256 prefix")] = None,
 ) -> None:
     """Swap a running model node's model without losing a message: load, warm up, switch."""
+    from .runtime.admin import find_run, send_command
+
     if not model_file.is_file():
         err.print(Text(f"error: {model_file}: no such file", style="red"))
         raise typer.Exit(ExitCode.INVALID)
@@ -325,6 +355,8 @@ def top_cmd(
     duration: Annotated[str | None, typer.Option("--duration", "-d", help="stop looking after this long")] = None,
 ) -> None:
     """Show a running graph's live view from another terminal (rates, latencies, cpu, figures)."""
+    from .observe.top import top
+
     duration_s, interval_s = _durations(duration, interval)
     try:
         top(run, err if err.is_terminal else out, interval_s=interval_s, once=once, duration_s=duration_s)
@@ -350,12 +382,16 @@ def echo_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Print an output's records, decoded, as the graph runs."""
+    from .observe.listen import echo
+
     duration_s, _ = _durations(duration, "0")
     _listen(echo, run, output, count=count, topic=topic, max_rate=max_rate, as_json=as_json, duration_s=duration_s)
 
 
 def _listen(client: Callable[..., None], run: str, output: str, **options: Any) -> None:
     """``echo``, ``hz`` or ``bw`` on the run's tap of ``output``, until done or Ctrl-C."""
+    from .runtime.admin import find_run
+
     try:
         client(find_run(run), output, sys.stdout, **options)
     except ControlError as exc:
@@ -373,6 +409,8 @@ def hz_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Print an output's rate every second: exact msg/s, and the spread of the periods."""
+    from .observe.listen import hz
+
     duration_s, window_s = _durations(duration, window)
     _listen(hz, run, output, window_s=window_s, topic=topic, duration_s=duration_s)
 
@@ -386,6 +424,8 @@ def bw_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Print an output's bandwidth every second (payload bytes/s)."""
+    from .observe.listen import bw
+
     duration_s, window_s = _durations(duration, window)
     _listen(bw, run, output, window_s=window_s, topic=topic, duration_s=duration_s)
 
@@ -398,6 +438,8 @@ def dashboard_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Serve the live web dashboard of a running graph (the URL, with its token, is printed)."""
+    from .observe.dashboard import serve_run_dashboard
+
     duration_s, _ = _durations(duration, "0")
     try:
         serve_run_dashboard(run, address, err, duration_s=duration_s)
@@ -421,6 +463,8 @@ def replay_cmd(
     no_models: NoModelsOpt = False,
 ) -> None:
     """Feed a recording into a subgraph in event-time order, replacing the streams' producers."""
+    from .observe.replay import replay_plan
+
     try:
         plan = replay_plan(recording, graph, [n.strip() for n in into.split(",") if n.strip()], sets or [],
                            profile=profile, speed=speed, models=not no_models)
@@ -442,6 +486,8 @@ def keys_generate_cmd(
                                         "then refused)")] = False,
 ) -> None:
     """Write CURVE keypairs: NAME.key (public, to share) and NAME.key_secret (mode 0600, never shared)."""
+    from .transport.security import KeyError_, generate_keys
+
     try:
         written = generate_keys(directory, names or ["graph"], force=force)
     except (KeyError_, OSError) as exc:
@@ -464,6 +510,8 @@ def schema_cmd(
 
         text = json.dumps(tune_json_schema(), indent=2) + "\n"
     else:
+        from .spec import json_schema
+
         text = json.dumps(json_schema(), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
@@ -591,6 +639,8 @@ class _TuneView:
 
 
 def _render_dry_run(tune: Any, drawn: list[dict[str, Any]]) -> None:
+    from .observe.view import format_value
+
     out.print(f"[bold]{tune.study}[/bold]: {tune.spec.trials} trials of {tune.file} over "
               f"{os.path.relpath(tune.graph)}, {tune.spec.concurrency} at once, engine {tune.engine}, "
               f"sampler {tune.spec.sampler}, pruner {tune.spec.pruner}; storage {tune.storage}")
@@ -614,6 +664,8 @@ def _render_dry_run(tune: Any, drawn: list[dict[str, Any]]) -> None:
 
 
 def _render_study(tune: Any, result: Any) -> None:
+    from .observe.view import format_value
+
     names = result.objectives
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     out.print(f"[bold]{result.study}[/bold]: {len(result.rows)} trials ({counts})"
@@ -693,6 +745,8 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 def _render_plan(plan: Plan) -> None:
     """Processes, then their nodes, then each node's inputs and outputs, as a tree."""
+    from .spec import format_cpus
+
     profile = f", profile {plan.profile}" if plan.profile else ""
     root = Tree(f"[bold]{plan.graph}[/bold] ({plan.file}{profile}): {len(plan.processes)} processes, "
                 f"{len(plan.nodes)} nodes, {len(plan.edges)} edges; machine cores "
