@@ -215,11 +215,31 @@ def launch_cmd(
                                                 "this run and stopped after it")] = None,
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
+    from .observe.session import StartView
+
     duration_s, every_s = _durations(duration, status_every)
     _backend(backend, address)
-    plan = _plan(graph, sets, profile, models=not no_models, overlays=overlays)
-    _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s, backend=backend,
-         address=address)
+    with StartView(err, f"compiling {graph} ..."):  # the start's phases, as they happen
+        plan = _launch_plan(graph, sets, profile, not no_models, overlays)
+        _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s, backend=backend,
+             address=address)
+
+
+def _launch_plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool,
+                 overlays: list[Path] | None) -> Plan:
+    """The plan to launch, logged as the start's first phase (``dmnflow.start``)."""
+    import logging
+    import time
+
+    t0 = time.monotonic()
+    result = _compiled(graph, sets, profile, models, overlays)
+    if result.plan_json is None:
+        _fail(GraphError(result.issues))
+    plan = result.plan()
+    how = "from the compile cache" if result.cached else "models checked" if models else "models not checked"
+    logging.getLogger("dmnflow.start").info("%s: validated %s: %d nodes in %d processes, %s (%.2fs)", plan.graph,
+                                            graph, len(plan.nodes), len(plan.processes), how, time.monotonic() - t0)
+    return plan
 
 
 def _durations(duration: str | None, status_every: str) -> tuple[float | None, float]:
@@ -279,16 +299,17 @@ def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | 
 
 @app.command("runs")
 def runs_cmd(as_json: JsonOpt = False) -> None:
-    """List the graphs running now (yours): name, supervisor pid, graph, node states."""
+    """List the graphs running now (yours): name, supervisor pid, graph, phase, node states."""
     from .runtime.admin import list_runs, run_status
 
     rows = []
     for run in list_runs():
         try:
-            nodes = run_status(run).message.get("nodes", {})
+            status = run_status(run).message
         except ControlError:
             continue  # it ended while we looked
-        rows.append({"name": run.name, "pid": run.pid, "graph": run.graph, "nodes": nodes})
+        rows.append({"name": run.name, "pid": run.pid, "graph": run.graph, "phase": status.get("phase", "running"),
+                     "phase_detail": status.get("phase_detail", ""), "nodes": status.get("nodes", {})})
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -296,13 +317,14 @@ def runs_cmd(as_json: JsonOpt = False) -> None:
         out.print("no graph is running")
         return
     table = Table(title="runs", title_justify="left")
-    for col in ("name", "pid", "graph", "nodes"):
+    for col in ("name", "pid", "graph", "phase", "nodes"):
         table.add_column(col)
     for row in rows:
         states: dict[str, int] = {}
         for state in row["nodes"].values():
             states[state] = states.get(state, 0) + 1
         table.add_row(row["name"], str(row["pid"]), row["graph"],
+                      row["phase"] + (f" ({row['phase_detail']})" if row["phase_detail"] else ""),
                       ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     out.print(table)
 

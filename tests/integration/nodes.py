@@ -456,3 +456,20 @@ class Digest(Node):
         with open(path, "w", encoding="utf-8") as out:
             json.dump({"fills": sorted(int(a[0]) for a in arrays),
                        "intact": all(bool((a == a[0]).all()) for a in arrays), "via_shm": int(shared)}, out)
+
+
+class GatedCollect(Collect):
+    """A Collect whose setup waits until the file ``gate`` exists: a start held open for as
+    long as a test needs to look at it (at most ``wait_s``)."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        path: str | None = None
+        gate: str
+        wait_s: float = Field(60.0, gt=0)
+
+    def setup(self, ctx: Any) -> None:
+        deadline = time.monotonic() + ctx.params.wait_s
+        while not os.path.exists(ctx.params.gate) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        super().setup(ctx)
