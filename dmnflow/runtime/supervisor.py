@@ -176,7 +176,7 @@ class _Supervisor:
         try:
             self.phase_starting()
             self.backend.begin(self)  # the zygote; Ray actors placed on their nodes
-            for proc in self.procs.values():
+            for proc in self.spawn_order():
                 self.spawn(proc)
             self.bring_up(time.monotonic())
             startup_s = time.monotonic() - t0
@@ -317,6 +317,11 @@ class _Supervisor:
         sock = self.admin.socket
         if sock is not None and sock.poll(0):
             self.admin.serve()
+
+    def spawn_order(self) -> list[_Proc]:
+        """Workers without a model first: they start while the zygote loads torch for the rest."""
+        with_model = {n.process for n in self.plan.nodes if n.model is not None}
+        return sorted(self.procs.values(), key=lambda p: p.name in with_model)
 
     def phase_starting(self) -> None:
         n = len(self.procs)
