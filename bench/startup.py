@@ -1,6 +1,6 @@
 """Start-up as a user feels it, on the trading graph; and ``launch()`` of a 10-node chain.
 
-    python bench/startup.py [--runs 3] [--days 20] [--json out.json]
+    python bench/startup.py [--runs 3] [--days 20] [--baseline DIR] [--json out.json]
     python bench/startup.py --chain [--runs 7] [--nodes 10] [--compare] [--json out.json]
 
 The default measures, each ``--runs`` times (medians; one run first writes the ``.pyc`` files,
@@ -17,7 +17,9 @@ new processes:
   (validated, N/N processes up, ready). The same once with a cold cache.
 
 Each figure is wall time and the CPU time (user + system) of the command and its children.
-The compile cache lives in a private ``XDG_CACHE_HOME`` for the run. ``--chain`` is the
+The compile cache lives in a private ``XDG_CACHE_HOME`` for the run. ``--baseline DIR``
+measures a checkout of another commit the same way, interleaved (``git archive COMMIT |
+tar -x -C DIR``); one without phase lines gives only the report's "all ready" figure. ``--chain`` is the
 older measurement: ``launch()`` to the first message at the sink of ``source -> 8 relays ->
 sink`` (see ``chain_main``). Absolute times move with the machine's load (printed with the
 figures); no asserts: speed is reported, not tested.
@@ -127,10 +129,10 @@ def _command() -> list[str]:
     return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "dmnflow"]
 
 
-def _env(cache: str) -> dict[str, str]:
+def _env(cache: str, repo: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # .pyc files, as installed
     env.update(XDG_CACHE_HOME=cache, NO_COLOR="1", COLUMNS="120",
-               PYTHONPATH=os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p))
+               PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p))
     return env
 
 
@@ -139,41 +141,102 @@ def _cpu() -> float:
     return kids.ru_utime + kids.ru_stime
 
 
-def timed(args: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Wall and CPU seconds of one command, which must succeed."""
-    cpu, t0 = _cpu(), time.perf_counter()
-    done = subprocess.run(_command() + args, env=env, capture_output=True, text=True, timeout=600)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"dmnflow {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return {"wall_s": wall, "cpu_s": _cpu() - cpu}
+class Variant:
+    """A checkout to measure (this one, or ``--baseline DIR``), with a compile cache of its own."""
 
+    def __init__(self, name: str, repo: str) -> None:
+        self.name, self.repo = name, repo
+        self.cache = tempfile.mkdtemp(prefix="dmnflow-bench-cache-")
+        self.out_dir = tempfile.mkdtemp(prefix="dmnflow-bench-out-")
+        self.env = _env(self.cache, repo)
+        self.results: dict[str, list[dict[str, float]]] = {k: [] for k in (
+            "help", "validate_cold", "validate_warm", "launch_warm", "launch_cold")}
 
-def to_first_tick(days: int, env: dict[str, str], out_dir: str) -> dict[str, float]:
-    """``dmnflow launch`` of the backtest: seconds from the command's start to each phase line."""
-    args = ["launch", BACKTEST, "--set", f"vars.days={days}", "--set", f"vars.out={out_dir}"]
-    cpu, t0 = _cpu(), time.perf_counter()
-    proc = subprocess.Popen(_command() + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    seen: dict[str, float] = {}
-    tail: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # read to the end: a full pipe would stall the run
-            now = time.perf_counter() - t0
-            tail = (tail + [line])[-20:]
-            for phase in PHASES:
-                if phase in seen or f" {phase}" not in line or (phase == "processes up" and not _all_up(line)):
-                    continue
-                seen[phase] = now
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if proc.returncode != 0 or "first message" not in seen:
-        raise SystemExit(f"dmnflow {' '.join(args)} failed ({proc.returncode}):\n{''.join(tail)}")
-    return {**{f"{p}_s": t for p, t in seen.items()}, "wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - cpu}
+    def clear_cache(self) -> None:
+        shutil.rmtree(os.path.join(self.cache, "dmnflow"), ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.cache, ignore_errors=True)
+        shutil.rmtree(self.out_dir, ignore_errors=True)
+
+    def timed(self, args: list[str]) -> dict[str, float]:
+        """Wall and CPU seconds of one command, which must succeed."""
+        cpu, t0 = _cpu(), time.perf_counter()
+        done = subprocess.run(_command() + args, env=self.env, cwd=self.repo, capture_output=True, text=True,
+                              timeout=600)
+        wall = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise SystemExit(f"{self.name}: dmnflow {' '.join(args)} failed ({done.returncode}):\n"
+                             f"{done.stderr[-2000:]}")
+        return {"wall_s": wall, "cpu_s": _cpu() - cpu}
+
+    def to_first_tick(self, days: int) -> dict[str, float]:
+        """``dmnflow launch`` of the backtest: seconds from the command's start to each phase line;
+        and, from its report, to the moment every worker was ready (``ready_report_s``: the wall
+        time less the run's ``duration_s``, plus its ``startup_s``), which a dmnflow without
+        phase lines gives too."""
+        report = os.path.join(self.out_dir, "report.json")
+        args = ["launch", BACKTEST, "--set", f"vars.days={days}", "--set", f"vars.out={self.out_dir}",
+                "--report", report]
+        cpu, t0 = _cpu(), time.perf_counter()
+        proc = subprocess.Popen(_command() + args, env=self.env, cwd=self.repo, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        seen: dict[str, float] = {}
+        tail: list[str] = []
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:  # read to the end: a full pipe would stall the run
+                now = time.perf_counter() - t0
+                tail = (tail + [line])[-20:]
+                for phase in PHASES:
+                    if phase in seen or f" {phase}" not in line or (phase == "processes up" and not _all_up(line)):
+                        continue
+                    seen[phase] = now
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"{self.name}: dmnflow {' '.join(args)} failed ({proc.returncode}):\n{''.join(tail)}")
+        with open(report, encoding="utf-8") as f:
+            rep = json.load(f)
+        return {**{f"{p}_s": t for p, t in seen.items()}, "wall_s": wall, "cpu_s": _cpu() - cpu,
+                "ready_report_s": wall - rep["duration_s"] + rep["startup_s"]}
+
+    def round(self, days: int) -> None:
+        """One of each measurement."""
+        r = self.results
+        r["help"].append(self.timed(["--help"]))
+        self.clear_cache()
+        r["validate_cold"].append(self.timed(["validate", TRADING]))
+        r["validate_warm"].append(self.timed(["validate", TRADING]))
+        self.to_first_tick(days)  # the backtest's own compile cached (not counted)
+        r["launch_warm"].append(self.to_first_tick(days))
+        first = r["launch_warm"][-1].get("first message_s", r["launch_warm"][-1]["ready_report_s"])
+        print(f"  {self.name}: --help {r['help'][-1]['wall_s']:.2f} s, validate cold "
+              f"{r['validate_cold'][-1]['wall_s']:.2f} s / warm {r['validate_warm'][-1]['wall_s']:.2f} s, "
+              f"launch to first tick {first:.2f} s", file=sys.stderr, flush=True)
+
+    def rows(self, label: str) -> list[list[str]]:
+        def med(kind: str, key: str) -> str:
+            return fmt(harness.median([r.get(key) for r in self.results[kind]]), ".2f")
+
+        rows = [
+            [f"{label}`dmnflow --help`", "0.25", med("help", "wall_s"), med("help", "cpu_s")],
+            [f"{label}`dmnflow validate {TRADING}`, cache cold", "-", med("validate_cold", "wall_s"),
+             med("validate_cold", "cpu_s")],
+            [f"{label}`dmnflow validate {TRADING}`, nothing changed", "1", med("validate_warm", "wall_s"),
+             med("validate_warm", "cpu_s")],
+        ]
+        for kind, what, goal in (("launch_warm", "cache warm", "1.5"), ("launch_cold", "cache cold (1 run)", "-")):
+            rows.append([f"{label}`dmnflow launch {BACKTEST}` to first tick, {what}", goal,
+                         med(kind, "first message_s"), med(kind, "cpu_s") + " (whole run)"])
+            rows.append([f"{label}  phase lines: validated / all processes up / ready", "-",
+                         " / ".join(med(kind, f"{p}_s") for p in PHASES[:3]), ""])
+            rows.append([f"{label}  all ready, from the report", "-", med(kind, "ready_report_s"), ""])
+        return rows
 
 
 def _all_up(line: str) -> bool:
@@ -190,52 +253,31 @@ def user_main(args: argparse.Namespace) -> int:
     out = os.path.abspath(args.json) if args.json else None
     harness.enter_repo()
     noise = harness.Noise()
-    cache = tempfile.mkdtemp(prefix="dmnflow-bench-cache-")
-    out_dir = tempfile.mkdtemp(prefix="dmnflow-bench-out-")
-    env = _env(cache)
-    results: dict[str, list[dict[str, float]]] = {"help": [], "validate_cold": [], "validate_warm": [],
-                                                   "launch_warm": [], "launch_cold": []}
+    variants = [Variant("this", os.getcwd())]
+    if args.baseline:
+        variants.append(Variant("baseline", os.path.abspath(args.baseline)))
     try:
-        timed(["--help"], env)  # writes the .pyc files; not counted
-        timed(["validate", TRADING], env)
+        for v in variants:
+            v.timed(["--help"])  # writes the .pyc files; not counted
+            v.timed(["validate", TRADING])
         for i in range(args.runs):  # interleaved, so all see the same noise
-            results["help"].append(timed(["--help"], env))
-            shutil.rmtree(os.path.join(cache, "dmnflow"), ignore_errors=True)
-            results["validate_cold"].append(timed(["validate", TRADING], env))
-            results["validate_warm"].append(timed(["validate", TRADING], env))
-            to_first_tick(args.days, env, out_dir)  # the backtest's own compile cached (not counted)
-            results["launch_warm"].append(to_first_tick(args.days, env, out_dir))
-            print(f"  run {i + 1}: --help {results['help'][-1]['wall_s']:.2f} s, validate cold "
-                  f"{results['validate_cold'][-1]['wall_s']:.2f} s / warm {results['validate_warm'][-1]['wall_s']:.2f}"
-                  f" s, launch to first tick {results['launch_warm'][-1]['first message_s']:.2f} s",
-                  file=sys.stderr, flush=True)
-        shutil.rmtree(os.path.join(cache, "dmnflow"), ignore_errors=True)
-        results["launch_cold"].append(to_first_tick(args.days, env, out_dir))
+            print(f"run {i + 1}:", file=sys.stderr, flush=True)
+            for v in variants if i % 2 == 0 else variants[::-1]:
+                v.round(args.days)
+        for v in variants:
+            v.clear_cache()
+            v.results["launch_cold"].append(v.to_first_tick(args.days))
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
+        for v in variants:
+            v.close()
     machine = noise.summary()
-
-    def med(kind: str, key: str) -> str:
-        return fmt(harness.median([r.get(key) for r in results[kind]]), ".2f")
-
-    rows = [
-        ["`dmnflow --help`", "0.25", med("help", "wall_s"), med("help", "cpu_s")],
-        [f"`dmnflow validate {TRADING}`, cache cold", "-", med("validate_cold", "wall_s"),
-         med("validate_cold", "cpu_s")],
-        [f"`dmnflow validate {TRADING}`, nothing changed", "1", med("validate_warm", "wall_s"),
-         med("validate_warm", "cpu_s")],
-    ]
-    for kind, label, goal in (("launch_warm", "cache warm", "1.5"), ("launch_cold", "cache cold (1 run)", "-")):
-        rows.append([f"`dmnflow launch {BACKTEST}` to first tick, {label}", goal, med(kind, "first message_s"),
-                     med(kind, "cpu_s") + " (whole run)"])
-        rows.append(["  its phase lines: validated / all processes up / ready", "-",
-                     " / ".join(med(kind, f"{p}_s") for p in PHASES[:3]), ""])
+    rows = [row for v in variants for row in v.rows("" if v.name == "this" else "baseline: ")]
     print(harness.table([f"{args.runs} runs, median", "goal s", "wall s", "cpu s"], rows))
     print(f"\nmachine: {machine}")
     if out:
         with open(out, "w", encoding="utf-8") as f:
-            json.dump({"bench": "startup-user", "days": args.days, "runs": results, "machine": machine}, f, indent=2)
+            json.dump({"bench": "startup-user", "days": args.days, "machine": machine,
+                       "runs": {v.name: v.results for v in variants}}, f, indent=2)
     return 0
 
 
@@ -246,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chain", action="store_true", help="the 10-node chain's launch() instead")
     ap.add_argument("--nodes", type=int, default=10, help="--chain: nodes in the chain")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--baseline", metavar="DIR", help="also measure the dmnflow checked out in DIR (another "
+                    "commit), interleaved")
     ap.add_argument("--compare", action="store_true",
                     help="--chain: also launch with DMNFLOW_ZYGOTE=0 (a new interpreter per worker), interleaved")
     args = ap.parse_args(argv)
