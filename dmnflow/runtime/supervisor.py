@@ -181,6 +181,7 @@ class _Supervisor:
             self.bring_up(time.monotonic())
             startup_s = time.monotonic() - t0
             status = self.supervise(duration_s, on_status, t0)
+            self.phase_first_message()  # a graph that ended between two looks
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
