@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 # Each command imports what it runs (the compiler, torch through the nodes, zmq, pydantic's
 # schemas) in its body, so `dmnflow --help` and a cached `validate` start in a blink:
 # tests/unit/test_cli.py::test_cli_imports_lightly checks what importing this module loads.
-# `--format`'s choices, as dmnflow.viz.FORMATS has them (a test checks they agree).
+
+# `--format`'s choices, as dmnflow.viz.FORMATS has them (a test checks they agree)
 _VIZ_FORMATS = ("mermaid", "dot", "svg", "png", "html", "json")
 
 app = typer.Typer(

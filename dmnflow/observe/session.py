@@ -95,6 +95,7 @@ class StartView(logging.Handler):
         StartView.current = self
         if self.status is not None:
             self.status.start()
+        start_log.info("%s", self.last)  # a log says it too: a cold compile takes seconds
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -49,5 +49,6 @@ def test_a_starting_run_is_listed_with_its_phase_and_the_phases_are_said_in_orde
     said = ["validated", "starting 2 processes", "2/2 processes up", "2/2 processes ready", "first message"]
     lines = stderr.splitlines()
     at = [next((i for i, line in enumerate(lines) if f"gated: {what}" in line), -1) for what in said]
+    assert f"compiling {graph} ..." in lines[0], stderr
     assert -1 not in at, f"missing phase lines {[s for s, i in zip(said, at, strict=True) if i < 0]}:\n{stderr}"
     assert at == sorted(at) and len(set(at)) == len(at), stderr
