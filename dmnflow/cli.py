@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -18,21 +18,19 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import __version__
-from .compiler import compile_graph, validate
 from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, IssueList, LaunchError, format_issues
-from .observe.dashboard import serve_run_dashboard
-from .observe.listen import bw, echo, format_event_time, hz, outputs
-from .observe.replay import recording_info, replay_plan
-from .observe.session import watching
-from .observe.top import pick_run, top
-from .observe.view import format_value, render_report
-from .plan import Plan
-from .runtime import launch
-from .runtime.admin import find_run, list_runs, run_status, send_command, stop_run, wait_ended
-from .runtime.backends import BACKENDS
-from .spec import Override, format_cpus, format_duration, json_schema, load_overlay, parse_duration
-from .transport.security import KeyError_, check_key_name, generate_keys
-from .viz import FORMATS, render
+
+if TYPE_CHECKING:
+    from .cache import Compiled
+    from .plan import Plan
+    from .spec import Override
+
+# Each command imports what it runs (the compiler, torch through the nodes, zmq, pydantic's
+# schemas) in its body, so `dmnflow --help` and a cached `validate` start in a blink:
+# tests/unit/test_cli.py::test_cli_imports_lightly checks what importing this module loads.
+
+# `--format`'s choices, as dmnflow.viz.FORMATS has them (a test checks they agree)
+_VIZ_FORMATS = ("mermaid", "dot", "svg", "png", "html", "json")
 
 app = typer.Typer(
     name="dmnflow",
@@ -109,6 +107,8 @@ def _fail(exc: DmnflowError) -> NoReturn:
 def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[Override]:
     """Overlay files' settings, then the --set options (which win), as the loader takes them.
     A --set that is not KEY=VALUE is a wrong command line (exit 2), before any file is read."""
+    from .spec import load_overlay
+
     settings = _sets(sets)
     found: list[Override] = []
     issues: list[Issue] = []
@@ -124,6 +124,8 @@ def _overrides(overlays: list[Path] | None, sets: list[str] | None) -> list[Over
 
 def _sets(sets: list[str] | None) -> list[Override]:
     """The --set options read; one that is not KEY=VALUE is a wrong command line (exit 2)."""
+    from .spec import Override
+
     typed = IssueList()
     settings = [o for o in (Override.parse(text, typed) for text in sets or []) if o is not None]
     if typed.issues:
@@ -135,8 +137,25 @@ def _sets(sets: list[str] | None) -> list[Override]:
 
 def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool = True,
           overlays: list[Path] | None = None) -> Plan:
+    result = _compiled(graph, sets, profile, models, overlays)
+    if result.plan_json is None:
+        _fail(GraphError(result.issues))
+    return result.plan()
+
+
+def _compiled(graph: Path, sets: list[str] | None, profile: str | None, models: bool,
+              overlays: list[Path] | None) -> Compiled:
+    """The graph compiled, or the same answer from the compile cache (dmnflow/cache.py) when
+    nothing it depends on has changed since."""
+    from .cache import compiled
+
+    def compute() -> tuple[Plan | None, list[Issue]]:
+        from .compiler import check
+
+        return check(graph, _overrides(overlays, sets), profile=profile, models=models)
+
     try:
-        return compile_graph(graph, _overrides(overlays, sets), profile=profile, models=models)
+        return compiled(graph, sets or [], overlays or [], profile, models, compute)
     except DmnflowError as exc:
         _fail(exc)
 
@@ -145,7 +164,7 @@ def _plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool
 def validate_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
                  as_json: JsonOpt = False, no_models: NoModelsOpt = False, overlays: OverlayOpt = None) -> None:
     """Check a graph and report every problem with file:line:col; exit 1 if any is an error."""
-    issues = validate(graph, _overrides(overlays, sets), profile=profile, models=not no_models)
+    issues = _compiled(graph, sets, profile, not no_models, overlays).issues
     errors = sum(i.is_error for i in issues)
     if as_json:
         out.print_json(json.dumps({"file": str(graph), "valid": errors == 0, "errors": errors,
@@ -174,7 +193,7 @@ def plan_cmd(graph: GraphArg, sets: SetOpt = None, profile: ProfileOpt = None,
 @app.command("viz")
 def viz_cmd(
     graph: GraphArg,
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help=f"one of {', '.join(FORMATS)} "
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help=f"one of {', '.join(_VIZ_FORMATS)} "
                                             "(default: from -o's extension, else mermaid)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
     sets: SetOpt = None,
@@ -184,9 +203,11 @@ def viz_cmd(
     if fmt is None:
         ext = output.suffix.lstrip(".").lower() if output else ""
         fmt = {"mmd": "mermaid", "gv": "dot"}.get(ext, ext) if ext else "mermaid"
-    if fmt not in FORMATS:
-        err.print(f"error: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt not in _VIZ_FORMATS:
+        err.print(f"error: unknown format {fmt!r}; use one of {', '.join(_VIZ_FORMATS)}")
         raise typer.Exit(ExitCode.USAGE)
+    from .viz import render
+
     data = render(_plan(graph, sets, profile, models=False), fmt)  # a picture needs no model loaded
     if output is None:
         if isinstance(data, bytes):
@@ -229,15 +250,37 @@ def launch_cmd(
                                                 "this run and stopped after it")] = None,
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
+    from .observe.session import StartView
+
     duration_s, every_s = _durations(duration, status_every)
     _backend(backend, address)
-    plan = _plan(graph, sets, profile, models=not no_models, overlays=overlays)
-    _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s, backend=backend,
-         address=address)
+    with StartView(err, f"compiling {graph} ..."):  # the start's phases, as they happen
+        plan = _launch_plan(graph, sets, profile, not no_models, overlays)
+        _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s, backend=backend,
+             address=address)
+
+
+def _launch_plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool,
+                 overlays: list[Path] | None) -> Plan:
+    """The plan to launch, logged as the start's first phase (``dmnflow.start``)."""
+    import logging
+    import time
+
+    t0 = time.monotonic()
+    result = _compiled(graph, sets, profile, models, overlays)
+    if result.plan_json is None:
+        _fail(GraphError(result.issues))
+    plan = result.plan()
+    how = "from the compile cache" if result.cached else "models checked" if models else "models not checked"
+    logging.getLogger("dmnflow.start").info("%s: validated %s: %d nodes in %d processes, %s (%.2fs)", plan.graph,
+                                            graph, len(plan.nodes), len(plan.processes), how, time.monotonic() - t0)
+    return plan
 
 
 def _durations(duration: str | None, every: str, option: str = "--status-every") -> tuple[float | None, float]:
     """--duration and the command's other duration (``option``: --status-every, --interval, --window)."""
+    from .spec import parse_duration
+
     try:
         duration_s = parse_duration(duration) if duration is not None else None
     except ValueError as exc:
@@ -252,6 +295,8 @@ def _durations(duration: str | None, every: str, option: str = "--status-every")
 
 def _backend(backend: str, address: str | None) -> None:
     """--backend and --address: a usage error before anything is compiled."""
+    from .runtime.backends import BACKENDS
+
     if backend not in BACKENDS or (address is not None and backend != "ray"):
         err.print(f"error: --backend {backend!r}: use {' or '.join(BACKENDS)}" if backend not in BACKENDS else
                   "error: --address is for --backend ray (the local backend runs on this machine)")
@@ -262,6 +307,10 @@ def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | 
          dashboard: str | None, record: Path | None, edges: str | None, every_s: float,
          title: str | None = None, backend: str = "local", address: str | None = None) -> NoReturn:
     """Launch ``plan`` with what watches it (observe/session.py), print the report, exit with its code."""
+    from .observe.session import watching
+    from .observe.view import render_report
+    from .runtime import launch
+
     chosen = [e for e in edges.split(",") if e.strip()] if edges else None
     try:
         with watching(plan, err, status_every_s=every_s, metrics=metrics, dashboard=dashboard, record=record,
@@ -286,14 +335,17 @@ def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | 
 
 @app.command("runs")
 def runs_cmd(as_json: JsonOpt = False) -> None:
-    """List the graphs running now (yours): name, supervisor pid, graph, node states."""
+    """List the graphs running now (yours): name, supervisor pid, graph, phase, node states."""
+    from .runtime.admin import list_runs, run_status
+
     rows = []
     for run in list_runs():
         try:
-            nodes = run_status(run).message.get("nodes", {})
+            status = run_status(run).message
         except ControlError:
             continue  # it ended while we looked
-        rows.append({"name": run.name, "pid": run.pid, "graph": run.graph, "nodes": nodes})
+        rows.append({"name": run.name, "pid": run.pid, "graph": run.graph, "phase": status.get("phase", "running"),
+                     "phase_detail": status.get("phase_detail", ""), "nodes": status.get("nodes", {})})
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -301,13 +353,14 @@ def runs_cmd(as_json: JsonOpt = False) -> None:
         out.print("no graph is running")
         return
     table = Table(title="runs", title_justify="left")
-    for col in ("name", "pid", "graph", "nodes"):
+    for col in ("name", "pid", "graph", "phase", "nodes"):
         table.add_column(col)
     for row in rows:
         states: dict[str, int] = {}
         for state in row["nodes"].values():
             states[state] = states.get(state, 0) + 1
         table.add_row(row["name"], str(row["pid"]), row["graph"],
+                      row["phase"] + (f" ({row['phase_detail']})" if row["phase_detail"] else ""),
                       ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     out.print(table)
 
@@ -320,6 +373,8 @@ def stop_cmd(
                     ] = "60s",
 ) -> None:
     """Stop a running graph as Ctrl-C in its terminal would: sources end, the graph drains, it reports."""
+    from .runtime.admin import find_run, stop_run, wait_ended
+
     _, wait_s = _durations(None, wait, "--wait")
     try:
         target = find_run(run)
@@ -340,6 +395,9 @@ def stop_cmd(
 @app.command("outputs")
 def outputs_cmd(run: RunArg = None, as_json: JsonOpt = False) -> None:
     """List a running graph's outputs (as `ros2 topic list -t`): type, codec, consumers, rate."""
+    from .observe.listen import outputs
+    from .observe.top import pick_run
+
     try:
         rows = outputs(pick_run(run))
     except ControlError as exc:
@@ -371,6 +429,8 @@ def swap_cmd(
                                                 "default: file name and SHA-256 prefix")] = None,
 ) -> None:
     """Swap a running model node's model without losing a message: load, warm up, switch."""
+    from .runtime.admin import find_run, send_command
+
     if not model_file.is_file():
         err.print(Text(f"error: {model_file}: no such file", style="red"))
         raise typer.Exit(ExitCode.INVALID)
@@ -404,6 +464,8 @@ def top_cmd(
     duration: Annotated[str | None, typer.Option("--duration", "-d", help="stop looking after this long")] = None,
 ) -> None:
     """Show a running graph's live view from another terminal (rates, latencies, cpu, figures)."""
+    from .observe.top import top
+
     duration_s, interval_s = _durations(duration, interval, "--interval")
     try:
         top(run, err if err.is_terminal else out, interval_s=interval_s, once=once, duration_s=duration_s)
@@ -429,12 +491,16 @@ def echo_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Print an output's records, decoded, as the graph runs."""
+    from .observe.listen import echo
+
     duration_s, _ = _durations(duration, "0")
     _listen(echo, run, output, count=count, topic=topic, max_rate=max_rate, as_json=as_json, duration_s=duration_s)
 
 
 def _listen(client: Callable[..., None], run: str, output: str, **options: Any) -> None:
     """``echo``, ``hz`` or ``bw`` on the run's tap of ``output``, until done or Ctrl-C."""
+    from .runtime.admin import find_run
+
     try:
         client(find_run(run), output, sys.stdout, **options)
     except ControlError as exc:
@@ -452,6 +518,8 @@ def hz_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Print an output's rate every second: exact msg/s, and the spread of the periods."""
+    from .observe.listen import hz
+
     duration_s, window_s = _durations(duration, window, "--window")
     _listen(hz, run, output, window_s=window_s, topic=topic, duration_s=duration_s)
 
@@ -465,6 +533,8 @@ def bw_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Print an output's bandwidth every second (payload bytes/s)."""
+    from .observe.listen import bw
+
     duration_s, window_s = _durations(duration, window, "--window")
     _listen(bw, run, output, window_s=window_s, topic=topic, duration_s=duration_s)
 
@@ -477,6 +547,8 @@ def dashboard_cmd(
     duration: ForOpt = None,
 ) -> None:
     """Serve the live web dashboard of a running graph (the URL, with its token, is printed)."""
+    from .observe.dashboard import serve_run_dashboard
+
     duration_s, _ = _durations(duration, "0")
     try:
         serve_run_dashboard(run, address, err, duration_s=duration_s)
@@ -500,6 +572,8 @@ def replay_cmd(
     no_models: NoModelsOpt = False,
 ) -> None:
     """Feed a recording into a subgraph in event-time order, replacing the streams' producers."""
+    from .observe.replay import replay_plan
+
     try:
         plan = replay_plan(recording, graph, [n.strip() for n in into.split(",") if n.strip()], _overrides(None, sets),
                            profile=profile, speed=speed, models=not no_models)
@@ -514,6 +588,10 @@ def info_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a recording holds (as `ros2 bag info`): graph, time range, messages per channel."""
+    from .observe.listen import format_event_time
+    from .observe.replay import recording_info
+    from .spec import format_duration
+
     try:
         info = recording_info(recording)
     except DmnflowError as exc:
@@ -552,6 +630,8 @@ def keys_generate_cmd(
                                         "then refused)")] = False,
 ) -> None:
     """Write CURVE keypairs: NAME.key (public, to share) and NAME.key_secret (mode 0600, never shared)."""
+    from .transport.security import KeyError_, check_key_name, generate_keys
+
     for bad in filter(None, map(check_key_name, names or [])):
         err.print(Text(f"error: --name {bad}", style="red"), soft_wrap=True)
         raise typer.Exit(ExitCode.USAGE)
@@ -577,6 +657,8 @@ def schema_cmd(
 
         text = json.dumps(tune_json_schema(), indent=2) + "\n"
     else:
+        from .spec import json_schema
+
         text = json.dumps(json_schema(), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
@@ -707,6 +789,8 @@ class _TuneView:
 
 
 def _render_dry_run(tune: Any, drawn: list[dict[str, Any]]) -> None:
+    from .observe.view import format_value
+
     out.print(f"[bold]{tune.study}[/bold]: {tune.spec.trials} trials of {tune.file} over "
               f"{os.path.relpath(tune.graph)}, {tune.spec.concurrency} at once, engine {tune.engine}, "
               f"sampler {tune.spec.sampler}, pruner {tune.spec.pruner}; storage {tune.storage}")
@@ -730,6 +814,8 @@ def _render_dry_run(tune: Any, drawn: list[dict[str, Any]]) -> None:
 
 
 def _render_study(tune: Any, result: Any) -> None:
+    from .observe.view import format_value
+
     names = result.objectives
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     out.print(f"[bold]{result.study}[/bold]: {len(result.rows)} trials ({counts})"
@@ -815,6 +901,8 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 def _render_plan(plan: Plan) -> None:
     """Processes, then their nodes, then each node's inputs and outputs, as a tree."""
+    from .spec import format_cpus
+
     profile = f", profile {plan.profile}" if plan.profile else ""
     root = Tree(f"[bold]{plan.graph}[/bold] ({plan.file}{profile}): {len(plan.processes)} processes, "
                 f"{len(plan.nodes)} nodes, {len(plan.edges)} edges; machine cores "

@@ -28,7 +28,7 @@ from .placement import _Placement
 from .state import _Node
 from .wiring import _Wiring
 
-__all__ = ["compile_graph", "plan_model", "validate"]
+__all__ = ["check", "compile_graph", "plan_model", "validate"]
 
 
 def validate(path: str | os.PathLike[str], overrides: Sequence[str | Override] = (), *,
@@ -38,8 +38,16 @@ def validate(path: str | os.PathLike[str], overrides: Sequence[str | Override] =
 
     ``models=False`` skips loading model files to check them against their ports.
     """
-    _, issues, _ = _compile(path, overrides, profile, machine_cpus, models)
-    return sort_issues(issues)
+    return check(path, overrides, profile=profile, machine_cpus=machine_cpus, models=models)[1]
+
+
+def check(path: str | os.PathLike[str], overrides: Sequence[str | Override] = (), *,
+          profile: str | None = None, machine_cpus: Sequence[int] | None = None,
+          models: bool = True) -> tuple[Plan | None, list[Issue]]:
+    """The plan (None when there are errors) and every issue, in file order: one compile that
+    both ``dmnflow validate`` and ``launch`` can keep (``dmnflow.cache``)."""
+    plan, issues, _ = _compile(path, overrides, profile, machine_cpus, models)
+    return plan, sort_issues(issues)
 
 
 def compile_graph(path: str | os.PathLike[str], overrides: Sequence[str | Override] = (), *,

@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from ..errors import ExitCode, LaunchError
 from ..plan import Plan
@@ -26,9 +27,10 @@ from ..runtime import protocol
 from .observer import Observer
 from .view import live_view, status_line
 
-__all__ = ["ObserveError", "Session", "watching"]
+__all__ = ["ObserveError", "Session", "StartView", "watching"]
 
 status_log = logging.getLogger("dmnflow.status")
+start_log = logging.getLogger("dmnflow.start")  # the start's phases (the CLI's and the supervisor's)
 
 
 class ObserveError(LaunchError):
@@ -71,6 +73,52 @@ class _StatusLog:
             status_log.info("%s", status_line(report))
 
 
+class StartView(logging.Handler):
+    """The start's phases as they happen (``dmnflow.start``: validated, N/M processes up,
+    ready, first message), so a start of many seconds is never a blank screen: on a terminal
+    one status line, which the live view replaces once it has figures; otherwise a log line
+    each, stamped like the status lines. ``with StartView(console, "compiling ...")``."""
+
+    current: StartView | None = None  # the one being shown: `watching` hands its status line over
+
+    def __init__(self, console: Console, first: str) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
+        self.last = first
+        self.status = console.status(first) if console.is_terminal else None
+        self.live: Live | None = None
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+
+    def __enter__(self) -> StartView:
+        start_log.addHandler(self)
+        start_log.setLevel(logging.INFO)
+        StartView.current = self
+        if self.status is not None:
+            self.status.start()
+        start_log.info("%s", self.last)  # a log says it too: a cold compile takes seconds
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        start_log.removeHandler(self)
+        StartView.current = None
+        self.release()
+
+    def release(self) -> None:
+        """Stop the status line (a terminal has one Rich display at a time)."""
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+        if not self.console.is_terminal:
+            self.console.print(self.format(record), soft_wrap=True, highlight=False, markup=False)
+        elif self.live is not None:
+            self.live.update(Text(self.last))
+        elif self.status is not None:
+            self.status.update(self.last)
+
+
 @contextlib.contextmanager
 def watching(plan: Plan, console: Console, *, status_every_s: float = 5.0, metrics: str | None = None,
              dashboard: str | None = None, record: Path | None = None, edges: list[str] | None = None,
@@ -107,8 +155,20 @@ def watching(plan: Plan, console: Console, *, status_every_s: float = 5.0, metri
             session.urls["dashboard"] = board.url
             console.print(f"dashboard: {board.url}")
         if console.is_terminal:
+            start = StartView.current
+            if start is not None:
+                start.release()
             live = stack.enter_context(Live(console=console, refresh_per_second=4, transient=True))
-            session.displays.append(lambda report: live.update(live_view(report, title, console.width, console.height)))
+            if start is not None:  # the start's phases show in the live display until it has figures
+                start.live = live
+                live.update(Text(start.last))
+
+            def show(report: Any) -> None:
+                if start is not None:
+                    start.live = None
+                live.update(live_view(report, title, console.width, console.height))
+
+            session.displays.append(show)
         elif status_every_s > 0:
             session.displays.append(_StatusLog(status_every_s))
         yield session

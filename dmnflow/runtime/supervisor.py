@@ -53,6 +53,7 @@ from .report import EdgeReport, Incarnation, NodeReport, Report, SocketReport, b
 __all__ = ["EdgeReport", "NodeReport", "Report", "SocketReport", "launch"]
 
 log = logging.getLogger("dmnflow.supervisor")
+start_log = logging.getLogger("dmnflow.start")  # the start's phases, as they happen (INFO)
 
 
 class _Proc:
@@ -128,6 +129,9 @@ class _Supervisor:
         self.consumers_of: dict[str, set[str]] = {}
         for e in plan.edges:
             self.consumers_of.setdefault(e.bind, set()).add(self.proc_of[e.dst])
+        self.phase = "starting"  # what `dmnflow runs` shows: starting until the first message, then running
+        self.phase_detail = ""
+        self.phase_shown = (0, 0.0)  # the processes-up count last logged, and when
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -170,12 +174,14 @@ class _Supervisor:
         t0 = self.t0 = time.monotonic()
         status, startup_s = "failed", 0.0
         try:
+            self.phase_starting()
             self.backend.begin(self)  # the zygote; Ray actors placed on their nodes
-            for proc in self.procs.values():
+            for proc in self.spawn_order():
                 self.spawn(proc)
             self.bring_up(time.monotonic())
             startup_s = time.monotonic() - t0
             status = self.supervise(duration_s, on_status, t0)
+            self.phase_first_message()  # a graph that ended between two looks
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
@@ -212,6 +218,7 @@ class _Supervisor:
         proc.popen = self.backend.spawn(proc.name, proc.inc)
         proc.host = getattr(proc.popen, "host", None) or proc.host
         proc.state = "new"
+        self.serve_clients()  # a start of many processes keeps answering `dmnflow runs`
 
     def request_stop(self) -> None:
         """``dmnflow stop``, through the admin socket: the drain a Ctrl-C starts."""
@@ -262,6 +269,7 @@ class _Supervisor:
     def bring_up(self, t0: float) -> None:
         phase_next = {protocol.BOUND: protocol.CONNECTED, protocol.CONNECTED: protocol.READY}
         while True:
+            self.phase_progress()
             states = {p.state for p in self.procs.values()}
             if states == {"ready"}:
                 break
@@ -299,6 +307,66 @@ class _Supervisor:
         for proc in self.procs.values():
             self.tell(proc, protocol.START)
             proc.state = "running"
+        self.phase_ready()
+
+    # ---------------------------------------------------------------- the start's phases, shown as they happen
+
+    def set_phase(self, phase: str, detail: str, line: str | None = None) -> None:
+        """Where the start is (``dmnflow runs`` shows it), and a line for ``dmnflow.start`` if any."""
+        self.phase, self.phase_detail = phase, detail
+        if line is not None:
+            start_log.info("%s: %s", self.plan.graph, line)
+
+    def serve_clients(self) -> None:
+        """Answer ``dmnflow runs`` (and other clients) now, between the steps of the start."""
+        sock = self.admin.socket
+        if sock is not None and sock.poll(0):
+            self.admin.serve()
+
+    def spawn_order(self) -> list[_Proc]:
+        """Workers without a model first: they start while the zygote loads torch for the rest."""
+        with_model = {n.process for n in self.plan.nodes if n.model is not None}
+        return sorted(self.procs.values(), key=lambda p: p.name in with_model)
+
+    def phase_starting(self) -> None:
+        n = len(self.procs)
+        self.phase_shown = (0, time.monotonic())
+        self.set_phase("starting", f"0/{n} processes up",
+                       f"starting {n} process{'es' * (n != 1)} (run {self.name}; `dmnflow runs` lists it)")
+
+    def phase_progress(self) -> None:
+        """N/M processes up (each has imported its nodes and bound its outputs): a line when the
+        count grows, at most every 0.25 s, and always the last."""
+        up = sum(p.state != "new" for p in self.procs.values())
+        n = len(self.procs)
+        last, at = self.phase_shown
+        if up == last:
+            return
+        now = time.monotonic()
+        line = f"{up}/{n} processes up" if up == n or now - at >= 0.25 else None
+        if line is not None:
+            self.phase_shown = (up, now)
+        self.set_phase("starting", f"{up}/{n} processes up", line)
+
+    def phase_ready(self) -> None:
+        n = len(self.procs)
+        self.set_phase("starting", "waiting for the first message",
+                       f"{n}/{n} processes ready (nodes set up, models loaded) "
+                       f"{time.monotonic() - self.t0:.2f}s after the start")
+
+    def phase_first_message(self) -> None:
+        """Once: the first record any node emitted (from the counters files, else heartbeats)."""
+        if self.phase != "starting":
+            return
+        lay = self.layout
+        first, end = lay.output(0), lay.output(0) + lay.outputs
+        for proc in self.procs.values():  # a remote backend's counts cost a call: its heartbeats say it
+            counts = None if self.backend.remote else self.backend.counts(proc.name, proc.inc)
+            counts = counts or proc.stats.get("counts")
+            if not lay.outputs or isinstance(counts, list) and any(counts[first:end]):
+                self.set_phase("running", "", f"first message {time.monotonic() - self.t0:.2f}s after the start"
+                               if lay.outputs else None)
+                return
 
     # ---------------------------------------------------------------- running
 
@@ -331,6 +399,7 @@ class _Supervisor:
             if all(p.state == "done" for p in self.procs.values()):
                 return "stopped" if stop_sent_at is not None else "finished"
             self.observer.poll(now)
+            self.phase_first_message()
             if now >= next_status:  # the live figures, budgets, what `dmnflow top` and `on_status` see
                 report = self.report("running", 0, now - t0, 0.0)
                 self.observer.update(report, now)

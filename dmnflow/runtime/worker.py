@@ -69,6 +69,32 @@ def _pin(cpus: list[int]) -> None:
         os.environ.setdefault(var, threads)  # before the node's modules import numpy/torch
 
 
+BLAS_AT_ONE_THREAD = False  # the zygote loaded OpenBLAS (numpy) with one thread: each worker sets its own
+
+
+def restore_blas_threads() -> None:
+    """Give OpenBLAS, loaded by the zygote with one thread, the threads this worker would have
+    had loading it itself: ``OPENBLAS_NUM_THREADS`` (its pins set it), else one per core it may
+    use. Found in this process's mappings, as threadpoolctl finds it."""
+    if not BLAS_AT_ONE_THREAD:
+        return
+    try:
+        wanted = int(os.environ.get("OPENBLAS_NUM_THREADS") or len(os.sched_getaffinity(0)))
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            libs = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    except (OSError, ValueError):
+        return
+    for path in libs:
+        with contextlib.suppress(OSError):
+            lib = ctypes.CDLL(path)
+            for symbol in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                           "openblas_set_num_threads"):
+                setter = getattr(lib, symbol, None)
+                if setter is not None:
+                    setter(max(1, wanted))
+                    break
+
+
 def _rss() -> int:
     """This process's resident memory, bytes (0 where /proc is not there)."""
     try:
@@ -89,6 +115,7 @@ class Worker:
         self.proc = next(p for p in self.plan.processes if p.name == process)
         if self.proc.cpus:  # before the zmq context: its I/O threads inherit the pins
             _pin(self.proc.cpus)
+        restore_blas_threads()
         self.token = read_token(run_dir)
         self.zctx = zmq.Context()
         self.flusher = Flusher()  # push outputs coalesce bursts; its lock guards their sockets

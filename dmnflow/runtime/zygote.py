@@ -25,10 +25,12 @@ A worker made here is the same as one started with ``python -m dmnflow.runtime.w
   and tools that look for workers see what they saw before.
 
 The zygote never creates a zmq context (workers create theirs after fork, and pin their
-cores before that) and forks only while it has a single thread; it imports no node code
-and not numpy (OpenBLAS starts a thread at import, and reads its thread count, which a
-worker sets from its pins, only then). It dies with the supervisor, and exits when the
-supervisor closes the socket.
+cores before that) and forks only while it has a single thread. It imports no node code,
+but it imports numpy, and torch when a node runs a model (``warm``): each worker would
+import them itself, torch alone about a second of CPU. OpenBLAS starts its threads when
+numpy loads, so it loads here with one thread, and each worker then gives it the threads
+it would have had (``worker.restore_blas_threads``: its pins, ``OPENBLAS_NUM_THREADS``, or
+its cores). It dies with the supervisor, and exits when the supervisor closes the socket.
 
 ``launch(warm=True)`` forks the zygote from the supervisor instead (``processes.Zygote.forked``,
 before the run's zmq context exists): it then runs ``main`` with the caller's imports
@@ -96,9 +98,10 @@ def _fork_worker() -> tuple[int, int] | None:
     return (int(data), 0) if data else None
 
 
-def serve(sock: socket.socket) -> tuple[str, int, int] | None:
+def serve(sock: socket.socket, plan: Plan | None = None) -> tuple[str, int, int] | None:
     """Answer spawn requests until the supervisor closes the socket (None). In a forked
-    worker it returns ``(process, inc, intermediate pid)``."""
+    worker it returns ``(process, inc, intermediate pid)``. ``plan``: warm up for each worker
+    first (``warm``)."""
     buffer = b""
     while True:
         while b"\n" not in buffer:
@@ -114,6 +117,8 @@ def serve(sock: socket.socket) -> tuple[str, int, int] | None:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             _reply(sock, error=f"bad request: {exc}")
             continue
+        if plan is not None:
+            warm(plan, name)
         threads = len(os.listdir("/proc/self/task"))
         if threads != 1:  # forking a process with threads copies only the caller: refuse
             _reply(sock, error=f"the zygote has {threads} threads")
@@ -143,6 +148,35 @@ def _become_worker(run_dir: str, name: str, inc: int, supervisor: int, intermedi
         time.sleep(0.0002)
 
 
+def warm(plan: Plan, process: str | None = None) -> None:
+    """Import numpy (no process named), or torch when a node of ``process`` has a model, once
+    for every worker forked from here after; OpenBLAS with one thread (a process with threads
+    cannot fork). The supervisor asks for the workers without a model first, so they start
+    while torch loads. Nothing that cannot be imported here is an error: the worker that
+    needs it says so."""
+    if process is None and "numpy" in sys.modules:  # a zygote forked from a warm caller has its imports
+        return
+    if process is not None and ("torch" in sys.modules or not worker.BLAS_AT_ONE_THREAD or not any(
+            n.model is not None for n in plan.nodes if n.process == process)):
+        return
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        if process is None:
+            import numpy  # noqa: F401
+
+            worker.BLAS_AT_ONE_THREAD = True
+        else:
+            import torch  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        if saved is None:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     run_dir, supervisor, fd = args[0], int(args[1]), int(args[2])
@@ -150,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     set_cmdline([sys.executable, "-m", "dmnflow.runtime.zygote", run_dir, str(supervisor)])
     plan = Plan.from_json(Path(run_dir, "plan.json").read_bytes())  # parsed once, inherited by every worker
+    warm(plan)
     sock = socket.socket(fileno=fd)
-    job = serve(sock)
+    job = serve(sock, plan)
     if job is None:
         with contextlib.suppress(OSError):
             sock.close()

@@ -456,3 +456,48 @@ class Digest(Node):
         with open(path, "w", encoding="utf-8") as out:
             json.dump({"fills": sorted(int(a[0]) for a in arrays),
                        "intact": all(bool((a == a[0]).all()) for a in arrays), "via_shm": int(shared)}, out)
+
+
+class GatedCollect(Collect):
+    """A Collect whose setup waits until the file ``gate`` exists: a start held open for as
+    long as a test needs to look at it (at most ``wait_s``)."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        path: str | None = None
+        gate: str
+        wait_s: float = Field(60.0, gt=0)
+
+    def setup(self, ctx: Any) -> None:
+        deadline = time.monotonic() + ctx.params.wait_s
+        while not os.path.exists(ctx.params.gate) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        super().setup(ctx)
+
+
+def openblas_threads() -> int | None:
+    """The thread count of the OpenBLAS this process has loaded (numpy's), None if none is."""
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        libs = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for symbol in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
+            getter = getattr(lib, symbol, None)
+            if getter is not None:
+                return int(getter())
+    return None
+
+
+class BlasProbe(Collect):
+    """A Collect that writes, at setup, its OpenBLAS thread count, whether numpy was already
+    imported when the worker started, and the cores it may use, to ``path`` + ``.blas``."""
+
+    def setup(self, ctx: Any) -> None:
+        import json
+
+        import numpy as np
+
+        np.ones((64, 64)) @ np.ones((64, 64))  # OpenBLAS in use
+        with open(f"{ctx.params.path}.blas", "w", encoding="utf-8") as out:
+            json.dump({"threads": openblas_threads(), "cores": len(os.sched_getaffinity(0))}, out)
+        super().setup(ctx)

@@ -149,7 +149,8 @@ def test_status_names_the_run_and_the_state_of_every_instance(channel):
     channel.server.run.states["sink"] = "restarting"
     answer = channel.send(protocol.encode(protocol.STATUS))
     assert answer is not None and answer.ok
-    assert answer.message == {"graph": "quickstart", "name": "quick", "pid": os.getpid(),
+    assert answer.message == {"graph": "quickstart", "name": "quick", "pid": os.getpid(), "phase": "running",
+                              "phase_detail": "",
                               "nodes": {"counter": "running", "scale": "running", "sink": "restarting"}}
 
 

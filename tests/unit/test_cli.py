@@ -191,3 +191,23 @@ def test_a_bad_duration_names_its_option(command, option):
     result = run(*args, option, "abc")
     assert result.exit_code == 2
     assert f"error: {option}: 'abc' is not a duration" in result.output
+
+
+def test_cli_imports_lightly():
+    """`dmnflow --help` (and a cached validate) must not pay for the compiler, torch, zmq or
+    pydantic's schemas: each command imports what it runs (issue 20, start in a second)."""
+    code = ("import sys\nsys.argv = ['dmnflow', '--help']\nimport dmnflow.cli\ntry:\n    dmnflow.cli.main()\n"
+            "except SystemExit:\n    pass\n"
+            "heavy = ['torch', 'numpy', 'zmq', 'pydantic', 'networkx', 'yaml', 'dmnflow.compiler', 'dmnflow.spec',"
+            " 'dmnflow.runtime', 'dmnflow.observe', 'dmnflow.plan', 'dmnflow.viz']\n"
+            "print('imported:', ','.join(m for m in heavy if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Usage" in done.stdout
+    assert done.stdout.splitlines()[-1] == "imported: "
+
+
+def test_viz_format_choices_match_the_renderer():
+    from dmnflow import cli, viz
+
+    assert cli._VIZ_FORMATS == viz.FORMATS

@@ -40,6 +40,8 @@ class Run(Protocol):
     """What the admin server reads of the run it serves, and does to it (the supervisor)."""
 
     name: str
+    phase: str  # starting (until the first message), running
+    phase_detail: str  # where the start is: "5/13 processes up"
 
     def state_of(self, instance: str) -> str: ...  # new, bound, ..., running, done, failed, restarting
     def tell_node(self, instance: str, *msg: Any) -> None: ...  # a control message to its worker
@@ -102,6 +104,8 @@ class AdminServer:
     def request(self, client: bytes, verb: str, args: list[Any]) -> None:
         if verb == protocol.STATUS:
             self.answer(client, True, {"graph": self.plan.graph, "name": self.run.name, "pid": os.getpid(),
+                                       "phase": getattr(self.run, "phase", "running"),
+                                       "phase_detail": getattr(self.run, "phase_detail", ""),
                                        "nodes": {n.name: self.run.state_of(n.name) for n in self.plan.nodes}})
         elif verb == protocol.COMMAND:
             self.start_command(client, *args)
