@@ -697,6 +697,9 @@ def _render_plan(plan: Plan) -> None:
     root = Tree(f"[bold]{plan.graph}[/bold] ({plan.file}{profile}): {len(plan.processes)} processes, "
                 f"{len(plan.nodes)} nodes, {len(plan.edges)} edges; machine cores "
                 f"{format_cpus(plan.machine_cpus)}")
+    drain = plan.drain
+    root.add(f"drain  idle {drain.idle_s:g}s, max " + (f"{drain.max_s:g}s" if drain.max_s is not None else "none")
+             + "  (a stop waits while records move)")
     for proc in plan.processes:
         branch = root.add(f"[bold]process {proc.name}[/bold]  cpus {format_cpus(proc.cpus) or 'any'}")
         for name in proc.nodes:

@@ -21,6 +21,7 @@ __all__ = [
     "CoalescePlan",
     "BudgetPlan",
     "ConnectPlan",
+    "DrainPlan",
     "EdgePlan",
     "InputPlan",
     "NodePlan",
@@ -234,6 +235,14 @@ class SecurityPlan(_Frozen):
     keys: dict[str, str] = {}  # process -> its keypair's name, where processes differ (one per host: the ray backend)
 
 
+class DrainPlan(_Frozen):
+    """How long a stop waits for the graph to drain: while records move, up to ``max_s``
+    (None: no limit); cut once nothing moved for ``idle_s`` (``defaults.drain``)."""
+
+    idle_s: float = 5.0
+    max_s: float | None = 300.0
+
+
 class ProcessPlan(_Frozen):
     """One OS process: the nodes it hosts (several for a ``group``) and its CPU pins."""
 
@@ -257,6 +266,7 @@ class Plan(_Frozen):
     security: SecurityPlan = SecurityPlan()
     budgets: list[BudgetPlan] = []  # latency budgets (observe/budgets.py)
     record: list[str] = []  # outputs ("node.port" instances) mirrored to the run's recorder from the start
+    drain: DrainPlan = DrainPlan()  # how long a stop waits for the graph to drain (runtime/supervisor.py)
 
     def node(self, name: str) -> NodePlan:
         """The node instance called ``name``; KeyError names the known ones."""
