@@ -199,7 +199,11 @@ def launch_cmd(
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
     duration_s, every_s = _durations(duration, status_every)
     _backend(backend, address)
-    plan = _plan(graph, sets, profile, models=not no_models, overlays=overlays)
+    try:  # compiling imports the nodes and loads the models: Ctrl-C may land there
+        plan = _plan(graph, sets, profile, models=not no_models, overlays=overlays)
+    except KeyboardInterrupt:
+        err.print("interrupted while the graph compiled; no worker was started")
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
     _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s, backend=backend,
          address=address)
 
