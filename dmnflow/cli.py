@@ -701,9 +701,6 @@ def _render_plan(plan: Plan) -> None:
     root = Tree(f"[bold]{plan.graph}[/bold] ({plan.file}{profile}): {len(plan.processes)} processes, "
                 f"{len(plan.nodes)} nodes, {len(plan.edges)} edges; machine cores "
                 f"{format_cpus(plan.machine_cpus)}")
-    drain = plan.drain
-    root.add(f"drain  idle {drain.idle_s:g}s, max " + (f"{drain.max_s:g}s" if drain.max_s is not None else "none")
-             + "  (a stop waits while records move)")
     for proc in plan.processes:
         branch = root.add(f"[bold]process {proc.name}[/bold]  cpus {format_cpus(proc.cpus) or 'any'}")
         for name in proc.nodes:
@@ -741,6 +738,9 @@ def _render_plan(plan: Plan) -> None:
                     node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {hwm}  "
                              f"({len(b.edges)} edge{'s' * (len(b.edges) != 1)}){coalesce}{shm}")
     out.print(root)
+    drain = plan.drain  # defaults.drain: how long a stop waits (runtime/supervisor.py)
+    out.print(f"drain  idle {drain.idle_s:g}s, max " + (f"{drain.max_s:g}s" if drain.max_s is not None else "none")
+              + "  (a stop waits while records move)")
     _render_ports(plan)
     for w in plan.warnings:
         err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}", soft_wrap=True)

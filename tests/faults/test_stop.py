@@ -42,7 +42,10 @@ def test_ctrl_c_mid_run_drains_and_the_sinks_file_holds_every_record_it_received
         nodes:
           counter: {{uses: nodes.basic:Counter, params: {{count: 5000000, rate_hz: 0}}}}
           scale: {{uses: nodes.basic:Scale, inputs: {{value: counter.numbers}}, params: {{factor: 2, offset: 1}}}}
-          sink: {{uses: nodes.basic:Collect, inputs: {{values: scale.scaled}}, params: {{path: {out}, flush_every: 500}}}}
+          sink:
+            uses: nodes.basic:Collect
+            inputs: {{values: scale.scaled}}
+            params: {{path: {out}, flush_every: 500}}
         """)
     with launched(graph, "--report", str(report)) as run:
         assert wait_until(lambda: len(lines(out)) >= 5000, 60), "no record reached the sink"

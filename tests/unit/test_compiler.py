@@ -391,3 +391,16 @@ def test_at_least_once_from_a_fixed_port_is_refused_where_the_input_is(tmp_path)
     # the same edge without a fixed port is a push edge that keeps what it sent
     ok = write(tmp_path / "ok.yaml", g.read_text().replace(", outputs: {numbers: {port: 5599}}", ""))
     assert dmnflow.compile_graph(ok).edges[0].delivery == "at-least-once"
+
+
+def test_the_drain_bound_is_decided_in_the_plan_and_a_bad_one_is_located(tmp_path):
+    plan = dmnflow.compile_graph(write(tmp_path / "g.yaml", CHAIN))
+    assert (plan.drain.idle_s, plan.drain.max_s) == (5.0, 300.0)  # the defaults, written down
+    g = write(tmp_path / "d.yaml", CHAIN.rstrip() + "\n    defaults: {drain: {idle: 250ms, max: null}}\n")
+    assert dmnflow.compile_graph(g).drain.model_dump() == {"idle_s": 0.25, "max_s": None}
+    bad = write(tmp_path / "bad.yaml", CHAIN.rstrip() + "\n    defaults:\n      drain: {idle: 10s, max: 2s}\n")
+    [issue] = [i for i in dmnflow.validate(bad) if i.is_error]
+    assert (issue.code, issue.path, issue.loc.line) == ("invalid-value", "defaults.drain", 8)
+    zero = write(tmp_path / "zero.yaml", CHAIN.rstrip() + "\n    defaults:\n      drain: {idle: 0s}\n")
+    [issue] = [i for i in dmnflow.validate(zero) if i.is_error]
+    assert (issue.code, issue.path, issue.loc.line) == ("invalid-value", "defaults.drain.idle", 8)
