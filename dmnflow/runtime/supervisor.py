@@ -10,8 +10,8 @@ The drain is given as long as records still move (the workers' counters change),
 plan's ``drain.max_s``; it is cut once nothing has moved for ``drain.idle_s``, or at a second
 Ctrl-C. A cut drain escalates: SIGTERM (each worker runs its nodes' teardown), then SIGKILL
 after 2s, and the supervisor always waits for (reaps) every worker. The report says what was
-cut and what it lost; a cut that lost records, a failed teardown or a failed node fail the
-run (``ExitCode.NODE_FAILED``).
+cut and what it lost; a cut that lost records, a failed teardown or a node that raised fail
+the run (``ExitCode.NODE_FAILED``).
 
 Where a worker runs is its backend's business (``runtime/backends``: ``local`` processes,
 or ``ray`` actors on a cluster); the supervisor sees each worker as a handle it polls,
@@ -123,6 +123,7 @@ class _Supervisor:
         self.grace_s = self.drain.idle_s  # how long finished workers get to exit by themselves
         self.cut: dict[str, Any] | None = None  # the drain was cut: why, after how long, which workers
         self.cut_now = False  # a second Ctrl-C
+        self.raised: set[str] = set()  # processes whose node code raised (a restart does not undo it)
         self.startup_timeout_s = startup_timeout_s
         self.procs = {p.name: _Proc(p.name, p.nodes) for p in plan.processes}
         self.proc_of = {n: p.name for p in plan.processes for n in p.nodes}
@@ -207,8 +208,9 @@ class _Supervisor:
         return self.conclude(report)
 
     def conclude(self, report: Report) -> Report:
-        """How the run ended, from what it did: a failed teardown or a cut drain that lost
-        records fail it, whatever the workers' exits said; the exit code follows the status."""
+        """How the run ended, from what it did: a node that raised (even one its restart policy
+        brought back), a failed teardown or a cut drain that lost records fail it, whatever the
+        workers' exits said; the exit code follows the status."""
         failed_nodes = sorted({n for p in self.procs.values() for n in p.stats.get("failed", ()) or ()
                                if isinstance(n, str)})
         if self.cut is not None:
@@ -218,7 +220,7 @@ class _Supervisor:
             report.cut = dict(self.cut)
             if lost and report.status != "failed":
                 report.status = "failed"
-        if failed_nodes:
+        if failed_nodes or self.raised:
             report.status = "failed"
             for name in failed_nodes:
                 report.nodes[name].status = "failed"
@@ -407,8 +409,9 @@ class _Supervisor:
         elif kind == protocol.READY:
             self.tell(proc, protocol.START)
             proc.state = "running"
-        elif kind == protocol.ERROR:
+        elif kind == protocol.ERROR:  # a node raised (or its teardown did): the run fails, restarted or not
             self.errors.append(f"{proc.name}: {msg[1]}")
+            self.raised.add(proc.name)
         elif kind == protocol.REPLY:
             self.admin.on_reply(*msg[1:])
 

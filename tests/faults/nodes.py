@@ -39,3 +39,24 @@ class BadTeardown(Collect):
     def teardown(self, ctx: Any) -> None:
         super().teardown(ctx)
         raise OSError(36, "File name too long", ctx.params.path)
+
+
+class RaiseOnce(Node):
+    """Passes numbers on, but raises at its ``at``-th in its first incarnation only: an error
+    that its restart policy recovers from."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        at: int = Field(100, ge=1)
+
+    value = Input(float)
+    out = Output(float)
+
+    def setup(self, ctx: Any) -> None:
+        self.n = 0
+
+    def on_value(self, value: float, ctx: Any) -> None:
+        self.n += 1
+        if self.n == ctx.params.at and ctx.incarnation == 0:
+            raise ValueError(f"cannot handle {value}")
+        ctx.emit("out", value)

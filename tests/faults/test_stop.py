@@ -159,6 +159,23 @@ def test_a_node_error_fails_the_run_and_the_other_nodes_still_tear_down(tmp_path
     assert len(got) == result["nodes"]["sink"]["messages_in"] and got == [float(i) for i in range(len(got))]
 
 
+def test_a_node_error_its_restart_recovered_from_still_fails_the_run(tmp_path, load):
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.json"
+    graph = write(tmp_path / "g.yaml", f"""
+        defaults: {{policy: block, restart: {{policy: on-failure, backoff: 10ms}}}}
+        nodes:
+          counter: {{uses: nodes.basic:Counter, params: {{count: 2000, rate_hz: 0}}}}
+          once: {{uses: tests.faults.nodes:RaiseOnce, inputs: {{value: counter.numbers}}, params: {{at: 100}}}}
+          sink: {{uses: nodes.basic:Collect, inputs: {{values: once.out}}, params: {{path: {out}}}}}
+        """)
+    with launched(graph, "--report", str(report)) as run:
+        result, err = finish(run, report)
+    assert (result["status"], run.proc.returncode) == ("failed", 3), err  # it ran to its end, but not cleanly
+    assert result["nodes"]["once"]["restarts"] == 1 and result["nodes"]["sink"]["status"] == "done"
+    assert any("node 'once'" in e and "ValueError: cannot handle 99" in e for e in result["errors"])
+    assert len(lines(out)) == result["nodes"]["sink"]["messages_in"] > 0
+
+
 def test_ctrl_c_during_start_up_exits_130_without_a_traceback_and_leaves_no_worker(tmp_path, load):
     graph = write(tmp_path / "g.yaml", f"""
         nodes:
