@@ -123,6 +123,7 @@ class _Supervisor:
         self.grace_s = self.drain.idle_s  # how long finished workers get to exit by themselves
         self.cut: dict[str, Any] | None = None  # the drain was cut: why, after how long, which workers
         self.cut_now = False  # a second Ctrl-C
+        self.supervising = False  # the graph has started: a second Ctrl-C cuts the drain
         self.raised: set[str] = set()  # processes whose node code raised (a restart does not undo it)
         self.startup_timeout_s = startup_timeout_s
         self.procs = {p.name: _Proc(p.name, p.nodes) for p in plan.processes}
@@ -189,9 +190,12 @@ class _Supervisor:
             startup_s = time.monotonic() - t0
             status = self.supervise(duration_s, on_status, t0)
         finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-            self.stop_all(self.grace_s if status in ("finished", "stopped") and self.cut is None else 0.0)
+            self.supervising = True  # a Ctrl-C while the workers are stopped changes nothing: they are bounded
+            try:
+                self.stop_all(self.grace_s if status in ("finished", "stopped") and self.cut is None else 0.0)
+            finally:
+                signal.signal(signal.SIGINT, old_int)
+                signal.signal(signal.SIGTERM, old_term)
             for proc in self.procs.values():
                 if proc.state not in ("done", "failed"):
                     proc.state = "stopped"
@@ -228,7 +232,9 @@ class _Supervisor:
         return report
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_requested:  # a second Ctrl-C: stop waiting for the drain
+        if self.stop_requested:  # a second Ctrl-C: stop waiting (for the drain: cut it; for start-up: give up)
+            if not self.supervising:
+                raise KeyboardInterrupt
             self.cut_now = True
         self.stop_requested = True
 
@@ -331,6 +337,7 @@ class _Supervisor:
 
     def supervise(self, duration_s: float | None, on_status: Callable[[Report], None] | None,
                   t0: float) -> str:
+        self.supervising = True
         start = time.monotonic()
         stop_sent_at: float | None = None
         next_status = start + 0.5
