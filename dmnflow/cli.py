@@ -255,7 +255,11 @@ def launch_cmd(
     duration_s, every_s = _durations(duration, status_every)
     _backend(backend, address)
     with StartView(err, f"compiling {graph} ..."):  # the start's phases, as they happen
-        plan = _launch_plan(graph, sets, profile, not no_models, overlays)
+        try:  # compiling imports the nodes and loads the models: Ctrl-C may land there
+            plan = _launch_plan(graph, sets, profile, not no_models, overlays)
+        except KeyboardInterrupt:
+            err.print("interrupted while the graph compiled; no worker was started")
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
         _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s, backend=backend,
              address=address)
 
@@ -950,6 +954,9 @@ def _render_plan(plan: Plan) -> None:
                                if getattr(b, f"{k}_s") is not None)
             budgets.add(f"{b.name}  {limits}  warm-up {_seconds(b.warmup_s)}")
     out.print(root)
+    drain = plan.drain  # defaults.drain: how long a stop waits (runtime/supervisor.py)
+    out.print(f"drain  idle {drain.idle_s:g}s, max " + (f"{drain.max_s:g}s" if drain.max_s is not None else "none")
+              + "  (a stop waits while records move)")
     _render_ports(plan)
     for w in plan.warnings:
         err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}", soft_wrap=True)

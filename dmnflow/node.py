@@ -258,15 +258,19 @@ class Context:
     ``batch`` lists the messages behind the values of a batched input (``batch:`` in the
     YAML), in order; it is empty outside a batch. ``joined`` maps each input of an
     ``on_join`` call to the message behind its value (its topic, attrs, origin). ``model`` is
-    the node's ``model:`` block (path, device, dtype, ...) or None.
+    the node's ``model:`` block (path, device, dtype, ...) or None. ``incarnation`` is 0 the
+    first time the node runs in a run and counts its restarts after that: a node that writes
+    a file starts it afresh at 0 and appends to it after a restart.
     """
 
-    __slots__ = ("name", "params", "log", "replica", "message", "batch", "joined", "model", "_emit", "_alloc")
+    __slots__ = ("name", "params", "log", "replica", "message", "batch", "joined", "model", "incarnation", "_emit",
+                 "_alloc")
 
     def __init__(self, name: str, params: BaseModel, emit: Callable[..., None],
                  *, replica: int | None = None, model: Any = None,
-                 alloc: Callable[[str, Any, Any], Any] | None = None) -> None:
+                 alloc: Callable[[str, Any, Any], Any] | None = None, incarnation: int = 0) -> None:
         self.name = name
+        self.incarnation = incarnation
         self.params = params
         self.log = logging.getLogger(f"dmnflow.node.{name}")
         self.replica = replica

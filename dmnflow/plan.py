@@ -21,6 +21,7 @@ __all__ = [
     "CoalescePlan",
     "BudgetPlan",
     "ConnectPlan",
+    "DrainPlan",
     "EdgePlan",
     "InputPlan",
     "NodePlan",
@@ -245,6 +246,14 @@ class SecurityPlan(_Frozen):
         return self.curve is not None or (self.run_keys and pattern != "stream")
 
 
+class DrainPlan(_Frozen):
+    """How long a stop waits for the graph to drain: while records move, up to ``max_s``
+    (None: no limit); cut once nothing moved for ``idle_s`` (``defaults.drain``)."""
+
+    idle_s: float = 5.0
+    max_s: float | None = 300.0
+
+
 class ProcessPlan(_Frozen):
     """One OS process: the nodes it hosts (several for a ``group``) and its CPU pins."""
 
@@ -268,6 +277,7 @@ class Plan(_Frozen):
     security: SecurityPlan = SecurityPlan()
     budgets: list[BudgetPlan] = []  # latency budgets (observe/budgets.py)
     record: list[str] = []  # outputs ("node.port" instances) mirrored to the run's recorder from the start
+    drain: DrainPlan = DrainPlan()  # how long a stop waits for the graph to drain (runtime/supervisor.py)
 
     def node(self, name: str) -> NodePlan:
         """The node instance called ``name``; KeyError names the known ones."""

@@ -19,6 +19,7 @@ from ..plan import (
     BindPlan,
     CoalescePlan,
     ConnectPlan,
+    DrainPlan,
     EdgePlan,
     InputPlan,
     JoinPlan,
@@ -199,6 +200,7 @@ class _Lowering(_Compilation):
         return Plan(graph=self.graph.name, file=self.graph.file, profile=self.graph.profile,
                     machine_cpus=self.cpus, nodes=final_nodes, edges=edge_plans, processes=process_plans,
                     warnings=[i.to_dict() for i in self.issues.issues if not i.is_error], security=security,
+                    drain=DrainPlan(idle_s=self.graph.drain.idle, max_s=self.graph.drain.max),
                     budgets=plan_budgets(self.nodes, edge_plans, self.loc,
                                          {name: node.instances for name, node in self.nodes.items()}))
 

@@ -63,7 +63,8 @@ def report_from_dict(data: dict[str, Any]) -> Report:
              for e in data.get("edges", [])]
     report = Report(data["graph"], data["status"], data.get("exit_code", 0), data.get("duration_s", 0.0),
                     data.get("startup_s", 0.0), nodes, edges, data.get("e2e", []), data.get("errors", []),
-                    [], data.get("control_junk", 0), data.get("budgets", []), data.get("live"))
+                    [], data.get("control_junk", 0), data.get("budgets", []), cut=data.get("cut"),
+                    live=data.get("live"))
     report.latency = {int(k): Histogram.from_sparse(v) for k, v in (data.get("latency") or {}).items()}
     return report
 

@@ -482,6 +482,14 @@ def render_report(report: Any, console: Console, errors: Console | None = None) 
             console.print(_pack(Text(name, style="bold"), cells, console.width, indent=4)[0]
                           if len(name) + 2 + max(len(c.plain) for c in cells) <= console.width else
                           Group(Text(name, style="bold"), _pack(Text("    "), cells, console.width, indent=4)[0]))
+    cut = getattr(report, "cut", None)
+    if cut:  # what a cut drain terminated and lost (runtime/supervisor.py)
+        lost = cut.get("lost", 0)
+        (errors or console).print(Text(
+            f"{'error' if lost else 'warning'}: the drain was cut after {cut['after_s']:.1f}s: {cut['reason']}; "
+            f"terminated {', '.join(cut['workers']) or 'no worker'}; "
+            + (f"{_num(lost)} records lost (in flight, or held by those workers)" if lost else "no record lost"),
+            style="red" if lost else "yellow"), soft_wrap=True)
     for line in report.errors:
         (errors or console).print(Text(f"error: {line}", style="red"), soft_wrap=True)
 

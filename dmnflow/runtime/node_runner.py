@@ -136,9 +136,10 @@ class NodeRunner:
     """One node instance inside the worker: its object, context, handlers and counters."""
 
     def __init__(self, plan_node: NodePlan, index: int, counters: Counters | None = None, *,
-                 cls: type[Node] | None = None, node: Node | None = None) -> None:
+                 cls: type[Node] | None = None, node: Node | None = None, incarnation: int = 0) -> None:
         """``cls`` (else loaded from ``uses``) and ``node`` (else a new instance) let a test run
-        a class it defined in place, and look at the instance afterwards."""
+        a class it defined in place, and look at the instance afterwards; ``incarnation``: how
+        many times its worker was restarted (``ctx.incarnation``)."""
         self.plan = plan_node
         self.index = index
         if counters is None:  # on its own (dmnflow.testing): counts in private memory
@@ -152,7 +153,7 @@ class NodeRunner:
         self.outlets: dict[str, Sender] = {}  # filled by whoever drives it (the worker, as it binds)
         self.node = node if node is not None else self.cls()
         self.ctx = Context(plan_node.name, params, self._emit, replica=plan_node.replica, model=plan_node.model,
-                           alloc=self._alloc)
+                           alloc=self._alloc, incarnation=incarnation)
         self.origin_ns = 0
         self.origin = -1
         self.e2e: dict[int, Histogram] = {}  # per origin source, at sinks
@@ -166,6 +167,8 @@ class NodeRunner:
         self.check_control: Callable[[], None] = lambda: None
         self.next_check = 0.0
         self.done = False
+        self.set_up = False  # setup returned: teardown is owed, whatever ends the node
+        self.torn_down = False
         self.join = None if plan_node.join is None else Join(plan_node.join.inputs, plan_node.join.timeout_s)
         self.batches = {i.port: Batch(i.batch.max, i.batch.wait_s) for i in plan_node.inputs if i.batch}
         self.latest = {i.port for i in plan_node.inputs if i.policy == "latest"}
@@ -180,6 +183,7 @@ class NodeRunner:
 
     def setup(self) -> None:
         self.node.setup(self.ctx)
+        self.set_up = True
         if self.plan.source:
             run = self.node.run  # type: ignore[attr-defined]
             if inspect.isgeneratorfunction(run):
@@ -404,9 +408,25 @@ class NodeRunner:
         if self.join is not None:
             for event_time, values in self.join.release(final=True):
                 self.call_join(event_time, values)
-        self.node.teardown(self.ctx)
-        for outlet in self.outlets.values():
-            outlet.send_eos()
+        try:
+            self.teardown()
+        finally:  # a failed teardown still ends the stream: downstream drains, the run reports the failure
+            for outlet in self.outlets.values():
+                outlet.send_eos()
+
+    def teardown(self) -> None:
+        """The node's ``teardown``, once, if its ``setup`` returned; what it raises names the node.
+
+        Raises:
+            NodeError: the node's teardown raised (port ``teardown``).
+        """
+        if not self.set_up or self.torn_down:
+            return
+        self.torn_down = True
+        try:
+            self.node.teardown(self.ctx)
+        except Exception as exc:
+            raise NodeError(f"{type(exc).__name__} in teardown: {exc}", node=self.plan.name) from exc
 
     @property
     def messages_in(self) -> int:

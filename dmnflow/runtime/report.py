@@ -106,8 +106,8 @@ class Report:
     """What a run did: per node, per edge, end to end, and how it ended."""
 
     graph: str
-    status: str  # finished, stopped, failed
-    exit_code: int
+    status: str  # finished, stopped, failed (a node failed, a teardown raised, or a cut drain lost records)
+    exit_code: int  # ExitCode: OK, or NODE_FAILED when the status is failed
     duration_s: float
     startup_s: float
     nodes: dict[str, NodeReport]
@@ -117,6 +117,8 @@ class Report:
     sockets: list[SocketReport] = field(default_factory=list)
     control_junk: int = 0  # messages to the supervisor's control and admin sockets it did not trust
     budgets: list[dict[str, Any]] = field(default_factory=list)  # latency budgets: limits, measured, misses
+    # the drain was cut: {reason, after_s, workers (terminated), lost (records in flight or held by them)}
+    cut: dict[str, Any] | None = None
     live: dict[str, Any] | None = None  # while it runs: windowed rates, latencies, cpu, progress (observe/live.py)
     # the cumulative latency histograms behind p50/p99 (not in the JSON): per edge id, per (source, sink)
     latency: dict[int, Histogram] = field(default_factory=dict, repr=False)
@@ -132,7 +134,7 @@ class Report:
                "nodes": {n: dict(v.__dict__) for n, v in self.nodes.items()},
                "edges": [edge(e) for e in self.edges], "e2e": self.e2e, "errors": self.errors,
                "sockets": [s.__dict__ for s in self.sockets], "control_junk": self.control_junk,
-               "budgets": self.budgets}
+               "budgets": self.budgets, "cut": self.cut}
         if self.live is not None:
             out["live"] = self.live
         return out

@@ -6,8 +6,12 @@ Start-up runs in phases so that nothing is lost: every worker binds its outputs
 (``connect`` → ``connected``), then waits until every consumer has joined each output
 (``ready``); only then are sources started (``start``). Stopping is a drain: sources
 end, end-of-stream follows the data through the graph, and every worker exits by itself.
-Only past ``grace_s`` does the supervisor escalate: SIGTERM, then SIGKILL, and it always
-waits for (reaps) every worker.
+The drain is given as long as records still move (the workers' counters change), up to the
+plan's ``drain.max_s``; it is cut once nothing has moved for ``drain.idle_s``, or at a second
+Ctrl-C. A cut drain escalates: SIGTERM (each worker runs its nodes' teardown), then SIGKILL
+after 2s, and the supervisor always waits for (reaps) every worker. The report says what was
+cut and what it lost; a cut that lost records, a failed teardown or a node that raised fail
+the run (``ExitCode.NODE_FAILED``).
 
 Where a worker runs is its backend's business (``runtime/backends``: ``local`` processes,
 or ``ray`` actors on a cluster); the supervisor sees each worker as a handle it polls,
@@ -72,9 +76,10 @@ class _Proc:
         self.killed: list[bool] = []  # per earlier incarnation: whether it died (rather than ended)
         self.host = socket.gethostname()  # the backend's handle says where it runs
         self.incarnations: list[Incarnation] = []  # filled when the report is made
+        self.terminated = False  # the current incarnation was stopped by signal (a cut drain, a failed run)
 
 
-def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
+def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float | None = None,
            startup_timeout_s: float = 60.0, on_status: Callable[[Report], None] | None = None,
            name: str | None = None, warm: bool = False, observer: Observer | None = None,
            backend: str | Backend = "local", address: str | None = None) -> Report:
@@ -92,6 +97,9 @@ def launch(plan: Plan, *, duration_s: float | None = None, grace_s: float = 5.0,
     ``backend``: ``"local"`` (processes on this machine) or ``"ray"`` (Ray actors on the
     cluster at ``address``: ``"auto"``, ``"HOST:PORT"``, or None for a Ray started for this
     run and stopped after it); or a backend object (``runtime.backends``).
+
+    A stop (``duration_s``, Ctrl-C) drains the graph as the plan's ``drain`` says; ``grace_s``
+    replaces its ``idle_s`` for this run (a caller that knows its graph's pace).
 
     Raises:
         LaunchError: the graph could not be started (a worker failed during start-up, ``name``
@@ -112,7 +120,12 @@ class _Supervisor:
         self.name = name or plan.graph
         self.name_given = name is not None  # a taken --name is refused; a taken default is suffixed
         self.admin = AdminServer(plan, self.observer, self)
-        self.grace_s = grace_s
+        self.drain = plan.drain if grace_s is None else plan.drain.model_copy(update={"idle_s": grace_s})
+        self.grace_s = self.drain.idle_s  # how long finished workers get to exit by themselves
+        self.cut: dict[str, Any] | None = None  # the drain was cut: why, after how long, which workers
+        self.cut_now = False  # a second Ctrl-C
+        self.supervising = False  # the graph has started: a second Ctrl-C cuts the drain
+        self.raised: set[str] = set()  # processes whose node code raised (a restart does not undo it)
         self.startup_timeout_s = startup_timeout_s
         self.procs = {p.name: _Proc(p.name, p.nodes) for p in plan.processes}
         self.proc_of = {n: p.name for p in plan.processes for n in p.nodes}
@@ -183,9 +196,12 @@ class _Supervisor:
             status = self.supervise(duration_s, on_status, t0)
             self.phase_first_message()  # a graph that ended between two looks
         finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-            self.stop_all(self.grace_s if status in ("finished", "stopped") else 0.0)
+            self.supervising = True  # a Ctrl-C while the workers are stopped changes nothing: they are bounded
+            try:
+                self.stop_all(self.grace_s if status in ("finished", "stopped") and self.cut is None else 0.0)
+            finally:
+                signal.signal(signal.SIGINT, old_int)
+                signal.signal(signal.SIGTERM, old_term)
             for proc in self.procs.values():
                 if proc.state not in ("done", "failed"):
                     proc.state = "stopped"
@@ -199,12 +215,33 @@ class _Supervisor:
                 zctx.term()
                 self.observer.close()  # the workers are gone: a recording gets what is left
                 shutil.rmtree(self.run_dir, ignore_errors=True)
-        report.exit_code = int(ExitCode.NODE_FAILED if status == "failed" else ExitCode.OK)
+        return self.conclude(report)
+
+    def conclude(self, report: Report) -> Report:
+        """How the run ended, from what it did: a node that raised (even one its restart policy
+        brought back), a failed teardown or a cut drain that lost records fail it, whatever the
+        workers' exits said; the exit code follows the status."""
+        failed_nodes = sorted({n for p in self.procs.values() for n in p.stats.get("failed", ()) or ()
+                               if isinstance(n, str)})
+        if self.cut is not None:
+            lost = sum(e.lost - e.dropped for e in report.edges) + sum(
+                report.nodes[n].lost for p in self.procs.values() if p.terminated for n in p.nodes)
+            self.cut["lost"] = lost
+            report.cut = dict(self.cut)
+            if lost and report.status != "failed":
+                report.status = "failed"
+        if failed_nodes or self.raised:
+            report.status = "failed"
+            for name in failed_nodes:
+                report.nodes[name].status = "failed"
+        report.exit_code = int(ExitCode.NODE_FAILED if report.status == "failed" else ExitCode.OK)
         return report
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_requested:  # a second Ctrl-C: stop waiting for the drain
-            raise KeyboardInterrupt
+        if self.stop_requested:  # a second Ctrl-C: stop waiting (for the drain: cut it; for start-up: give up)
+            if not self.supervising:
+                raise KeyboardInterrupt
+            self.cut_now = True
         self.stop_requested = True
 
     def worker_env(self, process: str | None = None) -> dict[str, str]:
@@ -372,21 +409,35 @@ class _Supervisor:
 
     def supervise(self, duration_s: float | None, on_status: Callable[[Report], None] | None,
                   t0: float) -> str:
+        self.supervising = True
         start = time.monotonic()
         stop_sent_at: float | None = None
         next_status = start + 0.5
         failed = False
+        moved_at, last_seen, next_look = 0.0, None, 0.0  # the drain's progress
         while True:
             now = time.monotonic()
             if (self.stop_requested or (duration_s is not None and now - start >= duration_s)) \
                     and stop_sent_at is None:
-                stop_sent_at = now
+                stop_sent_at = moved_at = now
                 for proc in self.procs.values():
                     if proc.state in ("running", "ready"):
                         self.tell(proc, protocol.STOP)
-            if stop_sent_at is not None and now - stop_sent_at > self.grace_s:
-                log.warning("the graph did not drain within %.1fs; terminating workers", self.grace_s)
-                return "stopped"
+            if stop_sent_at is not None and now >= next_look:  # the drain lasts while records move
+                next_look = now + 0.1
+                seen = self.progress()
+                if seen != last_seen:
+                    last_seen, moved_at = seen, now
+                why = ("a second Ctrl-C" if self.cut_now else
+                       f"no record moved for {self.drain.idle_s:g}s (drain.idle)" if now - moved_at > self.drain.idle_s
+                       else f"it took {self.drain.max_s:g}s (drain.max)"
+                       if self.drain.max_s is not None and now - stop_sent_at > self.drain.max_s else None)
+                if why is not None:
+                    late = sorted(p.name for p in self.procs.values() if p.state != "done")
+                    self.cut = {"reason": why, "after_s": round(now - stop_sent_at, 3), "workers": late}
+                    log.warning("the drain was cut after %.1fs: %s; terminating workers %s", now - stop_sent_at,
+                                why, ", ".join(late))
+                    return "stopped"
             got = self.hear(50)
             if got is not None:
                 proc, msg = got
@@ -406,6 +457,14 @@ class _Supervisor:
                 if on_status is not None:
                     on_status(report)
                 next_status = now + 0.5
+
+    def progress(self) -> tuple[Any, ...]:
+        """What the workers have counted, and their states: while it changes, the graph is draining."""
+        seen: list[Any] = []
+        for proc in self.procs.values():
+            counts = self.backend.counts(proc.name, proc.inc) if proc.popen is not None else None
+            seen += [proc.state, tuple(counts) if counts is not None else repr(proc.stats.get("counts"))]
+        return tuple(seen)
 
     def on_message(self, proc: _Proc, msg: list[Any]) -> None:
         kind = msg[0]
@@ -430,8 +489,9 @@ class _Supervisor:
         elif kind == protocol.READY:
             self.tell(proc, protocol.START)
             proc.state = "running"
-        elif kind == protocol.ERROR:
+        elif kind == protocol.ERROR:  # a node raised (or its teardown did): the run fails, restarted or not
             self.errors.append(f"{proc.name}: {msg[1]}")
+            self.raised.add(proc.name)
         elif kind == protocol.REPLY:
             self.admin.on_reply(*msg[1:])
 
@@ -504,14 +564,16 @@ class _Supervisor:
     def stop_all(self, grace_s: float) -> None:
         """Wait ``grace_s`` for workers to exit by themselves, then TERM, wait, KILL, reap:
         no worker outlives the supervisor's return."""
-        live = [p.popen for p in self.procs.values() if p.popen is not None]
+        procs = [p for p in self.procs.values() if p.popen is not None]
+        live = [p.popen for p in procs if p.popen is not None]
         deadline = time.monotonic() + grace_s
         for popen in live:  # workers that finished exit by themselves; give them the grace period
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(max(0.0, deadline - time.monotonic()))
-        for popen in live:
-            if popen.poll() is None:
-                popen.terminate()
+        for proc in procs:  # SIGTERM: each runs its nodes' teardown, then exits (worker.Terminated)
+            if proc.popen is not None and proc.popen.poll() is None:
+                proc.terminated = proc.state != "done"  # what it still held is lost, as if killed
+                proc.popen.terminate()
         for popen in live:
             try:
                 popen.wait(2.0)
@@ -525,7 +587,7 @@ class _Supervisor:
     def report(self, status: str, code: int, duration_s: float, startup_s: float) -> Report:
         for proc in self.procs.values():
             beats = proc.past + ([proc.stats] if len(proc.past) <= proc.inc else [])
-            killed = proc.killed + [False] * (proc.inc + 1 - len(proc.killed))
+            killed = proc.killed + [proc.terminated] * (proc.inc + 1 - len(proc.killed))
             proc.incarnations = [Incarnation(self.counts(proc, inc, beats[inc] if inc < len(beats) else {}),
                                              beats[inc] if inc < len(beats) else {},
                                              killed[inc] if inc < len(killed) else False)

@@ -13,6 +13,12 @@ A node ends when every (non-feedback) input has received end-of-stream from ever
 producer, or, for a source, when its ``run`` generator returns; it then runs
 ``teardown`` and sends end-of-stream on each output. The process exits when all its
 nodes have ended.
+
+Teardown is owed to every node whose ``setup`` returned, however the worker ends: a node
+that raised, a SIGTERM (the supervisor cutting a drain, or anyone else: it is taken between
+handler calls, or inside a blocked send), a stop before the start. A teardown that raises is
+reported to the supervisor (the run fails; the node is not restarted, its stream is over),
+and the node's end-of-stream still goes downstream. Only SIGKILL skips teardown.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from ..observe.taps import Taps
 from ..plan import RUN_DIR, Plan
 from ..transport import Counters, Flusher, Inlet, Link, Outlet
 from ..transport.security import RUN_KEY, RUN_KEYS, Curve, KeyError_, Watch, load_curve
-from ..transport.stats import B_DISCONNECTS, B_REFUSED, REFUSED
+from ..transport.stats import B_DISCONNECTS, B_REFUSED, N_HANDLING, N_HANDLING_OUT, N_OUT, REFUSED
 from ..transport.wire import read_token, shm_tag
 from . import protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
@@ -44,6 +50,12 @@ from .node_runner import NodeRunner
 
 LINGER_S = 5.0
 SOURCE_STEPS = 64  # items taken from a source's generator per turn of the loop
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: the worker stops where it is, runs its nodes' teardown and exits.
+
+    A BaseException, so that no ``except Exception`` in a node or in dmnflow swallows it."""
 
 
 def _die_with_parent(supervisor: int) -> None:
@@ -135,6 +147,8 @@ class Worker:
         self.runners: list[NodeRunner] = []
         self.started = False  # the supervisor said start: failures are no longer start-up failures
         self.stopping = False
+        self.terminating = False  # SIGTERM came while a handler ran: taken at the end of the loop's turn
+        self.failed: list[str] = []  # nodes whose teardown raised: the run fails, they are not restarted
         self.next_beat = time.monotonic() + 1.0
         self.pending: list[tuple[Future[Any], Any, str]] = []  # commands still running: (future, token, node)
         self.refusals: list[str] = []  # CURVE handshakes our inputs' producers refused (start-up fails on them)
@@ -198,7 +212,7 @@ class Worker:
         bound: dict[str, str] = {}
         layout = self.counters.layout
         for name in proc.nodes:
-            runner = NodeRunner(self.plan.node(name), index[name], self.counters)
+            runner = NodeRunner(self.plan.node(name), index[name], self.counters, incarnation=self.inc)
             for out in runner.plan.outputs:
                 codec = get_codec(out.codec)
                 encoder = codec.encoder(runner.ports.outputs[out.port].type, compress_above=out.compress_above)
@@ -415,7 +429,12 @@ class Worker:
                     inputs_ended = all(i.ended for i in by_runner.get(id(runner), []))
                     ended = runner.gen is None and not runner.loop_source and inputs_ended
                     if not runner.done and ended and (runner.forward_inputs or runner.plan.source or self.stopping):
-                        runner.finish()  # a node without inputs that end it (timer-driven) runs until stopped
+                        try:  # a node without inputs that end it (timer-driven) runs until stopped
+                            runner.finish()
+                        except NodeError as exc:
+                            if not runner.torn_down:  # a batch or join it was handed at the end raised
+                                raise
+                            self.teardown_failed(runner, exc)  # its end-of-stream went: the graph drains
                         ending.extend(runner.outlets.values())
                         if runner in timed:
                             timed.remove(runner)
@@ -425,9 +444,38 @@ class Worker:
                 next_flush = time.monotonic() + 0.002
             if all_done and not ending:
                 break
+            if self.terminating:
+                raise Terminated
             self.beat()
-        self.tell(protocol.DONE, self.stats())
-        return 0
+        self.tell(protocol.DONE, {**self.stats(), "failed": self.failed})
+        return 1 if self.failed else 0
+
+    def in_handler(self) -> bool:
+        """Whether a node's handler is running and has emitted nothing yet (a SIGTERM waits for
+        it to return, so that what the node was handed is either handled or counted lost)."""
+        mv = self.counters.mv
+        layout = self.counters.layout
+        for runner in self.runners:
+            b = layout.node(runner.index)
+            if mv[b + N_HANDLING] and mv[b + N_OUT] == mv[b + N_HANDLING_OUT]:
+                return True
+        return False
+
+    def teardown_failed(self, runner: NodeRunner, exc: NodeError) -> None:
+        """A node's teardown raised: say so here and to the supervisor (the run fails)."""
+        self.failed.append(runner.plan.name)
+        text = _user_traceback(exc)
+        sys.stderr.write(f"dmnflow: process {self.process} (pid {os.getpid()}): {exc}\n{text}")
+        with contextlib.suppress(zmq.ZMQError):
+            self.tell(protocol.ERROR, str(exc), text)
+
+    def teardown_rest(self) -> None:
+        """Teardown for every node that was set up and has not had it (the worker is ending early)."""
+        for runner in self.runners:
+            try:
+                runner.teardown()
+            except NodeError as exc:
+                self.teardown_failed(runner, exc)
 
     def beat(self) -> None:
         """A heartbeat with the counts, once a second."""
@@ -539,11 +587,23 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
     _die_with_parent(int(args[3]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
     worker = Worker(run_dir, process, inc, plan)
+
+    def on_term(signum: int, frame: Any) -> None:  # the supervisor cut the drain, or someone else stops us
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        worker.terminating = True
+        if not worker.in_handler():  # else the loop takes it once the handler has returned
+            raise Terminated
+
+    signal.signal(signal.SIGTERM, on_term)
     code = 0
+    terminated = False
     try:
         code = worker.run()
     except SystemExit as exc:
         code = int(exc.code or 0)
+    except Terminated:
+        terminated = True
+        code = 128 + signal.SIGTERM
     except BaseException as exc:  # report what broke, with the user's part of the traceback, then fail
         cause = exc.__cause__ if isinstance(exc, NodeError) and exc.__cause__ is not None else exc
         configured = isinstance(cause, ConfigError)  # its message says what to fix: no traceback
@@ -558,6 +618,13 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
             sys.stderr.write(f"dmnflow: process {process} (pid {os.getpid()}) failed: {summary}\n{text}")
         code = 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # teardown runs to its end (the supervisor may SIGKILL)
+        worker.teardown_rest()
+        if worker.failed and code == 0:
+            code = 1
+        if terminated:  # the graph is being cut: no lingering on sockets whose peers are going
+            sys.stderr.flush()
+            os._exit(code)
         worker.close()
     return code
 

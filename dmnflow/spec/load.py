@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import Issue, IssueList, Location, closest
 from .overrides import Override, _apply_override, _merge
-from .schema import Defaults, GraphSpec, NodeSpec, SecuritySpec
+from .schema import Defaults, DrainSpec, GraphSpec, NodeSpec, SecuritySpec
 from .source import Path_, SourceMap, _display, _dotted, _suggest, parse_yaml
 from .substitution import _FAILED, _Substituter
 from .validation import _validate_partial
@@ -60,6 +60,7 @@ class LoadedGraph:
     unresolved: set[str] = field(default_factory=set)  # dotted paths of failed ${...}
     security: SecuritySpec = field(default_factory=lambda: SecuritySpec())  # the top file's; includes' are ignored
     base_dir: Path = field(default_factory=Path)  # the top file's directory: relative paths start here
+    drain: DrainSpec = field(default_factory=lambda: DrainSpec())  # the top file's defaults.drain
 
     def is_broken(self, node: str) -> bool:
         """Whether ``node`` failed to load (or lies in an include that did)."""
@@ -150,7 +151,7 @@ def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,
     spec, bad_top = _validate_partial(GraphSpec, data, (), srcmap, issues, unresolved)
     spec = spec or GraphSpec()
     graph = LoadedGraph(spec.graph or path.stem, file, profile, {}, set(), srcmap, [],
-                        {_dotted(p) for p in unresolved}, spec.security, path.parent)
+                        {_dotted(p) for p in unresolved}, spec.security, path.parent, spec.defaults.drain)
     if "include" in bad_top and isinstance(data.get("include"), dict):
         graph.broken.update(f"{name}/" for name in data["include"])
     if raw_nodes is not None and not isinstance(raw_nodes, dict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .units import CpuSet, Duration, Size
 
@@ -18,6 +18,7 @@ __all__ = [
     "BudgetSpec",
     "CoalesceSpec",
     "Defaults",
+    "DrainSpec",
     "GraphSpec",
     "IncludeSpec",
     "InputSpec",
@@ -56,6 +57,25 @@ def _restart_shorthand(value: Any) -> Any:
 
 
 Restart = Annotated[RestartSpec, BeforeValidator(_restart_shorthand, json_schema_input_type=str | RestartSpec)]
+
+
+class DrainSpec(_Spec):
+    """How long a stop (Ctrl-C, ``--duration``) waits for the graph to drain (docs/runtime.md,
+    "Stopping"): as long as records still move, up to ``max``; it is cut once nothing has moved
+    for ``idle``. A cut drain terminates the workers (each runs its nodes' ``teardown``) and
+    fails the run if records were lost."""
+
+    idle: Duration = Field(5.0, gt=0, description="cut the drain once no record has moved for this long")
+    max: Duration | None = Field(300.0, gt=0, description="cut the drain after this long even while records "
+                                 "move; none: wait as long as they move")
+
+    @model_validator(mode="after")
+    def _max_covers_idle(self) -> DrainSpec:
+        # a max below idle would cut every drain before idle could ever be reached
+        if self.max is not None and self.max < self.idle:
+            raise ValueError(f"max ({self.max:g}s) is shorter than idle ({self.idle:g}s): make max at least idle, "
+                             "or none")
+        return self
 
 
 class CoalesceSpec(_Spec):
@@ -108,6 +128,8 @@ class Defaults(_Spec):
     restart: Restart = Field(default_factory=RestartSpec)
     budget_warmup: Duration = Field(10.0, ge=0, description="latency budgets' warm-up: the windows of this long "
                                     "after a budget's first message are not judged (start-up, a warm-up burst)")
+    drain: DrainSpec = Field(default_factory=DrainSpec, description="how long a stop waits for the graph to "
+                             "drain (the top file's; includes' are ignored)")
 
 
 class BatchSpec(_Spec):

@@ -59,7 +59,7 @@ class TrialRequest:
     intermediate: dict[str, Any] | None = None  # {"value": objective, "step": objective, "every": n}
     train: dict[str, Any] | None = None  # {"uses", "params", "iterations", "model_key"}
     warm: bool = True
-    grace_s: float = 5.0
+    grace_s: float | None = None  # None: the plan's drain.idle_s
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

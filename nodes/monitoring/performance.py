@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -106,7 +107,11 @@ class Performance(Node):
         model_config = ConfigDict(extra="forbid")
         periods_per_year: int = Field(TRADING_DAYS, ge=1, description="periods per year for annualising (252: daily)")
         emit_every: int = Field(1, ge=0, description="emit metrics every this many Accounts; 0: never")
-        equity_png: str | None = Field(None, description="write the equity curve and drawdown here at the end")
+        equity_png: str | None = Field(None, description="draw the equity curve and drawdown here, at the end and "
+                                       "every equity_png_every_s while Accounts come")
+        equity_png_every_s: float = Field(60.0, ge=0, description="redraw equity_png at the first Account this long "
+                                          "after the last drawing (a kill leaves the curve up to then); 0: only at "
+                                          "the end")
         latency_in_metrics: bool = Field(
             False, description="add latency p50/p99 to emitted metrics (not deterministic)")
         latency_window: int = Field(100_000, ge=1, description="latencies kept for the percentiles")
@@ -179,6 +184,7 @@ class Performance(Node):
         # by event time, not by arrival, because Fills and Accounts come on two inputs read in turns
         self.latency_from: int | None = None if p.latency_skip else -(2**63)
         self.seeded = False  # the first point is the starting capital
+        self.png_due = time.monotonic() + p.equity_png_every_s if p.equity_png and p.equity_png_every_s else math.inf
         self.counts = dict.fromkeys(("accounts", "fills_messages", "fills", "bad_accounts", "out_of_order",
                                      "replaced", "bad_fills", "before_start", "after_end"), 0)
 
@@ -261,6 +267,9 @@ class Performance(Node):
             if self.since_emit >= self.p.emit_every:
                 self.since_emit = 0
                 ctx.emit("metrics", jsonable(self.current()))
+        if time.monotonic() >= self.png_due:  # drawn as it goes: a kill -9 keeps the curve up to here
+            self.png_due = time.monotonic() + self.p.equity_png_every_s
+            self._draw(ctx)
 
     def _append(self, t: int, equity: float, traded: float) -> None:
         """A new point; the previous one joins the committed statistics."""
@@ -331,6 +340,10 @@ class Performance(Node):
         return jsonable(out)
 
     def teardown(self, ctx: Any) -> None:
+        self._draw(ctx)
+
+    def _draw(self, ctx: Any) -> None:
+        """The equity PNG, replaced whole (a reader, or a kill, never sees half of one)."""
         if self.p.equity_png and len(self.equity) >= 2:
             try:
                 write_equity_png(Path(self.p.equity_png), self.t, self.equity, self.p.title)
@@ -382,4 +395,6 @@ def write_equity_png(path: Path, t: list[int], equity: list[float], title: str) 
     fig.autofmt_xdate()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    part = path.with_name(path.name + ".part")
+    fig.savefig(part, format="png")
+    os.replace(part, path)

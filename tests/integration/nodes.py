@@ -18,9 +18,7 @@ from nodes.basic import Collect
 class SlowSink(Collect):
     """A Collect whose setup takes ``delay_s``: a subscriber that joins late."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        path: str | None = None
+    class Params(Collect.Params):
         delay_s: float = Field(1.0, ge=0)
 
     def setup(self, ctx: Any) -> None:
@@ -32,7 +30,7 @@ class Tap(Collect):
     """A Collect that also appends each value to ``path`` as it arrives, so a test can watch."""
 
     def setup(self, ctx: Any) -> None:
-        super().setup(ctx)
+        self.received: list[Any] = []
         self.file = open(ctx.params.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in teardown
 
     def on_values(self, value: Any, ctx: Any) -> None:

@@ -235,7 +235,8 @@ def test_the_quickstart_graph_compiles_from_the_repo_root(monkeypatch):
     monkeypatch.setenv("DMNFLOW_OUT", "/tmp/dmnflow-test-out")
     plan = dmnflow.compile_graph("graphs/quickstart.yaml")
     assert plan.order == ["counter", "scale", "sink"]
-    assert plan.node("sink").params == {"path": "/tmp/dmnflow-test-out/quickstart.jsonl"}
+    assert plan.node("sink").params == {"path": "/tmp/dmnflow-test-out/quickstart.jsonl", "flush_every": 1000,
+                                        "flush_interval_s": 1.0}
     assert plan.node("counter").loc == "graphs/quickstart.yaml:12:3"
 
 
@@ -410,3 +411,16 @@ def test_tcp_edges_get_curve_with_the_runs_own_keys_unless_the_graph_says_otherw
     plain = dmnflow.compile_graph(write(tmp_path / "plain.yaml", TCP_CHAIN.replace(
         "graph: chain", "graph: chain\n    security: {insecure: true}")))
     assert not plain.security.run_keys and not plain.security.curved("tcp", "push")
+
+
+def test_the_drain_bound_is_decided_in_the_plan_and_a_bad_one_is_located(tmp_path):
+    plan = dmnflow.compile_graph(write(tmp_path / "g.yaml", CHAIN))
+    assert (plan.drain.idle_s, plan.drain.max_s) == (5.0, 300.0)  # the defaults, written down
+    g = write(tmp_path / "d.yaml", CHAIN.rstrip() + "\n    defaults: {drain: {idle: 250ms, max: null}}\n")
+    assert dmnflow.compile_graph(g).drain.model_dump() == {"idle_s": 0.25, "max_s": None}
+    bad = write(tmp_path / "bad.yaml", CHAIN.rstrip() + "\n    defaults:\n      drain: {idle: 10s, max: 2s}\n")
+    [issue] = [i for i in dmnflow.validate(bad) if i.is_error]
+    assert (issue.code, issue.path, issue.loc.line) == ("invalid-value", "defaults.drain", 8)
+    zero = write(tmp_path / "zero.yaml", CHAIN.rstrip() + "\n    defaults:\n      drain: {idle: 0s}\n")
+    [issue] = [i for i in dmnflow.validate(zero) if i.is_error]
+    assert (issue.code, issue.path, issue.loc.line) == ("invalid-value", "defaults.drain.idle", 8)

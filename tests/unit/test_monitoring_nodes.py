@@ -57,6 +57,31 @@ def test_performance_summary_matches_metrics(tmp_path: Path) -> None:
     assert last["t"] == T0 + 4 * DAY and len(ctx.out["metrics"]) == 5
 
 
+def test_performance_draws_its_png_as_it_goes_so_a_kill_keeps_the_curve(tmp_path: Path, monkeypatch) -> None:
+    drawn: list[int] = []
+    monkeypatch.setattr(perf_module, "write_equity_png", lambda path, t, equity, title: drawn.append(len(equity)))
+    clock = [0.0]
+    monkeypatch.setattr(perf_module.time, "monotonic", lambda: clock[0])
+    node, ctx = make(Performance, {"equity_png": str(tmp_path / "equity.png"), "equity_png_every_s": 10})
+    for i in range(5):  # an Account every 4 "seconds": drawn at the first one 10 s after the last drawing
+        clock[0] = 4.0 * (i + 1)
+        node.on_account(account(T0 + i * DAY, 1000.0 + i, 0.0), ctx)
+    assert drawn == [4]  # at t=12 s: the capital and three Accounts (no teardown: as after a kill -9)
+    node.teardown(ctx)
+    assert drawn == [4, 6]
+    off, ctx = make(Performance, {"equity_png": str(tmp_path / "e2.png"), "equity_png_every_s": 0})
+    for i in range(3):
+        clock[0] = 100.0 * (i + 1)
+        off.on_account(account(T0 + i * DAY, 1000.0 + i, 0.0), ctx)
+    assert drawn == [4, 6]  # 0: only at the end
+
+
+def test_performance_writes_its_png_whole(tmp_path: Path) -> None:
+    png = tmp_path / "equity.png"
+    perf_module.write_equity_png(png, [1, 2, 3], [1.0, 2.0, 1.5], "t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["equity.png"]
+
+
 def test_performance_declares_its_summary_keys() -> None:
     """`summary_keys` is what a tune file's objectives are checked against: exactly the summary's keys."""
     node, ctx = make(Performance)
