@@ -126,6 +126,45 @@ def test_dmn_study_runs_real_trials_and_its_best_overlay_launches_to_the_same_fi
         assert not s.left_behind()
 
 
+def _decisions(out: Path) -> tuple[list[Any], list[int]]:
+    """Each trial's values, state, result and every intermediate value; the best trials."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(out / "journal.log")))
+    trials = optuna.load_study(study_name="tune_dmn", storage=storage).trials
+    summary = json.loads((out / "summary.json").read_text())
+    return ([(t.number, json.dumps(t.params, sort_keys=True), t.state.name, t.values,
+              sorted(t.intermediate_values.items()), t.user_attrs.get("reason", "")) for t in trials],
+            [b["number"] for b in summary["best"]])
+
+
+def test_a_seeded_study_makes_the_same_trials_and_decisions_on_a_loaded_machine(tmp_path: Path) -> None:
+    """Intermediate values come from the graph at exact steps (every 63 periods here), trials
+    are asked and told in a fixed order, so the same seeded study on a quiet and on a loaded
+    machine draws the same values, gets the same steps, prunes the same trials, picks the
+    same best."""
+    from tests.faults.load import loaded
+
+    args = ("graphs/tune_dmn.yaml", "--trials", "7", "--no-plots", "--set", "set.vars.days=600",
+            "--set", "set.vars.symbols=3", "--set", "holdout=null", "--set", "intermediate.every=63",
+            "--set", "pruner={median: {n_startup_trials: 2, n_warmup_steps: 0}}")
+    runs = []
+    for load in (False, True):
+        with loaded(load), study(tmp_path / ("loaded" if load else "quiet"), *args) as s:
+            result = s.run()
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert not s.left_behind()
+            runs.append(_decisions(s.out))
+    (quiet, best), (busy, busy_best) = runs
+    assert busy == quiet and busy_best == best
+    states = [t[2] for t in quiet]
+    assert "PRUNED" in states and "COMPLETE" in states, states  # the budget exercises the pruner
+    steps = {t[0]: [k for k, _ in t[4]] for t in quiet if t[2] == "COMPLETE"}
+    assert all(s == list(range(s[0], 10)) for s in steps.values()), steps  # every step to 567 of 600 periods
+
+
 def test_crashed_hung_nan_and_refused_trials_fail_with_their_reason(tmp_path: Path) -> None:
     args = (str(SCORE), "--trials", "4", "--timeout", "4s", "--set", "sampler=grid", "--set", "pruner=none",
             "--set", "space={nodes.score.params.mode: {choice: [ok, nan, crash, hang]}}")
