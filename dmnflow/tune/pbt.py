@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine import Template, figure_filter
-from .raytune import _ACTIVE, Callback, ray_session, require_ray
+from .raytune import _ACTIVE, Callback, plain_error, ray_session, require_ray
 from .space import Param
 from .study import TrialEvent, TuneError
 from .trial import TrialProcess
@@ -80,21 +80,43 @@ def run_pbt(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent]
                 scheduler = PopulationBasedTraining(
                     time_attr="training_iteration", metric="objective_0", mode=mode,
                     perturbation_interval=spec.perturbation_interval, hyperparam_mutations=domains,
-                    quantile_fraction=spec.quantile_fraction, resample_probability=spec.resample_probability)
+                    quantile_fraction=spec.quantile_fraction, resample_probability=spec.resample_probability,
+                    synch=spec.synch, log_config=True)
+                # every checkpoint is kept: an exploit restores the donor's checkpoint of that interval, which a
+                # num_to_keep would have deleted by then (the member then dies: "does not exist on storage")
                 tuner = rt.Tuner(trainable, param_space=domains, tune_config=rt.TuneConfig(
                     scheduler=scheduler, num_samples=spec.population, max_concurrent_trials=tune.spec.concurrency,
                     reuse_actors=False), run_config=rt.RunConfig(
                     name=tune.study, storage_path=str(path), verbose=0, callbacks=[recorder],
-                    checkpoint_config=rt.CheckpointConfig(num_to_keep=2),
+                    checkpoint_config=rt.CheckpointConfig(num_to_keep=None),
                     failure_config=rt.FailureConfig(max_failures=0)))
             grid = tuner.fit()
         finally:
             _ACTIVE.pop(tune.study, None)
         interrupted = recorder.interrupted
+        failed = [(i, r) for i, r in enumerate(grid) if r.error is not None]
         best = _best(grid, mode)
-        figures = _export_and_backtest(tune, best) if best is not None and not interrupted else {}
+        figures = _export_and_backtest(tune, best) if best is not None and not interrupted and not failed else {}
+    exploits = _exploits(path / tune.study)
+    study.set_user_attr("pbt", {"exploits": len(exploits), "policy": [json.dumps(e) for e in exploits[:100]]})
     _record_members(tune, study, grid, names, best, figures)
+    if failed and not interrupted:  # a population that lost a member is not the study asked for
+        raise TuneError(f"{len(failed)} of {len(grid)} PBT members failed (the study stops; its members are in the "
+                        "journal): " + "; ".join(f"member {i}: {plain_error(r.error)}" for i, r in failed))
     return interrupted
+
+
+def _exploits(experiment: Path) -> list[Any]:
+    """Ray's PBT policy log (``pbt_global.txt``): one line per exploit, [target trial, donor
+    trial, target step, donor step, old config, new config]."""
+    out = []
+    for log in sorted(experiment.rglob("pbt_global.txt")) if experiment.is_dir() else ():
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
 
 
 def _member(config: dict[str, Any], spec: dict[str, Any]) -> None:
@@ -197,7 +219,7 @@ def _record_members(tune: TuneFile, study: Any, grid: Any, names: dict[str, str]
         if result is best:
             attrs["figures"].update(figures)
         if not ok:
-            attrs["reason"] = str(result.error) if result.error else "no finite metric"
+            attrs["reason"] = plain_error(result.error) if result.error else "no finite metric"
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.COMPLETE if ok else TrialState.FAIL, values=[value] if ok else None, params=config,
             distributions={k: params_of[k].distribution() for k in config}, user_attrs=attrs))

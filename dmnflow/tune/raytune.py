@@ -24,14 +24,15 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import LaunchError
 from .engine import Template, figure_filter, host_modules
 from .host import start_host
 from .space import Param
@@ -44,7 +45,7 @@ try:
 except ImportError:  # run_ray says how to install it
     Callback = object  # type: ignore[assignment,misc]
 
-__all__ = ["check_ray", "ray_session", "require_ray", "run_ray"]
+__all__ = ["check_ray", "plain_error", "ray_session", "require_ray", "run_ray"]
 
 KILL_AFTER_S = 10.0
 _ACTIVE: dict[str, tuple[Any, list[Callable[[TrialEvent], None]]]] = {}  # study -> (optuna study, watchers)
@@ -58,6 +59,16 @@ def require_ray() -> Any:
         raise TuneError("--engine ray needs Ray Tune: pip install -e '.[ray]' (or pip install 'dmnflow[ray]')") \
             from None
     return tune
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def plain_error(error: Any) -> str:
+    """What a Ray trial raised, as one plain line: the last line of Ray's traceback (the
+    exception and its message), terminal colour codes removed."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(error)).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _check_address(address: str) -> None:
@@ -96,20 +107,28 @@ def ray_session(tune: TuneFile) -> Iterator[bool]:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH", "")) if p)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    temp = None if address else tempfile.mkdtemp(prefix="dmnray-")
-    try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, **({"_temp_dir": temp} if temp else {}))
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        if temp:
-            shutil.rmtree(temp, ignore_errors=True)
-        raise TuneError(f"cannot start Ray{' at ' + address if address else ''}: {exc}") from None
+    from ..runtime.backends.ray import _first_line, start_local_ray
+
+    local = None
+    if address and address != "local":
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        except Exception as exc:  # a token missing, versions that differ, not a Ray at all
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise TuneError(f"cannot join the Ray cluster at {address}: {_first_line(exc)}") from None
+    else:
+        try:
+            local = start_local_ray(log_to_driver=False, logging_level=logging.ERROR)  # the launch backend's way
+        except LaunchError as exc:
+            raise TuneError(str(exc)) from None
     try:
         yield not address or address in ("auto", "local")
     finally:
-        ray.shutdown()
-        if temp:
-            shutil.rmtree(temp, ignore_errors=True)
+        if local is not None:
+            local.stop()
+        else:
+            ray.shutdown()
 
 
 def run_ray(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent], None]] = (), *,
@@ -317,7 +336,7 @@ class _Recorder(Callback):
         reason = "the Ray trial failed"
         with contextlib.suppress(OSError, TypeError):
             if trial.error_file:
-                reason += ": " + Path(trial.error_file).read_text().strip().splitlines()[-1]
+                reason += ": " + plain_error(Path(trial.error_file).read_text())
         self._record(trial, "fail", reason, trial.last_result or {})
 
     def _record(self, trial: Any, state: str, reason: str, last: dict[str, Any]) -> None:
