@@ -9,9 +9,10 @@ and reports its figures at the end; the trial process ends when Ray stops the fu
 (its socket closes), so no graph outlives its Ray trial. Resources per trial come from the
 graph's nodes (pinned cores, busy nodes, GPUs) unless the tune file's ``ray:`` sets them.
 
-Ray runs on a local instance started for the run (``ray.init(address="local")`` in a
-private temporary directory, shut down at the end: no raylet, worker or actor outlives the
-study) or on an existing cluster (``--address``). Results go into the same Optuna journal
+Ray runs on a local instance started for the run the way ``launch --backend ray`` starts
+one (``runtime.backends.ray.start_local_ray``: a private temporary directory, tried twice,
+everything it started stopped by PID when it fails and at the end: no raylet, agent,
+worker or actor outlives the study) or on an existing cluster (``--address``). Results go into the same Optuna journal
 as the embedded engine's, so the table, overlay and plots are the same. ``pbt:`` runs
 population-based training of a trainer instead (``PopulationBasedTraining``, checkpoints
 every ``perturbation_interval`` steps); its best model is exported and backtested.
