@@ -14,6 +14,7 @@ into a running graph.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine import Template, figure_filter
-from .raytune import _ACTIVE, Callback, plain_error, ray_session, require_ray
+from .raytune import _ACTIVE, Callback, plain_error, quiet_tune, ray_session, require_ray
 from .space import Param
 from .study import TrialEvent, TuneError
 from .trial import TrialProcess
@@ -88,9 +89,11 @@ def run_pbt(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent]
                     scheduler=scheduler, num_samples=spec.population, max_concurrent_trials=tune.spec.concurrency,
                     reuse_actors=False), run_config=rt.RunConfig(
                     name=tune.study, storage_path=str(path), verbose=0, callbacks=[recorder],
+                    stop={"training_iteration": tune.trainer.iterations},  # the last step: an end, no exploit
                     checkpoint_config=rt.CheckpointConfig(num_to_keep=None),
                     failure_config=rt.FailureConfig(max_failures=0)))
-            grid = tuner.fit()
+            with quiet_tune():
+                grid = tuner.fit()
         finally:
             _ACTIVE.pop(tune.study, None)
         interrupted = recorder.interrupted
@@ -262,8 +265,12 @@ class _PbtRecorder(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.completed.add(trial.trial_id)
+        reason = "the member failed"
+        with contextlib.suppress(OSError, TypeError):
+            if trial.error_file:
+                reason += ": " + plain_error(Path(trial.error_file).read_text())
         self._emit(TrialEvent("finished", self.slots.get(trial.trial_id, 0), self._params(trial), "fail",
-                              reason="the member failed"))
+                              reason=reason))
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         self.interrupted = any(t.trial_id not in self.completed for t in trials)

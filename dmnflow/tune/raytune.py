@@ -29,6 +29,7 @@ import re
 import shutil
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ try:
 except ImportError:  # run_ray says how to install it
     Callback = object  # type: ignore[assignment,misc]
 
-__all__ = ["check_ray", "plain_error", "ray_session", "require_ray", "run_ray"]
+__all__ = ["check_ray", "plain_error", "quiet_tune", "ray_session", "require_ray", "run_ray"]
 
 KILL_AFTER_S = 10.0
 _ACTIVE: dict[str, tuple[Any, list[Callable[[TrialEvent], None]]]] = {}  # study -> (optuna study, watchers)
@@ -92,6 +93,22 @@ def check_ray(tune: TuneFile) -> None:
     require_ray()
     if tune.spec.ray.address:
         _check_address(tune.spec.ray.address)
+
+
+@contextlib.contextmanager
+def quiet_tune() -> Iterator[None]:
+    """While ``Tuner.fit`` runs: Ray Tune's own log of a failed trial (its traceback, colour
+    codes and all) stays out of the terminal; the study says why each trial failed, in one
+    plain line, and Ray keeps the whole traceback in the trial's ``error.txt``."""
+    logger = logging.getLogger("ray.tune")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -166,7 +183,8 @@ def run_ray(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent]
                                  run_config=rt.RunConfig(name=tune.study, storage_path=str(path), verbose=0,
                                                          callbacks=[recorder],
                                                          failure_config=rt.FailureConfig(max_failures=0)))
-            tuner.fit()
+            with quiet_tune():
+                tuner.fit()
         finally:
             _ACTIVE.pop(tune.study, None)
             if host is not None:

@@ -361,6 +361,17 @@ def test_pbt_example_exploits_keeps_every_member_and_backtests_its_best_model(tm
         assert checked.returncode == 0, checked.stderr  # the model loads and fits the LSTM node's ports
 
 
+def test_a_pbt_member_that_fails_fails_the_study_with_a_plain_reason(tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    with study(tmp_path, str(DATA / "tune_pbt_breaks.yaml"), "--no-plots") as s:
+        result = s.run(timeout_s=600)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert "2 of 2 PBT members failed" in result.stderr, result.stderr[-3000:]
+        assert "member 0: RuntimeError: the member broke at step 2" in result.stderr, result.stderr[-3000:]
+        assert "\x1b[" not in result.stderr and "Traceback" not in result.stderr
+        assert not s.left_behind()
+
+
 # ---------------------------------------------------------------- the runtime's hook
 
 

@@ -302,3 +302,14 @@ def test_intermediate_values_come_from_the_step_node_at_exact_steps() -> None:
     assert exact_steps(load_tune(ROOT / "graphs" / "tune_futures.yaml")) is None  # no intermediate values
     tune = load_tune(ROOT / "graphs" / "tune_dmn.yaml", overrides=["intermediate.step=performance.accounts"])
     assert exact_steps(tune) is None  # a figure the node keeps no steps of: read at the status ticks
+
+
+def test_a_ray_trials_error_is_one_plain_line() -> None:
+    """What a failed Ray trial or PBT member reports: the exception line of Ray's traceback,
+    without the terminal colour codes Ray puts in it."""
+    from dmnflow.tune.raytune import plain_error
+
+    text = ("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=123, ip=127.0.0.1)\n  File \"x.py\", line 3\n"
+            "\x1b[1;31mValueError\x1b[0m: Could not recover from checkpoint as it does not exist on storage anymore\n")
+    assert plain_error(text) == "ValueError: Could not recover from checkpoint as it does not exist on storage anymore"
+    assert plain_error("") == "str"
