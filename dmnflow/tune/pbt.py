@@ -71,9 +71,16 @@ def run_pbt(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent]
               "figure": objective.figure, "interval": spec.perturbation_interval}
     recorder = _PbtRecorder(tune.study, names)
     with ray_session(tune):
+        import ray
+
         _ACTIVE[tune.study] = (study, list(watchers))
+        # every member exists from the start, `concurrency` of them running at once by their share of the
+        # CPUs: a max_concurrent_trials would create the later members only once earlier ones had ended,
+        # splitting the population into groups that never meet
+        cpus = tune.spec.ray.cpus or max(float(ray.cluster_resources().get("CPU", 1.0)) / tune.spec.concurrency,
+                                         0.01)
         try:
-            trainable = rt.with_resources(rt.with_parameters(_member, spec=member), {"CPU": tune.spec.ray.cpus or 1})
+            trainable = rt.with_resources(rt.with_parameters(_member, spec=member), {"CPU": cpus})
             experiment = path / tune.study
             if resume and rt.Tuner.can_restore(str(experiment)):
                 tuner = rt.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True)
@@ -86,8 +93,7 @@ def run_pbt(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent]
                 # every checkpoint is kept: an exploit restores the donor's checkpoint of that interval, which a
                 # num_to_keep would have deleted by then (the member then dies: "does not exist on storage")
                 tuner = rt.Tuner(trainable, param_space=domains, tune_config=rt.TuneConfig(
-                    scheduler=scheduler, num_samples=spec.population, max_concurrent_trials=tune.spec.concurrency,
-                    reuse_actors=False), run_config=rt.RunConfig(
+                    scheduler=scheduler, num_samples=spec.population, reuse_actors=False), run_config=rt.RunConfig(
                     name=tune.study, storage_path=str(path), verbose=0, callbacks=[recorder],
                     stop={"training_iteration": tune.trainer.iterations},  # the last step: an end, no exploit
                     checkpoint_config=rt.CheckpointConfig(num_to_keep=None),
