@@ -823,6 +823,7 @@ def start_local_ray(num_cpus: int | None = None, *, namespace: str | None = None
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report thread (nor its network calls)
+    _sweep_stale()
     reason = ""
     for attempt in range(1, START_ATTEMPTS + 1):
         local = LocalRay(tempfile.mkdtemp(prefix="dmnray-"), secrets.token_hex(8))
@@ -845,6 +846,33 @@ def start_local_ray(num_cpus: int | None = None, *, namespace: str | None = None
     raise LaunchError(f"the Ray started for this run did not come up ({START_ATTEMPTS} tries): {reason}; everything "
                       "it started was stopped. On a busy machine try again, or start one with `ray start --head` "
                       "and pass --address")
+
+
+def _sweep_stale() -> list[str]:
+    """Remove the ``dmnray-*`` directories of earlier starts whose driver is gone (a run killed
+    with SIGTERM or -9 could not remove its own): Ray names its session after the driver's pid."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob("dmnray-*"):
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            pids = [int(p.name.rsplit("_", 1)[1]) for p in path.glob("session_2*")]
+        except (OSError, ValueError, IndexError):
+            continue
+        if pids and not any(_exists(pid) for pid in pids):  # no session yet: a start under way, left alone
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _stop_tagged(tag: str, grace_s: float = 5.0) -> list[int]:
