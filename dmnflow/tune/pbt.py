@@ -103,6 +103,7 @@ def run_pbt(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent]
         finally:
             _ACTIVE.pop(tune.study, None)
         interrupted = recorder.interrupted
+        grid = sorted(grid, key=recorder.slot_of)  # members numbered as the progress lines number them
         failed = [(i, r) for i, r in enumerate(grid) if r.error is not None]
         best = _best(grid, mode)
         figures = _export_and_backtest(tune, best) if best is not None and not interrupted and not failed else {}
@@ -247,6 +248,14 @@ class _PbtRecorder(Callback):
     def _emit(self, event: TrialEvent) -> None:
         for watch in _ACTIVE.get(self.key, (None, []))[1]:
             watch(event)
+
+    def slot_of(self, result: Any) -> int:
+        """The number a member's result had in the progress lines (by its Ray trial id)."""
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id in self.slots:
+            return self.slots[trial_id]
+        path = str(getattr(result, "path", "") or "")
+        return next((n for t, n in self.slots.items() if t in path), len(self.slots))
 
     def _params(self, trial: Any) -> dict[str, Any]:
         return {self.names[k]: v for k, v in trial.config.items() if k in self.names}
