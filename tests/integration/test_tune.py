@@ -325,7 +325,9 @@ def test_a_ray_that_does_not_come_up_is_a_clean_error_that_leaves_nothing_behind
 
 def test_pbt_example_exploits_keeps_every_member_and_backtests_its_best_model(tmp_path: Path) -> None:
     """A budget that exploits (two members ranked at steps 1 and 2: the lower one continues from
-    the upper one's checkpoint each time, Ray's policy log says so); every member lives."""
+    the upper one's checkpoint, Ray's policy log says so); every member lives. (The steps in
+    Ray's log are its trials' last results, which a restored member has not made yet: not
+    asserted.)"""
     pytest.importorskip("ray.tune")
     import optuna
     from optuna.storages import JournalStorage
@@ -349,7 +351,7 @@ def test_pbt_example_exploits_keeps_every_member_and_backtests_its_best_model(tm
         pbt = optuna.load_study(study_name="tune_dmn_pbt", storage=JournalStorage(JournalFileBackend(
             str(s.out / "journal.log")))).user_attrs["pbt"]
         assert pbt["exploits"] >= 1 and len(pbt["policy"]) == pbt["exploits"], pbt
-        assert {json.loads(p)[2] for p in pbt["policy"]} <= {1, 2}  # at the interval's steps
+        assert all(len(json.loads(p)) == 6 for p in pbt["policy"])  # target, donor, their steps, old, new values
         (best,) = summary["best"]
         assert best["figures"]["train.model"] == str(model.resolve())
         assert "dmn/performance.sharpe" in best["figures"], "the best model's backtest through the graph"
