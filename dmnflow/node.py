@@ -116,13 +116,18 @@ class Node:
     variable except secret-looking ones (``*_KEY``, ``*_SECRET``, ``*_TOKEN``, ``*PASSWORD*``,
     ...), which reach only the workers whose nodes declare them (docs/runtime.md).
     A node with a ``summary()`` may list its keys in ``summary_keys``, so a tune file's
-    objectives are checked against them before any trial runs. ``needs_model`` marks a node
-    that cannot run without a ``model:`` block.
+    objectives are checked against them before any trial runs. ``summary_steps`` maps a
+    step figure of the summary (``periods``) to the ``Params`` field (an int, 0: off) that has
+    the node keep its figures at every that many steps, as ``summary()["steps"]``: a list of
+    ``[step, {figure: value}]``, each taken when the step's data was final; a tuner reads its
+    intermediate values there, at exact steps, whatever the machine's speed. ``needs_model``
+    marks a node that cannot run without a ``model:`` block.
     """
 
     Params: ClassVar[type[BaseModel]] = NoParams
     busy: ClassVar[bool] = False
     summary_keys: ClassVar[tuple[str, ...]] = ()  # what summary() reports: `dmnflow tune` checks objectives by it
+    summary_steps: ClassVar[dict[str, str]] = {}  # step figure -> the Params field that keeps figures per step
     env: ClassVar[tuple[str, ...]] = ()
     needs_model: ClassVar[bool] = False
 

@@ -457,9 +457,13 @@ def render_report(report: Any, console: Console, errors: Console | None = None) 
     hosts = len({n.host for n in report.nodes.values()}) > 1  # several hosts (--backend ray): say where
     nodes = _table("nodes", [("node", "name"), ("in", "right"), ("out", "right"), ("cpu s", "right"),
                              ("restarts", "right"), ("status", "left")] + ([("host", "left")] if hosts else []))
+    # the names are what a reader looks for: never squeezed out by the host column, which shows the
+    # host's label or name (its address and Ray node id are in the sockets of the --report JSON)
+    nodes.columns[0].min_width = min(max((len(n) for n in report.nodes), default=4), max(console.width // 3, 12))
+    short = _short_hosts({n.host for n in report.nodes.values()})
     for n in report.nodes.values():
         nodes.add_row(Text(n.name), _num(n.messages_in), _num(n.messages_out), f"{n.cpu_s:.2f}", str(n.restarts),
-                      n.status, *((n.host,) if hosts else ()))
+                      n.status, *((short[n.host],) if hosts else ()))
     console.print(nodes)
     rows = [[_num(e.sent), _num(e.received), Text(_num(e.lost), style="red" if e.lost else ""),
              _num(e.decode_errors), _us(e.p50_us), _us(e.p99_us)] for e in report.edges]
@@ -527,6 +531,15 @@ def _headline(report: Any, width: int) -> list[RenderableType]:
     out.append(_pack(items[0], items[1:], width, sep="  ·  ")[0])
     heads, (rest, rows) = _figure_lines(report, width)
     return out + [part for part, _ in heads] + ([rest] if rows else [])
+
+
+def _short_hosts(hosts: set[str]) -> dict[str, str]:
+    """Each host as the nodes table shows it: its label or name ("gpu1" of "gpu1 (10.0.0.2, ray
+    node 1a2b3c4d)"), with the Ray node id where several nodes share one (a one-machine cluster)."""
+    short = {h: h.split(" (", 1)[0] for h in hosts}
+    if len(set(short.values())) == len(hosts):
+        return short
+    return {h: f"{s} {h.rsplit('ray node ', 1)[1].rstrip(')')}" if "ray node " in h else h for h, s in short.items()}
 
 
 def format_value(value: Any) -> str:

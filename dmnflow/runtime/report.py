@@ -90,12 +90,16 @@ class EdgeReport:
 
 @dataclass
 class SocketReport:
-    """A socket an output bound, and what peers the plan does not know did to it."""
+    """A socket an output bound, as it ran (the placed plan: on the ray backend an edge that
+    crosses nodes is tcp), and what peers the plan does not know did to it."""
 
     bind: str
-    endpoint: str
+    endpoint: str  # the address it bound (a tcp port chosen at bind time included)
     pattern: str
     outputs: list[str]
+    transport: str = ""  # ipc, tcp, inproc
+    host: str = ""  # where its process ran
+    curve: bool = False  # tcp with CURVE: only the run's keys connect
     junk: int = 0  # frames without the run's token, or from an unknown identity: ignored
     refused: int = 0  # CURVE handshakes refused (no key, or a key not admitted)
     disconnects: int = 0  # connections ended before the end was acknowledged (a consumer died, an oversize frame)
@@ -168,9 +172,11 @@ def _lost_in(plan: Plan, layout: Layout, ids: dict[tuple[str, str], int], name: 
 
 
 def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str, code: int, duration_s: float,
-                 startup_s: float, errors: list[str], control_junk: int = 0) -> Report:
+                 startup_s: float, errors: list[str], control_junk: int = 0, placed: Plan | None = None,
+                 endpoints: dict[str, str] | None = None) -> Report:
     """The report from every incarnation of every worker (``procs``: name -> object with
-    ``nodes``, ``restarts``, ``state``, ``host`` and ``incarnations``)."""
+    ``nodes``, ``restarts``, ``state``, ``host`` and ``incarnations``); its sockets as they ran:
+    the ``placed`` plan (the ray backend's) with the addresses the binds took (``endpoints``)."""
     nodes = {n.name: NodeReport(n.name) for n in plan.nodes}
     edges = [EdgeReport(e.id, f"{e.src}.{e.src_port}", f"{e.dst}.{e.dst_port}", delivery=e.delivery)
              for e in plan.edges]
@@ -178,12 +184,17 @@ def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str,
     e2e: dict[tuple[int, str], Histogram] = {}
     index = {n.name: i for i, n in enumerate(plan.nodes)}
     ids = plan.output_ids()
-    binds = plan.binds()
-    sockets = {b.id: SocketReport(b.id, b.endpoint, b.pattern, []) for b in binds.values()}
-    for n in plan.nodes:
+    ran = placed or plan
+    binds = ran.binds()
+    curve = ran.security.curve is not None
+    host_of = {name: getattr(proc, "host", "") for proc in procs.values() for name in proc.nodes}
+    sockets = {b.id: SocketReport(b.id, (endpoints or {}).get(b.id, b.endpoint), b.pattern, [], b.transport,
+                                  curve=curve and b.transport == "tcp") for b in binds.values()}
+    for n in ran.nodes:
         for o in n.outputs:
             for b in o.binds:
                 sockets[b.id].outputs.append(f"{n.name}.{o.port}")
+                sockets[b.id].host = host_of.get(n.name, "")
     edge_fields = (("sent", SENT), ("dropped", DROPPED), ("resent", RESENT), ("received", RECEIVED),
                    ("gaps", GAPS), ("decode_errors", DECODE_ERRORS), ("restarts_seen", RESTARTS_SEEN),
                    ("redelivered", REDELIVERED), ("refused", REFUSED))

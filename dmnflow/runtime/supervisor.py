@@ -593,7 +593,8 @@ class _Supervisor:
                                              killed[inc] if inc < len(killed) else False)
                                  for inc in range(proc.inc + 1)]
         return build_report(self.plan, self.layout, self.procs, status, code, duration_s, startup_s, self.errors,
-                            self.junk + self.admin.junk)
+                            self.junk + self.admin.junk, placed=getattr(self.backend, "placed", None),
+                            endpoints=self.resolved)
 
     def counts(self, proc: _Proc, inc: int, beat: dict[str, Any]) -> list[int] | None:
         """An incarnation's counts: from its counters file, through the backend (exact, even

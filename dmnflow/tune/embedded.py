@@ -5,7 +5,13 @@ as local processes (forked by the warm host, or cold).
 The loop: ask the study for values (define-by-run over the space), start the trial, read
 every running trial's events as they come (``select`` on their sockets), report each
 intermediate value to the trial and stop it when the pruner says so, stop a trial past its
-timeout (and kill it if it does not drain), tell the study how each ended. Ctrl-C stops the
+timeout (and kill it if it does not drain), tell the study how each ended.
+
+A seeded study gives the same trials whatever the machine's speed: with ``concurrency``
+c, trial i is asked once trials 0..i-c are told and before any later one is (a trial that
+ends early waits for its turn to be told), and its pruner sees only the trials told
+before it was asked; with the intermediate values at exact steps (``engine.exact_steps``)
+every decision then depends on the data alone. Ctrl-C stops the
 trials in flight (Ctrl-C only sets a flag the loop reads, so the journal is never written
 half-way), marks them interrupted, and returns; ``--resume`` runs them again; a second
 Ctrl-C stops waiting for them to drain.
@@ -43,6 +49,8 @@ class _Running:
     pruned: str = ""
     timed_out: str = ""
     reported: set[int] = field(default_factory=set)
+    index: int = 0  # the order it was asked in, this run
+    visible: frozenset[int] = frozenset()  # the trials its pruner sees: those told before it was asked
 
 
 def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent], None]] = ()) -> bool:
@@ -56,29 +64,46 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
     template = Template.of(tune)
     selector = selectors.DefaultSelector()
     launched = 0
+    told = 0  # trials told, in the order they were asked
+    pending: dict[int, Callable[[], None]] = {}  # ask index -> the tell of a trial that ended, held for its turn
+    width = tune.spec.concurrency
 
     def emit(event: TrialEvent) -> None:
         for watch in watchers:
             watch(event)
 
+    def tell_ready(everything: bool = False) -> None:
+        """Tell ended trials in the order they were asked; trial j only once trial j+c is asked
+        (or all are), so trial i is always asked with exactly trials 0..i-c told."""
+        nonlocal told
+        while told in pending and (everything or launched >= left or told <= launched - width):
+            pending.pop(told)()
+            told += 1
+
     def start() -> None:
         nonlocal launched
+        visible = frozenset(t.number for t in study.get_trials(deepcopy=False, states=_finished()))
         trial = study.ask()
         params = tune.space.sample(trial)
-        slot = min(set(range(tune.spec.concurrency)) - {r.slot for r in running.values()})
+        slot = min(set(range(width)) - {r.slot for r in running.values()})
         request = template.request(trial.number, params)
+        index = launched
+        launched += 1
         try:
             proc = host.trial(request) if host is not None and host.alive else TrialProcess.cold(
                 request, tune.out_dir / "trials" / str(trial.number) / "log.txt")
         except OSError as exc:
-            trial.set_user_attr("reason", f"the trial could not start: {exc}")
-            study.tell(trial, state=_fail())
-            emit(TrialEvent("finished", trial.number, params, "fail", reason=str(exc), slot=slot))
-            launched += 1
+            why = str(exc)
+
+            def tell_failed() -> None:
+                trial.set_user_attr("reason", f"the trial could not start: {why}")
+                study.tell(trial, state=_fail())
+
+            pending[index] = tell_failed
+            emit(TrialEvent("finished", trial.number, params, "fail", reason=why, slot=slot))
             return
-        running[trial.number] = _Running(proc, trial, params, slot)
+        running[trial.number] = _Running(proc, trial, params, slot, index=index, visible=visible)
         selector.register(proc.sock, selectors.EVENT_READ, trial.number)
-        launched += 1
         emit(TrialEvent("started", trial.number, params, slot=slot))
 
     def finish(run: _Running, result: dict[str, Any], interrupted: bool = False) -> None:
@@ -86,6 +111,7 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
             selector.unregister(run.proc.sock)
         run.proc.close()
         running.pop(run.trial.number, None)
+        run.trial.set_user_attr("trial_s", round(time.monotonic() - run.started, 3))  # as the engine saw it
         if run.pruned:
             result = {**result, "reason": run.pruned}
         elif run.timed_out and result.get("state") != "complete":
@@ -94,8 +120,9 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
             result = {**result, "state": "fail", "reason": "interrupted (Ctrl-C)"}
         elif result.get("state") == "stopped":
             result = {**result, "state": "fail"}
-        run.trial.set_user_attr("trial_s", round(time.monotonic() - run.started, 3))  # as the engine saw it
-        state = record(study, run.trial, result, pruned=bool(run.pruned), interrupted=interrupted, keep=keep)
+        state = "pruned" if run.pruned else "complete" if result.get("state") == "complete" else "fail"
+        pending[run.index] = lambda: record(study, run.trial, result, pruned=bool(run.pruned),
+                                            interrupted=interrupted, keep=keep)  # told at its turn: tell_ready
         emit(TrialEvent("finished", run.trial.number, run.params, state, result.get("values"),
                         str(result.get("reason") or ""), slot=run.slot,
                         figures={k: v for k, v in (result.get("figures") or {}).items() if keep(k)}))
@@ -107,7 +134,7 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
                 run.reported.add(step)
                 run.trial.report(value, step)
             emit(TrialEvent("progress", run.trial.number, run.params, step=step, value=value, slot=run.slot))
-            if not tune.multi and run.trial.should_prune():
+            if not tune.multi and _should_prune(study, run):
                 run.pruned = f"pruned at step {step} ({tune.intermediate.value.name if tune.intermediate else ''} " \
                              f"{value:.4g})"
                 run.proc.stop(run.pruned)
@@ -137,10 +164,14 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
         while True:
             if asked:
                 _stop_all(running, finish)
+                tell_ready(everything=True)
                 return True
-            while len(running) < tune.spec.concurrency and launched < left:
+            tell_ready()
+            while len(running) < width and launched < left and told >= launched - width + 1:
                 start()
+                tell_ready()
             if not running:
+                tell_ready(everything=True)
                 return False
             for key, _ in selector.select(timeout=0.25):
                 run = running.get(key.data)
@@ -151,12 +182,15 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
             overdue(time.monotonic())
     except KeyboardInterrupt:
         _stop_all(running, finish)
+        tell_ready(everything=True)
         return True
     finally:
         signal.signal(signal.SIGINT, previous)
         for run in list(running.values()):  # only after an error of our own: nothing is left running
             run.proc.kill()
             finish(run, {"state": "fail", "reason": "the study stopped on an error", "values": None}, True)
+        for index in sorted(pending):
+            pending.pop(index)()
         selector.close()
         if host is not None:
             host.close()
@@ -178,6 +212,37 @@ def _stop_all(running: dict[int, _Running], finish: Callable[..., None]) -> None
     for run in list(running.values()):
         run.proc.kill()
         finish(run, {"state": "fail", "values": None, "figures": {}}, True)
+
+
+class _Before:
+    """The study as one trial's pruner sees it: the trials told before that trial was asked,
+    and the trial itself (what the pruner compares it with, whatever ends while it runs)."""
+
+    def __init__(self, study: Any, visible: frozenset[int], own: int) -> None:
+        self._study, self._visible, self._own = study, visible, own
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[Any]:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if t.number in self._visible or t.number == self._own]
+
+    @property
+    def trials(self) -> list[Any]:
+        return self.get_trials()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+def _should_prune(study: Any, run: _Running) -> bool:
+    """``trial.should_prune()``, on the trials told before this one was asked (``_Before``)."""
+    frozen = study._storage.get_trial(run.trial._trial_id)
+    return bool(study.pruner.prune(_Before(study, run.visible, run.trial.number), frozen))
+
+
+def _finished() -> tuple[Any, ...]:
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def _fail() -> Any:

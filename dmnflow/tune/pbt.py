@@ -14,6 +14,7 @@ into a running graph.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine import Template, figure_filter
-from .raytune import _ACTIVE, Callback, ray_session, require_ray
+from .raytune import _ACTIVE, Callback, plain_error, quiet_tune, ray_session, require_ray
 from .space import Param
 from .study import TrialEvent, TuneError
 from .trial import TrialProcess
@@ -70,9 +71,16 @@ def run_pbt(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent]
               "figure": objective.figure, "interval": spec.perturbation_interval}
     recorder = _PbtRecorder(tune.study, names)
     with ray_session(tune):
+        import ray
+
         _ACTIVE[tune.study] = (study, list(watchers))
+        # every member exists from the start, `concurrency` of them running at once by their share of the
+        # CPUs: a max_concurrent_trials would create the later members only once earlier ones had ended,
+        # splitting the population into groups that never meet
+        cpus = tune.spec.ray.cpus or max(float(ray.cluster_resources().get("CPU", 1.0)) / tune.spec.concurrency,
+                                         0.01)
         try:
-            trainable = rt.with_resources(rt.with_parameters(_member, spec=member), {"CPU": tune.spec.ray.cpus or 1})
+            trainable = rt.with_resources(rt.with_parameters(_member, spec=member), {"CPU": cpus})
             experiment = path / tune.study
             if resume and rt.Tuner.can_restore(str(experiment)):
                 tuner = rt.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True)
@@ -80,21 +88,45 @@ def run_pbt(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent]
                 scheduler = PopulationBasedTraining(
                     time_attr="training_iteration", metric="objective_0", mode=mode,
                     perturbation_interval=spec.perturbation_interval, hyperparam_mutations=domains,
-                    quantile_fraction=spec.quantile_fraction, resample_probability=spec.resample_probability)
+                    quantile_fraction=spec.quantile_fraction, resample_probability=spec.resample_probability,
+                    synch=spec.synch, log_config=True)
+                # every checkpoint is kept: an exploit restores the donor's checkpoint of that interval, which a
+                # num_to_keep would have deleted by then (the member then dies: "does not exist on storage")
                 tuner = rt.Tuner(trainable, param_space=domains, tune_config=rt.TuneConfig(
-                    scheduler=scheduler, num_samples=spec.population, max_concurrent_trials=tune.spec.concurrency,
-                    reuse_actors=False), run_config=rt.RunConfig(
+                    scheduler=scheduler, num_samples=spec.population, reuse_actors=False), run_config=rt.RunConfig(
                     name=tune.study, storage_path=str(path), verbose=0, callbacks=[recorder],
-                    checkpoint_config=rt.CheckpointConfig(num_to_keep=2),
+                    stop={"training_iteration": tune.trainer.iterations},  # the last step: an end, no exploit
+                    checkpoint_config=rt.CheckpointConfig(num_to_keep=None),
                     failure_config=rt.FailureConfig(max_failures=0)))
-            grid = tuner.fit()
+            with quiet_tune():
+                grid = tuner.fit()
         finally:
             _ACTIVE.pop(tune.study, None)
         interrupted = recorder.interrupted
+        grid = sorted(grid, key=recorder.slot_of)  # members numbered as the progress lines number them
+        failed = [(i, r) for i, r in enumerate(grid) if r.error is not None]
         best = _best(grid, mode)
-        figures = _export_and_backtest(tune, best) if best is not None and not interrupted else {}
+        figures = _export_and_backtest(tune, best) if best is not None and not interrupted and not failed else {}
+    exploits = _exploits(path / tune.study)
+    study.set_user_attr("pbt", {"exploits": len(exploits), "policy": [json.dumps(e) for e in exploits[:100]]})
     _record_members(tune, study, grid, names, best, figures)
+    if failed and not interrupted:  # a population that lost a member is not the study asked for
+        raise TuneError(f"{len(failed)} of {len(grid)} PBT members failed (the study stops; its members are in the "
+                        "journal): " + "; ".join(f"member {i}: {plain_error(r.error)}" for i, r in failed))
     return interrupted
+
+
+def _exploits(experiment: Path) -> list[Any]:
+    """Ray's PBT policy log (``pbt_global.txt``): one line per exploit, [target trial, donor
+    trial, target step, donor step, old config, new config]."""
+    out = []
+    for log in sorted(experiment.rglob("pbt_global.txt")) if experiment.is_dir() else ():
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
 
 
 def _member(config: dict[str, Any], spec: dict[str, Any]) -> None:
@@ -197,7 +229,7 @@ def _record_members(tune: TuneFile, study: Any, grid: Any, names: dict[str, str]
         if result is best:
             attrs["figures"].update(figures)
         if not ok:
-            attrs["reason"] = str(result.error) if result.error else "no finite metric"
+            attrs["reason"] = plain_error(result.error) if result.error else "no finite metric"
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.COMPLETE if ok else TrialState.FAIL, values=[value] if ok else None, params=config,
             distributions={k: params_of[k].distribution() for k in config}, user_attrs=attrs))
@@ -216,6 +248,14 @@ class _PbtRecorder(Callback):
     def _emit(self, event: TrialEvent) -> None:
         for watch in _ACTIVE.get(self.key, (None, []))[1]:
             watch(event)
+
+    def slot_of(self, result: Any) -> int:
+        """The number a member's result had in the progress lines (by its Ray trial id)."""
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id in self.slots:
+            return self.slots[trial_id]
+        path = str(getattr(result, "path", "") or "")
+        return next((n for t, n in self.slots.items() if t in path), len(self.slots))
 
     def _params(self, trial: Any) -> dict[str, Any]:
         return {self.names[k]: v for k, v in trial.config.items() if k in self.names}
@@ -240,8 +280,12 @@ class _PbtRecorder(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.completed.add(trial.trial_id)
+        reason = "the member failed"
+        with contextlib.suppress(OSError, TypeError):
+            if trial.error_file:
+                reason += ": " + plain_error(Path(trial.error_file).read_text())
         self._emit(TrialEvent("finished", self.slots.get(trial.trial_id, 0), self._params(trial), "fail",
-                              reason="the member failed"))
+                              reason=reason))
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         self.interrupted = any(t.trial_id not in self.completed for t in trials)

@@ -9,9 +9,10 @@ and reports its figures at the end; the trial process ends when Ray stops the fu
 (its socket closes), so no graph outlives its Ray trial. Resources per trial come from the
 graph's nodes (pinned cores, busy nodes, GPUs) unless the tune file's ``ray:`` sets them.
 
-Ray runs on a local instance started for the run (``ray.init(address="local")`` in a
-private temporary directory, shut down at the end: no raylet, worker or actor outlives the
-study) or on an existing cluster (``--address``). Results go into the same Optuna journal
+Ray runs on a local instance started for the run the way ``launch --backend ray`` starts
+one (``runtime.backends.ray.start_local_ray``: a private temporary directory, tried twice,
+everything it started stopped by PID when it fails and at the end: no raylet, agent,
+worker or actor outlives the study) or on an existing cluster (``--address``). Results go into the same Optuna journal
 as the embedded engine's, so the table, overlay and plots are the same. ``pbt:`` runs
 population-based training of a trainer instead (``PopulationBasedTraining``, checkpoints
 every ``perturbation_interval`` steps); its best model is exported and backtested.
@@ -24,14 +25,16 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
-import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import LaunchError
 from .engine import Template, figure_filter, host_modules
 from .host import start_host
 from .space import Param
@@ -44,7 +47,7 @@ try:
 except ImportError:  # run_ray says how to install it
     Callback = object  # type: ignore[assignment,misc]
 
-__all__ = ["check_ray", "ray_session", "require_ray", "run_ray"]
+__all__ = ["check_ray", "plain_error", "quiet_tune", "ray_session", "require_ray", "run_ray"]
 
 KILL_AFTER_S = 10.0
 _ACTIVE: dict[str, tuple[Any, list[Callable[[TrialEvent], None]]]] = {}  # study -> (optuna study, watchers)
@@ -58,6 +61,16 @@ def require_ray() -> Any:
         raise TuneError("--engine ray needs Ray Tune: pip install -e '.[ray]' (or pip install 'dmnflow[ray]')") \
             from None
     return tune
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def plain_error(error: Any) -> str:
+    """What a Ray trial raised, as one plain line: the last line of Ray's traceback (the
+    exception and its message), terminal colour codes removed."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(error)).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _check_address(address: str) -> None:
@@ -83,6 +96,22 @@ def check_ray(tune: TuneFile) -> None:
 
 
 @contextlib.contextmanager
+def quiet_tune() -> Iterator[None]:
+    """While ``Tuner.fit`` runs: Ray Tune's own log of a failed trial (its traceback, colour
+    codes and all) stays out of the terminal; the study says why each trial failed, in one
+    plain line, and Ray keeps the whole traceback in the trial's ``error.txt``."""
+    logger = logging.getLogger("ray.tune")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def ray_session(tune: TuneFile) -> Iterator[bool]:
     """Ray for the study: connect to ``ray.address``, or start a local instance and stop it
     after. Yields whether the trials run on this machine (the warm host serves them)."""
@@ -96,20 +125,28 @@ def ray_session(tune: TuneFile) -> Iterator[bool]:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH", "")) if p)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    temp = None if address else tempfile.mkdtemp(prefix="dmnray-")
-    try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, **({"_temp_dir": temp} if temp else {}))
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        if temp:
-            shutil.rmtree(temp, ignore_errors=True)
-        raise TuneError(f"cannot start Ray{' at ' + address if address else ''}: {exc}") from None
+    from ..runtime.backends.ray import _first_line, start_local_ray
+
+    local = None
+    if address and address != "local":
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        except Exception as exc:  # a token missing, versions that differ, not a Ray at all
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise TuneError(f"cannot join the Ray cluster at {address}: {_first_line(exc)}") from None
+    else:
+        try:
+            local = start_local_ray(log_to_driver=False, logging_level=logging.ERROR)  # the launch backend's way
+        except LaunchError as exc:
+            raise TuneError(str(exc)) from None
     try:
         yield not address or address in ("auto", "local")
     finally:
-        ray.shutdown()
-        if temp:
-            shutil.rmtree(temp, ignore_errors=True)
+        if local is not None:
+            local.stop()
+        else:
+            ray.shutdown()
 
 
 def run_ray(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent], None]] = (), *,
@@ -146,7 +183,8 @@ def run_ray(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialEvent]
                                  run_config=rt.RunConfig(name=tune.study, storage_path=str(path), verbose=0,
                                                          callbacks=[recorder],
                                                          failure_config=rt.FailureConfig(max_failures=0)))
-            tuner.fit()
+            with quiet_tune():
+                tuner.fit()
         finally:
             _ACTIVE.pop(tune.study, None)
             if host is not None:
@@ -317,7 +355,7 @@ class _Recorder(Callback):
         reason = "the Ray trial failed"
         with contextlib.suppress(OSError, TypeError):
             if trial.error_file:
-                reason += ": " + Path(trial.error_file).read_text().strip().splitlines()[-1]
+                reason += ": " + plain_error(Path(trial.error_file).read_text())
         self._record(trial, "fail", reason, trial.last_result or {})
 
     def _record(self, trial: Any, state: str, reason: str, last: dict[str, Any]) -> None:

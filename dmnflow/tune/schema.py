@@ -98,6 +98,8 @@ class PbtSpec(_Spec):
     perturbation_interval: int = Field(2, ge=1, description="steps between exploit/explore (and checkpoints)")
     quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="bottom share copied from the top share")
     resample_probability: float = Field(0.25, ge=0, le=1, description="chance a mutated value is drawn anew")
+    synch: bool = Field(True, description="perturb once every member has reached the interval, so every member "
+                        "is ranked at the same step whatever its speed; false: each member when it reports")
 
 
 class TuneSpec(_Spec):

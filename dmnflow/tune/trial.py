@@ -217,6 +217,7 @@ def run_child(sock: socket.socket, request: TrialRequest | None = None) -> int:
             except KeyboardInterrupt:  # asked twice: the supervisor stopped waiting for the drain
                 return done("stopped", chan.stop_reason or "interrupted")
             (workdir / "report.json").write_text(report.to_json(), encoding="utf-8")
+            progress.final(report)
             for name, node in report.nodes.items():
                 for key, value in (node.summary or {}).items():
                     if isinstance(value, int | float | str | bool) or value is None:
@@ -261,16 +262,38 @@ def _train(request: TrialRequest, workdir: Path, figures: dict[str, Any], chan: 
 
 class _Progress:
     """The supervisor's status callback: an intermediate value each time the step figure
-    passes another multiple of ``every`` (a year of days measured, say)."""
+    passes another multiple of ``every`` (a year of days measured, say).
+
+    Exact (``intermediate["exact"]``: the step node keeps its figures per step, its
+    ``summary()["steps"]``): every step, each with the value its data gave, read from the
+    list at each status tick and once more from the final report (``final``), so no step
+    is lost and none depends on when a tick came. Otherwise the figures as a tick saw them."""
 
     def __init__(self, request: TrialRequest, chan: _Channel) -> None:
         inter = request.intermediate
         self.value = unpack_objective(inter["value"]) if inter else None
         self.step = unpack_objective(inter["step"]) if inter else None
         self.every = float(inter["every"]) if inter else 0.0
+        self.exact = bool(inter and inter.get("exact"))
         self.chan = chan
         self.last = 0
         self.shown = -1.0
+
+    def _steps(self, report: Any) -> None:
+        assert self.value is not None and self.step is not None
+        node = report.nodes.get(self.step.node)
+        steps = (node.summary or {}).get("steps") if node is not None else None
+        for step, figures in steps if isinstance(steps, list) else ():
+            index = int(round(float(step) / self.every))
+            value, _ = value_of(self.value, {f"{self.value.node}.{k}": v for k, v in figures.items()})
+            if index > self.last and value is not None:
+                self.last = index
+                self.chan.send(event="progress", step=index, value=value, at=step)
+
+    def final(self, report: Any) -> None:
+        """The steps the last status tick had not seen (exact mode): before the trial's end."""
+        if self.exact:
+            self._steps(report)
 
     def running(self, report: Any) -> None:
         """The graph's progress (its slowest finite source, with the ETA): for the study's
@@ -287,6 +310,9 @@ class _Progress:
     def __call__(self, report: Any) -> None:
         self.running(report)
         if self.value is None or self.step is None:
+            return
+        if self.exact:
+            self._steps(report)
             return
         figures = {}
         for obj in (self.value, self.step):

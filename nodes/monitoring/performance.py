@@ -124,6 +124,9 @@ class Performance(Node):
         end: str | None = Field(None, pattern=_DATE,
                                 description="count up to this day, inclusive (YYYY-MM-DD): later Accounts are not "
                                             "measured (an in-sample window); none: to the last")
+        steps_every: int = Field(0, ge=0, description="every this many measured periods, keep the figures as they "
+                                                     "stand (summary: steps, [[periods, {figure: value}], ...]): a "
+                                                     "tuner's intermediate values at exact steps; 0: none")
         windows: dict[str, Window] = Field(
             default_factory=dict, description="more named periods, each {start, end} (dates, inclusive; null: "
                                               "open), whose figures the summary reports as <name>.<figure> "
@@ -156,6 +159,7 @@ class Performance(Node):
                     "tick_to_account_p99_us", "t", "latency_samples", "accounts", "fills_messages", "fills",
                     "bad_accounts",
                     "out_of_order", "replaced", "bad_fills", "before_start", "after_end")
+    summary_steps = {"periods": "steps_every"}  # `dmnflow tune` sets it from the tune file's intermediate.every
 
     account = Input(dict, doc="Account: t, equity, cash, positions, gross, pnl, traded")
     fills = Input(dict, optional=True, doc="Fills, for tick-to-trade latency and (without traded) turnover")
@@ -185,6 +189,7 @@ class Performance(Node):
         self.latency_from: int | None = None if p.latency_skip else -(2**63)
         self.seeded = False  # the first point is the starting capital
         self.png_due = time.monotonic() + p.equity_png_every_s if p.equity_png and p.equity_png_every_s else math.inf
+        self.steps: list[list[Any]] = []  # [periods, figures] at every steps_every periods, once final
         self.counts = dict.fromkeys(("accounts", "fills_messages", "fills", "bad_accounts", "out_of_order",
                                      "replaced", "bad_fills", "before_start", "after_end"), 0)
 
@@ -272,12 +277,23 @@ class Performance(Node):
             self._draw(ctx)
 
     def _append(self, t: int, equity: float, traded: float) -> None:
-        """A new point; the previous one joins the committed statistics."""
+        """A new point; the previous one joins the committed statistics (and, at a step, the steps)."""
+        self._step()
         if self.t:
             self.stats.add(self.equity[-1], self._period_traded(len(self.t) - 1))
         self.t.append(t)
         self.equity.append(equity)
         self.traded_cum.append(traded)
+
+    def _step(self) -> None:
+        """Keep the figures as they stand when the last point is final and ends a step: the
+        next point arrives (a later Account for the same day may still replace the last) or
+        the run ends. By event time, so the steps are the data's, not the machine's."""
+        every = self.p.steps_every
+        periods = len(self.t) - 1
+        if every and periods > 0 and periods % every == 0 and (not self.steps or self.steps[-1][0] < periods):
+            figures = {k: v for k, v in self.report().items() if k != "periods"}
+            self.steps.append([periods, jsonable(figures)])
 
     def _period_traded(self, i: int) -> float:
         return self.traded_cum[i] - self.traded_cum[i - 1] if i > 0 else 0.0
@@ -337,9 +353,13 @@ class Performance(Node):
         out.update(latency_samples=self.fill_latency.n, **self.counts)
         for name, w in self.p.windows.items():
             out.update({f"{name}.{k}": v for k, v in self.window(w.start, w.end).items()})
-        return jsonable(out)
+        out = jsonable(out)
+        if self.p.steps_every:
+            out["steps"] = list(self.steps)
+        return out
 
     def teardown(self, ctx: Any) -> None:
+        self._step()  # the last point is final now
         self._draw(ctx)
 
     def _draw(self, ctx: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dmnflow import ConfigError, Input, Node, Output, Tensor
+from dmnflow import ConfigError, Input, Node, Output, Tensor, Trainer
 from nodes.basic import Collect
 
 
@@ -499,3 +499,34 @@ class BlasProbe(Collect):
         with open(f"{ctx.params.path}.blas", "w", encoding="utf-8") as out:
             json.dump({"threads": openblas_threads(), "cores": len(os.sched_getaffinity(0))}, out)
         super().setup(ctx)
+
+
+class Breaks(Trainer):
+    """A trainer whose members fail at a given step with Ray-style colour codes in the message
+    (PBT tests: a member failure must fail the study with a plain reason)."""
+
+    class Params(BaseModel):
+        lr: float = 0.1
+        fail_at: int = 2
+
+    metrics = ("score",)
+
+    def __init__(self, params: BaseModel, workdir: Any) -> None:
+        super().__init__(params, workdir)
+        self.done = 0
+
+    def step(self) -> dict[str, float]:
+        self.done += 1
+        if self.done >= self.params.fail_at:  # type: ignore[attr-defined]
+            raise RuntimeError(f"\x1b[31mthe member broke\x1b[0m at step {self.done}")
+        return {"score": float(self.params.lr) * self.done}  # type: ignore[attr-defined]
+
+    def save(self, directory: Any) -> None:
+        (directory / "done").write_text(str(self.done))
+
+    def load(self, directory: Any) -> None:
+        self.done = int((directory / "done").read_text())
+
+    def export(self, path: Any) -> Any:
+        path.write_text(str(self.done))
+        return path

@@ -108,6 +108,8 @@ def test_an_authenticated_graph_runs_and_an_unauthenticated_peer_is_refused_and_
     assert got == {"plain": [], "stranger": []}  # neither read a single frame
     [stream] = [s for s in report.sockets if s.pattern == "stream"]
     assert stream.refused >= 2  # both handshakes refused, counted on the socket
+    assert stream.transport == "tcp" and stream.curve and stream.host  # the report says how it ran
+    assert all(not s.curve for s in report.sockets if s.transport != "tcp")
 
 
 def test_an_admitted_outside_subscriber_reads_the_stream(tmp_path, monkeypatch):

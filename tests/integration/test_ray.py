@@ -54,8 +54,9 @@ def cluster():
         os.environ.pop(MARK, None)
 
 
-def dmnflow(*args: str, out: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **({"DMNFLOW_OUT": str(out)} if out else {})}
+def dmnflow(*args: str, out: Path | None = None, timeout: float = 240, columns: int = 200
+            ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": str(columns), **({"DMNFLOW_OUT": str(out)} if out else {})}
     return subprocess.run([sys.executable, "-m", "dmnflow", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -106,7 +107,8 @@ def test_the_quickstart_across_three_nodes_gives_what_the_local_backend_gives(cl
     placed = ["--set", "nodes.counter.host=data", "--set", "nodes.scale.resources={gpu_box: 1}",
               "--set", "nodes.sink.host=head"]
     run = dmnflow("launch", "graphs/quickstart.yaml", *sets, *placed, "--backend", "ray", "--address",
-                  cluster.address, "--report", str(tmp_path / "r.json"), "--name", "qs-ray", out=tmp_path / "ray")
+                  cluster.address, "--report", str(tmp_path / "r.json"), "--name", "qs-ray", out=tmp_path / "ray",
+                  columns=80)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "ray/quickstart.jsonl").read_text() == (tmp_path / "local/quickstart.jsonl").read_text()
     report = report_of(tmp_path / "r.json")
@@ -116,6 +118,14 @@ def test_the_quickstart_across_three_nodes_gives_what_the_local_backend_gives(cl
     assert hosts["counter"].startswith("data (127.0.0.1") and hosts["scale"].startswith("gpubox (")
     assert hosts["sink"].startswith("head (")  # placement follows host: and resources:
     assert any("host" in line for line in run.stdout.splitlines()[:4])  # the table says where each node ran
+    table = run.stdout.split("\nedges", 1)[0].splitlines()
+    assert [ln.split()[0] for ln in table if ln.split()[-1:] in (["data"], ["gpubox"], ["head"])] == \
+        ["counter", "scale", "sink"]  # at 80 columns, every name beside its host
+    sockets = {tuple(s["outputs"]): s for s in report["sockets"]}
+    for output, host in (("counter.numbers", "data ("), ("scale.scaled", "gpubox (")):  # both edges cross nodes
+        s = sockets[(output,)]
+        assert s["transport"] == "tcp" and s["curve"] and s["host"].startswith(host), s
+        assert s["endpoint"].startswith("tcp://127.0.0.1:") and s["endpoint"].rsplit(":", 1)[1].isdigit(), s
     assert_nothing_left("qs-ray.")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,45 @@ def test_dmn_study_runs_real_trials_and_its_best_overlay_launches_to_the_same_fi
             assert again[key] == best["figures"][f"dmn/performance.{key}"], key  # exactly: the same run
         assert again["sharpe"] == best["values"][0]
         assert not s.left_behind()
+
+
+def _decisions(out: Path) -> tuple[list[Any], list[int]]:
+    """Each trial's values, state, result and every intermediate value; the best trials."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(out / "journal.log")))
+    trials = optuna.load_study(study_name="tune_dmn", storage=storage).trials
+    summary = json.loads((out / "summary.json").read_text())
+    return ([(t.number, json.dumps(t.params, sort_keys=True), t.state.name, t.values,
+              sorted(t.intermediate_values.items()), t.user_attrs.get("reason", "")) for t in trials],
+            [b["number"] for b in summary["best"]])
+
+
+def test_a_seeded_study_makes_the_same_trials_and_decisions_on_a_loaded_machine(tmp_path: Path) -> None:
+    """Intermediate values come from the graph at exact steps (every 63 periods here), trials
+    are asked and told in a fixed order, so the same seeded study on a quiet and on a loaded
+    machine draws the same values, gets the same steps, prunes the same trials, picks the
+    same best."""
+    from tests.faults.load import loaded
+
+    args = ("graphs/tune_dmn.yaml", "--trials", "7", "--no-plots", "--set", "set.vars.days=600",
+            "--set", "set.vars.symbols=3", "--set", "holdout=null", "--set", "intermediate.every=63",
+            "--set", "pruner={median: {n_startup_trials: 2, n_warmup_steps: 0}}")
+    runs = []
+    for load in (False, True):
+        with loaded(load), study(tmp_path / ("loaded" if load else "quiet"), *args) as s:
+            result = s.run()
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert not s.left_behind()
+            runs.append(_decisions(s.out))
+    (quiet, best), (busy, busy_best) = runs
+    assert busy == quiet and busy_best == best
+    states = [t[2] for t in quiet]
+    assert "PRUNED" in states and "COMPLETE" in states, states  # the budget exercises the pruner
+    steps = {t[0]: [k for k, _ in t[4]] for t in quiet if t[2] == "COMPLETE"}
+    assert all(s == list(range(s[0], 10)) for s in steps.values()), steps  # every step to 567 of 600 periods
 
 
 def test_crashed_hung_nan_and_refused_trials_fail_with_their_reason(tmp_path: Path) -> None:
@@ -243,9 +283,58 @@ def test_ray_engine_runs_the_same_study_and_leaves_no_ray_process(tmp_path: Path
         assert (s.out / "best.yaml").is_file()
 
 
-def test_pbt_example_trains_exports_and_backtests_its_best_model(tmp_path: Path) -> None:
+# Ray's own start-up fails after its GCS, monitor and dashboard came up, as on a loaded machine
+# ("The current node timed out during startup", a plain Exception)
+_NO_RAYLET = ("import sys\nimport ray._private.node as node\n"
+              "def boom(self, *args, **kwargs):\n"
+              "    raise Exception('The current node timed out during startup. (simulated)')\n"
+              "node.Node.start_raylet = boom\nsys.argv[0] = 'dmnflow'\nfrom dmnflow.cli import main\nmain()\n")
+
+
+@pytest.mark.parametrize(("command", "code"), [
+    (["tune", str(SCORE), "--engine", "ray", "--trials", "1", "--no-plots"], 1),
+    (["tune", "graphs/tune_dmn_pbt.yaml", "--no-plots"], 1),
+    (["launch", str(DATA / "score.yaml"), "--backend", "ray", "--set", "vars.count=10"], 3),
+], ids=["tune", "pbt", "launch"])
+def test_a_ray_that_does_not_come_up_is_a_clean_error_that_leaves_nothing_behind(
+        tmp_path: Path, command: list[str], code: int) -> None:
+    """`tune --engine ray`, PBT and `launch --backend ray` start Ray one way: a start that fails
+    (tried twice) is a one-line error, the documented exit code, no process and no `dmnray-*`
+    directory left."""
     pytest.importorskip("ray.tune")
-    args = ("graphs/tune_dmn_pbt.yaml", "--no-plots", "--set", "pbt.population=2", "--set", "train.iterations=2",
+    import tempfile
+
+    tag, temp = uuid.uuid4().hex, Path(tempfile.mkdtemp(prefix="dmnt-", dir="/tmp"))  # Ray's socket paths: short
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "DMNFLOW_TEST_TAG": tag, "TMPDIR": str(temp)}
+    more = ["--set", f"out={tmp_path / 'out'}"] if command[0] == "tune" else []
+    proc = subprocess.Popen([sys.executable, "-c", _NO_RAYLET, *command, *more], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == code, err[-3000:]
+        assert "did not come up (2 tries): The current node timed out during startup" in out + err, err[-3000:]
+        assert "Traceback" not in out + err, err[-3000:]
+        assert wait_until(lambda: not tagged(tag), 10.0), [Path(f"/proc/{p}/cmdline").read_bytes() for p in tagged(tag)]
+        assert list(temp.glob("dmnray-*")) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        kill_all(tagged(tag))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_pbt_example_exploits_keeps_every_member_and_backtests_its_best_model(tmp_path: Path) -> None:
+    """A budget that exploits (two members ranked at steps 1 and 2: the lower one continues from
+    the upper one's checkpoint, Ray's policy log says so); every member lives. (The steps in
+    Ray's log are its trials' last results, which a restored member has not made yet: not
+    asserted.)"""
+    pytest.importorskip("ray.tune")
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    args = ("graphs/tune_dmn_pbt.yaml", "--no-plots", "--set", "pbt.population=2", "--set", "train.iterations=3",
             "--set", "pbt.perturbation_interval=1", "--set", "train.params.max_windows=32",
             "--set", "train.params.hidden=8", "--set", "train.params.days=600",
             "--set", "train.params.train_end=2002-01-01", "--set", "set.vars.days=600",
@@ -259,7 +348,11 @@ def test_pbt_example_trains_exports_and_backtests_its_best_model(tmp_path: Path)
         sidecar = json.loads(Path(str(model) + ".json").read_text())
         assert sidecar["config"]["hidden"] == 8 and "DMNTrainer" in sidecar["command"]
         summary = s.summary()
-        assert len(summary["trials"]) == 2
+        assert [t["state"] for t in summary["trials"]] == ["complete", "complete"], summary["trials"]
+        pbt = optuna.load_study(study_name="tune_dmn_pbt", storage=JournalStorage(JournalFileBackend(
+            str(s.out / "journal.log")))).user_attrs["pbt"]
+        assert pbt["exploits"] >= 1 and len(pbt["policy"]) == pbt["exploits"], pbt
+        assert all(len(json.loads(p)) == 6 for p in pbt["policy"])  # target, donor, their steps, old, new values
         (best,) = summary["best"]
         assert best["figures"]["train.model"] == str(model.resolve())
         assert "dmn/performance.sharpe" in best["figures"], "the best model's backtest through the graph"
@@ -269,6 +362,17 @@ def test_pbt_example_trains_exports_and_backtests_its_best_model(tmp_path: Path)
                                   "--overlay", str(s.out / "best.yaml")], cwd=ROOT, env=s.env,
                                  capture_output=True, text=True, timeout=300)
         assert checked.returncode == 0, checked.stderr  # the model loads and fits the LSTM node's ports
+
+
+def test_a_pbt_member_that_fails_fails_the_study_with_a_plain_reason(tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    with study(tmp_path, str(DATA / "tune_pbt_breaks.yaml"), "--no-plots") as s:
+        result = s.run(timeout_s=600)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert "2 of 2 PBT members failed" in result.stderr, result.stderr[-3000:]
+        assert "member 0: RuntimeError: the member broke at step 2" in result.stderr, result.stderr[-3000:]
+        assert "\x1b[" not in result.stderr and "Traceback" not in result.stderr
+        assert not s.left_behind()
 
 
 # ---------------------------------------------------------------- the runtime's hook

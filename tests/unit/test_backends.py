@@ -194,3 +194,22 @@ def test_a_ray_cluster_that_cannot_be_reached_is_an_error_before_anything_starts
 def test_demand_of_an_empty_process_fits_anywhere() -> None:
     empty = Demand("p", ["p"], "p", "g.yaml:1:1", 0.0, 0, {}, None)
     assert empty.needs() == {} and empty.bundle() == {"CPU": 0.01}
+
+
+def test_a_ray_directory_whose_driver_is_gone_is_swept_at_the_next_start(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed by SIGTERM or -9 cannot remove its `dmnray-*` directory: the next start of a
+    Ray for a run does, by the driver's pid in Ray's session name; a live driver's, or one not
+    started yet, stays."""
+    import tempfile
+
+    from dmnflow.runtime.backends.ray import _sweep_stale
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone, live, new = tmp_path / "dmnray-gone", tmp_path / "dmnray-live", tmp_path / "dmnray-new"
+    (gone / f"session_2026-12-07_15-34-13_983222_{int(dead.stdout)}").mkdir(parents=True)
+    (live / f"session_2026-12-07_15-34-13_983222_{os.getpid()}").mkdir(parents=True)
+    new.mkdir()
+    assert _sweep_stale() == [str(gone)]
+    assert live.is_dir() and new.is_dir() and not gone.exists()

@@ -90,6 +90,28 @@ def test_performance_declares_its_summary_keys() -> None:
     assert list(node.summary()) == list(Performance.summary_keys)
 
 
+def test_performance_keeps_its_figures_at_exact_steps_the_last_once_the_run_ends() -> None:
+    """`steps_every`: each step's figures are those of the run cut at that step (a tuner's
+    intermediate values); a step's last day is kept only once final (a later Account for the
+    same day still replaces it), the run's last step at teardown."""
+    assert Performance.summary_steps == {"periods": "steps_every"}
+    equity = [1000.0, 1010.0, 1005.0, 1020.0, 990.0, 1000.0]
+    node, ctx = make(Performance, {"steps_every": 2})
+    cut, _ = make(Performance)
+    for i, e in enumerate(equity):
+        node.on_account(account(T0 + i * DAY, e, 0.0), ctx)
+        if i < 4:
+            cut.on_account(account(T0 + i * DAY, e, 0.0), ctx)
+    assert [p for p, _ in node.summary()["steps"]] == [2, 4]  # periods 6 not final yet
+    node.on_account(account(T0 + 5 * DAY, 1001.0, 0.0), ctx)  # replaces day 5
+    node.teardown(ctx)
+    steps = node.summary()["steps"]
+    assert [p for p, _ in steps] == [2, 4, 6]
+    assert steps[1][1]["sharpe"] == cut.summary()["sharpe"]  # exactly: the run cut at 4 periods
+    assert steps[2][1]["equity"] == 1001.0 and "periods" not in steps[0][1]
+    assert "steps" not in make(Performance)[0].summary()  # off by default
+
+
 def test_performance_same_time_replaces_and_bad_input_counts() -> None:
     node, ctx = make(Performance, {"emit_every": 2})
     node.on_account({"t": 1, "equity": 1000.0, "traded": 0.0}, ctx)  # without pnl: no starting-capital point

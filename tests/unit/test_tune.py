@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -325,3 +326,43 @@ def test_the_feed_binds_the_seeds_ports_by_default() -> None:
     spec = PublishSpec()
     assert (spec.host, spec.coordinator, spec.workers, spec.aggregator) == ("127.0.0.1", 5559, [5560, 5561, 5562],
                                                                            5563)
+
+
+@pytest.mark.parametrize("name", ["tune_dmn.yaml", "tune_dmn_pbt.yaml", "tune_futures.yaml"])
+def test_the_dmn_tune_files_trade_a_day_after_the_signal_in_sample_and_held_out(name: str) -> None:
+    """The DMN tune files select on, and hold out with, the tradable convention (`vars.delay: 1`);
+    `--set set.vars.delay=0` gives the paper's same-close fill."""
+    def delay(overrides: list[Any]) -> int:
+        plan = dmnflow.compile_graph(tune.graph, overrides, models=False)
+        return next(n for n in plan.nodes if n.name == "dmn/risk").params["delay"]
+
+    tune = load_tune(ROOT / "graphs" / name)
+    assert delay(list(tune.base)) == 1 and tune.holdout and delay([*tune.base, *tune.holdout]) == 1
+    tune = load_tune(ROOT / "graphs" / name, overrides=["set.vars.delay=0"])
+    assert delay(list(tune.base)) == 0
+
+
+def test_intermediate_values_come_from_the_step_node_at_exact_steps() -> None:
+    """The step node keeps its figures every `intermediate.every` steps (`Node.summary_steps`):
+    the trials get a setting for it, not written in their overlay (it changes no figure)."""
+    from dmnflow.tune.engine import Template, exact_steps
+
+    tune = load_tune(ROOT / "graphs" / "tune_dmn.yaml", overrides=["intermediate.every=63"])
+    steps = exact_steps(tune)
+    assert steps is not None and steps.text == "nodes.dmn/performance.params.steps_every=63"
+    template = Template.of(tune)
+    assert template.intermediate is not None and template.intermediate["exact"] is True
+    assert exact_steps(load_tune(ROOT / "graphs" / "tune_futures.yaml")) is None  # no intermediate values
+    tune = load_tune(ROOT / "graphs" / "tune_dmn.yaml", overrides=["intermediate.step=performance.accounts"])
+    assert exact_steps(tune) is None  # a figure the node keeps no steps of: read at the status ticks
+
+
+def test_a_ray_trials_error_is_one_plain_line() -> None:
+    """What a failed Ray trial or PBT member reports: the exception line of Ray's traceback,
+    without the terminal colour codes Ray puts in it."""
+    from dmnflow.tune.raytune import plain_error
+
+    text = ("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=123, ip=127.0.0.1)\n  File \"x.py\", line 3\n"
+            "\x1b[1;31mValueError\x1b[0m: Could not recover from checkpoint as it does not exist on storage anymore\n")
+    assert plain_error(text) == "ValueError: Could not recover from checkpoint as it does not exist on storage anymore"
+    assert plain_error("") == "str"

@@ -37,8 +37,12 @@ import hmac
 import ipaddress
 import logging
 import os
+import secrets
+import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +58,7 @@ from ..env import declared_secrets
 from . import Handle, PlacementError, RunContext
 from .ray_host import THREAD_VARS, WorkerHost
 
-__all__ = ["HOST_LABEL", "KEY_LABEL", "NAMESPACE", "RayBackend", "place_plan"]
+__all__ = ["HOST_LABEL", "KEY_LABEL", "NAMESPACE", "LocalRay", "RayBackend", "place_plan", "start_local_ray"]
 
 log = logging.getLogger("dmnflow.supervisor")
 
@@ -363,6 +367,7 @@ class RayBackend:
         self.plan: Plan | None = None
         self.placed: Plan | None = None
         self.owns_ray = False  # we called ray.init: we call ray.shutdown (which stops a Ray we started)
+        self.local: LocalRay | None = None  # the Ray started for this run: stopped by PID at close
         self.started_ray = False
         self.loopback = False
         self.nodes: dict[str, RayNode] = {}
@@ -424,14 +429,7 @@ class RayBackend:
         quiet = {"logging_level": logging.WARNING, "namespace": NAMESPACE, "log_to_driver": True}
         if target is None:
             cpus = max(os.cpu_count() or 1, int(sum(d.num_cpus for d in self.demands.values()) + 0.999))
-            try:
-                # "local": a new Ray on this machine, even where RAY_ADDRESS names a cluster (--address auto joins it)
-                ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
-            except Exception as exc:  # Ray's own processes did not come up (a machine too busy, a full disk)
-                with contextlib.suppress(Exception):
-                    ray.shutdown()
-                raise LaunchError(f"the Ray started for this run did not come up: {_first_line(exc)} (its logs: "
-                                  "/tmp/ray/session_latest/logs)") from None
+            self.local = start_local_ray(cpus, namespace=NAMESPACE, log_to_driver=True)
             self.owns_ray = self.started_ray = True
             return
         host, port = target
@@ -777,9 +775,140 @@ class RayBackend:
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
-        if self.owns_ray and self.ray is not None and self.ray.is_initialized():
-            self.ray.shutdown()  # disconnects; a Ray started for the run stops with it
+        if self.local is not None:
+            self.local.stop()  # shutdown, then every process it started, by PID, and its directory
+            self.local = None
+        elif self.owns_ray and self.ray is not None and self.ray.is_initialized():
+            self.ray.shutdown()  # disconnects from a cluster we joined
         self.owns_ray = False
+
+
+# ---------------------------------------------------------------- a Ray started for one run
+
+
+START_ATTEMPTS = 2  # Ray waits a fixed 30 s for its raylet; a loaded 2-core machine can miss it once
+_TAG = "DMNFLOW_RAY_START"  # in the environment of every process a start made (a Ray process renames itself)
+
+
+@dataclass
+class LocalRay:
+    """A Ray started on this machine for one run (``start_local_ray``); ``stop`` ends it all."""
+
+    temp_dir: str
+    tag: str
+
+    def stop(self) -> None:
+        """``ray.shutdown()``, then every process the start made that is still there (a
+        dashboard agent whose raylet died, a worker), TERM then KILL by PID; its directory."""
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        _stop_tagged(self.tag)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_local_ray(num_cpus: int | None = None, *, namespace: str | None = None, log_to_driver: bool = False,
+                    logging_level: int = logging.WARNING) -> LocalRay:
+    """Start a Ray on this machine for one run and connect to it: ``ray.init(address="local")``
+    (a new Ray even where RAY_ADDRESS names a cluster) in a temporary directory of its own
+    (``dmnray-*``), without the dashboard or usage reporting. Every process it starts carries a
+    tag in its environment, so a start that fails stops all of them by PID and removes the
+    directory; it is tried ``START_ATTEMPTS`` times. The launch backend and ``dmnflow tune``
+    both start Ray here.
+
+    Raises:
+        LaunchError: Ray did not come up (the message says why, from Ray's own error).
+    """
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report thread (nor its network calls)
+    _sweep_stale()
+    reason = ""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        local = LocalRay(tempfile.mkdtemp(prefix="dmnray-"), secrets.token_hex(8))
+        previous = os.environ.get(_TAG)
+        os.environ[_TAG] = local.tag  # inherited by the GCS, raylet, agents and workers it starts
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
+                     logging_level=logging_level, namespace=namespace, _temp_dir=local.temp_dir)
+            return local
+        except Exception as exc:  # Ray's own processes did not come up: a busy machine, a full disk, a bad setting
+            reason = _first_line(exc)
+            local.stop()
+            log.warning("the Ray started for this run did not come up (attempt %d of %d): %s", attempt,
+                        START_ATTEMPTS, reason)
+        finally:
+            if previous is None:
+                os.environ.pop(_TAG, None)
+            else:
+                os.environ[_TAG] = previous
+    raise LaunchError(f"the Ray started for this run did not come up ({START_ATTEMPTS} tries): {reason}; everything "
+                      "it started was stopped. On a busy machine try again, or start one with `ray start --head` "
+                      "and pass --address")
+
+
+def _sweep_stale() -> list[str]:
+    """Remove the ``dmnray-*`` directories of earlier starts whose driver is gone (a run killed
+    with SIGTERM or -9 could not remove its own): Ray names its session after the driver's pid."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob("dmnray-*"):
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            pids = [int(p.name.rsplit("_", 1)[1]) for p in path.glob("session_2*")]
+        except (OSError, ValueError, IndexError):
+            continue
+        if pids and not any(_exists(pid) for pid in pids):  # no session yet: a start under way, left alone
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_tagged(tag: str, grace_s: float = 5.0) -> list[int]:
+    """TERM, wait, KILL every process whose environment carries this start's tag; their PIDs."""
+    needle = f"{_TAG}={tag}".encode()
+    me = os.getpid()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != me:
+            with contextlib.suppress(OSError):
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if _alive(p)]
+    for pid in left:
+        log.warning("Ray process %d ignored SIGTERM for %.1fs; sending SIGKILL", pid, grace_s)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a child of ours is reaped here)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _loopback_ray() -> None:
