@@ -17,7 +17,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.integration.procs import launched, wait_until
+from tests.integration.procs import launched, run_dir_of, wait_until
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 
@@ -25,14 +25,6 @@ FORGED = 1e12  # a value no honest node of these graphs makes
 N = 3000
 
 
-def _run_dir(pid: int) -> Path | None:
-    for d in Path("/tmp").glob("dmnflow-*"):
-        try:
-            if (d / "supervisor.pid").read_text() == str(pid):
-                return d
-        except OSError:
-            continue
-    return None
 
 
 def _chain(tmp_path: Path, security: str) -> Path:
@@ -113,8 +105,8 @@ def test_a_squatter_on_a_killed_producers_port_gets_nothing_in(tmp_path, load, k
     sent: list[int] = []
     with launched(path, "--report", str(report_file)) as run:
         pids = run.wait_for_workers({"src", "mid", "sink"})
-        assert wait_until(lambda: (d := _run_dir(run.proc.pid)) is not None and (d / "endpoints.json").exists(), 30)
-        endpoints = json.loads((_run_dir(run.proc.pid) / "endpoints.json").read_text())
+        assert wait_until(lambda: (d := run_dir_of(run.proc.pid)) is not None and (d / "endpoints.json").exists(), 30)
+        endpoints = json.loads((run_dir_of(run.proc.pid) / "endpoints.json").read_text())
         [mid_port] = [e for b, e in endpoints.items() if b.startswith("mid.")]
         assert mid_port.startswith("tcp://127.0.0.1:")
         time.sleep(0.5)  # records flow
@@ -211,8 +203,8 @@ def test_one_oversize_frame_cuts_its_connection_and_the_report_counts_the_cut(tm
     report_file = tmp_path / "r.json"
     with launched(path, "--report", str(report_file)) as run:
         run.wait_for_workers({"src", "mid", "sink"})
-        assert wait_until(lambda: (d := _run_dir(run.proc.pid)) is not None and (d / "endpoints.json").exists(), 30)
-        endpoints = json.loads((_run_dir(run.proc.pid) / "endpoints.json").read_text())
+        assert wait_until(lambda: (d := run_dir_of(run.proc.pid)) is not None and (d / "endpoints.json").exists(), 30)
+        endpoints = json.loads((run_dir_of(run.proc.pid) / "endpoints.json").read_text())
         [mid_bind] = [e for b, e in endpoints.items() if b.startswith("mid.")]
         ctx = zmq.Context()
         peer = ctx.socket(zmq.DEALER)

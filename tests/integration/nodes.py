@@ -460,9 +460,7 @@ class GatedCollect(Collect):
     """A Collect whose setup waits until the file ``gate`` exists: a start held open for as
     long as a test needs to look at it (at most ``wait_s``)."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        path: str | None = None
+    class Params(Collect.Params):
         gate: str
         wait_s: float = Field(60.0, gt=0)
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,18 @@ def wait_until(predicate, timeout_s: float, step_s: float = 0.05) -> bool:
             return True
         time.sleep(step_s)
     return predicate()
+
+
+def run_dir_of(pid: int) -> Path | None:
+    """The run directory of the supervisor ``pid`` (in this test's temporary directory, which
+    is its own under ``-n 2``: tests/conftest.py)."""
+    for d in Path(tempfile.gettempdir()).glob("dmnflow-*"):
+        try:
+            if (d / "supervisor.pid").read_text() == str(pid):
+                return d
+        except OSError:
+            continue
+    return None
 
 
 def kill_all(pids: list[int]) -> None:

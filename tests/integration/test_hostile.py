@@ -23,7 +23,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from .procs import ROOT, wait_until
+from .procs import ROOT, run_dir_of, wait_until
 
 SOCKET_TYPES = (zmq.DEALER, zmq.PUSH, zmq.PUB, zmq.SUB, zmq.REQ, zmq.ROUTER, zmq.XSUB)
 
@@ -146,14 +146,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_dir(pid: int) -> Path | None:
-    for d in Path("/tmp").glob("dmnflow-*"):
-        try:
-            if (d / "supervisor.pid").read_text() == str(pid):
-                return d
-        except OSError:
-            continue
-    return None
 
 
 def test_a_graph_under_fire_from_hostile_peers_delivers_everything_exactly(tmp_path):
@@ -165,8 +157,8 @@ def test_a_graph_under_fire_from_hostile_peers_delivers_everything_exactly(tmp_p
     counts: list[int] = []
     threads: list[threading.Thread] = []
     try:
-        assert wait_until(lambda: _run_dir(proc.pid) is not None and (_run_dir(proc.pid) / "control").exists(), 30)
-        run_dir = _run_dir(proc.pid)
+        assert wait_until(lambda: run_dir_of(proc.pid) is not None and (run_dir_of(proc.pid) / "control").exists(), 30)
+        run_dir = run_dir_of(proc.pid)
         early = [f"ipc://{run_dir}/control", f"ipc://{run_dir}/admin"]  # from the first moment
         threads.append(threading.Thread(target=lambda: counts.append(fuzz(early, stop, 1)), daemon=True))
         threads[-1].start()

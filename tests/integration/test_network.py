@@ -24,7 +24,7 @@ import zmq
 import dmnflow
 from dmnflow.runtime import launch
 
-from .procs import ROOT, alive, launched, wait_until
+from .procs import ROOT, alive, launched, run_dir_of, wait_until
 
 
 def write(path: Path, text: str) -> Path:
@@ -240,8 +240,7 @@ def test_a_restarted_producer_takes_back_its_automatic_port_and_its_consumers_fo
         mid = run.wait_for_workers({"src", "mid", "sink"})["mid"]
         assert wait_until(lambda: (tmp_path / "out.txt").exists() and
                           len((tmp_path / "out.txt").read_text().splitlines()) > 500, 30)
-        run_dir = next(d for d in Path("/tmp").glob("dmnflow-*") if (d / "supervisor.pid").exists()
-                       and (d / "supervisor.pid").read_text() == str(run.proc.pid))
+        run_dir = run_dir_of(run.proc.pid)
         before = json.loads((run_dir / "endpoints.json").read_text())
         os.kill(mid, signal.SIGKILL)
         assert wait_until(lambda: run.workers().get("mid") not in (None, mid), 20)

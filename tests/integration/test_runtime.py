@@ -431,6 +431,8 @@ def test_a_second_run_may_not_take_a_live_runs_name(tmp_path):
             assert second.proc.returncode == 3, err
         assert f"a run named 'doc-twins' is running (pid {first.proc.pid})" in err
         assert "--name" in err and "Traceback" not in err
+        # listed from its start on; a Ctrl-C before data flowed would be one during start-up (exit 130)
+        assert wait_until(lambda: (tmp_path / "out.jsonl").exists() and (tmp_path / "out.jsonl").stat().st_size, 60)
         first.proc.send_signal(signal.SIGINT)
         first.proc.communicate(timeout=60)
         assert first.proc.returncode == 0
