@@ -311,6 +311,8 @@ def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | 
          dashboard: str | None, record: Path | None, edges: str | None, every_s: float,
          title: str | None = None, backend: str = "local", address: str | None = None) -> NoReturn:
     """Launch ``plan`` with what watches it (observe/session.py), print the report, exit with its code."""
+    import signal
+
     from .observe.session import watching
     from .observe.view import render_report
     from .runtime import launch
@@ -321,19 +323,25 @@ def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | 
                       edges=chosen, title=title) as session:
             result = launch(session.plan, duration_s=duration_s, on_status=session.on_status, name=name,
                             observer=session.observer, backend=backend, address=address)
+            # the run is over: what is left is its report (and --report's file), which a late
+            # Ctrl-C (one meant for the drain `dmnflow stop` already did) must not cut short
+            before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     except LaunchError as exc:
         err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
         raise typer.Exit(getattr(exc, "exit_code", ExitCode.NODE_FAILED)) from None
     except KeyboardInterrupt:
         err.print("interrupted before the graph started; every worker was stopped")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
-    render_report(result, out, err)
-    if record is not None:
-        err.print(f"wrote {record}")
-    if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(result.to_json(), encoding="utf-8")
-        err.print(f"wrote {report}")
+    try:
+        render_report(result, out, err)
+        if record is not None:
+            err.print(f"wrote {record}")
+        if report is not None:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(result.to_json(), encoding="utf-8")
+            err.print(f"wrote {report}")
+    finally:
+        signal.signal(signal.SIGINT, before)
     raise typer.Exit(result.exit_code)
 
 
