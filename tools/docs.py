@@ -606,6 +606,7 @@ def check_module_flags(args: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------------- sample outputs
 
 
+_LOG_LINE_RE = re.compile(r"^\d\d:\d\d:\d\d ")
 _MASKS = [
     (re.compile(r"\bpid \d+"), "pid N"),
     (re.compile(r"\b((?:cores:?|within) )0(?:-\d+)?\b"), r"\1CORES"),
@@ -618,7 +619,9 @@ def normalise(text: str, *, volatile: bool = False) -> str:
     ``volatile`` also masks every decimal number and the padding of tables."""
     for pattern, repl in _MASKS:
         text = pattern.sub(repl, text)
-    lines = [ln.rstrip() for ln in text.strip("\n").splitlines()]
+    # a launch's log lines (its start's phases, its status every few seconds) come when they
+    # come, stamped with the time: how many, and when, is the machine's, not the page's
+    lines = [ln.rstrip() for ln in text.strip("\n").splitlines() if not _LOG_LINE_RE.match(ln)]
     if volatile:  # a latency's unit changes with it too (950 us, 1.2 ms: units.format_duration)
         lines = [re.sub(r"-?\d[\d,]*(?:\.\d+)? (?:ns|us|ms|s)\b", "#", ln) for ln in lines]
         lines = [re.sub(r"[ ]+", " ", re.sub(r"[━─]+", "─", re.sub(r"-?\d[\d,]*\.\d+(?:e[+-]?\d+)?", "#", ln)))
