@@ -183,6 +183,14 @@ class Node:
         """Once, after the last message: every input has ended (or the source's ``run``
         returned). It may still emit; end-of-stream follows what it sends."""
 
+    def commit(self, ctx: Context) -> None:
+        """Make durable what the records handled so far produced (a file sink flushes and
+        syncs its file). The runtime calls it at the end of each turn that handled records,
+        before teardown, and, on an at-least-once input, before it tells the producer they are
+        handled: a kill -9 after it loses nothing (the producer resends the rest), and with the
+        default delivery the report counts what a killed node handled since its last commit as
+        lost by that node. Only a class that defines it is committed."""
+
     def run(self, ctx: Context) -> Iterator[Any] | None:
         """A source's data: best a generator that yields ``(port, value)`` or ``(port, value,
         event_time)`` (or None, to give the worker a turn without emitting); returning ends
@@ -258,10 +266,12 @@ class Context:
     ``batch`` lists the messages behind the values of a batched input (``batch:`` in the
     YAML), in order; it is empty outside a batch. ``joined`` maps each input of an
     ``on_join`` call to the message behind its value (its topic, attrs, origin). ``model`` is
-    the node's ``model:`` block (path, device, dtype, ...) or None.
+    the node's ``model:`` block (path, device, dtype, ...) or None. ``incarnation`` is 0 at
+    the first start and counts the worker's restarts (a file sink appends after one).
     """
 
-    __slots__ = ("name", "params", "log", "replica", "message", "batch", "joined", "model", "_emit", "_alloc")
+    __slots__ = ("name", "params", "log", "replica", "message", "batch", "joined", "model", "incarnation", "_emit",
+                 "_alloc")
 
     def __init__(self, name: str, params: BaseModel, emit: Callable[..., None],
                  *, replica: int | None = None, model: Any = None,
@@ -274,6 +284,7 @@ class Context:
         self.batch: list[Message] = []
         self.joined: dict[str, Message] = {}
         self.model = model
+        self.incarnation = 0
         self._emit = emit
         self._alloc = alloc
 

@@ -7,6 +7,7 @@ the framework without any trading logic.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,25 +68,47 @@ class Scale(Node):
 
 
 class Collect(Node):
-    """Keeps every value it receives; writes them as JSON lines to ``path`` when it ends."""
+    """Keeps every value it receives, and writes each as a JSON line to ``path`` as it goes.
+
+    Its commit (``Node.commit``: after each turn of the worker, and before an at-least-once
+    input says a record is handled) flushes and syncs the file, so a kill -9 loses only what
+    the report counts as lost by this node, or, at-least-once, nothing: a restarted
+    incarnation appends what the producer sends it again, and drops what it already wrote.
+    """
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        path: str | None = Field(None, description="JSON-lines file written at the end; none keeps them in memory")
+        path: str | None = Field(None, description="JSON-lines file written as values arrive; none keeps them in "
+                                                   "memory only")
 
     values = Input(Any)
 
     def setup(self, ctx: Any) -> None:
         self.received: list[Any] = []
-
-    def on_values(self, value: Any, ctx: Any) -> None:
-        self.received.append(value)
-
-    def teardown(self, ctx: Any) -> None:
+        self.file = None
+        self.lines: list[str] = []  # written at the commit, all at once: nothing reaches the file before it
         if ctx.params.path:
             out = Path(ctx.params.path)
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("".join(json.dumps(v) + "\n" for v in self.received), encoding="utf-8")
+            # a restarted incarnation goes on where the killed one's last commit left the file
+            self.file = open(out, "a" if ctx.incarnation else "w", encoding="utf-8")  # noqa: SIM115 - teardown
+
+    def on_values(self, value: Any, ctx: Any) -> None:
+        self.received.append(value)
+        if self.file is not None:
+            self.lines.append(json.dumps(value) + "\n")
+
+    def commit(self, ctx: Any) -> None:
+        if self.file is not None:
+            self.file.write("".join(self.lines))
+            self.lines.clear()
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
+    def teardown(self, ctx: Any) -> None:
+        if self.file is not None:
+            self.commit(ctx)
+            self.file.close()
 
 
 class Noise(Node):

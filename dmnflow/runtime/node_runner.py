@@ -22,14 +22,14 @@ from ..importing import load_object
 from ..node import Context, Message, Node
 from ..plan import NodePlan
 from ..transport.stats import (
-    ACKED,
     N_CONFLATED,
     N_HANDLING,
     N_HANDLING_OUT,
     N_IN,
     N_JOIN_INCOMPLETE,
     N_OUT,
-    SENT,
+    N_UNCOMMITTED,
+    POS_OUT,
     Counters,
     Histogram,
     Layout,
@@ -172,6 +172,7 @@ class NodeRunner:
         self.alo_inlets: dict[str, Inlet] = {}  # at-least-once inputs: say `done` once handled
         self.custody: list[Any] = []  # at-least-once: (inlet, header, out marks) waiting for downstream
         self.alo_routers: list[Any] = []  # this node's at-least-once outputs (their consumers' `done`)
+        self.commits = self.cls.defines("commit")  # a declared commit step: see Node.commit
         now = time.monotonic()
         self.timers = [[now + period, period, getattr(self.node, f"on_{name}"), name]
                        for name, period in plan_node.timers.items()]
@@ -299,6 +300,8 @@ class NodeRunner:
             raise NodeError(f"{type(exc).__name__}: {exc}", node=self.plan.name, port=port,
                             seq=header[SEQ]) from exc
         mv[nbase + N_HANDLING] = 0
+        if self.commits:
+            mv[nbase + N_UNCOMMITTED] += count
         inlet = self.alo_inlets.get(port) if self.alo_inlets else None
         if inlet is not None:
             self.handled(inlet, header)
@@ -315,21 +318,39 @@ class NodeRunner:
         if not self.alo_routers:
             inlet.handled(header)
             return
-        marks = [(router.mv, router.base[edge] + ACKED, router.mv[router.base[edge] + SENT])
-                 for router in self.alo_routers for edge in router.held]
+        # per output edge: its next sequence number now; everything below it must be handled downstream
+        marks = [(router, edge, router.seq[edge].get(b"", 0)) for router in self.alo_routers for edge in router.held]
         self.custody.append((inlet, header, marks))
 
     def release_custody(self) -> None:
-        """Say `done` upstream for every record whose outputs downstream has handled."""
+        """Say `done` upstream for every record whose outputs downstream has handled, and keep
+        (in the counters file, which outlives a kill) where each output's numbering stood when
+        it was handled: a restarted incarnation, which gets the records after it again, numbers
+        what it emits for them from there, so its consumers recognise what they already have."""
         custody = self.custody
         released = 0
         for inlet, header, marks in custody:
-            if not all(mv[acked] >= sent for mv, acked, sent in marks):
+            if not all(router.done_top[edge] >= mark for router, edge, mark in marks):
                 break
+            for router, edge, mark in marks:
+                router.mv[router.base[edge] + POS_OUT] = mark
             inlet.handled(header)
             released += 1
         if released:
             del custody[:released]
+
+    def commit(self) -> None:
+        """The node's commit step, when it handled records since the last one. They count as
+        committed as it starts: its first act puts them where a kill -9 cannot take them (a
+        file's write), the rest (fsync) guards against losing the machine, which the count
+        does not cover; a kill in between must not count them lost, nor (at-least-once) make
+        the producer send them again."""
+        if self.mv[self.nbase + N_UNCOMMITTED]:
+            self.mv[self.nbase + N_UNCOMMITTED] = 0
+            try:
+                self.node.commit(self.ctx)
+            except Exception as exc:
+                raise NodeError(f"{type(exc).__name__} in commit: {exc}", node=self.plan.name, port="commit") from exc
 
     def call_join(self, event_time: Any, group: dict[str, tuple[Any, list[Any]]]) -> None:
         """``on_join`` with one value per input; ``ctx.joined`` holds the message behind each."""
@@ -404,6 +425,8 @@ class NodeRunner:
         if self.join is not None:
             for event_time, values in self.join.release(final=True):
                 self.call_join(event_time, values)
+        if self.commits:
+            self.commit()
         self.node.teardown(self.ctx)
         for outlet in self.outlets.values():
             outlet.send_eos()

@@ -36,7 +36,7 @@ from ..observe.taps import Taps
 from ..plan import RUN_DIR, Plan
 from ..transport import Counters, Flusher, Inlet, Link, Outlet
 from ..transport.security import Curve, KeyError_, Watch, load_curve
-from ..transport.stats import B_REFUSED
+from ..transport.stats import B_REFUSED, POSITIONS
 from ..transport.wire import read_token, shm_tag
 from . import protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
@@ -100,6 +100,8 @@ class Worker:
             self.curve().dial(self.control, server_key)
         self.control.connect(control)
         self.counters = Counters(layout_of(self.plan), counters_path(run_dir, process, inc))
+        if inc > 0:  # at-least-once positions survive a restart: the predecessor's file has them
+            carry_positions(self.counters, Counters.read(counters_path(run_dir, process, inc - 1), self.counters.layout))
         self.link = Link(self.zctx, run_dir, self.token, shm_tag(self.token), self.counters)
         self.watch = Watch()
         self.auth: Any = None
@@ -167,6 +169,7 @@ class Worker:
         layout = self.counters.layout
         for name in proc.nodes:
             runner = NodeRunner(self.plan.node(name), index[name], self.counters)
+            runner.ctx.incarnation = self.inc
             for out in runner.plan.outputs:
                 codec = get_codec(out.codec)
                 encoder = codec.encoder(runner.ports.outputs[out.port].type, compress_above=out.compress_above)
@@ -297,6 +300,7 @@ class Worker:
         coalescing = flusher.routers
         alo = [r for r in self.runners if r.alo_inlets]
         alo_inlets = [i for r in alo for i in r.alo_inlets.values()]
+        committing = [r for r in self.runners if r.commits]  # their commit step, after each turn that handled
         # latency mode: when every node of the process is `busy`, the loop never sleeps in poll;
         # it spins on its (pinned) core, so a message is read when it lands, without a wake-up
         spin = all(r.plan.busy for r in self.runners)
@@ -345,10 +349,16 @@ class Worker:
             for _, inlet in self.inlets:  # arrays over shared memory were dropped: give the slots back
                 if inlet.shm.frees:
                     inlet.send_frees()
-            if alo:  # at-least-once: say `done` for what is handled (downstream included)
+            if alo:  # at-least-once: what is handled (downstream included) is kept as handled...
                 for runner in alo:
                     if runner.custody:
                         runner.release_custody()
+                for inlet in alo_inlets:
+                    if inlet.done_pending:
+                        inlet.keep_done()
+            for runner in committing:  # ...then made durable: a kill from here on repeats nothing
+                runner.commit()
+            if alo:  # ...and only then said `done`
                 for inlet in alo_inlets:
                     if inlet.done_pending:
                         inlet.send_done()
@@ -480,6 +490,17 @@ def _user_traceback(exc: BaseException) -> str:
     return ("Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
             + "".join(traceback.format_exception_only(type(cause), cause)))
 
+
+def carry_positions(counters: Counters, before: list[int] | None) -> None:
+    """Copy the at-least-once positions of every edge from the previous incarnation's counts
+    (its file outlives a kill -9: the kernel keeps a mapped file's pages)."""
+    if before is None:
+        return
+    layout = counters.layout
+    for e in range(layout.edges):
+        base = layout.edge(e)
+        for field in POSITIONS:
+            counters.mv[base + field] = before[base + field]
 
 def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
     """``argv``: RUN_DIR PROCESS INC SUPERVISOR_PID; ``plan``: the plan already read (a worker

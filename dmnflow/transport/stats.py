@@ -21,11 +21,18 @@ __all__ = ["EDGE_FIELDS", "NODE_FIELDS", "Counters", "EdgeStats", "Histogram", "
 
 # per edge: the producer fills the first group, the consumer the second
 EDGE_FIELDS = ("sent", "dropped", "resent", "received", "gaps", "decode_errors", "restarts_seen", "redelivered",
-               "acked")
-SENT, DROPPED, RESENT, RECEIVED, GAPS, DECODE_ERRORS, RESTARTS_SEEN, REDELIVERED, ACKED = range(len(EDGE_FIELDS))
-# per node instance
-NODE_FIELDS = ("in", "out", "handling", "handling_out", "conflated", "join_incomplete")
-N_IN, N_OUT, N_HANDLING, N_HANDLING_OUT, N_CONFLATED, N_JOIN_INCOMPLETE = range(len(NODE_FIELDS))
+               "acked", "pos_sent", "pos_out", "pos_received", "pos_done")
+SENT, DROPPED, RESENT, RECEIVED, GAPS, DECODE_ERRORS, RESTARTS_SEEN, REDELIVERED, ACKED = range(9)
+# at-least-once positions (sequence numbers + 1), carried from each incarnation to the next (the
+# worker copies them from its predecessor's file at start): not counts, never summed. Producer:
+# the highest sent, and its next sequence number when the input it last said `done` for was
+# handled (where a restarted one numbers again); consumer: the highest received, and handled
+# (written before each `done`, after the node's commit)
+POS_SENT, POS_OUT, POS_RECEIVED, POS_DONE = range(9, 13)
+POSITIONS = (POS_SENT, POS_OUT, POS_RECEIVED, POS_DONE)
+# per node instance; "uncommitted": handled since the node's last commit (a kill loses them)
+NODE_FIELDS = ("in", "out", "handling", "handling_out", "conflated", "join_incomplete", "uncommitted")
+N_IN, N_OUT, N_HANDLING, N_HANDLING_OUT, N_CONFLATED, N_JOIN_INCOMPLETE, N_UNCOMMITTED = range(len(NODE_FIELDS))
 # per bound socket: frames from peers the plan does not know; handshakes refused (CURVE)
 BIND_FIELDS = ("junk", "refused")
 B_JUNK, B_REFUSED = range(len(BIND_FIELDS))

@@ -32,7 +32,7 @@ class Tap(Collect):
     """A Collect that also appends each value to ``path`` as it arrives, so a test can watch."""
 
     def setup(self, ctx: Any) -> None:
-        super().setup(ctx)
+        self.received: list[Any] = []
         self.file = open(ctx.params.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in teardown
 
     def on_values(self, value: Any, ctx: Any) -> None:
