@@ -101,7 +101,8 @@ class Worker:
         self.control.connect(control)
         self.counters = Counters(layout_of(self.plan), counters_path(run_dir, process, inc))
         if inc > 0:  # at-least-once positions survive a restart: the predecessor's file has them
-            carry_positions(self.counters, Counters.read(counters_path(run_dir, process, inc - 1), self.counters.layout))
+            before = Counters.read(counters_path(run_dir, process, inc - 1), self.counters.layout)
+            carry_positions(self.counters, before)
         self.link = Link(self.zctx, run_dir, self.token, shm_tag(self.token), self.counters)
         self.watch = Watch()
         self.auth: Any = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from .chain import N, QUEUE, edges_of, run_and_kill
+from .chain import QUEUE, N, edges_of, run_and_kill
 
 
 @pytest.mark.parametrize(("victim", "kills"), [("src", 1), ("mid", 1), ("mid", 2), ("sink", 1), ("sink", 2)])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from .chain import N, QUEUE, edges_of, run_and_kill
+from .chain import QUEUE, N, edges_of, run_and_kill
 
 
 @pytest.mark.parametrize(("victim", "kills"), [("mid", 1), ("mid", 2), ("mid", 3), ("src", 2), ("sink", 2),
