@@ -99,15 +99,20 @@ class Collect(Node):
             self.lines.append(json.dumps(value) + "\n")
 
     def commit(self, ctx: Any) -> None:
+        """Sync what the last commit wrote, then write and flush the new lines: the write,
+        which puts them where a kill -9 cannot take them, comes last, so a kill just after it
+        is nearly impossible (it would have them sent again); a machine's loss can cost the
+        last commit's lines."""
         if self.file is not None:
+            os.fsync(self.file.fileno())
             self.file.write("".join(self.lines))
             self.lines.clear()
             self.file.flush()
-            os.fsync(self.file.fileno())
 
     def teardown(self, ctx: Any) -> None:
         if self.file is not None:
             self.commit(ctx)
+            os.fsync(self.file.fileno())
             self.file.close()
 
 

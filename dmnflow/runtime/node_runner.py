@@ -341,16 +341,15 @@ class NodeRunner:
 
     def commit(self) -> None:
         """The node's commit step, when it handled records since the last one. They count as
-        committed as it starts: its first act puts them where a kill -9 cannot take them (a
-        file's write), the rest (fsync) guards against losing the machine, which the count
-        does not cover; a kill in between must not count them lost, nor (at-least-once) make
-        the producer send them again."""
+        committed once it returns; its last act should be the one that puts them where a kill
+        -9 cannot take them (a file's write), since a kill between that and the return counts
+        them lost (or, at-least-once, has them sent again)."""
         if self.mv[self.nbase + N_UNCOMMITTED]:
-            self.mv[self.nbase + N_UNCOMMITTED] = 0
             try:
                 self.node.commit(self.ctx)
             except Exception as exc:
                 raise NodeError(f"{type(exc).__name__} in commit: {exc}", node=self.plan.name, port="commit") from exc
+            self.mv[self.nbase + N_UNCOMMITTED] = 0
 
     def call_join(self, event_time: Any, group: dict[str, tuple[Any, list[Any]]]) -> None:
         """``on_join`` with one value per input; ``ctx.joined`` holds the message behind each."""

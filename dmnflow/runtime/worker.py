@@ -350,16 +350,12 @@ class Worker:
             for _, inlet in self.inlets:  # arrays over shared memory were dropped: give the slots back
                 if inlet.shm.frees:
                     inlet.send_frees()
-            if alo:  # at-least-once: what is handled (downstream included) is kept as handled...
+            for runner in committing:  # before `done`: a record is handled once what it made is durable
+                runner.commit()
+            if alo:  # at-least-once: say `done` for what is handled (downstream included)
                 for runner in alo:
                     if runner.custody:
                         runner.release_custody()
-                for inlet in alo_inlets:
-                    if inlet.done_pending:
-                        inlet.keep_done()
-            for runner in committing:  # ...then made durable: a kill from here on repeats nothing
-                runner.commit()
-            if alo:  # ...and only then said `done`
                 for inlet in alo_inlets:
                     if inlet.done_pending:
                         inlet.send_done()

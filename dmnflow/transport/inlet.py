@@ -460,15 +460,6 @@ class Inlet:
         if source is not None:  # (the sequence is the edge's, whichever incarnation of the producer sent it)
             self.done_pending[source.edge] = header[SEQ]
 
-    def keep_done(self) -> None:
-        """Keep (in the counters file, which outlives a kill) how far each edge is handled, before
-        the node commits it and ``send_done`` says so: a restarted consumer drops what comes again
-        up to there."""
-        mv, base = self.mv, self.base
-        for edge, seq in self.done_pending.items():
-            if seq >= mv[base[edge] + POS_DONE]:
-                mv[base[edge] + POS_DONE] = seq + 1
-
     def send_done(self, upto: dict[int, int] | None = None) -> None:
         pending = self.done_pending if upto is None else upto
         if not pending:

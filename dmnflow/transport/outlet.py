@@ -612,7 +612,7 @@ class _Router:
         while True:
             for i in range(n):
                 edge = self.order[(self.next + i) % n]
-                if edge in self.window and not self.room(edge, len(records)):
+                if edge in self.window and not self.room(edge):
                     continue  # no credit: what it has not taken fills its window
                 try:
                     self.sock.send(self.peers[edge], _MORE | _NOWAIT)
@@ -640,18 +640,19 @@ class _Router:
                     mv[base[e] + DROPPED] += len(records)
                 return
 
-    def room(self, edge: int, n: int) -> bool:
-        """Whether a block edge's consumer has credit for ``n`` more records (a batch larger
-        than the window goes into an empty one)."""
-        outstanding = self.out[edge] - self.took[edge]
-        return outstanding + n <= self.window[edge] or outstanding <= 0
+    def room(self, edge: int) -> bool:
+        """Whether a block edge's consumer has credit: fewer than ``queue`` records sent to it
+        and not reported taken (a coalesced batch may then take it up to ``queue - 1`` plus
+        the batch). The consumer reports every ``queue / 4``, so a full window always brings
+        a report: no deadlock."""
+        return self.out[edge] - self.took[edge] < self.window[edge]
 
     def wait_for_room(self) -> None:
         """Every consumer is full (or gone): back-pressure. Wait until one has room (a
         mandatory ROUTER polls writable then) or says something (a restarted consumer's
         hello, its credit, a free, an ack, a done), then read what it said. While every
         consumer is only out of credit, only what it says can help: wait for that alone."""
-        starved = bool(self.window) and all(e in self.window and not self.room(e, 1) for e in self.order)
+        starved = bool(self.window) and all(e in self.window and not self.room(e) for e in self.order)
         self.sock.poll(self.room_ms, zmq.POLLIN if starved else zmq.POLLIN | zmq.POLLOUT)
         self.service()
 
@@ -683,7 +684,7 @@ class _Router:
             credit = edge in self.window
             while True:
                 try:
-                    if credit and not self.room(edge, 1):
+                    if credit and not self.room(edge):
                         raise zmq.Again()
                     sock.send(peer, _MORE | _NOWAIT)
                 except zmq.ZMQError:  # full (EAGAIN), out of credit, or gone (EHOSTUNREACH)
@@ -711,7 +712,7 @@ class _Router:
                 if hold is not None and len(hold.records) >= hold.window:
                     continue  # it has not handled what it holds: no room
                 credit = edge in self.window
-                if credit and not self.room(edge, 1):
+                if credit and not self.room(edge):
                     continue  # no credit: what it has not taken fills its window
                 seqs = self.seq[edge]
                 key = b"" if hold is not None else topic  # at-least-once: one sequence per edge, for `done`

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from .chain import QUEUE, N, edges_of, run_and_kill
+from .chain import WINDOW, N, edges_of, run_and_kill
 
 
 @pytest.mark.parametrize(("victim", "kills"), [("src", 1), ("mid", 1), ("mid", 2), ("sink", 1), ("sink", 2)])
@@ -24,7 +24,7 @@ def test_a_killed_node_puts_no_duplicate_and_no_gap_at_the_sink(tmp_path, load, 
         assert e["sent"] == e["received"] == N and e["lost"] == 0 and e["dropped"] == 0, e
         # copies: what went again is what came again, but for copies a kill took from the sockets
         # (each kill: at most the credit window)
-        assert 0 <= e["resent"] - e["redelivered"] <= kills * QUEUE, e
+        assert 0 <= e["resent"] - e["redelivered"] <= kills * WINDOW, e
         if victim not in (src, dst):
             assert e["resent"] == e["redelivered"] == 0, e
     assert all(n["lost"] == 0 for n in report["nodes"].values()), report["nodes"]

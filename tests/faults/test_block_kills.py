@@ -1,18 +1,18 @@
 """``policy: block`` under kill -9: any number of kills of a node loses at most what was in
 flight to or inside each killed incarnation, and the report accounts for every record.
 
-A block edge runs on credit (docs/runtime.md, "Faults"): a producer sends one consumer
-incarnation at most ``queue`` records it has not reported taken, so each kill loses at most
-``queue`` records in the sockets of each edge it cuts, plus what the killed node had taken
-and not handled (or, for the sink, handled after its last commit), which the report counts
-as that node's ``lost``.
+A block edge runs on credit (docs/runtime.md, "Delivery guarantees under kill -9"): a
+producer sends one consumer incarnation records only while fewer than ``queue`` it sent are
+not reported taken, so each kill loses at most ``queue - 1`` plus one coalesced batch in the
+sockets of each edge it cuts, plus what the killed node had taken and not handled (or, for
+the sink, handled after its last commit), which the report counts as that node's ``lost``.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from .chain import QUEUE, N, edges_of, run_and_kill
+from .chain import WINDOW, N, edges_of, run_and_kill
 
 
 @pytest.mark.parametrize(("victim", "kills"), [("mid", 1), ("mid", 2), ("mid", 3), ("src", 2), ("sink", 2),
@@ -25,7 +25,7 @@ def test_kills_on_a_block_chain_lose_at_most_the_killed_incarnations_window(tmp_
         assert e["received"] + e["lost"] == e["sent"], e  # the books balance on every edge
         assert e["dropped"] == 0, e  # block never drops: only kills lose
         if victim in (src, dst):
-            assert e["lost"] <= kills * QUEUE, e  # each kill: at most the credit window in the sockets
+            assert e["lost"] <= kills * WINDOW, e  # each kill: at most the credit window in the sockets
         else:
             assert e["lost"] == 0, e
     for name, node in nodes.items():
