@@ -144,7 +144,7 @@ class Inlet:
                 dealer.setsockopt(zmq.MAXMSGSIZE, cap)
                 dealer.setsockopt(zmq.IDENTITY, identity(link.token, consumer, c.edge, inc))
                 self._dial(dealer, c)
-                self.took[dealer] = [c.edge, 0, 0, max(1, queue // 4)]
+                self.took[dealer] = [c.edge, 0, 0, max(1, queue // 8)]
                 self.socks.append(dealer)
                 self.dealers.append((dealer, c.edge))
                 self.edge_of_sock[dealer] = c.edge

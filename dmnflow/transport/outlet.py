@@ -458,9 +458,10 @@ class _Router:
         self.expected = {identity_base(identity(link.token, e.dst, e.id))[0]: e.id for e in edges}  # type: ignore[index]
         self.peers: dict[int, bytes] = {}  # edge -> the consumer's DEALER identity, once it said hello
         self.peer_inc: dict[int, int] = {}
-        # block edges run on credit: at most `queue` records sent to one consumer incarnation and
-        # not yet reported taken (``took``), so a kill of it loses at most that many in the sockets
-        self.window = {e.id: e.queue for e in edges if e.policy == "block"}
+        # block edges run on credit: fewer than 2 x `queue` records (a queue's worth in each end's
+        # socket) sent to one consumer incarnation and not yet reported taken (``took``), so a kill
+        # of it loses at most that many (and one coalesced batch) in the sockets
+        self.window = {e.id: 2 * e.queue for e in edges if e.policy == "block"}
         self.out: dict[int, int] = dict.fromkeys(self.window, 0)  # sent to the current incarnation
         self.took: dict[int, int] = dict.fromkeys(self.window, 0)  # what it says reached it
         self.acked: set[int] = set()
@@ -641,10 +642,10 @@ class _Router:
                 return
 
     def room(self, edge: int) -> bool:
-        """Whether a block edge's consumer has credit: fewer than ``queue`` records sent to it
-        and not reported taken (a coalesced batch may then take it up to ``queue - 1`` plus
-        the batch). The consumer reports every ``queue / 4``, so a full window always brings
-        a report: no deadlock."""
+        """Whether a block edge's consumer has credit: fewer than ``2 x queue`` records sent to
+        it and not reported taken (a coalesced batch may then go past that by the batch less
+        one). The consumer reports every ``queue / 8``, so a full window always brings a
+        report: no deadlock."""
         return self.out[edge] - self.took[edge] < self.window[edge]
 
     def wait_for_room(self) -> None:

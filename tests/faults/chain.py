@@ -14,9 +14,9 @@ from typing import Any
 from tests.integration.procs import alive, launched, wait_until
 
 N = 20_000
-QUEUE = 500  # each edge's queue: a block edge's credit window
+QUEUE = 500  # each edge's queue: a block edge's credit window is twice that
 BATCH = 64  # defaults.coalesce.records: a coalesced batch may go into the last free place of the window
-WINDOW = QUEUE + BATCH - 1  # the most one kill can cut from the sockets of one block edge
+WINDOW = 2 * QUEUE + BATCH - 1  # the most one kill can cut from the sockets of one block edge
 
 
 def chain(tmp_path: Path, delivery: str) -> Path:

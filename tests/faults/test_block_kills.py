@@ -2,8 +2,8 @@
 flight to or inside each killed incarnation, and the report accounts for every record.
 
 A block edge runs on credit (docs/runtime.md, "Delivery guarantees under kill -9"): a
-producer sends one consumer incarnation records only while fewer than ``queue`` it sent are
-not reported taken, so each kill loses at most ``queue - 1`` plus one coalesced batch in the
+producer sends one consumer incarnation records only while fewer than ``2 x queue`` it sent
+are not reported taken, so each kill loses at most ``2 x queue - 1`` plus one coalesced batch in the
 sockets of each edge it cuts, plus what the killed node had taken and not handled (or, for
 the sink, handled after its last commit), which the report counts as that node's ``lost``.
 """

@@ -745,20 +745,20 @@ def test_at_least_once_sequences_belong_to_the_edge_across_both_ends_restarts(ct
 
 
 def test_a_block_push_edge_runs_on_its_consumers_credit(ctx):
-    """A block producer sends one consumer incarnation records only while fewer than `queue`
+    """A block producer sends one consumer incarnation records only while fewer than 2 x `queue`
     are not reported taken: a kill of the consumer can cut at most that many from the sockets.
     A hello from a new incarnation starts its credit afresh; a late one from an old incarnation
     changes nothing."""
     outlet, inlet = wire(ctx, "raw", bytes, "inproc://credit", "push", policy="block", hwm=8, coalesce=False)
     router = outlet.routers[0]
-    for i in range(8):
+    for i in range(16):
         outlet.send(b"%d" % i, None, 0, -1, None)
-    assert router.out[EDGE] == 8 and not router.room(EDGE)  # the window is full: a send would wait
-    assert [bytes(v) for v in drain(inlet, 8)] == [b"%d" % i for i in range(8)]  # reported every queue / 4
+    assert router.out[EDGE] == 16 and not router.room(EDGE)  # the window is full: a send would wait
+    assert [bytes(v) for v in drain(inlet, 16)] == [b"%d" % i for i in range(16)]  # reported every queue / 8
     deadline = time.monotonic() + 5
-    while router.took[EDGE] < 8 and time.monotonic() < deadline:
+    while router.took[EDGE] < 16 and time.monotonic() < deadline:
         outlet.service(router.sock)
-    assert router.took[EDGE] == 8 and router.room(EDGE)
+    assert router.took[EDGE] == 16 and router.room(EDGE)
     new = identity(TOKEN, "c", EDGE, 1)
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.IDENTITY, new)
