@@ -460,8 +460,9 @@ class _Router:
         self.peer_inc: dict[int, int] = {}
         # block edges run on credit: fewer than 2 x `queue` records (a queue's worth in each end's
         # socket) sent to one consumer incarnation and not yet reported taken (``took``), so a kill
-        # of it loses at most that many (and one coalesced batch) in the sockets
-        self.window = {e.id: 2 * e.queue for e in edges if e.policy == "block"}
+        # of it loses at most that many (and one coalesced batch) in the sockets. Not inside one
+        # process: there the consumer runs in our own loop, and a bound could only deadlock
+        self.window = {e.id: 2 * e.queue for e in edges if e.policy == "block" and e.transport != "inproc"}
         self.out: dict[int, int] = dict.fromkeys(self.window, 0)  # sent to the current incarnation
         self.took: dict[int, int] = dict.fromkeys(self.window, 0)  # what it says reached it
         self.acked: set[int] = set()

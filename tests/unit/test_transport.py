@@ -37,9 +37,10 @@ def make_link(ctx) -> Link:
 
 
 def edge_plan(pattern: str, *, policy: str = "drop", queue: int = 1000, delivery: str = "at-most-once",
-              topics: list[str] | None = None, group: str | None = None, edge: int = EDGE) -> EdgePlan:
+              topics: list[str] | None = None, group: str | None = None, edge: int = EDGE,
+              transport: str = "inproc") -> EdgePlan:
     return EdgePlan(id=edge, src="p", src_port="out", dst="c", dst_port="in", type="any", codec="raw",
-                    transport="inproc", endpoint="", bind="b", pattern=pattern, policy=policy, queue=queue,
+                    transport=transport, endpoint="", bind="b", pattern=pattern, policy=policy, queue=queue,
                     topics=topics or [], feedback=False, delivery=delivery, group=group)
 
 
@@ -49,7 +50,7 @@ def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, p
     """An Outlet bound to ``endpoint`` and an Inlet connected to it, the consumer joined; the
     sockets' high-water marks and coalescing as the compiler sets them."""
     link = link or make_link(ctx)
-    plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery)
+    plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery, transport=transport)
     co = COALESCE if coalesce and pattern == "push" and delivery != "at-least-once" else None
     send_hwm = 2 * hwm + 64 if pattern == "stream" else push_hwm(hwm, co) if pattern == "push" else hwm
     receive_hwm = hwm + 64 if pattern == "stream" else hwm if pattern == "pub" else \
@@ -744,12 +745,16 @@ def test_at_least_once_sequences_belong_to_the_edge_across_both_ends_restarts(ct
     assert link.counters.mv[base + POS_DONE] == 12  # kept before it is said
 
 
-def test_a_block_push_edge_runs_on_its_consumers_credit(ctx):
+def test_a_block_push_edge_runs_on_its_consumers_credit(ctx, tmp_path):
     """A block producer sends one consumer incarnation records only while fewer than 2 x `queue`
     are not reported taken: a kill of the consumer can cut at most that many from the sockets.
     A hello from a new incarnation starts its credit afresh; a late one from an old incarnation
-    changes nothing."""
-    outlet, inlet = wire(ctx, "raw", bytes, "inproc://credit", "push", policy="block", hwm=8, coalesce=False)
+    changes nothing. (Inside one process an edge has no credit: the consumer runs in the
+    producer's loop.)"""
+    inproc, _ = wire(ctx, "raw", bytes, "inproc://no-credit", "push", policy="block", hwm=8, coalesce=False)
+    assert not inproc.routers[0].window
+    endpoint = f"ipc://{tmp_path}/credit"
+    outlet, inlet = wire(ctx, "raw", bytes, endpoint, "push", policy="block", hwm=8, coalesce=False, transport="ipc")
     router = outlet.routers[0]
     for i in range(16):
         outlet.send(b"%d" % i, None, 0, -1, None)
@@ -762,7 +767,7 @@ def test_a_block_push_edge_runs_on_its_consumers_credit(ctx):
     new = identity(TOKEN, "c", EDGE, 1)
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.IDENTITY, new)
-    dealer.connect("inproc://credit")
+    dealer.connect(endpoint)
     dealer.send(control(b"hello", EDGE, TOKEN, 1))
     deadline = time.monotonic() + 5
     while router.peers[EDGE] != new and time.monotonic() < deadline:
