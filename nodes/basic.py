@@ -90,8 +90,9 @@ class Collect(Node):
         if ctx.params.path:
             out = Path(ctx.params.path)
             out.parent.mkdir(parents=True, exist_ok=True)
-            # a restarted incarnation goes on where the killed one's last commit left the file
-            self.file = open(out, "a" if ctx.incarnation else "w", encoding="utf-8")  # noqa: SIM115 - teardown
+            # a restarted incarnation goes on where the killed one's last commit left the file;
+            # unbuffered: a commit's lines go in one write(2), which a kill -9 cannot cut in half
+            self.file = open(out, "ab" if ctx.incarnation else "wb", buffering=0)  # noqa: SIM115 - teardown
 
     def on_values(self, value: Any, ctx: Any) -> None:
         self.received.append(value)
@@ -99,15 +100,16 @@ class Collect(Node):
             self.lines.append(json.dumps(value) + "\n")
 
     def commit(self, ctx: Any) -> None:
-        """Sync what the last commit wrote, then write and flush the new lines: the write,
-        which puts them where a kill -9 cannot take them, comes last, so a kill just after it
-        is nearly impossible (it would have them sent again); a machine's loss can cost the
-        last commit's lines."""
+        """Sync what the last commit wrote, then write the new lines, flushed at once (one
+        unbuffered write): the write, which puts them where a kill -9 cannot take them, comes
+        last, so a kill just after it is nearly impossible (it would have them sent again); a
+        machine's loss can cost the last commit's lines."""
         if self.file is not None:
             os.fsync(self.file.fileno())
-            self.file.write("".join(self.lines))
+            data = "".join(self.lines).encode()
             self.lines.clear()
-            self.file.flush()
+            while data:  # (a regular file takes it whole; a short write goes on)
+                data = data[self.file.write(data):]
 
     def teardown(self, ctx: Any) -> None:
         if self.file is not None:
