@@ -22,13 +22,13 @@ from ..importing import load_object
 from ..node import Context, Message, Node
 from ..plan import NodePlan
 from ..transport.stats import (
+    N_COMMITTED,
     N_CONFLATED,
     N_HANDLING,
     N_HANDLING_OUT,
     N_IN,
     N_JOIN_INCOMPLETE,
     N_OUT,
-    N_UNCOMMITTED,
     POS_OUT,
     Counters,
     Histogram,
@@ -173,6 +173,8 @@ class NodeRunner:
         self.custody: list[Any] = []  # at-least-once: (inlet, header, out marks) waiting for downstream
         self.alo_routers: list[Any] = []  # this node's at-least-once outputs (their consumers' `done`)
         self.commits = self.cls.defines("commit")  # a declared commit step: see Node.commit
+        if not self.commits:
+            self.mv[self.nbase + N_COMMITTED] = -1
         now = time.monotonic()
         self.timers = [[now + period, period, getattr(self.node, f"on_{name}"), name]
                        for name, period in plan_node.timers.items()]
@@ -300,8 +302,6 @@ class NodeRunner:
             raise NodeError(f"{type(exc).__name__}: {exc}", node=self.plan.name, port=port,
                             seq=header[SEQ]) from exc
         mv[nbase + N_HANDLING] = 0
-        if self.commits:
-            mv[nbase + N_UNCOMMITTED] += count
         inlet = self.alo_inlets.get(port) if self.alo_inlets else None
         if inlet is not None:
             self.handled(inlet, header)
@@ -344,12 +344,14 @@ class NodeRunner:
         committed once it returns; its last act should be the one that puts them where a kill
         -9 cannot take them (a file's write), since a kill between that and the return counts
         them lost (or, at-least-once, has them sent again)."""
-        if self.mv[self.nbase + N_UNCOMMITTED]:
+        mv, nbase = self.mv, self.nbase
+        handled = mv[nbase + N_IN]
+        if handled != mv[nbase + N_COMMITTED]:
             try:
                 self.node.commit(self.ctx)
             except Exception as exc:
                 raise NodeError(f"{type(exc).__name__} in commit: {exc}", node=self.plan.name, port="commit") from exc
-            self.mv[self.nbase + N_UNCOMMITTED] = 0
+            mv[nbase + N_COMMITTED] = handled
 
     def call_join(self, event_time: Any, group: dict[str, tuple[Any, list[Any]]]) -> None:
         """``on_join`` with one value per input; ``ctx.joined`` holds the message behind each."""

@@ -21,13 +21,13 @@ from ..transport.stats import (
     DECODE_ERRORS,
     DROPPED,
     GAPS,
+    N_COMMITTED,
     N_CONFLATED,
     N_HANDLING,
     N_HANDLING_OUT,
     N_IN,
     N_JOIN_INCOMPLETE,
     N_OUT,
-    N_UNCOMMITTED,
     RECEIVED,
     REDELIVERED,
     RESENT,
@@ -160,9 +160,12 @@ def _lost_in(plan: Plan, layout: Layout, ids: dict[tuple[str, str], int], name: 
         if e.dst == name:
             taken += counts[layout.edge(e.id) + RECEIVED] - counts[layout.edge(e.id) + DECODE_ERRORS]
     waiting = max(0, taken - counts[b + N_IN])
-    handling = counts[b + N_HANDLING] if counts[b + N_OUT] == counts[b + N_HANDLING_OUT] else 0
     accepted = sum(counts[layout.output(ids[(name, o.port)])] for o in plan.node(name).outputs)
-    return waiting + handling + max(0, counts[b + N_OUT] - accepted) + counts[b + N_UNCOMMITTED]
+    unsent = max(0, counts[b + N_OUT] - accepted)
+    if counts[b + N_COMMITTED] >= 0:  # a commit step: everything that came in after the last is lost
+        return waiting + counts[b + N_IN] - counts[b + N_COMMITTED] + unsent
+    handling = counts[b + N_HANDLING] if counts[b + N_OUT] == counts[b + N_HANDLING_OUT] else 0
+    return waiting + handling + unsent
 
 
 def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str, code: int, duration_s: float,

@@ -30,9 +30,10 @@ SENT, DROPPED, RESENT, RECEIVED, GAPS, DECODE_ERRORS, RESTARTS_SEEN, REDELIVERED
 # (written before each `done`, after the node's commit)
 POS_SENT, POS_OUT, POS_RECEIVED, POS_DONE = range(9, 13)
 POSITIONS = (POS_SENT, POS_OUT, POS_RECEIVED, POS_DONE)
-# per node instance; "uncommitted": handled since the node's last commit (a kill loses them)
-NODE_FIELDS = ("in", "out", "handling", "handling_out", "conflated", "join_incomplete", "uncommitted")
-N_IN, N_OUT, N_HANDLING, N_HANDLING_OUT, N_CONFLATED, N_JOIN_INCOMPLETE, N_UNCOMMITTED = range(len(NODE_FIELDS))
+# per node instance; "committed": `in` as the node's last commit began (a kill loses what came in
+# after it; one store per record, so no moment in between escapes the count), -1 without a commit step
+NODE_FIELDS = ("in", "out", "handling", "handling_out", "conflated", "join_incomplete", "committed")
+N_IN, N_OUT, N_HANDLING, N_HANDLING_OUT, N_CONFLATED, N_JOIN_INCOMPLETE, N_COMMITTED = range(len(NODE_FIELDS))
 # per bound socket: frames from peers the plan does not know; handshakes refused (CURVE)
 BIND_FIELDS = ("junk", "refused")
 B_JUNK, B_REFUSED = range(len(BIND_FIELDS))
