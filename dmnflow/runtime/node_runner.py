@@ -286,10 +286,11 @@ class NodeRunner:
         self.origin_ns = message.origin_ns
         self.origin = message.origin = header[ORIGIN]
         mv, nbase = self.mv, self.nbase
-        mv[nbase + N_IN] += count
-        # what a kill would interrupt: the report counts a message whose handler emitted nothing yet as lost
+        # what a kill would interrupt: the report counts a message whose handler emitted nothing yet
+        # as lost. One store takes it from "waiting" (received, not in) to "being handled" (in, not
+        # yet handled through), so no moment between two stores escapes the count
         mv[nbase + N_HANDLING_OUT] = mv[nbase + N_OUT]
-        mv[nbase + N_HANDLING] = count
+        mv[nbase + N_IN] += count
         try:
             if self.join is not None and port in self.join.ports:
                 for event_time, values in self.join.add(port, header[SRC], header[EVENT_TIME], (value, header)):
@@ -301,7 +302,7 @@ class NodeRunner:
         except Exception as exc:
             raise NodeError(f"{type(exc).__name__}: {exc}", node=self.plan.name, port=port,
                             seq=header[SEQ]) from exc
-        mv[nbase + N_HANDLING] = 0
+        mv[nbase + N_HANDLING] = mv[nbase + N_IN]  # handled through here
         inlet = self.alo_inlets.get(port) if self.alo_inlets else None
         if inlet is not None:
             self.handled(inlet, header)

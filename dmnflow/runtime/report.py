@@ -164,7 +164,8 @@ def _lost_in(plan: Plan, layout: Layout, ids: dict[tuple[str, str], int], name: 
     unsent = max(0, counts[b + N_OUT] - accepted)
     if counts[b + N_COMMITTED] >= 0:  # a commit step: everything that came in after the last is lost
         return waiting + counts[b + N_IN] - counts[b + N_COMMITTED] + unsent
-    handling = counts[b + N_HANDLING] if counts[b + N_OUT] == counts[b + N_HANDLING_OUT] else 0
+    being_handled = counts[b + N_IN] - counts[b + N_HANDLING]
+    handling = being_handled if counts[b + N_OUT] == counts[b + N_HANDLING_OUT] else 0
     return waiting + handling + unsent
 
 

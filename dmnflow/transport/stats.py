@@ -229,7 +229,7 @@ class NodeCounts:
 
     messages_in = _Field(N_IN)
     messages_out = _Field(N_OUT)
-    handling = _Field(N_HANDLING)  # messages whose handler is running now (0 between calls)
+    handling = _Field(N_HANDLING)  # `in` when the last handler returned: in - handling are being handled
     handling_out = _Field(N_HANDLING_OUT)  # messages_out when that handler started
     conflated = _Field(N_CONFLATED)
     join_incomplete = _Field(N_JOIN_INCOMPLETE)
