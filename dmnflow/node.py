@@ -188,6 +188,14 @@ class Node:
         """Once, after the last message: every input has ended (or the source's ``run``
         returned). It may still emit; end-of-stream follows what it sends."""
 
+    def commit(self, ctx: Context) -> None:
+        """Make durable what the records handled so far produced (a file sink flushes and
+        syncs its file). The runtime calls it at the end of each turn that handled records,
+        before teardown, and, on an at-least-once input, before it tells the producer they are
+        handled: a kill -9 after it loses nothing (the producer resends the rest), and with the
+        default delivery the report counts what a killed node handled since its last commit as
+        lost by that node. Only a class that defines it is committed."""
+
     def run(self, ctx: Context) -> Iterator[Any] | None:
         """A source's data: best a generator that yields ``(port, value)`` or ``(port, value,
         event_time)`` (or None, to give the worker a turn without emitting); returning ends
@@ -283,6 +291,7 @@ class Context:
         self.batch: list[Message] = []
         self.joined: dict[str, Message] = {}
         self.model = model
+        self.incarnation = 0
         self._emit = emit
         self._alloc = alloc
 

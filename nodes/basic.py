@@ -7,6 +7,7 @@ the framework without any trading logic.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,67 +68,54 @@ class Scale(Node):
 
 
 class Collect(Node):
-    """Keeps every value it receives, and with ``path`` writes each as a JSON line as it goes.
+    """Keeps every value it receives, and writes each as a JSON line to ``path`` as it goes.
 
-    The file is opened at setup (afresh; appended to after a restart) and written every
-    ``flush_every`` records, or at the first record that arrives ``flush_interval_s`` after
-    the last write, in one write each time; teardown writes the rest. So a kill -9 loses at
-    most the records of one flush (at most ``flush_every``, and none older than
-    ``flush_interval_s`` while records keep coming); the file holds every record up to the
-    last flush, in order (docs/runtime.md, "Stopping").
+    Its commit (``Node.commit``: after each turn of the worker, and before an at-least-once
+    input says a record is handled) flushes and syncs the file, so a kill -9 loses only what
+    the report counts as lost by this node, or, at-least-once, nothing: a restarted
+    incarnation appends what the producer sends it again, and drops what it already wrote.
     """
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        path: str | None = Field(None, description="JSON-lines file written as records arrive; none keeps them "
-                                 "in memory only")
-        flush_every: int = Field(1000, ge=1, description="write the file after this many records")
-        flush_interval_s: float = Field(1.0, gt=0, description="write what waits at the first record this long "
-                                        "after the last write")
+        path: str | None = Field(None, description="JSON-lines file written as values arrive; none keeps them in "
+                                                   "memory only")
 
     values = Input(Any)
 
     def setup(self, ctx: Any) -> None:
         self.received: list[Any] = []
-        self.pending: list[str] = []  # JSON lines not yet written
-        self.file: Any = None
-        self.written = 0  # records written to the file by this incarnation
-        p = ctx.params
-        self.flush_every, self.interval_s = p.flush_every, p.flush_interval_s
-        self.due = time.monotonic() + self.interval_s
-        if p.path:
-            out = Path(p.path)
+        self.file = None
+        self.lines: list[str] = []  # written at the commit, all at once: nothing reaches the file before it
+        if ctx.params.path:
+            out = Path(ctx.params.path)
             out.parent.mkdir(parents=True, exist_ok=True)
-            # unbuffered: each flush is one write, so the file ends at a record's end even after a kill
-            self.file = open(out, "ab" if ctx.incarnation else "wb", buffering=0)  # noqa: SIM115 - closed in teardown
+            # a restarted incarnation goes on where the killed one's last commit left the file;
+            # unbuffered: a commit's lines go in one write(2), which a kill -9 cannot cut in half
+            self.file = open(out, "ab" if ctx.incarnation else "wb", buffering=0)  # noqa: SIM115 - teardown
 
     def on_values(self, value: Any, ctx: Any) -> None:
         self.received.append(value)
         if self.file is not None:
-            self.pending.append(json.dumps(value))
-            if len(self.pending) >= self.flush_every or time.monotonic() >= self.due:
-                self.flush()
+            self.lines.append(json.dumps(value) + "\n")
 
-    def flush(self) -> int:
-        """Write the records that wait, in one write; how many. (A commit step can call it.)"""
-        if self.file is None or not self.pending:
-            return 0
-        data = memoryview(("\n".join(self.pending) + "\n").encode("utf-8"))
-        while data:
-            data = data[self.file.write(data):]
-        n = len(self.pending)
-        self.pending = []
-        self.written += n
-        self.due = time.monotonic() + self.interval_s
-        return n
+    def commit(self, ctx: Any) -> None:
+        """Sync what the last commit wrote, then write the new lines, flushed at once (one
+        unbuffered write): the write, which puts them where a kill -9 cannot take them, comes
+        last, so a kill just after it is nearly impossible (it would have them sent again); a
+        machine's loss can cost the last commit's lines."""
+        if self.file is not None:
+            os.fsync(self.file.fileno())
+            data = "".join(self.lines).encode()
+            self.lines.clear()
+            while data:  # (a regular file takes it whole; a short write goes on)
+                data = data[self.file.write(data):]
 
     def teardown(self, ctx: Any) -> None:
         if self.file is not None:
-            try:
-                self.flush()
-            finally:
-                self.file.close()
-                self.file = None
+            self.commit(ctx)
+            os.fsync(self.file.fileno())
+            self.file.close()
 
 
 class Noise(Node):

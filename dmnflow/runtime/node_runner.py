@@ -22,14 +22,14 @@ from ..importing import load_object
 from ..node import Context, Message, Node
 from ..plan import NodePlan
 from ..transport.stats import (
-    ACKED,
+    N_COMMITTED,
     N_CONFLATED,
     N_HANDLING,
     N_HANDLING_OUT,
     N_IN,
     N_JOIN_INCOMPLETE,
     N_OUT,
-    SENT,
+    POS_OUT,
     Counters,
     Histogram,
     Layout,
@@ -175,6 +175,9 @@ class NodeRunner:
         self.alo_inlets: dict[str, Inlet] = {}  # at-least-once inputs: say `done` once handled
         self.custody: list[Any] = []  # at-least-once: (inlet, header, out marks) waiting for downstream
         self.alo_routers: list[Any] = []  # this node's at-least-once outputs (their consumers' `done`)
+        self.commits = self.cls.defines("commit")  # a declared commit step: see Node.commit
+        if not self.commits:
+            self.mv[self.nbase + N_COMMITTED] = -1
         now = time.monotonic()
         self.timers = [[now + period, period, getattr(self.node, f"on_{name}"), name]
                        for name, period in plan_node.timers.items()]
@@ -287,10 +290,11 @@ class NodeRunner:
         self.origin_ns = message.origin_ns
         self.origin = message.origin = header[ORIGIN]
         mv, nbase = self.mv, self.nbase
-        mv[nbase + N_IN] += count
-        # what a kill would interrupt: the report counts a message whose handler emitted nothing yet as lost
+        # what a kill would interrupt: the report counts a message whose handler emitted nothing yet
+        # as lost. One store takes it from "waiting" (received, not in) to "being handled" (in, not
+        # yet handled through), so no moment between two stores escapes the count
         mv[nbase + N_HANDLING_OUT] = mv[nbase + N_OUT]
-        mv[nbase + N_HANDLING] = count
+        mv[nbase + N_IN] += count
         try:
             if self.join is not None and port in self.join.ports:
                 for event_time, values in self.join.add(port, header[SRC], header[EVENT_TIME], (value, header)):
@@ -302,7 +306,7 @@ class NodeRunner:
         except Exception as exc:
             raise NodeError(f"{type(exc).__name__}: {exc}", node=self.plan.name, port=port,
                             seq=header[SEQ]) from exc
-        mv[nbase + N_HANDLING] = 0
+        mv[nbase + N_HANDLING] = mv[nbase + N_IN]  # handled through here
         inlet = self.alo_inlets.get(port) if self.alo_inlets else None
         if inlet is not None:
             self.handled(inlet, header)
@@ -319,21 +323,40 @@ class NodeRunner:
         if not self.alo_routers:
             inlet.handled(header)
             return
-        marks = [(router.mv, router.base[edge] + ACKED, router.mv[router.base[edge] + SENT])
-                 for router in self.alo_routers for edge in router.held]
+        # per output edge: its next sequence number now; everything below it must be handled downstream
+        marks = [(router, edge, router.seq[edge].get(b"", 0)) for router in self.alo_routers for edge in router.held]
         self.custody.append((inlet, header, marks))
 
     def release_custody(self) -> None:
-        """Say `done` upstream for every record whose outputs downstream has handled."""
+        """Say `done` upstream for every record whose outputs downstream has handled, and keep
+        (in the counters file, which outlives a kill) where each output's numbering stood when
+        it was handled: a restarted incarnation, which gets the records after it again, numbers
+        what it emits for them from there, so its consumers recognise what they already have."""
         custody = self.custody
         released = 0
         for inlet, header, marks in custody:
-            if not all(mv[acked] >= sent for mv, acked, sent in marks):
+            if not all(router.done_top[edge] >= mark for router, edge, mark in marks):
                 break
+            for router, edge, mark in marks:
+                router.mv[router.base[edge] + POS_OUT] = mark
             inlet.handled(header)
             released += 1
         if released:
             del custody[:released]
+
+    def commit(self) -> None:
+        """The node's commit step, when it handled records since the last one. They count as
+        committed once it returns; its last act should be the one that puts them where a kill
+        -9 cannot take them (a file's write), since a kill between that and the return counts
+        them lost (or, at-least-once, has them sent again)."""
+        mv, nbase = self.mv, self.nbase
+        handled = mv[nbase + N_IN]
+        if handled != mv[nbase + N_COMMITTED]:
+            try:
+                self.node.commit(self.ctx)
+            except Exception as exc:
+                raise NodeError(f"{type(exc).__name__} in commit: {exc}", node=self.plan.name, port="commit") from exc
+            mv[nbase + N_COMMITTED] = handled
 
     def call_join(self, event_time: Any, group: dict[str, tuple[Any, list[Any]]]) -> None:
         """``on_join`` with one value per input; ``ctx.joined`` holds the message behind each."""
@@ -424,6 +447,8 @@ class NodeRunner:
             return
         self.torn_down = True
         try:
+            if self.commits:  # what the node handled is committed before it is torn down
+                self.commit()
             self.node.teardown(self.ctx)
         except Exception as exc:
             raise NodeError(f"{type(exc).__name__} in teardown: {exc}", node=self.plan.name) from exc

@@ -22,6 +22,7 @@ from ..transport.stats import (
     DECODE_ERRORS,
     DROPPED,
     GAPS,
+    N_COMMITTED,
     N_CONFLATED,
     N_HANDLING,
     N_HANDLING_OUT,
@@ -70,8 +71,9 @@ class EdgeReport:
     decode_errors: int = 0
     restarts_seen: int = 0
     delivery: str = "at-most-once"
-    resent: int = 0  # at-least-once: records sent again to a restarted consumer
-    redelivered: int = 0  # at-least-once: duplicates the consumer dropped by sequence
+    # at-least-once (sent and received count each sequence number once, whichever incarnation):
+    resent: int = 0  # copies sent again: to a restarted consumer, or emitted again by a restarted producer
+    redelivered: int = 0  # copies that arrived again: dropped (handled before) or handed over (a killed one had it)
     unacked: int = 0  # at-least-once: records a live producer still held at the end
     refused: int = 0  # CURVE handshakes the consumer failed (a peer on its producer's address without the key)
     p50_us: float | None = None
@@ -81,10 +83,8 @@ class EdgeReport:
     def lost(self) -> int:
         """Messages that did not arrive: refused at the sender, plus sent but never received
         (whatever a killed worker held in its queues included). Exact once the run has
-        drained. On an at-least-once edge, what its producer still held unhandled at the end
-        (a killed producer's records come again from upstream, which held their inputs)."""
-        if self.delivery == "at-least-once":
-            return self.dropped + self.unacked
+        drained. On an at-least-once edge both count sequence numbers, each once: a record
+        lost is one that never reached any incarnation of the consumer."""
         return self.dropped + max(self.sent - self.received, 0)
 
 
@@ -160,15 +160,23 @@ def _lost_in(plan: Plan, layout: Layout, ids: dict[tuple[str, str], int], name: 
              b: int) -> int:
     """What a killed incarnation of node ``name`` held: messages its inputs had taken but it had
     not handled (a batch, say), the ones it was handling and had emitted nothing for, and an
-    emit its outlet never got."""
+    emit its outlet never got, and what it handled after its last commit (Node.commit). A node
+    whose edges are all at-least-once loses nothing: its producers send it all again."""
+    edges = [e for e in plan.edges if name in (e.src, e.dst)]
+    if edges and all(e.delivery == "at-least-once" for e in edges):
+        return 0
     taken = -counts[b + N_CONFLATED]
     for e in plan.edges:
         if e.dst == name:
             taken += counts[layout.edge(e.id) + RECEIVED] - counts[layout.edge(e.id) + DECODE_ERRORS]
     waiting = max(0, taken - counts[b + N_IN])
-    handling = counts[b + N_HANDLING] if counts[b + N_OUT] == counts[b + N_HANDLING_OUT] else 0
     accepted = sum(counts[layout.output(ids[(name, o.port)])] for o in plan.node(name).outputs)
-    return waiting + handling + max(0, counts[b + N_OUT] - accepted)
+    unsent = max(0, counts[b + N_OUT] - accepted)
+    if counts[b + N_COMMITTED] >= 0:  # a commit step: everything that came in after the last is lost
+        return waiting + counts[b + N_IN] - counts[b + N_COMMITTED] + unsent
+    being_handled = counts[b + N_IN] - counts[b + N_HANDLING]
+    handling = being_handled if counts[b + N_OUT] == counts[b + N_HANDLING_OUT] else 0
+    return waiting + handling + unsent
 
 
 def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str, code: int, duration_s: float,
@@ -247,8 +255,9 @@ def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str,
                     for out in plan.node(name).outputs:
                         accepted = counts[layout.output(ids[(name, out.port)])]
                         for bind in out.binds:
-                            if bind.pattern != "push" or not bind.edges:
-                                continue
+                            if bind.pattern != "push" or not bind.edges \
+                                    or plan.edges[bind.edges[0]].delivery == "at-least-once":
+                                continue  # (at-least-once edges never coalesce; a restart emits again)
                             went = sum(counts[layout.edge(e) + SENT] + counts[layout.edge(e) + DROPPED]
                                        for e in bind.edges)
                             held = accepted - went

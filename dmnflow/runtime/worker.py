@@ -42,7 +42,7 @@ from ..observe.taps import Taps
 from ..plan import RUN_DIR, Plan
 from ..transport import Counters, Flusher, Inlet, Link, Outlet
 from ..transport.security import RUN_KEY, RUN_KEYS, Curve, KeyError_, Watch, load_curve
-from ..transport.stats import B_DISCONNECTS, B_REFUSED, N_HANDLING, N_HANDLING_OUT, N_OUT, REFUSED
+from ..transport.stats import B_DISCONNECTS, B_REFUSED, N_HANDLING, N_HANDLING_OUT, N_IN, N_OUT, POSITIONS, REFUSED
 from ..transport.wire import read_token, shm_tag
 from . import protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
@@ -139,6 +139,9 @@ class Worker:
             self.curve().dial(self.control, server_key)
         self.control.connect(control)
         self.counters = Counters(layout_of(self.plan), counters_path(run_dir, process, inc))
+        if inc > 0:  # at-least-once positions survive a restart: the predecessor's file has them
+            before = Counters.read(counters_path(run_dir, process, inc - 1), self.counters.layout)
+            carry_positions(self.counters, before)
         self.link = Link(self.zctx, run_dir, self.token, shm_tag(self.token), self.counters)
         self.watch = Watch()
         self.auth: Any = None
@@ -361,6 +364,7 @@ class Worker:
         coalescing = flusher.routers
         alo = [r for r in self.runners if r.alo_inlets]
         alo_inlets = [i for r in alo for i in r.alo_inlets.values()]
+        committing = [r for r in self.runners if r.commits]  # their commit step, after each turn that handled
         # latency mode: when every node of the process is `busy`, the loop never sleeps in poll;
         # it spins on its (pinned) core, so a message is read when it lands, without a wake-up
         spin = all(r.plan.busy for r in self.runners)
@@ -409,6 +413,8 @@ class Worker:
             for _, inlet in self.inlets:  # arrays over shared memory were dropped: give the slots back
                 if inlet.shm.frees:
                     inlet.send_frees()
+            for runner in committing:  # before `done`: a record is handled once what it made is durable
+                runner.commit()
             if alo:  # at-least-once: say `done` for what is handled (downstream included)
                 for runner in alo:
                     if runner.custody:
@@ -457,7 +463,7 @@ class Worker:
         layout = self.counters.layout
         for runner in self.runners:
             b = layout.node(runner.index)
-            if mv[b + N_HANDLING] and mv[b + N_OUT] == mv[b + N_HANDLING_OUT]:
+            if mv[b + N_IN] != mv[b + N_HANDLING] and mv[b + N_OUT] == mv[b + N_HANDLING_OUT]:
                 return True
         return False
 
@@ -578,6 +584,17 @@ def _user_traceback(exc: BaseException) -> str:
     return ("Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
             + "".join(traceback.format_exception_only(type(cause), cause)))
 
+
+def carry_positions(counters: Counters, before: list[int] | None) -> None:
+    """Copy the at-least-once positions of every edge from the previous incarnation's counts
+    (its file outlives a kill -9: the kernel keeps a mapped file's pages)."""
+    if before is None:
+        return
+    layout = counters.layout
+    for e in range(layout.edges):
+        base = layout.edge(e)
+        for field in POSITIONS:
+            counters.mv[base + field] = before[base + field]
 
 def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
     """``argv``: RUN_DIR PROCESS INC SUPERVISOR_PID; ``plan``: the plan already read (a worker

@@ -25,7 +25,7 @@ from ..errors import DecodeError
 from ..plan import ConnectPlan
 from .link import Link, hello_msg, zmq_errors
 from .shm import ShmMaps, lease_key, segment_prefix
-from .stats import DECODE_ERRORS, GAPS, RECEIVED, REDELIVERED, RESTARTS_SEEN, EdgeStats
+from .stats import DECODE_ERRORS, GAPS, POS_DONE, POS_RECEIVED, RECEIVED, REDELIVERED, RESTARTS_SEEN, EdgeStats
 from .wire import (
     BATCH,
     CONTROL_PREFIX,
@@ -64,11 +64,12 @@ class _Source:
     inc: int = -1
     next_seq: dict[bytes, int] = field(default_factory=dict)
     ended: bool = False
-    last: int = -1  # at-least-once: the highest sequence handed over
-    # at-least-once: the sequences handed over, from `last - window` up (duplicates are dropped).
-    # A set, not a high-water mark: a restarted consumer may get new records before the
-    # producer has read its hello and resent the older ones it holds
-    seen: set[int] = field(default_factory=set)
+    # at-least-once: the highest sequence handed over (to this incarnation, or handled by an
+    # earlier one: a restarted consumer starts at its predecessor's last `done`). An edge's
+    # sequence is stable across both ends' restarts and arrives in order (a producer sends to a
+    # consumer incarnation only after its hello, what it holds first), so anything at or below
+    # it is a duplicate, dropped
+    last: int = -1
 
 
 class Inlet:
@@ -92,14 +93,14 @@ class Inlet:
         self.feedback = feedback
         self.max_bytes = max_bytes
         self.alo = delivery == "at-least-once"
-        # a producer holds at most `queue` records it has not heard handled: what it can resend
-        # lies within the last 2 * queue sequences (in flight included) of what it sent
-        self.window = 2 * queue
         mv = self.mv = link.counters.mv
         layout = link.counters.layout
         self.base = {c.edge: layout.edge(c.edge) for c in connects}
         self.stats: dict[int, EdgeStats] = {c.edge: EdgeStats(mv, self.base[c.edge]) for c in connects}
         self.sources: dict[int, _Source] = {src_of_edge[c.edge]: _Source(c.edge) for c in connects}
+        if self.alo:
+            for source in self.sources.values():
+                source.last = mv[self.base[source.edge] + POS_DONE] - 1
         self.src_of_edge = src_of_edge
         self.shm_prefix = {src_of_edge[c.edge]: segment_prefix(link.tag, src_of_edge[c.edge]) for c in connects}
         self.open: set[int] = {c.edge for c in connects}
@@ -109,6 +110,9 @@ class Inlet:
         self.socks: list[zmq.Socket] = []
         self.dealers: list[tuple[zmq.Socket, int]] = []
         self.streams: dict[zmq.Socket, list[Any]] = {}  # XSUB -> [edge, route length, consumed, reported, window]
+        # push edges: DEALER -> [edge, records taken from the producer's incarnation, reported, step]
+        # (a block producer sends only while what it sent us, less what we report taken, fits `queue`)
+        self.took: dict[zmq.Socket, list[int]] = {}
         self.edge_of_sock: dict[zmq.Socket, int] = {}
         self.connects = connects
         self.queue = queue
@@ -138,8 +142,9 @@ class Inlet:
                 dealer.setsockopt(zmq.LINGER, 1000 if self.alo else 0)
                 dealer.setsockopt(zmq.RCVHWM, c.hwm)
                 dealer.setsockopt(zmq.MAXMSGSIZE, cap)
-                dealer.setsockopt(zmq.IDENTITY, identity(link.token, consumer, c.edge))
+                dealer.setsockopt(zmq.IDENTITY, identity(link.token, consumer, c.edge, inc))
                 self._dial(dealer, c)
+                self.took[dealer] = [c.edge, 0, 0, max(1, queue // 8)]
                 self.socks.append(dealer)
                 self.dealers.append((dealer, c.edge))
                 self.edge_of_sock[dealer] = c.edge
@@ -212,6 +217,7 @@ class Inlet:
         """Up to about ``limit`` decoded records waiting on ``sock``: ``(value, header)`` pairs."""
         recv = sock.recv
         stream = self.streams.get(sock)
+        took = self.took.get(sock)
         strip = stream[1] if stream is not None else 0
         expected_edge = self.edge_of_sock.get(sock)
         count = 0
@@ -271,6 +277,8 @@ class Inlet:
                     self._incarnation(source, header[INC], base)
                     if stream is not None and source.inc >= 0:  # a restarted producer counts our credit anew
                         stream[2], stream[3] = 1, 0
+                    if took is not None:
+                        took[1] = took[2] = 0
                 if header[KIND] == EOS:
                     if not eos_trusted(header, self.link.token):
                         mv[base + DECODE_ERRORS] += 1  # an end from a peer the plan does not know ends nothing
@@ -279,29 +287,34 @@ class Inlet:
                         self._end(source, header[META], topic_filter=self.topics)
                     self._ack(source.edge, sock)
                     continue
+                if took is not None:
+                    took[1] += 1
                 seq = header[SEQ]
                 if self.alo:
-                    seen = source.seen
-                    if seq in seen or seq < source.last - self.window:
-                        mv[base + REDELIVERED] += 1  # resent to us, but we had it: handled once
+                    last = source.last
+                    if seq <= last:  # resent to us, or emitted again by a restarted producer: handled once
+                        mv[base + REDELIVERED] += 1
+                        done = mv[base + POS_DONE] - 1
+                        if seq <= done and source.edge not in self.done_pending:
+                            self.done_pending[source.edge] = done  # so its producer lets go of it
                         continue
-                    seen.add(seq)
-                    if seq > source.last:
-                        source.last = seq
-                    if len(seen) > 4 * self.window:  # forget what no producer can still hold
-                        floor = source.last - self.window
-                        source.seen = {q for q in seen if q >= floor}
-                    key = b""
+                    if seq < mv[base + POS_RECEIVED]:  # a killed incarnation of ours had it, not handled
+                        mv[base + REDELIVERED] += 1
+                    else:
+                        mv[base + RECEIVED] += 1
+                        mv[base + POS_RECEIVED] = seq + 1
+                    if seq > last + 1:
+                        mv[base + GAPS] += seq - last - 1
+                    source.last = seq
+                    source.next_seq[b""] = seq + 1
                 else:
-                    key = topic
-                expected = source.next_seq.get(key)
-                if expected is None:
-                    expected = seq if self.baseline else 0
-                if seq >= expected:  # (lower: an at-least-once resend overtaken by newer records)
+                    expected = source.next_seq.get(topic)
+                    if expected is None:
+                        expected = seq if self.baseline else 0
                     if seq > expected:
                         mv[base + GAPS] += seq - expected
-                    source.next_seq[key] = seq + 1
-                mv[base + RECEIVED] += 1
+                    source.next_seq[topic] = seq + 1
+                    mv[base + RECEIVED] += 1
                 self.stats[source.edge].latency.add(now - header[SEND_NS])
                 if header[EVENT_TIME] is not None and not self._time_ok(header[EVENT_TIME]):
                     mv[base + DECODE_ERRORS] += 1
@@ -328,6 +341,8 @@ class Inlet:
         finally:
             if stream is not None and stream[2] - stream[3] >= stream[4]:
                 self._credit(sock, stream)
+            if took is not None and took[1] - took[2] >= took[3]:
+                self._took(sock, took)
 
     def _time_ok(self, event_time: Any) -> bool:
         kind = str if type(event_time) is str else float
@@ -346,6 +361,15 @@ class Inlet:
         stream[3] = stream[2]
         with contextlib.suppress(zmq.ZMQError):
             sock.send(RAW + control(b"credit", stream[0], self.link.token, self.inc, stream[2]), zmq.NOBLOCK)
+
+    def _took(self, sock: zmq.Socket, took: list[int]) -> None:
+        """Tell a push producer how many of its records reached us (its credit on a block edge)."""
+        took[2] = took[1]
+        source = self.sources.get(self.src_of_edge[took[0]])
+        if source is None or source.inc < 0:
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            sock.send(control(b"took", took[0], self.link.token, source.inc, took[1]), zmq.NOBLOCK)
 
     def _batch(self, sock: zmq.Socket, batch: list[Any], now: int) -> Iterator[tuple[Any, list[Any]]]:
         """The records of one coalesced message, each handed over as if it came alone: the
@@ -366,6 +390,12 @@ class Inlet:
         base = self.base[source.edge]
         if inc != source.inc:
             self._incarnation(source, inc, base)
+            took = self.took.get(sock)
+            if took is not None:
+                took[1] = took[2] = 0
+        took = self.took.get(sock)
+        if took is not None:
+            took[1] += len(records)
         next_seq = source.next_seq
         decoder = self.decoders[source.edge]
         latency = self.stats[source.edge].latency
@@ -401,10 +431,13 @@ class Inlet:
         return len(records)
 
     def _incarnation(self, source: _Source, inc: int, base: int) -> None:
-        """The producer came back (a restart): it counts from zero again."""
+        """The producer came back (a restart): it counts from zero again (at-least-once: it
+        goes on with the edge's one sequence)."""
         if source.inc >= 0:
             self.mv[base + RESTARTS_SEEN] += 1
-        source.inc, source.next_seq, source.last, source.seen = inc, {}, -1, set()
+        source.inc = inc
+        if not self.alo:
+            source.next_seq = {}
 
     def _end(self, source: _Source, totals: dict[bytes, int], topic_filter: tuple[bytes, ...]) -> None:
         base = self.base[source.edge]
@@ -424,9 +457,7 @@ class Inlet:
         """At-least-once: the worker has handled this record (its own at-least-once outputs
         included); ``send_done`` tells the producer."""
         source = self.sources.get(header[SRC])
-        # a record of an earlier incarnation of the producer: its sequence numbers mean nothing
-        # to the one now connected, which holds its own (a `done` for it would release them)
-        if source is not None and header[INC] == source.inc:
+        if source is not None:  # (the sequence is the edge's, whichever incarnation of the producer sent it)
             self.done_pending[source.edge] = header[SEQ]
 
     def send_done(self, upto: dict[int, int] | None = None) -> None:
@@ -434,7 +465,10 @@ class Inlet:
         if not pending:
             return
         dealer_of = {e: d for d, e in self.dealers}
+        mv, base = self.mv, self.base
         for edge, seq in pending.items():
+            if seq >= mv[base[edge] + POS_DONE]:  # kept before it is said: a restarted consumer starts here
+                mv[base[edge] + POS_DONE] = seq + 1
             dealer = dealer_of.get(edge)
             if dealer is not None:
                 with contextlib.suppress(zmq.ZMQError):

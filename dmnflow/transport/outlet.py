@@ -55,7 +55,7 @@ from ..codecs import Encoder
 from ..plan import BindPlan, EdgePlan
 from .link import Link, bind_socket, send_parts
 from .shm import ShmPool, lease_key, segment_prefix
-from .stats import ACKED, B_JUNK, B_REFUSED, DROPPED, RESENT, SENT, EdgeStats
+from .stats import ACKED, B_JUNK, B_REFUSED, DROPPED, POS_OUT, POS_SENT, RESENT, SENT, EdgeStats
 from .wire import (
     BATCH,
     CONTROL_MAX,
@@ -68,6 +68,7 @@ from .wire import (
     TOPIC,
     eos_header,
     identity,
+    identity_base,
     parse_control,
     route_prefix,
 )
@@ -141,7 +142,7 @@ class Outlet:
             if bind.pattern == "push":
                 sock.setsockopt(zmq.SNDHWM, bind.hwm)  # in messages: the compiler counted coalescing in
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone consumer is an error, not a drop
-                sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted consumer takes its name back
+                sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a consumer that reconnects (same incarnation) keeps its name
                 sock.setsockopt(zmq.RCVHWM, CONTROL_HWM)
             else:
                 sock.setsockopt(zmq.SNDHWM, bind.hwm)
@@ -453,13 +454,29 @@ class _Router:
         self.pending_bytes = 0
         self.pending_since = 0
         self.last_ns = 0
-        self.expected = {identity(link.token, e.dst, e.id): e.id for e in edges}
+        # a consumer's identity names its incarnation: the name without it says which edge it is
+        self.expected = {identity_base(identity(link.token, e.dst, e.id))[0]: e.id for e in edges}  # type: ignore[index]
         self.peers: dict[int, bytes] = {}  # edge -> the consumer's DEALER identity, once it said hello
         self.peer_inc: dict[int, int] = {}
+        # block edges run on credit: fewer than 2 x `queue` records (a queue's worth in each end's
+        # socket) sent to one consumer incarnation and not yet reported taken (``took``), so a kill
+        # of it loses at most that many (and one coalesced batch) in the sockets. Not inside one
+        # process: there the consumer runs in our own loop, and a bound could only deadlock
+        self.window = {e.id: 2 * e.queue for e in edges if e.policy == "block" and e.transport != "inproc"}
+        self.out: dict[int, int] = dict.fromkeys(self.window, 0)  # sent to the current incarnation
+        self.took: dict[int, int] = dict.fromkeys(self.window, 0)  # what it says reached it
         self.acked: set[int] = set()
         self.order: list[int] = []
         self.next = 0
         self.seq: dict[int, dict[bytes, int]] = {e: {} for e in self.edges}
+        # at-least-once: one sequence per edge, stable across this node's restarts. A restarted
+        # incarnation numbers from where the predecessor stood when it handled the last input it
+        # said `done` for (the records after it come again, and are emitted again under the same
+        # numbers); below the predecessor's highest, a send is a resend, not a new record
+        self.done_top: dict[int, int] = {}  # per held edge: every sequence below it is handled downstream
+        for e in self.held:
+            start = self.mv[self.base[e] + POS_OUT]
+            self.seq[e][b""] = self.done_top[e] = start
 
     def service(self) -> None:
         expected, token, edges = self.expected, self.link.token, self.edges
@@ -468,21 +485,33 @@ class _Router:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            edge = expected.get(frames[0]) if len(frames) == 2 else None
+            named = identity_base(frames[0]) if len(frames) == 2 else None
+            edge = expected.get(named[0]) if named is not None else None
             ctl = parse_control(frames[1], token, edges) if edge is not None else None
             if ctl is None or ctl.edge != edge:  # a peer the plan does not know, or not its edge
                 _junk(self.link, self.bind)
                 continue
             verb = ctl.verb
+            peer_inc = named[1]  # type: ignore[index]
+            current = self.peer_inc.get(edge, -1)
             if verb == b"hello":
                 inc = ctl.args[0]
-                again = edge in self.peer_inc and self.peer_inc[edge] != inc
-                self.peers[edge], self.peer_inc[edge] = frames[0], inc
-                self.order = sorted(self.peers)
-                if again and edge in self.held:  # a restarted consumer: what it had not handled, again
-                    self.resend(edge)
+                if inc != peer_inc:  # a hello names the incarnation its identity names
+                    _junk(self.link, self.bind)
+                elif inc > current:  # (an older one's late hello changes nothing)
+                    self.peers[edge], self.peer_inc[edge] = frames[0], inc
+                    self.order = sorted(self.peers)
+                    self.acked.discard(edge)  # a new incarnation has not seen our end
+                    if edge in self.window:
+                        self.out[edge] = self.took[edge] = 0  # its credit starts afresh
+                    if current >= 0 and edge in self.held:  # a restarted consumer: what it had not handled, again
+                        self.resend(edge)
+            elif verb == b"took":
+                if peer_inc == current and ctl.args[0] == self.inc and edge in self.window:
+                    self.took[edge] = max(self.took[edge], ctl.args[1])
             elif verb == b"ack":
-                self.acked.add(edge)
+                if peer_inc == current:
+                    self.acked.add(edge)
             elif verb == b"free":
                 if self.pool is not None:
                     self.pool.free(*ctl.args)
@@ -493,6 +522,8 @@ class _Router:
                     records.popleft()
                     n += 1
                 self.mv[self.base[edge] + ACKED] += n
+                if upto >= self.done_top[edge]:
+                    self.done_top[edge] = upto + 1
 
     def resend(self, edge: int) -> None:
         """Every record the consumer had not handled, in order, to its new incarnation."""
@@ -507,6 +538,8 @@ class _Router:
                     self.sock.poll(self.room_ms, zmq.POLLOUT)
             send_parts(self.sock, parts, 0)
             self.mv[self.base[edge] + RESENT] += 1
+            if edge in self.window:
+                self.out[edge] += 1
 
     def send(self, topic: bytes, frames: list[Any], origin_ns: int, origin: int, now: int, event_time: Any,
              meta: Any, attrs: Any) -> None:
@@ -581,10 +614,14 @@ class _Router:
         while True:
             for i in range(n):
                 edge = self.order[(self.next + i) % n]
+                if edge in self.window and not self.room(edge):
+                    continue  # no credit: what it has not taken fills its window
                 try:
                     self.sock.send(self.peers[edge], _MORE | _NOWAIT)
                 except zmq.ZMQError:  # full (EAGAIN) or gone (EHOSTUNREACH): try the next consumer
                     continue
+                if edge in self.window:
+                    self.out[edge] += len(records)
                 seqs = self.seq[edge]
                 for record in records:
                     topic = record[TOPIC]
@@ -605,11 +642,20 @@ class _Router:
                     mv[base[e] + DROPPED] += len(records)
                 return
 
+    def room(self, edge: int) -> bool:
+        """Whether a block edge's consumer has credit: fewer than ``2 x queue`` records sent to
+        it and not reported taken (a coalesced batch may then go past that by the batch less
+        one). The consumer reports every ``queue / 8``, so a full window always brings a
+        report: no deadlock."""
+        return self.out[edge] - self.took[edge] < self.window[edge]
+
     def wait_for_room(self) -> None:
         """Every consumer is full (or gone): back-pressure. Wait until one has room (a
         mandatory ROUTER polls writable then) or says something (a restarted consumer's
-        hello, a free, an ack, a done), then read what it said."""
-        self.sock.poll(self.room_ms, zmq.POLLIN | zmq.POLLOUT)
+        hello, its credit, a free, an ack, a done), then read what it said. While every
+        consumer is only out of credit, only what it says can help: wait for that alone."""
+        starved = bool(self.window) and all(e in self.window and not self.room(e) for e in self.order)
+        self.sock.poll(self.room_ms, zmq.POLLIN if starved else zmq.POLLIN | zmq.POLLOUT)
         self.service()
 
     def send_one(self, topic: bytes, frames: list[Any], rest: tuple[Any, ...], defer: bool = False) -> bool:
@@ -637,10 +683,13 @@ class _Router:
             seq = seqs.get(topic, 0)
             body = topic + SEP + packer.pack((DATA, src, inc, seq, *rest, frames[0]))
             sock, peer = self.sock, self.peers[edge]
+            credit = edge in self.window
             while True:
                 try:
+                    if credit and not self.room(edge):
+                        raise zmq.Again()
                     sock.send(peer, _MORE | _NOWAIT)
-                except zmq.ZMQError:  # full (EAGAIN) or gone (EHOSTUNREACH)
+                except zmq.ZMQError:  # full (EAGAIN), out of credit, or gone (EHOSTUNREACH)
                     if not self.block:
                         mv[base[edge] + DROPPED] += 1
                         return True
@@ -654,6 +703,8 @@ class _Router:
                 mv[base[edge] + SENT] += 1  # counted before it goes: the rest of a message cannot fail
                 sock.send(body, 0)
                 seqs[topic] = seq + 1
+                if credit:
+                    self.out[edge] += 1
                 return True
         n = len(self.order)
         while True:
@@ -662,6 +713,9 @@ class _Router:
                 hold = held.get(edge) if held else None
                 if hold is not None and len(hold.records) >= hold.window:
                     continue  # it has not handled what it holds: no room
+                credit = edge in self.window
+                if credit and not self.room(edge):
+                    continue  # no credit: what it has not taken fills its window
                 seqs = self.seq[edge]
                 key = b"" if hold is not None else topic  # at-least-once: one sequence per edge, for `done`
                 seq = seqs.get(key, 0)
@@ -670,9 +724,17 @@ class _Router:
                 except zmq.ZMQError:  # full (EAGAIN) or gone (EHOSTUNREACH): try the next consumer
                     continue
                 parts = message(topic, packer, (DATA, src, inc, seq, *rest), frames)
-                mv[base[edge] + SENT] += 1  # counted before it goes: the rest of a message cannot fail
+                if hold is None:
+                    mv[base[edge] + SENT] += 1  # counted before it goes: the rest of a message cannot fail
+                elif seq < mv[base[edge] + POS_SENT]:
+                    mv[base[edge] + RESENT] += 1  # a restarted producer emits again what it had sent
+                else:
+                    mv[base[edge] + SENT] += 1
+                    mv[base[edge] + POS_SENT] = seq + 1
                 send_parts(self.sock, parts, 0)
                 seqs[key] = seq + 1
+                if credit:
+                    self.out[edge] += 1
                 self.next = (self.next + i + 1) % n
                 if hold is not None:  # kept as bytes: the node may change its array once emit returns
                     hold.records.append((seq, [p if type(p) is bytes else memoryview(p).tobytes() for p in parts]))

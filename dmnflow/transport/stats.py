@@ -21,12 +21,20 @@ __all__ = ["EDGE_FIELDS", "NODE_FIELDS", "Counters", "EdgeStats", "Histogram", "
 
 # per edge: the producer fills the first group, the consumer the second
 EDGE_FIELDS = ("sent", "dropped", "resent", "received", "gaps", "decode_errors", "restarts_seen", "redelivered",
-               "acked", "refused")
+               "acked", "pos_sent", "pos_out", "pos_received", "pos_done", "refused")
 SENT, DROPPED, RESENT, RECEIVED, GAPS, DECODE_ERRORS, RESTARTS_SEEN, REDELIVERED, ACKED = range(9)
-REFUSED = 9  # CURVE handshakes the consumer failed with whatever answered at its producer's address
-# per node instance
-NODE_FIELDS = ("in", "out", "handling", "handling_out", "conflated", "join_incomplete")
-N_IN, N_OUT, N_HANDLING, N_HANDLING_OUT, N_CONFLATED, N_JOIN_INCOMPLETE = range(len(NODE_FIELDS))
+# at-least-once positions (sequence numbers + 1), carried from each incarnation to the next (the
+# worker copies them from its predecessor's file at start): not counts, never summed. Producer:
+# the highest sent, and its next sequence number when the input it last said `done` for was
+# handled (where a restarted one numbers again); consumer: the highest received, and handled
+# (written before each `done`, after the node's commit)
+POS_SENT, POS_OUT, POS_RECEIVED, POS_DONE = range(9, 13)
+POSITIONS = (POS_SENT, POS_OUT, POS_RECEIVED, POS_DONE)
+REFUSED = 13  # CURVE handshakes the consumer failed with whatever answered at its producer's address
+# per node instance; "committed": `in` as the node's last commit began (a kill loses what came in
+# after it; one store per record, so no moment in between escapes the count), -1 without a commit step
+NODE_FIELDS = ("in", "out", "handling", "handling_out", "conflated", "join_incomplete", "committed")
+N_IN, N_OUT, N_HANDLING, N_HANDLING_OUT, N_CONFLATED, N_JOIN_INCOMPLETE, N_COMMITTED = range(len(NODE_FIELDS))
 # per bound socket: frames from peers the plan does not know; handshakes refused (CURVE);
 # connections that ended before the output's end went out (a consumer that died, an outside subscriber
 # that left, or a peer whose frame broke the protocol: an oversize one ends its connection, and what
@@ -225,7 +233,7 @@ class NodeCounts:
 
     messages_in = _Field(N_IN)
     messages_out = _Field(N_OUT)
-    handling = _Field(N_HANDLING)  # messages whose handler is running now (0 between calls)
+    handling = _Field(N_HANDLING)  # `in` when the last handler returned: in - handling are being handled
     handling_out = _Field(N_HANDLING_OUT)  # messages_out when that handler started
     conflated = _Field(N_CONFLATED)
     join_incomplete = _Field(N_JOIN_INCOMPLETE)

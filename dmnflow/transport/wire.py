@@ -9,9 +9,11 @@ frame costs pyzmq microseconds. The inlet appends the topic to the header, as an
 field, for the handler. Topics starting with ``\\x00`` are the runtime's. A consumer talks back to its
 producer with short control messages ``\\x00<verb>/<edge>/<token>[/<args>]``: ``hello``
 (here I am), ``ack`` (I have your end-of-stream), ``free`` (a shared-memory slot is
-unused again), ``credit`` (I have consumed this many: room for more) and ``done``
-(at-least-once: I have handled up to this sequence number). ``hello`` and ``credit`` carry
-the consumer's incarnation, so a restarted consumer's credit starts afresh. The token is the run's secret
+unused again), ``credit`` (on a stream port: I have consumed this many: room for more),
+``took`` (the same on a push edge: this many of your incarnation's records reached me) and
+``done`` (at-least-once: I have handled up to this sequence number). ``hello`` and
+``credit`` carry the consumer's incarnation (a push consumer's is in its identity too), so a
+restarted consumer's credit starts afresh. The token is the run's secret
 (``run_token``): a message without it comes from a peer the plan does not know, and is
 counted as junk, never obeyed.
 """
@@ -121,7 +123,7 @@ def eos_trusted(header: list[Any], token: bytes) -> bool:
 
 # ---------------------------------------------------------------- control messages, consumer -> producer
 
-VERBS = (b"hello", b"ack", b"free", b"credit", b"done")
+VERBS = (b"hello", b"ack", b"free", b"credit", b"done", b"took")
 
 
 def control(verb: bytes, edge: int, token: bytes, *args: int) -> bytes:
@@ -137,7 +139,7 @@ class Control:
         self.verb, self.edge, self.args = verb, edge, args
 
 
-_ARITY = {b"hello": 1, b"ack": 0, b"free": 2, b"credit": 2, b"done": 1}
+_ARITY = {b"hello": 1, b"ack": 0, b"free": 2, b"credit": 2, b"done": 1, b"took": 2}
 
 
 def parse_control(body: bytes, token: bytes, edges: Any) -> Control | None:
@@ -186,7 +188,17 @@ def shm_tag(token: bytes) -> str:
     return hmac.new(token, b"shm", "sha256").hexdigest()[:12]
 
 
-def identity(token: bytes, name: str, edge: int) -> bytes:
-    """A consumer's DEALER identity: unguessable without the token, so no peer can take over
-    a consumer's place on a push edge (ROUTER_HANDOVER hands a name to whoever shows it)."""
-    return hmac.new(token, name.encode(), "sha256").hexdigest()[:16].encode() + b"/%d" % edge
+def identity(token: bytes, name: str, edge: int, inc: int = 0) -> bytes:
+    """A consumer's DEALER identity on ``edge`` in its incarnation ``inc``: unguessable without
+    the token, so no peer can take a consumer's place on a push edge. Each incarnation has a
+    name of its own, so a producer never sends to a restarted consumer before it has said
+    hello (what went to the dead one is counted against the dead one, never handed over)."""
+    return hmac.new(token, name.encode(), "sha256").hexdigest()[:16].encode() + b"/%d/%d" % (edge, inc)
+
+
+def identity_base(peer: bytes) -> tuple[bytes, int] | None:
+    """``identity``'s name without its incarnation, and the incarnation; None when malformed."""
+    base, sep, inc = peer.rpartition(b"/")
+    if not sep or not inc.isdigit() or len(inc) > 10:
+        return None
+    return base, int(inc)

@@ -38,6 +38,9 @@ class Tap(Collect):
         self.file.write(f"{value}\n")
         self.file.flush()
 
+    def commit(self, ctx: Any) -> None:
+        """Nothing to do: each value is flushed as it arrives."""
+
     def teardown(self, ctx: Any) -> None:
         self.file.close()
 

@@ -235,8 +235,7 @@ def test_the_quickstart_graph_compiles_from_the_repo_root(monkeypatch):
     monkeypatch.setenv("DMNFLOW_OUT", "/tmp/dmnflow-test-out")
     plan = dmnflow.compile_graph("graphs/quickstart.yaml")
     assert plan.order == ["counter", "scale", "sink"]
-    assert plan.node("sink").params == {"path": "/tmp/dmnflow-test-out/quickstart.jsonl", "flush_every": 1000,
-                                        "flush_interval_s": 1.0}
+    assert plan.node("sink").params == {"path": "/tmp/dmnflow-test-out/quickstart.jsonl"}
     assert plan.node("counter").loc == "graphs/quickstart.yaml:12:3"
 
 

@@ -14,7 +14,8 @@ from dmnflow.node import Tensor
 from dmnflow.plan import BindPlan, CoalescePlan, ConnectPlan, EdgePlan, push_hwm
 from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
 from dmnflow.transport.shm import ShmMaps, ShmPool, lease_key, lease_mac, segment_prefix
-from dmnflow.transport.wire import EOS, SEP, control, eos_header
+from dmnflow.transport.stats import POS_DONE, POS_RECEIVED
+from dmnflow.transport.wire import EOS, SEP, control, eos_header, identity
 
 EDGE, SRC = 7, 3
 TOKEN = b"0123456789abcdef0123456789abcdef"
@@ -37,9 +38,10 @@ def make_link(ctx) -> Link:
 
 
 def edge_plan(pattern: str, *, policy: str = "drop", queue: int = 1000, delivery: str = "at-most-once",
-              topics: list[str] | None = None, group: str | None = None, edge: int = EDGE) -> EdgePlan:
+              topics: list[str] | None = None, group: str | None = None, edge: int = EDGE,
+              transport: str = "inproc") -> EdgePlan:
     return EdgePlan(id=edge, src="p", src_port="out", dst="c", dst_port="in", type="any", codec="raw",
-                    transport="inproc", endpoint="", bind="b", pattern=pattern, policy=policy, queue=queue,
+                    transport=transport, endpoint="", bind="b", pattern=pattern, policy=policy, queue=queue,
                     topics=topics or [], feedback=False, delivery=delivery, group=group)
 
 
@@ -49,7 +51,7 @@ def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, p
     """An Outlet bound to ``endpoint`` and an Inlet connected to it, the consumer joined; the
     sockets' high-water marks and coalescing as the compiler sets them."""
     link = link or make_link(ctx)
-    plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery)
+    plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery, transport=transport)
     co = COALESCE if coalesce and pattern == "push" and delivery != "at-least-once" else None
     send_hwm = 2 * hwm + 64 if pattern == "stream" else push_hwm(hwm, co) if pattern == "push" else hwm
     receive_hwm = hwm + 64 if pattern == "stream" else hwm if pattern == "pub" else \
@@ -751,35 +753,41 @@ def test_a_restarted_consumer_on_a_stream_port_gets_credit_afresh(ctx):
     second.close()
 
 
-def test_a_restarted_consumer_takes_resends_that_come_after_newer_records(ctx):
-    """At-least-once: a restarted consumer may get the producer's new records before the
-    producer has read its hello and resent what it holds (older sequences). Those are not
-    duplicates: each is handed over once, a real duplicate is dropped and counted, nothing
-    is counted as a gap, and a `done` only ever names the producer incarnation now connected."""
-    outlet, inlet = wire(ctx, "raw", bytes, "inproc://alo-race", "push", policy="block", delivery="at-least-once",
-                         inc=1)
+def test_at_least_once_sequences_belong_to_the_edge_across_both_ends_restarts(ctx):
+    """At-least-once: a restarted consumer starts where its predecessor had handled (its
+    positions, carried in the counters file), a restarted producer emits again under the same
+    sequence numbers; what was had is dropped (handled once), what a killed incarnation had
+    received but not handled is handed over again, and each sequence number counts once as
+    received, whichever incarnation of either end it came from."""
+    link = make_link(ctx)
+    base = link.counters.layout.edge(EDGE)
+    link.counters.mv[base + POS_DONE] = 9  # the killed predecessor had handled up to 8 ...
+    link.counters.mv[base + POS_RECEIVED] = 10  # ... and received up to 9
+    outlet, inlet = wire(ctx, "raw", bytes, "inproc://alo-restart", "push", policy="block",
+                         delivery="at-least-once", inc=1, link=link)
     peer, raw = outlet.routers[0].peers[EDGE], outlet.routers[0].sock
 
     def record(seq: int, inc: int = 0) -> bytes:
         return b"out" + SEP + msgpack.packb([DATA, SRC, inc, seq, 1, 0, time.time_ns(), None, None, None,
                                              b"%d" % seq])
 
-    for seq in (10, 11, 7, 8, 9, 8, 12):
+    for seq in (7, 8, 9, 10):  # what the producer held, resent to the new incarnation
         raw.send_multipart([peer, record(seq)])
-    got = drain_headers(inlet, 6)
-    assert [bytes(v) for v, _ in got] == [b"10", b"11", b"7", b"8", b"9", b"12"]
+    got = drain_headers(inlet, 2)
+    assert [bytes(v) for v, _ in got] == [b"9", b"10"]
+    assert inlet.done_pending == {EDGE: 8}  # the dropped ones are said done again: the producer lets go
+    for seq in (9, 10, 11):  # the producer restarted: it emits 9 and 10 again, then 11
+        raw.send_multipart([peer, record(seq, inc=1)])
+    got += drain_headers(inlet, 1)
+    assert [bytes(v) for v, _ in got] == [b"9", b"10", b"11"]
     stats = inlet.stats[EDGE]
-    assert (stats.received, stats.redelivered, stats.gaps) == (6, 1, 0)
+    # 7, 8 (handled before), 9 (received before, handed over again), the producer's 9 and 10
+    assert (stats.received, stats.redelivered, stats.gaps) == (2, 5, 0)
     for _, header in got:
         inlet.handled(header)
-    assert inlet.done_pending == {EDGE: 12}
-    raw.send_multipart([peer, record(0, inc=1)])  # the producer restarted: it counts from zero
-    [(_, fresh)] = drain_headers(inlet, 1)
-    inlet.done_pending.clear()
-    inlet.handled(got[-1][1])  # handled late, from the incarnation before
-    assert inlet.done_pending == {}
-    inlet.handled(fresh)
-    assert inlet.done_pending == {EDGE: 0}
+    assert inlet.done_pending == {EDGE: 11}
+    inlet.send_done()
+    assert link.counters.mv[base + POS_DONE] == 12  # kept before it is said
 
 
 def test_a_failed_curve_handshake_and_a_cut_connection_are_reported_by_the_watch_not_raised(ctx):
@@ -816,3 +824,38 @@ def test_a_failed_curve_handshake_and_a_cut_connection_are_reported_by_the_watch
     watch.close()
     for sock in (squatter, client, bind, peer):
         sock.close(0)
+
+
+def test_a_block_push_edge_runs_on_its_consumers_credit(ctx, tmp_path):
+    """A block producer sends one consumer incarnation records only while fewer than 2 x `queue`
+    are not reported taken: a kill of the consumer can cut at most that many from the sockets.
+    A hello from a new incarnation starts its credit afresh; a late one from an old incarnation
+    changes nothing. (Inside one process an edge has no credit: the consumer runs in the
+    producer's loop.)"""
+    inproc, _ = wire(ctx, "raw", bytes, "inproc://no-credit", "push", policy="block", hwm=8, coalesce=False)
+    assert not inproc.routers[0].window
+    endpoint = f"ipc://{tmp_path}/credit"
+    outlet, inlet = wire(ctx, "raw", bytes, endpoint, "push", policy="block", hwm=8, coalesce=False, transport="ipc")
+    router = outlet.routers[0]
+    for i in range(16):
+        outlet.send(b"%d" % i, None, 0, -1, None)
+    assert router.out[EDGE] == 16 and not router.room(EDGE)  # the window is full: a send would wait
+    assert [bytes(v) for v in drain(inlet, 16)] == [b"%d" % i for i in range(16)]  # reported every queue / 8
+    deadline = time.monotonic() + 5
+    while router.took[EDGE] < 16 and time.monotonic() < deadline:
+        outlet.service(router.sock)
+    assert router.took[EDGE] == 16 and router.room(EDGE)
+    new = identity(TOKEN, "c", EDGE, 1)
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, new)
+    dealer.connect(endpoint)
+    dealer.send(control(b"hello", EDGE, TOKEN, 1))
+    deadline = time.monotonic() + 5
+    while router.peers[EDGE] != new and time.monotonic() < deadline:
+        outlet.service(router.sock)
+    assert router.peer_inc[EDGE] == 1 and router.out[EDGE] == router.took[EDGE] == 0
+    inlet.hello()  # incarnation 0 again: late, ignored
+    time.sleep(0.05)
+    outlet.service(router.sock)
+    assert router.peers[EDGE] == new
+    dealer.close(linger=0)
