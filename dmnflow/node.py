@@ -291,7 +291,6 @@ class Context:
         self.batch: list[Message] = []
         self.joined: dict[str, Message] = {}
         self.model = model
-        self.incarnation = 0
         self._emit = emit
         self._alloc = alloc
 
