@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 # schemas) in its body, so `dmnflow --help` and a cached `validate` start in a blink:
 # tests/unit/test_cli.py::test_cli_imports_lightly checks what importing this module loads.
 
+# set by main(): the process ends with the command, so what it ignores at its end (a late
+# Ctrl-C while a launch prints its report) need not be restored
+_PROCESS_ENDS_WITH_COMMAND = False
+
 # `--format`'s choices, as dmnflow.viz.FORMATS has them (a test checks they agree)
 _VIZ_FORMATS = ("mermaid", "dot", "svg", "png", "html", "json")
 
@@ -341,7 +345,8 @@ def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | 
             report.write_text(result.to_json(), encoding="utf-8")
             err.print(f"wrote {report}")
     finally:
-        signal.signal(signal.SIGINT, before)
+        if not _PROCESS_ENDS_WITH_COMMAND:  # called in a process that goes on (a test's CliRunner)
+            signal.signal(signal.SIGINT, before)
     raise typer.Exit(result.exit_code)
 
 
@@ -1022,6 +1027,8 @@ def _render_ports(plan: Plan) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    global _PROCESS_ENDS_WITH_COMMAND
+    _PROCESS_ENDS_WITH_COMMAND = True
     app()
 
 

@@ -650,7 +650,7 @@ def render_output(block: Block, ws: Workspace) -> str:
         if during is not None:
             during.stop()
     text = done.stdout.replace(str(ws.path) + os.sep, "").replace(str(ROOT) + os.sep, "")
-    lines = [ln.rstrip() for ln in text.rstrip("\n").splitlines()]
+    lines = [ln.rstrip() for ln in text.rstrip("\n").splitlines() if not _LOG_LINE_RE.match(ln)]
     head, tail = int(marker.opt("head") or 0), int(marker.opt("tail") or 0)
     if (head or tail) and head + tail < len(lines):
         lines = lines[:head] + ["..."] + (lines[-tail:] if tail else [])
