@@ -708,6 +708,13 @@ def test_a_stream_port_holds_a_block_edge_to_its_credit_and_serves_an_outside_su
     got = drain_headers(inlet, 8)
     assert [bytes(v) for v, _ in got] == [b"%d" % i for i in range(8)] and got[0][1][10] == b"out"
     for i in range(8, 20):  # credit comes back as the consumer reads: nothing is lost, nothing waits forever
+        deadline = time.monotonic() + 10
+        # one thread: the consumer reads (and reports its credit) before the producer would wait for it
+        while not outlet.streams[0].room(EDGE) and time.monotonic() < deadline:
+            for sock in inlet.socks:
+                list(inlet.receive(sock, 100))
+            outlet.streams[0].shared.service()
+        assert outlet.streams[0].room(EDGE), f"no credit came back for record {i}"
         outlet.send(b"%d" % i, None, 1, 0, None)
         for sock in inlet.socks:
             list(inlet.receive(sock, 100))
