@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dmnflow import Input, Node, Output
 from nodes.basic import Collect
+from tests.integration.nodes import Boom
 
 
 class Stall(Node):
@@ -41,22 +42,14 @@ class BadTeardown(Collect):
         raise OSError(36, "File name too long", ctx.params.path)
 
 
-class RaiseOnce(Node):
-    """Passes numbers on, but raises at its ``at``-th in its first incarnation only: an error
-    that its restart policy recovers from."""
+class RaiseOnce(Boom):
+    """Boom, but in its first incarnation only: an error that its restart policy recovers from."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(Boom.Params):
         at: int = Field(100, ge=1)
 
-    value = Input(float)
-    out = Output(float)
-
-    def setup(self, ctx: Any) -> None:
-        self.n = 0
-
     def on_value(self, value: float, ctx: Any) -> None:
-        self.n += 1
-        if self.n == ctx.params.at and ctx.incarnation == 0:
-            raise ValueError(f"cannot handle {value}")
-        ctx.emit("out", value)
+        if ctx.incarnation:
+            ctx.emit("out", value)
+        else:
+            super().on_value(value, ctx)
