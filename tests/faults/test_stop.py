@@ -121,8 +121,10 @@ def test_kill_9_of_the_sink_leaves_every_committed_record_and_reports_the_rest_l
     assert (result["status"], run.proc.returncode) == ("failed", 3), err
     got = lines(out)
     handled = result["nodes"]["sink"]["messages_in"]
-    # what it handled after its last commit is the node's reported loss, and nothing else is missing
-    assert len(got) == handled - result["nodes"]["sink"]["lost"] and len(got) >= 2000
+    # what it handled after its last commit is the node's reported loss, and nothing else is missing;
+    # a kill inside a commit, after its write, counts that commit lost though it is in the file
+    # (docs/runtime.md): the loss is never under-reported
+    assert handled - result["nodes"]["sink"]["lost"] <= len(got) <= handled and len(got) >= 2000
     assert got == list(range(len(got)))  # every committed record, in order
 
 
