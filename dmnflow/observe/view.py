@@ -352,19 +352,9 @@ def _edge_forms(report: Any, width: int) -> list[_Block]:
                  Text(f"{drops:,} dropped", style="red" if drops else "")]
         return _pack(Text(f"{len(left)} {'more ' if shown else ''}edges:", style="italic"), items, width)
 
-    forms: list[_Block] = []
-    for k in range(len(edges) + 1):
-        parts, rows = [], 0
-        if k:
-            table, rows = _sized_rows("edges" if k == len(edges) else "edges, worst first", names[:k],
-                                      ["msg/s", "p50", "p99", "queued", "drops"], cells[:k], width)
-            parts.append(table)
-        if k < len(edges):
-            line, more = rest(k)
-            parts.append(line)
-            rows += more
-        forms.append((Group(*parts), rows))
-    return forms
+    return _growing(len(edges), lambda k: _sized_rows("edges" if k == len(edges) else "edges, worst first",
+                                                      names[:k], ["msg/s", "p50", "p99", "queued", "drops"],
+                                                      cells[:k], width), rest)
 
 
 def _budget_forms(budgets: list[dict[str, Any]], width: int) -> list[_Block]:
@@ -382,13 +372,19 @@ def _budget_forms(budgets: list[dict[str, Any]], width: int) -> list[_Block]:
         return _pack(Text(f"{len(order) - shown} {'more ' if shown else ''}latency budgets:", style="italic"),
                      items, width)
 
+    return _growing(len(order), lambda k: _sized_budgets(order[:k], width, live=True), rest)
+
+
+def _growing(n: int, table: Any, rest: Any) -> list[_Block]:
+    """A section's forms from smallest to whole: the first ``k`` rows as a table (``table(k)``),
+    the other ``n - k`` summed up in one line (``rest(k)``), for k = 0 .. n."""
     forms: list[_Block] = []
-    for k in range(len(order) + 1):
+    for k in range(n + 1):
         parts, rows = [], 0
         if k:
-            table, rows = _sized_budgets(order[:k], width, live=True)
-            parts.append(table)
-        if k < len(order):
+            shown, rows = table(k)
+            parts.append(shown)
+        if k < n:
             line, more = rest(k)
             parts.append(line)
             rows += more
