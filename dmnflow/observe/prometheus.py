@@ -79,10 +79,15 @@ def _figure(name: str) -> str:
 
 
 class ReportCollector:
-    """Metric families from the report ``latest()`` returns, made at each scrape."""
+    """Metric families from the report ``latest()`` returns, made at each scrape.
 
-    def __init__(self, latest: Callable[[], Any]) -> None:
+    Before the first report (the graph still compiles its models or starts its processes) a
+    scrape is not empty: ``dmnflow_run_info{status="starting"}`` and every node of ``plan``
+    as ``dmnflow_node_up{status="starting"}``, so a dashboard shows the run from its start."""
+
+    def __init__(self, latest: Callable[[], Any], plan: Any = None) -> None:
         self.latest = latest
+        self.plan = plan
         self.core = _needs()
 
     def describe(self) -> list[Any]:
@@ -90,9 +95,10 @@ class ReportCollector:
 
     def collect(self) -> Iterator[Any]:
         report = self.latest()
-        if report is None:
-            return
         core = self.core
+        if report is None:
+            yield from self._starting()
+            return
         info = core.InfoMetricFamily("dmnflow_run", "the graph this supervisor runs", labels=["graph", "status"])
         info.add_metric([report.graph, report.status], {})
         yield info
@@ -101,6 +107,18 @@ class ReportCollector:
         yield from self._edges(report)
         yield from self._nodes(report)
         yield from self._budgets(report)
+
+    def _starting(self) -> Iterator[Any]:
+        if self.plan is None:
+            return
+        core = self.core
+        info = core.InfoMetricFamily("dmnflow_run", "the graph this supervisor runs", labels=["graph", "status"])
+        info.add_metric([self.plan.graph, "starting"], {})
+        yield info
+        up = core.GaugeMetricFamily("dmnflow_node_up", "1 for the node's current status", labels=["node", "status"])
+        for node in self.plan.nodes:
+            up.add_metric([node.name, "starting"], 1)
+        yield up
 
     def _edges(self, report: Any) -> Iterator[Any]:
         core = self.core
@@ -194,8 +212,9 @@ class MetricsServer:
         self.thread.join(5.0)
 
 
-def serve_metrics(address: str, latest: Callable[[], Any]) -> MetricsServer:
-    """Serve ``/metrics`` at ``address`` (``HOST:PORT``, port 0 picks one) from ``latest()``'s report.
+def serve_metrics(address: str, latest: Callable[[], Any], plan: Any = None) -> MetricsServer:
+    """Serve ``/metrics`` at ``address`` (``HOST:PORT``, port 0 picks one) from ``latest()``'s report
+    (before the first one: the run of ``plan`` as starting).
 
     Raises:
         LaunchError: prometheus-client is not installed, or the address cannot be bound.
@@ -205,7 +224,7 @@ def serve_metrics(address: str, latest: Callable[[], Any]) -> MetricsServer:
 
     host, port = parse_address(address, "--metrics")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ReportCollector(latest))  # type: ignore[arg-type]
+    registry.register(ReportCollector(latest, plan))  # type: ignore[arg-type]
     try:
         httpd, thread = start_http_server(port, host, registry=registry)
     except OSError as exc:

@@ -143,7 +143,7 @@ def watching(plan: Plan, console: Console, *, status_every_s: float = 5.0, metri
         if metrics is not None:
             from .prometheus import serve_metrics
 
-            server = serve_metrics(metrics, lambda: observer.latest)
+            server = serve_metrics(metrics, lambda: observer.latest, plan)
             stack.callback(server.close)
             session.urls["metrics"] = server.url
             console.print(f"metrics: {server.url}")

@@ -134,6 +134,8 @@ def test_prometheus_scrape_parses_and_counts_what_the_report_counts(tmp_path: Pa
     scrapes: list[str] = []
     with watching(plan, Console(file=io.StringIO()), metrics="127.0.0.1:0") as session:
         url = session.urls["metrics"]
+        early = {f.name: f for f in text_string_to_metric_families(  # before the first report: starting
+            urllib.request.urlopen(url, timeout=10).read().decode())}
 
         def on_status(report: dmnflow.Report) -> None:
             scrapes.append(urllib.request.urlopen(url, timeout=10).read().decode())
@@ -141,6 +143,10 @@ def test_prometheus_scrape_parses_and_counts_what_the_report_counts(tmp_path: Pa
         report = launch(session.plan, on_status=on_status, observer=session.observer)
         final = urllib.request.urlopen(url, timeout=10).read().decode()  # served until the session ends
     assert report.status == "finished" and len(scrapes) >= 2
+    starting = early.get("dmnflow_run") or early["dmnflow_run_info"]
+    assert starting.samples[0].labels == {"graph": "counting", "status": "starting"}
+    assert {s.labels["node"]: s.labels["status"] for s in early["dmnflow_node_up"].samples} == {
+        n.name: "starting" for n in plan.nodes}
     families = {f.name: f for f in text_string_to_metric_families(final)}
     sent = {s.labels["src"]: s.value for s in families["dmnflow_edge_messages_sent"].samples
             if s.name.endswith("_total")}
