@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Compiled", "cache_dir", "compiled"]
 
-FORMAT = 1  # of an entry; a dmnflow that writes another format ignores this one
+FORMAT = 2  # of an entry; a dmnflow that writes another format ignores this one
 MAX_ENTRIES = 100
 HASHED_MAX_BYTES = 64 << 20  # bigger data files are known by size, mtime and inode instead of content
 _VOLATILE_ENV = frozenset({"_", "OLDPWD", "SHLVL"})

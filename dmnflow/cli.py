@@ -939,8 +939,10 @@ def _render_plan(plan: Plan) -> None:
                 delivery = "  at-least-once" if i.delivery == "at-least-once" else ""
                 for c in i.connects:
                     hwm = "unbounded" if c.hwm == 0 else f"{c.hwm} msgs"
+                    credit = plan.edges[c.edge].credit
+                    told = f", credit {credit} told every {c.credit_every}" if credit else ""
                     node.add(f"in  {i.port} <- {c.node}.{c.port}  {c.transport} {c.pattern}  "
-                             f"queue {i.queue} ({hwm}) {i.policy}{delivery}  max {_size(i.max_bytes)}  "
+                             f"queue {i.queue} ({hwm}{told}) {i.policy}{delivery}  max {_size(i.max_bytes)}  "
                              f"reads {i.read_batch}/turn"
                              + (f"  topics {', '.join(i.topics)}" if i.topics else "")
                              + ("  feedback" if i.feedback else "") + batch)
@@ -958,7 +960,8 @@ def _render_plan(plan: Plan) -> None:
                     co = b.coalesce
                     coalesce = (f"  coalesce {co.records} records/{_size(co.bytes)}, <= {_size(co.record_max)} each, "
                                 f"gap {co.gap_ns / 1e3:g}us, max age {co.max_age_ns / 1e3:g}us") if co else ""
-                    node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {hwm}  "
+                    control = f", control {b.control_hwm}/peer" if b.control_hwm else ""
+                    node.add(f"out {o.port} \\[{o.codec}] -> {b.pattern} {b.endpoint}  hwm {hwm}{control}  "
                              f"({len(b.edges)} edge{'s' * (len(b.edges) != 1)}){coalesce}{shm}")
     if plan.budgets:
         budgets = root.add("[bold]latency budgets[/bold]")
@@ -970,6 +973,10 @@ def _render_plan(plan: Plan) -> None:
     drain = plan.drain  # defaults.drain: how long a stop waits (runtime/supervisor.py)
     out.print(f"drain  idle {drain.idle_s:g}s, max " + (f"{drain.max_s:g}s" if drain.max_s is not None else "none")
               + "  (a stop waits while records move)")
+    lim = plan.limits  # the bounds no YAML key sets (compiler/limits.py)
+    out.print(f"limits  control {lim.control_hwm}/peer, supervisor {lim.supervisor_hwm}, flush "
+              f"{_seconds(lim.flush_delay_s)}..{_seconds(lim.flush_delay_max_s)}, taps {lim.tap_live_hwm} live / "
+              f"{lim.tap_record_hwm} recorded, viewers {lim.viewer_hwm}")
     _render_ports(plan)
     for w in plan.warnings:
         err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}", soft_wrap=True)

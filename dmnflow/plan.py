@@ -24,6 +24,7 @@ __all__ = [
     "DrainPlan",
     "EdgePlan",
     "InputPlan",
+    "LimitsPlan",
     "NodePlan",
     "OutputPlan",
     "Plan",
@@ -72,15 +73,17 @@ class CoalescePlan(_Frozen):
     max_age_ns: int
 
 
-PUSH_HWM_MIN = 64  # a coalescing push pipe holds at least this many messages (large records go alone)
+class LimitsPlan(_Frozen):
+    """The bounds no YAML key sets, decided by the compiler (``compiler/limits.py``) and read
+    by the runtime from here only (``dmnflow plan`` shows them)."""
 
-
-def push_hwm(queue: int, coalesce: CoalescePlan | None) -> int:
-    """The high-water mark, in ZeroMQ messages, of a push pipe whose queue holds ``queue``
-    records: coalescing, a message carries up to ``coalesce.records`` of them."""
-    if coalesce is None:
-        return queue
-    return min(queue, max(PUSH_HWM_MIN, -(-queue // coalesce.records)))
+    control_hwm: int  # control messages queued per peer at a producer socket
+    supervisor_hwm: int  # control messages queued at the supervisor's control socket
+    flush_delay_s: float  # a held coalesced burst is sent this long after its last record ...
+    flush_delay_max_s: float  # ... up to this long while a long burst keeps the sender busy
+    tap_live_hwm: int  # records a slow live reader (echo, hz, bw) may be behind before its tap drops
+    tap_record_hwm: int  # records queued for the recorder before the worker waits for it
+    viewer_hwm: int  # records a viewer or the recorder holds before it drops
 
 
 class BindPlan(_Frozen):
@@ -98,6 +101,7 @@ class BindPlan(_Frozen):
     transport: Transport
     pattern: Pattern
     hwm: int  # the socket's send high-water mark, in ZeroMQ messages (0: unbounded, inproc)
+    control_hwm: int  # control messages (hellos, credit, acks) it queues per peer (0: a PUB, subscriptions only)
     edges: list[int]
     coalesce: CoalescePlan | None = None  # push binds that coalesce bursts
     shm: bool = False  # payloads of the output's shm_above and more go through shared memory (ipc binds)
@@ -113,7 +117,8 @@ class ConnectPlan(_Frozen):
     endpoint: str
     transport: Transport
     pattern: Pattern
-    hwm: int = 1000  # the receiving socket's high-water mark, in ZeroMQ messages (0: unbounded)
+    hwm: int  # the receiving socket's high-water mark, in ZeroMQ messages (0: unbounded)
+    credit_every: int  # records taken before the consumer tells the producer (credit, acks; 0: never)
 
 
 class OutputPlan(_Frozen):
@@ -204,7 +209,8 @@ class EdgePlan(_Frozen):
     queue: int
     topics: list[str]
     feedback: bool
-    delivery: Delivery = "at-most-once"
+    delivery: Delivery
+    credit: int  # block edges: records in flight to one consumer incarnation before the producer waits (0: none)
     group: str | None = None  # replicas sharing one input ("node.port"): each message goes to one of them
 
 
@@ -278,6 +284,7 @@ class Plan(_Frozen):
     budgets: list[BudgetPlan] = []  # latency budgets (observe/budgets.py)
     record: list[str] = []  # outputs ("node.port" instances) mirrored to the run's recorder from the start
     drain: DrainPlan = DrainPlan()  # how long a stop waits for the graph to drain (runtime/supervisor.py)
+    limits: LimitsPlan  # the bounds no YAML key sets (compiler/limits.py)
 
     def node(self, name: str) -> NodePlan:
         """The node instance called ``name``; KeyError names the known ones."""

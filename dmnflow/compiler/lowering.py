@@ -29,9 +29,9 @@ from ..plan import (
     ProcessPlan,
     RestartPlan,
     SecurityPlan,
-    push_hwm,
 )
 from ..spec import CoalesceSpec
+from . import limits
 from .binding import model_plan
 from .state import _Compilation, _Edge, _Node, _template
 from .wiring import output_transport
@@ -80,11 +80,13 @@ class _Lowering(_Compilation):
                 # a PUB serves all subscribers; a PUSH serves one consumer, or one replica set
                 target = "" if pattern == "pub" else (e.dst if share else dst) + "." + e.dst_port
             binds.setdefault((src, e.src_port), {}).setdefault((transport, pattern, target), []).append(i)
+            queue = inp.queue or consumer.entry.defaults.queue
             edge_plans.append(EdgePlan(
                 id=i, src=src, src_port=e.src_port, dst=dst, dst_port=e.dst_port, type=e.type,
                 codec=codecs[(e.src, e.src_port)], transport=transport, endpoint="", bind="", pattern=pattern,
-                policy=policy, queue=inp.queue or consumer.entry.defaults.queue, topics=inp.topics,
+                policy=policy, queue=queue, topics=inp.topics,
                 feedback=e.feedback, delivery=inp.delivery or consumer.entry.defaults.delivery,
+                credit=limits.credit(transport, pattern, policy, queue),
                 group=f"{e.dst}.{e.dst_port}" if share else None))
 
         bind_of: dict[int, tuple[str, str]] = {}  # edge -> (bind id, endpoint)
@@ -115,24 +117,19 @@ class _Lowering(_Compilation):
                                              fixed if pattern == "stream" else None)
                     if pattern == "stream":  # one socket per port and process: outputs may share it
                         bind_id = f"{process_of[inst]}@{endpoint.removeprefix('tcp://')}"
-                        # a block edge's credit (its queue) never fills its pipe: libzmq learns what the
-                        # reader took only every half pipe, so the pipe holds twice the credit
-                        window = max([edge_plans[e].queue for e in ids], default=hwm)
-                        send_hwm = max(hwm, 2 * window + 64)
                     else:
-                        send_hwm = hwm
                         bind_id = f"{inst}.{port}/{pattern}" + (f"/{target}" if target else "") + f"/{transport}"
                     counter = counters.setdefault(bind_id, len(counters))
-                    # inside one process the consumer runs in the producer's own loop: a bounded queue
-                    # there could only deadlock (the producer waiting for a reader that cannot run)
                     # push: bursts coalesce, except on at-least-once edges (each record is resent alone)
                     merged = coalesce if pattern == "push" and not any(
                         edge_plans[e].delivery == "at-least-once" for e in ids) else None
-                    bound = 0 if transport == "inproc" else push_hwm(hwm, merged) if pattern == "push" else send_hwm
+                    window = max([edge_plans[e].queue for e in ids], default=hwm)  # a stream's credit
                     for edge_id in ids:
                         bind_of[edge_id] = (bind_id, endpoint)
-                    bind_plans.append(BindPlan(id=bind_id, counter=counter, endpoint=endpoint, transport=transport,
-                                               pattern=pattern, hwm=bound, edges=ids, coalesce=merged))
+                    bind_plans.append(BindPlan(
+                        id=bind_id, counter=counter, endpoint=endpoint, transport=transport, pattern=pattern,
+                        hwm=limits.send_hwm(transport, pattern, hwm, merged, window),
+                        control_hwm=limits.control_hwm(transport, pattern), edges=ids, coalesce=merged))
                 codec = codecs[(entry.name, port)]
                 # large payloads through shared memory: a codec that allows it, between processes of one host
                 shm_above = entry.defaults.shm_above if get_codec(codec).shm else None
@@ -186,7 +183,9 @@ class _Lowering(_Compilation):
                     batch=BatchPlan(max=inp.batch.max, wait_s=inp.batch.wait) if inp.batch else None,
                     connects=[ConnectPlan(edge=e.id, bind=e.bind, node=e.src, port=e.src_port, endpoint=e.endpoint,
                                           transport=e.transport, pattern=e.pattern,
-                                          hwm=_receive_hwm(e, queue, bind_by_id[e.bind])) for e in edges],
+                                          hwm=limits.receive_hwm(e.transport, e.pattern, queue,
+                                                                 bind_by_id[e.bind].coalesce),
+                                          credit_every=limits.credit_every(e.pattern, queue)) for e in edges],
                     delivery=inp.delivery or defaults.delivery,
                     max_bytes=inp.max_message or defaults.max_message, read_batch=defaults.read_batch))
             final_nodes.append(plan_node.model_copy(update={"inputs": inputs}))
@@ -200,7 +199,7 @@ class _Lowering(_Compilation):
         return Plan(graph=self.graph.name, file=self.graph.file, profile=self.graph.profile,
                     machine_cpus=self.cpus, nodes=final_nodes, edges=edge_plans, processes=process_plans,
                     warnings=[i.to_dict() for i in self.issues.issues if not i.is_error], security=security,
-                    drain=DrainPlan(idle_s=self.graph.drain.idle, max_s=self.graph.drain.max),
+                    drain=DrainPlan(idle_s=self.graph.drain.idle, max_s=self.graph.drain.max), limits=limits.LIMITS,
                     budgets=plan_budgets(self.nodes, edge_plans, self.loc,
                                          {name: node.instances for name, node in self.nodes.items()}))
 
@@ -229,13 +228,3 @@ def _coalesce_plan(spec: CoalesceSpec) -> CoalescePlan | None:
     return CoalescePlan(records=spec.records, bytes=spec.bytes, record_max=spec.record_max,
                         gap_ns=round(spec.gap * 1e9), max_age_ns=round(spec.max_age * 1e9))
 
-
-def _receive_hwm(edge: EdgePlan, queue: int, bind: BindPlan) -> int:
-    """The consumer socket's high-water mark, in ZeroMQ messages, for ``queue`` records: a
-    pipe inside one process is unbounded (a bound there could only deadlock); a stream's
-    reader holds its credit window and the control traffic on top."""
-    if edge.transport == "inproc":
-        return 0
-    if edge.pattern == "push":
-        return push_hwm(queue, bind.coalesce)
-    return queue + 64 if edge.pattern == "stream" else queue

@@ -65,7 +65,7 @@ class Listener:
         self.zctx = zmq.Context()
         self.sub = self.zctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.RCVHWM, 10_000)
+        self.sub.setsockopt(zmq.RCVHWM, plan.limits.viewer_hwm)
         self.sub.subscribe(topic.encode())
         self.sub.subscribe(b"\x00eos")
         for o in answer["outputs"]:

@@ -256,7 +256,7 @@ class Recorder:
         self.socks = []
         for src in self.src:
             sock = self.zctx.socket(zmq.PULL)
-            sock.setsockopt(zmq.RCVHWM, 10_000)
+            sock.setsockopt(zmq.RCVHWM, self.plan.limits.viewer_hwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(record_endpoint(run_dir, src))
             self.socks.append(sock)

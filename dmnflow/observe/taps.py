@@ -34,8 +34,6 @@ from ..transport.wire import DATA, EOS, EOS_TOPIC
 
 __all__ = ["TapPoint", "Taps", "record_endpoint", "tap_endpoint"]
 
-LIVE_HWM = 1000  # records a slow reader may be behind before the tap drops for it (a PUB drops)
-RECORD_HWM = 10_000
 
 
 def tap_endpoint(run_dir: str, output: int) -> str:
@@ -109,8 +107,11 @@ class TapPoint:
 class Taps:
     """A worker's tap points: created on demand, one per tapped output."""
 
-    def __init__(self, zctx: zmq.Context, run_dir: str, mv: Any) -> None:
+    def __init__(self, zctx: zmq.Context, run_dir: str, mv: Any, live_hwm: int, record_hwm: int) -> None:
         self.zctx, self.run_dir, self.mv = zctx, run_dir, mv
+        # the plan's limits: records a slow live reader may be behind before the tap drops for it
+        # (a PUB drops), and records queued for the recorder before the worker waits for it
+        self.live_hwm, self.record_hwm = live_hwm, record_hwm
         self.points: dict[int, TapPoint] = {}
 
     def _point(self, outlet: Any) -> TapPoint:
@@ -124,7 +125,7 @@ class Taps:
         """Mirror every record of ``outlet`` to the recorder, from before the sources start."""
         point = self._point(outlet)
         sock = self.zctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, RECORD_HWM)
+        sock.setsockopt(zmq.SNDHWM, self.record_hwm)
         sock.setsockopt(zmq.LINGER, -1)  # what is queued reaches the recorder before the worker exits
         sock.bind(record_endpoint(self.run_dir, outlet.src))
         point.record = sock
@@ -144,7 +145,7 @@ class Taps:
             return
         if point.live is None:
             sock = self.zctx.socket(zmq.PUB)
-            sock.setsockopt(zmq.SNDHWM, LIVE_HWM)
+            sock.setsockopt(zmq.SNDHWM, self.live_hwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.bind(tap_endpoint(self.run_dir, outlet.src))
             point.live = sock

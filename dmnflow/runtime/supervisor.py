@@ -176,7 +176,7 @@ class _Supervisor:
         self.control = zctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
-        self.control.setsockopt(zmq.RCVHWM, 10_000)
+        self.control.setsockopt(zmq.RCVHWM, self.plan.limits.supervisor_hwm)
         self.control_endpoint = self.backend.bind_control(zctx, self.control, self.run_dir)
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)

@@ -130,7 +130,8 @@ class Worker:
         restore_blas_threads()
         self.token = read_token(run_dir)
         self.zctx = zmq.Context()
-        self.flusher = Flusher()  # push outputs coalesce bursts; its lock guards their sockets
+        self.flusher = Flusher(self.plan.limits.flush_delay_s, self.plan.limits.flush_delay_max_s)  # push outputs
+        # coalesce bursts; its lock guards their sockets
         self.control = self.zctx.socket(zmq.DEALER)
         self.control.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
         self.control.setsockopt(zmq.IDENTITY, protocol.worker_identity(self.token, process))
@@ -155,7 +156,8 @@ class Worker:
         self.next_beat = time.monotonic() + 1.0
         self.pending: list[tuple[Future[Any], Any, str]] = []  # commands still running: (future, token, node)
         self.refusals: list[str] = []  # CURVE handshakes our inputs' producers refused (start-up fails on them)
-        self.taps = Taps(self.zctx, run_dir, self.counters.mv)  # outputs mirrored while someone listens
+        self.taps = Taps(self.zctx, run_dir, self.counters.mv, self.plan.limits.tap_live_hwm,
+                         self.plan.limits.tap_record_hwm)  # outputs mirrored while someone listens
 
     def tell(self, *msg: Any) -> None:
         self.control.send(protocol.encode(*msg))

@@ -144,7 +144,7 @@ class Inlet:
                 dealer.setsockopt(zmq.MAXMSGSIZE, cap)
                 dealer.setsockopt(zmq.IDENTITY, identity(link.token, consumer, c.edge, inc))
                 self._dial(dealer, c)
-                self.took[dealer] = [c.edge, 0, 0, max(1, queue // 8)]
+                self.took[dealer] = [c.edge, 0, 0, c.credit_every]
                 self.socks.append(dealer)
                 self.dealers.append((dealer, c.edge))
                 self.edge_of_sock[dealer] = c.edge
@@ -158,7 +158,7 @@ class Inlet:
                 xsub.send(b"\x01" + route)
                 # the hello as a subscription: XSUB sends it again whenever the connection is made anew
                 xsub.send(b"\x01" + hello_msg(link, c.edge, inc))
-                self.streams[xsub] = [c.edge, len(route), 0, 0, max(1, queue // 4)]
+                self.streams[xsub] = [c.edge, len(route), 0, 0, c.credit_every]
                 self.socks.append(xsub)
                 self.edge_of_sock[xsub] = c.edge
         self.hello()

@@ -80,13 +80,10 @@ __all__ = ["Flusher", "Outlet"]
 # every consumer full, waits to go with the next ones in one ZeroMQ message, until
 # ``records`` or ``bytes`` are pending, the oldest is ``max_age_ns`` old at the next emit,
 # the worker's turn ends, or (the node's code is busy: a source sleeping after a burst) the
-# flusher thread sends them, FLUSH_DELAY_S later (FLUSH_DELAY_MAX_S while a long burst keeps
-# the worker sending by itself). A record after a quiet gap goes at once, alone: an
-# isolated message never waits.
+# flusher thread sends them, the plan's ``limits.flush_delay_s`` later (``flush_delay_max_s``
+# while a long burst keeps the worker sending by itself). A record after a quiet gap goes at
+# once, alone: an isolated message never waits.
 INLINE_MAX = 8 << 10  # payloads up to this ride in the header's frame (one frame a message)
-FLUSH_DELAY_S = 200e-6
-FLUSH_DELAY_MAX_S = 1e-3
-CONTROL_HWM = 1000  # control messages queued per peer at a producer socket (a flooding peer fills only its own)
 # plain ints: zmq's flag enums cost a Python enum operation per frame on the hot path
 _MORE, _NOWAIT = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 
@@ -97,12 +94,12 @@ class Outlet:
     def __init__(self, link: Link, src: int, inc: int, node: str, port: str, binds: list[BindPlan],
                  edges: dict[int, EdgePlan], encoder: Encoder, *, accepted: int = -1,
                  shm_above: int | None = None, shm_slots: int = 16, room_poll_s: float = 0.01,
-                 flusher: Flusher | None = None, loans: bool = False) -> None:
+                 flusher: Flusher, own_flusher: bool = False, loans: bool = False) -> None:
         self.link = link
         self.src, self.inc, self.port = src, inc, port
         self.name = f"{node}.{port}"
-        self.own_flusher = flusher is None
-        self.flusher = flusher if flusher is not None else Flusher()
+        self.own_flusher = own_flusher  # closed with this output (else the worker's, closed by the worker)
+        self.flusher = flusher
         self.topic_default = port.encode()
         self.encoder = encoder
         self.binds = binds
@@ -143,7 +140,7 @@ class Outlet:
                 sock.setsockopt(zmq.SNDHWM, bind.hwm)  # in messages: the compiler counted coalescing in
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone consumer is an error, not a drop
                 sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a consumer that reconnects (same incarnation) keeps its name
-                sock.setsockopt(zmq.RCVHWM, CONTROL_HWM)
+                sock.setsockopt(zmq.RCVHWM, bind.control_hwm)
             else:
                 sock.setsockopt(zmq.SNDHWM, bind.hwm)
             actual = bind_socket(link, sock, bind, what, link.resolved.get(bind.id))
@@ -458,11 +455,11 @@ class _Router:
         self.expected = {identity_base(identity(link.token, e.dst, e.id))[0]: e.id for e in edges}  # type: ignore[index]
         self.peers: dict[int, bytes] = {}  # edge -> the consumer's DEALER identity, once it said hello
         self.peer_inc: dict[int, int] = {}
-        # block edges run on credit: fewer than 2 x `queue` records (a queue's worth in each end's
-        # socket) sent to one consumer incarnation and not yet reported taken (``took``), so a kill
-        # of it loses at most that many (and one coalesced batch) in the sockets. Not inside one
-        # process: there the consumer runs in our own loop, and a bound could only deadlock
-        self.window = {e.id: 2 * e.queue for e in edges if e.policy == "block" and e.transport != "inproc"}
+        # block edges run on credit: fewer than the plan's `credit` records (2 x `queue`: a queue's
+        # worth in each end's socket) sent to one consumer incarnation and not yet reported taken
+        # (``took``), so a kill of it loses at most that many (and one coalesced batch) in the sockets.
+        # None inside one process: there the consumer runs in our own loop, and a bound could only deadlock
+        self.window = {e.id: e.credit for e in edges if e.credit}
         self.out: dict[int, int] = dict.fromkeys(self.window, 0)  # sent to the current incarnation
         self.took: dict[int, int] = dict.fromkeys(self.window, 0)  # what it says reached it
         self.acked: set[int] = set()
@@ -789,7 +786,7 @@ class _StreamSocket:
         sock.setsockopt(zmq.XPUB_MANUAL, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX)
         sock.setsockopt(zmq.SNDHWM, bind.hwm)
-        sock.setsockopt(zmq.RCVHWM, CONTROL_HWM)
+        sock.setsockopt(zmq.RCVHWM, bind.control_hwm)
         self.address = bind_socket(link, sock, bind, what, link.resolved.get(bind.id))
         self.edges = set(bind.edges)
         self.joined: set[int] = set()
@@ -875,8 +872,8 @@ class _Stream:
         self.outlet = outlet
         self.edges = [e.id for e in edges]
         self.routes = {e.id: route_prefix(e.id) for e in edges}
-        self.window = {e.id: e.queue for e in edges}
-        self.block = {e.id for e in edges if e.policy == "block"}
+        self.window = {e.id: e.credit for e in edges if e.credit}  # block edges' credit (the plan's)
+        self.block = set(self.window)
         self.filters = {e.id: tuple(t.encode() for t in e.topics) for e in edges}
         self.seq: dict[int, dict[bytes, int]] = {e.id: {} for e in edges}
         self.tap_seq: dict[bytes, int] = {}
@@ -958,7 +955,7 @@ class Flusher:
     """The lock a worker's coalescing push outputs use their sockets under, and a thread
     that sends coalesced records while the worker's own thread is busy elsewhere (a source
     sleeping after a burst, a slow handler): no record waits much more than
-    ``FLUSH_DELAY_S`` (``FLUSH_DELAY_MAX_S`` during a long burst) for it.
+    ``delay_s`` (``delay_max_s`` during a long burst; the plan's ``limits``) for it.
 
     The worker's thread takes ``lock`` to send, to flush and to poll those sockets; a
     record joining a batch is appended without it. The thread only ever tries the lock
@@ -966,7 +963,8 @@ class Flusher:
     sees a burst never runs it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float, delay_max_s: float) -> None:
+        self.delay_s, self.delay_max_s = delay_s, delay_max_s
         self.lock = threading.RLock()
         self.routers: list[_Router] = []
         self.wake = threading.Event()
@@ -984,10 +982,10 @@ class Flusher:
     def _run(self) -> None:
         """Look every ``delay``: a batch older than its ``max_age_ns`` means the worker's thread has
         not been back (its next emit or the end of its turn would have sent it): send it. A
-        young one means it is busy sending by itself: look less often, up to FLUSH_DELAY_MAX_S,
+        young one means it is busy sending by itself: look less often, up to ``delay_max_s``,
         so a long burst costs few wake-ups. Nothing pending: sleep until the next batch."""
         wake, lock, routers = self.wake, self.lock, self.routers
-        delay = FLUSH_DELAY_S
+        delay = first = self.delay_s
         while True:
             wake.wait()
             if self.closed:
@@ -996,7 +994,7 @@ class Flusher:
             now = time.time_ns()
             due = [r.pending_since + r.max_age_ns for r in routers if r.pending]
             if due and now < min(due):
-                delay = min(delay * 2, FLUSH_DELAY_MAX_S)
+                delay = min(delay * 2, self.delay_max_s)
                 continue
             if not lock.acquire(blocking=False):
                 continue  # it holds the lock: it is in the runtime, which flushes before it waits
@@ -1007,7 +1005,7 @@ class Flusher:
                 for router in routers:
                     while router.pending:
                         router.flush()
-                delay = FLUSH_DELAY_S
+                delay = first
             finally:
                 lock.release()
 

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from dmnflow import viz
+from dmnflow.compiler.limits import LIMITS
 from dmnflow.plan import EdgePlan, NodePlan, Plan, ProcessPlan, RestartPlan
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -44,12 +45,12 @@ def pipeline() -> Plan:
     edges = [EdgePlan(id=k, src=a, src_port="out", dst=b, dst_port="in", type="Any",
                       codec="msgpack", transport="ipc", endpoint=f"ipc://{{run_dir}}/{k}", bind=f"{a}.out",
                       pattern="pub", policy="block", queue=64, topics=[],
-                      feedback=(a, b) == ("execution", "portfolio"))
+                      feedback=(a, b) == ("execution", "portfolio"), delivery="at-most-once", credit=0)
              for k, (a, b) in enumerate(LINKS)]
     return Plan(graph="dmn-trading", file="g.yaml", profile=None, machine_cpus=[0, 1],
                 nodes=nodes, edges=edges,
                 processes=[ProcessPlan(name=n.name, nodes=[n.name], cpus=n.cpus) for n in nodes],
-                warnings=[])
+                warnings=[], limits=LIMITS)
 
 
 def chromium(tmp_path: Path, *args: str) -> str:

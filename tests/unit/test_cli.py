@@ -102,12 +102,18 @@ def test_usage_errors_exit_2():
 def test_plan_table_and_json():
     table = run("plan", "graphs/quickstart.yaml")
     assert table.exit_code == 0, table.output
-    for text in ("process counter", "in  value <- counter.numbers  ipc push  queue 1000 (64 msgs) block",
+    for text in ("process counter",
+                 "in  value <- counter.numbers  ipc push  queue 1000 (64 msgs, credit 2000 told every 125) block",
+                 "out numbers [msgpack] -> push", "hwm 64 msgs, control 1000/peer",
+                 "limits  control 1000/peer, supervisor 10000, flush 200us..1ms",
                  "out numbers [msgpack] -> push", "ipc://{run_dir}/counter.numbers.scale.value"):
         assert text in table.output
     as_json = run("plan", "graphs/quickstart.yaml", "--json")
     plan = json.loads(as_json.output)
     assert [n["name"] for n in plan["nodes"]] == ["counter", "scale", "sink"]
+    # every derived ZeroMQ number is in the JSON, from compiler/limits.py
+    assert [e["credit"] for e in plan["edges"]] == [2000, 2000]
+    assert plan["limits"]["flush_delay_s"] == 200e-6 and plan["limits"]["control_hwm"] == 1000
 
 
 def test_plan_of_an_invalid_graph_exits_1(tmp_path):

@@ -10,9 +10,11 @@ import pytest
 import zmq
 
 from dmnflow.codecs import Limits, get_codec
+from dmnflow.compiler import limits
 from dmnflow.node import Tensor
-from dmnflow.plan import BindPlan, CoalescePlan, ConnectPlan, EdgePlan, push_hwm
+from dmnflow.plan import BindPlan, CoalescePlan, ConnectPlan, EdgePlan
 from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
+from dmnflow.transport.outlet import Flusher
 from dmnflow.transport.shm import ShmMaps, ShmPool, lease_key, lease_mac, segment_prefix
 from dmnflow.transport.stats import POS_DONE, POS_RECEIVED
 from dmnflow.transport.wire import EOS, SEP, control, eos_header, identity
@@ -42,7 +44,18 @@ def edge_plan(pattern: str, *, policy: str = "drop", queue: int = 1000, delivery
               transport: str = "inproc") -> EdgePlan:
     return EdgePlan(id=edge, src="p", src_port="out", dst="c", dst_port="in", type="any", codec="raw",
                     transport=transport, endpoint="", bind="b", pattern=pattern, policy=policy, queue=queue,
-                    topics=topics or [], feedback=False, delivery=delivery, group=group)
+                    topics=topics or [], feedback=False, delivery=delivery, group=group,
+                    credit=limits.credit(transport, pattern, policy, queue))
+
+
+def flusher() -> Flusher:
+    """A coalescing output's flusher, at the pace the compiler gives every plan."""
+    return Flusher(limits.LIMITS.flush_delay_s, limits.LIMITS.flush_delay_max_s)
+
+
+def connect_plan(edge: int, endpoint: str, transport: str, pattern: str, hwm: int, queue: int = 1000) -> ConnectPlan:
+    return ConnectPlan(edge=edge, bind="b", node="p", port="out", endpoint=endpoint, transport=transport,
+                       pattern=pattern, hwm=hwm, credit_every=limits.credit_every(pattern, queue))
 
 
 def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, policy: str = "drop",
@@ -53,16 +66,15 @@ def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, p
     link = link or make_link(ctx)
     plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery, transport=transport)
     co = COALESCE if coalesce and pattern == "push" and delivery != "at-least-once" else None
-    send_hwm = 2 * hwm + 64 if pattern == "stream" else push_hwm(hwm, co) if pattern == "push" else hwm
-    receive_hwm = hwm + 64 if pattern == "stream" else hwm if pattern == "pub" else \
-        0 if transport == "inproc" else push_hwm(hwm, co)
+    send_hwm = limits.send_hwm(transport, pattern, hwm, co, hwm)
+    receive_hwm = limits.receive_hwm(transport, pattern, hwm, co)
     bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport=transport, pattern=pattern,
-                    hwm=send_hwm, edges=[EDGE], coalesce=co, shm=shm_above is not None)
+                    hwm=send_hwm, control_hwm=limits.control_hwm(transport, pattern), edges=[EDGE], coalesce=co,
+                    shm=shm_above is not None)
     outlet = Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: plan}, get_codec(codec).encoder(tp),
-                    shm_above=shm_above)
+                    shm_above=shm_above, flusher=flusher(), own_flusher=True)
     link.resolved.update(outlet.bound)
-    inlet = Inlet(link, "in", "c", [ConnectPlan(edge=EDGE, bind="b", node="p", port="out", endpoint=endpoint,
-                                                transport=transport, pattern=pattern, hwm=receive_hwm)],
+    inlet = Inlet(link, "in", "c", [connect_plan(EDGE, endpoint, transport, pattern, receive_hwm, hwm)],
                   {EDGE: SRC}, [], hwm, {EDGE: get_codec(codec).decoder(tp, Limits(max_bytes=max_bytes))},
                   feedback=False, max_bytes=max_bytes, delivery=delivery, inc=inc)
     joined(outlet)
@@ -382,9 +394,10 @@ def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
 
     def outlet(pattern: str, endpoint: str) -> Outlet:
         bind = BindPlan(id=endpoint, counter=0, endpoint=endpoint, transport="inproc", pattern=pattern, hwm=100,
-                        edges=[EDGE], coalesce=COALESCE if pattern == "push" else None, shm=True)
+                        control_hwm=limits.control_hwm("inproc", pattern), edges=[EDGE],
+                        coalesce=COALESCE if pattern == "push" else None, shm=True)
         return Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: edge_plan(pattern)}, get_codec("tensor").encoder(tp),
-                      shm_above=1024, loans=True)
+                      shm_above=1024, loans=True, flusher=flusher(), own_flusher=True)
 
     push, pub = outlet("push", "inproc://alloc-push"), outlet("pub", "inproc://alloc-pub")
     loaned = None
@@ -404,12 +417,12 @@ def _pub_to_two(ctx, endpoint: str, shm_above: int = 1024):
     """One pub outlet with shared memory, two subscribers (edges 7 and 8), both joined."""
     link = Link(ctx, "/nonexistent", TOKEN, TAG, Counters(Layout(edges=9, nodes=1, outputs=SRC + 1, binds=1)))
     plans = {e: edge_plan("pub", edge=e) for e in (7, 8)}
-    bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport="ipc", pattern="pub", hwm=1000,
+    bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport="ipc", pattern="pub", hwm=1000, control_hwm=0,
                     edges=[7, 8], shm=True)
-    outlet = Outlet(link, SRC, 0, "p", "out", [bind], plans, get_codec("raw").encoder(bytes), shm_above=shm_above)
+    outlet = Outlet(link, SRC, 0, "p", "out", [bind], plans, get_codec("raw").encoder(bytes), shm_above=shm_above,
+                    flusher=flusher(), own_flusher=True)
     link.resolved.update(outlet.bound)
-    inlets = {e: Inlet(link, "in", f"c{e}", [ConnectPlan(edge=e, bind="b", node="p", port="out", endpoint=endpoint,
-                                                         transport="ipc", pattern="pub", hwm=1000)],
+    inlets = {e: Inlet(link, "in", f"c{e}", [connect_plan(e, endpoint, "ipc", "pub", 1000)],
                        {e: SRC}, [], 1000, {e: get_codec("raw").decoder(memoryview, Limits())}, feedback=False,
                        max_bytes=1 << 20) for e in (7, 8)}
     joined(outlet)
@@ -737,8 +750,7 @@ def test_a_restarted_consumer_on_a_stream_port_gets_credit_afresh(ctx):
             outlet.streams[0].shared.service()
         outlet.send(b"%d" % i, None, 1, 0, None)
     first.close()  # killed; its successor comes with a new incarnation and counts from zero
-    connect = ConnectPlan(edge=EDGE, bind="b", node="p", port="out", endpoint="tcp://127.0.0.1:*", transport="tcp",
-                          pattern="stream", hwm=8 + 64)
+    connect = connect_plan(EDGE, "tcp://127.0.0.1:*", "tcp", "stream", 8 + 64, queue=8)
     second = Inlet(link, "in", "c", [connect], {EDGE: SRC}, [], 8, {EDGE: get_codec("raw").decoder(bytes)},
                    feedback=False, max_bytes=1 << 20, inc=1)
     shared = outlet.streams[0].shared

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from dmnflow import viz
+from dmnflow.compiler.limits import LIMITS
 from dmnflow.plan import (
     BindPlan,
     ConnectPlan,
@@ -42,7 +43,7 @@ def make_plan(graph: str, nodes: list[dict[str, Any]], edges: list[tuple[Any, ..
         edge_plans.append(EdgePlan(
             id=k, src=s, src_port=sp, dst=d, dst_port=dp, type="Any", codec=codec,
             transport=transport, endpoint=f"ipc://{{run_dir}}/{k}.sock", bind=f"{s}.{sp}", pattern="pub",
-            policy="block", queue=64, topics=[], feedback=feedback))
+            policy="block", queue=64, topics=[], feedback=feedback, delivery="at-most-once", credit=0))
     node_plans = []
     for spec in nodes:
         name = spec["name"]
@@ -63,13 +64,14 @@ def make_plan(graph: str, nodes: list[dict[str, Any]], edges: list[tuple[Any, ..
                                  feedback=any(e.feedback for e in es), batch=None,
                                  connects=[ConnectPlan(edge=e.id, bind=e.bind, node=e.src, port=e.src_port,
                                                        endpoint=e.endpoint,
-                                                       transport=e.transport, pattern="pub")
+                                                       transport=e.transport, pattern="pub", hwm=64,
+                                                       credit_every=0)
                                            for e in es])
                        for p, es in ins.items()],
             "outputs": [OutputPlan(port=p, type="Any", codec=es[0].codec, compress_above=None,
                                    binds=[BindPlan(id=es[0].bind, counter=0, endpoint=es[0].endpoint,
                                                    transport=es[0].transport, pattern="pub",
-                                                   hwm=1000, edges=[e.id for e in es])])
+                                                   hwm=1000, control_hwm=0, edges=[e.id for e in es])])
                         for p, es in outs.items()],
         }
         node_plans.append(NodePlan(**fields))
@@ -77,7 +79,7 @@ def make_plan(graph: str, nodes: list[dict[str, Any]], edges: list[tuple[Any, ..
                 edges=edge_plans,
                 processes=[ProcessPlan(name=n.process, nodes=[n.name], cpus=n.cpus)
                            for n in node_plans],
-                warnings=[])
+                warnings=[], limits=LIMITS)
 
 
 def trading_plan() -> Plan:
