@@ -974,7 +974,7 @@ def _render_plan(plan: Plan) -> None:
     out.print(f"drain  idle {drain.idle_s:g}s, max " + (f"{drain.max_s:g}s" if drain.max_s is not None else "none")
               + "  (a stop waits while records move)")
     lim = plan.limits  # the bounds no YAML key sets (compiler/limits.py)
-    out.print(f"limits  control {lim.control_hwm}/peer, supervisor {lim.supervisor_hwm}, flush "
+    out.print(f"limits  control {lim.control_hwm}/peer, supervisor {lim.supervisor_hwm}, admin {lim.admin_hwm}, flush "
               f"{_seconds(lim.flush_delay_s)}..{_seconds(lim.flush_delay_max_s)}, taps {lim.tap_live_hwm} live / "
               f"{lim.tap_record_hwm} recorded, viewers {lim.viewer_hwm}")
     _render_ports(plan)

@@ -78,6 +78,7 @@ class LimitsPlan(_Frozen):
     by the runtime from here only (``dmnflow plan`` shows them)."""
 
     control_hwm: int  # control messages queued per peer at a producer socket
+    admin_hwm: int  # requests queued at the run's admin socket (dmnflow runs, swap, top, echo)
     supervisor_hwm: int  # control messages queued at the supervisor's control socket
     flush_delay_s: float  # a held coalesced burst is sent this long after its last record ...
     flush_delay_max_s: float  # ... up to this long while a long burst keeps the sender busy

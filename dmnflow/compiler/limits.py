@@ -20,6 +20,7 @@ STREAM_SLACK = 64  # a stream's pipes hold its control traffic (hellos, credit, 
 
 LIMITS = LimitsPlan(
     control_hwm=1000,  # control messages queued per peer at a producer socket (a flooding peer fills only its own)
+    admin_hwm=1000,  # requests queued at a run's admin socket (runs, swap, top, echo)
     supervisor_hwm=10_000,  # control messages queued at the supervisor (heartbeats, phases, of every worker)
     flush_delay_s=200e-6,  # a held coalesced burst is sent this long after its last record ...
     flush_delay_max_s=1e-3,  # ... up to this long while a long burst keeps the sender busy

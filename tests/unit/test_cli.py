@@ -105,7 +105,7 @@ def test_plan_table_and_json():
     for text in ("process counter",
                  "in  value <- counter.numbers  ipc push  queue 1000 (64 msgs, credit 2000 told every 125) block",
                  "out numbers [msgpack] -> push", "hwm 64 msgs, control 1000/peer",
-                 "limits  control 1000/peer, supervisor 10000, flush 200us..1ms",
+                 "limits  control 1000/peer, supervisor 10000, admin 1000, flush 200us..1ms",
                  "out numbers [msgpack] -> push", "ipc://{run_dir}/counter.numbers.scale.value"):
         assert text in table.output
     as_json = run("plan", "graphs/quickstart.yaml", "--json")

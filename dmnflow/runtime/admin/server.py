@@ -75,7 +75,7 @@ class AdminServer:
         sock = zctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST)
-        sock.setsockopt(zmq.RCVHWM, 1000)
+        sock.setsockopt(zmq.RCVHWM, self.plan.limits.admin_hwm)
         sock.bind(f"ipc://{run_dir}/{ADMIN_SOCKET}")
         self.socket = sock
         return sock
