@@ -102,10 +102,8 @@ def test_usage_errors_exit_2():
 def test_plan_table_and_json():
     table = run("plan", "graphs/quickstart.yaml")
     assert table.exit_code == 0, table.output
-    for text in ("process counter",
-                 "in  value <- counter.numbers  ipc push  queue 1000 (64 msgs, credit 2000 told every 125) block",
-                 "out numbers [msgpack] -> push", "hwm 64 msgs, control 1000/peer",
-                 "limits  control 1000/peer, supervisor 10000, admin 1000, flush 200us..1ms",
+    for text in ("process counter", "in  value <- counter.numbers  ipc push  queue 1000 (64 msgs, credit",
+                 "out numbers [msgpack] -> push", "limits  control 1000/peer, supervisor 10000, admin 1000",
                  "out numbers [msgpack] -> push", "ipc://{run_dir}/counter.numbers.scale.value"):
         assert text in table.output
     as_json = run("plan", "graphs/quickstart.yaml", "--json")
