@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -41,6 +41,7 @@ __all__ = [
     "Issue",
     "LaunchError",
     "Location",
+    "NEAR_CUTOFF",
     "NodeError",
     "SendTimeout",
     "SpecError",
@@ -48,6 +49,7 @@ __all__ = [
     "closest",
     "did_you_mean",
     "format_issues",
+    "suggest",
 ]
 
 
@@ -121,18 +123,26 @@ class Issue:
         }
 
 
-def closest(word: str, options: Iterable[object], cutoff: float = 0.6) -> str | None:
+NEAR_CUTOFF = 0.6  # difflib ratio from which an option counts as a misspelling: 'n' for 'nn' is 0.67
+
+
+def closest(word: str, options: Iterable[object]) -> str | None:
     """The option most like ``word`` (a misspelling of it), or None: the one measure of "near"
-    every did-you-mean uses (difflib's ratio; ``cutoff`` higher where options are many and long,
-    like file names)."""
-    near = difflib.get_close_matches(word, sorted({str(o) for o in options}), n=1, cutoff=cutoff)
+    every did-you-mean uses (difflib's ratio at `NEAR_CUTOFF`, so all messages agree on it)."""
+    near = difflib.get_close_matches(word, sorted({str(o) for o in options}), n=1, cutoff=NEAR_CUTOFF)
     return near[0] if near else None
 
 
-def did_you_mean(word: str, options: Iterable[object], cutoff: float = 0.6) -> str:
-    """``did you mean 'x'?`` for the option closest to ``word``, or ``""``."""
-    near = closest(word, options, cutoff)
-    return f"did you mean {near!r}?" if near is not None else ""
+def suggest(option: str, shown: Callable[[str], str] = repr) -> str:
+    """``did you mean 'x'?``: the one wording of a suggestion; ``shown`` writes the option as the
+    user would type it (a path unquoted, ``module:Name``)."""
+    return f"did you mean {shown(option)}?"
+
+
+def did_you_mean(word: str, options: Iterable[object], shown: Callable[[str], str] = repr) -> str:
+    """`suggest` for the option closest to ``word``, or ``""``."""
+    near = closest(word, options)
+    return suggest(near, shown) if near is not None else ""
 
 
 def sort_issues(issues: list[Issue]) -> list[Issue]:
