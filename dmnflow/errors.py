@@ -11,8 +11,20 @@
     │   └── SendTimeout
     ├── NodeError                user code in a node raised
     ├── ConfigError              a node cannot run where it is: a key unset, a package missing
+    │   ├── ImportPathError      (importing) a ``module:Name`` that does not load
+    │   └── KeyError_            (transport.security) a CURVE key file that cannot be used; also a ValueError
     ├── LaunchError              the runtime could not start or keep the graph running
-    └── ControlError             a running graph could not be reached, or refused a command
+    │   ├── PlacementError       (runtime.backends) the backend cannot run the plan as written; exit 1
+    │   │   └── PortInUse        a fixed tcp port of the graph is taken
+    │   ├── HostError            (runtime.backends.ray_host) what a Ray host lacks for its process
+    │   └── ObserveError         (observe.session) an observing option cannot be served; exit 1
+    ├── ControlError             a running graph could not be reached, or refused a command
+    └── TuneError                (tune.study) the study cannot run: an extra, its storage, the cluster
+
+The classes with a module in brackets live beside the code that raises them, since this
+module imports nothing of dmnflow; tests/unit/test_errors.py checks this drawing holds every public
+error. ``StopSource`` (runtime.node_runner) is not an error but the stop signal of a source's
+``emit``, and stays out of the tree so that ``except DmnflowError`` in node code cannot swallow it.
 
 A `GraphError` holds every `Issue` found, not only the first: validation collects.
 Foreign errors (zmq, msgpack, lz4, yaml, pydantic) are translated where they enter,
