@@ -11,8 +11,20 @@
     │   └── SendTimeout
     ├── NodeError                user code in a node raised
     ├── ConfigError              a node cannot run where it is: a key unset, a package missing
+    │   ├── ImportPathError      (importing) a ``module:Name`` that does not load
+    │   └── KeyError_            (transport.security) a CURVE key file that cannot be used; also a ValueError
     ├── LaunchError              the runtime could not start or keep the graph running
-    └── ControlError             a running graph could not be reached, or refused a command
+    │   ├── PlacementError       (runtime.backends) the backend cannot run the plan as written; exit 1
+    │   │   └── PortInUse        a fixed tcp port of the graph is taken
+    │   ├── HostError            (runtime.backends.ray_host) what a Ray host lacks for its process
+    │   └── ObserveError         (observe.session) an observing option cannot be served; exit 1
+    ├── ControlError             a running graph could not be reached, or refused a command
+    └── TuneError                (tune.study) the study cannot run: an extra, its storage, the cluster
+
+The classes with a module in brackets live beside the code that raises them, since this
+module imports nothing of dmnflow; tests/unit/test_errors.py checks this drawing holds every public
+error. ``StopSource`` (runtime.node_runner) is not an error but the stop signal of a source's
+``emit``, and stays out of the tree so that ``except DmnflowError`` in node code cannot swallow it.
 
 A `GraphError` holds every `Issue` found, not only the first: validation collects.
 Foreign errors (zmq, msgpack, lz4, yaml, pydantic) are translated where they enter,
@@ -23,7 +35,7 @@ from __future__ import annotations
 
 import difflib
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -41,6 +53,7 @@ __all__ = [
     "Issue",
     "LaunchError",
     "Location",
+    "NEAR_CUTOFF",
     "NodeError",
     "SendTimeout",
     "SpecError",
@@ -48,6 +61,7 @@ __all__ = [
     "closest",
     "did_you_mean",
     "format_issues",
+    "suggest",
 ]
 
 
@@ -121,18 +135,26 @@ class Issue:
         }
 
 
-def closest(word: str, options: Iterable[object], cutoff: float = 0.6) -> str | None:
+NEAR_CUTOFF = 0.6  # difflib ratio from which an option counts as a misspelling: 'n' for 'nn' is 0.67
+
+
+def closest(word: str, options: Iterable[object]) -> str | None:
     """The option most like ``word`` (a misspelling of it), or None: the one measure of "near"
-    every did-you-mean uses (difflib's ratio; ``cutoff`` higher where options are many and long,
-    like file names)."""
-    near = difflib.get_close_matches(word, sorted({str(o) for o in options}), n=1, cutoff=cutoff)
+    every did-you-mean uses (difflib's ratio at `NEAR_CUTOFF`, so all messages agree on it)."""
+    near = difflib.get_close_matches(word, sorted({str(o) for o in options}), n=1, cutoff=NEAR_CUTOFF)
     return near[0] if near else None
 
 
-def did_you_mean(word: str, options: Iterable[object], cutoff: float = 0.6) -> str:
-    """``did you mean 'x'?`` for the option closest to ``word``, or ``""``."""
-    near = closest(word, options, cutoff)
-    return f"did you mean {near!r}?" if near is not None else ""
+def suggest(option: str, shown: Callable[[str], str] = repr) -> str:
+    """``did you mean 'x'?``: the one wording of a suggestion; ``shown`` writes the option as the
+    user would type it (a path unquoted, ``module:Name``)."""
+    return f"did you mean {shown(option)}?"
+
+
+def did_you_mean(word: str, options: Iterable[object], shown: Callable[[str], str] = repr) -> str:
+    """`suggest` for the option closest to ``word``, or ``""``."""
+    near = closest(word, options)
+    return suggest(near, shown) if near is not None else ""
 
 
 def sort_issues(issues: list[Issue]) -> list[Issue]:

@@ -17,13 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import closest
+from .errors import ConfigError, did_you_mean
 
 __all__ = ["ImportPathError", "load_object", "split_path", "subclass_of", "user_frame"]
 
 
-class ImportPathError(Exception):
-    """A ``module:qualname`` that does not load: ``message`` says what, ``hint`` how to fix it."""
+class ImportPathError(ConfigError):
+    """A ``module:qualname`` that does not load: ``message`` says what, ``hint`` how to fix it.
+
+    A `ConfigError`: the module or name is not there where it runs (a typo in ``uses:``, a
+    package not installed); the compiler turns it into an ``import-error`` issue."""
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -73,8 +76,7 @@ def load_object(uses: str, *, kind: Callable[[Any], bool] | None = None, what: s
         nxt = getattr(obj, part, None)
         if nxt is None:
             offered = [n for n, v in vars(module).items() if kind is not None and kind(v)]
-            near = closest(part, offered)
-            hint = f"did you mean {module_name}:{near}?" if near else (
+            hint = did_you_mean(part, offered, lambda name: f"{module_name}:{name}") or (
                 f"{what} there: {', '.join(sorted(offered))}" if offered else "")
             raise ImportPathError(f"module {module_name!r} has no {part!r}", hint)
         obj = nxt
@@ -94,9 +96,9 @@ def _module_hint(missing: str) -> str:
         except Exception:
             return f"is the package {parent!r} installed?"
         found = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
-        near = closest(leaf, found)
+        near = did_you_mean(leaf, found, lambda name: f"{parent}.{name}")
         if near:
-            return f"did you mean {parent}.{near}?"
+            return near
         return f"modules in {parent}: {', '.join(sorted(found))}" if found else ""
     return "is it installed, or is the current directory the project root?"
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..errors import IssueList, Location
+from ..errors import IssueList, Location, suggest
 from ..plan import BudgetPlan, EdgePlan, Plan
 from ..spec.units import format_duration
 from ..transport.stats import Histogram
@@ -71,7 +71,7 @@ def check_budgets(nodes: Mapping[str, Any], edges: Sequence[Any], loc: Callable[
         if source not in nodes:
             near = [n for n in nodes if n.endswith("/" + source) or n.split("/")[-1] == source.split("/")[-1]]
             issues.add("unknown-node", f"no node {source!r} to start the budget's path at", where, path=path,
-                       hint=f"did you mean {near[0]!r}?" if near else f"nodes are {', '.join(sorted(nodes))}")
+                       hint=suggest(near[0]) if near else f"nodes are {', '.join(sorted(nodes))}")
             continue
         cls = nodes[source].cls
         if cls is not None and not cls.is_source():

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Issue, IssueList, Location, closest
+from ..errors import Issue, IssueList, Location, closest, did_you_mean
 from .overrides import Override, _apply_override, _merge
 from .schema import Defaults, DrainSpec, GraphSpec, NodeSpec, SecuritySpec
 from .source import Path_, SourceMap, _display, _dotted, _suggest, parse_yaml
@@ -98,9 +98,9 @@ def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,
     except FileNotFoundError:
         near = _near_file(path)
         if include_loc is None:
-            hint = f"did you mean {near}?" if near else "check the path (relative to the working directory)"
+            hint = near or "check the path (relative to the working directory)"
         else:
-            hint = (f"did you mean {near}? " if near else "") + "relative include paths start at the including file"
+            hint = (f"{near} " if near else "") + "relative include paths start at the including file"
         issues.add("file-not-found", f"graph file {file} does not exist", where, path=include_key, hint=hint)
         return None
     except (OSError, UnicodeDecodeError) as exc:
@@ -207,18 +207,19 @@ def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,
 
 
 def _near_file(path: Path) -> str:
-    """The graph file next to ``path`` whose name is closest to it (a typo), as a person types it."""
+    """``did you mean graphs/x.yaml?`` for the graph file next to ``path`` whose name is closest
+    to it (a typo), as a person types it, or ``""``. Stems are compared: every name ends in
+    ``.yaml``, which would make any two look alike."""
     try:
-        names = [p.name for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+        names = {p.stem: p.name for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()}
     except OSError:
         return ""
-    near = closest(path.name, names, cutoff=0.75)
-    return _display(path.parent / near) if near else ""
+    return did_you_mean(path.stem, names, lambda stem: _display(path.parent / names[stem]))
 
 
 def _misspelt(data: dict[str, Any], key: str) -> Any:
     """The value of a top-level key that looks like a typo of ``key`` (``var:`` for ``vars:``)."""
-    near = closest(key, [k for k in data if k not in GraphSpec.model_fields], cutoff=0.7)
+    near = closest(key, [k for k in data if k not in GraphSpec.model_fields])
     return data[near] if near else None
 
 

@@ -32,6 +32,8 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
+from ..errors import ConfigError
+
 __all__ = ["DEFAULT_KEY", "RUN_KEY", "RUN_KEYS", "Curve", "KeyError_", "REFUSED_EVENTS", "check_key_dir",
            "check_key_name", "generate_keys", "load_curve", "write_run_keys"]
 
@@ -42,8 +44,10 @@ KEY_LEN = 40  # a 32-byte key in Z85
 RUN_KEYS, RUN_KEY = "keys", "run"  # the per-run key directory (in the run directory) and its keypair
 
 
-class KeyError_(ValueError):  # noqa: N801 - KeyError is a builtin with another meaning
-    """A key file that cannot be used: missing, unreadable, malformed, or readable by others."""
+class KeyError_(ConfigError, ValueError):  # noqa: N801 - KeyError is a builtin with another meaning
+    """A key file that cannot be used: missing, unreadable, malformed, or readable by others.
+
+    A `ConfigError` (the key is not set up where it runs); still a ValueError, as it always was."""
 
 
 def _check_key(value: bytes | None, file: Path, what: str) -> bytes:

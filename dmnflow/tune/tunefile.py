@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..compiler import compile_graph
-from ..errors import GraphError, Issue, IssueList, Location, SpecError, did_you_mean
+from ..errors import GraphError, Issue, IssueList, Location, SpecError, did_you_mean, suggest
 from ..importing import ImportPathError, load_object
 from ..node import Node
 from ..plan import Plan
@@ -377,7 +377,7 @@ class _Loader:
         if name not in names:
             ends = [n for n in names if n.rsplit("/", 1)[-1] == name]
             hint = did_you_mean(name, names) or (
-                f"did you mean {ends[0]!r}? (included nodes are named <include>/<node>)" if ends else
+                f"{suggest(ends[0])} (included nodes are named <include>/<node>)" if ends else
                 _suggest(name, names))
             self.add("unknown-key", f"the graph has no node {name!r}", loc, path, hint)
             return False

@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ...errors import LaunchError
 from ...plan import RUN_DIR, Plan
 from ...transport.security import KeyError_, generate_keys, load_curve, read_public
 from ...transport.stats import Counters
@@ -46,8 +47,9 @@ __all__ = ["HostError", "WorkerHost"]
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-class HostError(Exception):
-    """What this host lacks for its process; the driver shows the message as it is."""
+class HostError(LaunchError):
+    """What this host lacks for its process; the driver shows the message as it is (a
+    `LaunchError`: the graph cannot be started there)."""
 
 
 class WorkerHost:
