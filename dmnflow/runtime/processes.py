@@ -1,6 +1,17 @@
-"""Worker processes as the supervisor sees them: started by the zygote (or as new
-interpreters), waited for and signalled by PID, and run directories of dead supervisors
-swept away. Only the runtime starts processes, and it always stops and reaps them.
+"""The one process lifecycle: start, stop, reap. Every process dmnflow starts (a run's
+workers and zygote, the tune host and its trials, a Ray actor's worker, the daemons of a Ray
+started for a run) is stopped here, by PID, with one escalation:
+
+    ask       SIGTERM (or SIGINT; or nothing when it was asked another way: its socket
+              closed, a stop message), so it can run its teardown
+    wait      up to ``TERM_WAIT_S`` (all of them together, not one after the other)
+    SIGKILL   the ones left, with a warning naming each
+    reap      wait for every one, so none outlives its owner's return
+
+``stop`` is that escalation, ``wait_exit`` its first half (a drain: exit by yourselves, no
+signal yet). The timeouts are named here and nowhere else. Also here: workers forked by the
+zygote (``Zygote``, waited for and signalled by PID as ``ByPid``), the subreaper switch, and
+the sweep of run directories whose supervisor is gone. Nothing is ever stopped by name.
 """
 
 from __future__ import annotations
@@ -18,17 +29,92 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["RUN_DIR_PREFIX", "SPAWN_TIMEOUT_S", "ZYGOTE_ENV", "Forked", "Zygote", "exit_forked", "subreaper",
-           "sweep_run_dirs"]
+__all__ = ["ASKED_STOP_S", "CLOSED_WAIT_S", "RUN_DIR_PREFIX", "SERVICE_TERM_WAIT_S", "SPAWN_TIMEOUT_S", "TERM_WAIT_S",
+           "ZYGOTE_ENV", "ByPid", "Signalled", "Zygote", "alive", "exists", "exit_forked", "stop", "subreaper",
+           "sweep_run_dirs", "wait_exit"]
 
 log = logging.getLogger("dmnflow.supervisor")
 
 RUN_DIR_PREFIX = "dmnflow-"
 ZYGOTE_ENV = "DMNFLOW_ZYGOTE"  # "0": start each worker as a new interpreter instead of forking it
 SPAWN_TIMEOUT_S = 30.0  # the zygote's first answer waits for its imports
+
+# the escalation's timeouts (``stop``), each named once
+TERM_WAIT_S = 2.0  # signalled (SIGTERM, SIGINT): its teardown, then exit; SIGKILL after this
+CLOSED_WAIT_S = 5.0  # its socket closed (the zygote, a trial): it exits by itself; SIGKILL after this
+ASKED_STOP_S = 10.0  # a trial told to stop drains its graph (and the runtime's own grace); killed after this
+SERVICE_TERM_WAIT_S = 5.0  # a Ray started for a run: its daemons stop their own children first
+
+
+class Signalled(Protocol):
+    """What the lifecycle needs of a process: ``Popen``'s waiting and signalling by PID
+    (``ByPid``, a ``Popen``, every backend's ``Handle``)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+
+
+def wait_exit(procs: Iterable[Signalled], timeout_s: float) -> list[Signalled]:
+    """Give ``procs`` ``timeout_s`` (together) to exit by themselves; the ones still running."""
+    deadline = time.monotonic() + timeout_s
+    left = []
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            left.append(proc)
+    return left
+
+
+def stop(procs: Iterable[Signalled], sig: int | None = signal.SIGTERM, wait_s: float = TERM_WAIT_S,
+         what: str = "process") -> list[Signalled]:
+    """The escalation (module docstring): ``sig`` to each one still running (None: it was
+    asked another way), ``wait_s`` for all of them, SIGKILL the rest, reap every one.
+    Returns the ones that had to be killed."""
+    live = [p for p in procs if p.poll() is None]
+    if sig is not None:
+        for proc in live:
+            proc.send_signal(sig)
+    if sig == signal.SIGKILL:
+        killed = live
+    else:
+        killed = wait_exit(live, wait_s)
+        asked = signal.Signals(sig).name if sig is not None else "its stop"
+        for proc in killed:
+            log.warning("%s pid %d ignored %s for %gs; sending SIGKILL", what, proc.pid, asked, wait_s)
+            proc.send_signal(signal.SIGKILL)
+    for proc in killed:
+        proc.wait()
+    return killed
+
+
+def exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a zombie too; another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a child of ours is reaped here)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def sweep_run_dirs() -> list[str]:
@@ -41,13 +127,8 @@ def sweep_run_dirs() -> list[str]:
             pid = int((path / "supervisor.pid").read_text())
         except (OSError, ValueError):
             continue  # not ours, or just being created
-        try:
-            os.kill(pid, 0)
+        if exists(pid):
             continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(str(path))
     return removed
@@ -80,9 +161,11 @@ def subreaper(on: bool) -> bool | None:
         return None
 
 
-class Forked:
-    """A worker the zygote forked, handed to us (a subreaper) as our child: waited for and
-    signalled by PID, with the part of ``Popen``'s interface the supervisor uses."""
+class ByPid:
+    """A process known by its PID only, with ``Popen``'s waiting and signalling: a worker the
+    zygote forked (handed to us, a subreaper, as our child), the tune host's trial, a daemon
+    of a Ray started for the run. A child of ours is reaped with its exit code; another's
+    has ended when its PID is gone or a zombie (exit code unknown: 0, as ``Popen`` says)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -92,8 +175,9 @@ class Forked:
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped by someone else: gone, status unknown (as Popen)
-                self.returncode = 0
+            except ChildProcessError:  # not (or no longer) our child
+                if not alive(self.pid):
+                    self.returncode = 0
             else:
                 if pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
@@ -110,7 +194,7 @@ class Forked:
         return self.returncode  # type: ignore[return-value]
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:  # not reaped yet, so the PID is still this worker's
+        if self.poll() is None:  # not reaped yet, so the PID is still this process's
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 
@@ -130,7 +214,7 @@ class Zygote:
         longest = max((len(os.fsencode(n)) for n in names), default=0)
         pad = "-" * (longest + 24)
         try:
-            self.popen: subprocess.Popen[bytes] | Forked | None = subprocess.Popen(
+            self.popen: subprocess.Popen[bytes] | ByPid | None = subprocess.Popen(
                 [sys.executable, "-m", "dmnflow.runtime.zygote", run_dir, str(os.getpid()), str(theirs.fileno()),
                  pad], env=env, pass_fds=[theirs.fileno()], start_new_session=True)
         except OSError as exc:
@@ -164,12 +248,12 @@ class Zygote:
             finally:
                 exit_forked(code)
         theirs.close()
-        zygote.popen = Forked(pid)
+        zygote.popen = ByPid(pid)
         zygote.sock = ours
         zygote.buffer = b""
         return zygote
 
-    def spawn(self, name: str, inc: int, timeout_s: float, env: dict[str, str] | None = None) -> Forked | None:
+    def spawn(self, name: str, inc: int, timeout_s: float, env: dict[str, str] | None = None) -> ByPid | None:
         """A worker forked from the zygote, or None when the zygote cannot (it then stays unused).
 
         ``env``: variables the worker adds to the zygote's environment after the fork (its secrets).
@@ -188,7 +272,7 @@ class Zygote:
             line, self.buffer = self.buffer.split(b"\n", 1)
             reply = json.loads(line)
             if "pid" in reply:
-                return Forked(int(reply["pid"]))
+                return ByPid(int(reply["pid"]))
             log.warning("the zygote cannot fork %s: %s; starting it as a new interpreter", name, reply.get("error"))
             return None
         except (OSError, ValueError) as exc:
@@ -201,9 +285,5 @@ class Zygote:
         with contextlib.suppress(OSError):
             self.sock.close()
         if self.popen is not None:
-            try:
-                self.popen.wait(2.0)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+            stop([self.popen], None, CLOSED_WAIT_S, "the zygote")
             self.popen = None

@@ -8,14 +8,15 @@ Start-up runs in phases so that nothing is lost: every worker binds its outputs
 end, end-of-stream follows the data through the graph, and every worker exits by itself.
 The drain is given as long as records still move (the workers' counters change), up to the
 plan's ``drain.max_s``; it is cut once nothing has moved for ``drain.idle_s``, or at a second
-Ctrl-C. A cut drain escalates: SIGTERM (each worker runs its nodes' teardown), then SIGKILL
-after 2s, and the supervisor always waits for (reaps) every worker. The report says what was
+Ctrl-C. A cut drain escalates (``processes.stop``, the one escalation): SIGTERM (each worker
+runs its nodes' teardown), then SIGKILL after ``TERM_WAIT_S`` (2s), and the supervisor always
+waits for (reaps) every worker. The report says what was
 cut and what it lost; a cut that lost records, a failed teardown or a node that raised fail
 the run (``ExitCode.NODE_FAILED``).
 
 Where a worker runs is its backend's business (``runtime/backends``: ``local`` processes,
-or ``ray`` actors on a cluster); the supervisor sees each worker as a handle it polls,
-waits for and signals like a ``Popen``, so every backend gets the same guarantees.
+or ``ray`` actors on a cluster); the supervisor sees each worker as a ``backends.Handle`` it
+polls, waits for and signals like a ``Popen``, so every backend gets the same guarantees.
 
 The control socket trusts nothing: a worker is known by an identity only the run's token
 makes (``protocol.worker_identity``), every message is checked against the protocol, and
@@ -32,7 +33,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,7 +51,7 @@ from .admin.server import AdminServer
 from .backends import Backend, Handle, PlacementError, make_backend
 from .env import worker_environ
 from .files import layout_of, write_endpoints
-from .processes import RUN_DIR_PREFIX, sweep_run_dirs
+from .processes import RUN_DIR_PREFIX, stop, sweep_run_dirs, wait_exit
 from .report import EdgeReport, Incarnation, NodeReport, Report, SocketReport, build_report
 
 __all__ = ["EdgeReport", "NodeReport", "Report", "SocketReport", "launch"]
@@ -253,7 +253,7 @@ class _Supervisor:
     def spawn(self, proc: _Proc) -> None:
         """Start the worker's next incarnation where the backend runs it."""
         proc.popen = self.backend.spawn(proc.name, proc.inc)
-        proc.host = getattr(proc.popen, "host", None) or proc.host
+        proc.host = proc.popen.host or proc.host
         proc.state = "new"
         self.serve_clients()  # a start of many processes keeps answering `dmnflow runs`
 
@@ -323,7 +323,7 @@ class _Supervisor:
                                   f"{', '.join(late)}")
             for proc in self.procs.values():
                 if proc.popen is not None and proc.popen.poll() is not None:
-                    reason = getattr(proc.popen, "reason", None)  # what the backend knows: a lost Ray node
+                    reason = proc.popen.reason  # what the backend knows: a lost Ray node
                     detail = f"; {reason}" if reason else f"; {self.errors[-1]}" if self.errors else ""
                     raise LaunchError(f"worker {proc.name} (pid {proc.popen.pid}) exited with code "
                                       f"{proc.popen.returncode} during start-up{detail}")
@@ -534,7 +534,7 @@ class _Supervisor:
             if proc.state == "done":
                 return False
         pid = proc.popen.pid
-        reason, fatal = getattr(proc.popen, "reason", None), getattr(proc.popen, "fatal", False)
+        reason, fatal = proc.popen.reason, proc.popen.fatal
         proc.past.append(proc.stats)
         proc.killed.append(True)
         proc.stats = {}
@@ -562,25 +562,15 @@ class _Supervisor:
     # ---------------------------------------------------------------- shutdown
 
     def stop_all(self, grace_s: float) -> None:
-        """Wait ``grace_s`` for workers to exit by themselves, then TERM, wait, KILL, reap:
-        no worker outlives the supervisor's return."""
+        """Wait ``grace_s`` for workers to exit by themselves, then the one escalation
+        (``processes.stop``: SIGTERM, each runs its nodes' teardown; SIGKILL after
+        ``TERM_WAIT_S``; reap): no worker outlives the supervisor's return."""
         procs = [p for p in self.procs.values() if p.popen is not None]
-        live = [p.popen for p in procs if p.popen is not None]
-        deadline = time.monotonic() + grace_s
-        for popen in live:  # workers that finished exit by themselves; give them the grace period
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(max(0.0, deadline - time.monotonic()))
-        for proc in procs:  # SIGTERM: each runs its nodes' teardown, then exits (worker.Terminated)
-            if proc.popen is not None and proc.popen.poll() is None:
+        left = wait_exit([p.popen for p in procs if p.popen is not None], grace_s)
+        for proc in procs:
+            if proc.popen in left:
                 proc.terminated = proc.state != "done"  # what it still held is lost, as if killed
-                proc.popen.terminate()
-        for popen in live:
-            try:
-                popen.wait(2.0)
-            except subprocess.TimeoutExpired:
-                log.warning("worker pid %d ignored SIGTERM for 2s; sending SIGKILL", popen.pid)
-                popen.kill()
-                popen.wait()
+        stop(left, what="worker")
 
     # ---------------------------------------------------------------- the report
 

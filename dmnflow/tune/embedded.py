@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runtime.processes import ASKED_STOP_S
 from .engine import Template, figure_filter, host_modules
 from .host import start_host
 from .study import TrialEvent, record, trials_left
@@ -35,8 +36,6 @@ from .trial import TrialProcess
 from .tunefile import TuneFile
 
 __all__ = ["run_embedded"]
-
-KILL_AFTER_S = 10.0  # after a stop, a trial that has not drained (plus the runtime's grace) is killed
 
 
 @dataclass
@@ -149,7 +148,7 @@ def run_embedded(tune: TuneFile, study: Any, watchers: Sequence[Callable[[TrialE
             if run.proc.stop_at is None and now - run.started > tune.spec.timeout:
                 run.timed_out = f"timed out after {tune.spec.timeout:g}s"
                 run.proc.stop(run.timed_out)
-            elif run.proc.stop_at is not None and now - run.proc.stop_at > KILL_AFTER_S:
+            elif run.proc.overdue(now):
                 run.proc.kill()
 
     asked: list[bool] = []
@@ -200,7 +199,7 @@ def _stop_all(running: dict[int, _Running], finish: Callable[..., None]) -> None
     """Ctrl-C: ask every trial in flight to stop, give them the drain, kill the rest, mark them."""
     for run in running.values():
         run.proc.stop("interrupted")
-    deadline = time.monotonic() + KILL_AFTER_S
+    deadline = time.monotonic() + ASKED_STOP_S
     try:
         while running and time.monotonic() < deadline:
             for run in list(running.values()):

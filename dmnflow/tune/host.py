@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..runtime.processes import exit_forked
+from ..runtime.processes import ByPid, exit_forked, stop
 from .trial import TrialProcess, TrialRequest, read_request
 
 __all__ = ["Host", "connect", "main", "start_host", "warm_modules"]
@@ -94,7 +94,7 @@ def _fork_trial(conn: socket.socket, listener: socket.socket, request: TrialRequ
 def serve(listener: socket.socket) -> None:
     """Fork a trial per connection; reap them; return on SIGTERM."""
     me = os.getpid()
-    children: set[int] = set()
+    children: set[ByPid] = set()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     while not stopping:
@@ -110,20 +110,12 @@ def serve(listener: socket.socket) -> None:
                                                  "reason": f"bad trial request: {exc}"}).encode() + b"\n")
                     conn.close()
                     continue
-                children.add(_fork_trial(conn, listener, request, me))
+                children.add(ByPid(_fork_trial(conn, listener, request, me)))
                 conn.close()
-        for pid in list(children):
-            with contextlib.suppress(ChildProcessError):
-                done, _ = os.waitpid(pid, os.WNOHANG)
-                if not done:
-                    continue
-            children.discard(pid)
-    for pid in children:  # the engine stops its trials first; any left go now
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for pid in children:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        for child in list(children):
+            if child.poll() is not None:  # reaped
+                children.discard(child)
+    stop(children, signal.SIGKILL)  # the engine stops its trials first; any left go now (by PID, reaped)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,14 +187,9 @@ class Host:
         return connect(self.path, request)
 
     def close(self) -> None:
-        """SIGTERM (it kills any trial left), wait, KILL if it must; remove its socket."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(5.0)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        """Stop it (``processes.stop``: SIGTERM, and it kills any trial left; SIGKILL if it
+        must; reaped); remove its socket."""
+        stop([self.popen], what="the warm trial host")
         if self.popen.stdout is not None:
             self.popen.stdout.close()
         with contextlib.suppress(OSError):

@@ -49,7 +49,6 @@ except ImportError:  # run_ray says how to install it
 
 __all__ = ["check_ray", "plain_error", "quiet_tune", "ray_session", "require_ray", "run_ray"]
 
-KILL_AFTER_S = 10.0
 _ACTIVE: dict[str, tuple[Any, list[Callable[[TrialEvent], None]]]] = {}  # study -> (optuna study, watchers)
 
 
@@ -276,7 +275,7 @@ def _graph_trial(config: dict[str, Any], template: Template, names: dict[str, st
             now = time.monotonic()
             if now > deadline and proc.stop_sent is None:
                 proc.stop(f"timed out after {timeout_s:g}s")
-            elif proc.stop_at is not None and now - proc.stop_at > KILL_AFTER_S:
+            elif proc.overdue(now):
                 proc.kill()
             for event in proc.events(0.5):
                 if event.get("event") == "progress" and "value" in event and not multi:

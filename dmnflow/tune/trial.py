@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Location
+from ..runtime.processes import ASKED_STOP_S, CLOSED_WAIT_S, ByPid, stop, wait_exit
 from ..spec import Override
 from .objectives import Objective, report_figures, value_of
 
@@ -419,7 +420,8 @@ class TrialProcess:
     def _death(self) -> str:
         if self.stop_sent == "kill":
             return "killed"
-        code = self.popen.wait(5) if self.popen is not None else None
+        code = self.popen.returncode if self.popen is not None and not wait_exit([self.popen], CLOSED_WAIT_S) \
+            else None
         return (f"the trial process died (exit code {code})" if code is not None else
                 "the trial process died before it reported")
 
@@ -431,25 +433,28 @@ class TrialProcess:
             with contextlib.suppress(OSError):
                 self.sock.sendall(json.dumps({"stop": reason}).encode() + b"\n")
 
+    def overdue(self, now: float) -> bool:
+        """Told to stop more than ``ASKED_STOP_S`` ago (its drain and the runtime's grace) and
+        not done: the escalation's next step is ``kill``."""
+        return self.stop_at is not None and self.stop_sent != "kill" and now - self.stop_at > ASKED_STOP_S
+
     def kill(self) -> None:
-        """End the trial process at once; its workers and zygote die with it (parent-death signal)."""
+        """End the trial process at once, by PID, and wait until it is gone (a cold trial is
+        reaped here, a warm one by the host); its workers and zygote die with it (parent-death
+        signal)."""
         self.stop_sent = "kill"
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self.pid, signal.SIGKILL)
-        if self.popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(5)
+        target = self.popen if self.popen is not None else ByPid(self.pid) if self.pid is not None else None
+        if target is not None:
+            with contextlib.suppress(PermissionError):  # its PID is another user's now: it is long gone
+                stop([target], signal.SIGKILL)
 
     def close(self) -> None:
-        """Close our end; a cold trial (our child) gets a moment to exit by itself, then is killed."""
+        """Close our end; a cold trial (our child) exits by itself then (``CLOSED_WAIT_S``), or is
+        killed."""
         if not self.closed:
             self._ended(None)
-        if self.popen is not None:
-            try:
-                self.popen.wait(5.0)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.popen is not None and wait_exit([self.popen], CLOSED_WAIT_S):
+            self.kill()
 
     def wait(self, timeout_s: float, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Read events until the trial is done (at most ``timeout_s``, then it is killed)."""

@@ -2,7 +2,8 @@
 
 The supervisor owns the lifecycle (phased start-up, heartbeats, restarts per policy, the
 drain, the report); a backend only starts a worker process for a process of the plan, and
-hands back a handle the supervisor waits for and signals like a ``Popen``:
+hands back a ``Handle`` the supervisor waits for and signals like a ``Popen``, and stops
+with the one escalation of ``runtime/processes.py``:
 
 - ``local`` (the default): processes on this machine, forked by the zygote
   (``runtime/processes.py``);
@@ -34,6 +35,7 @@ import zmq
 
 from ...errors import ExitCode, LaunchError
 from ...plan import Plan
+from ..processes import Signalled
 
 __all__ = ["BACKENDS", "Backend", "Handle", "PlacementError", "PortInUse", "RunContext", "make_backend",
            "port_problem"]
@@ -72,23 +74,19 @@ def port_problem(endpoint: str) -> str | None:
     return None
 
 
-class Handle(Protocol):
-    """One incarnation of a worker, as the supervisor waits for and signals it.
+class Handle(Signalled, Protocol):
+    """One incarnation of a worker, as the supervisor waits for and signals it (and stops it
+    with ``processes.stop``, the one escalation).
 
-    ``Popen``'s interface, plus where it runs and, once it has ended, what the backend knows
-    beyond the exit code: ``reason`` (it was killed by ``ray.kill``, its node was lost) and
-    ``fatal`` (where it ran is gone: no restart can help, the run fails)."""
+    ``Popen``'s waiting and signalling, plus where it runs and, once it has ended, what the
+    backend knows beyond the exit code: ``reason`` (it was killed by ``ray.kill``, its node
+    was lost) and ``fatal`` (where it ran is gone: no restart can help, the run fails).
+    Every backend returns one (``local.LocalHandle``, ``ray.RayHandle``)."""
 
-    pid: int
     returncode: int | None
     host: str
     reason: str | None
     fatal: bool
-
-    def poll(self) -> int | None: ...
-    def wait(self, timeout: float | None = None) -> int: ...
-    def terminate(self) -> None: ...
-    def kill(self) -> None: ...
 
 
 class RunContext(Protocol):

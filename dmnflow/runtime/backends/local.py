@@ -1,5 +1,6 @@
 """The local backend: every worker a process on this machine, forked by the zygote (or started
-as a new interpreter), a child of the supervisor, which waits for it and signals it by PID.
+as a new interpreter), a child of the supervisor, which waits for it and signals it by PID
+(``LocalHandle``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,38 @@ from ...transport.security import write_run_keys
 from ...transport.stats import Counters, Layout
 from ..env import declared_secrets
 from ..files import counters_path, layout_of
-from ..processes import SPAWN_TIMEOUT_S, ZYGOTE_ENV, Zygote, subreaper
+from ..processes import SPAWN_TIMEOUT_S, ZYGOTE_ENV, ByPid, Zygote, subreaper
 from . import Handle, PortInUse, RunContext, port_problem
 
-__all__ = ["LocalBackend", "check_fixed_ports"]
+__all__ = ["LocalBackend", "LocalHandle", "check_fixed_ports"]
+
+
+class LocalHandle:
+    """One incarnation on this machine (``backends.Handle``): a child of the supervisor, forked
+    by the zygote (``ByPid``) or started as a new interpreter (``Popen``), waited for and
+    signalled by PID. Nothing is known of its end beyond the exit code: ``reason`` is None,
+    and it is never ``fatal`` (this machine is still here)."""
+
+    reason: str | None = None
+    fatal = False
+
+    def __init__(self, proc: ByPid | subprocess.Popen[bytes], host: str) -> None:
+        self.proc = proc  # a Popen is kept: dropped while the child runs, it would reap it behind our back
+        self.pid = proc.pid
+        self.host = host
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout)
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)  # both check that it has not been reaped: the PID is still its
 
 
 def check_fixed_ports(plan: Plan) -> None:
@@ -80,11 +109,11 @@ class LocalBackend:
         assert run is not None, "begin() first"
         forked = (self.zygote.spawn(process, inc, SPAWN_TIMEOUT_S, declared_secrets(run.plan, process))
                   if self.zygote is not None else None)
-        handle: Handle = forked if forked is not None else subprocess.Popen(  # type: ignore[assignment]
+        proc = forked if forked is not None else subprocess.Popen(
             [sys.executable, "-m", "dmnflow.runtime.worker", run.run_dir, process, str(inc), str(os.getpid())],
             env=run.worker_env(process),
             start_new_session=True)  # Ctrl-C in the terminal reaches only the supervisor
-        return handle
+        return LocalHandle(proc, self.host)
 
     def counts(self, process: str, inc: int) -> list[int] | None:
         """From the incarnation's counters file: exact, even after a kill -9."""

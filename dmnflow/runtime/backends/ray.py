@@ -55,6 +55,7 @@ from ...errors import LaunchError
 from ...plan import RUN_DIR, Plan, SecurityPlan
 from ...transport.security import Curve, KeyError_, generate_keys, load_curve
 from ..env import declared_secrets
+from ..processes import SERVICE_TERM_WAIT_S, ByPid, exists, stop
 from . import Handle, PlacementError, RunContext
 from .ray_host import THREAD_VARS, WorkerHost
 
@@ -219,8 +220,9 @@ def place_plan(plan: Plan, node_of: dict[str, str], ip_of: dict[str, str], secur
 
 
 class RayHandle:
-    """One incarnation of a worker in its actor, with ``Popen``'s interface: its exit is the
-    actor's ``wait`` call returning (code and exact counts), or failing (the actor died)."""
+    """One incarnation of a worker in its actor (``backends.Handle``): its exit is the actor's
+    ``wait`` call returning (code and exact counts), or failing (the actor died); a signal is
+    the actor's ``signal`` call, which sends it to the worker by PID."""
 
     def __init__(self, backend: RayBackend, process: str, inc: int, actor: Any, start_ref: Any,
                  wait_ref: Any) -> None:
@@ -294,19 +296,10 @@ class RayHandle:
             with contextlib.suppress(Exception):  # a dead actor is noticed by poll()
                 self.actor.signal.remote(self.inc, int(sig))
 
-    def terminate(self) -> None:
-        import signal
-
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        import signal
-
-        self.send_signal(signal.SIGKILL)
-
 
 class _Failed:
-    """An incarnation that could not even be handed to an actor (its replacement failed)."""
+    """An incarnation that could not even be handed to an actor (its replacement failed): a
+    ``backends.Handle`` that has already ended."""
 
     def __init__(self, host: str, reason: str, fatal: bool) -> None:
         self.pid, self.returncode, self.host, self.reason, self.fatal = -1, 1, host, reason, fatal
@@ -317,11 +310,8 @@ class _Failed:
     def wait(self, timeout: float | None = None) -> int:
         return 1
 
-    def terminate(self) -> None:
-        pass
-
-    def kill(self) -> None:
-        pass
+    def send_signal(self, sig: int) -> None:
+        pass  # nothing runs
 
 
 def _first_line(exc: BaseException) -> str:
@@ -859,24 +849,15 @@ def _sweep_stale() -> list[str]:
             pids = [int(p.name.rsplit("_", 1)[1]) for p in path.glob("session_2*")]
         except (OSError, ValueError, IndexError):
             continue
-        if pids and not any(_exists(pid) for pid in pids):  # no session yet: a start under way, left alone
+        if pids and not any(exists(pid) for pid in pids):  # no session yet: a start under way, left alone
             shutil.rmtree(path, ignore_errors=True)
             removed.append(str(path))
     return removed
 
 
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop_tagged(tag: str, grace_s: float = 5.0) -> list[int]:
-    """TERM, wait, KILL every process whose environment carries this start's tag; their PIDs."""
+def _stop_tagged(tag: str) -> list[int]:
+    """Stop every process whose environment carries this start's tag (by PID, the one
+    escalation: ``processes.stop``); their PIDs."""
     needle = f"{_TAG}={tag}".encode()
     me = os.getpid()
     pids = []
@@ -885,30 +866,8 @@ def _stop_tagged(tag: str, grace_s: float = 5.0) -> list[int]:
             with contextlib.suppress(OSError):
                 if needle in (entry / "environ").read_bytes().split(b"\0"):
                     pids.append(int(entry.name))
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    left = list(pids)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = [p for p in left if _alive(p)]
-    for pid in left:
-        log.warning("Ray process %d ignored SIGTERM for %.1fs; sending SIGKILL", pid, grace_s)
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+    stop([ByPid(pid) for pid in pids], signal.SIGTERM, SERVICE_TERM_WAIT_S, "Ray process")
     return pids
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (a child of ours is reaped here)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _loopback_ray() -> None:

@@ -39,7 +39,7 @@ from ...transport.stats import Counters
 from ...transport.wire import TOKEN_FILE
 from ..env import worker_environ
 from ..files import counters_path, layout_of, write_control, write_endpoints
-from ..processes import RUN_DIR_PREFIX, sweep_run_dirs
+from ..processes import RUN_DIR_PREFIX, stop, sweep_run_dirs
 from . import port_problem
 
 __all__ = ["HostError", "WorkerHost"]
@@ -233,18 +233,12 @@ class WorkerHost:
         found = {inc: self.read_counts(inc) for inc in incs}
         return {inc: c for inc, c in found.items() if c is not None}
 
-    def close(self, grace_s: float = 2.0) -> None:
-        """Stop a worker still running (TERM, wait, KILL, reap) and remove the run directory."""
+    def close(self) -> None:
+        """Stop a worker still running (``processes.stop``: TERM, wait, KILL, reap) and remove
+        the run directory."""
         with self.lock:
-            live = [p for p in self.workers.values() if p.poll() is None]
-        for popen in live:
-            popen.terminate()
-        for popen in live:
-            try:
-                popen.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+            workers = list(self.workers.values())
+        stop(workers, what=f"worker {self.process}")
         self.spawner.shutdown(wait=False)
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
