@@ -930,7 +930,7 @@ def _render_plan(plan: Plan) -> None:
             n = plan.node(name)
             placed = (f"  host {n.host}" if n.host else "") + ("  resources " + ", ".join(
                 f"{k} {v:g}" for k, v in sorted(n.resources.items())) if n.resources else "")  # --backend ray
-            node = branch.add(f"[cyan]{n.name}[/cyan]  {n.uses}  restart {n.restart.policy} "
+            node = branch.add(f"[cyan]{n.name}[/cyan]  {n.uses}  restart {n.restart.when} "
                               f"(max {n.restart.max_restarts})" + (f"  layer {n.layer}" if n.layer else "") + placed
                               + ("  busy" + (" (spins: every node of its process is busy)" if all(
                                   plan.node(m).busy for m in proc.nodes) else "") if n.busy else ""))

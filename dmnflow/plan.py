@@ -48,7 +48,7 @@ class _Frozen(BaseModel):
 class RestartPlan(_Frozen):
     """When a dead worker is started again, how often, and how long to wait between tries."""
 
-    policy: Literal["never", "on-failure", "always"]
+    when: Literal["never", "on-failure", "always"]
     max_restarts: int
     backoff_s: float
     backoff_max_s: float

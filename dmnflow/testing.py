@@ -121,7 +121,7 @@ def _node_plan(cls: type[Node], name: str, params: dict[str, Any], ports: Ports,
                           binds=[]) for port, out in ports.outputs.items()]
     return NodePlan(name=name, spec_name=name, uses=f"{cls.__module__}:{cls.__qualname__}", params=params, layer=None,
                     process=name, cpus=[], gpu=None, replica=None, replicas=1,
-                    restart=RestartPlan(policy="never", max_restarts=0, backoff_s=0.0, backoff_max_s=0.0),
+                    restart=RestartPlan(when="never", max_restarts=0, backoff_s=0.0, backoff_max_s=0.0),
                     busy=bool(cls.busy), source=cls.is_source(), model=model,
                     join=JoinPlan(inputs=list(join), timeout_s=None) if join else None, timers=timers,
                     inputs=inputs, outputs=outputs, loc=name)

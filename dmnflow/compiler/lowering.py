@@ -108,7 +108,7 @@ class _Lowering(_Compilation):
                     groups = {("tcp", "stream", ""): [], **groups}
                 elif not groups:
                     groups = {(output_transport(node, port), "pub", ""): []}
-                hwm = out.queue if out and out.queue else entry.defaults.queue
+                hwm = out.send_limit if out and out.send_limit else entry.defaults.queue
                 coalesce = _coalesce_plan(out.coalesce if out and out.coalesce is not None
                                           else entry.defaults.coalesce)
                 bind_plans = []
@@ -153,7 +153,7 @@ class _Lowering(_Compilation):
                 resources=spec.resources,
                 replica=None if len(node.instances) == 1 else node.instances.index(inst),
                 replicas=len(node.instances), restart=RestartPlan(
-                    policy=restart.policy, max_restarts=restart.max_restarts, backoff_s=restart.backoff,
+                    when=restart.when, max_restarts=restart.max_restarts, backoff_s=restart.backoff,
                     backoff_max_s=restart.backoff_max),
                 busy=spec.busy if spec.busy is not None else node.cls.busy, source=node.cls.is_source(),
                 model=model_plan(node),

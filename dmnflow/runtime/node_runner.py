@@ -70,7 +70,7 @@ class Join:
         self.first_seen: dict[Any, float] = {}
         self.times: list[Any] = []  # a heap of the pending event times
         self.producers: dict[str, set[int]] = {p: set() for p in ports}  # filled by the worker
-        self.latest: dict[tuple[str, int], Any] = {}  # (port, producer) -> its newest event time
+        self.newest_time: dict[tuple[str, int], Any] = {}  # (port, producer) -> its newest event time
         self.ended: set[str] = set()
         self.incomplete = 0
 
@@ -81,14 +81,14 @@ class Join:
             self.first_seen[event_time] = time.monotonic()
             heapq.heappush(self.times, event_time)
         group[port] = value
-        self.latest[(port, src)] = event_time
+        self.newest_time[(port, src)] = event_time
         return self.release()
 
     def passed(self, port: str, t: Any) -> bool:
         """Whether every producer of ``port`` has sent something later than ``t``."""
-        latest = self.latest
-        producers = self.producers[port] or {src for p, src in latest if p == port}
-        return bool(producers) and all((port, s) in latest and latest[(port, s)] > t for s in producers)
+        newest = self.newest_time
+        producers = self.producers[port] or {src for p, src in newest if p == port}
+        return bool(producers) and all((port, s) in newest and newest[(port, s)] > t for s in producers)
 
     def release(self, final: bool = False) -> list[tuple[Any, dict[str, Any]]]:
         ready = []

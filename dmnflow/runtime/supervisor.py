@@ -544,11 +544,11 @@ class _Supervisor:
             proc.state = "failed"
             return True
         policy = self.restart[proc.nodes[0]]
-        wants = policy.policy == "always" or (policy.policy == "on-failure" and code != 0)
+        wants = policy.when == "always" or (policy.when == "on-failure" and code != 0)
         why = f" ({reason})" if reason else ""
         if stopping or not wants or proc.restarts >= policy.max_restarts:
             self.errors.append(f"worker {proc.name} (pid {pid}) exited with code {code}{why}; "
-                               f"restart policy {policy.policy}, {proc.restarts} restart(s) used")
+                               f"restart policy {policy.when}, {proc.restarts} restart(s) used")
             proc.state = "failed"
             return True
         backoff = min(policy.backoff_s * (2 ** proc.restarts), policy.backoff_max_s)

@@ -24,6 +24,7 @@ __all__ = [
     "InputSpec",
     "JoinSpec",
     "ModelSpec",
+    "RENAMED",
     "NodeSpec",
     "OutputSpec",
     "PathBudgetSpec",
@@ -46,14 +47,15 @@ Delivery = Literal["at-most-once", "at-least-once"]
 class RestartSpec(_Spec):
     """What the supervisor does when a node's process dies."""
 
-    policy: Literal["never", "on-failure", "always"] = "on-failure"
+    when: Literal["never", "on-failure", "always"] = Field("on-failure", description="when a dead node is started "
+                                                           "again: never, on-failure (a non-zero exit), always")
     max_restarts: int = Field(5, ge=0, description="give up after this many restarts")
     backoff: Duration = Field(0.1, description="first wait before a restart; doubles each time")
     backoff_max: Duration = Field(5.0, description="the longest wait between restarts")
 
 
 def _restart_shorthand(value: Any) -> Any:
-    return {"policy": value} if isinstance(value, str) else value
+    return {"when": value} if isinstance(value, str) else value
 
 
 Restart = Annotated[RestartSpec, BeforeValidator(_restart_shorthand, json_schema_input_type=str | RestartSpec)]
@@ -217,9 +219,19 @@ class OutputSpec(_Spec):
                              "of one process may share a port")
     host: str | None = Field(None, description="address the tcp output binds to (default: defaults.host); "
                              "beyond loopback it needs security.curve (or security.insecure)")
-    queue: int | None = Field(None, ge=1)
+    send_limit: int | None = Field(None, ge=1, description="messages a send socket holds before the output's "
+                                   "policy applies (default: defaults.queue)")
     coalesce: Coalesce | None = None
     shm_slots: int | None = Field(None, ge=1, le=4096)
+
+
+# Keys renamed so that each word names one concept (issue #19): the old spelling is refused
+# with a located ``renamed-key`` error naming the new one, rather than a bare "unknown key".
+# (model, old key) -> (new key, where the key sits, why the old word was taken)
+RENAMED: dict[tuple[type[BaseModel], str], tuple[str, str, str]] = {
+    (RestartSpec, "policy"): ("when", "restart", "an input's `policy` is its full-queue rule"),
+    (OutputSpec, "queue"): ("send_limit", "an output", "an input's `queue` is the records it buffers"),
+}
 
 
 class ModelSpec(_Spec):

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import IssueList, closest
+from .schema import RENAMED
 from .source import Path_, SourceMap, _dotted, _is_union_tag, _suggest
 
 __all__ = ["validate_section"]
@@ -71,7 +72,14 @@ def _pydantic_issue(model: type[BaseModel], err: Any, path: Path_, base: Path_,
     dotted = _dotted(path)
     if kind == "extra_forbidden":
         key = str(path[-1])
-        known = _fields_at(model, path[len(base):-1])
+        parent = _model_at(model, path[len(base):-1])
+        renamed = RENAMED.get((parent, key)) if parent is not None else None
+        if renamed is not None:
+            new, where, why = renamed
+            issues.add("renamed-key", f"key {key!r} was renamed to {new!r}", srcmap.at(path, key=True),
+                       path=dotted, hint=f"`{key}:` under {where} is now `{new}:` (one word per concept: {why})")
+            return
+        known = [f.alias or n for n, f in parent.model_fields.items()] if parent is not None else []
         issues.add("unknown-key", f"unknown key {key!r}", srcmap.at(path, key=True), path=dotted,
                    hint=_suggest(key, known) if known else "")
         return
@@ -90,22 +98,21 @@ def _pydantic_issue(model: type[BaseModel], err: Any, path: Path_, base: Path_,
     issues.add("invalid-value", message, srcmap.at(path), path=dotted)
 
 
-def _fields_at(model: type[BaseModel], rel: Path_) -> list[str]:
-    """The keys a mapping at ``rel`` (relative to ``model``) accepts, for did-you-mean hints."""
+def _model_at(model: type[BaseModel], rel: Path_) -> type[BaseModel] | None:
+    """The model a mapping at ``rel`` (relative to ``model``) is read as: its keys feed the
+    did-you-mean hints, and it with the key finds a renamed one."""
     current: Any = model
     for part in rel:
         if isinstance(current, _MapOf):  # a mapping of names: the part is a name, not a key
             current = current.model
             continue
         if not _is_model(current):
-            return []
+            return None
         info = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
         if info is None:
-            return []
+            return None
         current = _unwrap(info.annotation)
-    if _is_model(current):
-        return [f.alias or n for n, f in current.model_fields.items()]
-    return []
+    return current if _is_model(current) else None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def chain(tmp_path: Path, delivery: str) -> Path:
     path = tmp_path / "chain.yaml"
     path.write_text(textwrap.dedent(f"""
         graph: kill-chain
-        defaults: {{policy: block, queue: {QUEUE}, delivery: {delivery}, restart: {{policy: always, backoff: 0.05}}}}
+        defaults: {{policy: block, queue: {QUEUE}, delivery: {delivery}, restart: {{when: always, backoff: 0.05}}}}
         nodes:
           src: {{uses: nodes.basic:Counter, params: {{count: {N}}}}}
           mid: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}}}

@@ -165,7 +165,7 @@ def test_a_node_error_fails_the_run_and_the_other_nodes_still_tear_down(tmp_path
 def test_a_node_error_its_restart_recovered_from_still_fails_the_run(tmp_path, load):
     out, report = tmp_path / "out.jsonl", tmp_path / "report.json"
     graph = write(tmp_path / "g.yaml", f"""
-        defaults: {{policy: block, restart: {{policy: on-failure, backoff: 10ms}}}}
+        defaults: {{policy: block, restart: {{when: on-failure, backoff: 10ms}}}}
         nodes:
           counter: {{uses: nodes.basic:Counter, params: {{count: 2000, rate_hz: 0}}}}
           once: {{uses: tests.faults.nodes:RaiseOnce, inputs: {{value: counter.numbers}}, params: {{at: 100}}}}

@@ -26,7 +26,7 @@ def chain(tmp_path: Path, delivery: str = "at-most-once") -> Path:
     path = tmp_path / "chain.yaml"
     path.write_text(textwrap.dedent(f"""
         graph: kill-chain
-        defaults: {{policy: block, delivery: {delivery}, restart: {{policy: always, backoff: 0.05}}}}
+        defaults: {{policy: block, delivery: {delivery}, restart: {{when: always, backoff: 0.05}}}}
         nodes:
           src: {{uses: nodes.basic:Counter, params: {{count: {N}, rate_hz: {RATE}}}}}
           s1: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}}}

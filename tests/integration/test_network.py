@@ -230,7 +230,7 @@ def test_a_restarted_producer_takes_back_its_automatic_port_and_its_consumers_fo
         defaults: {{transport: tcp, policy: block}}
         nodes:
           src: {{uses: nodes.basic:Counter, params: {{count: 100000, rate_hz: 2000}}}}
-          mid: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}, restart: {{policy: always, backoff: 0.1}}}}
+          mid: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}, restart: {{when: always, backoff: 0.1}}}}
           sink:
             uses: tests.integration.nodes:Tap
             params: {{path: {tmp_path}/out.txt}}

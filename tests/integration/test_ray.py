@@ -214,7 +214,7 @@ def test_a_killed_worker_and_a_killed_actor_are_restarted_with_their_gaps_counte
     graph = tmp_path / "chain.yaml"
     graph.write_text(textwrap.dedent(f"""
         graph: ray-kill
-        defaults: {{policy: block, restart: {{policy: always, backoff: 0.05}}}}
+        defaults: {{policy: block, restart: {{when: always, backoff: 0.05}}}}
         nodes:
           src: {{uses: nodes.basic:Counter, params: {{count: {n}, rate_hz: 300}}, host: data}}
           mid: {{uses: nodes.basic:Scale, inputs: {{value: src.numbers}}, resources: {{gpu_box: 1}}}}

@@ -382,7 +382,7 @@ def test_a_timer_without_its_handler_is_a_compile_error(tmp_path):
 
 def test_a_node_failing_past_its_restart_policy_fails_the_run_with_its_own_traceback(tmp_path):
     graph = write(tmp_path / "boom.yaml", """
-        defaults: {policy: block, restart: {policy: on-failure, max_restarts: 1, backoff: 10ms}}
+        defaults: {policy: block, restart: {when: on-failure, max_restarts: 1, backoff: 10ms}}
         nodes:
           src: {uses: nodes.basic:Counter, params: {count: 500, rate_hz: 2000}}
           boom: {uses: tests.integration.nodes:Boom, inputs: {value: src.numbers}}

@@ -36,7 +36,7 @@ LINKS = [("trading/market", "features"), ("features", "lstm[0]"), ("features", "
 
 def pipeline() -> Plan:
     """The seed's shape, with replicas, a '/' in a name and a feedback edge."""
-    restart = RestartPlan(policy="never", max_restarts=0, backoff_s=0.1, backoff_max_s=1.0)
+    restart = RestartPlan(when="never", max_restarts=0, backoff_s=0.1, backoff_max_s=1.0)
     nodes = [NodePlan(name=name, spec_name=name.split("[")[0], uses=f"nodes.{layer}:Node{i}",
                       params={"i": i}, layer=layer, process=name, cpus=[i % 2], gpu=None,
                       replica=None, replicas=1, restart=restart, busy=False, source=i == 0,

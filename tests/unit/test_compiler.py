@@ -74,7 +74,7 @@ def test_fixed_tcp_port_and_block_policy(tmp_path):
         nodes:
           src:
             uses: nodes.basic:Counter
-            outputs: {numbers: {port: 5601, queue: 10}}
+            outputs: {numbers: {port: 5601, send_limit: 10}}
           live: {uses: nodes.basic:Collect, inputs: {values: src.numbers}}
           careful:
             uses: nodes.basic:Collect

@@ -34,7 +34,7 @@ CODES = {
     "model-missing", "no-driver",
     "node-error", "not-a-node", "pin-range", "pin-shared", "shape-mismatch", "type-mismatch",
     "unknown-codec", "unknown-input", "unknown-key", "unknown-node", "unknown-output",
-    "unknown-param", "unknown-port", "unknown-profile", "unknown-var", "unset-env",
+    "unknown-param", "unknown-port", "unknown-profile", "unknown-var", "unset-env", "renamed-key",
     "unused-output", "var-cycle", "yaml-syntax",
 }
 WARNINGS = {"no-driver", "pin-shared", "unused-output"}

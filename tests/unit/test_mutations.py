@@ -41,7 +41,7 @@ description: noise vectors, averaged, collected
 defaults:
   transport: ipc
   queue: 100
-  restart: {policy: on-failure, max_restarts: 3, backoff: 50ms}
+  restart: {when: on-failure, max_restarts: 3, backoff: 50ms}
 include:
   feed:
     path: feed.yaml
@@ -51,7 +51,7 @@ nodes:
     uses: nodes.basic:Noise
     params: {count: 10, size: 4, seed: 7}
     outputs:
-      vectors: {codec: tensor, queue: 10}
+      vectors: {codec: tensor, send_limit: 10}
   mean:
     uses: nodes.basic:Mean
     replicas: 2

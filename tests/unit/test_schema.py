@@ -35,7 +35,7 @@ def test_shipped_graphs_validate_against_the_schema(validator, path):
 @pytest.mark.parametrize(("doc", "where"), [
     ({"nodes": {"a": {"uses": "m:C", "parms": {}}}}, "parms"),
     ({"nodes": {"a": {"uses": "m:C", "inputs": {"x": {"form": "b.y"}}}}}, "form"),
-    ({"nodes": {"a": {"uses": "m:C", "restart": {"policy": "sometimes"}}}}, "sometimes"),
+    ({"nodes": {"a": {"uses": "m:C", "restart": {"when": "sometimes"}}}}, "sometimes"),
     ({"nodes": {"a": {"uses": "m:C", "replicas": 0}}}, "0"),
     ({"nodes": {"a": {}}}, "uses"),
     ({"defaults": {"transport": "udp"}, "nodes": {}}, "udp"),

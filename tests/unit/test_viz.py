@@ -57,7 +57,7 @@ def make_plan(graph: str, nodes: list[dict[str, Any]], edges: list[tuple[Any, ..
         fields: dict[str, Any] = {
             "spec_name": name.split("[")[0], "params": {}, "layer": None, "process": name,
             "cpus": [], "gpu": None, "replica": None, "replicas": 1, "model": None,
-            "restart": RestartPlan(policy="never", max_restarts=0, backoff_s=0.1,
+            "restart": RestartPlan(when="never", max_restarts=0, backoff_s=0.1,
                                    backoff_max_s=1.0),
             "busy": False, "source": not ins, "loc": "g.yaml:1:1", **spec,
             "inputs": [InputPlan(port=p, type="Any", policy="block", queue=64, topics=[],
