@@ -975,8 +975,8 @@ def _render_plan(plan: Plan) -> None:
               + "  (a stop waits while records move)")
     lim = plan.limits  # the bounds no YAML key sets (compiler/limits.py)
     out.print(f"limits  control {lim.control_hwm}/peer, supervisor {lim.supervisor_hwm}, admin {lim.admin_hwm}, flush "
-              f"{_seconds(lim.flush_delay_s)}..{_seconds(lim.flush_delay_max_s)}, taps {lim.tap_live_hwm} live / "
-              f"{lim.tap_record_hwm} recorded, viewers {lim.viewer_hwm}")
+              f"{_seconds(lim.flush_delay_s)}..{_seconds(lim.flush_delay_max_s)}, taps {lim.tap_live_hwm}/"
+              f"{lim.tap_record_hwm}, viewers {lim.viewer_hwm}")
     _render_ports(plan)
     for w in plan.warnings:
         err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}", soft_wrap=True)
