@@ -188,13 +188,16 @@ class Node:
         """Once, after the last message: every input has ended (or the source's ``run``
         returned). It may still emit; end-of-stream follows what it sends."""
 
-    def commit(self, ctx: Context) -> None:
-        """Make durable what the records handled so far produced (a file sink flushes and
+    def commit(self, ctx: Context) -> int | None:
+        """Make durable what the records handled so far produced (a file sink writes and
         syncs its file). The runtime calls it at the end of each turn that handled records,
         before teardown, and, on an at-least-once input, before it tells the producer they are
-        handled: a kill -9 after it loses nothing (the producer resends the rest), and with the
-        default delivery the report counts what a killed node handled since its last commit as
-        lost by that node. Only a class that defines it is committed."""
+        handled. It may return a mark, an int that says where its output stands (a file's
+        length): the runtime keeps it with the commit, in one transaction, and a restarted
+        incarnation finds it in ``ctx.committed``. A sink that cuts its output back to it there
+        is exact under kill -9: at-least-once, every record lands once (the producer sends the
+        rest again); with the default delivery, what the report counts as lost by the node is
+        exactly what is missing. Only a class that defines it is committed."""
 
     def run(self, ctx: Context) -> Iterator[Any] | None:
         """A source's data: best a generator that yields ``(port, value)`` or ``(port, value,
@@ -273,17 +276,21 @@ class Context:
     ``on_join`` call to the message behind its value (its topic, attrs, origin). ``model`` is
     the node's ``model:`` block (path, device, dtype, ...) or None. ``incarnation`` is 0 the
     first time the node runs in a run and counts its restarts after that: a node that writes
-    a file starts it afresh at 0 and appends to it after a restart.
+    a file starts it afresh at 0 and appends to it after a restart. ``committed`` is the mark
+    its last commit that held returned (``Node.commit``; None before any): a restarted file
+    sink cuts its file back to it, and gets the records after it again.
     """
 
-    __slots__ = ("name", "params", "log", "replica", "message", "batch", "joined", "model", "incarnation", "_emit",
-                 "_alloc")
+    __slots__ = ("name", "params", "log", "replica", "message", "batch", "joined", "model", "incarnation",
+                 "committed", "_emit", "_alloc")
 
     def __init__(self, name: str, params: BaseModel, emit: Callable[..., None],
                  *, replica: int | None = None, model: Any = None,
-                 alloc: Callable[[str, Any, Any], Any] | None = None, incarnation: int = 0) -> None:
+                 alloc: Callable[[str, Any, Any], Any] | None = None, incarnation: int = 0,
+                 committed: int | None = None) -> None:
         self.name = name
         self.incarnation = incarnation
+        self.committed = committed
         self.params = params
         self.log = logging.getLogger(f"dmnflow.node.{name}")
         self.replica = replica

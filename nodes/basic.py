@@ -71,9 +71,11 @@ class Collect(Node):
     """Keeps every value it receives, and writes each as a JSON line to ``path`` as it goes.
 
     Its commit (``Node.commit``: after each turn of the worker, and before an at-least-once
-    input says a record is handled) flushes and syncs the file, so a kill -9 loses only what
-    the report counts as lost by this node, or, at-least-once, nothing: a restarted
-    incarnation appends what the producer sends it again, and drops what it already wrote.
+    input says a record is handled) writes the turn's lines and syncs the file, and returns
+    the file's length: a restarted incarnation cuts the file back to the length of the last
+    commit that held (``ctx.committed``), so after a kill -9 the file holds exactly what the
+    report does not count as lost by this node, or, at-least-once, every record once (the
+    producer sends it what came after again).
     """
 
     class Params(BaseModel):
@@ -86,35 +88,38 @@ class Collect(Node):
     def setup(self, ctx: Any) -> None:
         self.received: list[Any] = []
         self.file = None
+        self.size = 0  # the file's length after the last commit
         self.lines: list[str] = []  # written at the commit, all at once: nothing reaches the file before it
         if ctx.params.path:
             out = Path(ctx.params.path)
             out.parent.mkdir(parents=True, exist_ok=True)
-            # a restarted incarnation goes on where the killed one's last commit left the file;
-            # unbuffered: a commit's lines go in one write(2), which a kill -9 cannot cut in half
+            # unbuffered: a commit's lines go in one write(2)
             self.file = open(out, "ab" if ctx.incarnation else "wb", buffering=0)  # noqa: SIM115 - teardown
+            if ctx.incarnation:  # where the killed one's last commit that held left it
+                self.size = ctx.committed or 0
+                self.file.truncate(self.size)
 
     def on_values(self, value: Any, ctx: Any) -> None:
         self.received.append(value)
         if self.file is not None:
             self.lines.append(json.dumps(value) + "\n")
 
-    def commit(self, ctx: Any) -> None:
-        """Sync what the last commit wrote, then write the new lines, flushed at once (one
-        unbuffered write): the write, which puts them where a kill -9 cannot take them, comes
-        last, so a kill just after it is nearly impossible (it would have them sent again); a
-        machine's loss can cost the last commit's lines."""
-        if self.file is not None:
-            os.fsync(self.file.fileno())
-            data = "".join(self.lines).encode()
-            self.lines.clear()
-            while data:  # (a regular file takes it whole; a short write goes on)
-                data = data[self.file.write(data):]
+    def commit(self, ctx: Any) -> int | None:
+        """Write the new lines (one unbuffered write), sync them, and say how long the file is."""
+        if self.file is None:
+            return None
+        data = "".join(self.lines).encode()
+        self.lines.clear()
+        while data:  # (a regular file takes it whole; a short write goes on)
+            written = self.file.write(data)
+            self.size += written
+            data = data[written:]
+        os.fsync(self.file.fileno())
+        return self.size
 
     def teardown(self, ctx: Any) -> None:
         if self.file is not None:
             self.commit(ctx)
-            os.fsync(self.file.fileno())
             self.file.close()
 
 

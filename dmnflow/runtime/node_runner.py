@@ -22,14 +22,20 @@ from ..importing import load_object
 from ..node import Context, Message, Node
 from ..plan import NodePlan
 from ..transport.stats import (
+    N_COMMIT_BEGIN,
+    N_COMMIT_END,
     N_COMMITTED,
+    N_COMMITTED_PREV,
     N_CONFLATED,
     N_HANDLING,
     N_HANDLING_OUT,
     N_IN,
     N_JOIN_INCOMPLETE,
+    N_MARK,
+    N_MARK_PREV,
     N_OUT,
     POS_OUT,
+    POS_OUT_PREV,
     Counters,
     Histogram,
     Layout,
@@ -153,7 +159,8 @@ class NodeRunner:
         self.outlets: dict[str, Sender] = {}  # filled by whoever drives it (the worker, as it binds)
         self.node = node if node is not None else self.cls()
         self.ctx = Context(plan_node.name, params, self._emit, replica=plan_node.replica, model=plan_node.model,
-                           alloc=self._alloc, incarnation=incarnation)
+                           alloc=self._alloc, incarnation=incarnation,
+                           committed=self.mv[self.nbase + N_MARK] - 1 if self.mv[self.nbase + N_MARK] else None)
         self.origin_ns = 0
         self.origin = -1
         self.e2e: dict[int, Histogram] = {}  # per origin source, at sinks
@@ -331,32 +338,68 @@ class NodeRunner:
         """Say `done` upstream for every record whose outputs downstream has handled, and keep
         (in the counters file, which outlives a kill) where each output's numbering stood when
         it was handled: a restarted incarnation, which gets the records after it again, numbers
-        what it emits for them from there, so its consumers recognise what they already have."""
+        what it emits for them from there, so its consumers recognise what they already have.
+        Both move in one transaction: an output's numbering ahead of its input's `done` would
+        number the records that come again as new ones."""
         custody = self.custody
         released = 0
-        for inlet, header, marks in custody:
+        for _, _, marks in custody:
             if not all(router.done_top[edge] >= mark for router, edge, mark in marks):
                 break
+            released += 1
+        if not released:
+            return
+        self.begin()
+        for inlet, header, marks in custody[:released]:
             for router, edge, mark in marks:
                 router.mv[router.base[edge] + POS_OUT] = mark
             inlet.handled(header)
-            released += 1
-        if released:
-            del custody[:released]
+        del custody[:released]
+        self.end()
+
+    def begin(self) -> None:
+        """A transaction over this node's positions and commit: what a kill inside it goes back to."""
+        mv, nbase = self.mv, self.nbase
+        mv[nbase + N_MARK_PREV] = mv[nbase + N_MARK]
+        mv[nbase + N_COMMITTED_PREV] = mv[nbase + N_COMMITTED]
+        for inlet in self.alo_inlets.values():
+            inlet.keep_prev()
+        for router in self.alo_routers:
+            for edge in router.held:
+                router.mv[router.base[edge] + POS_OUT_PREV] = router.mv[router.base[edge] + POS_OUT]
+        mv[nbase + N_COMMIT_BEGIN] += 1  # one store: from here a kill goes back to the _prev values
+
+    def end(self) -> None:
+        """The transaction holds: its inputs' `done` is kept (and said after it)."""
+        for inlet in self.alo_inlets.values():
+            inlet.keep_done()
+        self.mv[self.nbase + N_COMMIT_END] = self.mv[self.nbase + N_COMMIT_BEGIN]  # one store: it holds
 
     def commit(self) -> None:
-        """The node's commit step, when it handled records since the last one. They count as
-        committed once it returns; its last act should be the one that puts them where a kill
-        -9 cannot take them (a file's write), since a kill between that and the return counts
-        them lost (or, at-least-once, has them sent again)."""
+        """The node's commit step, when it handled records since the last one: one transaction
+        over what ``Node.commit`` returns (its mark: a file sink's length), the records counted
+        committed and, at-least-once, the `done` of each input (kept here, said after). A kill
+        -9 inside it leaves the state before it, which a restarted incarnation takes up: it cuts
+        its file back to that mark, and the producer sends it the records after it again; with
+        the default delivery the report counts them lost by this node."""
         mv, nbase = self.mv, self.nbase
         handled = mv[nbase + N_IN]
-        if handled != mv[nbase + N_COMMITTED]:
-            try:
-                self.node.commit(self.ctx)
-            except Exception as exc:
-                raise NodeError(f"{type(exc).__name__} in commit: {exc}", node=self.plan.name, port="commit") from exc
-            mv[nbase + N_COMMITTED] = handled
+        if handled == mv[nbase + N_COMMITTED]:
+            return
+        self.begin()
+        try:
+            mark = self.node.commit(self.ctx)
+        except Exception as exc:
+            raise NodeError(f"{type(exc).__name__} in commit: {exc}", node=self.plan.name, port="commit") from exc
+        if mark is not None:
+            if type(mark) is not int or mark < 0:
+                raise NodeError(f"commit returned {mark!r}: a commit returns None or an int >= 0 (its mark, say "
+                                "the file's length), which ctx.committed gives a restarted incarnation",
+                                node=self.plan.name, port="commit")
+            mv[nbase + N_MARK] = mark + 1  # (0: no mark yet)
+            self.ctx.committed = mark
+        mv[nbase + N_COMMITTED] = handled
+        self.end()
 
     def call_join(self, event_time: Any, group: dict[str, tuple[Any, list[Any]]]) -> None:
         """``on_join`` with one value per input; ``ctx.joined`` holds the message behind each."""

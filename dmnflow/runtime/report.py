@@ -22,13 +22,18 @@ from ..transport.stats import (
     DECODE_ERRORS,
     DROPPED,
     GAPS,
+    N_COMMIT_BEGIN,
+    N_COMMIT_END,
     N_COMMITTED,
+    N_COMMITTED_PREV,
     N_CONFLATED,
     N_HANDLING,
     N_HANDLING_OUT,
     N_IN,
     N_JOIN_INCOMPLETE,
     N_OUT,
+    POS_RECEIVED,
+    POS_SENT,
     RECEIVED,
     REDELIVERED,
     REFUSED,
@@ -172,8 +177,11 @@ def _lost_in(plan: Plan, layout: Layout, ids: dict[tuple[str, str], int], name: 
     waiting = max(0, taken - counts[b + N_IN])
     accepted = sum(counts[layout.output(ids[(name, o.port)])] for o in plan.node(name).outputs)
     unsent = max(0, counts[b + N_OUT] - accepted)
-    if counts[b + N_COMMITTED] >= 0:  # a commit step: everything that came in after the last is lost
-        return waiting + counts[b + N_IN] - counts[b + N_COMMITTED] + unsent
+    committed = counts[b + N_COMMITTED]
+    if counts[b + N_COMMIT_BEGIN] != counts[b + N_COMMIT_END]:  # killed inside a commit: it did not hold
+        committed = counts[b + N_COMMITTED_PREV]  # (the restarted incarnation cut the output back to before it)
+    if committed >= 0:  # a commit step: everything that came in after the last is lost
+        return waiting + counts[b + N_IN] - committed + unsent
     being_handled = counts[b + N_IN] - counts[b + N_HANDLING]
     handling = being_handled if counts[b + N_OUT] == counts[b + N_HANDLING_OUT] else 0
     return waiting + handling + unsent
@@ -206,6 +214,11 @@ def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str,
     edge_fields = (("sent", SENT), ("dropped", DROPPED), ("resent", RESENT), ("received", RECEIVED),
                    ("gaps", GAPS), ("decode_errors", DECODE_ERRORS), ("restarts_seen", RESTARTS_SEEN),
                    ("redelivered", REDELIVERED), ("refused", REFUSED))
+    # at-least-once: the highest sequence sent and received, over every incarnation (positions,
+    # carried from each to the next): a count and a position are two stores, and a kill -9 between
+    # them would count a record twice, once per incarnation; one position is one store
+    top_sent = {e.id: 0 for e in edges if e.delivery == "at-least-once"}
+    top_received = dict(top_sent)
     for proc in procs.values():
         share = len(proc.nodes)
         for name in proc.nodes:
@@ -238,6 +251,9 @@ def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str,
                 b = layout.edge(edge.id)
                 for attr, f in edge_fields:
                     setattr(edge, attr, getattr(edge, attr) + counts[b + f])
+                if edge.id in top_sent:
+                    top_sent[edge.id] = max(top_sent[edge.id], counts[b + POS_SENT])
+                    top_received[edge.id] = max(top_received[edge.id], counts[b + POS_RECEIVED])
                 if edge.delivery == "at-least-once" and edge.src.rsplit(".", 1)[0] in proc.nodes \
                         and not inc.killed and k == last:
                     edge.unacked += max(0, counts[b + SENT] - counts[b + ACKED])
@@ -269,6 +285,9 @@ def build_report(plan: Plan, layout: Layout, procs: dict[str, Any], status: str,
                 sockets[bind.id].refused += counts[b + B_REFUSED]
                 sockets[bind.id].disconnects += counts[b + B_DISCONNECTS]
     for edge in edges:
+        if edge.id in top_sent:  # one sequence per edge from 0: each below the top went (or came) once
+            edge.sent = top_sent[edge.id]
+            edge.received = max(top_received[edge.id] - edge.gaps, 0)  # less those that never came
         p50, p99 = hist[edge.id].quantile(0.5), hist[edge.id].quantile(0.99)
         edge.p50_us = None if p50 is None else round(p50 / 1e3, 1)
         edge.p99_us = None if p99 is None else round(p99 / 1e3, 1)

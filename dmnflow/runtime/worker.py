@@ -42,7 +42,25 @@ from ..observe.taps import Taps
 from ..plan import RUN_DIR, Plan
 from ..transport import Counters, Flusher, Inlet, Link, Outlet
 from ..transport.security import RUN_KEY, RUN_KEYS, Curve, KeyError_, Watch, load_curve
-from ..transport.stats import B_DISCONNECTS, B_REFUSED, N_HANDLING, N_HANDLING_OUT, N_IN, N_OUT, POSITIONS, REFUSED
+from ..transport.stats import (
+    B_DISCONNECTS,
+    B_REFUSED,
+    N_COMMIT_BEGIN,
+    N_COMMIT_END,
+    N_HANDLING,
+    N_HANDLING_OUT,
+    N_IN,
+    N_MARK,
+    N_MARK_PREV,
+    N_OUT,
+    POS_DONE,
+    POS_DONE_PREV,
+    POS_OUT,
+    POS_OUT_PREV,
+    POSITIONS,
+    REFUSED,
+    Layout,
+)
 from ..transport.wire import read_token, shm_tag
 from . import protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
@@ -139,10 +157,13 @@ class Worker:
         if control.startswith("tcp://") and self.plan.security.curve is not None:  # a supervisor on another host
             self.curve().dial(self.control, server_key)
         self.control.connect(control)
-        self.counters = Counters(layout_of(self.plan), counters_path(run_dir, process, inc))
-        if inc > 0:  # at-least-once positions survive a restart: the predecessor's file has them
-            before = Counters.read(counters_path(run_dir, process, inc - 1), self.counters.layout)
-            carry_positions(self.counters, before)
+        layout = layout_of(self.plan)
+        before = None  # at-least-once positions and commit marks survive a restart: the last predecessor
+        for k in range(inc - 1, -1, -1):  # that got as far as its counters file has them
+            if (before := Counters.read(counters_path(run_dir, process, k), layout)) is not None:
+                break
+        self.counters = Counters(layout, counters_path(run_dir, process, inc),
+                                 initial=None if before is None else carried(self.plan, layout, before))
         self.link = Link(self.zctx, run_dir, self.token, shm_tag(self.token), self.counters)
         self.watch = Watch()
         self.auth: Any = None
@@ -587,16 +608,31 @@ def _user_traceback(exc: BaseException) -> str:
             + "".join(traceback.format_exception_only(type(cause), cause)))
 
 
-def carry_positions(counters: Counters, before: list[int] | None) -> None:
-    """Copy the at-least-once positions of every edge from the previous incarnation's counts
-    (its file outlives a kill -9: the kernel keeps a mapped file's pages)."""
-    if before is None:
-        return
-    layout = counters.layout
+def carried(plan: Plan, layout: Layout, before: list[int]) -> list[int]:
+    """What a restarted incarnation starts from: the at-least-once positions of every edge and
+    each node's commit mark, from its predecessor's counts (a file outlives a kill -9: the kernel
+    keeps a mapped file's pages). A node killed inside a transaction (a commit, a release of
+    what downstream handled) goes back to the state before it: its mark, its at-least-once
+    inputs' `done`, which it had not yet said upstream, and its outputs' numbering."""
+    counts = [0] * layout.size
     for e in range(layout.edges):
         base = layout.edge(e)
         for field in POSITIONS:
-            counters.mv[base + field] = before[base + field]
+            counts[base + field] = before[base + field]
+    for index, node in enumerate(plan.nodes):
+        b = layout.node(index)
+        counts[b + N_MARK] = before[b + N_MARK]
+        if before[b + N_COMMIT_BEGIN] != before[b + N_COMMIT_END]:
+            counts[b + N_MARK] = before[b + N_MARK_PREV]
+            for e in plan.edges:
+                if e.delivery != "at-least-once":
+                    continue
+                if e.dst == node.name:
+                    counts[layout.edge(e.id) + POS_DONE] = before[layout.edge(e.id) + POS_DONE_PREV]
+                if e.src == node.name:
+                    counts[layout.edge(e.id) + POS_OUT] = before[layout.edge(e.id) + POS_OUT_PREV]
+    return counts
+
 
 def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
     """``argv``: RUN_DIR PROCESS INC SUPERVISOR_PID; ``plan``: the plan already read (a worker

@@ -25,7 +25,17 @@ from ..errors import DecodeError
 from ..plan import ConnectPlan
 from .link import Link, hello_msg, zmq_errors
 from .shm import ShmMaps, lease_key, segment_prefix
-from .stats import DECODE_ERRORS, GAPS, POS_DONE, POS_RECEIVED, RECEIVED, REDELIVERED, RESTARTS_SEEN, EdgeStats
+from .stats import (
+    DECODE_ERRORS,
+    GAPS,
+    POS_DONE,
+    POS_DONE_PREV,
+    POS_RECEIVED,
+    RECEIVED,
+    REDELIVERED,
+    RESTARTS_SEEN,
+    EdgeStats,
+)
 from .wire import (
     BATCH,
     CONTROL_PREFIX,
@@ -460,15 +470,26 @@ class Inlet:
         if source is not None:  # (the sequence is the edge's, whichever incarnation of the producer sent it)
             self.done_pending[source.edge] = header[SEQ]
 
+    def keep_prev(self) -> None:
+        """A commit begins: where each edge's `done` stands is what a kill inside it goes back to."""
+        mv, base = self.mv, self.base
+        for edge in self.base:
+            mv[base[edge] + POS_DONE_PREV] = mv[base[edge] + POS_DONE]
+
+    def keep_done(self, upto: dict[int, int] | None = None) -> None:
+        """Keep (in the counters file) the `done` about to be said: a restarted consumer starts here."""
+        mv, base = self.mv, self.base
+        for edge, seq in (self.done_pending if upto is None else upto).items():
+            if seq >= mv[base[edge] + POS_DONE]:
+                mv[base[edge] + POS_DONE] = seq + 1
+
     def send_done(self, upto: dict[int, int] | None = None) -> None:
         pending = self.done_pending if upto is None else upto
         if not pending:
             return
+        self.keep_done(pending)  # kept before it is said (a commit kept it already)
         dealer_of = {e: d for d, e in self.dealers}
-        mv, base = self.mv, self.base
         for edge, seq in pending.items():
-            if seq >= mv[base[edge] + POS_DONE]:  # kept before it is said: a restarted consumer starts here
-                mv[base[edge] + POS_DONE] = seq + 1
             dealer = dealer_of.get(edge)
             if dealer is not None:
                 with contextlib.suppress(zmq.ZMQError):

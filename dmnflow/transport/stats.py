@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ __all__ = ["EDGE_FIELDS", "NODE_FIELDS", "Counters", "EdgeStats", "Histogram", "
 
 # per edge: the producer fills the first group, the consumer the second
 EDGE_FIELDS = ("sent", "dropped", "resent", "received", "gaps", "decode_errors", "restarts_seen", "redelivered",
-               "acked", "pos_sent", "pos_out", "pos_received", "pos_done", "refused")
+               "acked", "pos_sent", "pos_out", "pos_received", "pos_done", "refused", "pos_done_prev",
+               "pos_out_prev")
 SENT, DROPPED, RESENT, RECEIVED, GAPS, DECODE_ERRORS, RESTARTS_SEEN, REDELIVERED, ACKED = range(9)
 # at-least-once positions (sequence numbers + 1), carried from each incarnation to the next (the
 # worker copies them from its predecessor's file at start): not counts, never summed. Producer:
@@ -31,10 +33,20 @@ SENT, DROPPED, RESENT, RECEIVED, GAPS, DECODE_ERRORS, RESTARTS_SEEN, REDELIVERED
 POS_SENT, POS_OUT, POS_RECEIVED, POS_DONE = range(9, 13)
 POSITIONS = (POS_SENT, POS_OUT, POS_RECEIVED, POS_DONE)
 REFUSED = 13  # CURVE handshakes the consumer failed with whatever answered at its producer's address
+# pos_done and pos_out as the node's transaction in progress began (a kill inside it goes back to them):
+# the consumer's commit, or a middle node's release of what downstream handled, which moves both
+POS_DONE_PREV, POS_OUT_PREV = 14, 15
 # per node instance; "committed": `in` as the node's last commit began (a kill loses what came in
 # after it; one store per record, so no moment in between escapes the count), -1 without a commit step
-NODE_FIELDS = ("in", "out", "handling", "handling_out", "conflated", "join_incomplete", "committed")
-N_IN, N_OUT, N_HANDLING, N_HANDLING_OUT, N_CONFLATED, N_JOIN_INCOMPLETE, N_COMMITTED = range(len(NODE_FIELDS))
+# A commit is a transaction over "mark" (what Node.commit returned: a file sink's length), "committed",
+# the node's at-least-once inputs' pos_done and outputs' pos_out: "commit_begin" counts transactions
+# begun, "commit_end" those whose new values are all stored; while they differ the "_prev" values are
+# the state, and a restarted incarnation goes back to them (what the killed one was writing is cut off
+# at the mark)
+NODE_FIELDS = ("in", "out", "handling", "handling_out", "conflated", "join_incomplete", "committed", "mark",
+               "mark_prev", "committed_prev", "commit_begin", "commit_end")
+(N_IN, N_OUT, N_HANDLING, N_HANDLING_OUT, N_CONFLATED, N_JOIN_INCOMPLETE, N_COMMITTED, N_MARK, N_MARK_PREV,
+ N_COMMITTED_PREV, N_COMMIT_BEGIN, N_COMMIT_END) = range(len(NODE_FIELDS))
 # per bound socket: frames from peers the plan does not know; handshakes refused (CURVE);
 # connections that ended before the output's end went out (a consumer that died, an outside subscriber
 # that left, or a peer whose frame broke the protocol: an oversize one ends its connection, and what
@@ -134,7 +146,10 @@ class Layout:
 class Counters:
     """One worker incarnation's counts: int64s in a mapped file (or plain memory in tests)."""
 
-    def __init__(self, layout: Layout, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, layout: Layout, path: str | os.PathLike[str] | None = None,
+                 initial: list[int] | None = None) -> None:
+        """``initial``: the counts it starts from (a restarted worker's carried positions); the
+        file appears with them in it, never without (written aside, then renamed)."""
         self.layout = layout
         self.path = None if path is None else str(path)
         nbytes = max(8, layout.size * 8)
@@ -142,14 +157,20 @@ class Counters:
             self._buf: Any = bytearray(nbytes)
             self._map = None
         else:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            aside = self.path if initial is None else f"{self.path}.new"
+            fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.ftruncate(fd, nbytes)
+                if initial is not None:
+                    os.pwrite(fd, array("q", initial[: layout.size]).tobytes(), 0)
+                    os.replace(aside, self.path)
                 self._map = mmap.mmap(fd, nbytes)
             finally:
                 os.close(fd)
             self._buf = self._map
         self.mv = memoryview(self._buf).cast("q")
+        if path is None and initial is not None:
+            self.mv[: len(initial[: layout.size])] = array("q", initial[: layout.size])
 
     @staticmethod
     def read(path: str | os.PathLike[str], layout: Layout) -> list[int] | None:

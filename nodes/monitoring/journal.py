@@ -2,8 +2,11 @@
 
 Alerts that nobody reads are not alerts: the journal logs each firing alert (a warning, or
 an error for ``critical``) and, with ``path``, appends every message it gets to a JSON-lines
-file as it arrives, so a live run leaves a record even when it is killed. It keeps nothing
-in memory but counts.
+file, written at each commit (every turn of its worker that handled messages), so a live run
+leaves a record even when it is killed: a restarted incarnation cuts the file back to the end
+of its predecessor's last commit that held, so what the report counts as lost by the journal
+is exactly what is missing, never a line twice. It keeps nothing in memory but counts and the
+turn's lines.
 """
 
 from __future__ import annotations
@@ -26,17 +29,19 @@ class Journal(Node):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         path: str | None = Field(None, description="JSON-lines file to append to; none only logs alerts")
-        flush_every: int = Field(1, ge=1, description="flush the file after this many messages")
 
     entries = Input(Any, doc="alerts, health reports, metrics: anything msgpack-able")
 
     def setup(self, ctx: Any) -> None:
         self.log = ctx.log
-        self.file: IO[str] | None = None
+        self.file: IO[bytes] | None = None
+        self.lines: list[str] = []  # this turn's, written at the commit in one write(2)
         if ctx.params.path:
             Path(ctx.params.path).parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(ctx.params.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in teardown
-        self.flush_every = ctx.params.flush_every
+            self.file = open(ctx.params.path, "ab", buffering=0)  # noqa: SIM115 - closed in teardown
+            if ctx.incarnation and ctx.committed is not None:  # a killed predecessor's half-held commit goes
+                self.file.truncate(ctx.committed)
+            self.size = self.file.seek(0, 2)
         self.counts: dict[str, int] = {"messages": 0, "alerts_firing": 0, "alerts_critical": 0}
 
     def on_entries(self, entry: Any, ctx: Any) -> None:
@@ -49,14 +54,25 @@ class Journal(Node):
             if self.log.isEnabledFor(level):
                 self.log.log(level, "alert %s: %s", entry.get("rule"), entry.get("message"))
         if self.file is not None:
-            self.file.write(json.dumps({"topic": ctx.message.topic, "event_time": ctx.message.event_time,
-                                        "value": entry}, default=str) + "\n")
-            if self.counts["messages"] % self.flush_every == 0:
-                self.file.flush()
+            self.lines.append(json.dumps({"topic": ctx.message.topic, "event_time": ctx.message.event_time,
+                                          "value": entry}, default=str) + "\n")
+
+    def commit(self, ctx: Any) -> int | None:
+        """Write the turn's lines; the file's length is the mark a restart cuts back to."""
+        if self.file is None:
+            return None
+        data = "".join(self.lines).encode()
+        self.lines.clear()
+        while data:
+            written = self.file.write(data)
+            self.size += written
+            data = data[written:]
+        return self.size
 
     def summary(self) -> dict[str, Any]:
         return dict(getattr(self, "counts", {}))
 
     def teardown(self, ctx: Any) -> None:
         if self.file is not None:
+            self.commit(ctx)
             self.file.close()

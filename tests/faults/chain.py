@@ -55,9 +55,9 @@ def run_and_kill(tmp_path: Path, delivery: str, victim: str, kills: int) -> tupl
         for k in range(kills):
             target = N * (k + 1) // (kills + 2)  # records at the sink before this kill
             assert wait_until(lambda t=target: lines(out) >= t, 60), f"the sink never reached {target}"
-            # the file grows at the sink's commit: a kill right on it would hit the one instant a
-            # commit has written and not yet returned (docs/runtime.md), far more often than chance
-            time.sleep(rng.uniform(0.0, 0.02))
+            # the file grows at the sink's commit: half the kills come right on one (a commit written
+            # and not yet held is cut back by the restarted sink, docs/runtime.md), half a little later
+            time.sleep(rng.choice([0.0, rng.uniform(0.0, 0.02)]))
             os.kill(pid, signal.SIGKILL)
             assert wait_until(lambda p=pid: not alive(p), 10)
             assert wait_until(lambda p=pid: run.workers().get(victim, p) != p, 30), f"{victim} was not restarted"
