@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["VOL_TARGET", "Panel", "Sequences", "build_panel", "make_sequences", "scaled_returns"]
+__all__ = ["VOL_TARGET", "Panel", "Sequences", "build_panel", "make_sequences", "scaled_returns", "target_dates"]
 
 VOL_TARGET = 0.15  # the paper's annualised volatility target per asset
 
@@ -85,10 +85,29 @@ def build_panel(closes: Any) -> Panel:
                  macd=ref.macd_signal(closes).to_numpy(np.float64), priced=priced)
 
 
-def scaled_returns(panel: Panel) -> np.ndarray:
-    """The training target ``r_{t+1} * 0.15 / sigma_t``: what a position of 1 earns at 15% vol."""
+def scaled_returns(panel: Panel, delay: int = 0) -> np.ndarray:
+    """The training target ``r_{t+1+delay} * 0.15 / sigma_t``: what a position of 1 decided at
+    close t earns at 15% vol when it is traded ``delay`` days later (as
+    ``evaluate.strategy_returns`` trades it: the row ``delay`` dates on, earning that row's next
+    return; nothing where the asset has no price that day)."""
+    ret = panel.next_ret
+    if delay:
+        ret = np.full_like(panel.next_ret, np.nan)
+        ret[:-delay] = np.where(panel.priced[delay:], panel.next_ret[delay:], 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return panel.next_ret * VOL_TARGET / panel.sigma
+        return ret * VOL_TARGET / panel.sigma
+
+
+def target_dates(panel: Panel, delay: int = 0) -> np.ndarray:
+    """(D, N) the date of the price a target needs (:func:`scaled_returns`): a training period
+    must not use one that lies in the period it is later tested on (NaT where none)."""
+    if not delay:
+        return panel.next_date
+    out = np.full_like(panel.next_date, np.datetime64("NaT"))
+    dates = panel.dates.to_numpy(dtype="datetime64[ns]")
+    later = np.broadcast_to(dates[delay:, None], panel.next_date[delay:].shape)
+    out[:-delay] = np.where(panel.priced[delay:], panel.next_date[delay:], later)
+    return out
 
 
 @dataclass
@@ -96,7 +115,7 @@ class Sequences:
     """Training windows: inputs, targets and sigmas, one row per window."""
 
     x: np.ndarray  # (S, W, 8) float32
-    target: np.ndarray  # (S, W) float32: r_{t+1} * 0.15 / sigma_t
+    target: np.ndarray  # (S, W) float32: r_{t+1+delay} * 0.15 / sigma_t
     sigma: np.ndarray  # (S, W) float32: annualised sigma_t (for the turnover cost)
     dates: np.ndarray  # (S, W) datetime64[ns]: the date of each step
 
@@ -108,10 +127,12 @@ class Sequences:
         return Sequences(self.x[keep], self.target[keep], self.sigma[keep], self.dates[keep])
 
 
-def make_sequences(panel: Panel, start: Any, end: Any, window: int, stride: int | None = None) -> Sequences:
+def make_sequences(panel: Panel, start: Any, end: Any, window: int, stride: int | None = None,
+                   delay: int = 0) -> Sequences:
     """Windows of ``window`` consecutive valid rows per asset, every ``stride`` rows (default:
     non-overlapping, as in the paper), whose dates lie in ``[start, end)`` and whose targets'
-    prices also lie before ``end`` (no look-ahead into a later test period).
+    prices also lie before ``end`` (no look-ahead into a later test period); the targets are
+    those of a trade ``delay`` days after the signal (:func:`scaled_returns`).
 
     Windows are cut from the end of each run of valid rows backwards, so the most recent
     data is always used; a run shorter than ``window`` gives none.
@@ -122,12 +143,12 @@ def make_sequences(panel: Panel, start: Any, end: Any, window: int, stride: int 
     lo = np.datetime64(pd.Timestamp(start), "ns") if start is not None else None
     hi = np.datetime64(pd.Timestamp(end), "ns") if end is not None else None
     dates = panel.dates.to_numpy(dtype="datetime64[ns]")
-    ok = panel.valid()
+    target = scaled_returns(panel, delay)
+    ok = panel.valid() & np.isfinite(target)
     if lo is not None:
         ok &= (dates >= lo)[:, None]
     if hi is not None:
-        ok &= (dates < hi)[:, None] & (panel.next_date < hi)
-    target = scaled_returns(panel)
+        ok &= (dates < hi)[:, None] & (target_dates(panel, delay) < hi)
     xs, ts, ss, ds = [], [], [], []
     for j in range(ok.shape[1]):
         own = np.flatnonzero(panel.priced[:, j])  # the asset's own time

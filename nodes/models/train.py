@@ -3,10 +3,11 @@
 What it does, in order: load daily closes (the synthetic market, the ``trendfollowing``
 futures or a CSV), compute the reference features (:mod:`nodes.models.data`), cut the
 training period into windows, hold out its last 10% (by date) for early stopping, train
-with Adam on minus the annualised Sharpe ratio of ``X_t * 0.15 / sigma_t * r_{t+1}`` over each
-batch (optionally minus a turnover cost), keep the weights of the best validation epoch,
-export ``LastPosition(net)`` to ``--out`` with a JSON sidecar (``<out>.json``) of where it
-came from, and, given ``--test-end``, score it out of sample against the baselines.
+with Adam on minus the annualised Sharpe ratio of ``X_t * 0.15 / sigma_t * r_{t+1+delay}``
+over each batch (``--delay``: days between the signal and its trade; optionally minus a
+turnover cost), keep the weights of the best validation epoch, export ``LastPosition(net)``
+to ``--out`` with a JSON sidecar (``<out>.json``) of where it came from, and, given
+``--test-end``, score it out of sample against the baselines.
 
 Determinism: one seed drives numpy and torch; torch runs single-threaded (``--threads``)
 with deterministic algorithms, batches are shuffled by a seeded generator, and the best
@@ -65,6 +66,9 @@ class TrainConfig(BaseModel):
     patience: int = Field(8, ge=1, description="stop after this many epochs without a better validation loss")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping (global L2 norm)")
     cost_bps: float = Field(0.0, ge=0, description="turnover regularisation: c in bps of c*0.15*|d(X/sigma)|")
+    delay: int = Field(0, ge=0, le=5, description="days between the signal (close t) and its trade: the loss "
+                                                  "scores X_t on r_{t+1+delay}, the return a trader acting "
+                                                  "after the close can take (1: the tradable convention)")
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="the last share of the training period, by "
                                                                 "date, held out for early stopping")
     seed: int = Field(0, description="seed of numpy and torch: initial weights, dropout, batch order")
@@ -140,13 +144,14 @@ def _validation_split(panel: Panel, start: Any, end: Any, fraction: float) -> An
     return first + (last - first) * (1.0 - fraction)
 
 
-def _validation_sequences(panel: Panel, split: Any, end: Any, window: int) -> tuple[Sequences, np.ndarray]:
+def _validation_sequences(panel: Panel, split: Any, end: Any, window: int, delay: int = 0
+                          ) -> tuple[Sequences, np.ndarray]:
     """Non-overlapping windows ending in ``[split, end)``, which may start before ``split`` (so a
     short validation period still fills long windows), with a mask scoring only its steps:
     each validation day is scored once, and no training day is."""
     import pandas as pd
 
-    seq = make_sequences(panel, None, end, window, window)
+    seq = make_sequences(panel, None, end, window, window, delay)
     mask = seq.dates >= np.datetime64(pd.Timestamp(split), "ns")
     keep = mask.any(axis=1)
     return seq.select(keep), mask[keep]
@@ -179,8 +184,8 @@ class Training:
         self.config = config
         seed_everything(config.seed, config.threads)
         self.split = _validation_split(panel, start, end, config.valid_fraction)
-        self.train = make_sequences(panel, start, self.split, config.window, config.stride)
-        valid, vmask = _validation_sequences(panel, self.split, end, config.window)
+        self.train = make_sequences(panel, start, self.split, config.window, config.stride, config.delay)
+        valid, vmask = _validation_sequences(panel, self.split, end, config.window, config.delay)
         if not len(self.train) or not len(valid):
             raise ValueError(f"not enough data: {len(self.train)} training and {len(valid)} validation windows of "
                              f"{config.window} days between {start} and {end} (split {self.split.date()})")

@@ -2,7 +2,7 @@
 
 A trainer is ``nodes.models.train``'s training, an epoch per ``step()``: a tune file can
 retrain the LSTM (or the Transformer) in every trial with the trial's hidden size,
-dropout, learning rate, window and turnover cost, then backtest the exported model
+dropout, learning rate, window, turnover cost and trading delay, then backtest the exported model
 through the graph (``model_key: vars.lstm_model``); or run population-based training of it
 on Ray Tune (``pbt:``), each member checkpointed every few epochs and, when it lags,
 continued from a better member's checkpoint with mutated settings (``load`` then the new
@@ -46,6 +46,8 @@ class DMNTrainer(Trainer):
         batch: int = Field(64, ge=2)
         max_windows: int | None = Field(None, ge=1, description="windows drawn per epoch (none: all)")
         cost_bps: float = Field(0.0, ge=0, description="turnover regularisation in the loss")
+        delay: int = Field(0, ge=0, le=5, description="days between the signal and its trade the loss scores "
+                                                      "(1: the tradable convention, r_{t+2})")
         valid_fraction: float = Field(0.1, gt=0, lt=1)
         max_grad_norm: float = Field(1.0, gt=0)
         seed: int = 0

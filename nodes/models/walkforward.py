@@ -53,12 +53,16 @@ def blocks(first_test: int, step: int, last_date: Any) -> list[tuple[str, str | 
 
 def run_walkforward(closes: Any, configs: dict[str, TrainConfig], first_test: int = 1995, step: int = 5,
                     costs: tuple[float, ...] = (0, 1, 2, 3, 5), log: Any = print, universe: int | None = None,
-                    delays: tuple[int, ...] = (1,)) -> dict[str, Any]:
+                    delays: tuple[int, ...] = (1,), trade: tuple[int, float] = (1, 2.0), ensemble: int = 1
+                    ) -> dict[str, Any]:
     """Train and test every model block by block; score models and baselines. A JSON-able dict.
 
     ``universe``: the days of all 8 features an asset-day needs to be traded (default: the
     longest window of the models, at least 63); ``delays``: extra days between signal and
-    trade to score at zero cost, besides the paper's none."""
+    trade to score at zero cost, besides the paper's none; ``trade``: the tradable convention
+    (delay in days, cost in bps) every strategy is also scored under, the headline; ``ensemble``:
+    members per model and block, trained from seeds ``seed .. seed + ensemble - 1``, whose
+    positions are averaged."""
     began = time.perf_counter()
     panel = build_panel(closes)
     log(f"features for {closes.shape[1]} markets, {closes.index[0].date()} .. {closes.index[-1].date()} "
@@ -69,17 +73,21 @@ def run_walkforward(closes: Any, configs: dict[str, TrainConfig], first_test: in
     for name, config in configs.items():
         pos = np.full(panel.sigma.shape, np.nan)
         for start, end in plan:
-            t0 = time.perf_counter()
-            result = fit(panel, config, None, start)
-            block = predict_positions(result.net, panel, config.window, start, end)
+            members = []
+            for seed in range(config.seed, config.seed + ensemble):
+                t0 = time.perf_counter()
+                result = fit(panel, config.model_copy(update={"seed": seed}), None, start)
+                members.append(predict_positions(result.net, panel, config.window, start, end))
+                seconds = time.perf_counter() - t0
+                trained.append({"model": name, "seed": seed, "test": [start, end],
+                                "train_windows": result.train_windows, "valid_from": result.valid_from,
+                                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                                "valid_sharpe": round(result.valid_sharpe, 4), "seconds": round(seconds, 1)})
+                log(f"{name} (seed {seed}) test {start} .. {end or 'end'}: {result.train_windows} windows, best "
+                    f"epoch {result.best_epoch}/{result.epochs_run}, valid Sharpe {result.valid_sharpe:.2f}, "
+                    f"{seconds:.0f}s")
+            block = members[0] if len(members) == 1 else np.mean(members, axis=0)  # (NaN where any has none)
             pos = np.where(np.isfinite(block), block, pos)
-            seconds = time.perf_counter() - t0
-            trained.append({"model": name, "test": [start, end], "train_windows": result.train_windows,
-                            "valid_from": result.valid_from, "best_epoch": result.best_epoch,
-                            "epochs_run": result.epochs_run, "valid_sharpe": round(result.valid_sharpe, 4),
-                            "seconds": round(seconds, 1)})
-            log(f"{name} test {start} .. {end or 'end'}: {result.train_windows} windows, best epoch "
-                f"{result.best_epoch}/{result.epochs_run}, valid Sharpe {result.valid_sharpe:.2f}, {seconds:.0f}s")
         positions[name] = pos
     # the common universe: asset-days with a full window of features for every model, from the first test date on
     universe = universe or max([63, *(c.window for c in configs.values())])
@@ -90,6 +98,7 @@ def run_walkforward(closes: Any, configs: dict[str, TrainConfig], first_test: in
     table: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     turns: dict[str, dict[str, dict[str, float]]] = {}
     delayed: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    tradable: dict[str, dict[str, dict[str, float]]] = {}
     for name, pos in strategies.items():
         masked = np.where(on & np.isfinite(pos), pos, np.nan)
         gross, turn = strategy_returns(panel, masked, 0.0), turnover(panel, masked)
@@ -103,13 +112,17 @@ def run_walkforward(closes: Any, configs: dict[str, TrainConfig], first_test: in
             r = strategy_returns(panel, masked, cost)
             table[name][_bps(cost)] = {period: {k: round(v, 4) for k, v in figures(r, a, b).items()}
                                        for period, (a, b) in PERIODS.items()}
+        r = strategy_returns(panel, masked, trade[1], trade[0])
+        tradable[name] = {period: {k: round(v, 4) for k, v in figures(r, a, b).items()}
+                          for period, (a, b) in PERIODS.items()}
         for delay in dict.fromkeys((0, *delays)) if delays else ():
             r = strategy_returns(panel, masked, 0.0, delay)
             delayed.setdefault(str(delay), {})[name] = {period: {k: round(v, 4) for k, v in figures(r, a, b).items()}
                                                         for period, (a, b) in PERIODS.items()}
     return {"markets": closes.shape[1], "data_end": str(closes.index[-1].date()), "blocks": plan,
             "universe": universe, "delayed": delayed, "costs_bps": list(costs),
-            "configs": {k: c.model_dump() for k, c in configs.items()},
+            "trade": {"delay": trade[0], "cost_bps": trade[1]}, "tradable": tradable,
+            "configs": {k: c.model_dump() for k, c in configs.items()}, "ensemble": ensemble,
             "trained": trained, "figures": table, "turnover": turns, "seconds": round(time.perf_counter() - began, 1)}
 
 
@@ -126,6 +139,20 @@ def markdown(results: dict[str, Any], command: str) -> str:
              f"{results['markets']} markets, data to {results['data_end']}; test blocks "
              + ", ".join(f"{a[:4]}–{(str(int(b[:4]) - 1)) if b else 'end'}" for a, b in results["blocks"])
              + f"; universe: asset-days with {results.get('universe', 126)} days of all 8 features.", ""]
+    if "tradable" in results:  # the headline: what a trader acting after the close can take
+        delay, cost = results["trade"]["delay"], results["trade"]["cost_bps"]
+        members = results.get("ensemble", 1)
+        how = ", ".join(f"{names.get(n, n)} trained for a delay of {c.get('delay', 0)} and {c.get('cost_bps', 0):g} bps"
+                        + (f", the mean of {members} seeds" if members > 1 else "")
+                        for n, c in results["configs"].items())
+        lines += [f"**Tradable: traded {delay} day{'s' if delay != 1 else ''} after the signal, {cost:g} bps per unit "
+                  f"of turnover** (15% vol{'; ' + how if how else ''})", "",
+                  "| strategy | " + " | ".join(f"Sharpe {p} | MDD {p}" for p in PERIODS) + " |",
+                  "|---|" + "---:|" * (2 * len(PERIODS))]
+        for name, per in results["tradable"].items():
+            cells = [f"{_f(per[p]['sharpe'])} | {_f(per[p]['mdd'], pct=True)}" for p in PERIODS]
+            lines.append(f"| {names.get(name, name)} | " + " | ".join(cells) + " |")
+        lines.append("")
     for period in PERIODS:
         lines += [f"**{period}** (15% vol; figures per cost in bps)", "",
                   "| strategy | cost (bps) | Sharpe | Sortino | Calmar | MDD | paper Sharpe | turnover / yr | "
@@ -203,6 +230,15 @@ def main(argv: list[str] | None = None) -> int:
                                                  "the longest model window, at least 63)")
     ap.add_argument("--delays", default="1", help="extra days between signal and trade to score too (cost 0), "
                                                 "comma-separated; empty: none")
+    ap.add_argument("--train-delay", type=int, default=1, help="days between signal and trade the models are "
+                                                                "trained for (the loss scores X_t on r_{t+1+delay})")
+    ap.add_argument("--train-cost", type=float, default=2.0, help="turnover cost in bps in the training loss")
+    ap.add_argument("--trade-delay", type=int, default=1, help="the headline's days between signal and trade")
+    ap.add_argument("--trade-cost", type=float, default=2.0, help="the headline's cost in bps per unit of turnover")
+    ap.add_argument("--dropout", type=float, default=0.2, help="dropout rate")
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    ap.add_argument("--ensemble", type=int, default=1, help="models per block, from seeds seed .. seed+N-1, their "
+                                                             "positions averaged")
     ap.add_argument("--json", help="write every figure as JSON here")
     ap.add_argument("--doc", help="replace the walk-forward block of this markdown file (docs/dmn/backtest.md)")
     ap.add_argument("--from-json", help="render the tables from a previous run's --json file instead of running")
@@ -214,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     def closes() -> Any:
         return load_trendfollowing(symbols=symbols)
 
-    common = {"seed": args.seed, "epochs": args.epochs, "patience": args.patience, "batch": args.batch}
+    common = {"seed": args.seed, "epochs": args.epochs, "patience": args.patience, "batch": args.batch,
+              "delay": args.train_delay, "cost_bps": args.train_cost, "dropout": args.dropout, "lr": args.lr}
     configs: dict[str, TrainConfig] = {}
     for name in [m.strip() for m in args.models.split(",") if m.strip() and m.strip() != "none"]:
         if name == "lstm":
@@ -234,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(Path(args.from_json).read_text())
     else:
         delays = tuple(int(d) for d in args.delays.split(",") if d.strip())
-        results = run_walkforward(closes(), configs, args.first_test, args.step, costs, log, args.universe, delays)
+        results = run_walkforward(closes(), configs, args.first_test, args.step, costs, log, args.universe, delays,
+                                  (args.trade_delay, args.trade_cost), args.ensemble)
         results["command"] = "python -m nodes.models.walkforward " + shlex.join(sys.argv[1:] if argv is None else argv)
     table = markdown(results, results.get("command", "(not recorded)"))
     print(table)

@@ -364,6 +364,31 @@ def test_pbt_example_exploits_keeps_every_member_and_backtests_its_best_model(tm
         assert checked.returncode == 0, checked.stderr  # the model loads and fits the LSTM node's ports
 
 
+def test_the_tradable_futures_search_trains_a_day_late_with_costs_and_selects_in_sample(tmp_path: Path) -> None:
+    """graphs/tune_futures_dmn.yaml at a tiny budget: the trial's model is trained for a trade a
+    day after its signal, net of its trial's cost, selected on its training years' validation
+    tail, backtested a day late in sample and on the held-out years (docs/dmn/models.md)."""
+    pytest.importorskip("nodes.market.trendfollowing")
+    args = ("graphs/tune_futures_dmn.yaml", "--no-plots", "--trials", "1", "--set", "train.iterations=1",
+            "--set", "train.params.max_windows=64", "--set", "set.vars.start=2008-01-01",
+            "--set", "set.vars.measure_from=2009-01-01")
+    with study(tmp_path, *args) as s:
+        result = s.run(timeout_s=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not s.left_behind()
+        (best,) = s.summary()["best"]
+        model = Path(best["figures"]["train.model"])
+        sidecar = json.loads(Path(str(model) + ".json").read_text())
+        config = sidecar["config"]
+        assert config["delay"] == 1 and 2.0 <= config["cost_bps"] <= 3.0, config
+        assert sidecar["train"]["end"] == "2011-01-01"  # nothing of the held-out years is trained on
+        assert "dmn/performance.sharpe" in best["figures"]  # the backtest, a day late, in sample
+        overlay = (s.out / "best.yaml").read_text()
+        assert "vars.delay: 1" in overlay and f"vars.lstm_model: {model}" in overlay
+        holdout = json.loads((s.out / "summary.json").read_text())["holdout"]
+        assert holdout["figures"]["dmn/performance.periods"] > 1000, holdout  # 2011-2015, measured once
+
+
 def test_a_pbt_member_that_fails_fails_the_study_with_a_plain_reason(tmp_path: Path) -> None:
     pytest.importorskip("ray.tune")
     with study(tmp_path, str(DATA / "tune_pbt_breaks.yaml"), "--no-plots") as s:

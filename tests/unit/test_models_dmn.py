@@ -117,6 +117,36 @@ def test_windows_never_look_past_the_end(panel) -> None:
         assert panel.next_date[rows[-1], j] < np.datetime64(end)
 
 
+def test_a_delayed_target_is_what_the_evaluation_earns_a_day_late(panel) -> None:
+    """The loss of a model trained for a delay scores exactly what ``strategy_returns`` pays
+    a position traded that many days after its signal: the training and the headline agree."""
+    from nodes.models.data import target_dates
+    from nodes.models.evaluate import strategy_returns
+
+    x = np.where(panel.priced, np.sign(np.sin(np.arange(panel.sigma.shape[0]))[:, None] + 0.1), np.nan)
+    x = np.where(np.isfinite(panel.sigma) & (panel.sigma > 0), x, np.nan)
+    earnings = []
+    for delay in (0, 1, 2):
+        target = scaled_returns(panel, delay)
+        ok = np.isfinite(x) & np.isfinite(target)
+        count = np.isfinite(x).sum(axis=1)  # the evaluation's equal weight, 1 / assets held that day
+        earned = np.nansum(np.where(ok, x * target, 0.0) / np.maximum(count, 1)[:, None])
+        got = strategy_returns(panel, x, 0.0, delay).sum()
+        assert earned == pytest.approx(got, rel=1e-9, abs=1e-12), delay
+        earnings.append(got)
+        # the training never uses a target whose price lies at or after its end
+        end = panel.dates[450]
+        seq = make_sequences(panel, None, end, 20, 7, delay)
+        assert len(seq) > 0 and np.isfinite(seq.target).all()
+        due = target_dates(panel, delay)
+        for i in range(len(seq)):
+            rows = panel.dates.get_indexer(pd.DatetimeIndex(seq.dates[i]))
+            j = next(j for j in range(3) if np.allclose(panel.features[rows, j], seq.x[i], rtol=1e-6))
+            assert np.allclose(target[rows, j], seq.target[i], rtol=1e-6)
+            assert due[rows[-1], j] < np.datetime64(end)
+    assert len(set(earnings)) == 3  # (a delay changes what the same positions earn)
+
+
 def test_a_tiny_training_run_is_deterministic(panel, tmp_path: Path) -> None:
     config = TrainConfig(model="lstm", window=20, stride=10, hidden=4, epochs=3, batch=8, patience=3, seed=5)
     a = fit(panel, config, None, panel.dates[-1])
