@@ -252,12 +252,17 @@ def launch_cmd(
     address: Annotated[str | None, typer.Option("--address", help="--backend ray: the cluster, auto or HOST:PORT "
                                                 "(what `ray start --head` prints); default: a Ray started for "
                                                 "this run and stopped after it")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="run in the background: print the run's name once "
+                                         "it is listed by `dmnflow runs`, and return; `dmnflow logs NAME -f` "
+                                         "follows it, `dmnflow stop NAME` stops it")] = False,
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
     from .observe.session import StartView
 
     duration_s, every_s = _durations(duration, status_every)
     _backend(backend, address)
+    if detach:
+        _detach()
     with StartView(err, f"compiling {graph} ..."):  # the start's phases, as they happen
         try:  # compiling imports the nodes and loads the models: Ctrl-C may land there
             plan = _launch_plan(graph, sets, profile, not no_models, overlays)
@@ -266,6 +271,56 @@ def launch_cmd(
             raise typer.Exit(ExitCode.INTERRUPTED) from None
         _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s, backend=backend,
              address=address)
+
+
+def _detach() -> NoReturn:
+    """``launch --detach``: the same command again, without ``--detach``, in a session of its
+    own (no terminal: its output goes to the run's ``launch.log``); return once the run is
+    listed, or say why it did not start, with the exit code it ended with."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from .runtime.admin import list_runs
+    from .runtime.logs import LAUNCH_LOG, logs_root, run_logs
+
+    argv = [a for a in sys.argv[1:] if a != "--detach"]
+    if len(argv) == len(sys.argv) - 1:  # not our own command line (called from Python): nothing to start again
+        err.print("error: --detach is for the `dmnflow launch` command line")
+        raise typer.Exit(ExitCode.USAGE)
+    root = logs_root()
+    root.mkdir(mode=0o700, exist_ok=True)
+    fd, pending = tempfile.mkstemp(prefix=".launch-", suffix=".log", dir=root)
+    child = subprocess.Popen([sys.executable, "-m", "dmnflow", *argv], stdin=subprocess.DEVNULL, stdout=fd,
+                             stderr=fd, start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
+    os.close(fd)
+    try:
+        with err.status("starting in the background ..."):
+            while (run := next((r for r in list_runs() if r.pid == child.pid), None)) is None:
+                if child.poll() is not None:
+                    err.print(Path(pending).read_text(encoding="utf-8", errors="replace"), end="", markup=False,
+                              highlight=False)
+                    Path(pending).unlink(missing_ok=True)
+                    err.print(Text(f"error: the detached run ended before it started (exit code {child.returncode})",
+                                   style="red"))
+                    raise typer.Exit(child.returncode or ExitCode.NODE_FAILED)
+                time.sleep(0.1)
+    except KeyboardInterrupt:
+        child.send_signal(2)  # (SIGINT) the run stops as Ctrl-C in its own terminal would stop it
+        err.print(f"interrupted: the detached run (pid {child.pid}) stops; its output is in {pending}")
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
+    log = run_logs(run.name) / LAUNCH_LOG
+    try:
+        shutil.move(pending, log)  # (the run goes on writing to it: the same file)
+    except OSError:
+        log = Path(pending)
+    child.returncode = 0  # not ours to wait for: it runs on after we return
+    out.print(f"{run.name} is running in the background (pid {run.pid}); its output: {log}")
+    out.print(f"  dmnflow logs {run.name} -f    dmnflow top {run.name}    dmnflow stop {run.name}")
+    raise typer.Exit(0)
 
 
 def _launch_plan(graph: Path, sets: list[str] | None, profile: str | None, models: bool,
@@ -407,6 +462,39 @@ def stop_cmd(
         err.print(Text(f"error: {target.name} (pid {target.pid}) is still draining after {wait}", style="red"))
         raise typer.Exit(ExitCode.INVALID)
     out.print(f"stopped {target.name} (pid {target.pid})")
+
+
+@app.command("logs")
+def logs_cmd(
+    run: Annotated[str, typer.Argument(help="the run: its --name (default the graph's name), or the pid of one "
+                                       "running now", show_default=False)],
+    node: Annotated[str | None, typer.Argument(help="only the log of the process that runs this node (or of "
+                                               "this process)", show_default=False)] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines until the run ends")
+                      ] = False,
+) -> None:
+    """Print a run's logs (as `dora logs`): its launch, its supervisor, each process; kept after it ends."""
+    from .runtime.admin import list_runs
+    from .runtime.logs import find_logs, log_files
+    from .runtime.logs import follow as follow_logs
+
+    try:
+        folder = find_logs(run)
+        files = log_files(folder, node)
+    except ControlError as exc:
+        _fail(exc)
+    if not files:
+        err.print(f"run {folder.name!r} has written no log yet")
+    name = folder.name
+
+    def running() -> bool:
+        return follow and any(r.name == name for r in list_runs())
+
+    try:
+        follow_logs(folder, node, lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True),
+                    running)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 @app.command("outputs")

@@ -45,7 +45,7 @@ from ..errors import ExitCode, LaunchError
 from ..observe.observer import Observer
 from ..plan import Plan
 from ..transport.wire import write_token
-from . import protocol
+from . import logs, protocol
 from .admin.client import claim_run_name
 from .admin.server import AdminServer
 from .backends import Backend, Handle, PlacementError, make_backend
@@ -162,6 +162,8 @@ class _Supervisor:
     def _run(self, duration_s: float | None, on_status: Callable[[Report], None] | None) -> Report:
         sweep_run_dirs()
         self.run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)  # mode 0700: only we reach the sockets
+        self.logs: Path | None = None  # the run's log folder (runtime/logs.py), once it has its name
+        self.log_handler: logging.Handler | None = None
         self.token = write_token(self.run_dir)
         self.by_identity = {protocol.worker_identity(self.token, p): proc for p, proc in self.procs.items()}
         Path(self.run_dir, "supervisor.pid").write_text(str(os.getpid()))
@@ -171,6 +173,9 @@ class _Supervisor:
         except LaunchError:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+        with contextlib.suppress(OSError):  # logs are a help: a full disk does not stop the run
+            self.logs = logs.prepare(self.run_dir, self.name, self.plan)
+            self.log_handler = logs.supervisor_log(self.logs)
         self.backend.prepare(self)  # before the run's zmq context and threads exist (a warm zygote forks here)
         zctx = zmq.Context()
         self.control = zctx.socket(zmq.ROUTER)
@@ -215,6 +220,7 @@ class _Supervisor:
                 zctx.term()
                 self.observer.close()  # the workers are gone: a recording gets what is left
                 shutil.rmtree(self.run_dir, ignore_errors=True)
+                logs.close_log(self.log_handler)
         return self.conclude(report)
 
     def conclude(self, report: Report) -> Report:

@@ -62,7 +62,7 @@ from ..transport.stats import (
     Layout,
 )
 from ..transport.wire import read_token, shm_tag
-from . import protocol
+from . import logs, protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
 from .node_runner import NodeRunner
 
@@ -641,6 +641,7 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
     run_dir, process, inc = args[0], args[1], int(args[2])
     _die_with_parent(int(args[3]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
+    logs.worker_log(run_dir, process, inc)  # `dmnflow logs RUN NODE`: this process's records, after the run too
     worker = Worker(run_dir, process, inc, plan)
 
     def on_term(signum: int, frame: Any) -> None:  # the supervisor cut the drain, or someone else stops us

@@ -60,7 +60,11 @@ def run_and_kill(tmp_path: Path, delivery: str, victim: str, kills: int) -> tupl
             time.sleep(rng.choice([0.0, rng.uniform(0.0, 0.02)]))
             os.kill(pid, signal.SIGKILL)
             assert wait_until(lambda p=pid: not alive(p), 10)
-            assert wait_until(lambda p=pid: run.workers().get(victim, p) != p, 30), f"{victim} was not restarted"
+            if not wait_until(lambda p=pid: run.workers().get(victim, p) != p, 30):
+                ended = run.proc.poll() is not None
+                raise AssertionError(f"{victim} was not restarted; the launch "
+                                     + (f"ended ({run.proc.returncode}): {run.proc.stderr.read()[-3000:]}" if ended
+                                        else f"runs, its workers: {run.workers()}"))
             pid = run.workers()[victim]
         run.proc.wait(timeout=120)
         assert run.proc.returncode == 0, run.proc.stderr.read()

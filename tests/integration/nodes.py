@@ -45,6 +45,21 @@ class Tap(Collect):
         self.file.close()
 
 
+class Talk(Node):
+    """Passes numbers on and logs each (``ctx.log.info``): what ``dmnflow logs RUN talk`` shows."""
+
+    value = Input(float)
+    out = Output(float)
+
+    def setup(self, ctx: Any) -> None:
+        self.n = 0
+
+    def on_value(self, value: float, ctx: Any) -> None:
+        self.n += 1
+        ctx.log.info("talked %d", self.n)
+        ctx.emit("out", value)
+
+
 class Jitter(Node):
     """Multiplies by ``factor`` after a random pause: scheduling noise for determinism tests."""
 
