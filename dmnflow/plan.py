@@ -282,7 +282,7 @@ class Plan(_Frozen):
     processes: list[ProcessPlan]
     warnings: list[dict[str, Any]]
     security: SecurityPlan = SecurityPlan()
-    budgets: list[BudgetPlan] = []  # latency budgets (observe/budgets.py)
+    budgets: list[BudgetPlan] = []  # latency budgets (compiler/budgets.py)
     record: list[str] = []  # outputs ("node.port" instances) mirrored to the run's recorder from the start
     drain: DrainPlan = DrainPlan()  # how long a stop waits for the graph to drain (runtime/supervisor.py)
     limits: LimitsPlan  # the bounds no YAML key sets (compiler/limits.py)

@@ -19,10 +19,10 @@ import os
 from collections.abc import Callable, Sequence
 
 from ..errors import CompileError, Issue, SpecError, sort_issues
-from ..observe.budgets import check_budgets
 from ..plan import Plan
 from ..spec import LoadedGraph, Override, load_graph
 from .binding import _Binding, plan_model
+from .budgets import check_budgets
 from .lowering import _Lowering
 from .placement import _Placement
 from .state import _Node

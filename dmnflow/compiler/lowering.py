@@ -12,7 +12,6 @@ import networkx as nx
 
 from ..codecs import get_codec
 from ..node import describe_type
-from ..observe.budgets import plan_budgets
 from ..plan import (
     RUN_DIR,
     BatchPlan,
@@ -33,6 +32,7 @@ from ..plan import (
 from ..spec import CoalesceSpec
 from . import limits
 from .binding import model_plan
+from .budgets import plan_budgets
 from .state import _Compilation, _Edge, _Node, _template
 from .wiring import output_transport
 

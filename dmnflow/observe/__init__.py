@@ -3,18 +3,17 @@ the web dashboard, recording to MCAP and replaying into a subgraph, latency budg
 
 Everything here reads what the supervisor already gathers (the workers' counters files
 and heartbeats, turned into a ``Report`` every status tick), never the data plane; a tap
-mirrors one output only while someone listens (``taps``). Modules:
+mirrors one output only while someone listens (``runtime/taps.py``). Modules:
 
-- ``observer``: the supervisor's side: live figures, budgets, history, taps' leases, recording;
-- ``live``: windowed figures (msg/s, latency, queue depth, cpu, progress and ETA);
-- ``budgets``: latency budgets, checked by the compiler and watched at run time;
+- ``observer``, ``live``, ``taps``: aliases of ``dmnflow.runtime.{observer,live,taps}``
+  (the supervisor's and the workers' side, which ``runtime`` owns);
+- ``budgets``: an alias of ``dmnflow.compiler.budgets`` (latency budgets);
 - ``view``: the terminal: live view, status lines for logs, the final report at 80 columns;
 - ``top``: attaching to a running graph through its admin socket;
-- ``taps``: mirroring an output (worker side) and reading it (``echo``, ``hz``, ``bw``);
 - ``prometheus``: ``/metrics`` from the supervisor's process;
 - ``dashboard``: the live web page;
 - ``record`` / ``replay``: MCAP files of chosen outputs, and replaying them into a subgraph.
 
-Nothing is imported here: the supervisor, and so every worker, imports ``observer`` and
-``budgets`` alone, which load nothing heavy.
+Nothing is imported here. What the supervisor and the workers need (the observer, taps,
+budgets) lives in ``runtime/`` and ``compiler/``, so ``observe`` sits above both.
 """

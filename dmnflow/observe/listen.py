@@ -1,7 +1,7 @@
 """Reading a running graph's output through its tap: ``dmnflow echo``, ``hz`` and ``bw``.
 
 A ``Listener`` takes a lease on the output's tap (renewed every second while it reads;
-``observe/taps.py`` says what the worker does), subscribes to every instance's tap socket
+``runtime/taps.py`` says what the worker does), subscribes to every instance's tap socket
 and decodes each record with the output's codec, as its consumers would. Each record's
 header carries the output's running count, so a reader knows how many records it did not
 get (the tap samples above ``max_rate``): ``hz`` gives the exact rate from the counts, and

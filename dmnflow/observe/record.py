@@ -1,7 +1,7 @@
 """Recording chosen outputs of a run to an MCAP file (``launch --record FILE --edges a.b,c.d``).
 
 Each recorded output's worker mirrors every record to a PUSH socket in the run directory
-from before the sources start (``observe/taps.py``); the recorder, a thread in the
+from before the sources start (``runtime/taps.py``); the recorder, a thread in the
 supervisor's process, reads them and writes one MCAP message per record, in an encoding
 Foxglove and any MCAP reader open (docs/observe.md, "The file"):
 
@@ -39,9 +39,9 @@ import zmq
 
 from ..codecs import get_codec
 from ..plan import Plan
+from ..runtime.observer import find_outputs, no_output_hint
+from ..runtime.taps import record_endpoint
 from ..transport.wire import ATTRS, EOS, EVENT_TIME, KIND, META, ORIGIN_NS, SEND_NS, SEQ, SRC
-from .observer import find_outputs, no_output_hint
-from .taps import record_endpoint
 
 __all__ = ["Recorder", "channel_topic", "decode_value", "encode_record", "recordable_outputs", "value_schema"]
 

@@ -24,7 +24,7 @@ from rich.text import Text
 from ..errors import ExitCode, LaunchError
 from ..plan import Plan
 from ..runtime import protocol
-from .observer import Observer
+from ..runtime.observer import Observer
 from .view import live_view, status_line
 
 __all__ = ["ObserveError", "Session", "StartView", "watching"]

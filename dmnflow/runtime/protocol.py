@@ -43,14 +43,14 @@ STOP = "stop"  # drain: sources end, end-of-stream follows the data
 REHELLO = "rehello"  # a restarted producer must hear from its consumers again
 REPORT = "report"  # the run is failing: send what you counted
 COMMAND = "command"  # node, name, args, token
-TAP = "tap"  # node, port, {max_rate, topic}: mirror that output to its tap socket; {} stops it (observe/taps.py)
+TAP = "tap"  # node, port, {max_rate, topic}: mirror that output to its tap socket; {} stops it (runtime/taps.py)
 BUDGET = "budget"  # {budget, state, ...}: a latency budget was missed or is met again (nodes' on_budget)
 
 # client -> supervisor (admin socket), each answered with one Answer
 ADMIN_SOCKET = "admin"  # the ipc socket's name in the run directory (mode 0700: only the run's user)
 STATUS = "status"  # -> {graph, name, pid, nodes: {instance: state}}
 # COMMAND node, name, args -> sent to every instance of node; per_node {instance: [ok, result]}
-SNAPSHOT = "snapshot"  # {history: bool} -> the live report (observe/observer.py)
+SNAPSHOT = "snapshot"  # {history: bool} -> the live report (runtime/observer.py)
 # TAP {output, client, max_rate, topic, on} -> a client's lease on a tap, renewed while it listens
 # STOP -> {name, pid}: drain the run as Ctrl-C does (``dmnflow stop``)
 

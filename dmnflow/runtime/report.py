@@ -128,7 +128,7 @@ class Report:
     budgets: list[dict[str, Any]] = field(default_factory=list)  # latency budgets: limits, measured, misses
     # the drain was cut: {reason, after_s, workers (terminated), lost (records in flight or held by them)}
     cut: dict[str, Any] | None = None
-    live: dict[str, Any] | None = None  # while it runs: windowed rates, latencies, cpu, progress (observe/live.py)
+    live: dict[str, Any] | None = None  # while it runs: windowed rates, latencies, cpu, progress (runtime/live.py)
     # the cumulative latency histograms behind p50/p99 (not in the JSON): per edge id, per (source, sink)
     latency: dict[int, Histogram] = field(default_factory=dict, repr=False)
     e2e_latency: dict[tuple[str, str], Histogram] = field(default_factory=dict, repr=False)

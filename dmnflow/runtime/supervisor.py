@@ -42,7 +42,6 @@ from typing import Any
 import zmq
 
 from ..errors import ExitCode, LaunchError
-from ..observe.observer import Observer
 from ..plan import Plan
 from ..transport.wire import write_token
 from . import logs, protocol
@@ -51,6 +50,7 @@ from .admin.server import AdminServer
 from .backends import Backend, Handle, PlacementError, make_backend
 from .env import worker_environ
 from .files import layout_of, write_endpoints
+from .observer import Observer
 from .processes import RUN_DIR_PREFIX, stop, sweep_run_dirs, wait_exit
 from .report import EdgeReport, Incarnation, NodeReport, Report, SocketReport, build_report
 

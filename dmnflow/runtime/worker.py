@@ -38,7 +38,6 @@ import zmq
 
 from ..codecs import Limits, get_codec
 from ..errors import ConfigError, NodeError, TransportError
-from ..observe.taps import Taps
 from ..plan import RUN_DIR, Plan
 from ..transport import Counters, Flusher, Inlet, Link, Outlet
 from ..transport.security import RUN_KEY, RUN_KEYS, Curve, KeyError_, Watch, load_curve
@@ -65,6 +64,7 @@ from ..transport.wire import read_token, shm_tag
 from . import logs, protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
 from .node_runner import NodeRunner
+from .taps import Taps
 
 LINGER_S = 5.0
 SOURCE_STEPS = 64  # items taken from a source's generator per turn of the loop
@@ -540,11 +540,11 @@ class Worker:
             self.tell(protocol.HB, self.stats())
         elif verb == protocol.COMMAND:
             self.run_command(*msg[1:])
-        elif verb == protocol.TAP:  # dmnflow echo / hz / bw listen to an output, or stopped (observe/taps.py)
+        elif verb == protocol.TAP:  # dmnflow echo / hz / bw listen to an output, or stopped (runtime/taps.py)
             outlet = self.outlets.get((msg[1], msg[2]))
             if outlet is not None:
                 self.taps.set(outlet, msg[3])
-        elif verb == protocol.BUDGET:  # a latency budget was missed or is met again (observe/budgets.py)
+        elif verb == protocol.BUDGET:  # a latency budget was missed or is met again (compiler/budgets.py)
             for runner in self.runners:
                 runner.on_budget(msg[1])
 

@@ -119,7 +119,7 @@ class Outlet:
         self.eos_header = b""
         self.feedback = {e for e, p in edges.items() if p.feedback}
         self.loans = loans  # the codec sends an array's own buffer: ``alloc`` may lend shared-memory slots
-        self.tap: Any = None  # a TapPoint while the output is mirrored (observe/taps.py)
+        self.tap: Any = None  # a TapPoint while the output is mirrored (runtime/taps.py)
         room_ms = max(1, round(room_poll_s * 1000))  # a blocked send looks at its consumers this often
         for bind in binds:
             what = f"output {self.name}"
@@ -218,7 +218,7 @@ class Outlet:
         mv = self.mv
         if self.accepted >= 0:
             mv[self.accepted] += 1
-        tap = self.tap  # someone listens (dmnflow echo, a recording): observe/taps.py
+        tap = self.tap  # someone listens (dmnflow echo, a recording): runtime/taps.py
         if tap is not None and now >= tap.due:
             tap.send(topic, meta, frames, origin_ns, origin, now, event_time, attrs)
         if self.pubs:

@@ -20,10 +20,10 @@ import zmq
 
 import dmnflow
 from dmnflow import ControlError, LaunchError
-from dmnflow.observe.observer import Observer
 from dmnflow.runtime import protocol
 from dmnflow.runtime.admin import RunInfo, ask, claim_run_name, run_status, send_command
 from dmnflow.runtime.admin.server import AdminServer
+from dmnflow.runtime.observer import Observer
 from dmnflow.runtime.processes import RUN_DIR_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]

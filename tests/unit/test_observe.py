@@ -9,11 +9,11 @@ import pytest
 from rich.console import Console
 
 import dmnflow
-from dmnflow.observe.budgets import BudgetWatch
-from dmnflow.observe.live import LiveWindow
-from dmnflow.observe.observer import History, TapLeases
+from dmnflow.compiler.budgets import BudgetWatch
 from dmnflow.observe.view import live_view, render_report, status_line
 from dmnflow.plan import BudgetPlan
+from dmnflow.runtime.live import LiveWindow
+from dmnflow.runtime.observer import History, TapLeases
 from dmnflow.runtime.report import EdgeReport, NodeReport, Report
 from dmnflow.transport.stats import Histogram
 

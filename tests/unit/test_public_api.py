@@ -38,7 +38,7 @@ def test_a_worker_does_not_import_the_supervisor_its_backends_or_the_observer():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
     code = ("import sys, dmnflow.runtime.worker; print(sorted(m for m in ('dmnflow.runtime.backends', "
-            "'dmnflow.runtime.admin', 'dmnflow.runtime.report', 'dmnflow.observe.observer') if m in sys.modules))")
+            "'dmnflow.runtime.admin', 'dmnflow.runtime.report', 'dmnflow.runtime.observer') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 

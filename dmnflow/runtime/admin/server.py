@@ -4,7 +4,7 @@ The supervisor owns one ``AdminServer`` and calls it each turn: ``serve`` when t
 has requests, ``expire`` to answer for nodes that never will, ``on_reply`` with a node's
 answer to a command. What the server needs of the supervisor is small (``Run``): the run's
 name, the state of a node instance, and a way to tell one a control message. ``snapshot``
-and ``tap`` are the observer's to answer (``observe/observer.py``).
+and ``tap`` are the observer's to answer (``runtime/observer.py``).
 
 Every request is answered with one ``protocol.Answer``. A request that is not one of
 ``protocol.ADMIN`` is answered ``ok=False`` and counted as junk (``Report.control_junk``);
@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import zmq
 
 from ...errors import did_you_mean
-from ...observe.observer import Observer
 from ...plan import Plan
 from .. import protocol
+from ..observer import Observer
 from ..protocol import ADMIN_SOCKET, Answer
 
 __all__ = ["COMMAND_TIMEOUT_S", "AdminServer", "Run"]
