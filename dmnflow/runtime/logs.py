@@ -90,6 +90,24 @@ class _Tee:
         return getattr(self.stream, name)
 
 
+class _LogFile(logging.StreamHandler):  # type: ignore[type-arg]
+    """A log file that leaves the terminal as it was: a WARNING or worse that no other handler
+    takes still goes where Python sends it without one (``logging.lastResort``: stderr)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if record.levelno >= logging.WARNING and logging.lastResort is not None and not self._others(record.name):
+            logging.lastResort.handle(record)
+
+    def _others(self, name: str) -> bool:
+        logger: logging.Logger | None = logging.getLogger(name)
+        while logger is not None:
+            if any(h is not self for h in logger.handlers):
+                return True
+            logger = logger.parent if logger.propagate else None
+        return False
+
+
 def worker_log(run_dir: str, process: str, inc: int) -> TextIO | None:
     """Log this worker process into the run's log folder (appended; its incarnation marked),
     if the run directory links one; the file, or None."""
@@ -102,17 +120,13 @@ def worker_log(run_dir: str, process: str, inc: int) -> TextIO | None:
         return None
     stamp = time.strftime("%H:%M:%S")
     file.write(f"{stamp} --- process {process}, incarnation {inc} (pid {os.getpid()}) ---\n")
-    handler = logging.StreamHandler(file)
+    handler = _LogFile(file)
     handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
-        # what reached stderr before (WARNING and up, Python's last resort) still does
-        console = logging.StreamHandler(sys.stderr)
-        console.setLevel(logging.WARNING)
-        root.addHandler(console)
     sys.stderr = _Tee(sys.stderr, file)  # type: ignore[assignment]
     return file
 
@@ -120,7 +134,7 @@ def worker_log(run_dir: str, process: str, inc: int) -> TextIO | None:
 def supervisor_log(folder: Path) -> logging.Handler:
     """The supervisor's own records (``dmnflow.*``: the start's phases, restarts, errors) into
     ``supervisor.log``; the caller removes the handler when the run ends (``close_log``)."""
-    handler = logging.FileHandler(folder / "supervisor.log", encoding="utf-8")
+    handler = _LogFile(open(folder / "supervisor.log", "a", encoding="utf-8", buffering=1))  # noqa: SIM115 - close_log
     handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
     handler.setLevel(logging.INFO)
     logging.getLogger("dmnflow").addHandler(handler)
@@ -131,6 +145,8 @@ def close_log(handler: logging.Handler | None) -> None:
     if handler is not None:
         logging.getLogger("dmnflow").removeHandler(handler)
         handler.close()
+        if isinstance(handler, logging.StreamHandler):
+            handler.stream.close()
 
 
 def find_logs(ref: str) -> Path:
