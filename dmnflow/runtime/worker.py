@@ -248,7 +248,7 @@ class Worker:
                                 shm_slots=out.shm_slots, room_poll_s=out.room_poll_s, flusher=self.flusher,
                                 loans=codec.shm and codec.zero_copy)
                 runner.outlets[out.port] = outlet
-                runner.alo_routers += [r for r in outlet.routers if r.held]
+                runner.alo_routers += outlet.held
                 self.outlets[(name, out.port)] = outlet
                 bound.update(outlet.bound)
                 if f"{name}.{out.port}" in self.plan.record:  # launch --record: every record, from the start
@@ -329,20 +329,15 @@ class Worker:
             self.counters.mv[self.counters.layout.bind(counter) + B_REFUSED] += 1
 
     def _bind_counter(self, outlet: Outlet, sock: zmq.Socket) -> int:
-        for stream in outlet.streams:
-            if stream.shared.sock is sock:
-                return stream.shared.bind.counter
-        for holder in [*outlet.pubs, *outlet.routers]:
-            if holder.sock is sock:
-                return holder.bind.counter
-        return -1
+        channel = outlet.channel_of(sock)
+        return channel.bind.counter if channel is not None else -1
 
     def _disconnected(self, outlet: Outlet, sock: zmq.Socket) -> None:
         """A connection to one of our binds ended before the output's end went out: a consumer
         that died, or a peer libzmq cut off (an oversize message ends its connection, and the
         frames queued behind it go unread): counted on the socket, next to its junk."""
         counter = self._bind_counter(outlet, sock)
-        if counter >= 0 and not outlet.eos_header and not self.stopping:
+        if counter >= 0 and not outlet.ended and not self.stopping:
             self.counters.mv[self.counters.layout.bind(counter) + B_DISCONNECTS] += 1
 
     def _rejected(self, c: Any, runner: NodeRunner, inp: Any, event: dict[str, Any]) -> None:
@@ -384,7 +379,7 @@ class Worker:
         check_end = True  # something may have ended: look for nodes to finish (not every turn)
         all_done = False
         flusher = self.flusher
-        coalescing = flusher.routers
+        coalescing = flusher.channels
         alo = [r for r in self.runners if r.alo_inlets]
         alo_inlets = [i for r in alo for i in r.alo_inlets.values()]
         committing = [r for r in self.runners if r.commits]  # their commit step, after each turn that handled

@@ -15,13 +15,13 @@ import zmq
 from ..errors import SendTimeout, TransportError
 from ..plan import RUN_DIR, BindPlan, SecurityPlan
 from .security import Curve
-from .stats import Counters
+from .stats import B_JUNK, Counters
 from .wire import control
 
 if TYPE_CHECKING:
-    from .outlet import _StreamSocket
+    from .stream import StreamPort
 
-__all__ = ["Link", "bind_socket", "hello_msg", "send_parts", "zmq_errors"]
+__all__ = ["Link", "bind_socket", "hello_msg", "junk", "send_parts", "zmq_errors"]
 
 _MORE = int(zmq.SNDMORE)  # a plain int: zmq's flag enums cost an enum operation per frame
 
@@ -49,7 +49,7 @@ class Link:
     counters: Counters
     resolved: dict[str, str] = field(default_factory=dict)
     curve: Curve | None = None
-    streams: dict[str, _StreamSocket] = field(default_factory=dict)  # fixed ports shared by outputs
+    streams: dict[str, StreamPort] = field(default_factory=dict)  # fixed ports shared by outputs
     server_keys: dict[str, str] = field(default_factory=dict)  # bind id -> its host's key name (a key per host)
     security: SecurityPlan = field(default_factory=SecurityPlan)
 
@@ -102,3 +102,9 @@ def send_parts(sock: zmq.Socket, parts: list[Any], flags: int) -> None:
 def hello_msg(link: Link, edge: int, inc: int) -> bytes:
     """A consumer's ``hello`` on ``edge``: here I am, in incarnation ``inc``."""
     return control(b"hello", edge, link.token, inc)
+
+
+def junk(link: Link, bind: BindPlan) -> None:
+    """Count a message a bind refused (a peer the plan does not know, a malformed control)."""
+    if bind.counter >= 0:
+        link.counters.mv[link.counters.layout.bind(bind.counter) + B_JUNK] += 1

@@ -30,8 +30,8 @@ from typing import Any
 import msgpack
 
 __all__ = [
-    "BATCH", "DATA", "EOS", "HEADER_FIELDS", "INT64_MAX", "Control", "check_header", "control",
-    "eos_header", "parse_control", "read_token", "route_prefix", "write_token",
+    "BATCH", "DATA", "EOS", "HEADER_FIELDS", "INLINE_MAX", "INT64_MAX", "Control", "check_header", "control",
+    "eos_header", "large", "message", "parse_control", "read_token", "route_prefix", "write_token",
 ]
 
 DATA, EOS, BATCH = 0, 1, 2
@@ -59,6 +59,7 @@ RAW = b"\x02"
 # a message of one frame: ``topic SEP msgpack([*header, payload])``; SEP never occurs in UTF-8
 # text, so it ends any topic. A coalesced batch is ``SEP msgpack([BATCH, src, inc, records])``.
 SEP = b"\xff"
+INLINE_MAX = 8 << 10  # payloads up to this ride in the header's frame (one frame a message)
 UNPACK = {"raw": False, "strict_map_key": False, "use_list": True}
 
 _EVENT_KINDS = (int, float, str)
@@ -100,6 +101,30 @@ def check_header(h: Any) -> bool:
         return type(totals) is dict and all(type(k) is bytes and type(v) is int and 0 <= v <= INT64_MAX
                                             for k, v in totals.items())
     return kind == DATA
+
+
+def large(frame: Any, threshold: int) -> bool:
+    """Whether a payload frame is big enough for shared memory (cheap for the common bytes)."""
+    return (len(frame) if type(frame) is bytes else memoryview(frame).nbytes) >= threshold
+
+
+def message(topic: bytes, packer: msgpack.Packer, fields: tuple[Any, ...], frames: list[Any]) -> list[Any]:
+    """The frames of one message. A payload of one small frame (or none) rides in the header's
+    frame: ``topic SEP msgpack([*fields, payload])``, one ZeroMQ frame (each frame costs pyzmq
+    microseconds); a large or many-framed one follows it as ``[topic, msgpack(fields), *frames]``,
+    its frames sent without copying."""
+    if not frames:
+        return [topic + SEP + packer.pack((*fields, None))]
+    if len(frames) == 1:
+        frame = frames[0]
+        if type(frame) is bytes:
+            if len(frame) <= INLINE_MAX:
+                return [topic + SEP + packer.pack((*fields, frame))]
+        else:
+            view = memoryview(frame)
+            if view.nbytes <= INLINE_MAX:
+                return [topic + SEP + packer.pack((*fields, view.tobytes()))]
+    return [topic, packer.pack(fields), *frames]
 
 
 def event_kind(event_time: Any) -> type | None:

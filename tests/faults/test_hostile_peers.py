@@ -165,7 +165,7 @@ def test_a_forged_shared_memory_lease_from_a_peer_that_knows_the_tag_is_refused(
     try:
         outlet, inlet = wire(ctx, "tensor", Tensor("uint8", (None,)), f"ipc://{tmp_path}/edge", "push",
                              transport="ipc", shm_above=1 << 20, max_bytes=2 << 20, policy="block")
-        router = outlet.routers[0]
+        router = outlet.channels[0]
         size, meta = 1 << 20, ["np", "uint8", [1 << 20]]
         forged = [None, b"\x00" * 16, lease_mac(lease_key(b"another run's token"), name, 0, 1, size)]
         for i, mac in enumerate(forged * 100):

@@ -126,7 +126,7 @@ def test_values_arrive_in_order_with_their_metadata(ctx):
 
 def test_hostile_frames_are_counted_and_dropped_and_the_input_keeps_working(ctx):
     outlet, inlet = pair(ctx, "tensor", Tensor("float32", (None,)), "inproc://hostile")
-    raw = outlet.pubs[0].sock
+    raw = outlet.channels[0].sock
     bomb_meta = ["np", "float32", [1 << 40]]
     hostile = [
         [b"out", b"\xff\xfe garbage"],  # a header that is not msgpack
@@ -139,7 +139,7 @@ def test_hostile_frames_are_counted_and_dropped_and_the_input_keeps_working(ctx)
     ]
     for parts in hostile:
         raw.send_multipart(parts)
-    outlet.seq[b"out"] = 4  # the valid message continues the sequence the forged ones used
+    outlet.channels[0].seq[b"out"] = 4  # the valid message continues the sequence the forged ones used
     outlet.send(np.arange(5, dtype=np.float32), None, 1, 0, None)
     [value] = drain(inlet, 1)
     assert value.tolist() == [0, 1, 2, 3, 4]
@@ -149,9 +149,9 @@ def test_hostile_frames_are_counted_and_dropped_and_the_input_keeps_working(ctx)
 
 def test_lz4_bombs_are_refused_before_decompressing(ctx):
     outlet, inlet = pair(ctx, "msgpack+lz4", dict, "inproc://bomb")
-    raw = outlet.pubs[0].sock
+    raw = outlet.channels[0].sock
     raw.send_multipart([b"out", header(0, 1 << 34), b"\x1f\x00\x01\x00" * 4])  # claims 16 GiB
-    outlet.seq[b"out"] = 1
+    outlet.channels[0].seq[b"out"] = 1
     outlet.send({"ok": True}, None, 1, 0, None)
     assert drain(inlet, 1) == [{"ok": True}]
     assert inlet.stats[EDGE].decode_errors == 1
@@ -160,7 +160,7 @@ def test_lz4_bombs_are_refused_before_decompressing(ctx):
 def test_end_of_stream_closes_the_edge_and_counts_the_tail(ctx):
     outlet, inlet = pair(ctx, "msgpack", int, "inproc://eos")
     outlet.send(1, None, 1, 0, None)
-    outlet.seq[b"out"] = 10  # as if 9 more had been sent and lost
+    outlet.channels[0].seq[b"out"] = 10  # as if 9 more had been sent and lost
     outlet.send_eos()
     drain(inlet, 1)
     deadline = time.monotonic() + 5
@@ -172,7 +172,7 @@ def test_end_of_stream_closes_the_edge_and_counts_the_tail(ctx):
     # the consumer's acknowledgement reaches the producer, which then stops re-sending
     deadline = time.monotonic() + 5
     while not outlet.flush_eos() and time.monotonic() < deadline:
-        outlet.service(outlet.pubs[0].sock)
+        outlet.service(outlet.channels[0].sock)
         time.sleep(0.001)
     assert outlet.flush_eos()
 
@@ -280,7 +280,7 @@ def test_a_burst_is_coalesced_and_a_record_after_a_quiet_gap_goes_at_once(ctx):
     assert 4 <= zmq_messages(inlet) <= 40  # the first alone, then batches of up to 64 (or what the flusher took)
     time.sleep(0.01)
     outlet.send(b"alone", None, 1, 0, None)  # a quiet gap before it: no waiting
-    assert not outlet.routers[0].pending
+    assert not outlet.channels[0].pending
     assert zmq_messages(inlet) == 1
 
 
@@ -324,8 +324,8 @@ def test_a_full_consumer_on_a_drop_edge_counts_every_coalesced_record(ctx):
 
 def test_hostile_batches_are_counted_and_the_input_keeps_working(ctx):
     outlet, inlet = push_pair(ctx, "inproc://hostile-batch")
-    peer = outlet.routers[0].peers[EDGE]
-    raw = outlet.routers[0].sock
+    peer = outlet.channels[0].peers[EDGE]
+    raw = outlet.channels[0].sock
     good = [DATA, SRC, 0, 0, 1, 0, time.time_ns(), None, None, None, b"out", b"ok"]
     hostile = [
         SEP + b"\xc1 not msgpack",
@@ -404,7 +404,7 @@ def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
     try:
         loaned = push.alloc((16, 64), "float32")
         assert loaned.shape == (16, 64) and loaned.dtype == np.float32 and loaned.flags.writeable
-        assert push.routers[0].pool.in_use() == 1
+        assert push.channels[0].pool.in_use() == 1
         assert pub.alloc(1024, np.float32).base is None  # a pub edge: ordinary memory
         assert push.alloc(8, "float32").base is None  # small: ordinary memory
     finally:
@@ -435,14 +435,14 @@ def _frees_reach(outlet, inlets, until) -> None:
         for inlet in inlets:
             inlet.send_frees()
         time.sleep(0.002)
-        outlet.pubs[0].service()
+        outlet.channels[0].service()
 
 
 def test_a_pub_edge_hands_every_subscriber_the_same_shared_memory_slot(ctx, tmp_path):
     import gc
 
     outlet, inlets = _pub_to_two(ctx, f"ipc://{tmp_path}/pub-shm")
-    pool = outlet.pubs[0].pool
+    pool = outlet.channels[0].pool
     try:
         payloads = [bytes([i]) * 4096 for i in range(20)]
         for p in payloads:
@@ -471,16 +471,16 @@ def test_a_subscriber_the_lease_does_not_name_copies_and_frees_nothing(ctx, tmp_
     import gc
 
     outlet, inlets = _pub_to_two(ctx, f"ipc://{tmp_path}/pub-late")
-    pool = outlet.pubs[0].pool
+    pool = outlet.channels[0].pool
     try:
-        outlet.pubs[0].joined.discard(8)  # as if it had joined after the lease went
+        outlet.channels[0].joined.discard(8)  # as if it had joined after the lease went
         outlet.send(b"a" * 4096, None, 1, 0, None)
         [first7], [first8] = drain(inlets[7], 1), drain(inlets[8], 1)
         del first7
         gc.collect()
         _frees_reach(outlet, inlets.values(), lambda: pool.in_use() == 0)
         assert pool.in_use() == 0  # edge 7 freed it; edge 8 was never counted
-        outlet.pubs[0].joined.add(8)
+        outlet.channels[0].joined.add(8)
         outlet.send(b"b" * 4096, None, 1, 0, None)  # the same slot, written again
         assert bytes(drain(inlets[7], 1)[0]) == b"b" * 4096
         assert bytes(first8) == b"a" * 4096  # its own copy: untouched
@@ -551,7 +551,7 @@ HOSTILE_HEADERS = {
 @pytest.mark.parametrize("case", sorted(HOSTILE_HEADERS))
 def test_a_malformed_header_is_counted_and_the_input_keeps_working(ctx, case):
     outlet, inlet = push_pair(ctx, f"inproc://bad-{abs(hash(case))}")
-    router = outlet.routers[0]
+    router = outlet.channels[0]
     router.sock.send_multipart([router.peers[EDGE], b"out", HOSTILE_HEADERS[case], b"payload"])
     got = _good(outlet, inlet)
     assert [bytes(v) for v, _ in got] == [b"ok"]
@@ -560,7 +560,7 @@ def test_a_malformed_header_is_counted_and_the_input_keeps_working(ctx, case):
 
 def test_malformed_records_inside_a_batch_are_counted_one_by_one(ctx):
     outlet, inlet = push_pair(ctx, "inproc://bad-batch")
-    router = outlet.routers[0]
+    router = outlet.channels[0]
     now = time.time_ns()
     good = [DATA, SRC, 0, 0, 1, 0, now, None, None, None, b"out", b"ok"]
     bad = [[DATA, SRC, "x", 1, 1, 0, now, None, None, None, b"out", b"a"],  # incarnation
@@ -576,7 +576,7 @@ def test_malformed_records_inside_a_batch_are_counted_one_by_one(ctx):
 
 def test_an_end_of_stream_without_the_runs_token_ends_nothing(ctx):
     outlet, inlet = pair(ctx, "msgpack", int, "inproc://forged-eos")
-    raw = outlet.pubs[0].sock
+    raw = outlet.channels[0].sock
     forged = eos_header(msgpack.Packer(use_bin_type=True), SRC, 0, {b"out": 0}, time.time_ns(), b"guessed")
     raw.send_multipart([b"\x00eos", forged])
     raw.send_multipart([b"\x00eos", msgpack.packb([EOS, SRC, 0, 0, 0, -1, 1, None, {}, None])])
@@ -597,7 +597,7 @@ def test_event_times_of_numbers_and_text_never_mix_on_one_input(ctx):
 def test_control_messages_without_the_token_or_from_a_stranger_are_junk(ctx):
     link = make_link(ctx)
     outlet, inlet = wire(ctx, "raw", bytes, "inproc://strangers", "push", policy="block", link=link)
-    router = outlet.routers[0]
+    router = outlet.channels[0]
     stranger = ctx.socket(zmq.DEALER)
     stranger.setsockopt(zmq.LINGER, 0)
     stranger.connect("inproc://strangers")
@@ -622,7 +622,7 @@ def test_a_lease_on_a_segment_the_producer_does_not_own_is_refused_and_never_map
     try:
         victim.buf[:5] = b"12345"
         outlet, inlet = push_pair(ctx, "inproc://bad-lease", codec="tensor", tp=Tensor("uint8", (None,)))
-        router = outlet.routers[0]
+        router = outlet.channels[0]
         mac = lease_mac(KEY, victim.name, 0, 1, 5)  # even a right MAC does not make another's name ours
         for lease in (["shm", victim.name, 0, 1, 5, mac, ["np", "uint8", [5]]],
                       ["shm", segment_prefix(TAG, SRC) + "../" + victim.name, 0, 1, 5, mac, ["np", "uint8", [5]]],
@@ -647,7 +647,7 @@ def test_a_lease_on_a_segment_made_by_a_peer_that_knows_the_tag_is_refused_befor
     try:
         forged.buf[:5] = b"\x07" * 5
         outlet, inlet = push_pair(ctx, "inproc://forged-lease", codec="tensor", tp=Tensor("uint8", (None,)))
-        router = outlet.routers[0]
+        router = outlet.channels[0]
         for mac in (b"\x00" * 16, lease_mac(lease_key(b"another run's token"), forged.name, 0, 1, 5), None):
             router.sock.send_multipart([router.peers[EDGE], b"out",
                                         header(0, ["shm", forged.name, 0, 1, 5, mac, ["np", "uint8", [5]]])])
@@ -710,24 +710,24 @@ def test_a_stream_port_holds_a_block_edge_to_its_credit_and_serves_an_outside_su
     tap.connect(address)
     tap.subscribe(b"out")
     deadline = time.monotonic() + 5
-    shared = outlet.streams[0].shared
+    shared = outlet.channels[0].shared
     while not shared.tapped and time.monotonic() < deadline:
         shared.service()
         time.sleep(0.01)
     assert shared.tapped  # the outside subscriber is seen
     for i in range(8):
         outlet.send(b"%d" % i, None, 1, 0, None)
-    assert outlet.streams[0].room(EDGE) is False  # the consumer has not read: no credit left
+    assert outlet.channels[0].room(EDGE) is False  # the consumer has not read: no credit left
     got = drain_headers(inlet, 8)
     assert [bytes(v) for v, _ in got] == [b"%d" % i for i in range(8)] and got[0][1][10] == b"out"
     for i in range(8, 20):  # credit comes back as the consumer reads: nothing is lost, nothing waits forever
         deadline = time.monotonic() + 10
         # one thread: the consumer reads (and reports its credit) before the producer would wait for it
-        while not outlet.streams[0].room(EDGE) and time.monotonic() < deadline:
+        while not outlet.channels[0].room(EDGE) and time.monotonic() < deadline:
             for sock in inlet.socks:
                 list(inlet.receive(sock, 100))
-            outlet.streams[0].shared.service()
-        assert outlet.streams[0].room(EDGE), f"no credit came back for record {i}"
+            outlet.channels[0].shared.service()
+        assert outlet.channels[0].room(EDGE), f"no credit came back for record {i}"
         outlet.send(b"%d" % i, None, 1, 0, None)
         for sock in inlet.socks:
             list(inlet.receive(sock, 100))
@@ -744,16 +744,16 @@ def test_a_restarted_consumer_on_a_stream_port_gets_credit_afresh(ctx):
     outlet, first = wire(ctx, "raw", bytes, "tcp://127.0.0.1:*", "stream", hwm=8, policy="block", link=link,
                          transport="tcp")
     for i in range(40):  # five windows' worth, read as they come: the first consumer's credit is large
-        while not outlet.streams[0].room(EDGE):  # (one thread: read before the producer would wait)
+        while not outlet.channels[0].room(EDGE):  # (one thread: read before the producer would wait)
             for sock in first.socks:
                 list(first.receive(sock, 100))
-            outlet.streams[0].shared.service()
+            outlet.channels[0].shared.service()
         outlet.send(b"%d" % i, None, 1, 0, None)
     first.close()  # killed; its successor comes with a new incarnation and counts from zero
     connect = connect_plan(EDGE, "tcp://127.0.0.1:*", "tcp", "stream", 8 + 64, queue=8)
     second = Inlet(link, "in", "c", [connect], {EDGE: SRC}, [], 8, {EDGE: get_codec("raw").decoder(bytes)},
                    feedback=False, max_bytes=1 << 20, inc=1)
-    shared = outlet.streams[0].shared
+    shared = outlet.channels[0].shared
     deadline = time.monotonic() + 5
     while shared.consumer_inc.get(EDGE) != 1 and time.monotonic() < deadline:
         shared.service()
@@ -761,11 +761,11 @@ def test_a_restarted_consumer_on_a_stream_port_gets_credit_afresh(ctx):
     got: list[bytes] = []
     deadline = time.monotonic() + 10
     for i in range(40, 80):
-        while not outlet.streams[0].room(EDGE) and time.monotonic() < deadline:  # no credit if the old one counted
+        while not outlet.channels[0].room(EDGE) and time.monotonic() < deadline:  # no credit if the old one counted
             for sock in second.socks:
                 got.extend(bytes(v) for v, _ in second.receive(sock, 100))
             shared.service()
-        assert outlet.streams[0].room(EDGE), f"no credit for record {i}"
+        assert outlet.channels[0].room(EDGE), f"no credit for record {i}"
         outlet.send(b"%d" % i, None, 1, 0, None)
     got += [bytes(v) for v, _ in drain_headers(second, 80 - 40 - len(got))]
     assert got == [b"%d" % i for i in range(40, 80)]
@@ -784,7 +784,7 @@ def test_at_least_once_sequences_belong_to_the_edge_across_both_ends_restarts(ct
     link.counters.mv[base + POS_RECEIVED] = 10  # ... and received up to 9
     outlet, inlet = wire(ctx, "raw", bytes, "inproc://alo-restart", "push", policy="block",
                          delivery="at-least-once", inc=1, link=link)
-    peer, raw = outlet.routers[0].peers[EDGE], outlet.routers[0].sock
+    peer, raw = outlet.channels[0].peers[EDGE], outlet.channels[0].sock
 
     def record(seq: int, inc: int = 0) -> bytes:
         return b"out" + SEP + msgpack.packb([DATA, SRC, inc, seq, 1, 0, time.time_ns(), None, None, None,
@@ -852,10 +852,10 @@ def test_a_block_push_edge_runs_on_its_consumers_credit(ctx, tmp_path):
     changes nothing. (Inside one process an edge has no credit: the consumer runs in the
     producer's loop.)"""
     inproc, _ = wire(ctx, "raw", bytes, "inproc://no-credit", "push", policy="block", hwm=8, coalesce=False)
-    assert not inproc.routers[0].window
+    assert not inproc.channels[0].window
     endpoint = f"ipc://{tmp_path}/credit"
     outlet, inlet = wire(ctx, "raw", bytes, endpoint, "push", policy="block", hwm=8, coalesce=False, transport="ipc")
-    router = outlet.routers[0]
+    router = outlet.channels[0]
     for i in range(16):
         outlet.send(b"%d" % i, None, 0, -1, None)
     assert router.out[EDGE] == 16 and not router.room(EDGE)  # the window is full: a send would wait
