@@ -59,6 +59,10 @@ class Channel(Protocol):
         """Edges whose consumer has not joined yet."""
         ...
 
+    def consumer(self, edge: int) -> int | None:
+        """The incarnation of ``edge``'s consumer that is joined now, or None."""
+        ...
+
     def send(self, topic: bytes, meta: Any, frames: list[Any], origin_ns: int, origin: int, now: int,
              event_time: Any, attrs: Any) -> None:
         """One encoded record to the edges that take it, as their queue rules say."""

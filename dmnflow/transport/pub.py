@@ -117,6 +117,9 @@ class PubChannel:
     def waiting_for(self) -> set[int]:
         return {e for e in self.edges if e not in self.joined}
 
+    def consumer(self, edge: int) -> int | None:
+        return self.inc_of.get(edge) if edge in self.joined and edge not in self.left else None
+
     def send(self, topic: bytes, meta: Any, frames: list[Any], origin_ns: int, origin: int, now: int,
              event_time: Any, attrs: Any) -> None:
         mv = self.mv

@@ -156,6 +156,9 @@ class PushChannel:
     def waiting_for(self) -> set[int]:
         return {e for e in self.edges if e not in self.peers}
 
+    def consumer(self, edge: int) -> int | None:
+        return self.peer_inc.get(edge)
+
     def service(self) -> None:
         with self.lock:
             self._read()

@@ -164,6 +164,9 @@ class StreamChannel:
     def waiting_for(self) -> set[int]:
         return {e for e in self.edges if e not in self.shared.joined}
 
+    def consumer(self, edge: int) -> int | None:
+        return self.shared.consumer_inc.get(edge) if edge in self.shared.joined else None
+
     def send(self, topic: bytes, meta: Any, frames: list[Any], origin_ns: int, origin: int, now: int,
              event_time: Any, attrs: Any) -> None:
         shared, mv, base = self.shared, self.mv, self.base

@@ -66,19 +66,27 @@ def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, p
     link = link or make_link(ctx)
     plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery, transport=transport)
     co = COALESCE if coalesce and pattern == "push" and delivery != "at-least-once" else None
-    send_hwm = limits.send_hwm(transport, pattern, hwm, co, hwm)
-    receive_hwm = limits.receive_hwm(transport, pattern, hwm, co)
+    send_hwm = limits.send_hwm(transport, pattern, hwm, co, plan.credit or hwm)
     bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport=transport, pattern=pattern,
                     hwm=send_hwm, control_hwm=limits.control_hwm(transport, pattern), edges=[EDGE], coalesce=co,
                     shm=shm_above is not None)
     outlet = Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: plan}, get_codec(codec).encoder(tp),
                     shm_above=shm_above, flusher=flusher(), own_flusher=True)
     link.resolved.update(outlet.bound)
-    inlet = Inlet(link, "in", "c", [connect_plan(EDGE, endpoint, transport, pattern, receive_hwm, hwm)],
-                  {EDGE: SRC}, [], hwm, {EDGE: get_codec(codec).decoder(tp, Limits(max_bytes=max_bytes))},
-                  feedback=False, max_bytes=max_bytes, delivery=delivery, inc=inc)
+    inlet = make_inlet(link, codec, tp, endpoint, pattern, hwm=hwm, delivery=delivery, max_bytes=max_bytes,
+                       transport=transport, coalesce=co, inc=inc)
     joined(outlet)
     return outlet, inlet
+
+
+def make_inlet(link: Link, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000,
+               delivery: str = "at-most-once", max_bytes: int = 1 << 20, transport: str = "inproc",
+               coalesce: CoalescePlan | None = None, inc: int = 0) -> Inlet:
+    """The consumer of ``wire``'s edge (incarnation ``inc``: a restarted one is a new inlet)."""
+    receive_hwm = limits.receive_hwm(transport, pattern, hwm, coalesce)
+    return Inlet(link, "in", "c", [connect_plan(EDGE, endpoint, transport, pattern, receive_hwm, hwm)],
+                 {EDGE: SRC}, [], hwm, {EDGE: get_codec(codec).decoder(tp, Limits(max_bytes=max_bytes))},
+                 feedback=False, max_bytes=max_bytes, delivery=delivery, inc=inc)
 
 
 def joined(outlet: Outlet) -> None:

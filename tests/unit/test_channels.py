@@ -1,0 +1,208 @@
+"""One conformance suite for every channel kind (``transport/channel.py``): pub, push and stream,
+over every transport each runs on, between a real ``Outlet`` and a real ``Inlet``.
+
+Each kind must keep order, count what it could not deliver (at the sender or, from the
+sequence numbers, at the receiver: ``received + dropped + gaps == sent`` on every kind), hold
+a block edge to its consumer's pace without losing a record, end the stream after everything
+it sent, serve a restarted consumer, and (push) keep at-least-once records until they are
+handled. Inside one process (inproc) an edge is unbounded, so nothing there can be full.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import zmq
+
+from dmnflow.transport import Channel, Inlet, Outlet
+from dmnflow.transport.stats import DROPPED, GAPS, RECEIVED, SENT
+
+from .test_transport import EDGE, make_inlet, make_link, wire
+
+KINDS = [("pub", "inproc"), ("pub", "ipc"), ("pub", "tcp"), ("push", "inproc"), ("push", "ipc"), ("push", "tcp"),
+         ("stream", "tcp")]
+BOUNDED = [k for k in KINDS if k[1] != "inproc"]
+BLOCKING = [k for k in BOUNDED if k[0] != "pub"]  # `policy: block` compiles to push, or stays on a stream port
+IDS = [f"{p}-{t}" for p, t in KINDS]
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def endpoint(transport: str, tmp_path) -> str:
+    if transport == "inproc":
+        return f"inproc://conformance-{uuid.uuid4().hex[:8]}"
+    if transport == "ipc":
+        return f"ipc://{tmp_path}/edge"
+    return "tcp://127.0.0.1:*"
+
+
+def edge_counts(outlet: Outlet) -> tuple[int, int, int, int]:
+    """(sent, dropped, received, gaps) of the edge, from the counters both ends write."""
+    mv, base = outlet.link.counters.mv, outlet.link.counters.layout.edge(EDGE)
+    return mv[base + SENT], mv[base + DROPPED], mv[base + RECEIVED], mv[base + GAPS]
+
+
+def read(inlet: Inlet, limit: int = 100) -> list[bytes]:
+    got = []
+    for sock in inlet.socks:
+        got.extend(bytes(v) for v, _ in inlet.receive(sock, limit))
+    return got
+
+
+def to_the_end(outlet: Outlet, inlet: Inlet, got: list[bytes]) -> None:
+    """End the stream and read until the consumer has the end and the producer its ack."""
+    outlet.send_eos()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        acked = outlet.flush_eos()  # again, until acknowledged: a full queue may have lost a copy
+        if inlet.ended and acked:
+            break
+        got.extend(read(inlet))
+        for sock in outlet.sockets():
+            outlet.service(sock)
+        time.sleep(0.001)
+    assert inlet.ended, "the consumer never saw the end"
+    assert outlet.flush_eos(), "the producer never heard the consumer's ack"
+
+
+def rejoined(outlet: Outlet, inc: int) -> Channel:
+    channel = outlet.channels[0]
+    deadline = time.monotonic() + 5
+    while channel.consumer(EDGE) != inc and time.monotonic() < deadline:
+        for sock in outlet.sockets():
+            outlet.service(sock)
+        time.sleep(0.005)
+    assert channel.consumer(EDGE) == inc
+    return channel
+
+
+@pytest.mark.parametrize(("pattern", "transport"), KINDS, ids=IDS)
+def test_records_arrive_in_order_and_the_books_add_up(ctx, tmp_path, pattern, transport):
+    outlet, inlet = wire(ctx, "raw", bytes, endpoint(transport, tmp_path), pattern, transport=transport)
+    assert outlet.channels[0].consumer(EDGE) == 0 and not outlet.waiting_for()
+    got: list[bytes] = []
+    for i in range(500):
+        outlet.send(b"%d" % i, None, 1, 0, i)
+        if i % 50 == 49:
+            outlet.flush()
+            got.extend(read(inlet))
+    to_the_end(outlet, inlet, got)
+    assert got == [b"%d" % i for i in range(500)]
+    assert edge_counts(outlet) == (500, 0, 500, 0)
+
+
+@pytest.mark.parametrize(("pattern", "transport"), BOUNDED, ids=[f"{p}-{t}" for p, t in BOUNDED])
+def test_a_full_drop_edge_counts_every_record_it_could_not_deliver(ctx, tmp_path, pattern, transport):
+    outlet, inlet = wire(ctx, "raw", bytes, endpoint(transport, tmp_path), pattern, transport=transport, hwm=8)
+    n = 3000
+    for i in range(n):  # the consumer does not read: its queue fills
+        outlet.send(b"%d" % i, None, 1, 0, i)
+    got: list[bytes] = []
+    to_the_end(outlet, inlet, got)
+    sent, dropped, received, gaps = edge_counts(outlet)
+    assert received == len(got) < n  # something was lost ...
+    assert received + dropped + gaps == n  # ... and every lost record is counted, once
+    assert [int(v) for v in got] == sorted(int(v) for v in got)  # what came, came in order
+
+
+@pytest.mark.parametrize(("pattern", "transport"), BLOCKING, ids=[f"{p}-{t}" for p, t in BLOCKING])
+def test_a_block_edge_waits_for_a_slow_consumer_and_loses_nothing(ctx, tmp_path, pattern, transport):
+    outlet, inlet = wire(ctx, "raw", bytes, endpoint(transport, tmp_path), pattern, transport=transport, hwm=8,
+                         policy="block")
+    assert outlet.channels[0].bind.pattern == pattern
+    n = 2000
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def consume() -> None:  # the consumer's own thread (its sockets are used by it alone)
+        deadline = time.monotonic() + 60
+        while len(got) < n and not stop.is_set() and time.monotonic() < deadline:
+            for sock in inlet.socks:
+                if sock.poll(5):
+                    got.extend(bytes(v) for v, _ in inlet.receive(sock, 16))
+            time.sleep(0.0005)  # slower than the producer
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    try:
+        for i in range(n):
+            outlet.send(b"%d" % i, None, 1, 0, i)
+        outlet.flush()
+    finally:
+        reader.join(70)
+        stop.set()
+    assert got == [b"%d" % i for i in range(n)]
+    assert edge_counts(outlet) == (n, 0, n, 0)
+
+
+@pytest.mark.parametrize(("pattern", "transport"), KINDS, ids=IDS)
+def test_a_restarted_consumer_gets_the_rest_of_the_stream(ctx, tmp_path, pattern, transport):
+    link = make_link(ctx)
+    where = endpoint(transport, tmp_path)
+    outlet, first = wire(ctx, "raw", bytes, where, pattern, transport=transport, link=link)
+    got: list[bytes] = []
+    for i in range(100):
+        outlet.send(b"%d" % i, None, 1, 0, i)
+    outlet.flush()
+    deadline = time.monotonic() + 5
+    while len(got) < 100 and time.monotonic() < deadline:
+        got.extend(read(first))
+    assert got == [b"%d" % i for i in range(100)]
+    first.close()  # killed; its successor is a new incarnation
+    second = make_inlet(link, "raw", bytes, where, pattern, transport=transport, inc=1)
+    rejoined(outlet, 1)
+    later: list[bytes] = []
+    for i in range(100, 200):
+        outlet.send(b"%d" % i, None, 1, 0, i)
+    to_the_end(outlet, second, later)
+    assert later == [b"%d" % i for i in range(100, 200)]
+    second.close()
+
+
+@pytest.mark.parametrize("transport", ["inproc", "ipc", "tcp"])
+def test_at_least_once_keeps_what_was_not_handled_for_the_next_incarnation(ctx, tmp_path, transport):
+    link = make_link(ctx)
+    where = endpoint(transport, tmp_path)
+    outlet, first = wire(ctx, "raw", bytes, where, "push", transport=transport, link=link, policy="block",
+                         delivery="at-least-once")
+    channel = outlet.channels[0]
+    for i in range(50):
+        outlet.send(b"%d" % i, None, 1, 0, i)
+    got: list = []
+    deadline = time.monotonic() + 5
+    while len(got) < 50 and time.monotonic() < deadline:
+        for sock in first.socks:
+            got.extend(first.receive(sock, 100))
+    assert len(got) == 50
+    for _, header in got[:20]:  # it handled 20, then died before the rest
+        first.handled(header)
+    first.send_done()
+    deadline = time.monotonic() + 5
+    while len(channel.held[EDGE].records) > 30 and time.monotonic() < deadline:
+        outlet.service(channel.sock)
+    assert len(channel.held[EDGE].records) == 30  # let go of what was handled, kept the rest
+    first.close()
+    second = make_inlet(link, "raw", bytes, where, "push", transport=transport, delivery="at-least-once", inc=1)
+    rejoined(outlet, 1)  # its hello: the 30 go again
+    again: list = []
+    deadline = time.monotonic() + 5
+    while len(again) < 30 and time.monotonic() < deadline:
+        for sock in second.socks:
+            again.extend(second.receive(sock, 100))
+    assert [bytes(v) for v, _ in again] == [b"%d" % i for i in range(20, 50)]
+    for _, header in again:
+        second.handled(header)
+    second.send_done()
+    tail: list[bytes] = []
+    to_the_end(outlet, second, tail)  # the end waits until nothing is held
+    assert tail == [] and not channel.held[EDGE].records
+    second.close()
+
