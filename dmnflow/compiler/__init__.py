@@ -94,6 +94,7 @@ class _Compiler(_Binding, _Wiring, _Placement, _Lowering):
             self.resolve_class(node)
             self.check_params(node)
             self.check_ports(node)
+            self.resolve_defaults(node)  # from here on every pass reads filled fields, never `defaults`
             self.check_join(node)
             self.check_timers(node)
             self.check_pins(node)
@@ -103,7 +104,7 @@ class _Compiler(_Binding, _Wiring, _Placement, _Lowering):
         template = self.template_graph()
         self.check_cycles(template)
         self.check_unused(template)
-        codecs = self.check_codecs()
+        self.check_codecs()
         self.check_tcp_ports()
         self.check_busy_cores()
         self.check_hosts()
@@ -113,4 +114,4 @@ class _Compiler(_Binding, _Wiring, _Placement, _Lowering):
         security = self.check_security()
         if self.issues.has_errors:
             return None
-        return self.build_plan(codecs, security)
+        return self.build_plan(security)
