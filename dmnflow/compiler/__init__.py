@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
 
 from ..errors import CompileError, Issue, SpecError, sort_issues
-from ..plan import Plan
-from ..spec import LoadedGraph, Override, load_graph
+from ..node import Node, Ports
+from ..plan import NodePlan, Plan, SecurityPlan
+from ..spec import Defaults, LoadedGraph, NodeEntry, NodeSpec, Override, SourceMap, load_graph
 from .binding import _Binding, plan_model
 from .budgets import check_budgets
 from .lowering import _Lowering
@@ -28,7 +32,7 @@ from .placement import _Placement
 from .state import _Node
 from .wiring import _Wiring
 
-__all__ = ["check", "compile_graph", "plan_model", "validate"]
+__all__ = ["check", "compile_graph", "plan_model", "plan_node_alone", "validate"]
 
 
 def validate(path: str | os.PathLike[str], overrides: Sequence[str | Override] = (), *,
@@ -80,6 +84,20 @@ def _compile(path: str | os.PathLike[str], overrides: Sequence[str | Override], 
     compiler = _Compiler(graph, cpus, models)
     plan = compiler.run()
     return plan, compiler.issues.issues, graph.issues
+
+
+def plan_node_alone(cls: type[Node], spec: NodeSpec, params: BaseModel, ports: Ports, *,
+                    name: str, base_dir: Path) -> NodePlan:
+    """The plan a graph of this one node, nothing connected, gets: the same resolver and
+    lowering as a YAML graph, with ``graph`` defaults, so ``dmnflow.testing.run_node`` runs a
+    node as the worker would. The class, its validated params and its ports are given, not
+    imported and checked (a test's class need not be importable by ``uses``)."""
+    entry = NodeEntry(name, spec, Defaults(), base_dir)
+    graph = LoadedGraph(name, name, None, {name: entry}, set(), SourceMap(), [])
+    compiler = _Compiler(graph, [], models=False)
+    node = compiler.nodes[name] = _Node(entry, cls=cls, params=params, ports=ports, instances=[name])
+    compiler.resolve_defaults(node)
+    return compiler.build_plan(SecurityPlan()).nodes[0]
 
 
 class _Compiler(_Binding, _Wiring, _Placement, _Lowering):
