@@ -8,7 +8,8 @@ Filled, and from which ``defaults`` key (schema.py ``Defaults``):
 - an output's ``codec`` (the one written, else the one its class names, else
   ``defaults.codec``), ``compress_above``, ``transport`` (a fixed ``port`` is tcp), ``host``,
   ``send_limit`` (``defaults.queue``), ``coalesce``, ``shm_slots``;
-- a node's ``restart``.
+- a node's ``restart``;
+- a latency budget's ``warmup`` (an input's ``budget``, a node's: ``defaults.budget_warmup``).
 
 An output is filled for every port the class declares, written in YAML or not. Where a value
 came from is kept in ``NodeEntry.filled`` (``"inputs.ticks.policy" -> "defaults.policy"``,
@@ -52,6 +53,8 @@ def resolve_node(entry: NodeEntry, class_codecs: Mapping[str, str | None] | None
             "queue": take(f"{at}.queue", inp.queue, "queue"),
             "delivery": take(f"{at}.delivery", inp.delivery, "delivery"),
             "max_message": take(f"{at}.max_message", inp.max_message, "max_message"),
+            "budget": None if inp.budget is None else inp.budget.model_copy(update={
+                "warmup": take(f"{at}.budget.warmup", inp.budget.warmup, "budget_warmup")}),
         })
 
     written = entry.spec.outputs
@@ -75,8 +78,12 @@ def resolve_node(entry: NodeEntry, class_codecs: Mapping[str, str | None] | None
             "shm_slots": take(f"{at}.shm_slots", out.shm_slots, "shm_slots"),
         })
 
+    budget = entry.spec.budget
+    if budget is not None:
+        budget = budget.model_copy(update={"warmup": take("budget.warmup", budget.warmup, "budget_warmup")})
     spec = entry.spec.model_copy(update={
-        "inputs": inputs, "outputs": outputs, "restart": take("restart", entry.spec.restart, "restart")})
+        "inputs": inputs, "outputs": outputs, "restart": take("restart", entry.spec.restart, "restart"),
+        "budget": budget})
     return dataclasses.replace(entry, spec=spec, filled=filled)
 
 
