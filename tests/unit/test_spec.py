@@ -437,5 +437,6 @@ def test_resolving_fills_every_default_once_and_says_where_each_came_from(tmp_pa
     assert (x.policy, x.queue, x.delivery) == ("latest", 3, "at-most-once")
     assert dst.filled["inputs.x.policy"] == "defaults.policy" and "inputs.x.queue" not in dst.filled
     assert dst.spec.restart is not None and dst.spec.restart.when == "never" and "restart" not in dst.filled
-    assert x.budget is not None and x.budget.warmup == 10.0 and dst.filled["inputs.x.budget.warmup"] == "defaults.budget_warmup"
+    assert x.budget is not None and x.budget.warmup == 10.0
+    assert dst.filled["inputs.x.budget.warmup"] == "defaults.budget_warmup"
     assert graph.nodes["dst"].spec.inputs["x"].policy is None  # the loaded spec is left as written
