@@ -20,12 +20,12 @@ import numpy as np
 from pydantic import BaseModel
 
 from .codecs import get_codec
-from .compiler import plan_model
+from .compiler import plan_model, plan_node_alone
 from .errors import DecodeError, NodeError
-from .node import Context, Node, Ports, describe_type
-from .plan import BatchPlan, InputPlan, JoinPlan, ModelPlan, NodePlan, OutputPlan, RestartPlan
+from .node import Context, Node, Ports
+from .plan import ModelPlan, NodePlan
 from .runtime.node_runner import NodeRunner
-from .spec import ModelSpec
+from .spec import ModelSpec, NodeSpec
 from .transport.memory import MemoryInlet, MemoryOutlet
 
 __all__ = ["RecordingContext", "Tick", "check_codec", "run_node"]
@@ -47,8 +47,10 @@ def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
              name: str | None = None) -> dict[str, list[Any]]:
     """Run a node in this process, no sockets: what it emitted, per output port.
 
-    The node runs in the worker's own ``NodeRunner``, with in-memory outlets: params are
-    validated as the compiler would; ``setup`` runs first and ``teardown`` last; a source's
+    The node runs in the worker's own ``NodeRunner``, with in-memory outlets, on the plan the
+    compiler gives a graph of this node alone (the same resolver, lowering and ``defaults``
+    a YAML graph gets: ``dmnflow.compiler.plan_node_alone``): params are validated as the
+    compiler would; ``setup`` runs first and ``teardown`` last; a source's
     ``run`` (a generator, or a plain loop that calls ``ctx.emit``) is taken to its end; each
     ``(port, value)`` or ``(port, value, event_time)`` of ``inputs`` goes to its handler in
     order (``ctx.message`` says which port and event time), and each ``Tick("flush")`` calls
@@ -76,7 +78,7 @@ def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
     for timer in timers:
         if not callable(getattr(cls, f"on_{timer}", None)):
             raise KeyError(f"{cls.__name__} has no timer handler on_{timer}")
-    plan = _node_plan(cls, name or cls.__name__, params or {}, ports, _model_plan(model), join, batch, timers)
+    plan = _node_plan(cls, name or cls.__name__, validated, ports, model, join, batch, timers)
     runner = NodeRunner(plan, 0, cls=cls, node=node)
     outlets = {port: MemoryOutlet(port) for port in ports.outputs}
     runner.outlets.update(outlets)
@@ -111,20 +113,20 @@ def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
     return {port: [sent.value for sent in outlet.sent] for port, outlet in outlets.items()}
 
 
-def _node_plan(cls: type[Node], name: str, params: dict[str, Any], ports: Ports, model: ModelPlan | None,
-               join: Sequence[str], batch: Mapping[str, int], timers: dict[str, float]) -> NodePlan:
-    """The plan the compiler would give this node on its own (nothing connected)."""
-    inputs = [InputPlan(port=port, type=describe_type(inp.type), policy="block", queue=1000, topics=[],
-                        feedback=False, batch=BatchPlan(max=batch[port], wait_s=math.inf) if port in batch else None,
-                        connects=[]) for port, inp in ports.inputs.items()]
-    outputs = [OutputPlan(port=port, type=describe_type(out.type), codec=out.codec or "msgpack", compress_above=None,
-                          binds=[]) for port, out in ports.outputs.items()]
-    return NodePlan(name=name, spec_name=name, uses=f"{cls.__module__}:{cls.__qualname__}", params=params, layer=None,
-                    process=name, cpus=[], gpu=None, replica=None, replicas=1,
-                    restart=RestartPlan(when="never", max_restarts=0, backoff_s=0.0, backoff_max_s=0.0),
-                    busy=bool(cls.busy), source=cls.is_source(), model=model,
-                    join=JoinPlan(inputs=list(join), timeout_s=None) if join else None, timers=timers,
-                    inputs=inputs, outputs=outputs, loc=name)
+def _node_plan(cls: type[Node], name: str, params: BaseModel, ports: Ports,
+               model: str | os.PathLike[str] | dict[str, Any] | None, join: Sequence[str],
+               batch: Mapping[str, int], timers: dict[str, float]) -> NodePlan:
+    """The plan the compiler gives this node in a graph of its own (nothing connected): every
+    input is fed by the test, with the defaults a YAML graph gets."""
+    spec = NodeSpec.model_validate({
+        "uses": "dmnflow.testing:run_node",  # the class is given, not imported: see below
+        "inputs": {port: {"from": f"run_node.{port}", **({"batch": {"max": batch[port], "wait": math.inf}}
+                                                        if port in batch else {})} for port in ports.inputs},
+        "join": {"inputs": list(join)} if join else None,
+        "timers": timers,
+        "model": None if model is None else dict(model) if isinstance(model, dict) else {"path": os.fspath(model)},
+    }).model_copy(update={"uses": f"{cls.__module__}:{cls.__qualname__}"})
+    return plan_node_alone(cls, spec, params, ports, name=name, base_dir=Path.cwd())
 
 
 class RecordingContext(Context):

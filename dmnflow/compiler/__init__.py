@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
 
 from ..errors import CompileError, Issue, SpecError, sort_issues
-from ..plan import Plan
-from ..spec import LoadedGraph, Override, load_graph
+from ..node import Node, Ports
+from ..plan import NodePlan, Plan, SecurityPlan
+from ..spec import Defaults, LoadedGraph, NodeEntry, NodeSpec, Override, SourceMap, load_graph
 from .binding import _Binding, plan_model
 from .budgets import check_budgets
 from .lowering import _Lowering
@@ -28,7 +32,7 @@ from .placement import _Placement
 from .state import _Node
 from .wiring import _Wiring
 
-__all__ = ["check", "compile_graph", "plan_model", "validate"]
+__all__ = ["check", "compile_graph", "plan_model", "plan_node_alone", "validate"]
 
 
 def validate(path: str | os.PathLike[str], overrides: Sequence[str | Override] = (), *,
@@ -82,6 +86,20 @@ def _compile(path: str | os.PathLike[str], overrides: Sequence[str | Override], 
     return plan, compiler.issues.issues, graph.issues
 
 
+def plan_node_alone(cls: type[Node], spec: NodeSpec, params: BaseModel, ports: Ports, *,
+                    name: str, base_dir: Path) -> NodePlan:
+    """The plan a graph of this one node, nothing connected, gets: the same resolver and
+    lowering as a YAML graph, with ``graph`` defaults, so ``dmnflow.testing.run_node`` runs a
+    node as the worker would. The class, its validated params and its ports are given, not
+    imported and checked (a test's class need not be importable by ``uses``)."""
+    entry = NodeEntry(name, spec, Defaults(), base_dir)
+    graph = LoadedGraph(name, name, None, {name: entry}, set(), SourceMap(), [])
+    compiler = _Compiler(graph, [], models=False)
+    node = compiler.nodes[name] = _Node(entry, cls=cls, params=params, ports=ports, instances=[name])
+    compiler.resolve_defaults(node)
+    return compiler.build_plan(SecurityPlan()).nodes[0]
+
+
 class _Compiler(_Binding, _Wiring, _Placement, _Lowering):
     """Every pass over one loaded graph, in order; ``run`` returns the Plan, or None when
     there are errors (then ``issues`` has them all)."""
@@ -94,6 +112,7 @@ class _Compiler(_Binding, _Wiring, _Placement, _Lowering):
             self.resolve_class(node)
             self.check_params(node)
             self.check_ports(node)
+            self.resolve_defaults(node)  # from here on every pass reads filled fields, never `defaults`
             self.check_join(node)
             self.check_timers(node)
             self.check_pins(node)
@@ -103,7 +122,7 @@ class _Compiler(_Binding, _Wiring, _Placement, _Lowering):
         template = self.template_graph()
         self.check_cycles(template)
         self.check_unused(template)
-        codecs = self.check_codecs()
+        self.check_codecs()
         self.check_tcp_ports()
         self.check_busy_cores()
         self.check_hosts()
@@ -113,4 +132,4 @@ class _Compiler(_Binding, _Wiring, _Placement, _Lowering):
         security = self.check_security()
         if self.issues.has_errors:
             return None
-        return self.build_plan(codecs, security)
+        return self.build_plan(security)

@@ -12,10 +12,10 @@ from ..errors import did_you_mean
 from ..importing import ImportPathError, load_object, subclass_of, user_frame
 from ..node import Input, Node, Output, Ports, describe_type
 from ..plan import ModelPlan
-from ..spec import ModelSpec
+from ..spec import ModelSpec, resolve_node
 from .state import _choices, _Compilation, _Node
 
-__all__ = ["model_plan", "plan_model"]
+__all__ = ["class_codec", "model_plan", "plan_model"]
 
 
 class _Binding(_Compilation):
@@ -134,6 +134,13 @@ class _Binding(_Compilation):
                          f"{port!r}", self.loc("nodes", name, "uses"), f"nodes.{name}.inputs.{port}",
                          f"add `def on_{port}(self, value, ctx)` to {cls_name}")
 
+    def resolve_defaults(self, node: _Node) -> None:
+        """Fill the node's defaults in, once (spec/resolve.py), with the codec each declared
+        output's class names: every later pass reads the filled fields, and ``entry.filled``
+        says which came from ``defaults`` (or the class)."""
+        codecs = None if node.ports is None else {port: class_codec(decl) for port, decl in node.ports.outputs.items()}
+        node.entry = self.graph.nodes[node.entry.name] = resolve_node(node.entry, codecs)
+
     def check_join(self, node: _Node) -> None:
         join = node.entry.spec.join
         if join is None or node.ports is None or node.cls is None:
@@ -192,6 +199,14 @@ class _Binding(_Compilation):
         for code, message, hint in node.cls.check_model(node.params, model_plan(node)):
             self.add(code, message, self.key_loc(("nodes", name, "model"), ("nodes", name)), f"nodes.{name}.model",
                      hint)
+
+
+def class_codec(decl: Output) -> str | None:
+    """The codec an output's class picks when the YAML names none: the port's own, else
+    tensor for a tensor type; None leaves it to ``defaults.codec``."""
+    if decl.codec is not None:
+        return decl.codec
+    return "tensor" if describe_type(decl.type).startswith("tensor[") else None
 
 
 def model_plan(node: _Node) -> ModelPlan | None:

@@ -127,20 +127,22 @@ def plan_budgets(nodes: Mapping[str, Any], edge_plans: Sequence[EdgePlan], loc: 
             producers = ", ".join(r.removeprefix("/") for r in inp.from_)
             out.append(BudgetPlan(name=f"{producers} -> {name}.{port}", kind="edge", edges=ids,
                                   loc=str(loc("nodes", name, "inputs", port, "budget") or ""),
-                                  warmup_s=_warmup(inp.budget, node.entry.defaults),
+                                  warmup_s=_warmup(inp.budget),
                                   **{f"{k}_s": v for k, v in _limits(inp.budget).items()}))
         if spec.budget is not None:
             source = spec.budget.from_.removeprefix("/")
             out.append(BudgetPlan(name=f"{source} -> {name}", kind="path", sources=list(instances[source]),
                                   sinks=list(instances[name]), loc=str(loc("nodes", name, "budget") or ""),
-                                  warmup_s=_warmup(spec.budget, node.entry.defaults),
+                                  warmup_s=_warmup(spec.budget),
                                   **{f"{k}_s": v for k, v in _limits(spec.budget).items()}))
     return out
 
 
-def _warmup(budget: Any, defaults: Any) -> float:
-    """A budget's warm-up: its own ``warmup``, else its file's ``defaults.budget_warmup``."""
-    return float(budget.warmup if budget.warmup is not None else defaults.budget_warmup)
+def _warmup(budget: Any) -> float:
+    """A budget's warm-up: its own ``warmup``, else its file's ``defaults.budget_warmup``
+    (filled in by spec/resolve.py)."""
+    assert budget.warmup is not None  # resolved
+    return float(budget.warmup)
 
 
 class _State:

@@ -34,13 +34,14 @@ from . import limits
 from .binding import model_plan
 from .budgets import plan_budgets
 from .state import _Compilation, _Edge, _Node, _template
-from .wiring import output_transport
 
 
 class _Lowering(_Compilation):
     """``build_plan``: run once every check has passed."""
 
-    def build_plan(self, codecs: dict[tuple[str, str], str], security: SecurityPlan) -> Plan:
+    def build_plan(self, security: SecurityPlan) -> Plan:
+        """Each value is read from the resolved spec (spec/resolve.py); only keys that
+        ``defaults`` alone holds (``shm_above``, ``room_poll``, ``read_batch``) are read there."""
         order = {name: i for i, name in enumerate(self.nodes)}
         instances = nx.DiGraph()
         for node in self.nodes.values():
@@ -67,25 +68,22 @@ class _Lowering(_Compilation):
                 topo.index(t[0]), t[2].src_port, topo.index(t[1]), t[2].dst_port))):
             consumer = self.nodes[e.dst]
             inp = consumer.entry.spec.inputs[e.dst_port]
-            policy = inp.policy or consumer.entry.defaults.policy
-            producer = self.nodes[e.src]
-            fixed = producer.entry.spec.outputs.get(e.src_port)
-            transport = "inproc" if process_of[src] == process_of[dst] else \
-                output_transport(producer, e.src_port)
+            policy, queue = inp.policy, inp.queue
+            assert policy is not None and queue is not None  # resolved
+            fixed = self.nodes[e.src].entry.spec.outputs[e.src_port]
+            transport = "inproc" if process_of[src] == process_of[dst] else fixed.transport
             share = len(consumer.instances) > 1 and consumer.entry.spec.dispatch == "share"
-            if transport == "tcp" and fixed is not None and fixed.port is not None:
+            if transport == "tcp" and fixed.port is not None:
                 pattern, target = "stream", ""  # the fixed port carries every edge of the output
             else:
                 pattern = "push" if policy == "block" or share else "pub"
                 # a PUB serves all subscribers; a PUSH serves one consumer, or one replica set
                 target = "" if pattern == "pub" else (e.dst if share else dst) + "." + e.dst_port
             binds.setdefault((src, e.src_port), {}).setdefault((transport, pattern, target), []).append(i)
-            queue = inp.queue or consumer.entry.defaults.queue
             edge_plans.append(EdgePlan(
                 id=i, src=src, src_port=e.src_port, dst=dst, dst_port=e.dst_port, type=e.type,
-                codec=codecs[(e.src, e.src_port)], transport=transport, endpoint="", bind="", pattern=pattern,
-                policy=policy, queue=queue, topics=inp.topics,
-                feedback=e.feedback, delivery=inp.delivery or consumer.entry.defaults.delivery,
+                codec=fixed.codec, transport=transport, endpoint="", bind="", pattern=pattern,
+                policy=policy, queue=queue, topics=inp.topics, feedback=e.feedback, delivery=inp.delivery,
                 credit=limits.credit(transport, pattern, policy, queue),
                 group=f"{e.dst}.{e.dst_port}" if share else None))
 
@@ -98,19 +96,19 @@ class _Lowering(_Compilation):
             assert node.ports is not None and node.cls is not None and node.params is not None
             outputs = []
             for port, decl in node.ports.outputs.items():
-                out = spec.outputs.get(port)
+                out = spec.outputs[port]
                 groups = binds.get((inst, port), {})
-                fixed = out.port if out is not None else None
+                fixed = out.port
                 if fixed is not None and len(node.instances) > 1:
                     fixed += node.instances.index(inst)  # replicas take consecutive ports
                 if fixed is not None and not any(k[1] == "stream" for k in groups):
                     # a fixed port with no consumer in another process: bound anyway, for clients outside
                     groups = {("tcp", "stream", ""): [], **groups}
                 elif not groups:
-                    groups = {(output_transport(node, port), "pub", ""): []}
-                hwm = out.send_limit if out and out.send_limit else entry.defaults.queue
-                coalesce = _coalesce_plan(out.coalesce if out and out.coalesce is not None
-                                          else entry.defaults.coalesce)
+                    groups = {(out.transport, "pub", ""): []}
+                hwm, codec = out.send_limit, out.codec
+                assert hwm is not None and codec is not None and out.coalesce is not None  # resolved
+                coalesce = _coalesce_plan(out.coalesce)
                 bind_plans = []
                 for (transport, pattern, target), ids in groups.items():
                     endpoint = self.endpoint(inst, port, transport, pattern, target, node,
@@ -130,7 +128,6 @@ class _Lowering(_Compilation):
                         id=bind_id, counter=counter, endpoint=endpoint, transport=transport, pattern=pattern,
                         hwm=limits.send_hwm(transport, pattern, hwm, merged, window),
                         control_hwm=limits.control_hwm(transport, pattern), edges=ids, coalesce=merged))
-                codec = codecs[(entry.name, port)]
                 # large payloads through shared memory: a codec that allows it, between processes of one host
                 shm_above = entry.defaults.shm_above if get_codec(codec).shm else None
                 if shm_above is not None:
@@ -140,13 +137,13 @@ class _Lowering(_Compilation):
                         shm_above = None
                 outputs.append(OutputPlan(
                     port=port, type=describe_type(decl.type), codec=codec,
-                    compress_above=(out.compress_above if out and out.compress_above is not None
-                                    else entry.defaults.compress_above) if get_codec(codec).compressible else None,
+                    compress_above=out.compress_above if get_codec(codec).compressible else None,
                     binds=bind_plans,
                     shm_above=shm_above,
-                    shm_slots=out.shm_slots if out and out.shm_slots else entry.defaults.shm_slots,
+                    shm_slots=out.shm_slots,
                     room_poll_s=entry.defaults.room_poll))
-            restart = spec.restart or entry.defaults.restart
+            restart = spec.restart
+            assert restart is not None  # resolved
             node_plans.append(NodePlan(
                 name=inst, spec_name=entry.name, uses=spec.uses, params=node.params.model_dump(mode="json"),
                 layer=spec.layer, process=process_of[inst], cpus=spec.cpus or [], gpu=spec.gpu, host=spec.host,
@@ -174,20 +171,18 @@ class _Lowering(_Compilation):
             for port, inp in node.entry.spec.inputs.items():
                 edges = by_input.get((plan_node.name, port), [])
                 declared = node.ports.inputs[port] if node.ports else None
-                defaults = node.entry.defaults
-                queue = inp.queue or defaults.queue
+                queue = inp.queue
+                assert queue is not None and inp.policy is not None and inp.max_message is not None  # resolved
                 inputs.append(InputPlan(
                     port=port, type=describe_type(declared.type if declared else Any),
-                    policy=inp.policy or defaults.policy,
-                    queue=queue, topics=inp.topics, feedback=inp.feedback,
+                    policy=inp.policy, queue=queue, topics=inp.topics, feedback=inp.feedback,
                     batch=BatchPlan(max=inp.batch.max, wait_s=inp.batch.wait) if inp.batch else None,
                     connects=[ConnectPlan(edge=e.id, bind=e.bind, node=e.src, port=e.src_port, endpoint=e.endpoint,
                                           transport=e.transport, pattern=e.pattern,
                                           hwm=limits.receive_hwm(e.transport, e.pattern, queue,
                                                                  bind_by_id[e.bind].coalesce),
                                           credit_every=limits.credit_every(e.pattern, queue)) for e in edges],
-                    delivery=inp.delivery or defaults.delivery,
-                    max_bytes=inp.max_message or defaults.max_message, read_batch=defaults.read_batch))
+                    delivery=inp.delivery, max_bytes=inp.max_message, read_batch=node.entry.defaults.read_batch))
             final_nodes.append(plan_node.model_copy(update={"inputs": inputs}))
 
         processes: dict[str, list[str]] = {}
@@ -213,8 +208,7 @@ class _Lowering(_Compilation):
             if len(name) > 60:  # unix socket paths are limited to ~107 bytes
                 name = "e" + hashlib.sha1(name.encode()).hexdigest()[:16]
             return f"ipc://{RUN_DIR}/{name}"
-        out = node.entry.spec.outputs.get(port)
-        host = (out.host if out and out.host else None) or node.entry.defaults.host
+        host = node.entry.spec.outputs[port].host
         return f"tcp://{host}:{fixed if fixed is not None else '*'}"
 
 

@@ -18,8 +18,6 @@ from ..plan import SecurityPlan
 from ..transport.security import check_key_dir
 from .state import _REPLICA_RE, _choices, _Compilation, _Edge, _Node
 
-__all__ = ["output_transport"]
-
 
 class _Wiring(_Compilation):
     """Fills ``edges`` (``connect``) and checks what runs between nodes."""
@@ -120,26 +118,24 @@ class _Wiring(_Compilation):
 
     # -------------------------------------------------------------- codecs, ports, cores
 
-    def check_codecs(self) -> dict[tuple[str, str], str]:
-        """The codec of every output; unknown codecs and codecs that cannot carry the type."""
-        chosen: dict[tuple[str, str], str] = {}
+    def check_codecs(self) -> None:
+        """Unknown codecs, and codecs that cannot carry the type (each output's codec is
+        resolved: written, its class's, or ``defaults.codec``, spec/resolve.py)."""
         for name, node in self.nodes.items():
             if node.ports is None:
                 continue
             for port, decl in node.ports.outputs.items():
-                out = node.entry.spec.outputs.get(port)
-                if out is not None and out.codec is not None:
-                    codec, where = out.codec, self.loc("nodes", name, "outputs", port, "codec")
-                elif decl.codec is not None:
-                    codec, where = decl.codec, self.loc("nodes", name, "uses")
-                elif describe_type(decl.type).startswith("tensor["):
-                    codec, where = "tensor", self.loc("nodes", name, "uses")
-                else:
-                    codec = node.entry.defaults.codec
-                    where = self.loc("defaults", "codec") if "/" not in name else None
-                    where = where or self.loc("nodes", name, key=True)
-                from_defaults = codec == node.entry.defaults.codec and (out is None or out.codec is None) \
-                    and decl.codec is None
+                codec = node.entry.spec.outputs[port].codec
+                assert codec is not None  # resolved
+                source = node.entry.filled.get(f"outputs.{port}.codec")
+                if source is None:
+                    where = self.loc("nodes", name, "outputs", port, "codec")
+                elif source == "uses":
+                    where = self.loc("nodes", name, "uses")
+                else:  # the defaults of the top file are located; an include's are not
+                    where = (self.loc("defaults", "codec") if "/" not in name else None) \
+                        or self.loc("nodes", name, key=True)
+                from_defaults = source == "defaults.codec"
                 path = f"nodes.{name}.outputs.{port}.codec"
                 if codec not in codec_names():
                     # an unknown default codec is one mistake, however many outputs use it
@@ -152,12 +148,9 @@ class _Wiring(_Compilation):
                              f"({name}.{port})", where, path,
                              f"set outputs.{port}.codec to {' or '.join(fits) or 'pickle'}")
                     continue
-                if not get_codec(codec).network_safe and output_transport(node, port) == "tcp":
+                if not get_codec(codec).network_safe and node.entry.spec.outputs[port].transport == "tcp":
                     self.add("codec-unsafe", f"codec {codec!r} may run code while decoding; it is "
                              "refused on tcp edges", where, path, "use msgpack or tensor on tcp edges")
-                    continue
-                chosen[(name, port)] = codec
-        return chosen
 
     def check_tcp_ports(self) -> None:
         """Each fixed port belongs to one process: the outputs of one node (or of one group)
@@ -189,10 +182,10 @@ class _Wiring(_Compilation):
     def check_delivery(self) -> None:
         for name, node in self.nodes.items():
             for port, inp in node.entry.spec.inputs.items():
-                delivery = inp.delivery or node.entry.defaults.delivery
-                policy = inp.policy or node.entry.defaults.policy
+                delivery, policy = inp.delivery, inp.policy
                 if delivery == "at-least-once" and policy != "block":
-                    where = self.loc("nodes", name, "inputs", port, "delivery") if inp.delivery else \
+                    written = f"inputs.{port}.delivery" not in node.entry.filled
+                    where = self.loc("nodes", name, "inputs", port, "delivery") if written else \
                         self.loc("nodes", name, "inputs", port)
                     self.add("bad-delivery", f"at-least-once delivery needs policy block on input {port!r} "
                              f"(it is {policy!r}): only a blocking edge can hold what it sent", where,
@@ -206,7 +199,7 @@ class _Wiring(_Compilation):
                     fixed = producer.entry.spec.outputs.get(e.src_port)
                     group = producer.entry.spec.group
                     if fixed is None or fixed.port is None or (group and group == node.entry.spec.group) \
-                            or output_transport(producer, e.src_port) != "tcp":
+                            or fixed.transport != "tcp":
                         continue
                     self.add("bad-delivery", f"at-least-once delivery on input {port!r}: its producer "
                              f"{e.src}.{e.src_port} has a fixed port ({fixed.port}), whose stream is at most once",
@@ -229,12 +222,13 @@ class _Wiring(_Compilation):
         if sec.curve is None and not sec.insecure:
             for name, node in self.nodes.items():
                 for port in (node.ports.outputs if node.ports else {}):
-                    if output_transport(node, port) != "tcp":
+                    out = node.entry.spec.outputs[port]
+                    if out.transport != "tcp":
                         continue
-                    out = node.entry.spec.outputs.get(port)
-                    host = (out.host if out and out.host else None) or node.entry.defaults.host
+                    host = out.host
+                    assert host is not None  # resolved
                     if not _loopback(host):
-                        written = out is not None and out.host is not None
+                        written = f"outputs.{port}.host" not in node.entry.filled
                         where = self.loc("nodes", name, "outputs", port, "host") if written else \
                             self.loc("defaults", "host")
                         self.add("insecure-bind", f"{name}.{port} would bind tcp on {host} without CURVE: any "
@@ -245,7 +239,7 @@ class _Wiring(_Compilation):
         # no key directory: tcp edges get CURVE with a keypair the launch makes for the run, so a
         # local peer that binds a port a killed producer freed fails the handshake
         run_keys = curve_dir is None and not sec.insecure and zmq.has("curve") and any(
-            output_transport(node, port) == "tcp" for node in self.nodes.values()
+            node.entry.spec.outputs[port].transport == "tcp" for node in self.nodes.values()
             for port in (node.ports.outputs if node.ports else {}))
         return SecurityPlan(curve=curve_dir, key=key or None, insecure=sec.insecure, run_keys=run_keys)
 
@@ -265,16 +259,6 @@ class _Wiring(_Compilation):
                  self.key_loc(("nodes", first)), "nodes",
                  "add a source, or a timer on a node whose inputs are all `feedback: true` (it then runs until "
                  "the graph is stopped)", severity="warning")
-
-
-def output_transport(node: _Node, port: str) -> str:
-    """The transport an output binds when its consumer is in another process."""
-    out = node.entry.spec.outputs.get(port)
-    if out is not None and (out.port is not None or out.transport == "tcp"):
-        return "tcp"
-    if out is not None and out.transport is not None:
-        return out.transport
-    return node.entry.defaults.transport
 
 
 def _display(path: Path) -> str:

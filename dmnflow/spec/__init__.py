@@ -4,12 +4,14 @@ One module per concept: ``units`` (durations, sizes, cores), ``schema`` (the pyd
 of the YAML contract, ``json_schema``), ``source`` (YAML with locations: ``parse_yaml``,
 ``SourceMap``), ``overrides`` (``--set``, overlay files, profiles), ``substitution``
 (``${vars.x}``, ``${env:NAME}``), ``validation`` (a located document against a model, every
-error an issue) and ``load`` (``load_graph``: a file and its includes, in that order of
-steps). The names below are the ones the rest of dmnflow uses.
+error an issue), ``load`` (``load_graph``: a file and its includes, in that order of
+steps) and ``resolve`` (``resolve_node``: the defaults filled in, once, keeping where each
+came from). The names below are the ones the rest of dmnflow uses.
 """
 
 from .load import LoadedGraph, NodeEntry, load_graph
 from .overrides import Override, load_overlay
+from .resolve import resolve_node
 from .schema import (
     BatchSpec,
     BudgetSpec,
@@ -62,5 +64,6 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "parse_yaml",
+    "resolve_node",
     "validate_section",
 ]

@@ -40,6 +40,8 @@ class NodeEntry:
     defaults: Defaults
     base_dir: Path  # relative paths in this node (model files) start here
     invalid: frozenset[str] = frozenset()  # keys dropped for schema errors: checks skip them
+    # keys ``resolve_node`` filled in (``"inputs.ticks.policy"``) -> where from (``"defaults.policy"``)
+    filled: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def path(self) -> Path_:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dmnflow.errors import IssueList, Location
-from dmnflow.spec import load_graph, parse_cpus, parse_duration, parse_size, parse_yaml
+from dmnflow.spec import load_graph, parse_cpus, parse_duration, parse_size, parse_yaml, resolve_node
 
 
 def write(path: Path, text: str) -> Path:
@@ -410,3 +410,33 @@ def test_dates_given_with_set_stay_text_too(tmp_path):
     g.write_text("nodes:\n  a: {uses: nodes.basic:Counter}\n")
     loaded = load_graph(g, ["nodes.a.description=2016-01-01"])
     assert loaded.nodes["a"].spec.description == "2016-01-01"
+
+
+# ------------------------------------------------------------------ defaults, resolved once
+
+
+def test_resolving_fills_every_default_once_and_says_where_each_came_from(tmp_path):
+    graph = load_graph(write(tmp_path / "g.yaml", """
+        defaults: {policy: latest, queue: 50, codec: json, host: 0.0.0.0}
+        nodes:
+          src: {uses: "m:Src", outputs: {a: {send_limit: 7}}}
+          dst:
+            uses: "m:Dst"
+            restart: never
+            inputs: {x: {from: src.a, queue: 3, budget: {p99: 1ms}}}
+    """))
+    src = resolve_node(graph.nodes["src"], {"a": None, "t": "tensor"})
+    a, t = src.spec.outputs["a"], src.spec.outputs["t"]  # `t` is declared by the class, not written
+    assert (a.codec, a.send_limit, a.host, a.transport, a.shm_slots) == ("json", 7, "0.0.0.0", "ipc", 16)
+    assert (t.codec, t.send_limit) == ("tensor", 50)
+    assert src.filled["outputs.a.codec"] == "defaults.codec" and src.filled["outputs.t.codec"] == "uses"
+    assert "outputs.a.send_limit" not in src.filled and src.filled["outputs.t.send_limit"] == "defaults.queue"
+    assert src.spec.restart is not None and src.filled["restart"] == "defaults.restart"
+    dst = resolve_node(graph.nodes["dst"])
+    x = dst.spec.inputs["x"]
+    assert (x.policy, x.queue, x.delivery) == ("latest", 3, "at-most-once")
+    assert dst.filled["inputs.x.policy"] == "defaults.policy" and "inputs.x.queue" not in dst.filled
+    assert dst.spec.restart is not None and dst.spec.restart.when == "never" and "restart" not in dst.filled
+    assert x.budget is not None and x.budget.warmup == 10.0
+    assert dst.filled["inputs.x.budget.warmup"] == "defaults.budget_warmup"
+    assert graph.nodes["dst"].spec.inputs["x"].policy is None  # the loaded spec is left as written

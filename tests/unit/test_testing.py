@@ -73,3 +73,28 @@ def test_run_node_names_a_missing_timer_or_batched_input_and_raises_the_nodes_ow
         run_node(Scale, batch={"vaule": 2})
     with pytest.raises(TypeError):  # from the handler itself, not wrapped
         run_node(Scale, inputs=[("value", "text")])
+
+
+def test_run_node_plans_a_node_as_a_yaml_graph_does(tmp_path):
+    """Same resolver, same lowering: the plan run_node builds is the compiled one, connects and
+    the YAML's line aside (a YAML input's default policy is drop, its tensor output's codec tensor)."""
+    from dmnflow import compile_graph
+    from dmnflow.testing import _node_plan
+
+    graph = tmp_path / "g.yaml"
+    graph.write_text("nodes:\n  noise: {uses: nodes.basic:Noise}\n  mean: {uses: nodes.basic:Mean, inputs: "
+                     "{vectors: noise.vectors}}\n  sink: {uses: nodes.basic:Collect, inputs: {values: mean.mean}, "
+                     f"params: {{path: {tmp_path}/out.jsonl}}}}\n")
+    plans = {n.name: n for n in compile_graph(graph).nodes}
+    for cls, name in ((Noise, "noise"), (Mean, "mean")):
+        params = cls.Params.model_validate({})
+        alone = _node_plan(cls, name, params, cls.ports(params), None, (), {}, {}).model_dump()
+        compiled = plans[name].model_dump()
+        for plan in (alone, compiled):
+            plan["loc"] = None
+            for inp in plan["inputs"]:
+                inp["connects"] = []
+            for out in plan["outputs"]:
+                out["binds"] = []
+        assert alone == compiled, name
+    assert plans["mean"].inputs[0].policy == "drop" and plans["noise"].outputs[0].codec == "tensor"
