@@ -258,17 +258,27 @@ def launch_cmd(
 ) -> None:
     """Run the graph: one supervised process per node (or group), ZeroMQ between them."""
     from .observe.session import StartView
+    from .runtime.admin import starting
+    from .spec.load import graph_name
 
     duration_s, every_s = _durations(duration, status_every)
     _backend(backend, address)
     if detach:
         _detach()
-    with StartView(err, f"compiling {graph} ..."):  # the start's phases, as they happen
+    # listed in `dmnflow runs` from now on (a cold compile takes seconds); once the supervisor is
+    # up its own entry is the one listed, and this one goes with the launch (a compile error,
+    # a Ctrl-C, the run's end)
+    named = graph_name(graph)
+    checks = "validating" + (", checking the models" if not no_models else "")
+    with (starting(name or named, named, "compiling", checks) as entry,
+          StartView(err, f"compiling {graph} ...")):  # the start's phases, as they happen
         try:  # compiling imports the nodes and loads the models: Ctrl-C may land there
             plan = _launch_plan(graph, sets, profile, not no_models, overlays)
         except KeyboardInterrupt:
             err.print("interrupted while the graph compiled; no worker was started")
             raise typer.Exit(ExitCode.INTERRUPTED) from None
+        entry.set("starting", f"validated; starting the {backend} backend", name=name or plan.graph,
+                  graph=plan.graph)
         _run(plan, duration_s, report, name, metrics, dashboard, record, edges, every_s, backend=backend,
              address=address)
 
@@ -284,7 +294,7 @@ def _detach() -> NoReturn:
     import tempfile
     import time
 
-    from .runtime.admin import list_runs
+    from .runtime.admin import list_runs, starting_runs
     from .runtime.logs import LAUNCH_LOG, logs_root, run_logs
 
     argv = [a for a in sys.argv[1:] if a != "--detach"]
@@ -298,8 +308,11 @@ def _detach() -> NoReturn:
                              stderr=fd, start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
     os.close(fd)
     try:
-        with err.status("starting in the background ..."):
+        with err.status("starting in the background ...") as shown:
             while (run := next((r for r in list_runs() if r.pid == child.pid), None)) is None:
+                phase = next((f"{r.phase}: {r.phase_detail}" for r in starting_runs() if r.pid == child.pid), "")
+                shown.update(f"starting in the background ... ({phase})" if phase else
+                             "starting in the background ...")
                 if child.poll() is not None:
                     err.print(Path(pending).read_text(encoding="utf-8", errors="replace"), end="", markup=False,
                               highlight=False)
@@ -408,7 +421,7 @@ def _run(plan: Plan, duration_s: float | None, report: Path | None, name: str | 
 @app.command("runs")
 def runs_cmd(as_json: JsonOpt = False) -> None:
     """List the graphs running now (yours): name, supervisor pid, graph, phase, node states."""
-    from .runtime.admin import list_runs, run_status
+    from .runtime.admin import list_runs, run_status, starting_runs
 
     rows = []
     for run in list_runs():
@@ -418,6 +431,9 @@ def runs_cmd(as_json: JsonOpt = False) -> None:
             continue  # it ended while we looked
         rows.append({"name": run.name, "pid": run.pid, "graph": run.graph, "phase": status.get("phase", "running"),
                      "phase_detail": status.get("phase_detail", ""), "nodes": status.get("nodes", {})})
+    for start in starting_runs():  # still compiling: no supervisor to ask yet
+        rows.append({"name": start.name, "pid": start.pid, "graph": start.graph, "phase": start.phase,
+                     "phase_detail": start.phase_detail, "nodes": {}})
     if as_json:
         out.print_json(json.dumps(rows))
         return

@@ -14,7 +14,7 @@ from rich.live import Live
 
 from ..errors import ControlError
 from ..runtime import protocol
-from ..runtime.admin import RunInfo, ask, find_run, list_runs
+from ..runtime.admin import RunInfo, ask, find_run, list_runs, starting_message, starting_runs
 from ..runtime.report import EdgeReport, NodeReport, Report
 from ..transport.stats import Histogram
 from .view import live_view, status_line
@@ -34,7 +34,12 @@ def pick_run(ref: str | None) -> RunInfo:
     if len(runs) == 1:
         return runs[0]
     if not runs:
-        raise ControlError("no graph is running (start one with `dmnflow launch GRAPH`)")
+        if len(starting := starting_runs()) == 1:
+            raise ControlError(starting_message(starting[0]))
+        raise ControlError("no graph is running (start one with `dmnflow launch GRAPH`)" if not starting else
+                           f"{len(starting)} graphs are starting: "
+                           + ", ".join(f"{r.name} (pid {r.pid}, {r.phase})" for r in starting)
+                           + "; try again in a moment")
     names = ", ".join(f"{r.name} (pid {r.pid})" for r in runs)
     raise ControlError(f"{len(runs)} graphs are running: {names}; name one")
 

@@ -15,11 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..plan import Plan
+from ..errors import ExitCode, LaunchError
+from ..plan import RUN_DIR, Plan
 from ..transport.stats import Layout
 
-__all__ = ["counters_path", "layout_of", "read_control", "read_endpoints", "write_control",
-           "write_endpoints"]
+__all__ = ["IPC_PATH_MAX", "SocketPathTooLong", "check_socket_paths", "counters_path", "layout_of", "read_control",
+           "read_endpoints", "write_control", "write_endpoints"]
+
+IPC_PATH_MAX = 107  # bytes of a unix socket's path (sockaddr_un.sun_path, less its NUL)
 
 ENDPOINTS = "endpoints.json"
 CONTROL = "control.json"  # where the supervisor is, when it is not this directory's control socket
@@ -29,6 +32,34 @@ def layout_of(plan: Plan) -> Layout:
     """The counters layout every worker of ``plan`` uses."""
     return Layout(edges=len(plan.edges), nodes=len(plan.nodes), outputs=len(plan.output_ids()),
                   binds=len(plan.binds()))
+
+
+class SocketPathTooLong(LaunchError):
+    """The temp directory is too deep for the run's unix sockets: found before any worker starts."""
+
+    exit_code = ExitCode.INVALID
+
+
+def check_socket_paths(plan: Plan, run_dir: str) -> None:
+    """Refuse a run directory whose ipc sockets would not fit a unix socket address: each worker
+    would fail to bind (and be restarted, again and again) where the run must say it once.
+
+    Raises:
+        SocketPathTooLong: the longest socket path of ``plan`` in ``run_dir`` is over ``IPC_PATH_MAX``.
+    """
+    last = max(len(plan.output_ids()) - 1, 0)
+    names = ["control", "admin", f"tap.{last}", f"rec.{last}"]  # admin/, taps.py, backends/local.py
+    paths = [f"{run_dir}/{n}" for n in names] + [
+        b.endpoint.removeprefix("ipc://").replace(RUN_DIR, run_dir) for b in plan.binds().values()
+        if b.endpoint.startswith("ipc://")]
+    longest = max(paths, key=lambda p: len(os.fsencode(p)))
+    if len(os.fsencode(longest)) > IPC_PATH_MAX:
+        tmp = os.path.dirname(run_dir)
+        raise SocketPathTooLong(
+            f"the temp directory {tmp} is too deep for the run's sockets: {longest} is "
+            f"{len(os.fsencode(longest))} bytes, and a unix socket's path holds {IPC_PATH_MAX}; set TMPDIR to a "
+            f"directory at most {len(os.fsencode(tmp)) - len(os.fsencode(longest)) + IPC_PATH_MAX} bytes long "
+            "(e.g. TMPDIR=/tmp)")
 
 
 def counters_path(run_dir: str, process: str, inc: int) -> Path:

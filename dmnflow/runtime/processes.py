@@ -33,13 +33,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["ASKED_STOP_S", "CLOSED_WAIT_S", "RUN_DIR_PREFIX", "SERVICE_TERM_WAIT_S", "SPAWN_TIMEOUT_S", "TERM_WAIT_S",
-           "ZYGOTE_ENV", "ByPid", "Signalled", "Zygote", "alive", "exists", "exit_forked", "stop", "subreaper",
-           "sweep_run_dirs", "wait_exit"]
+__all__ = ["ASKED_STOP_S", "CLOSED_WAIT_S", "LAUNCH_PID", "RUN_DIR_PREFIX", "SERVICE_TERM_WAIT_S", "SPAWN_TIMEOUT_S",
+           "TERM_WAIT_S", "ZYGOTE_ENV", "ByPid", "Signalled", "Zygote", "alive", "exists", "exit_forked", "stop",
+           "subreaper", "sweep_run_dirs", "wait_exit"]
 
 log = logging.getLogger("dmnflow.supervisor")
 
 RUN_DIR_PREFIX = "dmnflow-"
+LAUNCH_PID = "launch.pid"  # in the run directory of a launch that compiles (admin/client.py's `starting`)
 ZYGOTE_ENV = "DMNFLOW_ZYGOTE"  # "0": start each worker as a new interpreter instead of forking it
 SPAWN_TIMEOUT_S = 30.0  # the zygote's first answer waits for its imports
 
@@ -118,13 +119,15 @@ def alive(pid: int) -> bool:
 
 
 def sweep_run_dirs() -> list[str]:
-    """Remove run directories whose supervisor is gone (killed with -9, it could not clean up)."""
+    """Remove run directories whose supervisor (or launch, still compiling) is gone (killed with
+    -9, it could not clean up)."""
     removed = []
     for path in Path(tempfile.gettempdir()).glob(RUN_DIR_PREFIX + "*"):
         try:
             if path.stat().st_uid != os.getuid():
                 continue
-            pid = int((path / "supervisor.pid").read_text())
+            pid_file = path / "supervisor.pid"
+            pid = int((pid_file if pid_file.exists() else path / LAUNCH_PID).read_text())  # a run, or a launch
         except (OSError, ValueError):
             continue  # not ours, or just being created
         if exists(pid):

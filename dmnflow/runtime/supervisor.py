@@ -49,7 +49,7 @@ from .admin.client import claim_run_name
 from .admin.server import AdminServer
 from .backends import Backend, Handle, PlacementError, make_backend
 from .env import worker_environ
-from .files import layout_of, write_endpoints
+from .files import check_socket_paths, layout_of, write_endpoints
 from .observer import Observer
 from .processes import RUN_DIR_PREFIX, stop, sweep_run_dirs, wait_exit
 from .report import EdgeReport, Incarnation, NodeReport, Report, SocketReport, build_report
@@ -162,6 +162,11 @@ class _Supervisor:
     def _run(self, duration_s: float | None, on_status: Callable[[Report], None] | None) -> Report:
         sweep_run_dirs()
         self.run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)  # mode 0700: only we reach the sockets
+        try:
+            check_socket_paths(self.plan, self.run_dir)
+        except LaunchError:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
         self.logs: Path | None = None  # the run's log folder (runtime/logs.py), once it has its name
         self.log_handler: logging.Handler | None = None
         self.token = write_token(self.run_dir)

@@ -26,7 +26,7 @@ from .source import Path_, SourceMap, _display, _dotted, _suggest, parse_yaml
 from .substitution import _FAILED, _Substituter
 from .validation import _validate_partial
 
-__all__ = ["LoadedGraph", "NodeEntry", "load_graph"]
+__all__ = ["LoadedGraph", "NodeEntry", "graph_name", "load_graph"]
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -87,6 +87,19 @@ def load_graph(path: str | os.PathLike[str], overrides: Sequence[str | Override]
                    path="nodes", hint="add nodes under 'nodes:', or include a graph file that has some")
     graph.issues = issues.issues
     return graph
+
+
+def graph_name(path: str | os.PathLike[str]) -> str:
+    """The graph's name as its file writes it (``graph:``, else the file's stem), read without
+    loading anything: what a launch is listed as in ``dmnflow runs`` while it compiles (the
+    compiled plan's name, which a ``--set`` or a profile may change, replaces it)."""
+    file = Path(path)
+    try:
+        data = parse_yaml(file.read_text(encoding="utf-8"), _display(file), IssueList())[0]
+    except (OSError, UnicodeDecodeError):
+        data = None
+    name = data.get("graph") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and NAME_RE.match(name) else file.stem
 
 
 def _load_file(path: Path, overrides: Sequence[Override], profile: str | None,

@@ -451,15 +451,18 @@ def test_run_dirs_of_dead_supervisors_are_swept(tmp_path, monkeypatch):
     (stale / "supervisor.pid").write_text(dead.stdout.strip())
     live = Path(tempfile.mkdtemp(prefix="dmnflow-"))
     (live / "supervisor.pid").write_text(str(os.getpid()))
+    compiling = Path(tempfile.mkdtemp(prefix="dmnflow-"))  # a launch killed -9 while it compiled
+    (compiling / "launch.pid").write_text(dead.stdout.strip())
     try:
         removed = sweep_run_dirs()
         assert str(stale) in removed and not stale.exists()
+        assert str(compiling) in removed and not compiling.exists()
         assert live.exists()
     finally:
         import shutil
 
-        shutil.rmtree(live, ignore_errors=True)
-        shutil.rmtree(stale, ignore_errors=True)
+        for path in (live, stale, compiling):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def test_a_plain_loop_source_runs_to_its_end_or_stops_on_request(tmp_path, monkeypatch):

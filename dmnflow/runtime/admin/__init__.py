@@ -10,15 +10,19 @@ answers. Both speak ``runtime/protocol.py``: the verbs of ``protocol.ADMIN``, on
 from .client import (
     Answer,
     RunInfo,
+    StartingRun,
     ask,
     claim_run_name,
     find_run,
     list_runs,
     run_status,
     send_command,
+    starting,
+    starting_message,
+    starting_runs,
     stop_run,
     wait_ended,
 )
 
-__all__ = ["Answer", "RunInfo", "ask", "claim_run_name", "find_run", "list_runs", "run_status", "send_command",
-           "stop_run", "wait_ended"]
+__all__ = ["Answer", "RunInfo", "StartingRun", "ask", "claim_run_name", "find_run", "list_runs", "run_status",
+           "send_command", "starting", "starting_message", "starting_runs", "stop_run", "wait_ended"]

@@ -3,7 +3,10 @@ command, ask anything else of ``protocol.ADMIN``.
 
 ``dmnflow runs``, ``swap``, ``top``, ``echo``/``hz``/``bw`` use this. A run is a directory
 ``dmnflow-*`` in the temp directory (mode 0700, so only its user reaches it) holding the
-supervisor's pid, the run's name and its ``admin`` socket (``protocol.ADMIN_SOCKET``); the
+supervisor's pid, the run's name and its ``admin`` socket (``protocol.ADMIN_SOCKET``). A
+launch that is still compiling its graph (no supervisor yet: nothing to ask) registers a run
+directory of its own with ``STARTING`` in it (``starting``; ``starting_runs`` lists them), so
+``dmnflow runs`` shows it and ``top``/``dashboard`` say it is starting. The
 server (``server.py``) forwards a command to every instance of the node and answers once
 each has.
 """
@@ -15,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,10 +30,13 @@ import zmq
 
 from ...errors import ControlError, LaunchError, did_you_mean
 from .. import protocol
-from ..processes import RUN_DIR_PREFIX
+from ..processes import LAUNCH_PID, RUN_DIR_PREFIX
 from ..protocol import ADMIN_SOCKET, Answer
 
-__all__ = ["Answer", "RunInfo", "ask", "claim_run_name", "find_run", "list_runs", "run_status", "send_command"]
+__all__ = ["STARTING", "Answer", "RunInfo", "StartingRun", "ask", "claim_run_name", "find_run", "list_runs",
+           "run_status", "send_command", "starting", "starting_message", "starting_runs"]
+
+STARTING = "starting.json"  # in a launch's run directory while it compiles: its name, graph and phase
 
 log = logging.getLogger("dmnflow.supervisor")
 
@@ -64,6 +71,74 @@ def _runs() -> list[RunInfo]:
             continue
         runs.append(RunInfo(name, pid, graph, str(path)))
     return runs
+
+
+@dataclass(frozen=True)
+class StartingRun:
+    """A launch still compiling its graph: its supervisor is not up, so it answers nothing yet."""
+
+    name: str
+    pid: int
+    graph: str
+    phase: str  # compiling
+    phase_detail: str  # what the compile does: "validating, checking the models"
+    run_dir: str
+
+
+def starting_runs() -> list[StartingRun]:
+    """The launches of this user still compiling (alive, their supervisor not answering yet), oldest first."""
+    up = {run.pid for run in list_runs()}
+    found = []
+    for path in sorted(Path(tempfile.gettempdir()).glob(RUN_DIR_PREFIX + "*"), key=_mtime):
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            data = json.loads((path / STARTING).read_text())
+            pid = int(data["pid"])
+            os.kill(pid, 0)
+            entry = StartingRun(str(data["name"]), pid, str(data["graph"]), str(data["phase"]),
+                                str(data.get("phase_detail", "")), str(path))
+        except (OSError, ValueError, KeyError, TypeError):  # gone, being written, or not ours
+            continue
+        if pid not in up:  # once its supervisor answers (its admin socket is there), that one is the run
+            found.append(entry)
+    return found
+
+
+class _Starting:
+    """The entry of a launch that compiles (``starting``): its phase, said again as it changes."""
+
+    def __init__(self, run_dir: str, name: str, graph: str) -> None:
+        self.run_dir, self.name, self.graph = run_dir, name, graph
+
+    def set(self, phase: str, detail: str = "", name: str | None = None, graph: str | None = None) -> None:
+        """Say the launch's phase (and, once compiled, the name and graph the plan gives it)."""
+        self.name, self.graph = name or self.name, graph or self.graph
+        if not self.run_dir:
+            return
+        tmp = Path(self.run_dir, STARTING + ".tmp")
+        with contextlib.suppress(OSError):  # a listing is a help: a full disk does not stop the launch
+            tmp.write_text(json.dumps({"name": self.name, "pid": os.getpid(), "graph": self.graph,
+                                       "phase": phase, "phase_detail": detail}))
+            os.replace(tmp, Path(self.run_dir, STARTING))
+
+
+@contextlib.contextmanager
+def starting(name: str, graph: str, phase: str = "compiling", detail: str = "") -> Iterator[_Starting]:
+    """List a launch in ``dmnflow runs`` from before its compile until its supervisor is up (or
+    the launch fails, or is interrupted): the entry goes when the block ends. A launch killed
+    with -9 leaves it to ``processes.sweep_run_dirs`` (its ``LAUNCH_PID`` is dead)."""
+    run_dir = ""
+    with contextlib.suppress(OSError):  # no temp directory to write in: unlisted until its supervisor is up
+        run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)
+        Path(run_dir, LAUNCH_PID).write_text(str(os.getpid()))  # what sweep_run_dirs reads after a kill -9
+    entry = _Starting(run_dir, name, graph)
+    entry.set(phase, detail)
+    try:
+        yield entry
+    finally:
+        if run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def claim_run_name(run_dir: str, name: str, *, exact: bool) -> str:
@@ -120,6 +195,9 @@ def find_run(ref: str) -> RunInfo:
     if len(hits) == 1:
         return hits[0]
     if not hits:
+        compiling = [r for r in starting_runs() if r.name == ref or str(r.pid) == ref]
+        if compiling:
+            raise ControlError(starting_message(compiling[0]))
         running = ", ".join(f"{r.name} (pid {r.pid})" for r in runs) or "none"
         near = did_you_mean(ref, {r.name for r in runs})
         raise ControlError(f"no run named {ref!r} is running; " + (f"{near} " if near else "")
@@ -127,6 +205,13 @@ def find_run(ref: str) -> RunInfo:
     pids = ", ".join(str(r.pid) for r in hits)
     raise ControlError(f"{len(hits)} runs are named {ref!r} (pids {pids}); name one by its pid, "
                        "or start runs with distinct `--name`s")
+
+
+def starting_message(run: StartingRun) -> str:
+    """What a command that asks a run says of one still compiling: it is there, not yet answering."""
+    detail = f": {run.phase_detail}" if run.phase_detail else ""
+    return (f"run {run.name!r} (pid {run.pid}) is starting ({run.phase}{detail}); it answers once its "
+            "supervisor is up: try again in a moment (`dmnflow runs` shows its phase)")
 
 
 def send_command(run: RunInfo, node: str, name: str, args: dict[str, Any], *, timeout_s: float = 150.0) -> Answer:
