@@ -17,6 +17,7 @@
     │   ├── PlacementError       (runtime.backends) the backend cannot run the plan as written; exit 1
     │   │   └── PortInUse        a fixed tcp port of the graph is taken
     │   ├── HostError            (runtime.backends.ray_host) what a Ray host lacks for its process
+    │   ├── SocketPathError      (runtime.files) the run directory is too deep for its unix sockets; exit 1
     │   └── ObserveError         (observe.session) an observing option cannot be served; exit 1
     ├── ControlError             a running graph could not be reached, or refused a command
     └── TuneError                (tune.study) the study cannot run: an extra, its storage, the cluster

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,19 +80,14 @@ def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
         if not callable(getattr(cls, f"on_{timer}", None)):
             raise KeyError(f"{cls.__name__} has no timer handler on_{timer}")
     plan = _node_plan(cls, name or cls.__name__, validated, ports, model, join, batch, timers)
-    runner = NodeRunner(plan, 0, cls=cls, node=node)
     outlets = {port: MemoryOutlet(port) for port in ports.outputs}
-    runner.outlets.update(outlets)
     feeds = {port: MemoryInlet(port) for port in ports.inputs}
-    if runner.join is not None:
-        for port in runner.join.ports:
-            runner.join.producers[port] = {feeds[port].src}
+    # the worker's runner and schedule: only the channels differ (lists here, sockets there)
+    runner = NodeRunner(plan, 0, cls=cls, node=node, outlets=outlets, inlets=feeds)
     try:
         runner.setup()
-        while runner.gen is not None:
-            runner.step(64)
-        if runner.loop_source:
-            runner.run_loop(lambda: None)
+        while runner.gen is not None or runner.loop_source:  # a source runs to its end first
+            runner.turn(time.monotonic())
         for item in items:
             if isinstance(item, Tick):
                 runner.fire(item.name)
@@ -102,10 +98,14 @@ def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
             if not (cls.handles(port) or port in join):
                 raise KeyError(f"{cls.__name__} has no handler for input {port!r}: "
                                f"define on_{port}(self, value, ctx) or on_message(self, port, value, ctx)")
-            runner.take(port, [feeds[port].record(item[1], item[2] if len(item) > 2 else None)])
-        for port in feeds:
-            runner.input_ended(port)
-        runner.finish()
+            feeds[port].put(item[1], item[2] if len(item) > 2 else None)
+            runner.read(feeds[port])
+            runner.turn(time.monotonic())
+        for feed in feeds.values():  # every producer ends: batches and joins hand over the rest
+            feed.end()
+            runner.read(feed)
+        runner.turn(time.monotonic())
+        runner.finish_if_ended(stopping=True)  # the test is over: a node that only timers drive ends too
     except NodeError as exc:  # the runner names the node and port; a test wants the node's own exception
         if exc.__cause__ is None:
             raise

@@ -19,7 +19,7 @@ from ..errors import ExitCode, LaunchError
 from ..plan import RUN_DIR, Plan
 from ..transport.stats import Layout
 
-__all__ = ["IPC_PATH_MAX", "SocketPathTooLong", "check_socket_paths", "counters_path", "layout_of", "read_control",
+__all__ = ["IPC_PATH_MAX", "SocketPathError", "check_socket_paths", "counters_path", "layout_of", "read_control",
            "read_endpoints", "write_control", "write_endpoints"]
 
 IPC_PATH_MAX = 107  # bytes of a unix socket's path (sockaddr_un.sun_path, less its NUL)
@@ -34,7 +34,7 @@ def layout_of(plan: Plan) -> Layout:
                   binds=len(plan.binds()))
 
 
-class SocketPathTooLong(LaunchError):
+class SocketPathError(LaunchError):
     """The temp directory is too deep for the run's unix sockets: found before any worker starts."""
 
     exit_code = ExitCode.INVALID
@@ -45,7 +45,7 @@ def check_socket_paths(plan: Plan, run_dir: str) -> None:
     would fail to bind (and be restarted, again and again) where the run must say it once.
 
     Raises:
-        SocketPathTooLong: the longest socket path of ``plan`` in ``run_dir`` is over ``IPC_PATH_MAX``.
+        SocketPathError: the longest socket path of ``plan`` in ``run_dir`` is over ``IPC_PATH_MAX``.
     """
     last = max(len(plan.output_ids()) - 1, 0)
     names = ["control", "admin", f"tap.{last}", f"rec.{last}"]  # admin/, taps.py, backends/local.py
@@ -55,7 +55,7 @@ def check_socket_paths(plan: Plan, run_dir: str) -> None:
     longest = max(paths, key=lambda p: len(os.fsencode(p)))
     if len(os.fsencode(longest)) > IPC_PATH_MAX:
         tmp = os.path.dirname(run_dir)
-        raise SocketPathTooLong(
+        raise SocketPathError(
             f"the temp directory {tmp} is too deep for the run's sockets: {longest} is "
             f"{len(os.fsencode(longest))} bytes, and a unix socket's path holds {IPC_PATH_MAX}; set TMPDIR to a "
             f"directory at most {len(os.fsencode(tmp)) - len(os.fsencode(longest)) + IPC_PATH_MAX} bytes long "

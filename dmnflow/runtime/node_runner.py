@@ -14,12 +14,12 @@ from __future__ import annotations
 import heapq
 import inspect
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import NodeError
 from ..importing import load_object
-from ..node import Context, Message, Node
+from ..node import Context, Message, Node, Ports
 from ..plan import NodePlan
 from ..transport.stats import (
     N_COMMIT_BEGIN,
@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "Join", "NodeRunner", "Sender", "StopSource", "message_of", "progress_of"]
 
 
+SOURCE_STEPS = 64  # items taken from a source's generator per turn
+
+
 class Sender(Protocol):
     """What a runner sends through, per output port: a socket outlet or an in-memory one."""
 
@@ -57,6 +60,28 @@ class Sender(Protocol):
     def alloc(self, shape: Any, dtype: Any) -> Any: ...
 
     def send_eos(self) -> None: ...
+
+
+class Receiver(Protocol):
+    """What a runner reads from, per input port: a socket inlet or an in-memory one."""
+
+    port: str
+    delivery: str
+    read_batch: int  # records taken from one of its sockets at a time
+    sources: Iterable[int]  # the output ids of its producers
+    done_pending: dict[int, int]  # at-least-once: handled, not yet said `done`
+
+    @property
+    def ended(self) -> bool: ...
+
+    def receive(self, sock: Any, limit: int) -> Iterator[tuple[Any, list[Any]]]: ...
+
+    def handled(self, header: list[Any]) -> None: ...
+
+    def after_turn(self) -> None:
+        """What the input owes its producers after a turn (shared-memory slots the node let go)."""
+
+    def send_done(self) -> None: ...
 
 
 class Join:
@@ -132,6 +157,13 @@ class Batch:
         self.due = 0.0
 
 
+def node_class(plan_node: NodePlan, cls: type[Node] | None = None) -> tuple[type[Node], Ports]:
+    """The node's class (``uses``, unless given) and the ports its params declare: what the
+    worker needs to bind its outputs and decode its inputs before the runner exists."""
+    cls = cls if cls is not None else load_object(plan_node.uses)
+    return cls, cls.ports(cls.Params.model_validate(plan_node.params))
+
+
 def message_of(port: str, header: list[Any]) -> Message:
     """The ``ctx.message`` view of a received header (the inlet appends the topic to it)."""
     return Message(port, header[TOPIC].decode("utf-8", "replace"), header[SEQ], header[ORIGIN_NS], header[EVENT_TIME],
@@ -142,10 +174,17 @@ class NodeRunner:
     """One node instance inside the worker: its object, context, handlers and counters."""
 
     def __init__(self, plan_node: NodePlan, index: int, counters: Counters | None = None, *,
-                 cls: type[Node] | None = None, node: Node | None = None, incarnation: int = 0) -> None:
-        """``cls`` (else loaded from ``uses``) and ``node`` (else a new instance) let a test run
-        a class it defined in place, and look at the instance afterwards; ``incarnation``: how
-        many times its worker was restarted (``ctx.incarnation``)."""
+                 cls: type[Node] | None = None, node: Node | None = None, incarnation: int = 0,
+                 outlets: Mapping[str, Sender] | None = None, inlets: Mapping[str, Receiver] | None = None,
+                 check_control: Callable[[], None] | None = None, sink: bool | None = None) -> None:
+        """``outlets`` and ``inlets`` are its channels, one per port: sockets in a worker,
+        lists in ``dmnflow.testing.run_node``; nothing else differs between the two.
+        ``check_control`` is what a plain-loop source's ``emit`` calls now and then (the
+        worker's control socket); ``sink`` measures end-to-end latency here (default: a node
+        without outputs). ``cls`` (else loaded from ``uses``) and ``node`` (else a new
+        instance) let a test run a class it defined in place, and look at the instance
+        afterwards; ``incarnation``: how many times its worker was restarted
+        (``ctx.incarnation``)."""
         self.plan = plan_node
         self.index = index
         if counters is None:  # on its own (dmnflow.testing): counts in private memory
@@ -153,10 +192,10 @@ class NodeRunner:
         self.counters = counters
         self.mv = counters.mv
         self.nbase = counters.layout.node(index)
-        self.cls = cls if cls is not None else load_object(plan_node.uses)
+        self.cls, self.ports = node_class(plan_node, cls)
         params = self.cls.Params.model_validate(plan_node.params)
-        self.ports = self.cls.ports(params)
-        self.outlets: dict[str, Sender] = {}  # filled by whoever drives it (the worker, as it binds)
+        self.outlets: dict[str, Sender] = dict(outlets or {})
+        self.inlets: dict[str, Receiver] = dict(inlets or {})
         self.node = node if node is not None else self.cls()
         self.ctx = Context(plan_node.name, params, self._emit, replica=plan_node.replica, model=plan_node.model,
                            alloc=self._alloc, incarnation=incarnation,
@@ -165,13 +204,13 @@ class NodeRunner:
         self.origin = -1
         self.e2e: dict[int, Histogram] = {}  # per origin source, at sinks
         self.topic_bytes, self.topic = b"", ""  # the last topic seen, decoded
-        self.is_sink = not plan_node.outputs
+        self.is_sink = not plan_node.outputs if sink is None else sink
         self.handlers = {i.port: getattr(self.node, f"on_{i.port}", None) for i in plan_node.inputs}
         self.on_message = self.node.on_message if self.cls.defines("on_message") else None
         self.gen: Iterator[Any] | None = None
         self.loop_source = False  # a source whose run() is a plain loop, not a generator
         self.stopping = False
-        self.check_control: Callable[[], None] = lambda: None
+        self.check_control: Callable[[], None] = check_control or (lambda: None)
         self.next_check = 0.0
         self.done = False
         self.set_up = False  # setup returned: teardown is owed, whatever ends the node
@@ -179,9 +218,16 @@ class NodeRunner:
         self.join = None if plan_node.join is None else Join(plan_node.join.inputs, plan_node.join.timeout_s)
         self.batches = {i.port: Batch(i.batch.max, i.batch.wait_s) for i in plan_node.inputs if i.batch}
         self.latest = {i.port for i in plan_node.inputs if i.policy == "latest"}
-        self.alo_inlets: dict[str, Inlet] = {}  # at-least-once inputs: say `done` once handled
+        # at-least-once inputs: say `done` once handled
+        self.alo_inlets = {p: i for p, i in self.inlets.items() if i.delivery == "at-least-once"}
         self.custody: list[Any] = []  # at-least-once: (inlet, header, out marks) waiting for downstream
-        self.alo_routers: list[Any] = []  # this node's at-least-once outputs (their consumers' `done`)
+        # this node's at-least-once output channels (their consumers' `done`)
+        self.alo_routers: list[Any] = [ch for o in self.outlets.values() for ch in getattr(o, "held", ())]
+        if self.join is not None:  # a join tells producers apart by their output ids
+            for port in self.join.producers:
+                if port in self.inlets:
+                    self.join.producers[port] = set(self.inlets[port].sources)
+        self.timed_join = self.join is not None and self.join.timeout_s is not None
         self.commits = self.cls.defines("commit")  # a declared commit step: see Node.commit
         if not self.commits:
             self.mv[self.nbase + N_COMMITTED] = -1
@@ -244,6 +290,61 @@ class NodeRunner:
         if outlet is None:
             raise KeyError(f"{self.cls.__name__} has no output {port!r}; outputs: {sorted(self.outlets)}")
         return outlet.alloc(shape, dtype)
+
+    # -- the schedule: what its process's loop (or run_node) calls, and in what order
+    def read(self, inlet: Receiver, sock: Any = None) -> bool:
+        """What ``inlet`` has waiting (on ``sock``), to the handlers; True when the input ended."""
+        self.take(inlet.port, inlet.receive(sock, inlet.read_batch))
+        if inlet.ended:
+            self.input_ended(inlet.port)
+            return True
+        return False
+
+    def turn(self, now: float) -> bool:
+        """The rest of one turn, after the inputs were read: the source's next items, the
+        slots given back, the commit step, at-least-once ``done`` (after the commit: a record
+        is handled once what it made is durable), batches and live joins that are due. True
+        when the source ended (the node may be finished)."""
+        ended = False
+        if self.loop_source:
+            self.run_loop(self.check_control)
+            ended = True
+        elif self.gen is not None:
+            self.step(SOURCE_STEPS)
+            ended = self.gen is None
+        for inlet in self.inlets.values():
+            inlet.after_turn()
+        if self.commits:
+            self.commit()
+        if self.alo_inlets:
+            if self.custody:
+                self.release_custody()
+            for inlet in self.alo_inlets.values():
+                if inlet.done_pending:
+                    inlet.send_done()
+        if self.batches:
+            self.flush_due(now)
+        if self.timed_join:
+            for event_time, values in self.join.release():  # type: ignore[union-attr]
+                self.call_join(event_time, values)
+        return ended
+
+    @property
+    def batching(self) -> bool:
+        """Whether a batch waits for its ``wait`` (the loop then looks again within a millisecond)."""
+        return any(b.values for b in self.batches.values())
+
+    def finish_if_ended(self, stopping: bool) -> bool:
+        """Finish (teardown, then end-of-stream) once the source and every input ended; True if
+        it finished now. A node whose inputs are all feedback runs until the graph stops."""
+        if self.done or self.gen is not None or self.loop_source:
+            return False
+        if not all(i.ended for i in self.inlets.values()):
+            return False
+        if not (self.forward_inputs or self.plan.source or stopping):
+            return False
+        self.finish()
+        return True
 
     def take(self, port: str, records: Iterable[tuple[Any, list[Any]]]) -> None:
         """What one input has waiting, ``(value, header)`` pairs in arrival order: a ``latest``

@@ -63,11 +63,10 @@ from ..transport.stats import (
 from ..transport.wire import read_token, shm_tag
 from . import logs, protocol
 from .files import counters_path, layout_of, read_control, read_endpoints
-from .node_runner import NodeRunner
+from .node_runner import NodeRunner, node_class
 from .taps import Taps
 
 LINGER_S = 5.0
-SOURCE_STEPS = 64  # items taken from a source's generator per turn of the loop
 
 
 class Terminated(BaseException):
@@ -237,25 +236,23 @@ class Worker:
             self.link.resolved.update(read_endpoints(self.run_dir))
         bound: dict[str, str] = {}
         layout = self.counters.layout
+        declared = {name: node_class(self.plan.node(name)) for name in proc.nodes}
+        outlets: dict[str, dict[str, Outlet]] = {}
         for name in proc.nodes:
-            runner = NodeRunner(self.plan.node(name), index[name], self.counters, incarnation=self.inc)
-            for out in runner.plan.outputs:
+            plan_node, (_, ports) = self.plan.node(name), declared[name]
+            outlets[name] = {}
+            for out in plan_node.outputs:
                 codec = get_codec(out.codec)
-                encoder = codec.encoder(runner.ports.outputs[out.port].type, compress_above=out.compress_above)
+                encoder = codec.encoder(ports.outputs[out.port].type, compress_above=out.compress_above)
                 edges = {e: self.plan.edges[e] for b in out.binds for e in b.edges}
                 outlet = Outlet(self.link, ids[(name, out.port)], self.inc, name, out.port, out.binds, edges,
                                 encoder, accepted=layout.output(ids[(name, out.port)]), shm_above=out.shm_above,
                                 shm_slots=out.shm_slots, room_poll_s=out.room_poll_s, flusher=self.flusher,
                                 loans=codec.shm and codec.zero_copy)
-                runner.outlets[out.port] = outlet
-                runner.alo_routers += outlet.held
-                self.outlets[(name, out.port)] = outlet
+                outlets[name][out.port] = self.outlets[(name, out.port)] = outlet
                 bound.update(outlet.bound)
                 if f"{name}.{out.port}" in self.plan.record:  # launch --record: every record, from the start
                     self.taps.record(outlet)
-            if any(name in b.sinks for b in self.plan.budgets):  # a path budget ends here: measure it
-                runner.is_sink = True
-            self.runners.append(runner)
         for outlet in self.outlets.values():  # refused handshakes (CURVE), connections cut (any transport)
             for sock in outlet.sockets():
                 self.watch.add(sock, f"output {outlet.name}", lambda _e, o=outlet, s=sock: self._refused(o, s),
@@ -268,29 +265,30 @@ class Worker:
         if not protocol.endpoints_ok(resolved):
             raise TransportError("the supervisor sent a malformed endpoint map")
         self.link.resolved.update(resolved)
-        for runner in self.runners:
-            declared = runner.ports
-            for inp in runner.plan.inputs:
+        for name in proc.nodes:
+            plan_node, (cls, ports) = self.plan.node(name), declared[name]
+            inlets: dict[str, Inlet] = {}
+            for inp in plan_node.inputs:
                 edges = {c.edge: self.plan.edges[c.edge] for c in inp.connects}
                 limits = Limits(max_bytes=inp.max_bytes)
-                decoders = {e: get_codec(edge.codec).decoder(declared.inputs[inp.port].type, limits)
+                decoders = {e: get_codec(edge.codec).decoder(ports.inputs[inp.port].type, limits)
                             for e, edge in edges.items()}
                 src_of_edge = {e: ids[(edge.src, edge.src_port)] for e, edge in edges.items()}
-                inlet = Inlet(self.link, inp.port, runner.plan.name, inp.connects, src_of_edge, inp.topics,
-                              inp.queue, decoders, feedback=inp.feedback, max_bytes=inp.max_bytes, inc=self.inc,
-                              delivery=inp.delivery, read_batch=inp.read_batch,
-                              zero_copy=any(get_codec(e.codec).zero_copy for e in edges.values()))
-                self.inlets.append((runner, inlet))
-                if inp.delivery == "at-least-once":
-                    runner.alo_inlets[inp.port] = inlet
-                if runner.join is not None and inp.port in runner.join.producers:
-                    runner.join.producers[inp.port] = set(src_of_edge.values())
+                inlet = inlets[inp.port] = Inlet(
+                    self.link, inp.port, name, inp.connects, src_of_edge, inp.topics, inp.queue, decoders,
+                    feedback=inp.feedback, max_bytes=inp.max_bytes, inc=self.inc, delivery=inp.delivery,
+                    read_batch=inp.read_batch, zero_copy=any(get_codec(e.codec).zero_copy for e in edges.values()))
                 if self.link.curve is not None:
                     for c in inp.connects:
                         if self.link.curved(c.transport, c.pattern):
-                            sock = inlet.socket_of(c)
-                            self.watch.add(sock, f"input {runner.plan.name}.{inp.port}",
-                                           lambda ev, c=c, r=runner, i=inp: self._rejected(c, r, i, ev))
+                            self.watch.add(inlet.socket_of(c), f"input {name}.{inp.port}",
+                                           lambda ev, c=c: self._rejected(c, ev))
+            # a path budget that ends here measures it
+            sink = True if any(name in b.sinks for b in self.plan.budgets) else None
+            runner = NodeRunner(plan_node, index[name], self.counters, cls=cls, incarnation=self.inc,
+                                outlets=outlets[name], inlets=inlets, check_control=self.check_control, sink=sink)
+            self.runners.append(runner)
+            self.inlets.extend((runner, inlet) for inlet in inlets.values())
         self.tell(protocol.CONNECTED)
 
         poller = zmq.Poller()
@@ -340,7 +338,7 @@ class Worker:
         if counter >= 0 and not outlet.ended and not self.stopping:
             self.counters.mv[self.counters.layout.bind(counter) + B_DISCONNECTS] += 1
 
-    def _rejected(self, c: Any, runner: NodeRunner, inp: Any, event: dict[str, Any]) -> None:
+    def _rejected(self, c: Any, event: dict[str, Any]) -> None:
         """The producer of one of our tcp inputs refused our key (or we refused its). At
         start-up that is a key mistake, and fails the worker with a message; once running,
         whatever answers at the producer's address without the key (a peer that took the port
@@ -362,33 +360,27 @@ class Worker:
             raise TransportError(self.refusals[0])
 
     def loop(self, poller: zmq.Poller, outlet_of: dict[zmq.Socket, Outlet]) -> int:
+        """Poll every socket of the process, hand what came to its runner, then give each
+        runner its turn (``NodeRunner.turn``): the schedule is the runners', the waiting is ours."""
         inlet_of: dict[zmq.Socket, tuple[NodeRunner, Inlet]] = {}
         for runner, inlet in self.inlets:
             for sock in inlet.socks:
                 poller.register(sock, zmq.POLLIN)
                 inlet_of[sock] = (runner, inlet)
-        by_runner: dict[int, list[Inlet]] = {}
-        for runner, inlet in self.inlets:
-            by_runner.setdefault(id(runner), []).append(inlet)
-        timed_joins = [r for r in self.runners if r.join is not None and r.join.timeout_s is not None]
-        batched = [r for r in self.runners if r.batches]
         timed = [r for r in self.runners if r.timers]
         ending: list[Outlet] = []  # outputs whose end-of-stream some consumer has not acknowledged
         next_flush = 0.0
-        sources = [r for r in self.runners if r.gen is not None or r.loop_source]
         check_end = True  # something may have ended: look for nodes to finish (not every turn)
         all_done = False
         flusher = self.flusher
         coalescing = flusher.channels
-        alo = [r for r in self.runners if r.alo_inlets]
-        alo_inlets = [i for r in alo for i in r.alo_inlets.values()]
-        committing = [r for r in self.runners if r.commits]  # their commit step, after each turn that handled
+        runners = self.runners
         # latency mode: when every node of the process is `busy`, the loop never sleeps in poll;
         # it spins on its (pinned) core, so a message is read when it lands, without a wake-up
-        spin = all(r.plan.busy for r in self.runners)
+        spin = all(r.plan.busy for r in runners)
         while True:
-            batching = bool(batched) and any(b.values for r in batched for b in r.batches.values())
-            wait_ms = 0 if sources or spin else 1 if batching else 2 if ending else 100
+            sources = any(r.gen is not None or r.loop_source for r in runners)
+            wait_ms = 0 if sources or spin else 1 if any(r.batching for r in runners) else 2 if ending else 100
             if timed:
                 now = time.monotonic()
                 wait_ms = min(wait_ms, max(0, int(min(r.fire_timers(now) for r in timed) * 1000)))
@@ -399,9 +391,9 @@ class Worker:
                 events = dict(poller.poll(wait_ms))
             else:
                 with flusher.lock:  # the poller reads push outputs' sockets too: not while the flusher sends
-                    for router in coalescing:  # what the last turn coalesced goes before we wait
-                        while router.pending:
-                            router.flush()
+                    for channel in coalescing:  # what the last turn coalesced goes before we wait
+                        while channel.pending:
+                            channel.send_batch()
                     events = dict(poller.poll(wait_ms))
             for sock in events:
                 if sock is self.control:
@@ -410,59 +402,30 @@ class Worker:
                     check_end = True
                 elif sock in inlet_of:
                     runner, inlet = inlet_of[sock]
-                    runner.take(inlet.port, inlet.receive(sock, inlet.read_batch))
-                    if inlet.ended:
-                        runner.input_ended(inlet.port)
-                        check_end = True
+                    check_end |= runner.read(inlet, sock)
                 elif sock in outlet_of:
                     outlet_of[sock].service(sock)
                 else:  # a handshake event: refusals of strangers are counted; one of our inputs refused fails
                     self.watch.read(sock)
                     self.check_refusals()
-            if sources:
-                for runner in sources:
-                    if runner.loop_source:
-                        runner.run_loop(self.check_control)
-                    elif runner.gen is not None:  # a stop may have ended it during this turn
-                        runner.step(SOURCE_STEPS)
-                if any(r.gen is None and not r.loop_source for r in sources):
-                    sources = [r for r in sources if r.gen is not None or r.loop_source]
-                    check_end = True
-            for _, inlet in self.inlets:  # arrays over shared memory were dropped: give the slots back
-                if inlet.shm.frees:
-                    inlet.send_frees()
-            for runner in committing:  # before `done`: a record is handled once what it made is durable
-                runner.commit()
-            if alo:  # at-least-once: say `done` for what is handled (downstream included)
-                for runner in alo:
-                    if runner.custody:
-                        runner.release_custody()
-                for inlet in alo_inlets:
-                    if inlet.done_pending:
-                        inlet.send_done()
-            if batching:
-                now = time.monotonic()
-                for runner in batched:
-                    runner.flush_due(now)
-            for runner in timed_joins:  # live joins give up on late event times
-                for event_time, values in runner.join.release():  # type: ignore[union-attr]
-                    runner.call_join(event_time, values)
+            now = time.monotonic()
+            for runner in runners:
+                check_end |= runner.turn(now)
             if check_end:
                 check_end = False
-                for runner in self.runners:
-                    inputs_ended = all(i.ended for i in by_runner.get(id(runner), []))
-                    ended = runner.gen is None and not runner.loop_source and inputs_ended
-                    if not runner.done and ended and (runner.forward_inputs or runner.plan.source or self.stopping):
-                        try:  # a node without inputs that end it (timer-driven) runs until stopped
-                            runner.finish()
-                        except NodeError as exc:
-                            if not runner.torn_down:  # a batch or join it was handed at the end raised
-                                raise
-                            self.teardown_failed(runner, exc)  # its end-of-stream went: the graph drains
+                for runner in runners:
+                    try:
+                        finished = runner.finish_if_ended(self.stopping)
+                    except NodeError as exc:
+                        if not runner.torn_down:  # a batch or join it was handed at the end raised
+                            raise
+                        self.teardown_failed(runner, exc)  # its end-of-stream went: the graph drains
+                        finished = True
+                    if finished:
                         ending.extend(runner.outlets.values())
                         if runner in timed:
                             timed.remove(runner)
-                all_done = all(r.done for r in self.runners)
+                all_done = all(r.done for r in runners)
             if ending and time.monotonic() >= next_flush:  # re-send the end every ~2ms until acknowledged
                 ending = [o for o in ending if not o.flush_eos()]
                 next_flush = time.monotonic() + 0.002

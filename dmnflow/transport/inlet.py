@@ -102,6 +102,7 @@ class Inlet:
         self.decoders = decoders  # per edge: producers of one input may use different codecs
         self.feedback = feedback
         self.max_bytes = max_bytes
+        self.delivery = delivery
         self.alo = delivery == "at-least-once"
         mv = self.mv = link.counters.mv
         layout = link.counters.layout
@@ -496,6 +497,11 @@ class Inlet:
                     dealer.send(control(b"done", edge, self.link.token, seq), zmq.NOBLOCK)
         if upto is None:
             self.done_pending = {}
+
+    def after_turn(self) -> None:
+        """Arrays over shared memory the node dropped this turn: their slots go back."""
+        if self.shm.frees:
+            self.send_frees()
 
     def send_frees(self) -> None:
         """Tell producers which shared-memory slots this input's arrays no longer use."""

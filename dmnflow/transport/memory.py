@@ -1,15 +1,18 @@
 """The in-memory side of the runner's interface: what ``dmnflow.testing.run_node`` gives a
 ``NodeRunner`` instead of sockets.
 
-``MemoryOutlet`` stands for an ``Outlet`` (``send``, ``alloc``, ``send_eos``) and keeps
-what was sent; ``MemoryInlet`` stands for an ``Inlet`` and turns values into the
-``(value, header)`` pairs a socket inlet yields, header in the wire's layout, so the runner
-reads the same fields in a test as in a graph. Nothing is encoded: values arrive as sent.
+``MemoryOutlet`` stands for an ``Outlet`` (the runner's ``Sender``: ``send``, ``alloc``,
+``send_eos``) and keeps what was sent; ``MemoryInlet`` stands for an ``Inlet`` (its
+``Receiver``) and yields the ``(value, header)`` pairs a socket inlet yields, header in the
+wire's layout, so the runner reads the same fields, on the same schedule, in a test as in a
+graph. Nothing is encoded: values arrive as sent.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,19 +56,51 @@ class MemoryOutlet:
 
 
 class MemoryInlet:
-    """One input port fed from a list: each value gets the header a producer would have sent."""
+    """One input port fed from a list: what a socket ``Inlet`` is to the runner (its
+    ``Receiver``), without a socket. Each value queued with ``put`` gets the header a producer
+    would have sent, in the wire's layout, so the runner reads the same fields in a test as in
+    a graph; ``end`` is its producer's end-of-stream."""
+
+    delivery = "at-most-once"
+    read_batch = 256
 
     def __init__(self, port: str, src: int = 0, origin: int = 0) -> None:
         self.port = port
         self.src = src  # the producer's output id: a join tells producers apart by it
+        self.sources = (src,)
         self.origin = origin  # the source node the values stand for (end-to-end latency at sinks)
         self.seq = 0
+        self.waiting: deque[tuple[Any, list[Any]]] = deque()
+        self.closed = False
+        self.done_pending: dict[int, int] = {}
 
-    def record(self, value: Any, event_time: Any = None, *, topic: str | None = None,
-               attrs: Any = None) -> tuple[Any, list[Any]]:
-        """``(value, header)`` as ``Inlet.receive`` yields it (the topic appended as bytes)."""
+    def put(self, value: Any, event_time: Any = None, *, topic: str | None = None, attrs: Any = None) -> None:
+        """Queue a value as its producer would have sent it."""
+        if self.closed:
+            raise RuntimeError(f"input {self.port!r} got a record after its end-of-stream")
         self.seq += 1
         now = time.time_ns()
-        header = [DATA, self.src, 0, self.seq, now, self.origin, now, event_time, None, attrs,
-                  (topic if topic is not None else self.port).encode()]
-        return value, header
+        self.waiting.append((value, [DATA, self.src, 0, self.seq, now, self.origin, now, event_time, None, attrs,
+                                     (topic if topic is not None else self.port).encode()]))
+
+    def end(self) -> None:
+        self.closed = True
+
+    @property
+    def ended(self) -> bool:
+        return self.closed and not self.waiting
+
+    def receive(self, sock: Any, limit: int) -> Iterator[tuple[Any, list[Any]]]:
+        """What is queued, up to ``limit`` (``sock``: there is none)."""
+        waiting = self.waiting
+        for _ in range(min(limit, len(waiting))):
+            yield waiting.popleft()
+
+    def handled(self, header: list[Any]) -> None:
+        """Nothing to acknowledge: no producer keeps the record."""
+
+    def after_turn(self) -> None:
+        """No shared memory to give back."""
+
+    def send_done(self) -> None:
+        self.done_pending = {}
