@@ -1043,10 +1043,11 @@ def _render_plan(plan: Plan) -> None:
                 delivery = "  at-least-once" if i.delivery == "at-least-once" else ""
                 for c in i.connects:
                     hwm = "unbounded" if c.hwm == 0 else f"{c.hwm} msgs"
-                    credit = plan.edges[c.edge].credit
-                    told = f", credit {credit} told every {c.credit_every}" if credit else ""
+                    edge = plan.edges[c.edge]
+                    told = f", credit {edge.credit} told every {c.credit_every}" if edge.credit else ""
+                    patience = f" (raises after {edge.block_timeout_s:g}s)" if edge.block_timeout_s else ""
                     node.add(f"in  {i.port} <- {c.node}.{c.port}  {c.transport} {c.pattern}  "
-                             f"queue {i.queue} ({hwm}{told}) {i.policy}{delivery}  max {_size(i.max_bytes)}  "
+                             f"queue {i.queue} ({hwm}{told}) {i.policy}{patience}{delivery}  max {_size(i.max_bytes)}  "
                              f"reads {i.read_batch}/turn"
                              + (f"  topics {', '.join(i.topics)}" if i.topics else "")
                              + ("  feedback" if i.feedback else "") + batch)

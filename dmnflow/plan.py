@@ -212,6 +212,7 @@ class EdgePlan(_Frozen):
     feedback: bool
     delivery: Delivery
     credit: int  # block edges: records in flight to one consumer incarnation before the producer waits (0: none)
+    block_timeout_s: float | None  # block edges: how long the producer waits for room before emit raises
     group: str | None = None  # replicas sharing one input ("node.port"): each message goes to one of them
 
 

@@ -85,6 +85,7 @@ class _Lowering(_Compilation):
                 codec=fixed.codec, transport=transport, endpoint="", bind="", pattern=pattern,
                 policy=policy, queue=queue, topics=inp.topics, feedback=e.feedback, delivery=inp.delivery,
                 credit=limits.credit(transport, pattern, policy, queue),
+                block_timeout_s=inp.block_timeout if policy == "block" else None,
                 group=f"{e.dst}.{e.dst_port}" if share else None))
 
         bind_of: dict[int, tuple[str, str]] = {}  # edge -> (bind id, endpoint)

@@ -183,6 +183,12 @@ class _Wiring(_Compilation):
         for name, node in self.nodes.items():
             for port, inp in node.entry.spec.inputs.items():
                 delivery, policy = inp.delivery, inp.policy
+                if inp.block_timeout is not None and policy != "block" \
+                        and f"inputs.{port}.block_timeout" not in node.entry.filled:
+                    self.add("bad-policy", f"block_timeout on input {port!r}, whose policy is {policy!r}: only a "
+                             "blocking edge waits", self.loc("nodes", name, "inputs", port, "block_timeout"),
+                             f"nodes.{name}.inputs.{port}.block_timeout",
+                             "set policy: block on this input, or remove block_timeout")
                 if delivery == "at-least-once" and policy != "block":
                     written = f"inputs.{port}.delivery" not in node.entry.filled
                     where = self.loc("nodes", name, "inputs", port, "delivery") if written else \

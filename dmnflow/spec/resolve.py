@@ -4,7 +4,7 @@ own field and never writes ``x or defaults.x`` again.
 
 Filled, and from which ``defaults`` key (schema.py ``Defaults``):
 
-- an input's ``policy``, ``queue``, ``delivery``, ``max_message``;
+- an input's ``policy``, ``block_timeout``, ``queue``, ``delivery``, ``max_message``;
 - an output's ``codec`` (the one written, else the one its class names, else
   ``defaults.codec``), ``compress_above``, ``transport`` (a fixed ``port`` is tcp), ``host``,
   ``send_limit`` (``defaults.queue``), ``coalesce``, ``shm_slots``;
@@ -50,6 +50,7 @@ def resolve_node(entry: NodeEntry, class_codecs: Mapping[str, str | None] | None
         at = f"inputs.{port}"
         inputs[port] = inp.model_copy(update={
             "policy": take(f"{at}.policy", inp.policy, "policy"),
+            "block_timeout": take(f"{at}.block_timeout", inp.block_timeout, "block_timeout"),
             "queue": take(f"{at}.queue", inp.queue, "queue"),
             "delivery": take(f"{at}.delivery", inp.delivery, "delivery"),
             "max_message": take(f"{at}.max_message", inp.max_message, "max_message"),

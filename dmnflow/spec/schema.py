@@ -123,6 +123,8 @@ class Defaults(_Spec):
     room_poll: Duration = Field(0.01, gt=0, description="a blocked output looks at its consumers again at least "
                                 "this often")
     policy: Policy = Field("drop", description="when a queue is full: drop (counted), block, or keep latest")
+    block_timeout: Duration | None = Field(None, gt=0, description="policy block: how long a producer waits for "
+                                           "room before its emit raises SendTimeout; none: as long as it takes")
     delivery: Delivery = Field("at-most-once", description="at-least-once: a block edge's producer keeps each "
                                "record until its consumer has handled it, and resends it to a restarted one")
     max_message: Size = Field(256 * 2**20, ge=1, description="the largest message an input accepts; larger "
@@ -179,6 +181,9 @@ class InputSpec(_Spec):
         default_factory=list, description="topic prefixes to receive; empty receives all")
     queue: int | None = Field(None, ge=1)
     policy: Policy | None = None
+    block_timeout: Duration | None = Field(None, gt=0, description="policy block: how long the producer waits "
+                                           "for room before its emit raises SendTimeout (default: "
+                                           "defaults.block_timeout, else forever)")
     feedback: bool = Field(False, description="this input closes a loop; allowed in a cycle")
     batch: BatchSpec | None = None
     delivery: Delivery | None = None

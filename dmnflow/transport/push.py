@@ -38,6 +38,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from ..errors import SendTimeout
 from ..plan import BindPlan, EdgePlan
 from .link import Link, bind_socket, junk, send_parts
 from .shm import ShmPool
@@ -97,6 +98,14 @@ class PushChannel:
         sock.setsockopt(zmq.RCVHWM, bind.control_hwm)
         self.address = bind_socket(link, sock, bind, what, link.resolved.get(bind.id))
         self.lock = flusher.lock  # the socket is used under it: the flusher thread sends coalesced records
+        self.owner = threading.get_ident()  # the worker's thread: the one whose emit may raise SendTimeout
+        timed = sorted((e for e in edges if e.block_timeout_s is not None and e.policy == "block"),
+                       key=lambda e: e.block_timeout_s)  # type: ignore[arg-type, return-value]
+        self.block_timeout = timed[0].block_timeout_s if timed else None
+        self.timed_out = "" if not timed else (
+            f"{what}: no consumer took a record for {timed[0].block_timeout_s:g}s (block_timeout of input "
+            f"{timed[0].dst}.{timed[0].dst_port}); the record is counted as dropped. The consumer is stuck "
+            "or slower than its producer: give it more time (block_timeout), more replicas, or policy: drop")
         self.bind = bind
         self.link = link
         self.edges = [e.id for e in edges]
@@ -286,22 +295,26 @@ class PushChannel:
                 while self.pending:
                     self.send_batch()
 
-    def send_batch(self) -> None:
+    def send_batch(self, wait: bool = True) -> bool:
         """Send the pending records as one message to one consumer with room (or wait, or
         drop). Called under the flusher's lock; records the worker's thread appends meanwhile
-        (when the flusher thread calls it) stay for the next batch."""
+        (when the flusher thread calls it) stay for the next batch. Without ``wait`` (the
+        flusher thread), a block edge whose consumers are all full keeps the records pending
+        and returns False: the worker's thread waits for room, where its ``block_timeout``
+        can raise."""
         pending = self.pending
         popleft = pending.popleft
         records = [popleft() for _ in range(min(len(pending), self.max_records))]
         self.pending_bytes = 0
         if not records:
-            return
+            return True
         mv, base = self.mv, self.base
         if not self.order:
             for e in self.edges:
                 mv[base[e] + DROPPED] += len(records)
-            return
+            return True
         n = len(self.order)
+        since = 0.0
         while True:
             for i in range(n):
                 edge = self.order[(self.next + i) % n]
@@ -322,16 +335,24 @@ class PushChannel:
                 mv[base[edge] + SENT] += len(records)  # counted before it goes (the rest cannot fail)
                 self.sock.send(SEP + self.packer.pack((BATCH, self.src, self.inc, records)), 0)
                 self.next = (self.next + i + 1) % n
-                return
+                return True
             if not self.block:
                 mv[base[self.order[self.next % n]] + DROPPED] += len(records)
-                return
-            self.wait_for_room()
+                return True
+            if not wait:  # back where they were, first in line
+                pending.extendleft(reversed(records))
+                self.pending_bytes += sum(len(r[-1]) for r in records)
+                return False
+            try:
+                since = self.wait_for_room(since)
+            except SendTimeout:  # the records are lost: counted, then the error goes to emit
+                mv[base[self.order[self.next % n]] + DROPPED] += len(records)
+                raise
             n = len(self.order)
             if not n:
                 for e in self.edges:
                     mv[base[e] + DROPPED] += len(records)
-                return
+                return True
 
     def room(self, edge: int) -> bool:
         """Whether a block edge's consumer has credit: fewer than ``2 x queue`` records sent to
@@ -340,19 +361,32 @@ class PushChannel:
         report: no deadlock."""
         return self.out[edge] - self.took[edge] < self.window[edge]
 
-    def wait_for_room(self) -> None:
+    def wait_for_room(self, since: float = 0.0) -> float:
         """Every consumer is full (or gone): back-pressure. Wait until one has room (a
         mandatory ROUTER polls writable then) or says something (a restarted consumer's
         hello, its credit, a free, an ack, a done), then read what it said. While every
-        consumer is only out of credit, only what it says can help: wait for that alone."""
+        consumer is only out of credit, only what it says can help: wait for that alone.
+
+        ``since``: when this send began to wait (0: now); past the edges' ``block_timeout``
+        the node's emit raises ``SendTimeout`` (never the flusher thread's send: the worker's
+        next one does). Returns ``since``."""
+        now = time.monotonic()
+        if not since:
+            since = now
+        elif self.block_timeout is not None and now - since >= self.block_timeout \
+                and threading.get_ident() == self.owner:
+            raise SendTimeout(self.timed_out)
         starved = bool(self.window) and all(e in self.window and not self.room(e) for e in self.order)
         self.sock.poll(self.room_ms, zmq.POLLIN if starved else zmq.POLLIN | zmq.POLLOUT)
         self._read()
+        return since
 
-    def send_one(self, topic: bytes, frames: list[Any], rest: tuple[Any, ...], defer: bool = False) -> bool:
+    def send_one(self, topic: bytes, frames: list[Any], rest: tuple[Any, ...], defer: bool = False,
+                 since: float = 0.0) -> bool:
         """Send one message to one consumer with room. Sequence numbers count per edge, so each
         replica of a shared input sees a gap-free sequence of its own share. With ``defer``,
-        a blocking edge whose consumers are all full returns False instead of waiting."""
+        a blocking edge whose consumers are all full returns False instead of waiting;
+        ``since``: when this record began to wait (``wait_for_room``)."""
         mv, base = self.mv, self.base
         if not self.order:
             for e in self.edges:
@@ -386,9 +420,13 @@ class PushChannel:
                         return True
                     if defer:
                         return False
-                    self.wait_for_room()
+                    try:
+                        since = self.wait_for_room(since)
+                    except SendTimeout:
+                        mv[base[edge] + DROPPED] += 1  # the record is lost: counted, then the error goes to emit
+                        raise
                     if self.order != [edge] or edge not in self.peers:  # a restart changed the consumers
-                        return self.send_one(topic, frames, rest, defer)
+                        return self.send_one(topic, frames, rest, defer, since)
                     peer = self.peers[edge]
                     continue
                 mv[base[edge] + SENT] += 1  # counted before it goes: the rest of a message cannot fail
@@ -437,7 +475,13 @@ class PushChannel:
                 return True
             if defer and lease is None:
                 return False
-            self.wait_for_room()
+            try:
+                since = self.wait_for_room(since)
+            except SendTimeout:  # the record is lost: counted, its slot given back, then the error goes to emit
+                mv[base[self.order[self.next % n]] + DROPPED] += 1
+                if lease is not None:
+                    self.pool.free(lease[2], lease[3])  # type: ignore[union-attr]
+                raise
             n = len(self.order)
 
     def end(self) -> None:
@@ -530,10 +574,17 @@ class Flusher:
                 if self.closed:
                     return
                 wake.clear()  # before taking records: an append after this sets it again
-                for router in routers:
+                kept = False
+                for router in routers:  # never waiting for room: the worker's own thread does that
                     while router.pending:
-                        router.send_batch()
-                delay = first
+                        if not router.send_batch(wait=False):
+                            kept = True
+                            break
+                if kept:  # every consumer is full: look again, less and less often
+                    wake.set()
+                    delay = min(delay * 2, self.delay_max_s)
+                else:
+                    delay = first
             finally:
                 lock.release()
 

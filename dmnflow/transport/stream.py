@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from ..errors import SendTimeout
 from ..plan import BindPlan, EdgePlan
 from .link import Link, bind_socket, junk, send_parts
 from .stats import B_REFUSED, DROPPED, SENT
@@ -141,6 +142,8 @@ class StreamChannel:
         self.routes = {e.id: route_prefix(e.id) for e in edges}
         self.window = {e.id: e.credit for e in edges if e.credit}  # block edges' credit (the plan's)
         self.block = set(self.window)
+        self.names = {e.id: f"{e.dst}.{e.dst_port}" for e in edges}
+        self.timeout = {e.id: e.block_timeout_s for e in edges if e.block_timeout_s is not None and e.id in self.block}
         self.filters = {e.id: tuple(t.encode() for t in e.topics) for e in edges}
         self.seq: dict[int, dict[bytes, int]] = {e.id: {} for e in edges}
         self.tap_seq: dict[bytes, int] = {}
@@ -196,6 +199,7 @@ class StreamChannel:
         """The edge that takes the next record: with room (waiting for credit when a block edge
         has none), round robin over a group's replicas."""
         shared = self.shared
+        since = 0.0
         while True:
             joined = [e for e in candidates if e in shared.joined]
             if not joined:
@@ -210,6 +214,17 @@ class StreamChannel:
                 edge = joined[self.next[g] % n]
                 self.next[g] = (self.next[g] + 1) % n
                 return edge
+            timeout = min((self.timeout[e] for e in joined if e in self.timeout), default=None)
+            now = time.monotonic()
+            if not since:
+                since = now
+            elif timeout is not None and now - since >= timeout:
+                mv = self.mv
+                mv[self.base[joined[0]] + DROPPED] += 1  # the record is lost: counted, then the error goes to emit
+                raise SendTimeout(
+                    f"output on port {self.address}: no consumer took a record for {timeout:g}s (block_timeout of "
+                    f"input {self.names[joined[0]]}); the record is counted as dropped. The consumer is stuck or "
+                    "slower than its producer: give it more time (block_timeout), or policy: drop")
             shared.sock.poll(shared.room_ms, zmq.POLLIN)  # back-pressure: wait for a credit
             shared.service()
 

@@ -45,7 +45,8 @@ def pipeline() -> Plan:
     edges = [EdgePlan(id=k, src=a, src_port="out", dst=b, dst_port="in", type="Any",
                       codec="msgpack", transport="ipc", endpoint=f"ipc://{{run_dir}}/{k}", bind=f"{a}.out",
                       pattern="pub", policy="block", queue=64, topics=[],
-                      feedback=(a, b) == ("execution", "portfolio"), delivery="at-most-once", credit=0)
+                      feedback=(a, b) == ("execution", "portfolio"), delivery="at-most-once", credit=0,
+                      block_timeout_s=None)
              for k, (a, b) in enumerate(LINKS)]
     return Plan(graph="dmn-trading", file="g.yaml", profile=None, machine_cpus=[0, 1],
                 nodes=nodes, edges=edges,

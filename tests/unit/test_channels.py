@@ -15,8 +15,8 @@ import time
 import uuid
 
 import pytest
-import zmq
 
+from dmnflow.errors import SendTimeout
 from dmnflow.transport import Channel, Inlet, Outlet
 from dmnflow.transport.stats import DROPPED, GAPS, RECEIVED, SENT
 
@@ -27,13 +27,6 @@ KINDS = [("pub", "inproc"), ("pub", "ipc"), ("pub", "tcp"), ("push", "inproc"), 
 BOUNDED = [k for k in KINDS if k[1] != "inproc"]
 BLOCKING = [k for k in BOUNDED if k[0] != "pub"]  # `policy: block` compiles to push, or stays on a stream port
 IDS = [f"{p}-{t}" for p, t in KINDS]
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def endpoint(transport: str, tmp_path) -> str:
@@ -206,3 +199,25 @@ def test_at_least_once_keeps_what_was_not_handled_for_the_next_incarnation(ctx, 
     assert tail == [] and not channel.held[EDGE].records
     second.close()
 
+
+
+@pytest.mark.parametrize(("pattern", "transport"), BLOCKING, ids=[f"{p}-{t}" for p, t in BLOCKING])
+@pytest.mark.parametrize("coalesce", [True, False], ids=["coalesced", "alone"])
+def test_a_block_timeout_raises_the_error_it_names_and_counts_the_record(ctx, tmp_path, pattern, transport, coalesce):
+    """A consumer that stops reading: the producer waits up to the edge's block_timeout, then its
+    emit raises SendTimeout naming the input; the record is counted as dropped, so the books
+    still add up, and the channel keeps working once the consumer reads again."""
+    outlet, inlet = wire(ctx, "raw", bytes, endpoint(transport, tmp_path), pattern, transport=transport, hwm=8,
+                         policy="block", block_timeout=0.2, coalesce=coalesce)
+    sent = 0
+    with pytest.raises(SendTimeout, match=r"block_timeout of input c\.in.*counted as dropped"):
+        for i in range(10_000):  # the window fills; then the wait runs out
+            outlet.send(b"%d" % i, None, 1, 0, i)
+            sent += 1
+        outlet.flush()
+    got: list[bytes] = []
+    to_the_end(outlet, inlet, got)
+    _, dropped, received, gaps = edge_counts(outlet)
+    assert 0 < received == len(got) and received + dropped + gaps == sent + 1  # the one that timed out: dropped
+    assert dropped >= 1 and gaps == 0
+    assert [int(v) for v in got] == sorted(int(v) for v in got)

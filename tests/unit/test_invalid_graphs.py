@@ -26,7 +26,7 @@ DATA = Path(__file__).resolve().parent / "data"
 
 # Every check the corpus covers. A new check needs a corpus file, then a line here.
 CODES = {
-    "bad-budget", "bad-delivery", "bad-join", "bad-key", "bad-name", "bad-override", "bad-substitution",
+    "bad-budget", "bad-delivery", "bad-policy", "bad-join", "bad-key", "bad-name", "bad-override", "bad-substitution",
     "budget-path", "codec-type", "codec-unsafe", "cycle", "insecure-bind",
     "dtype-mismatch", "duplicate-key", "duplicate-port", "empty-graph", "file-not-found",
     "file-unreadable", "host-conflict", "import-error", "include-cycle", "invalid-param", "invalid-value",

@@ -19,17 +19,14 @@ from dmnflow.transport.shm import ShmMaps, ShmPool, lease_key, lease_mac, segmen
 from dmnflow.transport.stats import POS_DONE, POS_RECEIVED
 from dmnflow.transport.wire import EOS, SEP, control, eos_header, identity
 
+from .conftest import WIRED
+
 EDGE, SRC = 7, 3
 TOKEN = b"0123456789abcdef0123456789abcdef"
 TAG = "tag000000000"
 KEY = lease_key(TOKEN)
 
 
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 COALESCE = CoalescePlan(records=64, bytes=64 << 10, record_max=8 << 10, gap_ns=20_000, max_age_ns=200_000)
@@ -41,11 +38,11 @@ def make_link(ctx) -> Link:
 
 def edge_plan(pattern: str, *, policy: str = "drop", queue: int = 1000, delivery: str = "at-most-once",
               topics: list[str] | None = None, group: str | None = None, edge: int = EDGE,
-              transport: str = "inproc") -> EdgePlan:
+              transport: str = "inproc", block_timeout: float | None = None) -> EdgePlan:
     return EdgePlan(id=edge, src="p", src_port="out", dst="c", dst_port="in", type="any", codec="raw",
                     transport=transport, endpoint="", bind="b", pattern=pattern, policy=policy, queue=queue,
                     topics=topics or [], feedback=False, delivery=delivery, group=group,
-                    credit=limits.credit(transport, pattern, policy, queue))
+                    credit=limits.credit(transport, pattern, policy, queue), block_timeout_s=block_timeout)
 
 
 def flusher() -> Flusher:
@@ -60,11 +57,13 @@ def connect_plan(edge: int, endpoint: str, transport: str, pattern: str, hwm: in
 
 def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, policy: str = "drop",
          delivery: str = "at-most-once", link: Link | None = None, shm_above: int | None = None,
-         max_bytes: int = 1 << 20, transport: str = "inproc", coalesce: bool = True, inc: int = 0):
+         max_bytes: int = 1 << 20, transport: str = "inproc", coalesce: bool = True, inc: int = 0,
+         block_timeout: float | None = None):
     """An Outlet bound to ``endpoint`` and an Inlet connected to it, the consumer joined; the
     sockets' high-water marks and coalescing as the compiler sets them."""
     link = link or make_link(ctx)
-    plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery, transport=transport)
+    plan = edge_plan(pattern, policy=policy, queue=hwm, delivery=delivery, transport=transport,
+                     block_timeout=block_timeout)
     co = COALESCE if coalesce and pattern == "push" and delivery != "at-least-once" else None
     send_hwm = limits.send_hwm(transport, pattern, hwm, co, plan.credit or hwm)
     bind = BindPlan(id="b", counter=0, endpoint=endpoint, transport=transport, pattern=pattern,
@@ -73,6 +72,7 @@ def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, p
     outlet = Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: plan}, get_codec(codec).encoder(tp),
                     shm_above=shm_above, flusher=flusher(), own_flusher=True)
     link.resolved.update(outlet.bound)
+    WIRED.append(outlet)
     inlet = make_inlet(link, codec, tp, endpoint, pattern, hwm=hwm, delivery=delivery, max_bytes=max_bytes,
                        transport=transport, coalesce=co, inc=inc)
     joined(outlet)

@@ -43,7 +43,8 @@ def make_plan(graph: str, nodes: list[dict[str, Any]], edges: list[tuple[Any, ..
         edge_plans.append(EdgePlan(
             id=k, src=s, src_port=sp, dst=d, dst_port=dp, type="Any", codec=codec,
             transport=transport, endpoint=f"ipc://{{run_dir}}/{k}.sock", bind=f"{s}.{sp}", pattern="pub",
-            policy="block", queue=64, topics=[], feedback=feedback, delivery="at-most-once", credit=0))
+            policy="block", queue=64, topics=[], feedback=feedback, delivery="at-most-once", credit=0,
+            block_timeout_s=None))
     node_plans = []
     for spec in nodes:
         name = spec["name"]
