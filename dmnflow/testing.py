@@ -25,9 +25,11 @@ from .compiler import plan_model, plan_node_alone
 from .errors import DecodeError, NodeError
 from .node import Context, Node, Ports
 from .plan import ModelPlan, NodePlan
-from .runtime.node_runner import NodeRunner
+from .runtime.node_runner import NodeRunner, one_node_layout
 from .spec import ModelSpec, NodeSpec
+from .transport import Counters
 from .transport.memory import MemoryInlet, MemoryOutlet
+from .transport.stats import N_CONFLATED
 
 __all__ = ["RecordingContext", "Tick", "check_codec", "run_node"]
 
@@ -81,9 +83,11 @@ def run_node(cls: type[Node], *, params: dict[str, Any] | None = None,
             raise KeyError(f"{cls.__name__} has no timer handler on_{timer}")
     plan = _node_plan(cls, name or cls.__name__, validated, ports, model, join, batch, timers)
     outlets = {port: MemoryOutlet(port) for port in ports.outputs}
-    feeds = {port: MemoryInlet(port) for port in ports.inputs}
+    counters = Counters(one_node_layout(0))  # (private memory)
+    feeds = {i.port: MemoryInlet(i.port, latest=i.policy == "latest", counters=counters,
+                                 conflated=counters.layout.node(0) + N_CONFLATED) for i in plan.inputs}
     # the worker's runner and schedule: only the channels differ (lists here, sockets there)
-    runner = NodeRunner(plan, 0, cls=cls, node=node, outlets=outlets, inlets=feeds)
+    runner = NodeRunner(plan, 0, counters, cls=cls, node=node, outlets=outlets, inlets=feeds)
     try:
         runner.setup()
         while runner.gen is not None or runner.loop_source:  # a source runs to its end first

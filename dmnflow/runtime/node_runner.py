@@ -26,7 +26,6 @@ from ..transport.stats import (
     N_COMMIT_END,
     N_COMMITTED,
     N_COMMITTED_PREV,
-    N_CONFLATED,
     N_HANDLING,
     N_HANDLING_OUT,
     N_IN,
@@ -217,7 +216,6 @@ class NodeRunner:
         self.torn_down = False
         self.join = None if plan_node.join is None else Join(plan_node.join.inputs, plan_node.join.timeout_s)
         self.batches = {i.port: Batch(i.batch.max, i.batch.wait_s) for i in plan_node.inputs if i.batch}
-        self.latest = {i.port for i in plan_node.inputs if i.policy == "latest"}
         # at-least-once inputs: say `done` once handled
         self.alo_inlets = {p: i for p, i in self.inlets.items() if i.delivery == "at-least-once"}
         self.custody: list[Any] = []  # at-least-once: (inlet, header, out marks) waiting for downstream
@@ -347,15 +345,9 @@ class NodeRunner:
         return True
 
     def take(self, port: str, records: Iterable[tuple[Any, list[Any]]]) -> None:
-        """What one input has waiting, ``(value, header)`` pairs in arrival order: a ``latest``
-        input hands over only the newest (the others are counted as conflated), a batched
-        one gathers them, any other calls its handler for each."""
-        if port in self.latest:
-            waiting = list(records)
-            if waiting:
-                self.mv[self.nbase + N_CONFLATED] += len(waiting) - 1
-                self.deliver(port, *waiting[-1])
-            return
+        """What one input has waiting, ``(value, header)`` pairs in arrival order (a ``latest``
+        input's channel hands over only the newest): a batched one gathers them, any other
+        calls its handler for each."""
         deliver = self.deliver if port in self.batches else self.handle
         for value, header in records:
             deliver(port, value, header)

@@ -46,6 +46,7 @@ from ..transport.stats import (
     B_REFUSED,
     N_COMMIT_BEGIN,
     N_COMMIT_END,
+    N_CONFLATED,
     N_HANDLING,
     N_HANDLING_OUT,
     N_IN,
@@ -277,7 +278,8 @@ class Worker:
                 inlet = inlets[inp.port] = Inlet(
                     self.link, inp.port, name, inp.connects, src_of_edge, inp.topics, inp.queue, decoders,
                     feedback=inp.feedback, max_bytes=inp.max_bytes, inc=self.inc, delivery=inp.delivery,
-                    read_batch=inp.read_batch, zero_copy=any(get_codec(e.codec).zero_copy for e in edges.values()))
+                    read_batch=inp.read_batch, zero_copy=any(get_codec(e.codec).zero_copy for e in edges.values()),
+                    latest=inp.policy == "latest", conflated=layout.node(index[name]) + N_CONFLATED)
                 if self.link.curve is not None:
                     for c in inp.connects:
                         if self.link.curved(c.transport, c.pattern):

@@ -88,8 +88,13 @@ class Inlet:
     def __init__(self, link: Link, port: str, consumer: str, connects: list[ConnectPlan],
                  src_of_edge: dict[int, int], topics: list[str], queue: int, decoders: dict[int, Decoder], *,
                  feedback: bool, max_bytes: int, inc: int = 0, delivery: str = "at-most-once",
-                 zero_copy: bool = True, read_batch: int = 256) -> None:
+                 zero_copy: bool = True, read_batch: int = 256, latest: bool = False, conflated: int = -1) -> None:
+        """``latest`` (``policy: latest``): each read hands over only the newest of what is
+        waiting, the others counted at ``conflated`` (the node's count; -1: nowhere)."""
         self.link = link
+        if latest:
+            self.receive = self._newest  # type: ignore[method-assign]
+        self.conflated = conflated
         self.port = port
         self.read_batch = read_batch  # messages the worker reads from one socket before the others
         self.consumer = consumer
@@ -354,6 +359,16 @@ class Inlet:
                 self._credit(sock, stream)
             if took is not None and took[1] - took[2] >= took[3]:
                 self._took(sock, took)
+
+    def _newest(self, sock: zmq.Socket, limit: int) -> Iterator[tuple[Any, list[Any]]]:
+        """``policy: latest``: of what waits, only the newest; the rest counted as conflated."""
+        newest, n = None, 0
+        for record in Inlet.receive(self, sock, limit):
+            newest, n = record, n + 1
+        if n:
+            if n > 1 and self.conflated >= 0:
+                self.mv[self.conflated] += n - 1
+            yield newest  # type: ignore[misc]
 
     def _time_ok(self, event_time: Any) -> bool:
         kind = str if type(event_time) is str else float

@@ -64,8 +64,12 @@ class MemoryInlet:
     delivery = "at-most-once"
     read_batch = 256
 
-    def __init__(self, port: str, src: int = 0, origin: int = 0) -> None:
+    def __init__(self, port: str, src: int = 0, origin: int = 0, *, latest: bool = False,
+                 counters: Any = None, conflated: int = -1) -> None:
+        """``latest``: a read hands over only the newest of what waits, the rest counted in
+        ``counters.mv[conflated]`` (as a socket ``Inlet`` does)."""
         self.port = port
+        self.latest, self.counters, self.conflated = latest, counters, conflated
         self.src = src  # the producer's output id: a join tells producers apart by it
         self.sources = (src,)
         self.origin = origin  # the source node the values stand for (end-to-end latency at sinks)
@@ -93,7 +97,14 @@ class MemoryInlet:
     def receive(self, sock: Any, limit: int) -> Iterator[tuple[Any, list[Any]]]:
         """What is queued, up to ``limit`` (``sock``: there is none)."""
         waiting = self.waiting
-        for _ in range(min(limit, len(waiting))):
+        n = min(limit, len(waiting))
+        if self.latest and n:
+            for _ in range(n - 1):
+                waiting.popleft()
+            if n > 1 and self.counters is not None and self.conflated >= 0:
+                self.counters.mv[self.conflated] += n - 1
+            n = 1
+        for _ in range(n):
             yield waiting.popleft()
 
     def handled(self, header: list[Any]) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from dmnflow.errors import SendTimeout
 from dmnflow.transport import Channel, Inlet, Outlet
-from dmnflow.transport.stats import DROPPED, GAPS, RECEIVED, SENT
+from dmnflow.transport.stats import DROPPED, GAPS, N_CONFLATED, RECEIVED, SENT
 
 from .test_transport import EDGE, make_inlet, make_link, wire
 
@@ -221,3 +221,20 @@ def test_a_block_timeout_raises_the_error_it_names_and_counts_the_record(ctx, tm
     assert 0 < received == len(got) and received + dropped + gaps == sent + 1  # the one that timed out: dropped
     assert dropped >= 1 and gaps == 0
     assert [int(v) for v in got] == sorted(int(v) for v in got)
+
+
+@pytest.mark.parametrize(("pattern", "transport"), [k for k in KINDS if k[0] != "push"],
+                         ids=[f"{p}-{t}" for p, t in KINDS if p != "push"])
+def test_a_latest_input_hands_over_the_newest_and_counts_the_rest_as_conflated(ctx, tmp_path, pattern, transport):
+    outlet, inlet = wire(ctx, "raw", bytes, endpoint(transport, tmp_path), pattern, transport=transport, latest=True)
+    for i in range(100):
+        outlet.send(b"%d" % i, None, 1, 0, i)
+    got: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while (not got or got[-1] != b"99") and time.monotonic() < deadline:
+        time.sleep(0.01)  # everything lands, then one read takes it
+        got.extend(read(inlet, 1000))
+    conflated = outlet.link.counters.mv[outlet.link.counters.layout.node(0) + N_CONFLATED]
+    assert got[-1] == b"99" and len(got) < 100
+    assert len(got) + conflated == 100  # what was skipped is counted, once
+    assert edge_counts(outlet) == (100, 0, 100, 0)  # conflation is the node's, not a loss on the edge

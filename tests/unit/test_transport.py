@@ -16,7 +16,7 @@ from dmnflow.plan import BindPlan, CoalescePlan, ConnectPlan, EdgePlan
 from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
 from dmnflow.transport.outlet import Flusher
 from dmnflow.transport.shm import ShmMaps, ShmPool, lease_key, lease_mac, segment_prefix
-from dmnflow.transport.stats import POS_DONE, POS_RECEIVED
+from dmnflow.transport.stats import N_CONFLATED, POS_DONE, POS_RECEIVED
 from dmnflow.transport.wire import EOS, SEP, control, eos_header, identity
 
 from .conftest import WIRED
@@ -58,7 +58,7 @@ def connect_plan(edge: int, endpoint: str, transport: str, pattern: str, hwm: in
 def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, policy: str = "drop",
          delivery: str = "at-most-once", link: Link | None = None, shm_above: int | None = None,
          max_bytes: int = 1 << 20, transport: str = "inproc", coalesce: bool = True, inc: int = 0,
-         block_timeout: float | None = None):
+         block_timeout: float | None = None, latest: bool = False):
     """An Outlet bound to ``endpoint`` and an Inlet connected to it, the consumer joined; the
     sockets' high-water marks and coalescing as the compiler sets them."""
     link = link or make_link(ctx)
@@ -74,19 +74,20 @@ def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, p
     link.resolved.update(outlet.bound)
     WIRED.append(outlet)
     inlet = make_inlet(link, codec, tp, endpoint, pattern, hwm=hwm, delivery=delivery, max_bytes=max_bytes,
-                       transport=transport, coalesce=co, inc=inc)
+                       transport=transport, coalesce=co, inc=inc, latest=latest)
     joined(outlet)
     return outlet, inlet
 
 
 def make_inlet(link: Link, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000,
                delivery: str = "at-most-once", max_bytes: int = 1 << 20, transport: str = "inproc",
-               coalesce: CoalescePlan | None = None, inc: int = 0) -> Inlet:
+               coalesce: CoalescePlan | None = None, inc: int = 0, latest: bool = False) -> Inlet:
     """The consumer of ``wire``'s edge (incarnation ``inc``: a restarted one is a new inlet)."""
     receive_hwm = limits.receive_hwm(transport, pattern, hwm, coalesce)
     return Inlet(link, "in", "c", [connect_plan(EDGE, endpoint, transport, pattern, receive_hwm, hwm)],
                  {EDGE: SRC}, [], hwm, {EDGE: get_codec(codec).decoder(tp, Limits(max_bytes=max_bytes))},
-                 feedback=False, max_bytes=max_bytes, delivery=delivery, inc=inc)
+                 feedback=False, max_bytes=max_bytes, delivery=delivery, inc=inc, latest=latest,
+                 conflated=link.counters.layout.node(0) + N_CONFLATED)
 
 
 def joined(outlet: Outlet) -> None:
