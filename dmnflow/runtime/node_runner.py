@@ -226,6 +226,7 @@ class NodeRunner:
                 if port in self.inlets:
                     self.join.producers[port] = set(self.inlets[port].sources)
         self.timed_join = self.join is not None and self.join.timeout_s is not None
+        self.turn_inlets = list(self.inlets.values())  # (a list: one turn per wake-up, kept cheap)
         self.commits = self.cls.defines("commit")  # a declared commit step: see Node.commit
         if not self.commits:
             self.mv[self.nbase + N_COMMITTED] = -1
@@ -310,7 +311,7 @@ class NodeRunner:
         elif self.gen is not None:
             self.step(SOURCE_STEPS)
             ended = self.gen is None
-        for inlet in self.inlets.values():
+        for inlet in self.turn_inlets:
             inlet.after_turn()
         if self.commits:
             self.commit()

@@ -380,9 +380,11 @@ class Worker:
         # latency mode: when every node of the process is `busy`, the loop never sleeps in poll;
         # it spins on its (pinned) core, so a message is read when it lands, without a wake-up
         spin = all(r.plan.busy for r in runners)
+        sources = [r for r in runners if r.gen is not None or r.loop_source]  # (a source that ended leaves it)
+        batched = [r for r in runners if r.batches]
         while True:
-            sources = any(r.gen is not None or r.loop_source for r in runners)
-            wait_ms = 0 if sources or spin else 1 if any(r.batching for r in runners) else 2 if ending else 100
+            wait_ms = 0 if sources or spin else 1 if batched and any(r.batching for r in batched) \
+                else 2 if ending else 100
             if timed:
                 now = time.monotonic()
                 wait_ms = min(wait_ms, max(0, int(min(r.fire_timers(now) for r in timed) * 1000)))
@@ -412,7 +414,9 @@ class Worker:
                     self.check_refusals()
             now = time.monotonic()
             for runner in runners:
-                check_end |= runner.turn(now)
+                if runner.turn(now):
+                    check_end = True
+                    sources = [r for r in sources if r.gen is not None or r.loop_source]
             if check_end:
                 check_end = False
                 for runner in runners:
