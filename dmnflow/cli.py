@@ -1086,7 +1086,7 @@ def _render_plan(plan: Plan) -> None:
               f"{lim.tap_record_hwm}, viewers {lim.viewer_hwm}")
     _render_ports(plan)
     for note in plan.notes:
-        out.print(f"note: {note}", soft_wrap=True)
+        out.print(f"note: {note}", soft_wrap=True, markup=False)
     for w in plan.warnings:
         err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}", soft_wrap=True)
 

@@ -37,10 +37,11 @@ from ..errors import TransportError
 from ..plan import BindPlan, ConnectPlan, EdgePlan
 from .link import Link, junk
 from .stats import DROPPED, SENT
-from .wire import DATA, EOS_TOPIC, SEP, eos_header, parse_control
+from .wire import CONTROL_PREFIX, DATA, EOS_TOPIC, SEP, eos_header, parse_control
 
 __all__ = ["IoxChannel", "IoxSocket", "available", "service_names"]
 
+HELLO = CONTROL_PREFIX + b"hello/"
 ONE, PARTS = 1, 2  # a sample's first byte: one frame (the zmq one-frame form), or a msgpack list of parts
 CTL_QUEUE = 64  # control messages waiting at the producer (it reads them every turn)
 SLICE = 1024  # bytes a sample starts with; larger records grow the segment (powers of two)
@@ -131,6 +132,7 @@ class IoxSocket:
         self.pub = _publisher(self.ctl)
         self.parts: list[Any] = []  # the rest of a message of several parts
         self.rcvmore = False
+        self.hello: bytes | None = None  # a hello no producer heard yet: said again while the loop reads
 
     def recv(self, flags: int = 0, copy: bool = True) -> Any:
         parts = self.parts
@@ -140,6 +142,8 @@ class IoxSocket:
             return part if copy else _Frame(part, self.rcvmore)
         sample = self.sub.receive()
         if sample is None:
+            if self.hello is not None and _publish(self.pub, ONE, self.hello):
+                self.hello = None
             raise zmq.Again()
         data = ctypes.string_at(sample.payload_ptr, sample.header.number_of_elements)
         sample.delete()  # its slot goes back to the producer now
@@ -159,12 +163,18 @@ class IoxSocket:
         return got[0]
 
     def get(self, option: int) -> int:
-        """``EVENTS``: whether a record waits."""
+        """``EVENTS``: whether a record waits (the loop asks every turn: a hello nobody heard goes again)."""
+        if self.hello is not None and _publish(self.pub, ONE, self.hello):
+            self.hello = None
         return zmq.POLLIN if self.parts or self.sub.has_samples() else 0
 
     def send(self, msg: bytes, flags: int = 0) -> None:
-        """A control message to the producer (``hello``, ``ack``); lost if its queue is full, as a NOBLOCK send."""
-        _publish(self.pub, ONE, msg)
+        """A control message to the producer (``hello``, ``ack``); lost if its queue is full, as a
+        NOBLOCK send. A sample reaches only the subscribers there now: a hello sent before the
+        producer's (a consumer that started first) is kept and said again (``get``)."""
+        delivered = _publish(self.pub, ONE, msg)
+        if msg.startswith(HELLO):
+            self.hello = None if delivered else msg
 
     def close(self) -> None:
         self.sub.delete()
