@@ -69,6 +69,7 @@ def _iox() -> tuple[Any, Any]:
         iox.set_log_level_from_env_or(iox.LogLevel.Error)
         _node = (iox.NodeBuilder.new().signal_handling_mode(iox.SignalHandlingMode.Disabled)
                  .create(iox.ServiceType.Ipc))
+        _node.try_cleanup_dead_nodes()  # what killed processes (of any run) left in /dev/shm and /tmp/iceoryx2
     return iox, _node
 
 
@@ -239,8 +240,12 @@ class IoxChannel:
         return self.inc_of is not None and self.data.dynamic_config.number_of_subscribers > 0
 
     def waiting_for(self) -> set[int]:
+        """Joined once its hello came, or its subscriber is there: a consumer that started first
+        said hello to nobody, and says it again only once its loop runs (after the start,
+        which waits for this)."""
         self.service()
-        return set() if self.inc_of is not None else {self.edge}
+        here = self.inc_of is not None or self.data.dynamic_config.number_of_subscribers > 0
+        return set() if here else {self.edge}
 
     def consumer(self, edge: int) -> int | None:
         return self.inc_of if edge == self.edge and self.here() else None

@@ -82,11 +82,13 @@ def test_a_consumer_that_starts_first_is_heard_once_its_producer_is_there(ctx):
                     hwm=limits.send_hwm("iox", "push", 1000, None, 0), control_hwm=0, edges=[EDGE])
     outlet = Outlet(link, SRC, 0, "p", "out", [bind], {EDGE: plan}, get_codec("raw").encoder(bytes),
                     flusher=flusher(), own_flusher=True)
+    assert not outlet.waiting_for()  # its subscriber is there: the producer may start
+    assert outlet.channels[0].consumer(EDGE) is None  # ... but has not heard who it is
     deadline = time.monotonic() + 5
-    while outlet.waiting_for() and time.monotonic() < deadline:
+    while outlet.channels[0].consumer(EDGE) is None and time.monotonic() < deadline:
         read(inlet)  # the spinning loop's turn: the hello goes again
         serve(outlet)
-    assert not outlet.waiting_for() and outlet.channels[0].consumer(EDGE) == 0
+    assert outlet.channels[0].consumer(EDGE) == 0
     outlet.close()
     inlet.close()
 
