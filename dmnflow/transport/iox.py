@@ -44,6 +44,8 @@ __all__ = ["IoxChannel", "IoxSocket", "available", "service_names"]
 HELLO = CONTROL_PREFIX + b"hello/"
 ONE, PARTS = 1, 2  # a sample's first byte: one frame (the zmq one-frame form), or a msgpack list of parts
 CTL_QUEUE = 64  # control messages waiting at the producer (it reads them every turn)
+CLEANUP_S = 0.01  # a blocked send looks this often whether its consumer died ...
+CLEANUP_IDLE_S = 0.05  # ... the spinning loop this often (~0.2 ms each: 0.4% of its core)
 SLICE = 1024  # bytes a sample starts with; larger records grow the segment (powers of two)
 
 _node: Any = None
@@ -211,11 +213,16 @@ class IoxChannel:
         self.inc_of: int | None = None  # the consumer's incarnation, from its hello
         self.acked = False
         self.eos = b""
+        self.next_cleanup = 0.0
 
     def sockets(self) -> list[zmq.Socket]:
         return []
 
     def service(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_cleanup:  # a killed consumer's buffer would take records until someone looks
+            self.next_cleanup = now + CLEANUP_IDLE_S
+            self.data.try_cleanup_dead_nodes()
         token, edges = self.link.token, self.edges
         receive = self.sub.receive
         while (sample := receive()) is not None:
@@ -265,6 +272,7 @@ class IoxChannel:
         mv = self.mv
         mv[self.sent_at] += 1  # counted before it goes: a kill in between is a loss the report shows
         pub = self.pub
+        look = 0.0
         while not _publish(pub, kind, body):
             # a full buffer (or no consumer): drop, or spin until the consumer has read
             if not self.block or not self.here():
@@ -272,6 +280,11 @@ class IoxChannel:
                 mv[self.dropped_at] += 1
                 return
             self.service()
+            now_s = time.monotonic()
+            if now_s >= look:  # a killed consumer's port stays until someone sees its process is gone
+                if look:
+                    self.data.try_cleanup_dead_nodes()
+                look = now_s + CLEANUP_S
         self.seq[topic] = seq + 1
 
     def flush(self) -> None:
