@@ -121,3 +121,31 @@ def test_a_block_edge_whose_consumer_is_gone_drops_and_counts(ctx):
     assert mv[layout.edge(EDGE) + SENT] + mv[layout.edge(EDGE) + DROPPED] == 5
     assert mv[layout.edge(EDGE) + RECEIVED] == 0
     outlet.close()
+
+
+def test_a_restarted_producer_is_heard_anew_and_its_restart_counted(ctx):
+    from dmnflow.transport.stats import RESTARTS_SEEN
+
+    endpoint = where()
+    link = make_link(ctx)
+    first, inlet = wire(ctx, "raw", bytes, endpoint, "push", transport="iox", link=link)
+    for i in range(3):
+        first.send(b"%d" % i, None, 1, 0, None)
+    assert [bytes(v) for v, _ in records(inlet, 3)] == [b"0", b"1", b"2"]
+    first.close()  # the producer's worker died; its successor binds the same edge
+    [bind] = first.binds
+    second = Outlet(link, SRC, 1, "p", "out", [bind], first.edge_plans, get_codec("raw").encoder(bytes),
+                    flusher=flusher(), own_flusher=True)
+    inlet.hello()  # what the worker does when the supervisor says the producer is back
+    deadline = time.monotonic() + 5
+    while second.channels[0].consumer(EDGE) != 0 and time.monotonic() < deadline:
+        read(inlet)
+        serve(second)
+    assert second.channels[0].consumer(EDGE) == 0
+    second.send(b"again", None, 1, 0, None)
+    [(value, header)] = records(inlet, 1)
+    assert bytes(value) == b"again" and header[2] == 1  # the new incarnation, counting from 0
+    mv, layout = link.counters.mv, link.counters.layout
+    assert mv[layout.edge(EDGE) + RESTARTS_SEEN] == 1
+    second.close()
+    inlet.close()
