@@ -11,15 +11,19 @@ when both its processes spin and iceoryx2 can be imported (``compiler/lowering.p
 
 An edge is a pair of iceoryx2 publish-subscribe services, named from the run's shared
 memory tag and the edge's endpoint: ``data`` (producer -> consumer, a subscriber buffer
-of the input's ``queue`` up to ``limits.IOX_QUEUE_MAX``, never overwriting) and ``ctl`` (consumer -> producer: the same
-control messages the zmq edges carry, ``hello``, ``ack``, with the run's token). A record
+of the input's ``queue`` up to ``limits.IOX_QUEUE_MAX``, never overwriting) and ``ctl``
+(consumer -> producer: the same control messages the zmq edges carry, ``hello``, ``ack``,
+with the run's token). A record
 is the same bytes a one-frame zmq message holds (``topic SEP msgpack([*header, payload])``),
 so the ``Inlet`` checks, counts and decodes it as any other (``IoxSocket`` is the part of a
 zmq socket it reads); several payload frames, and the end-of-stream, go as a msgpack list
 of parts. The producer learns from each send whether the record reached the consumer's
 buffer: a full buffer is a ``drop`` (counted at the sender, like push) or, on ``block``,
-a wait, spinning, until the consumer has read. Received payloads are copied out of the
-sample (a small message costs less so than keeping the sample alive behind a view).
+a wait, spinning, until the consumer has read; with no consumer there (killed, not yet
+restarted) both count a drop. A killed consumer's port lingers in the service until some
+process sees it is dead, so the producer looks every ``CLEANUP_IDLE_S``. Received payloads
+are copied out of the sample (a small message costs less so than keeping the sample alive
+behind a view).
 """
 
 from __future__ import annotations
@@ -136,6 +140,7 @@ class IoxSocket:
         self.parts: list[Any] = []  # the rest of a message of several parts
         self.rcvmore = False
         self.hello: bytes | None = None  # a hello no producer heard yet: said again while the loop reads
+        self.hello_due = 0.0
 
     def recv(self, flags: int = 0, copy: bool = True) -> Any:
         parts = self.parts
@@ -145,8 +150,8 @@ class IoxSocket:
             return part if copy else _Frame(part, self.rcvmore)
         sample = self.sub.receive()
         if sample is None:
-            if self.hello is not None and _publish(self.pub, ONE, self.hello):
-                self.hello = None
+            if self.hello is not None:
+                self._hello_again()
             raise zmq.Again()
         data = ctypes.string_at(sample.payload_ptr, sample.header.number_of_elements)
         sample.delete()  # its slot goes back to the producer now
@@ -167,9 +172,16 @@ class IoxSocket:
 
     def get(self, option: int) -> int:
         """``EVENTS``: whether a record waits (the loop asks every turn: a hello nobody heard goes again)."""
-        if self.hello is not None and _publish(self.pub, ONE, self.hello):
-            self.hello = None
+        if self.hello is not None:
+            self._hello_again()
         return zmq.POLLIN if self.parts or self.sub.has_samples() else 0
+
+    def _hello_again(self) -> None:
+        now = time.monotonic()
+        if now >= self.hello_due:  # (at most every millisecond: nobody may be there for a while)
+            self.hello_due = now + 0.001
+            if _publish(self.pub, ONE, self.hello):  # type: ignore[arg-type]  # (the callers checked)
+                self.hello = None
 
     def send(self, msg: bytes, flags: int = 0) -> None:
         """A control message to the producer (``hello``, ``ack``); lost if its queue is full, as a
