@@ -19,7 +19,8 @@ so the ``Inlet`` checks, counts and decodes it as any other (``IoxSocket`` is th
 zmq socket it reads); several payload frames, and the end-of-stream, go as a msgpack list
 of parts. The producer learns from each send whether the record reached the consumer's
 buffer: a full buffer is a ``drop`` (counted at the sender, like push) or, on ``block``,
-a wait, spinning, until the consumer has read; with no consumer there (killed, not yet
+a wait, spinning, until the consumer has read (up to the edge's ``block_timeout``, then
+``SendTimeout``, as push); with no consumer there (killed, not yet
 restarted) both count a drop. A killed consumer's port lingers in the service until some
 process sees it is dead, so the producer looks every ``CLEANUP_IDLE_S``. Received payloads
 are copied out of the sample (a small message costs less so than keeping the sample alive
@@ -37,7 +38,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from ..errors import TransportError
+from ..errors import SendTimeout, TransportError
 from ..plan import BindPlan, ConnectPlan, EdgePlan
 from .link import Link, junk
 from .stats import DROPPED, SENT
@@ -192,8 +193,10 @@ class IoxSocket:
             self.hello = None if delivered else msg
 
     def close(self) -> None:
-        self.sub.delete()
-        self.pub.delete()
+        if self.sub is not None:  # (once: an inlet may be closed again)
+            self.sub.delete()
+            self.pub.delete()
+            self.sub = self.pub = None
 
 
 class IoxChannel:
@@ -216,6 +219,10 @@ class IoxChannel:
         self.pub = _publisher(self.data)
         self.sub = self.ctl.subscriber_builder().buffer_size(CTL_QUEUE).create()
         self.block = edge.policy == "block"
+        self.block_timeout = edge.block_timeout_s if self.block else None
+        self.timed_out = f"{what}: no consumer took a record for {edge.block_timeout_s or 0:g}s (block_timeout of " \
+            f"input {edge.dst}.{edge.dst_port}); the record is counted as dropped. The consumer is stuck or slower " \
+            "than its producer: give it more time (block_timeout), or policy: drop"
         self.topics = tuple(t.encode() for t in edge.topics)
         self.mv = link.counters.mv
         base = link.counters.layout.edge(edge.id)
@@ -284,7 +291,7 @@ class IoxChannel:
         mv = self.mv
         mv[self.sent_at] += 1  # counted before it goes: a kill in between is a loss the report shows
         pub = self.pub
-        look = 0.0
+        look = since = 0.0
         while not _publish(pub, kind, body):
             # a full buffer (or no consumer): drop, or spin until the consumer has read
             if not self.block or not self.here():
@@ -296,7 +303,13 @@ class IoxChannel:
             if now_s >= look:  # a killed consumer's port stays until someone sees its process is gone
                 if look:
                     self.data.try_cleanup_dead_nodes()
+                else:
+                    since = now_s
                 look = now_s + CLEANUP_S
+            if self.block_timeout is not None and now_s - since >= self.block_timeout:
+                mv[self.sent_at] -= 1
+                mv[self.dropped_at] += 1  # the record is lost: counted, then the error goes to emit
+                raise SendTimeout(self.timed_out)
         self.seq[topic] = seq + 1
 
     def flush(self) -> None:
@@ -313,5 +326,7 @@ class IoxChannel:
         return False
 
     def close(self) -> None:
-        self.pub.delete()
-        self.sub.delete()
+        if self.pub is not None:  # (once: an outlet may be closed again)
+            self.pub.delete()
+            self.sub.delete()
+            self.pub = self.sub = None

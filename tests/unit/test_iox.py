@@ -25,15 +25,6 @@ from .test_transport import EDGE, SRC, TOKEN, edge_plan, flusher, make_inlet, ma
 pytestmark = pytest.mark.skipif(not available(), reason="iceoryx2 is not installed (the iox extra)")
 
 
-@pytest.fixture
-def ctx():
-    import zmq
-
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
 def where() -> str:
     return f"iox://test-{uuid.uuid4().hex[:8]}"
 
