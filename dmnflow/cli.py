@@ -1062,6 +1062,8 @@ def _render_plan(plan: Plan) -> None:
                 for b in o.binds:
                     shm = f"  shm >= {_size(o.shm_above)} ({o.shm_slots} slots)" if b.shm and o.shm_above else ""
                     hwm = "unbounded (same process)" if b.hwm == 0 else f"{b.hwm} msgs"
+                    if b.transport == "iox":
+                        hwm = f"{b.hwm} records (iceoryx2 shared memory, the consumer's buffer)"
                     co = b.coalesce
                     coalesce = (f"  coalesce {co.records} records/{_size(co.bytes)}, <= {_size(co.record_max)} each, "
                                 f"gap {co.gap_ns / 1e3:g}us, max age {co.max_age_ns / 1e3:g}us") if co else ""
@@ -1083,6 +1085,8 @@ def _render_plan(plan: Plan) -> None:
               f"{_seconds(lim.flush_delay_s)}..{_seconds(lim.flush_delay_max_s)}, taps {lim.tap_live_hwm}/"
               f"{lim.tap_record_hwm}, viewers {lim.viewer_hwm}")
     _render_ports(plan)
+    for note in plan.notes:
+        out.print(f"note: {note}", soft_wrap=True, markup=False)
     for w in plan.warnings:
         err.print(f"[yellow]warning[{w['code']}][/yellow] {w['path']}: {w['message']}", soft_wrap=True)
 

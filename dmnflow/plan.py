@@ -33,7 +33,8 @@ __all__ = [
     "SecurityPlan",
 ]
 
-Transport = Literal["inproc", "ipc", "tcp"]
+# iox: iceoryx2 shared memory, for same-host edges between spinning processes (transport/iox.py)
+Transport = Literal["inproc", "ipc", "tcp", "iox"]
 Pattern = Literal["pub", "push", "stream"]
 Delivery = Literal["at-most-once", "at-least-once"]
 Policy = Literal["drop", "block", "latest"]
@@ -282,6 +283,7 @@ class Plan(_Frozen):
     edges: list[EdgePlan]
     processes: list[ProcessPlan]
     warnings: list[dict[str, Any]]
+    notes: list[str] = []  # what the compiler chose otherwise than it would elsewhere (no iceoryx2: ipc)
     security: SecurityPlan = SecurityPlan()
     budgets: list[BudgetPlan] = []  # latency budgets (compiler/budgets.py)
     record: list[str] = []  # outputs ("node.port" instances) mirrored to the run's recorder from the start

@@ -38,11 +38,15 @@ def push_hwm(queue: int, coalesce: CoalescePlan | None) -> int:
     return min(queue, max(PUSH_HWM_MIN, -(-queue // coalesce.records)))
 
 
+IOX_QUEUE_MAX = 1024  # records in an iox consumer's buffer at most: each is a slot of the producer's segment
+
+
 def credit(transport: str, pattern: str, policy: str, queue: int) -> int:
     """Records a block edge's producer may have in flight to one consumer incarnation (0: no
     credit, the edge drops or keeps the latest). A push edge holds ``queue`` in each end's
-    pipe; a stream holds ``queue`` (its pipe is sized for twice that, ``send_hwm``)."""
-    if policy != "block" or transport == "inproc":
+    pipe; a stream holds ``queue`` (its pipe is sized for twice that, ``send_hwm``). An iox
+    producer learns from each send whether the consumer's buffer had room: no credit."""
+    if policy != "block" or transport in ("inproc", "iox"):
         return 0
     return queue if pattern == "stream" else 2 * queue
 
@@ -58,8 +62,8 @@ def credit_every(pattern: str, queue: int) -> int:
 def control_hwm(transport: str, pattern: str) -> int:
     """Control messages a producer's socket queues per peer: push and stream binds read their
     consumers' hellos, credit and acks (a flooding peer fills only its own queue); a PUB reads
-    only subscriptions (0: libzmq's own bound)."""
-    return 0 if pattern == "pub" else LIMITS.control_hwm
+    only subscriptions (0: libzmq's own bound); an iox edge's control service has a buffer of its own."""
+    return 0 if pattern == "pub" or transport == "iox" else LIMITS.control_hwm
 
 
 def send_hwm(transport: str, pattern: str, queue: int, coalesce: CoalescePlan | None, window: int) -> int:
@@ -69,6 +73,8 @@ def send_hwm(transport: str, pattern: str, queue: int, coalesce: CoalescePlan | 
     every half pipe, so the pipe holds twice the credit and the control traffic."""
     if transport == "inproc":
         return 0
+    if transport == "iox":  # the consumer's buffer, in records
+        return max(1, min(queue, IOX_QUEUE_MAX))
     if pattern == "push":
         return push_hwm(queue, coalesce)
     if pattern == "stream":
@@ -82,6 +88,8 @@ def receive_hwm(transport: str, pattern: str, queue: int, coalesce: CoalescePlan
     control traffic on top."""
     if transport == "inproc":
         return 0
+    if transport == "iox":
+        return max(1, min(queue, IOX_QUEUE_MAX))
     if pattern == "push":
         return push_hwm(queue, coalesce)
     return queue + STREAM_SLACK if pattern == "stream" else queue

@@ -30,6 +30,7 @@ from ..plan import (
     SecurityPlan,
 )
 from ..spec import CoalesceSpec
+from ..transport.iox import available as iox_available
 from . import limits
 from .binding import model_plan
 from .budgets import plan_budgets
@@ -60,6 +61,9 @@ class _Lowering(_Compilation):
             instances, key=lambda n: (order[_template(n)], n)))
         process_of = {inst: (node.entry.spec.group or inst) for node in self.nodes.values()
                       for inst in node.instances}
+        spins = self.spinning(process_of)
+        iox = iox_available()
+        iox_missing: list[str] = []  # edges that would be iox, were iceoryx2 installed
 
         # every instance edge gets an id, a transport, a pattern and a bind
         edge_plans: list[EdgePlan] = []
@@ -79,6 +83,14 @@ class _Lowering(_Compilation):
                 pattern = "push" if policy == "block" or share else "pub"
                 # a PUB serves all subscribers; a PUSH serves one consumer, or one replica set
                 target = "" if pattern == "pub" else (e.dst if share else dst) + "." + e.dst_port
+                # latency mode: both processes spin, on one host: iceoryx2 shared memory, a bind per edge
+                if transport == "ipc" and spins[process_of[src]] and spins[process_of[dst]] and not share \
+                        and not e.feedback and inp.delivery == "at-most-once" \
+                        and self.nodes[e.src].entry.spec.host == consumer.entry.spec.host:
+                    if iox:
+                        transport, target = "iox", dst + "." + e.dst_port
+                    else:
+                        iox_missing.append(f"{src}.{e.src_port} -> {dst}.{e.dst_port}")
             binds.setdefault((src, e.src_port), {}).setdefault((transport, pattern, target), []).append(i)
             edge_plans.append(EdgePlan(
                 id=i, src=src, src_port=e.src_port, dst=dst, dst_port=e.dst_port, type=e.type,
@@ -120,9 +132,12 @@ class _Lowering(_Compilation):
                         bind_id = f"{inst}.{port}/{pattern}" + (f"/{target}" if target else "") + f"/{transport}"
                     counter = counters.setdefault(bind_id, len(counters))
                     # push: bursts coalesce, except on at-least-once edges (each record is resent alone)
-                    merged = coalesce if pattern == "push" and not any(
+                    # and iox ones (each record is its own sample)
+                    merged = coalesce if pattern == "push" and transport != "iox" and not any(
                         edge_plans[e].delivery == "at-least-once" for e in ids) else None
                     window = max([edge_plans[e].queue for e in ids], default=hwm)  # a stream's credit
+                    if transport == "iox":  # its one consumer's buffer, which both ends size alike
+                        hwm = edge_plans[ids[0]].queue
                     for edge_id in ids:
                         bind_of[edge_id] = (bind_id, endpoint)
                     bind_plans.append(BindPlan(
@@ -186,6 +201,12 @@ class _Lowering(_Compilation):
                     delivery=inp.delivery, max_bytes=inp.max_message, read_batch=node.entry.defaults.read_batch))
             final_nodes.append(plan_node.model_copy(update={"inputs": inputs}))
 
+        notes = []
+        if iox_missing:  # a note, not a warning: the graph runs as it did, only without the faster edges
+            notes.append(f"{len(iox_missing)} edge{'s' * (len(iox_missing) > 1)} between spinning (busy) processes "
+                         f"stay{'s' * (len(iox_missing) == 1)} on ipc ({', '.join(iox_missing[:3])}"
+                         f"{', ...' if len(iox_missing) > 3 else ''}): iceoryx2 is not installed; "
+                         "pip install 'dmnflow[iox]' for the latency mode's shared-memory edges")
         processes: dict[str, list[str]] = {}
         for inst in topo:
             processes.setdefault(process_of[inst], []).append(inst)
@@ -194,13 +215,26 @@ class _Lowering(_Compilation):
             for p, members in processes.items()]
         return Plan(graph=self.graph.name, file=self.graph.file, profile=self.graph.profile,
                     machine_cpus=self.cpus, nodes=final_nodes, edges=edge_plans, processes=process_plans,
-                    warnings=[i.to_dict() for i in self.issues.issues if not i.is_error], security=security,
+                    warnings=[i.to_dict() for i in self.issues.issues if not i.is_error], notes=notes,
+                    security=security,
                     drain=DrainPlan(idle_s=self.graph.drain.idle, max_s=self.graph.drain.max), limits=limits.LIMITS,
                     budgets=plan_budgets(self.nodes, edge_plans, self.loc,
                                          {name: node.instances for name, node in self.nodes.items()}))
 
+    def spinning(self, process_of: dict[str, str]) -> dict[str, bool]:
+        """Which processes spin (latency mode): those whose every node is ``busy``."""
+        spins: dict[str, bool] = {}
+        for node in self.nodes.values():
+            spec = node.entry.spec
+            busy = spec.busy if spec.busy is not None else bool(node.cls and node.cls.busy)
+            for inst in node.instances:
+                spins[process_of[inst]] = spins.get(process_of[inst], True) and busy
+        return spins
+
     def endpoint(self, inst: str, port: str, transport: str, pattern: str, target: str, node: _Node,
                  fixed: int | None) -> str:
+        if transport == "iox":  # names the edge's iceoryx2 services (transport/iox.py), one bind per edge
+            return f"iox://{_safe(inst)}.{port}.{_safe(target)}"
         suffix = "" if pattern == "pub" else "." + _safe(target)
         if transport == "inproc":
             return f"inproc://{inst}.{port}{suffix}"

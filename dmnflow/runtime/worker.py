@@ -303,8 +303,10 @@ class Worker:
                 poller.register(sock, zmq.POLLIN)
                 outlet_of[sock] = outlet
         # wait until every consumer has joined every output: nothing is sent into the void
+        # (an iox edge's consumer is seen without a socket event: look again soon)
+        joining_ms = 5 if any(o.spun for o in self.outlets.values()) else 200
         while any(o.waiting_for() for o in self.outlets.values()):
-            events = dict(poller.poll(200))
+            events = dict(poller.poll(joining_ms))
             for sock in events:
                 if sock is self.control:
                     msg = self.hear(0)
@@ -378,8 +380,11 @@ class Worker:
         coalescing = flusher.channels
         runners = self.runners
         # latency mode: when every node of the process is `busy`, the loop never sleeps in poll;
-        # it spins on its (pinned) core, so a message is read when it lands, without a wake-up
-        spin = all(r.plan.busy for r in runners)
+        # it spins on its (pinned) core, so a message is read when it lands, without a wake-up.
+        # Its iox edges (transport/iox.py, shared memory) have no socket: read and serviced every turn
+        polled = [(runner, inlet, sock) for runner, inlet in self.inlets for sock in inlet.polled]
+        spun = [o for o in self.outlets.values() if o.spun]
+        spin = all(r.plan.busy for r in runners) or bool(polled or spun)
         sources = [r for r in runners if r.gen is not None or r.loop_source]  # (a source that ended leaves it)
         batched = [r for r in runners if r.batches]
         while True:
@@ -412,6 +417,11 @@ class Worker:
                 else:  # a handshake event: refusals of strangers are counted; one of our inputs refused fails
                     self.watch.read(sock)
                     self.check_refusals()
+            for runner, inlet, sock in polled:
+                if sock.get(0):  # something waits (and a hello nobody heard goes again)
+                    check_end |= runner.read(inlet, sock)
+            for outlet in spun:
+                outlet.spin()
             now = time.monotonic()
             for runner in runners:
                 if runner.turn(now):

@@ -14,9 +14,13 @@ pattern becomes one of these behaviours:
 - ``push`` (``transport/push.py``): a ROUTER that addresses each consumer, spreads over a
   shared input's replicas, counts ``drop``\\ s and waits for credit on ``block``;
 - ``stream`` (``transport/stream.py``): a fixed tcp port every consumer reaches, with credit
-  for block edges and plain topics for subscribers outside the graph.
+  for block edges and plain topics for subscribers outside the graph;
+- ``iox`` (``transport/iox.py``, the bind's transport): iceoryx2 shared memory for one
+  same-host edge between spinning (``busy: true``) processes, ``drop`` or ``block`` learnt
+  from each send.
 
-The worker polls each channel's ``sockets()`` and calls ``service()`` when one has input;
+The worker polls each channel's ``sockets()`` and calls ``service()`` when one has input
+(an iox channel has none: ``Outlet.spin`` services it from the spinning loop);
 ``dmnflow.testing``'s in-memory outlets stand in for a whole ``Outlet``
 (``transport/memory.py``).
 """
@@ -42,7 +46,7 @@ class Channel(Protocol):
 
     bind: BindPlan
     edges: list[int]
-    sock: zmq.Socket  # the socket the bind's consumers reach (a stream port's is shared by its outputs)
+    sock: zmq.Socket  # the socket the bind's consumers reach (a stream port's is shared by its outputs; iox: None)
     address: str  # where it is bound
     pool: ShmPool | None  # shared-memory slots for its large payloads, or None
     held: dict[int, Any]  # at-least-once edges: what each one's consumer has not handled yet
@@ -87,6 +91,10 @@ class Channel(Protocol):
 def channel_for(link: Link, bind: BindPlan, edges: list[EdgePlan], *, src: int, inc: int, what: str,
                 shm_above: int | None, shm_slots: int, room_ms: int, flusher: Any) -> Channel:
     """The channel for one bind of an output: its pattern and its edges' rules become behaviour here."""
+    if bind.transport == "iox":
+        from .iox import IoxChannel  # (iceoryx2 is an extra: imported where a plan has iox edges)
+
+        return IoxChannel(link, bind, edges, src, inc, what)
     if bind.pattern == "stream":
         port = link.streams.get(bind.id)
         if port is None:  # the outputs of one process may share a port: the first binds it

@@ -6,7 +6,9 @@ limits, and hands each record over as ``(value, header)``, the topic appended to
 header. Sequence numbers tell it what it missed; end-of-stream (with the run's token)
 tells it the tail. On a stream port (a fixed tcp port) it strips its route from the topic
 and gives its producer credit as it consumes; on an at-least-once edge it drops duplicates
-by sequence and says ``done`` once the worker has handled a record.
+by sequence and says ``done`` once the worker has handled a record. An iox edge
+(``transport/iox.py``, iceoryx2 shared memory between spinning processes) brings the same
+bytes through an ``IoxSocket`` in ``polled``, which the worker's loop reads instead of polling.
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ class Inlet:
         self.done_pending: dict[int, int] = {}  # at-least-once: edge -> highest seq handled, to say
         self._dialled: dict[str, tuple[zmq.Socket, str]] = {}  # bind#edge -> (socket, address dialled)
         cap = max_bytes + SOCKET_SLACK
-        subs = [c for c in connects if c.pattern == "pub"]
+        # iox edges (transport/iox.py): read by the worker's spinning loop, not polled
+        self.polled: list[Any] = []
+        subs = [c for c in connects if c.pattern == "pub" and c.transport != "iox"]
         if subs:
             sub = self.sub = link.zctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)  # an input has nothing to flush; its (un)subscriptions may be undeliverable
@@ -152,7 +156,14 @@ class Inlet:
                 self._dial(sub, c)
             self.socks.append(sub)
         for c in connects:
-            if c.pattern == "push":
+            if c.transport == "iox":
+                from .iox import IoxSocket  # (iceoryx2 is an extra: imported where a plan has iox edges)
+
+                isock = IoxSocket(link, c)
+                self.polled.append(isock)
+                self.dealers.append((isock, c.edge))  # its hello and ack go back as a push consumer's do
+                self.edge_of_sock[isock] = c.edge
+            elif c.pattern == "push":
                 dealer = link.zctx.socket(zmq.DEALER)
                 # at-least-once: the last `done` must reach the producer, which waits for it to end
                 dealer.setsockopt(zmq.LINGER, 1000 if self.alo else 0)
@@ -548,7 +559,7 @@ class Inlet:
             self.sub.setsockopt(zmq.SUBSCRIBE, control(b"ack", edge, self.link.token))
 
     def close(self) -> None:
-        for sock in self.socks:
+        for sock in self.socks + self.polled:
             sock.close()
         self.shm.close()
 

@@ -59,6 +59,7 @@ class Outlet:
             for bind in binds]
         self.bound = {ch.bind.id: ch.address for ch in self.channels}  # bind id -> actual address
         self.held = [ch for ch in self.channels if ch.held]  # at-least-once: what consumers have not handled
+        self.spun = [ch for ch in self.channels if ch.bind.transport == "iox"]  # nothing to poll: ``spin``
 
     def sockets(self) -> list[zmq.Socket]:
         return [sock for ch in self.channels for sock in ch.sockets()]
@@ -101,6 +102,12 @@ class Outlet:
         for ch in self.channels:
             if ch.sock is sock:
                 ch.service()
+
+    def spin(self) -> None:
+        """Read what consumers sent on the channels that have no socket to poll (iox edges):
+        the spinning loop calls it every turn."""
+        for ch in self.spun:
+            ch.service()
 
     # -- the hot path
     def send(self, value: Any, topic: bytes | None, origin_ns: int, origin: int, event_time: Any,

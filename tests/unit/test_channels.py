@@ -6,6 +6,9 @@ sequence numbers, at the receiver: ``received + dropped + gaps == sent`` on ever
 a block edge to its consumer's pace without losing a record, end the stream after everything
 it sent, serve a restarted consumer, and (push) keep at-least-once records until they are
 handled. Inside one process (inproc) an edge is unbounded, so nothing there can be full.
+The iox kinds (iceoryx2 shared memory, ``transport/iox.py``) run where iceoryx2 is installed
+(the ``iox`` extra); they have no socket to poll, so the helpers also spin the outlet and read
+the inlet's ``polled`` ends, as the worker's spinning loop does.
 """
 
 from __future__ import annotations
@@ -18,15 +21,23 @@ import pytest
 
 from dmnflow.errors import SendTimeout
 from dmnflow.transport import Channel, Inlet, Outlet
+from dmnflow.transport.iox import available
 from dmnflow.transport.stats import DROPPED, GAPS, N_CONFLATED, RECEIVED, SENT
 
 from .test_transport import EDGE, make_inlet, make_link, wire
 
-KINDS = [("pub", "inproc"), ("pub", "ipc"), ("pub", "tcp"), ("push", "inproc"), ("push", "ipc"), ("push", "tcp"),
-         ("stream", "tcp")]
-BOUNDED = [k for k in KINDS if k[1] != "inproc"]
-BLOCKING = [k for k in BOUNDED if k[0] != "pub"]  # `policy: block` compiles to push, or stays on a stream port
-IDS = [f"{p}-{t}" for p, t in KINDS]
+_NO_IOX = pytest.mark.skipif(not available(), reason="iceoryx2 is not installed (the iox extra)")
+
+
+def _kinds(*kinds: tuple[str, str]) -> list:
+    return [pytest.param(p, t, id=f"{p}-{t}", marks=_NO_IOX if t == "iox" else ()) for p, t in kinds]
+
+
+KINDS = _kinds(("pub", "inproc"), ("pub", "ipc"), ("pub", "tcp"), ("push", "inproc"), ("push", "ipc"),
+               ("push", "tcp"), ("stream", "tcp"), ("pub", "iox"), ("push", "iox"))
+BOUNDED = [k for k in KINDS if k.values[1] != "inproc"]
+# `policy: block` compiles to push, or stays on a stream port (an iox edge of either pattern waits alike)
+BLOCKING = [k for k in BOUNDED if k.values[0] != "pub"]
 
 
 def endpoint(transport: str, tmp_path) -> str:
@@ -34,6 +45,8 @@ def endpoint(transport: str, tmp_path) -> str:
         return f"inproc://conformance-{uuid.uuid4().hex[:8]}"
     if transport == "ipc":
         return f"ipc://{tmp_path}/edge"
+    if transport == "iox":  # names the edge's iceoryx2 services: one per test
+        return f"iox://conformance-{uuid.uuid4().hex[:8]}"
     return "tcp://127.0.0.1:*"
 
 
@@ -45,9 +58,16 @@ def edge_counts(outlet: Outlet) -> tuple[int, int, int, int]:
 
 def read(inlet: Inlet, limit: int = 100) -> list[bytes]:
     got = []
-    for sock in inlet.socks:
+    for sock in inlet.socks + inlet.polled:
         got.extend(bytes(v) for v, _ in inlet.receive(sock, limit))
     return got
+
+
+def serve(outlet: Outlet) -> None:
+    """Read what the consumers sent, as the worker does (polled sockets, spun channels)."""
+    for sock in outlet.sockets():
+        outlet.service(sock)
+    outlet.spin()
 
 
 def to_the_end(outlet: Outlet, inlet: Inlet, got: list[bytes]) -> None:
@@ -59,8 +79,7 @@ def to_the_end(outlet: Outlet, inlet: Inlet, got: list[bytes]) -> None:
         if inlet.ended and acked:
             break
         got.extend(read(inlet))
-        for sock in outlet.sockets():
-            outlet.service(sock)
+        serve(outlet)
         time.sleep(0.001)
     assert inlet.ended, "the consumer never saw the end"
     assert outlet.flush_eos(), "the producer never heard the consumer's ack"
@@ -70,14 +89,13 @@ def rejoined(outlet: Outlet, inc: int) -> Channel:
     channel = outlet.channels[0]
     deadline = time.monotonic() + 5
     while channel.consumer(EDGE) != inc and time.monotonic() < deadline:
-        for sock in outlet.sockets():
-            outlet.service(sock)
+        serve(outlet)
         time.sleep(0.005)
     assert channel.consumer(EDGE) == inc
     return channel
 
 
-@pytest.mark.parametrize(("pattern", "transport"), KINDS, ids=IDS)
+@pytest.mark.parametrize(("pattern", "transport"), KINDS)
 def test_records_arrive_in_order_and_the_books_add_up(ctx, tmp_path, pattern, transport):
     outlet, inlet = wire(ctx, "raw", bytes, endpoint(transport, tmp_path), pattern, transport=transport)
     assert outlet.channels[0].consumer(EDGE) == 0 and not outlet.waiting_for()
@@ -92,7 +110,7 @@ def test_records_arrive_in_order_and_the_books_add_up(ctx, tmp_path, pattern, tr
     assert edge_counts(outlet) == (500, 0, 500, 0)
 
 
-@pytest.mark.parametrize(("pattern", "transport"), BOUNDED, ids=[f"{p}-{t}" for p, t in BOUNDED])
+@pytest.mark.parametrize(("pattern", "transport"), BOUNDED)
 def test_a_full_drop_edge_counts_every_record_it_could_not_deliver(ctx, tmp_path, pattern, transport):
     outlet, inlet = wire(ctx, "raw", bytes, endpoint(transport, tmp_path), pattern, transport=transport, hwm=8)
     n = 3000
@@ -106,7 +124,7 @@ def test_a_full_drop_edge_counts_every_record_it_could_not_deliver(ctx, tmp_path
     assert [int(v) for v in got] == sorted(int(v) for v in got)  # what came, came in order
 
 
-@pytest.mark.parametrize(("pattern", "transport"), BLOCKING, ids=[f"{p}-{t}" for p, t in BLOCKING])
+@pytest.mark.parametrize(("pattern", "transport"), BLOCKING)
 def test_a_block_edge_waits_for_a_slow_consumer_and_loses_nothing(ctx, tmp_path, pattern, transport):
     outlet, inlet = wire(ctx, "raw", bytes, endpoint(transport, tmp_path), pattern, transport=transport, hwm=8,
                          policy="block")
@@ -121,6 +139,8 @@ def test_a_block_edge_waits_for_a_slow_consumer_and_loses_nothing(ctx, tmp_path,
             for sock in inlet.socks:
                 if sock.poll(5):
                     got.extend(bytes(v) for v, _ in inlet.receive(sock, 16))
+            for sock in inlet.polled:  # nothing to poll: read what is there
+                got.extend(bytes(v) for v, _ in inlet.receive(sock, 16))
             time.sleep(0.0005)  # slower than the producer
 
     reader = threading.Thread(target=consume)
@@ -136,7 +156,7 @@ def test_a_block_edge_waits_for_a_slow_consumer_and_loses_nothing(ctx, tmp_path,
     assert edge_counts(outlet) == (n, 0, n, 0)
 
 
-@pytest.mark.parametrize(("pattern", "transport"), KINDS, ids=IDS)
+@pytest.mark.parametrize(("pattern", "transport"), KINDS)
 def test_a_restarted_consumer_gets_the_rest_of_the_stream(ctx, tmp_path, pattern, transport):
     link = make_link(ctx)
     where = endpoint(transport, tmp_path)
@@ -201,7 +221,7 @@ def test_at_least_once_keeps_what_was_not_handled_for_the_next_incarnation(ctx, 
 
 
 
-@pytest.mark.parametrize(("pattern", "transport"), BLOCKING, ids=[f"{p}-{t}" for p, t in BLOCKING])
+@pytest.mark.parametrize(("pattern", "transport"), BLOCKING)
 @pytest.mark.parametrize("coalesce", [True, False], ids=["coalesced", "alone"])
 def test_a_block_timeout_raises_the_error_it_names_and_counts_the_record(ctx, tmp_path, pattern, transport, coalesce):
     """A consumer that stops reading: the producer waits up to the edge's block_timeout, then its
@@ -223,8 +243,7 @@ def test_a_block_timeout_raises_the_error_it_names_and_counts_the_record(ctx, tm
     assert [int(v) for v in got] == sorted(int(v) for v in got)
 
 
-@pytest.mark.parametrize(("pattern", "transport"), [k for k in KINDS if k[0] != "push"],
-                         ids=[f"{p}-{t}" for p, t in KINDS if p != "push"])
+@pytest.mark.parametrize(("pattern", "transport"), [k for k in KINDS if k.values[0] != "push"])
 def test_a_latest_input_hands_over_the_newest_and_counts_the_rest_as_conflated(ctx, tmp_path, pattern, transport):
     outlet, inlet = wire(ctx, "raw", bytes, endpoint(transport, tmp_path), pattern, transport=transport, latest=True)
     for i in range(100):

@@ -423,3 +423,53 @@ def test_the_drain_bound_is_decided_in_the_plan_and_a_bad_one_is_located(tmp_pat
     zero = write(tmp_path / "zero.yaml", CHAIN.rstrip() + "\n    defaults:\n      drain: {idle: 0s}\n")
     [issue] = [i for i in dmnflow.validate(zero) if i.is_error]
     assert (issue.code, issue.path, issue.loc.line) == ("invalid-value", "defaults.drain.idle", 8)
+
+
+SPINNING = """
+    nodes:
+      src: {uses: nodes.basic:Counter, cpus: 0, busy: true}
+      spin: {uses: nodes.basic:Scale, inputs: {value: src.numbers}, cpus: 1, busy: true}
+      sink: {uses: nodes.basic:Collect, inputs: {values: [spin.scaled, src.numbers]}}
+    """
+
+
+def test_edges_between_spinning_processes_go_on_iceoryx2_a_bind_each(tmp_path, monkeypatch):
+    monkeypatch.setattr("dmnflow.compiler.lowering.iox_available", lambda: True)
+    plan = dmnflow.compile_graph(write(tmp_path / "g.yaml", SPINNING), machine_cpus=[0, 1])
+    by = {(e.src, e.dst): e for e in plan.edges}
+    fast = by[("src", "spin")]
+    assert fast.transport == "iox" and fast.endpoint == "iox://src.numbers.spin.value" and fast.credit == 0
+    assert by[("src", "sink")].transport == "ipc" and by[("spin", "sink")].transport == "ipc"  # sink sleeps
+    [bind] = [b for b in _binds(plan, "src", "numbers") if b.transport == "iox"]
+    assert bind.edges == [fast.id] and bind.coalesce is None and not bind.shm and bind.control_hwm == 0
+    [inp] = plan.node("spin").inputs
+    assert [(c.transport, c.hwm) for c in inp.connects] == [("iox", bind.hwm)]  # one buffer size, both ends
+    assert plan.notes == [] and Plan.from_json(plan.to_json()) == plan
+
+
+def test_without_iceoryx2_spinning_edges_stay_on_ipc_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.setattr("dmnflow.compiler.lowering.iox_available", lambda: False)
+    plan = dmnflow.compile_graph(write(tmp_path / "g.yaml", SPINNING), machine_cpus=[0, 1])
+    assert {e.transport for e in plan.edges} == {"ipc"}
+    assert len(plan.notes) == 1 and "src.numbers -> spin.value" in plan.notes[0] and "dmnflow[iox]" in plan.notes[0]
+    assert plan.warnings == []
+
+
+def test_at_least_once_edges_never_go_on_iceoryx2(tmp_path, monkeypatch):
+    monkeypatch.setattr("dmnflow.compiler.lowering.iox_available", lambda: True)
+    g = write(tmp_path / "g.yaml", """
+        nodes:
+          src: {uses: nodes.basic:Counter, cpus: 0, busy: true}
+          spin:
+            uses: nodes.basic:Scale
+            inputs: {value: {from: src.numbers, delivery: at-least-once, policy: block}}
+            cpus: 1
+            busy: true
+        """)
+    plan = dmnflow.compile_graph(g, machine_cpus=[0, 1])
+    assert [e.transport for e in plan.edges] == ["ipc"]
+
+
+def _binds(plan: Plan, node: str, port: str):
+    [out] = [o for o in plan.node(node).outputs if o.port == port]
+    return out.binds

@@ -96,6 +96,7 @@ def joined(outlet: Outlet) -> None:
     while outlet.waiting_for() and time.monotonic() < deadline:
         for sock in outlet.sockets():
             outlet.service(sock)
+        outlet.spin()  # the channels with nothing to poll (iox)
         time.sleep(0.001)
     assert not outlet.waiting_for()
 

@@ -183,11 +183,11 @@ def place_plan(plan: Plan, node_of: dict[str, str], ip_of: dict[str, str], secur
                 if bind.transport == "inproc":
                     continue
                 crosses = any(node_of[proc_of[plan.edges[e].dst]] != node_of[node.process] for e in bind.edges)
-                if bind.transport == "ipc" and not crosses:
+                if bind.transport in ("ipc", "iox") and not crosses:
                     continue
                 port = bind.endpoint.rsplit(":", 1)[1] if bind.transport == "tcp" else "*"
                 moved[bind.id] = ("tcp", f"tcp://{host}:{port}")
-                if bind.transport == "ipc" and not get_codec(out.codec).network_safe:
+                if bind.transport in ("ipc", "iox") and not get_codec(out.codec).network_safe:
                     unsafe.append(f"{node.loc}: nodes.{node.spec_name}.outputs.{out.port}: codec {out.codec!r} may "
                                   "run code while decoding, and this output's consumers run on other Ray nodes")
     if unsafe:
