@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # iox: iceoryx2 shared memory, for same-host edges between spinning processes (transport/iox.py)
-Transport = Literal["inproc", "ipc", "tcp", "iox"]
+Transport = Literal["inproc", "ipc", "tcp", "iox", "memory"]  # memory: the test double (transport/memory.py)
 Pattern = Literal["pub", "push", "stream"]
 Delivery = Literal["at-most-once", "at-least-once"]
 Policy = Literal["drop", "block", "latest"]

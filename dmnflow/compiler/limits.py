@@ -46,7 +46,7 @@ def credit(transport: str, pattern: str, policy: str, queue: int) -> int:
     credit, the edge drops or keeps the latest). A push edge holds ``queue`` in each end's
     pipe; a stream holds ``queue`` (its pipe is sized for twice that, ``send_hwm``). An iox
     producer learns from each send whether the consumer's buffer had room: no credit."""
-    if policy != "block" or transport in ("inproc", "iox"):
+    if policy != "block" or transport in ("inproc", "iox", "memory"):
         return 0
     return queue if pattern == "stream" else 2 * queue
 
@@ -63,7 +63,7 @@ def control_hwm(transport: str, pattern: str) -> int:
     """Control messages a producer's socket queues per peer: push and stream binds read their
     consumers' hellos, credit and acks (a flooding peer fills only its own queue); a PUB reads
     only subscriptions (0: libzmq's own bound); an iox edge's control service has a buffer of its own."""
-    return 0 if pattern == "pub" or transport == "iox" else LIMITS.control_hwm
+    return 0 if pattern == "pub" or transport in ("iox", "memory") else LIMITS.control_hwm
 
 
 def send_hwm(transport: str, pattern: str, queue: int, coalesce: CoalescePlan | None, window: int) -> int:
@@ -75,6 +75,8 @@ def send_hwm(transport: str, pattern: str, queue: int, coalesce: CoalescePlan | 
         return 0
     if transport == "iox":  # the consumer's buffer, in records
         return max(1, min(queue, IOX_QUEUE_MAX))
+    if transport == "memory":  # the test double's queue, in records (transport/memory.py)
+        return queue
     if pattern == "push":
         return push_hwm(queue, coalesce)
     if pattern == "stream":
@@ -90,6 +92,8 @@ def receive_hwm(transport: str, pattern: str, queue: int, coalesce: CoalescePlan
         return 0
     if transport == "iox":
         return max(1, min(queue, IOX_QUEUE_MAX))
+    if transport == "memory":
+        return queue
     if pattern == "push":
         return push_hwm(queue, coalesce)
     return queue + STREAM_SLACK if pattern == "stream" else queue

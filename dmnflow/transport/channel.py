@@ -17,7 +17,10 @@ pattern becomes one of these behaviours:
   for block edges and plain topics for subscribers outside the graph;
 - ``iox`` (``transport/iox.py``, the bind's transport): iceoryx2 shared memory for one
   same-host edge between spinning (``busy: true``) processes, ``drop`` or ``block`` learnt
-  from each send.
+  from each send;
+- ``memory`` (``transport/memory.py``, the bind's transport): the seam's test double, a
+  queue in this process with push's rules, which ``tests/unit/test_channels.py`` runs
+  through the same checks as every other kind.
 
 The worker polls each channel's ``sockets()`` and calls ``service()`` when one has input
 (an iox channel has none: ``Outlet.spin`` services it from the spinning loop);
@@ -91,6 +94,10 @@ class Channel(Protocol):
 def channel_for(link: Link, bind: BindPlan, edges: list[EdgePlan], *, src: int, inc: int, what: str,
                 shm_above: int | None, shm_slots: int, room_ms: int, flusher: Any) -> Channel:
     """The channel for one bind of an output: its pattern and its edges' rules become behaviour here."""
+    if bind.transport == "memory":  # the test double: a queue in this process
+        from .memory import MemoryChannel
+
+        return MemoryChannel(link, bind, edges, src, inc, what)
     if bind.transport == "iox":
         from .iox import IoxChannel  # (iceoryx2 is an extra: imported where a plan has iox edges)
 

@@ -140,7 +140,7 @@ class Inlet:
         cap = max_bytes + SOCKET_SLACK
         # iox edges (transport/iox.py): read by the worker's spinning loop, not polled
         self.polled: list[Any] = []
-        subs = [c for c in connects if c.pattern == "pub" and c.transport != "iox"]
+        subs = [c for c in connects if c.pattern == "pub" and c.transport not in ("iox", "memory")]
         if subs:
             sub = self.sub = link.zctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)  # an input has nothing to flush; its (un)subscriptions may be undeliverable
@@ -156,10 +156,12 @@ class Inlet:
                 self._dial(sub, c)
             self.socks.append(sub)
         for c in connects:
-            if c.transport == "iox":
-                from .iox import IoxSocket  # (iceoryx2 is an extra: imported where a plan has iox edges)
-
-                isock = IoxSocket(link, c)
+            if c.transport in ("iox", "memory"):
+                if c.transport == "iox":
+                    from .iox import IoxSocket as Polled  # (iceoryx2 is an extra: imported where a plan has iox edges)
+                else:
+                    from .memory import MemorySocket as Polled  # the test double: a queue in this process
+                isock = Polled(link, c)
                 self.polled.append(isock)
                 self.dealers.append((isock, c.edge))  # its hello and ack go back as a push consumer's do
                 self.edge_of_sock[isock] = c.edge

@@ -40,7 +40,7 @@ import zmq
 
 from ..errors import SendTimeout, TransportError
 from ..plan import BindPlan, ConnectPlan, EdgePlan
-from .link import Link, junk
+from .link import Link, Part, junk
 from .stats import DROPPED, SENT
 from .wire import CONTROL_PREFIX, DATA, EOS_TOPIC, SEP, eos_header, parse_control
 
@@ -113,19 +113,6 @@ def _publish(pub: Any, kind: int, body: bytes) -> int:
     return sample.assume_init().send()
 
 
-class _Frame:
-    """A payload part, as the ``Inlet`` reads a zmq Frame."""
-
-    __slots__ = ("buffer", "more")
-
-    def __init__(self, data: bytes, more: bool) -> None:
-        self.buffer, self.more = data, more
-
-    @property
-    def bytes(self) -> bytes:
-        return self.buffer
-
-
 class IoxSocket:
     """The consumer's end of one iox edge: what the ``Inlet`` uses of a zmq socket (``recv``,
     ``get(EVENTS)``, ``rcvmore``, ``send`` for its control messages). Nothing to poll: the
@@ -148,7 +135,7 @@ class IoxSocket:
         if parts:
             part = parts.pop(0)
             self.rcvmore = bool(parts)
-            return part if copy else _Frame(part, self.rcvmore)
+            return part if copy else Part(part, self.rcvmore)
         sample = self.sub.receive()
         if sample is None:
             if self.hello is not None:

@@ -21,7 +21,7 @@ from .wire import control
 if TYPE_CHECKING:
     from .stream import StreamPort
 
-__all__ = ["Link", "bind_socket", "hello_msg", "junk", "send_parts", "zmq_errors"]
+__all__ = ["Link", "Part", "bind_socket", "hello_msg", "junk", "send_parts", "zmq_errors"]
 
 _MORE = int(zmq.SNDMORE)  # a plain int: zmq's flag enums cost an enum operation per frame
 
@@ -50,6 +50,7 @@ class Link:
     resolved: dict[str, str] = field(default_factory=dict)
     curve: Curve | None = None
     streams: dict[str, StreamPort] = field(default_factory=dict)  # fixed ports shared by outputs
+    pipes: dict[str, Any] = field(default_factory=dict)  # memory edges (transport/memory.py): both ends here
     server_keys: dict[str, str] = field(default_factory=dict)  # bind id -> its host's key name (a key per host)
     security: SecurityPlan = field(default_factory=SecurityPlan)
 
@@ -108,3 +109,17 @@ def junk(link: Link, bind: BindPlan) -> None:
     """Count a message a bind refused (a peer the plan does not know, a malformed control)."""
     if bind.counter >= 0:
         link.counters.mv[link.counters.layout.bind(bind.counter) + B_JUNK] += 1
+
+
+class Part:
+    """A payload part, as the ``Inlet`` reads a zmq Frame: what the socket doubles of the polled
+    edges (iox, memory) hand it for ``recv(copy=False)``."""
+
+    __slots__ = ("buffer", "more")
+
+    def __init__(self, data: bytes, more: bool) -> None:
+        self.buffer, self.more = data, more
+
+    @property
+    def bytes(self) -> bytes:
+        return self.buffer

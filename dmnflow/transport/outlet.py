@@ -59,7 +59,7 @@ class Outlet:
             for bind in binds]
         self.bound = {ch.bind.id: ch.address for ch in self.channels}  # bind id -> actual address
         self.held = [ch for ch in self.channels if ch.held]  # at-least-once: what consumers have not handled
-        self.spun = [ch for ch in self.channels if ch.bind.transport == "iox"]  # nothing to poll: ``spin``
+        self.spun = [ch for ch in self.channels if ch.bind.transport in ("iox", "memory")]  # nothing to poll: ``spin``
 
     def sockets(self) -> list[zmq.Socket]:
         return [sock for ch in self.channels for sock in ch.sockets()]

@@ -8,7 +8,9 @@ it sent, serve a restarted consumer, and (push) keep at-least-once records until
 handled. Inside one process (inproc) an edge is unbounded, so nothing there can be full.
 The iox kinds (iceoryx2 shared memory, ``transport/iox.py``) run where iceoryx2 is installed
 (the ``iox`` extra); they have no socket to poll, so the helpers also spin the outlet and read
-the inlet's ``polled`` ends, as the worker's spinning loop does.
+the inlet's ``polled`` ends, as the worker's spinning loop does. The memory kinds are the
+seam's test double (``transport/memory.py``: a queue in this process, push's rules) and pass
+the same checks.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def _kinds(*kinds: tuple[str, str]) -> list:
 
 
 KINDS = _kinds(("pub", "inproc"), ("pub", "ipc"), ("pub", "tcp"), ("push", "inproc"), ("push", "ipc"),
-               ("push", "tcp"), ("stream", "tcp"), ("pub", "iox"), ("push", "iox"))
+               ("push", "tcp"), ("stream", "tcp"), ("pub", "iox"), ("push", "iox"), ("pub", "memory"),
+               ("push", "memory"))
 BOUNDED = [k for k in KINDS if k.values[1] != "inproc"]
 # `policy: block` compiles to push, or stays on a stream port (an iox edge of either pattern waits alike)
 BLOCKING = [k for k in BOUNDED if k.values[0] != "pub"]
@@ -45,8 +48,8 @@ def endpoint(transport: str, tmp_path) -> str:
         return f"inproc://conformance-{uuid.uuid4().hex[:8]}"
     if transport == "ipc":
         return f"ipc://{tmp_path}/edge"
-    if transport == "iox":  # names the edge's iceoryx2 services: one per test
-        return f"iox://conformance-{uuid.uuid4().hex[:8]}"
+    if transport in ("iox", "memory"):  # names the edge's iceoryx2 services, or its queue: one per test
+        return f"{transport}://conformance-{uuid.uuid4().hex[:8]}"
     return "tcp://127.0.0.1:*"
 
 
