@@ -55,9 +55,9 @@ from ...errors import LaunchError
 from ...plan import RUN_DIR, Plan, SecurityPlan
 from ...transport.security import Curve, KeyError_, generate_keys, load_curve
 from ..env import declared_secrets
-from ..processes import SERVICE_TERM_WAIT_S, ByPid, exists, stop
+from ..processes import SERVICE_TERM_WAIT_S, ZYGOTE_ENV, ByPid, exists, stop
 from . import Handle, PlacementError, RunContext
-from .ray_host import THREAD_VARS, WorkerHost
+from .ray_host import THREAD_VARS, NodeWarm, WorkerHost
 
 __all__ = ["HOST_LABEL", "KEY_LABEL", "NAMESPACE", "LocalRay", "RayBackend", "place_plan", "start_local_ray"]
 
@@ -364,6 +364,8 @@ class RayBackend:
         self.demands: dict[str, Demand] = {}
         self.run: RunContext | None = None
         self.actors: dict[str, Any] = {}
+        self.warm: dict[str, Any] = {}  # Ray node id -> its NodeWarm actor (the node's zygote)
+        self.zygote_of: dict[str, str | None] = {}  # Ray node id -> its zygote's socket (None: none)
         self.generation: dict[str, int] = {}
         self.dead: set[str] = set()  # processes whose actor died on a node that lives: replace before spawning
         self.node_of: dict[str, str] = {}
@@ -544,12 +546,51 @@ class RayBackend:
         self.nodes.update(self._alive())
         for process, info in infos.items():
             self.node_of[process], self.ip_of[process] = info["node_id"], info["ip"]
+        zygotes = self._zygotes()  # their imports run while the actors get ready
         self.run_dir_of = self._gather({p: a.open_dir.remote() for p, a in self.actors.items()}, "make a run directory")
         security = self._security()
         self.placed = place_plan(self.plan, self.node_of, self.ip_of, security)
+        self.zygote_of = self._warm_up(zygotes)
         self._prepare(list(self.actors))
         for process in self.actors:
             log.info("process %s runs on %s", process, self.nodes[self.node_of[process]].describe())
+
+    def _zygotes(self) -> dict[str, Any]:
+        """A ``NodeWarm`` actor on every Ray node the run uses, starting that node's zygote
+        (numpy, and torch where a process of the node runs a model): one set of imports per
+        node instead of one per worker. Refs to their sockets' paths (``_warm_up``)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        assert self.plan is not None
+        if os.environ.get(ZYGOTE_ENV, "1") == "0":
+            return {}
+        models = {n.process for n in self.plan.nodes if n.model is not None}
+        threads = {v: os.environ[v] for v in THREAD_VARS if v in os.environ}
+        cls = self.ray.remote(NodeWarm)
+        refs = {}
+        for i, node in enumerate(dict.fromkeys(self.node_of.values())):
+            torch_too = any(self.node_of[p] == node for p in models)
+            actor = cls.options(num_cpus=0, max_restarts=0, max_concurrency=2, namespace=NAMESPACE,
+                                name=f"{self.prefix}/@node{i}",
+                                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+            self.warm[node] = actor
+            refs[node] = actor.open.remote(torch_too, threads, os.getcwd())
+        return refs
+
+    def _warm_up(self, refs: dict[str, Any]) -> dict[str, str | None]:
+        """The zygote socket of every node (None where it did not start: its workers then start
+        as new interpreters, as without a zygote)."""
+        out: dict[str, str | None] = dict.fromkeys(self.node_of.values())
+        if not refs:
+            return out
+        ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.placement_timeout_s)
+        for node, ref in refs.items():
+            try:
+                out[node] = self.ray.get(ref, timeout=0) if ref in ready else None
+            except Exception as exc:
+                log.warning("no zygote on %s (%s): its workers start as new interpreters",
+                            self.nodes[node].describe() if node in self.nodes else node[:8], _first_line(exc))
+        return out
 
     def _groups(self) -> None:
         """A STRICT_PACK placement group per host the graph names: its processes land together on
@@ -625,7 +666,8 @@ class RayBackend:
         publics = self._publics()
         project = os.getcwd()
         self._gather({p: self.actors[p].prepare.remote(plan_json, self.run.token, self.control, self.control_key,
-                                                       publics, project, self.nodes[self.node_of[p]].describe())
+                                                       publics, project, self.nodes[self.node_of[p]].describe(),
+                                                       self.zygote_of.get(self.node_of[p]))
                       for p in processes}, "get ready")
 
     def _gather(self, refs: dict[str, Any], what: str, timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
@@ -745,6 +787,15 @@ class RayBackend:
         for actor in self.actors.values():  # a call to a killed actor fails once Ray has it dead
             with contextlib.suppress(Exception):
                 ray.get(actor.where.remote(), timeout=10.0)
+        if self.warm:  # the zygotes, once no worker is left to them
+            ray.wait([a.close.remote() for a in self.warm.values()], num_returns=len(self.warm), timeout=10.0)
+            for actor in self.warm.values():
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+            for actor in self.warm.values():
+                with contextlib.suppress(Exception):
+                    ray.get(actor.pid.remote(), timeout=10.0)
+        self.warm = {}
         if self.groups:
             from ray.util.placement_group import placement_group_table, remove_placement_group
 
