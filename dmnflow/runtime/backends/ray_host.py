@@ -156,6 +156,11 @@ class Forked:
                 os.kill(self.pid, sig)
 
 
+def _line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
 def fork_from(path: str, request: dict[str, Any], timeout_s: float) -> Forked:
     """Ask the node zygote at ``path`` for a worker.
 
@@ -200,7 +205,7 @@ class WorkerHost:
         self.plan: Plan | None = None
         self.project = ""
         self.workers: dict[int, subprocess.Popen[bytes] | Forked] = {}
-        self.zygote: str | None = None  # the node zygote's socket (NodeWarm), where there is one
+        self.zygote: list[Any] | None = None  # [ref to the node zygote's socket path] (NodeWarm.open), if any
         self.failed: dict[int, str] = {}  # incarnations that could not start, and why
         # a threaded actor runs its calls in any order: ``wait(inc)`` may come before ``start(inc)``
         self.lock = threading.Condition()
@@ -239,7 +244,7 @@ class WorkerHost:
     # ---------------------------------------------------------------- prepare
 
     def prepare(self, plan_json: str, token: bytes, control: str, control_key: str | None,
-                publics: dict[str, bytes], project: str, where: str, zygote: str | None = None) -> int:
+                publics: dict[str, bytes], project: str, where: str, zygote: list[Any] | None = None) -> int:
         """Write what the worker reads from its run directory and check that this host has what
         the process needs; returns the highest incarnation whose counts are already here.
 
@@ -333,11 +338,15 @@ class WorkerHost:
         popen: subprocess.Popen[bytes] | Forked | None = None
         if self.zygote is not None:
             try:
-                popen = fork_from(self.zygote, {"run_dir": self.run_dir, "name": self.process, "inc": inc,
+                import ray
+
+                path = ray.get(self.zygote[0], timeout=SPAWN_TIMEOUT_S)  # NodeWarm.open: it listens
+                popen = fork_from(path, {"run_dir": self.run_dir, "name": self.process, "inc": inc,
                                                 "env": env, "cwd": self.project}, SPAWN_TIMEOUT_S)
-            except (OSError, ValueError, RuntimeError) as exc:
-                sys.stderr.write(f"dmnflow: the node zygote cannot start {self.process} ({exc}); starting it as a "
-                                 "new interpreter\n")
+            except Exception as exc:  # no zygote on this node (its actor failed), or it could not fork
+                sys.stderr.write(f"dmnflow: the node zygote cannot start {self.process} ({_line(exc)}); starting it "
+                                 "as a new interpreter\n")
+                self.zygote = None
         if popen is None:
             argv = [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, self.process, str(inc),
                     str(os.getpid())]
