@@ -35,19 +35,33 @@ its cores). It dies with the supervisor, and exits when the supervisor closes th
 ``launch(warm=True)`` forks the zygote from the supervisor instead (``processes.Zygote.forked``,
 before the run's zmq context exists): it then runs ``main`` with the caller's imports
 (torch, the nodes) already in place, and its workers inherit them.
+
+The ray backend runs one zygote per Ray node and run (``node_main``: ``python -m
+dmnflow.runtime.zygote --node SOCKET OWNER TORCH PAD``, started by that node's
+``ray_host.NodeWarm`` actor), so the node's workers share its imports instead of each
+starting an interpreter and importing numpy and torch. There a worker is the zygote's own
+child (no subreaper: the process's actor is not its parent): each ``WorkerHost`` actor asks
+for it over a connection to the zygote's unix socket (``{"run_dir", "name", "inc", "env",
+"cwd"}``, the worker's whole environment and directory), gets ``{"pid": n}``, and later
+``{"exit": code}`` once the zygote has reaped it. A connection that closes (its actor was
+killed) takes its worker with it (SIGKILL), as the actor's own child would die with it;
+every worker dies with the zygote (parent-death signal), and the zygote with its owner.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
+import select
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..plan import Plan
 from . import worker
@@ -177,8 +191,142 @@ def warm(plan: Plan, process: str | None = None) -> None:
             os.environ["OPENBLAS_NUM_THREADS"] = saved
 
 
+def _warm_node(torch_too: bool) -> None:
+    """numpy (and torch, for a node whose processes run models) with one BLAS thread, once for
+    every worker of this Ray node (``warm``'s imports, decided by the driver's plan)."""
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        with contextlib.suppress(ImportError):
+            import numpy  # noqa: F401
+
+            worker.BLAS_AT_ONE_THREAD = True
+        if torch_too:
+            with contextlib.suppress(ImportError):
+                import torch  # noqa: F401
+    finally:
+        if saved is None:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
+
+
+def serve_node(listener: socket.socket) -> dict[str, Any] | None:
+    """The node zygote's loop (module docstring): accept a connection per worker, fork it,
+    say its pid, reap it and say its exit code; SIGKILL a worker whose connection closed.
+    Returns the request in a forked worker; None when the zygote is told to stop (SIGTERM)."""
+    conns: dict[socket.socket, bytes] = {}  # a connection -> what it sent so far
+    child_of: dict[socket.socket, int] = {}
+    conn_of: dict[int, socket.socket] = {}
+    stopping = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    while not stopping:
+        with contextlib.suppress(ChildProcessError):
+            while True:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                conn = conn_of.pop(pid, None)
+                if conn is not None:
+                    child_of.pop(conn, None)
+                    with contextlib.suppress(OSError):
+                        _reply(conn, exit=os.waitstatus_to_exitcode(status))
+        try:
+            ready, _, _ = select.select([listener, *conns], [], [], 0.05)
+        except InterruptedError:
+            continue
+        for sock in ready:
+            if sock is listener:
+                with contextlib.suppress(OSError):
+                    conns[listener.accept()[0]] = b""
+                continue
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:  # the actor closed it (or died): its worker goes too
+                del conns[sock]
+                pid = child_of.pop(sock, None)
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                sock.close()
+                continue
+            conns[sock] += chunk
+            if b"\n" not in conns[sock] or sock in child_of:
+                continue
+            line = conns[sock].split(b"\n", 1)[0]
+            try:
+                req = json.loads(line)
+                job = {"run_dir": str(req["run_dir"]), "name": str(req["name"]), "inc": int(req["inc"]),
+                       "env": {str(k): str(v) for k, v in req["env"].items()}, "cwd": str(req["cwd"])}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                with contextlib.suppress(OSError):
+                    _reply(sock, error=f"bad request: {exc}")
+                continue
+            threads = len(os.listdir("/proc/self/task"))
+            if threads != 1:
+                with contextlib.suppress(OSError):
+                    _reply(sock, error=f"the zygote has {threads} threads")
+                continue
+            gc.freeze()  # what the zygote imported is never collected in a worker: no copy-on-write of it
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    _reply(sock, error=f"fork failed: {exc}")
+                continue
+            if pid == 0:  # the worker
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                for other in (listener, *conns):
+                    other.close()
+                return job
+            child_of[sock], conn_of[pid] = pid, sock
+            try:
+                _reply(sock, pid=pid)
+            except OSError:  # the actor went while we forked
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    for pid in conn_of:  # stopped: the workers die with us (their parent-death signal), say so first
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return None
+
+
+def node_main(args: list[str]) -> int:
+    """``--node SOCKET OWNER TORCH [PAD]``: the ray backend's zygote of one Ray node."""
+    path, owner, torch_too = args[0], int(args[1]), args[2] == "1"
+    worker._die_with_parent(owner)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_cmdline([sys.executable, "-m", "dmnflow.runtime.zygote", "--node", path, str(owner)])
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path + ".tmp")
+    listener.listen(64)
+    os.rename(path + ".tmp", path)  # connections wait in the backlog while the imports run
+    _warm_node(torch_too)
+    job = serve_node(listener)
+    if job is None:
+        return 0
+    os.setsid()  # a session and process group of its own, as Popen(start_new_session=True)
+    os.chdir(job["cwd"])
+    os.environ.clear()
+    os.environ.update(job["env"])
+    extra = [p for p in job["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:0] = [p for p in extra if p not in sys.path]  # what a new interpreter would put first
+    run_dir, name, inc, zygote = job["run_dir"], job["name"], str(job["inc"]), str(os.getppid())
+    set_cmdline([sys.executable, "-m", "dmnflow.runtime.worker", run_dir, name, inc, zygote])
+    return worker.main([run_dir, name, inc, zygote])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "--node":
+        return node_main(args[1:])
     run_dir, supervisor, fd = args[0], int(args[1]), int(args[2])
     worker._die_with_parent(supervisor)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle

@@ -10,6 +10,7 @@ finds them by their environment, never by name; the child processes are stopped 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -62,7 +63,8 @@ def dmnflow(*args: str, out: Path | None = None, timeout: float = 240, columns: 
 
 
 def marked() -> list[tuple[int, str]]:
-    """dmnflow workers and WorkerHost actors started under the cluster that are still running."""
+    """dmnflow workers, node zygotes, WorkerHost and NodeWarm actors started under the cluster
+    that are still running."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -73,7 +75,8 @@ def marked() -> list[tuple[int, str]]:
         except OSError:
             continue
         if f"{MARK}={os.environ.get(MARK, '-')}".encode() in environ and alive(int(entry.name)) and (
-                "dmnflow.runtime.worker" in cmdline or "WorkerHost" in cmdline):
+                "dmnflow.runtime.worker" in cmdline or "dmnflow.runtime.zygote" in cmdline
+                or "WorkerHost" in cmdline or "NodeWarm" in cmdline):
             found.append((int(entry.name), cmdline))
     return found
 
@@ -196,16 +199,11 @@ def actor(name_prefix: str, timeout_s: float = 60) -> tuple[str, ray.actor.Actor
     return name, ray.get_actor(name, namespace=NAMESPACE)
 
 
-def worker_of(actor_pid: int) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if ppid == actor_pid and b"dmnflow.runtime.worker" in cmd and alive(int(entry.name)):
-                return int(entry.name)
+def worker_of(host: ray.actor.ActorHandle) -> int | None:
+    """The pid of the worker an actor runs (forked by its node's zygote, or its child)."""
+    with contextlib.suppress(Exception):
+        pid = ray.get(host.worker_pid.remote(), timeout=10)
+        return pid if pid is not None and alive(pid) else None
     return None
 
 
@@ -229,12 +227,11 @@ def test_a_killed_worker_and_a_killed_actor_are_restarted_with_their_gaps_counte
     try:
         name, mid = actor("kill-ray.")  # any of the run's actors: wait until they exist
         name, mid = actor(name.split("/")[0] + "/mid#")
-        pid = ray.get(mid.where.remote())["pid"]
         assert wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 300, 90)
-        first = worker_of(pid)
+        first = worker_of(mid)
         assert first is not None
         os.kill(first, signal.SIGKILL)  # the worker dies; its actor lives: restarted in place
-        assert wait_until(lambda: (w := worker_of(pid)) is not None and w != first, 30)
+        assert wait_until(lambda: (w := worker_of(mid)) is not None and w != first, 30)
         seen = len(out.read_text().splitlines())
         assert wait_until(lambda: len(out.read_text().splitlines()) >= seen + 200, 60)
         ray.kill(mid)  # the actor dies: a new one on the same node takes over its run directory

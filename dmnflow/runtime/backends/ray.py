@@ -55,9 +55,9 @@ from ...errors import LaunchError
 from ...plan import RUN_DIR, Plan, SecurityPlan
 from ...transport.security import Curve, KeyError_, generate_keys, load_curve
 from ..env import declared_secrets
-from ..processes import SERVICE_TERM_WAIT_S, ByPid, exists, stop
+from ..processes import SERVICE_TERM_WAIT_S, ZYGOTE_ENV, ByPid, exists, stop
 from . import Handle, PlacementError, RunContext
-from .ray_host import THREAD_VARS, WorkerHost
+from .ray_host import THREAD_VARS, NodeWarm, WorkerHost
 
 __all__ = ["HOST_LABEL", "KEY_LABEL", "NAMESPACE", "LocalRay", "RayBackend", "place_plan", "start_local_ray"]
 
@@ -68,6 +68,7 @@ HOST_LABEL = "host"  # `ray start --labels host=gpu1`: what a node's `host: gpu1
 KEY_LABEL = "dmnflow.io/key"  # with security.curve: the keypair (in the key directory) this node's processes use
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 60.0  # one round of calls to every actor (they run a few file operations each)
+ZYGOTE_MIN_PROCESSES = 3  # a Ray node with fewer (and under two that run models) gets no zygote (_zygotes)
 UNAVAILABLE_S = 60.0  # an actor Ray cannot reach for this long is taken for lost (Ray decides sooner)
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'dmnflow[ray]')"
 
@@ -364,6 +365,8 @@ class RayBackend:
         self.demands: dict[str, Demand] = {}
         self.run: RunContext | None = None
         self.actors: dict[str, Any] = {}
+        self.warm: dict[str, Any] = {}  # Ray node id -> its NodeWarm actor (the node's zygote)
+        self.zygote_of: dict[str, Any] = {}  # Ray node id -> the ref to its zygote's socket path (NodeWarm.open)
         self.generation: dict[str, int] = {}
         self.dead: set[str] = set()  # processes whose actor died on a node that lives: replace before spawning
         self.node_of: dict[str, str] = {}
@@ -536,7 +539,7 @@ class RayBackend:
         self.run = run
         self.prefix = f"{run.name}.{hmac.new(run.token, b'ray', 'sha256').hexdigest()[:8]}"
         self.host_cls = ray.remote(WorkerHost)
-        self._groups()
+        zygotes = self._zygotes(self._groups())  # a named host's node is known now: its imports start at once
         for process in self.demands:
             self.actors[process] = self._actor(process)
         infos = self._gather({p: a.where.remote() for p, a in self.actors.items()}, "be placed",
@@ -544,17 +547,50 @@ class RayBackend:
         self.nodes.update(self._alive())
         for process, info in infos.items():
             self.node_of[process], self.ip_of[process] = info["node_id"], info["ip"]
+        on: dict[str, list[str]] = {}
+        for process, node in self.node_of.items():
+            on.setdefault(node, []).append(process)
+        zygotes.update(self._zygotes(on))  # the nodes Ray chose, where it pays
         self.run_dir_of = self._gather({p: a.open_dir.remote() for p, a in self.actors.items()}, "make a run directory")
         security = self._security()
         self.placed = place_plan(self.plan, self.node_of, self.ip_of, security)
+        self.zygote_of = zygotes  # not waited for: each actor asks for its node's once it starts its worker
         self._prepare(list(self.actors))
         for process in self.actors:
             log.info("process %s runs on %s", process, self.nodes[self.node_of[process]].describe())
 
-    def _groups(self) -> None:
+    def _zygotes(self, on: dict[str, list[str]]) -> dict[str, Any]:
+        """A ``NodeWarm`` actor starting the zygote of each Ray node in ``on`` (node id -> the
+        processes known to run there) where it pays: a node with ``ZYGOTE_MIN_PROCESSES``
+        processes or two that run models gets one set of imports (numpy, and torch where a
+        process runs a model) instead of one per worker; a node with one or two plain
+        processes would pay more for the zygote's actor than it saves. Refs to their sockets'
+        paths, which the actors of that node wait for when they start their workers."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        assert self.plan is not None
+        if os.environ.get(ZYGOTE_ENV, "1") == "0":
+            return {}
+        models = {n.process for n in self.plan.nodes if n.model is not None}
+        threads = {v: os.environ[v] for v in THREAD_VARS if v in os.environ}
+        cls = self.ray.remote(NodeWarm)
+        refs = {}
+        for node, procs in on.items():
+            with_models = sum(p in models for p in procs)
+            if node in self.warm or (len(procs) < ZYGOTE_MIN_PROCESSES and with_models < 2):
+                continue
+            actor = cls.options(num_cpus=0, max_restarts=0, max_concurrency=2, namespace=NAMESPACE,
+                                name=f"{self.prefix}/@node{len(self.warm)}",
+                                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+            self.warm[node] = actor
+            refs[node] = actor.open.remote(with_models > 0, threads, os.getcwd())
+        return refs
+
+    def _groups(self) -> dict[str, list[str]]:
         """A STRICT_PACK placement group per host the graph names: its processes land together on
-        one node that is that host, or the run does not start."""
-        from ray.util.placement_group import placement_group
+        one node that is that host, or the run does not start. Returns where they will run
+        (node id -> processes)."""
+        from ray.util.placement_group import placement_group, placement_group_table
 
         by_host: dict[str, list[str]] = {}
         for d in self.demands.values():
@@ -571,6 +607,12 @@ class RayBackend:
                 self.slots[p] = _Slot(group, i)
             pending[host] = group.ready()
         self._gather(pending, "reserve their host's resources (placement group)", self.placement_timeout_s)
+        on: dict[str, list[str]] = {}
+        for procs in by_host.values():
+            with contextlib.suppress(Exception):  # only a head start for the zygotes: begin() finds out anyway
+                node = placement_group_table(self.slots[procs[0]].group)["bundles_to_node_id"][0]
+                on.setdefault(node, []).extend(procs)
+        return on
 
     def _actor(self, process: str, node: str | None = None) -> Any:
         """A new actor for ``process``: in its placement group bundle, else on ``node`` (a
@@ -625,8 +667,15 @@ class RayBackend:
         publics = self._publics()
         project = os.getcwd()
         self._gather({p: self.actors[p].prepare.remote(plan_json, self.run.token, self.control, self.control_key,
-                                                       publics, project, self.nodes[self.node_of[p]].describe())
+                                                       publics, project, self.nodes[self.node_of[p]].describe(),
+                                                       self._zygote_for(p))
                       for p in processes}, "get ready")
+
+    def _zygote_for(self, process: str) -> list[Any] | None:
+        """The ref to the socket of the zygote on ``process``'s node, in a list so that Ray hands
+        it over as a ref (the actor waits for it when it starts the worker, not in ``prepare``)."""
+        ref = self.zygote_of.get(self.node_of[process])
+        return None if ref is None else [ref]
 
     def _gather(self, refs: dict[str, Any], what: str, timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
         """``ray.get`` of one call per process; a failure names the processes and why."""
@@ -745,6 +794,15 @@ class RayBackend:
         for actor in self.actors.values():  # a call to a killed actor fails once Ray has it dead
             with contextlib.suppress(Exception):
                 ray.get(actor.where.remote(), timeout=10.0)
+        if self.warm:  # the zygotes, once no worker is left to them
+            ray.wait([a.close.remote() for a in self.warm.values()], num_returns=len(self.warm), timeout=10.0)
+            for actor in self.warm.values():
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+            for actor in self.warm.values():
+                with contextlib.suppress(Exception):
+                    ray.get(actor.pid.remote(), timeout=10.0)
+        self.warm = {}
         if self.groups:
             from ray.util.placement_group import placement_group_table, remove_placement_group
 

@@ -5,8 +5,11 @@ The actor makes a run directory on its node (mode 0700, as the local backend's),
 the plan, the run's token, the CURVE keys and where the supervisor's control socket is,
 checks that everything the process needs is on this host (the project directory, model
 files, key files, free fixed ports, the cores it pins), then starts the worker next to it:
-the same ``python -m dmnflow.runtime.worker`` the local backend starts, a child of the
-actor that dies with it (parent-death signal). The worker talks to the supervisor over
+forked from its Ray node's zygote (``NodeWarm``, one per node and run, which imported
+numpy, and torch where the node's processes run models, once for all of them), or, where
+there is none, the same ``python -m dmnflow.runtime.worker`` the local backend starts, a
+child of the actor. Either way it dies with the actor (the zygote kills a worker whose
+actor's connection closed; a child by its parent-death signal). The worker talks to the supervisor over
 tcp itself; the actor only starts, signals and waits for it, and reads its counters file
 once it has exited, so the driver's report is exact even after a kill -9.
 
@@ -21,13 +24,16 @@ ask it where they run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,12 +45,149 @@ from ...transport.stats import Counters
 from ...transport.wire import TOKEN_FILE
 from ..env import worker_environ
 from ..files import counters_path, layout_of, write_control, write_endpoints
-from ..processes import RUN_DIR_PREFIX, stop, sweep_run_dirs
+from ..processes import RUN_DIR_PREFIX, SPAWN_TIMEOUT_S, stop, sweep_run_dirs
 from . import port_problem
 
-__all__ = ["HostError", "WorkerHost"]
+__all__ = ["HostError", "NodeWarm", "WorkerHost"]
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+ZYGOTE_PAD = 256  # the node zygote's argument area holds the longest worker command line it writes there
+
+
+def _thread_env(env: dict[str, str], thread_vars: dict[str, str]) -> dict[str, str]:
+    """``env`` with the driver's thread-count variables instead of Ray's (Ray sets
+    OMP_NUM_THREADS=1 in actors; a worker must see what a local one would)."""
+    out = {k: v for k, v in env.items() if k not in THREAD_VARS}
+    out.update(thread_vars)
+    return out
+
+
+class NodeWarm:
+    """One per Ray node and run: starts the node's zygote (``zygote.node_main``), which imports
+    numpy (and torch) once and forks the node's workers for their ``WorkerHost`` actors; it
+    dies with this actor. Started while the actors get ready, so the imports overlap them."""
+
+    def __init__(self) -> None:
+        self.dir = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        # started from this long-lived thread: the zygote's parent-death signal fires when the
+        # *thread* that forked it exits
+        self.spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmnflow-zygote")
+
+    def open(self, torch_too: bool, thread_vars: dict[str, str], project: str) -> str:
+        """Start the zygote; the path of its socket once it listens (it answers once its imports
+        are done)."""
+        sweep_run_dirs()
+        self.dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)  # mode 0700: only we reach the socket
+        Path(self.dir, "supervisor.pid").write_text(str(os.getpid()))  # swept once this actor is gone
+        path = str(Path(self.dir, "zygote"))
+        env = _thread_env(dict(os.environ), thread_vars)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (project, env.get("PYTHONPATH", "")) if p)
+        argv = [sys.executable, "-m", "dmnflow.runtime.zygote", "--node", path, str(os.getpid()),
+                "1" if torch_too else "0", "-" * ZYGOTE_PAD]
+        self.proc = self.spawner.submit(subprocess.Popen, argv, env=env, cwd=project,
+                                        start_new_session=True).result()
+        deadline = time.monotonic() + SPAWN_TIMEOUT_S
+        while not Path(path).exists():  # it listens before its imports, which take longer
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise HostError(f"the zygote of this node did not start (exit code {self.proc.poll()})")
+            time.sleep(0.02)
+        return path
+
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else -1
+
+    def close(self) -> None:
+        """Stop the zygote (TERM: it kills what it still has, then exits), remove its directory."""
+        if self.proc is not None:
+            stop([self.proc], what="zygote")
+        self.spawner.shutdown(wait=False)
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Forked:
+    """A worker forked by the node zygote, as ``Popen`` waits for and signals it: its exit code
+    comes over its connection to the zygote (which reaped it); closing the connection kills it."""
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self.sock, self.pid = sock, pid
+        self.returncode: int | None = None
+        self.lock = threading.Lock()
+        self.buffer = b""
+
+    def _read(self, timeout: float) -> None:
+        with self.lock:
+            if self.returncode is not None:
+                return
+            self.sock.settimeout(max(0.0, timeout))
+            try:
+                chunk = self.sock.recv(4096)
+            except (TimeoutError, BlockingIOError):
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:  # the zygote is gone, and its workers with it (their parent-death signal)
+                self.returncode = -signal.SIGKILL
+                return
+            self.buffer += chunk
+            if b"\n" in self.buffer:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    self.returncode = int(json.loads(self.buffer.split(b"\n", 1)[0])["exit"])
+                if self.returncode is None:
+                    self.returncode = 1
+
+    def poll(self) -> int | None:
+        self._read(0.0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if left <= 0:
+                raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
+            self._read(left)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # not reaped yet: the pid is still its
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+
+def _line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
+def fork_from(path: str, request: dict[str, Any], timeout_s: float) -> Forked:
+    """Ask the node zygote at ``path`` for a worker.
+
+    Raises:
+        OSError: no zygote answers there; RuntimeError: it could not fork.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(path)
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        buffer = b""
+        while b"\n" not in buffer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("the node zygote exited")
+            buffer += chunk
+        line, rest = buffer.split(b"\n", 1)
+        reply = json.loads(line)
+        if "pid" not in reply:
+            raise RuntimeError(str(reply.get("error")))
+    except BaseException:
+        sock.close()
+        raise
+    forked = Forked(sock, int(reply["pid"]))
+    forked.buffer = rest
+    return forked
 
 
 class HostError(LaunchError):
@@ -61,7 +204,8 @@ class WorkerHost:
         self.run_dir = ""
         self.plan: Plan | None = None
         self.project = ""
-        self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.workers: dict[int, subprocess.Popen[bytes] | Forked] = {}
+        self.zygote: list[Any] | None = None  # [ref to the node zygote's socket path] (NodeWarm.open), if any
         self.failed: dict[int, str] = {}  # incarnations that could not start, and why
         # a threaded actor runs its calls in any order: ``wait(inc)`` may come before ``start(inc)``
         self.lock = threading.Condition()
@@ -100,7 +244,7 @@ class WorkerHost:
     # ---------------------------------------------------------------- prepare
 
     def prepare(self, plan_json: str, token: bytes, control: str, control_key: str | None,
-                publics: dict[str, bytes], project: str, where: str) -> int:
+                publics: dict[str, bytes], project: str, where: str, zygote: list[Any] | None = None) -> int:
         """Write what the worker reads from its run directory and check that this host has what
         the process needs; returns the highest incarnation whose counts are already here.
 
@@ -124,6 +268,7 @@ class WorkerHost:
         if problems:
             raise HostError(f"process {self.process} cannot run on {where}: " + "; ".join(problems))
         self.project = project
+        self.zygote = zygote
         folder = run_dir / "counters"
         return max((int(p.suffix[1:]) for p in folder.glob("*.*") if p.suffix[1:].isdigit()), default=-1) \
             if folder.is_dir() else -1
@@ -187,15 +332,26 @@ class WorkerHost:
             raise HostError(f"process {self.process}: start before prepare")
         if endpoints:
             write_endpoints(self.run_dir, endpoints)
-        env = worker_environ(self.plan, self.process)  # this host's environment, no undeclared secret
-        for var in THREAD_VARS:
-            env.pop(var, None)
-        env.update(thread_vars)
+        env = _thread_env(worker_environ(self.plan, self.process), thread_vars)  # this host's, no undeclared secret
         env.update(secrets)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (self.project, env.get("PYTHONPATH", "")) if p)
-        argv = [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, self.process, str(inc), str(os.getpid())]
-        popen = self.spawner.submit(subprocess.Popen, argv, env=env, cwd=self.project,
-                                    start_new_session=True).result()
+        popen: subprocess.Popen[bytes] | Forked | None = None
+        if self.zygote is not None:
+            try:
+                import ray
+
+                path = ray.get(self.zygote[0], timeout=SPAWN_TIMEOUT_S)  # NodeWarm.open: it listens
+                popen = fork_from(path, {"run_dir": self.run_dir, "name": self.process, "inc": inc,
+                                                "env": env, "cwd": self.project}, SPAWN_TIMEOUT_S)
+            except Exception as exc:  # no zygote on this node (its actor failed), or it could not fork
+                sys.stderr.write(f"dmnflow: the node zygote cannot start {self.process} ({_line(exc)}); starting it "
+                                 "as a new interpreter\n")
+                self.zygote = None
+        if popen is None:
+            argv = [sys.executable, "-m", "dmnflow.runtime.worker", self.run_dir, self.process, str(inc),
+                    str(os.getpid())]
+            popen = self.spawner.submit(subprocess.Popen, argv, env=env, cwd=self.project,
+                                        start_new_session=True).result()
         with self.lock:
             self.workers[inc] = popen
             self.lock.notify_all()
@@ -212,6 +368,12 @@ class WorkerHost:
             raise HostError(f"process {self.process} could not start: {self.failed[inc]}")
         code = popen.wait()
         return code, self.read_counts(inc)
+
+    def worker_pid(self) -> int | None:
+        """The pid of the newest incarnation still running here (None: none is)."""
+        with self.lock:
+            live = [p for _, p in sorted(self.workers.items()) if p.poll() is None]
+        return live[-1].pid if live else None
 
     def signal(self, inc: int, sig: int) -> None:
         with self.lock:
