@@ -15,7 +15,7 @@ from dmnflow.node import Tensor
 from dmnflow.plan import BindPlan, CoalescePlan, ConnectPlan, EdgePlan
 from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
 from dmnflow.transport.outlet import Flusher
-from dmnflow.transport.shm import ShmMaps, ShmPool, lease_key, lease_mac, segment_prefix
+from dmnflow.transport.shm import ShmMaps, ShmPool, lease_key, lease_mac, run_prefix, segment_prefix
 from dmnflow.transport.stats import N_CONFLATED, POS_DONE, POS_RECEIVED
 from dmnflow.transport.wire import EOS, SEP, control, eos_header, identity
 
@@ -25,6 +25,7 @@ EDGE, SRC = 7, 3
 TOKEN = b"0123456789abcdef0123456789abcdef"
 TAG = "tag000000000"
 KEY = lease_key(TOKEN)
+RUN = run_prefix(TAG)  # what an inlet checks a lease's segment name against
 
 
 
@@ -208,12 +209,12 @@ def test_a_shared_memory_slot_is_reused_only_after_every_view_of_it_is_gone():
     try:
         meta, frames = encode(np.full(1024, 1, dtype=np.float32))
         lease = pool.put(frames)
-        first = decode(meta, [maps.attach(0, lease, prefix, 1 << 20)])
+        first = decode(meta, [maps.attach(0, lease, RUN, 1 << 20)])
         view = first[10:20]  # a node keeps only a view
         del first
         assert maps.frees == [] and pool.in_use() == 1  # the view still holds the slot
         meta2, frames2 = encode(np.full(1024, 2, dtype=np.float32))
-        second = decode(meta2, [maps.attach(0, pool.put(frames2), prefix, 1 << 20)])
+        second = decode(meta2, [maps.attach(0, pool.put(frames2), RUN, 1 << 20)])
         assert (view == 1).all() and (second == 2).all() and len(pool.slots) == 2  # no overwrite
         del view
         [(edge, slot, gen)] = maps.frees
@@ -375,7 +376,7 @@ def test_an_emitted_loan_goes_without_a_copy_and_its_slot_waits_for_both_sides()
         array[:] = 7
         lease = pool.put([memoryview(array).cast("B")])
         assert lease is not None and len(pool.slots) == 1  # the loaned slot itself, no second one
-        received = decode(["np", "float32", [1024]], [maps.attach(0, lease, prefix, 1 << 20)])
+        received = decode(["np", "float32", [1024]], [maps.attach(0, lease, RUN, 1 << 20)])
         array[0] = 9  # (never do this after emit) the consumer sees it: one memory, nothing copied
         assert received[0] == 9 and (received[1:] == 7).all()
         del received
@@ -506,7 +507,7 @@ def test_a_slot_its_readers_have_passed_without_freeing_it_is_replaced_and_the_o
     try:
         # edges 7 and 8 get three leases; 7 keeps the first (mapped), 8 never got it (the pub socket dropped it)
         leases = [pool.put([bytes([i]) * 2048], readers=[7, 8]) for i in (1, 2, 3)]
-        held = maps.attach(7, leases[0], prefix, 1 << 20)
+        held = maps.attach(7, leases[0], RUN, 1 << 20)
         pool.free(leases[2][2], leases[2][3], 8)  # 8 is past the first (it freed the third)...
         assert pool.put([b"x" * 2048], readers=[7, 8]) is None  # ...7 is not (it might not have read it): wait
         pool.free(leases[1][2], leases[1][3], 7)  # 7 frees the second: so it maps the first already
@@ -684,9 +685,9 @@ def test_a_lease_whose_fields_were_changed_fails_its_mac():
             changed = list(lease)
             changed[index] = value
             with pytest.raises(ValueError, match="did not make"):
-                maps.attach(0, changed, prefix, 1 << 20)
+                maps.attach(0, changed, RUN, 1 << 20)
         assert not maps.maps
-        assert bytes(maps.attach(0, lease, prefix, 1 << 20))[:3] == b"\x01\x01\x01"  # the real one maps
+        assert bytes(maps.attach(0, lease, RUN, 1 << 20))[:3] == b"\x01\x01\x01"  # the real one maps
     finally:
         maps.close()
         pool.close()
@@ -698,7 +699,7 @@ def test_a_received_shared_memory_array_is_read_only(ctx):
     decode = get_codec("tensor").decoder(Tensor("float32", (None,)), Limits())
     try:
         meta, frames = get_codec("tensor").encoder(Tensor("float32", (None,)))(np.ones(1024, np.float32))
-        array = decode(meta, [maps.attach(0, pool.put(frames), prefix, 1 << 20)])
+        array = decode(meta, [maps.attach(0, pool.put(frames), RUN, 1 << 20)])
         assert not array.flags.writeable
         with pytest.raises(ValueError, match="read-only"):
             array[0] = 5
