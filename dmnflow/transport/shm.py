@@ -342,6 +342,7 @@ class ShmMaps:
         self.max_maps = max_maps  # per producer output
         self.maps: dict[str, _Mapping] = {}
         self.frees: list[tuple[int, int, int]] = []  # (edge, slot, gen) whose arrays are gone
+        self.live: dict[int, tuple[Any, ...]] = {}  # id(weakref to a lease's buffer) -> (it, edge, slot, gen, mapping)
 
     def attach(self, edge: int, lease: list[Any], prefix: str, max_bytes: int) -> memoryview:
         """A read-only buffer over the slot the lease names, valid while any array over it
@@ -378,10 +379,14 @@ class ShmMaps:
             _RECEIVED[mapping.address] = [name, 1]
         else:
             received[1] += 1
-        weakref.finalize(holder, self._gone, edge, slot, gen, mapping)
+        # a plain weakref with a callback: a third of what weakref.finalize costs per message
+        ref = weakref.ref(holder, self._gone)
+        self.live[id(ref)] = (ref, edge, slot, gen, mapping)
         return memoryview(holder).toreadonly()
 
-    def _gone(self, edge: int, slot: int, gen: int, mapping: _Mapping) -> None:
+    def _gone(self, ref: Any) -> None:
+        """The last array over a lease is gone: its slot is queued to be freed."""
+        _, edge, slot, gen, mapping = self.live.pop(id(ref))
         mapping.live -= 1
         received = _RECEIVED.get(mapping.address)
         if received is not None:

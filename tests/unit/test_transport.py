@@ -889,3 +889,228 @@ def test_a_block_push_edge_runs_on_its_consumers_credit(ctx, tmp_path):
     outlet.service(router.sock)
     assert router.peers[EDGE] == new
     dealer.close(linger=0)
+
+
+# ------------------------------------------------------------------ forwarded leases: an echo sends no copy
+
+FWD_SRC, FWD_EDGE = 4, 8  # the forwarder's output and the edge to its consumer (A -> B on EDGE/SRC)
+
+
+def _chain(ctx, tp, *, consumers: int = 1, pattern: str = "push"):
+    """A (output SRC) -> B (input on EDGE) and B (output FWD_SRC) -> C (input on FWD_EDGE, or
+    several subscribers FWD_EDGE.. on a pub bind): tensor or raw by ``tp``, shared memory
+    above 1 KiB, in one process."""
+    codec = "tensor" if isinstance(tp, Tensor) else "raw"
+    edges = [FWD_EDGE + i for i in range(consumers)]
+    link = Link(ctx, "/nonexistent", TOKEN, TAG,
+                Counters(Layout(edges=max(edges) + 1, nodes=1, outputs=FWD_SRC + 1, binds=1)))
+
+    def outlet(src: int, endpoint: str, out_edges: list[int], kind: str) -> Outlet:
+        plans = {e: edge_plan(kind, edge=e) for e in out_edges}
+        bind = BindPlan(id=endpoint, counter=0, endpoint=endpoint, transport="inproc", pattern=kind, hwm=1000,
+                        control_hwm=limits.control_hwm("inproc", kind), edges=out_edges,
+                        coalesce=COALESCE if kind == "push" else None, shm=True)
+        made = Outlet(link, src, 0, "p", "out", [bind], plans, get_codec(codec).encoder(tp), shm_above=1024,
+                      flusher=flusher(), own_flusher=True, loans=True)
+        link.resolved.update(made.bound)
+        return made
+
+    def inlet(edge: int, src: int, endpoint: str, kind: str) -> Inlet:
+        c = ConnectPlan(edge=edge, bind=endpoint, node="p", port="out", endpoint=endpoint, transport="inproc",
+                        pattern=kind, hwm=1000, credit_every=limits.credit_every(kind, 1000))
+        return Inlet(link, "in", "c", [c], {edge: src}, [], 1000,
+                     {edge: get_codec(codec).decoder(tp, Limits())}, feedback=False, max_bytes=1 << 20)
+
+    a = outlet(SRC, "inproc://fwd-a", [EDGE], "push")
+    b_in = inlet(EDGE, SRC, "inproc://fwd-a", "push")
+    b_out = outlet(FWD_SRC, "inproc://fwd-b", edges, pattern)
+    c_ins = [inlet(e, FWD_SRC, "inproc://fwd-b", pattern) for e in edges]
+    joined(a)
+    joined(b_out)
+    return a, b_in, b_out, c_ins
+
+
+def _one(inlet: Inlet):
+    """Wait for one record: the generator, suspended inside it as a handler would be."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for sock in inlet.socks:
+            records = inlet.receive(sock, 1)
+            for value, _ in records:
+                return value, records
+        time.sleep(0.001)
+    raise AssertionError("nothing arrived")
+
+
+def _settle(outlets, inlets, until=None) -> None:
+    """Frees travel (each inlet sends, each outlet reads) until ``until()`` (None: a while)."""
+    import gc
+
+    gc.collect()
+    deadline = time.monotonic() + (5 if until else 0.2)
+    while not (until and until()) and time.monotonic() < deadline:
+        for inlet in inlets:
+            inlet.send_frees()
+        time.sleep(0.002)
+        for outlet in outlets:
+            for ch in outlet.channels:
+                ch.service()
+    assert until is None or until()
+
+
+def _close(*things) -> None:
+    for thing in things:
+        for one in (thing if isinstance(thing, list) else [thing]):
+            one.close()
+
+
+def test_an_echoed_array_forwards_its_lease_and_the_first_slot_waits_for_the_forwards_reader(ctx):
+    tp = Tensor("float32", (None,))
+    a, b_in, b_out, [c_in] = _chain(ctx, tp)
+    pool_a, pool_b = a.channels[0].pool, b_out.channels[0].pool
+    try:
+        a.send(np.full(1024, 5, np.float32), None, 1, 0, None)
+        got, records = _one(b_in)
+        assert not got.flags.writeable
+        b_out.send(got, None, 1, 0, None)  # the echo: what it received, as it is
+        b_out.flush()
+        del got, records
+        assert pool_b.slots == [] and pool_b.forwarded() == 1  # nothing copied into a slot of B's
+        far, far_records = _one(c_in)
+        assert (far == 5).all() and not far.flags.writeable
+        name = pool_a.slots[0][0].name
+        assert c_in.shm.maps.keys() == {name}  # C maps A's segment: the one the payload was written in
+        _settle([a, b_out], [b_in, c_in], )
+        assert pool_a.in_use() == 1 and pool_b.forwarded() == 1  # C still holds its array: A's slot waits
+        del far, far_records
+        _settle([a, b_out], [b_in, c_in], lambda: pool_a.in_use() == 0)
+        assert pool_b.forwarded() == 0
+        a.send(np.full(1024, 6, np.float32), None, 1, 0, None)  # the slot is reused, not made again
+        again, records = _one(b_in)
+        assert (again == 6).all() and len(pool_a.slots) == 1 and pool_a.slots[0][0].name == name
+        del again, records
+    finally:
+        _close(a, b_in, b_out, c_in)
+
+
+def test_a_view_kept_after_its_handler_returned_stays_intact_and_holds_its_slot(ctx):
+    from typing_extensions import Buffer
+
+    a, b_in, b_out, [c_in] = _chain(ctx, Buffer)
+    pool_a = a.channels[0].pool
+    try:
+        a.send(b"k" * 4096, None, 1, 0, None)
+        kept, records = _one(b_in)
+        assert type(kept) is memoryview and kept.readonly  # a Buffer port: the slot itself, read-only
+        list(records)  # the handler returned: the generator went on and ended
+        del records
+        a.send(b"m" * 4096, None, 1, 0, None)
+        later, records = _one(b_in)
+        del records
+        assert bytes(kept) == b"k" * 4096 and bytes(later) == b"m" * 4096 and pool_a.in_use() == 2
+        del later
+        _settle([a], [b_in], lambda: pool_a.in_use() == 1)  # the one still kept holds its slot
+        assert bytes(kept) == b"k" * 4096
+        del kept
+        _settle([a], [b_in], lambda: pool_a.in_use() == 0)
+    finally:
+        _close(a, b_in, b_out, c_in)
+
+
+def test_a_bytes_ports_copy_forwards_its_slot_only_while_its_handler_runs(ctx):
+    a, b_in, b_out, [c_in] = _chain(ctx, bytes)
+    pool_b = b_out.channels[0].pool
+    try:
+        a.send(b"p" * 4096, None, 1, 0, None)
+        got, records = _one(b_in)
+        assert type(got) is bytes  # a bytes port gets bytes: a copy (bytes cannot be a view)
+        b_out.send(got, None, 1, 0, None)  # inside the handler: forwarded
+        assert pool_b.slots == [] and pool_b.forwarded() == 1
+        list(records)  # the handler returned
+        b_out.send(got, None, 1, 0, None)  # after it: an ordinary copy into B's own slot
+        assert len(pool_b.slots) == 1
+        b_out.send(b"p" * 4096, None, 1, 0, None)  # equal bytes, another object: copied too
+        assert len(pool_b.slots) == 2 and pool_b.forwarded() == 1
+        b_out.flush()
+        values = [bytes(_one(c_in)[0]) for _ in range(3)]
+        assert values == [b"p" * 4096] * 3
+    finally:
+        _close(a, b_in, b_out, c_in)
+
+
+def test_a_forward_to_several_subscribers_frees_the_first_slot_only_after_each_of_them(ctx):
+    tp = Tensor("uint8", (None,))
+    a, b_in, b_out, c_ins = _chain(ctx, tp, consumers=2, pattern="pub")
+    pool_a, pool_b = a.channels[0].pool, b_out.channels[0].pool
+    try:
+        a.send(np.full(4096, 3, np.uint8), None, 1, 0, None)
+        got, records = _one(b_in)
+        b_out.send(got, None, 1, 0, None)
+        del got, records
+        first, first_records = _one(c_ins[0])
+        second, second_records = _one(c_ins[1])
+        assert (first == 3).all() and (second == 3).all() and pool_b.slots == []
+        del first, first_records
+        _settle([a, b_out], [b_in, *c_ins], )
+        assert pool_a.in_use() == 1 and pool_b.forwarded() == 1  # the second subscriber still reads it
+        del second, second_records
+        _settle([a, b_out], [b_in, *c_ins], lambda: pool_a.in_use() == 0)
+        assert pool_b.forwarded() == 0
+    finally:
+        _close(a, b_in, b_out, c_ins)
+
+
+def test_pub_slots_are_reused_round_after_round_with_several_subscribers(ctx, tmp_path):
+    outlet, inlets = _pub_to_two(ctx, f"ipc://{tmp_path}/pub-reuse")
+    pool = outlet.channels[0].pool
+    names = None
+    try:
+        for round_ in range(6):
+            payloads = [bytes([round_ * 4 + i]) * 4096 for i in range(4)]
+            for p in payloads:
+                outlet.send(p, None, 1, 0, None)
+            got = {e: drain(inlet, 4) for e, inlet in inlets.items()}
+            assert all([bytes(v) for v in got[e]] == payloads for e in got)
+            del got
+            _frees_reach(outlet, inlets.values(), lambda: pool.in_use() == 0)
+            now = [slot[0].name for slot in pool.slots]
+            names = names or now
+            assert now == names and len(now) == 4 and pool.reclaimed == 0  # the same four segments
+    finally:
+        outlet.close()
+        for inlet in inlets.values():
+            inlet.close()
+
+
+def test_a_forged_forward_naming_another_outputs_real_segment_is_refused(ctx):
+    from multiprocessing import shared_memory
+
+    tp = Tensor("uint8", (None,))
+    a, b_in, b_out, [c_in] = _chain(ctx, tp)
+    other = shared_memory.SharedMemory(create=True, size=4096, name=f"dmn_othertag000_{SRC}_" + "cd" * 8)
+    try:
+        a.send(np.full(4096, 9, np.uint8), None, 1, 0, None)
+        got, records = _one(b_in)  # A's segment exists now; its name is in /dev/shm for all to see
+        name = a.channels[0].pool.slots[0][0].name
+        router = b_out.channels[0]
+        meta = ["np", "uint8", [5]]
+        forged = [["shm", name, 0, 1, 5, b"\x00" * 16, meta],  # a real segment of the run, no MAC
+                  ["shm", name, 0, 1, 5, lease_mac(lease_key(b"another run's token"), name, 0, 1, 5), meta],
+                  ["shm", other.name, 0, 1, 5, lease_mac(KEY, other.name, 0, 1, 5), meta],  # not this run's
+                  ["shm", segment_prefix(TAG, FWD_SRC) + "x" * 16, 0, 1, 5, KEY[:16], meta]]
+        for seq, lease in enumerate(forged):
+            router.sock.send_multipart([router.peers[FWD_EDGE], b"out",
+                                        header(seq, lease, src=FWD_SRC)])
+        router.seq[FWD_EDGE][b"out"] = len(forged)
+        b_out.send(got, None, 1, 0, None)  # the real forward of the same segment
+        b_out.flush()
+        del got, records
+        far, _ = _one(c_in)
+        assert far.tolist() == [9] * 4096  # only the real one, and only once
+        assert c_in.stats[FWD_EDGE].decode_errors == len(forged)
+        assert set(c_in.shm.maps) == {name}  # nothing else was mapped
+        del far
+    finally:
+        other.close()
+        other.unlink()
+        _close(a, b_in, b_out, c_in)
