@@ -120,6 +120,7 @@ class Inlet:
             for source in self.sources.values():
                 source.last = mv[self.base[source.edge] + POS_DONE] - 1
         self.src_of_edge = src_of_edge
+        self.tcp_edges = {c.edge for c in connects if c.transport == "tcp"}  # a lease there is refused
         self.shm_prefix = run_prefix(link.tag)  # a lease may name any output's segment (a forward)
         # edges whose decoder hands the handler a bytes copy of the frame: while its handler runs,
         # emitting that copy forwards the slot it came from (shm.hold_copy)
@@ -356,7 +357,7 @@ class Inlet:
                 leased = False
                 try:
                     if type(meta) is list and 7 <= len(meta) <= 8 and meta[0] == SHM_LEASE:
-                        if self.connects_tcp(source.edge):
+                        if source.edge in self.tcp_edges:
                             raise ValueError("shared memory over tcp")
                         payload = [self.shm.attach(source.edge, meta[:6], self.shm_prefix, self.max_bytes)]
                         leased = True
@@ -408,9 +409,6 @@ class Inlet:
     def socket_of(self, connect: ConnectPlan) -> zmq.Socket:
         """The socket that dials ``connect`` (its CURVE handshakes are watched)."""
         return self._dialled[connect.bind + f"#{connect.edge}"][0]
-
-    def connects_tcp(self, edge: int) -> bool:
-        return any(c.edge == edge and c.transport == "tcp" for c in self.connects)
 
     def _credit(self, sock: zmq.Socket, stream: list[Any]) -> None:
         stream[3] = stream[2]

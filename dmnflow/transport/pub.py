@@ -111,6 +111,14 @@ class PubChannel:
         return found
 
 
+    def loan(self, nbytes: int) -> Any:
+        """A free shared-memory slot of ``nbytes`` for ``ctx.alloc``, or None (no thread but
+        the worker's touches a pub channel: no lock)."""
+        if self.pool is None:
+            return None
+        self.service()  # frees waiting on the socket: the slot just given back is warm
+        return self.pool.loan(nbytes)
+
     def sockets(self) -> list[zmq.Socket]:
         return [self.sock]
 

@@ -399,7 +399,7 @@ def test_an_emitted_loan_goes_without_a_copy_and_its_slot_waits_for_both_sides()
         pool.close()
 
 
-def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
+def test_outlet_alloc_loans_only_on_a_lone_shared_memory_edge(ctx):
     tp = Tensor("float32", (None,))
     link = make_link(ctx)
 
@@ -416,7 +416,9 @@ def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
         loaned = push.alloc((16, 64), "float32")
         assert loaned.shape == (16, 64) and loaned.dtype == np.float32 and loaned.flags.writeable
         assert push.channels[0].pool.in_use() == 1
-        assert pub.alloc(1024, np.float32).base is None  # a pub edge: ordinary memory
+        on_pub = pub.alloc(1024, np.float32)  # a pub edge lends a slot too
+        assert on_pub.base is not None and pub.channels[0].pool.in_use() == 1
+        del on_pub
         assert push.alloc(8, "float32").base is None  # small: ordinary memory
     finally:
         del loaned
@@ -1114,3 +1116,35 @@ def test_a_forged_forward_naming_another_outputs_real_segment_is_refused(ctx):
         other.close()
         other.unlink()
         _close(a, b_in, b_out, c_in)
+
+
+def test_ctx_alloc_works_for_bytes_on_a_buffer_port_and_sends_the_slot_itself(ctx):
+    """uint8 from alloc on a raw port typed Buffer: the subscribers get the loaned slot, read-only."""
+    from typing_extensions import Buffer
+
+    link = Link(ctx, "/nonexistent", TOKEN, TAG, Counters(Layout(edges=9, nodes=1, outputs=SRC + 1, binds=1)))
+    plans = {e: edge_plan("pub", edge=e) for e in (7, 8)}
+    bind = BindPlan(id="b", counter=0, endpoint="inproc://alloc-bytes", transport="inproc", pattern="pub",
+                    hwm=1000, control_hwm=0, edges=[7, 8], shm=True)
+    outlet = Outlet(link, SRC, 0, "p", "out", [bind], plans, get_codec("raw").encoder(Buffer), shm_above=1024,
+                    flusher=flusher(), own_flusher=True, loans=True)
+    link.resolved.update(outlet.bound)
+    inlets = [Inlet(link, "in", f"c{e}", [connect_plan(e, "inproc://alloc-bytes", "inproc", "pub", 1000)],
+                    {e: SRC}, [], 1000, {e: get_codec("raw").decoder(Buffer, Limits())}, feedback=False,
+                    max_bytes=1 << 20) for e in (7, 8)]
+    joined(outlet)
+    pool = outlet.channels[0].pool
+    try:
+        buf = outlet.alloc(4096, "uint8")
+        buf[:] = 42
+        outlet.send(buf, None, 1, 0, None)
+        got = [drain(inlet, 1)[0] for inlet in inlets]
+        assert len(pool.slots) == 1 and all(type(v) is memoryview and v.readonly for v in got)
+        assert all(bytes(v) == b"*" * 4096 for v in got)
+        assert got[0].obj is not buf.base  # the consumers' own read-only mappings of the one slot
+        del buf, got
+        _frees_reach(outlet, inlets, lambda: pool.in_use() == 0)
+    finally:
+        outlet.close()
+        for inlet in inlets:
+            inlet.close()
