@@ -11,8 +11,10 @@ joined meanwhile) copies the payload out at once. A pub socket may drop a lease 
 subscriber, which then never frees it. A subscriber reads in order, so once it has freed a
 lease sent later, it either maps this slot already or will never see the lease: when all
 slots are taken, a slot every pending reader has passed so is replaced by a new segment
-(whoever still maps the old one keeps reading it intact). Nothing a consumer may still
-map is ever unlinked.
+(whoever still maps the old one keeps reading it intact; the old name stays linked until
+its readers free it, or ``shm_slots`` later replacements, for a forward of its lease that
+is still on its way: ``_retire``). Nothing a consumer may still map is unlinked before
+then.
 
 Nothing in a lease is trusted: a consumer maps a segment only when the lease's MAC (over
 name, slot, generation and size, keyed with a key derived from the run's token: ``lease_mac``)
@@ -136,6 +138,7 @@ class ShmPool:
         # forwarded leases: FORWARD + n -> [what keeps the received slot mapped, pending edges, order]
         self.forwards: dict[int, list[Any]] = {}
         self.next_forward = 0
+        self.retired: list[list[Any]] = []  # [slot, gen, segment, pending edges] of replaced slots
 
     def put(self, frames: list[Any], readers: Any = (ANY,)) -> list[Any] | None:
         """A lease ``["shm", name, slot, gen, size, mac]`` for a large single-frame payload: the
@@ -255,9 +258,21 @@ class ShmPool:
             if small is None:
                 return None
             self.reclaimed += 1
-        _drop_segment(self.slots[small][0])  # a consumer still mapping it keeps its pages
+            self._retire(small)
+        else:
+            _drop_segment(self.slots[small][0])  # nobody maps it any longer
         self.slots[small] = [_segment(self.prefix, size), set(), self.slots[small][2], 0, 0]
         return small
+
+    def _retire(self, index: int) -> None:
+        """A slot its readers have passed leaves the pool, but its segment stays linked until
+        they free it (or leave), so that a consumer of a forward of its lease, not read yet,
+        can still open it; at most ``max_slots`` wait so (the oldest then goes: a consumer
+        still mapping it keeps its pages)."""
+        old = self.slots[index]
+        self.retired.append([index, old[2], old[0], old[1]])
+        if len(self.retired) > self.max_slots:
+            _drop_segment(self.retired.pop(0)[2])
 
     def _stale(self) -> int | None:
         """The oldest slot each of whose pending readers has freed a lease sent after it (so
@@ -283,11 +298,23 @@ class ShmPool:
             slot[1].discard(edge)
             if slot[4] > self.passed.get(edge, 0):
                 self.passed[edge] = slot[4]
+        elif self.retired:
+            self._free_retired(lambda r: r[0] == index and r[1] == gen, edge)
+
+    def _free_retired(self, which: Any, edge: int) -> None:
+        """``edge`` no longer reads the retired segments ``which`` picks: those nobody reads go."""
+        for entry in [r for r in self.retired if which(r)]:
+            entry[3].discard(edge)
+            if not entry[3]:
+                self.retired.remove(entry)
+                _drop_segment(entry[2])
 
     def gone(self, edge: int) -> None:
         """Edge ``edge``'s consumer is gone: it frees nothing any more."""
         for slot in self.slots:
             slot[1].discard(edge)
+        if self.retired:
+            self._free_retired(lambda r: True, edge)
         for index, forward in list(self.forwards.items()):
             forward[1].discard(edge)
             if not forward[1]:
@@ -300,7 +327,10 @@ class ShmPool:
     def close(self) -> None:
         for slot in self.slots:
             _drop_segment(slot[0])
+        for entry in self.retired:
+            _drop_segment(entry[2])
         self.slots = []
+        self.retired = []
         self.loans = {}
         self.forwards = {}
 

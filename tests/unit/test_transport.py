@@ -516,10 +516,15 @@ def test_a_slot_its_readers_have_passed_without_freeing_it_is_replaced_and_the_o
         lease = pool.put([b"z" * 2048], readers=[7, 8])  # the oldest slot both are past is replaced
         assert lease is not None and pool.reclaimed == 1 and lease[2] == 0 and lease[1] != leases[0][1]
         assert bytes(held) == bytes([1]) * 2048  # the old segment, still mapped by 7, unchanged
-        pool.free(leases[0][2], leases[0][3], 7)  # a late free of the replaced lease changes nothing
-        assert pool.slots[0][1] == {7, 8}
+        import os
+
+        old = f"/dev/shm/{leases[0][1]}"
+        assert pool.retired and os.path.exists(old)  # still linked: a forward of its lease may be on its way
+        pool.free(leases[0][2], leases[0][3], 7)  # a late free of the replaced lease: only the old one's
+        assert pool.slots[0][1] == {7, 8} and os.path.exists(old)  # 8 has not freed it
         pool.gone(8)  # a consumer that left frees nothing more, and holds nothing any longer
         assert all(8 not in slot[1] for slot in pool.slots)
+        assert not pool.retired and not os.path.exists(old)  # nobody reads the old segment: unlinked
     finally:
         del held
         maps.close()
