@@ -216,6 +216,18 @@ def exact_us(latencies_ns: list[int]) -> dict[str, float]:
     return {"exact_p50_us": round(q(0.5), 1), "exact_p99_us": round(q(0.99), 1)}
 
 
+def _rtt_type(kind: str) -> Any:
+    """The port type of a round trip's payload: ``bytes`` (each input gets its own copy),
+    ``Buffer`` (bytes emitted, received as read-only views) or a float32 tensor."""
+    if kind == "tensor":
+        return Tensor("float32", shape=(None,))
+    if kind == "buffer":
+        from typing_extensions import Buffer
+
+        return Buffer
+    return bytes
+
+
 class RttPing(_Bench):
     """Back-to-back round trips: sends a payload, waits for it to come back on ``back``, sends
     the next at once; keeps every round trip (``time.perf_counter_ns``) and writes p50/p99.
@@ -229,15 +241,15 @@ class RttPing(_Bench):
         count: int = Field(2000, ge=1)
         warmup: int = Field(200, ge=0, description="round trips not counted (caches, first connections)")
         size: int = Field(64, ge=4)
-        kind: Literal["bytes", "tensor"] = "bytes"
+        kind: Literal["bytes", "buffer", "tensor"] = Field(
+            "bytes", description="buffer: bytes emitted, the ports typed Buffer (received as views)")
 
     back = Input(Any)
     out = Output(Any)
 
     @classmethod
     def ports(cls, params: BaseModel) -> Ports:
-        kind = getattr(params, "kind", "bytes")
-        tp: Any = Tensor("float32", shape=(None,)) if kind == "tensor" else bytes
+        tp = _rtt_type(getattr(params, "kind", "bytes"))
         out, back = Output(tp), Input(tp)
         out.name, back.name = "out", "back"
         return Ports({"back": back}, {"out": out})
@@ -275,14 +287,14 @@ class Pong(_Bench):
     """Sends back what it receives."""
 
     class Params(_Common):
-        kind: Literal["bytes", "tensor"] = "bytes"
+        kind: Literal["bytes", "buffer", "tensor"] = "bytes"
 
     x = Input(Any)
     y = Output(Any)
 
     @classmethod
     def ports(cls, params: BaseModel) -> Ports:
-        tp: Any = Tensor("float32", shape=(None,)) if getattr(params, "kind", "bytes") == "tensor" else bytes
+        tp = _rtt_type(getattr(params, "kind", "bytes"))
         x, y = Input(tp), Output(tp)
         x.name, y.name = "x", "y"
         return Ports({"x": x}, {"y": y})

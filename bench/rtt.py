@@ -13,7 +13,9 @@ framework costs per hop shows. For each transport, size and payload kind:
   (``bench.nodes:Pong``), each in its own process.
 
 Ratios are against raw PAIR with the same ping mode as dmnflow's (spin); p50 and p99 are
-exact. Bytes up to 64 KiB; tensors (float32) from 64 KiB. No asserts: speed is reported.
+exact. Bytes up to 64 KiB; tensors (float32) from 64 KiB; ``--kinds bytes,buffer,tensor``
+adds bytes on ports typed ``Buffer`` (views, not copies, on the way in). No asserts: speed
+is reported.
 """
 
 from __future__ import annotations
@@ -177,8 +179,11 @@ def dmnflow_rtt(transport: str, policy: str, size: int, kind: str, count: int, w
     return {"p50_us": ping["exact_p50_us"], "p99_us": ping["exact_p99_us"], "n": ping["n"]}
 
 
-def kinds_for(size: int) -> list[str]:
-    return ["bytes"] if size < 64 << 10 else ["bytes", "tensor"]
+def kinds_for(size: int, kinds: list[str] | None = None) -> list[str]:
+    """bytes below 64 KiB, bytes and tensors from there (or ``--kinds``: ``buffer`` is bytes on
+    ports typed ``Buffer``, which receive views instead of copies)."""
+    default = ["bytes"] if size < 64 << 10 else ["bytes", "tensor"]
+    return default if kinds is None else [k for k in kinds if k != "tensor" or size >= 64 << 10]
 
 
 def load(size: int, quick: bool) -> tuple[int, int]:
@@ -236,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="measure every row N times, interleaved")
     ap.add_argument("--transports", default=None, help="comma-separated: ipc,tcp")
     ap.add_argument("--sizes", default=None, help="comma-separated byte counts")
+    ap.add_argument("--kinds", default=None, help="comma-separated: bytes,buffer,tensor")
     ap.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     args = ap.parse_args(argv)
     harness.enter_repo()
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeat):
         for transport in transports:
             for size in sizes:
-                for kind in kinds_for(size):
+                for kind in kinds_for(size, args.kinds.split(",") if args.kinds else None):
                     try:
                         rows.append(measure(transport, size, kind, args.quick))
                     except Exception as exc:

@@ -21,6 +21,7 @@ and never imports ``runtime/`` or ``nodes/``.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import json
@@ -134,6 +135,8 @@ def codec_names() -> list[str]:
 
 _PLAIN = (bool, int, float, str, list, tuple, dict, type(None))
 _BYTES = (bytes, bytearray, memoryview)
+# the "any object with a buffer" port type: typing_extensions.Buffer, collections.abc.Buffer (3.12+)
+_BUFFER_TYPES = tuple(dict.fromkeys(t for t in (Buffer, getattr(collections.abc, "Buffer", None)) if t is not None))
 _UNIONS = (typing.Union, types.UnionType)
 
 
@@ -163,7 +166,8 @@ def _plain(tp: Any, *, with_bytes: bool) -> bool:
 
 def _bytes_like(tp: Any) -> bool:
     origin = typing.get_origin(tp) or tp
-    return tp is Any or (isinstance(origin, type) and issubclass(origin, bytes | bytearray | memoryview))
+    return tp is Any or tp in _BUFFER_TYPES or \
+        (isinstance(origin, type) and issubclass(origin, bytes | bytearray | memoryview))
 
 
 def _classes(tp: Any) -> tuple[type, ...] | None:
@@ -277,6 +281,19 @@ def _to_plain(obj: Any) -> Any:
 # ------------------------------------------------------------------ raw
 
 def _raw_encoder(tp: Any, compress_above: int | None) -> Encoder:
+    """The value itself as the one frame. A ``Buffer`` port takes any C-contiguous buffer
+    (a numpy array, ``ctx.alloc``'s included), the others their classes."""
+    if tp in _BUFFER_TYPES:
+        def encode_buffer(value: Any) -> tuple[Any, list[Buffer]]:
+            try:
+                view = value if type(value) is memoryview else memoryview(value)
+            except TypeError:
+                raise _wrong_type("raw", tp, value) from None
+            if not view.c_contiguous:
+                raise _encode_failed("raw", value, "the buffer is not contiguous")
+            return None, [value]
+
+        return encode_buffer
     allowed = tuple(c for c in _classes(tp) or _BYTES if issubclass(c, _BYTES))
 
     def encode(value: Any) -> tuple[Any, list[Buffer]]:
@@ -290,7 +307,14 @@ def _raw_encoder(tp: Any, compress_above: int | None) -> Encoder:
 
 
 def _raw_decoder(tp: Any, limits: Limits) -> Decoder:
-    """bytes/bytearray ports get their own copy; memoryview and Any ports the frame itself."""
+    """bytes/bytearray ports get their own copy; memoryview, Buffer and Any ports the frame
+    itself, read-only (a view of the received ZeroMQ frame or shared-memory slot).
+
+    A ``bytes`` value cannot be a view: CPython keeps a bytes object's data inside the
+    object itself, so the only way to honour a port typed ``bytes`` is to copy. A node that
+    wants large payloads without the copy types its input ``memoryview`` or ``Buffer``
+    (docs/performance.md). The decoder is marked ``copies_frame`` so that the inlet can let
+    an echo of that copy, while its handler runs, forward the slot instead of copying again."""
     origin = typing.get_origin(tp) or tp
     convert = origin if origin in (bytes, bytearray) else None
 
@@ -303,6 +327,7 @@ def _raw_decoder(tp: Any, limits: Limits) -> Decoder:
             raise _decode_failed("raw", exc) from exc
         return frame if convert is None else convert(frame)
 
+    decode.copies_frame = convert is bytes  # type: ignore[attr-defined]  # an immutable copy: see Inlet.copies
     return decode
 
 

@@ -314,13 +314,14 @@ class Context:
     def alloc(self, port: str, shape: int | tuple[int, ...], dtype: Any = "float32") -> Any:
         """A writable numpy array (uninitialised) to fill and then ``emit`` on ``port``.
 
-        On a same-host push edge (``policy: block``, or replicas sharing) with shared memory,
+        On an output whose one bind is a same-host edge (push or pub) with shared memory,
         and at least ``shm_above`` bytes, the array lies in a shared-memory slot: emitting it
         sends only the slot's name, nothing is copied. Once emitted, the array is the
         consumers': do not write to it again (allocate a new one per message). The slot is
         reused only after the consumers and this node have dropped every array over it.
-        Anywhere else (pub or tcp edges, several consumers, small arrays, all slots taken,
-        ``dmnflow.testing``) it is an ordinary array and ``emit`` copies it as usual.
+        Anywhere else (tcp edges, an output with several binds, small arrays, all slots
+        taken, ``dmnflow.testing``) it is an ordinary array and ``emit`` copies it as usual.
+        For bytes, allocate ``uint8`` and emit it on a ``raw`` port typed ``Buffer``.
         """
         if self._alloc is None:
             import numpy as np

@@ -26,7 +26,7 @@ from ..codecs import Decoder
 from ..errors import DecodeError
 from ..plan import ConnectPlan
 from .link import Link, hello_msg, zmq_errors
-from .shm import ShmMaps, lease_key, segment_prefix
+from .shm import ShmMaps, hold_copy, lease_key, release_copy, run_prefix
 from .stats import (
     DECODE_ERRORS,
     GAPS,
@@ -120,7 +120,11 @@ class Inlet:
             for source in self.sources.values():
                 source.last = mv[self.base[source.edge] + POS_DONE] - 1
         self.src_of_edge = src_of_edge
-        self.shm_prefix = {src_of_edge[c.edge]: segment_prefix(link.tag, src_of_edge[c.edge]) for c in connects}
+        self.tcp_edges = {c.edge for c in connects if c.transport == "tcp"}  # a lease there is refused
+        self.shm_prefix = run_prefix(link.tag)  # a lease may name any output's segment (a forward)
+        # edges whose decoder hands the handler a bytes copy of the frame: while its handler runs,
+        # emitting that copy forwards the slot it came from (shm.hold_copy)
+        self.copies = {edge for edge, decode in decoders.items() if getattr(decode, "copies_frame", False)}
         self.open: set[int] = {c.edge for c in connects}
         self.topics = tuple(t.encode() for t in topics)
         self.shm = ShmMaps(SHM_MAPS_PER_SOURCE, lease_key(link.token))
@@ -251,6 +255,7 @@ class Inlet:
         expected_edge = self.edge_of_sock.get(sock)
         count = 0
         mv, base_of = self.mv, self.base
+        copied = None  # the bytes copy of a slot the handler has now (hold_copy), until it returns
         try:
             while count < limit:
                 # one message came alone (back to back, paced): asking is cheaper than a failed recv
@@ -349,25 +354,37 @@ class Inlet:
                     mv[base + DECODE_ERRORS] += 1
                     continue
                 meta = header[META]
+                leased = False
                 try:
                     if type(meta) is list and 7 <= len(meta) <= 8 and meta[0] == SHM_LEASE:
-                        if self.connects_tcp(source.edge):
+                        if source.edge in self.tcp_edges:
                             raise ValueError("shared memory over tcp")
-                        payload = [self.shm.attach(source.edge, meta[:6], self.shm_prefix[src], self.max_bytes)]
+                        payload = [self.shm.attach(source.edge, meta[:6], self.shm_prefix, self.max_bytes)]
+                        leased = True
                         if len(meta) == 8:  # a pub lease: the subscribers the producer counted free it
                             readers = meta[6]
                             if type(readers) is not list:
                                 raise ValueError("malformed lease")
                             if source.edge not in readers:  # joined meanwhile: the slot may be reused, copy
                                 payload = [memoryview(payload[0].tobytes())]
+                                leased = False
                         meta = meta[-1]
                     value = self.decoders[source.edge](meta, payload)
                 except (DecodeError, ValueError, OSError):  # OSError: a segment that is not there
                     mv[base + DECODE_ERRORS] += 1
                     continue
                 header.append(topic)  # header[TOPIC]: what the handler sees as ctx.message.topic
-                yield value, header
+                if leased and type(value) is bytes and source.edge in self.copies:
+                    copied = value
+                    hold_copy(value, payload[0])
+                    yield value, header
+                    release_copy(value)  # the handler has returned: a later emit copies
+                    copied = None
+                else:
+                    yield value, header
         finally:
+            if copied is not None:  # the generator was closed while a handler had a copy
+                release_copy(copied)
             if stream is not None and stream[2] - stream[3] >= stream[4]:
                 self._credit(sock, stream)
             if took is not None and took[1] - took[2] >= took[3]:
@@ -392,9 +409,6 @@ class Inlet:
     def socket_of(self, connect: ConnectPlan) -> zmq.Socket:
         """The socket that dials ``connect`` (its CURVE handshakes are watched)."""
         return self._dialled[connect.bind + f"#{connect.edge}"][0]
-
-    def connects_tcp(self, edge: int) -> bool:
-        return any(c.edge == edge and c.transport == "tcp" for c in self.connects)
 
     def _credit(self, sock: zmq.Socket, stream: list[Any]) -> None:
         stream[3] = stream[2]

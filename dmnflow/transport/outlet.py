@@ -22,6 +22,7 @@ from ..codecs import Encoder
 from ..plan import BindPlan, EdgePlan
 from .channel import Channel, channel_for
 from .link import Link
+from .pub import PubChannel
 from .push import Flusher, PushChannel
 from .stats import EdgeStats
 
@@ -70,9 +71,11 @@ class Outlet:
 
     def alloc(self, shape: Any, dtype: Any) -> Any:
         """A writable numpy array for the node to fill and emit on this output. On an output
-        whose one bind is a same-host push edge with shared memory, and large enough for it,
-        the array lies in a free slot, so emitting it sends only the slot's name; otherwise
-        (or with every slot taken) it is ordinary memory and emit copies as usual."""
+        whose one bind is a same-host push or pub edge with shared memory, and large enough
+        for it, the array lies in a free slot, so emitting it sends only the slot's name;
+        otherwise (or with every slot taken) it is ordinary memory and emit copies as usual.
+        Bytes too: ``uint8`` on a raw port typed ``Buffer`` (or emit ``memoryview(array)`` on
+        one typed ``memoryview``)."""
         import numpy as np  # only nodes that allocate tensors load numpy
 
         dtype = np.dtype(dtype)
@@ -81,7 +84,7 @@ class Outlet:
         for n in shape:
             count *= n
         alone = self.channels[0] if self.loans and len(self.channels) == 1 else None
-        if not isinstance(alone, PushChannel) or alone.pool is None \
+        if not isinstance(alone, PushChannel | PubChannel) or alone.pool is None \
                 or count * dtype.itemsize < alone.pool.threshold:
             return np.empty(shape, dtype)
         holder = alone.loan(count * dtype.itemsize)

@@ -30,6 +30,8 @@ from .wire import CONTROL_MAX, DATA, EOS_TOPIC, eos_header, large, message, pars
 
 __all__ = ["PubChannel"]
 
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
 
 class _AnyEdge:
     """Every edge number: for telling another edge's control message from junk."""
@@ -111,6 +113,14 @@ class PubChannel:
         return found
 
 
+    def loan(self, nbytes: int) -> Any:
+        """A free shared-memory slot of ``nbytes`` for ``ctx.alloc``, or None (no thread but
+        the worker's touches a pub channel: no lock)."""
+        if self.pool is None:
+            return None
+        self.service()  # frees waiting on the socket: the slot just given back is warm
+        return self.pool.loan(nbytes)
+
     def sockets(self) -> list[zmq.Socket]:
         return [self.sock]
 
@@ -132,7 +142,8 @@ class PubChannel:
                 mv[base] += 1
         pool = self.pool
         if pool is not None and len(frames) == 1 and large(frames[0], pool.threshold):
-            self.service()  # frees waiting on the socket
+            if self.sock.get(_EVENTS) & _POLLIN:  # asking is cheaper than a failed recv
+                self.service()  # frees waiting on the socket
             readers = self.readers(topic)
             lease = pool.put(frames, readers) if readers else None
             if lease is not None:  # every subscriber maps the one slot; those it names free it

@@ -64,6 +64,7 @@ __all__ = ["Flusher", "PushChannel"]
 
 # plain ints: zmq's flag enums cost a Python enum operation per frame on the hot path
 _MORE, _NOWAIT = int(zmq.SNDMORE), int(zmq.NOBLOCK)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class _Held:
@@ -395,7 +396,8 @@ class PushChannel:
         src, inc, packer = self.src, self.inc, self.packer
         lease = None
         if self.pool is not None and len(frames) == 1 and large(frames[0], self.pool.threshold):
-            self._read()  # frees waiting on the socket: a source may not return to the loop for a while
+            if self.sock.get(_EVENTS) & _POLLIN:  # asking is cheaper than a failed recv
+                self._read()  # frees waiting on the socket: a source may not return to the loop for a while
             lease = self.pool.put(frames)
         if lease is not None:  # the payload now lives in a shared-memory slot; the message names it
             rest = (*rest[:-2], [*lease, rest[-2]], rest[-1])  # the codec's meta rides in the lease

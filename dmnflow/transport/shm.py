@@ -11,17 +11,22 @@ joined meanwhile) copies the payload out at once. A pub socket may drop a lease 
 subscriber, which then never frees it. A subscriber reads in order, so once it has freed a
 lease sent later, it either maps this slot already or will never see the lease: when all
 slots are taken, a slot every pending reader has passed so is replaced by a new segment
-(whoever still maps the old one keeps reading it intact). Nothing a consumer may still
-map is ever unlinked.
+(whoever still maps the old one keeps reading it intact; the old name stays linked until
+its readers free it, or ``shm_slots`` later replacements, for a forward of its lease that
+is still on its way: ``_retire``). Nothing a consumer may still map is unlinked before
+then.
 
 Nothing in a lease is trusted: a consumer maps a segment only when the lease's MAC (over
 name, slot, generation and size, keyed with a key derived from the run's token: ``lease_mac``)
 is right, so only this run's producers can have written it, and only for a name that carries
-this run's tag and the producer's output number (``segment_prefix``) and ends in a random part
-nobody can predict (``secrets.token_hex``); only on same-host edges, at most ``max_maps``
-segments per producer, and read-only. The tag is public (anyone sees the names in /dev/shm):
+this run's tag and an output number (``segment_prefix``) and ends in a random part nobody
+can predict (``secrets.token_hex``); only on same-host edges, at most ``max_maps`` segments
+per producer output, and read-only. The tag is public (anyone sees the names in /dev/shm):
 a peer that knows it, creates a segment of that name and sends a lease for it is refused,
-since it cannot make the MAC.
+since it cannot make the MAC. A consumer takes a lease for a segment of any output of the
+run, not only of the producer that sent it, so that forwarded leases work: the MAC is what
+proves a process of the run made the lease, and a process of the run could send any payload
+inline anyway (docs/wire.md, "Forwarded leases").
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import ctypes
 import hmac
 import mmap
 import os
+import re
 import secrets
 import weakref
 from multiprocessing import shared_memory
@@ -38,16 +44,41 @@ from typing import Any
 
 from .wire import INT64_MAX, SHM_LEASE
 
-__all__ = ["ANY", "ShmMaps", "ShmPool", "lease_key", "lease_mac", "segment_prefix"]
+__all__ = ["ANY", "FORWARD", "ShmMaps", "ShmPool", "hold_copy", "lease_key", "lease_mac", "release_copy",
+           "run_prefix", "segment_prefix"]
 
 _CREATED: set[str] = set()  # segments this process made (a group may hold producer and consumer)
 _RANDOM = 16  # hex characters of a segment name's random part
 MAC_BYTES = 16
+FORWARD = 1 << 40  # slot numbers from here on name a forwarded lease (its forwarder's bookkeeping)
+_NAME_TAIL = re.compile(rf"(0|[1-9][0-9]{{0,9}})_[0-9a-f]{{{_RANDOM}}}")  # after run_prefix: output, random
+
+# What this process received through shared memory and may emit again without a copy:
+# the address where a mapped slot's buffer starts -> [segment name, live buffers over it] ...
+_RECEIVED: dict[int, list[Any]] = {}
+# ... and the bytes a ``bytes`` port's handler got (a copy of a slot), while the handler runs:
+# id(copy) -> (the copy, the buffer over the slot it was copied from)
+_COPIES: dict[int, tuple[bytes, memoryview]] = {}
+
+
+def run_prefix(tag: str) -> str:
+    """The name every segment of this run starts with."""
+    return f"dmn_{tag}_"
 
 
 def segment_prefix(tag: str, src: int) -> str:
     """The name every segment of output ``src`` starts with in this run."""
-    return f"dmn_{tag}_{src}_"
+    return f"{run_prefix(tag)}{src}_"
+
+
+def hold_copy(copy: bytes, view: memoryview) -> None:
+    """``copy`` was made from ``view`` (a slot) for a ``bytes`` port: emitting it while this
+    holds forwards the slot instead of copying it again (``release_copy`` ends that)."""
+    _COPIES[id(copy)] = (copy, view)
+
+
+def release_copy(copy: bytes) -> None:
+    _COPIES.pop(id(copy), None)
 
 
 def lease_key(token: bytes) -> bytes:
@@ -104,6 +135,10 @@ class ShmPool:
         self.slots: list[list[Any]] = []  # [segment, pending: set of edges, generation, held: loan id or 0, order]
         self.loans: dict[int, tuple[int, int]] = {}  # address of a loaned slot -> (slot, loan id)
         self.next_loan = 1
+        # forwarded leases: FORWARD + n -> [what keeps the received slot mapped, pending edges, order]
+        self.forwards: dict[int, list[Any]] = {}
+        self.next_forward = 0
+        self.retired: list[list[Any]] = []  # [slot, gen, segment, pending edges] of replaced slots
 
     def put(self, frames: list[Any], readers: Any = (ANY,)) -> list[Any] | None:
         """A lease ``["shm", name, slot, gen, size, mac]`` for a large single-frame payload: the
@@ -116,6 +151,10 @@ class ShmPool:
         size = payload.nbytes
         if size < self.threshold:
             return None
+        if _RECEIVED:  # this process maps others' slots: the payload may be one of them
+            lease = self._forward(frames[0], payload, readers)
+            if lease is not None:
+                return lease
         if self.loans:
             address = _address(payload)
             loan = self.loans.pop(address, None) if address is not None else None
@@ -135,6 +174,47 @@ class ShmPool:
         slot[0].buf[:size] = payload
         name = slot[0].name
         return [SHM_LEASE, name, index, slot[2], size, lease_mac(self.key, name, index, slot[2], size)]
+
+    def _forward(self, frame: Any, payload: memoryview, readers: Any) -> list[Any] | None:
+        """A lease on the slot ``frame`` was received in (it is that buffer, or the bytes a
+        handler got copied from it), kept mapped here until every reader of the forward has
+        freed it; None when it is not such a payload, or too many forwards are out."""
+        if type(frame) is bytes:
+            held = _COPIES.get(id(frame))
+            if held is None or held[0] is not frame:
+                return None
+            keep = held[1]
+        else:
+            keep = payload  # it holds the received buffer, and so the slot
+        import numpy as np  # a process that maps slots has numpy loaded (``_read_only_address``)
+
+        received = _RECEIVED.get(np.frombuffer(keep, dtype=np.uint8).__array_interface__["data"][0])
+        if received is None:
+            return None  # a part of a slot, or memory of our own
+        if len(self.forwards) >= self.max_slots:
+            stale = self._stale_forward()
+            if stale is None:
+                return None  # copied: the readers of every forward we hold are behind
+            self.reclaimed += 1
+            del self.forwards[stale]
+        index = FORWARD + self.next_forward
+        self.next_forward += 1
+        self.sent += 1
+        self.forwards[index] = [keep, set(readers), self.sent]
+        name, size = received[0], payload.nbytes
+        return [SHM_LEASE, name, index, 1, size, lease_mac(self.key, name, index, 1, size)]
+
+    def _stale_forward(self) -> int | None:
+        """The oldest forward whose readers have all freed a later lease (a pub subscriber
+        lost it): let go of it."""
+        passed = self.passed
+        stale = [(f[2], i) for i, f in self.forwards.items()
+                 if ANY not in f[1] and all(passed.get(e, 0) > f[2] for e in f[1])]
+        return min(stale)[1] if stale else None
+
+    def forwarded(self) -> int:
+        """Forwarded leases whose readers have not all freed them."""
+        return len(self.forwards)
 
     def loan(self, size: int) -> Any:
         """A writable buffer of ``size`` bytes over a free slot, held until every array over
@@ -178,9 +258,21 @@ class ShmPool:
             if small is None:
                 return None
             self.reclaimed += 1
-        _drop_segment(self.slots[small][0])  # a consumer still mapping it keeps its pages
+            self._retire(small)
+        else:
+            _drop_segment(self.slots[small][0])  # nobody maps it any longer
         self.slots[small] = [_segment(self.prefix, size), set(), self.slots[small][2], 0, 0]
         return small
+
+    def _retire(self, index: int) -> None:
+        """A slot its readers have passed leaves the pool, but its segment stays linked until
+        they free it (or leave), so that a consumer of a forward of its lease, not read yet,
+        can still open it; at most ``max_slots`` wait so (the oldest then goes: a consumer
+        still mapping it keeps its pages)."""
+        old = self.slots[index]
+        self.retired.append([index, old[2], old[0], old[1]])
+        if len(self.retired) > self.max_slots:
+            _drop_segment(self.retired.pop(0)[2])
 
     def _stale(self) -> int | None:
         """The oldest slot each of whose pending readers has freed a lease sent after it (so
@@ -192,16 +284,41 @@ class ShmPool:
 
     def free(self, index: int, gen: int, edge: int = ANY) -> None:
         """Edge ``edge``'s consumer no longer uses the slot (a stale generation is ignored)."""
+        if index >= FORWARD:  # a forward: once all its readers are done, our view of their slot goes
+            forward = self.forwards.get(index)
+            if forward is not None and gen == 1:
+                forward[1].discard(edge)
+                if forward[2] > self.passed.get(edge, 0):
+                    self.passed[edge] = forward[2]
+                if not forward[1]:
+                    del self.forwards[index]
+            return
         if 0 <= index < len(self.slots) and self.slots[index][2] == gen:
             slot = self.slots[index]
             slot[1].discard(edge)
             if slot[4] > self.passed.get(edge, 0):
                 self.passed[edge] = slot[4]
+        elif self.retired:
+            self._free_retired(lambda r: r[0] == index and r[1] == gen, edge)
+
+    def _free_retired(self, which: Any, edge: int) -> None:
+        """``edge`` no longer reads the retired segments ``which`` picks: those nobody reads go."""
+        for entry in [r for r in self.retired if which(r)]:
+            entry[3].discard(edge)
+            if not entry[3]:
+                self.retired.remove(entry)
+                _drop_segment(entry[2])
 
     def gone(self, edge: int) -> None:
         """Edge ``edge``'s consumer is gone: it frees nothing any more."""
         for slot in self.slots:
             slot[1].discard(edge)
+        if self.retired:
+            self._free_retired(lambda r: True, edge)
+        for index, forward in list(self.forwards.items()):
+            forward[1].discard(edge)
+            if not forward[1]:
+                del self.forwards[index]
         self.passed.pop(edge, None)
 
     def in_use(self) -> int:
@@ -210,8 +327,12 @@ class ShmPool:
     def close(self) -> None:
         for slot in self.slots:
             _drop_segment(slot[0])
+        for entry in self.retired:
+            _drop_segment(entry[2])
         self.slots = []
+        self.retired = []
         self.loans = {}
+        self.forwards = {}
 
 
 class _Mapping:
@@ -251,16 +372,19 @@ class ShmMaps:
         self.max_maps = max_maps  # per producer output
         self.maps: dict[str, _Mapping] = {}
         self.frees: list[tuple[int, int, int]] = []  # (edge, slot, gen) whose arrays are gone
+        self.live: dict[int, tuple[Any, ...]] = {}  # id(weakref to a lease's buffer) -> (it, edge, slot, gen, mapping)
 
     def attach(self, edge: int, lease: list[Any], prefix: str, max_bytes: int) -> memoryview:
         """A read-only buffer over the slot the lease names, valid while any array over it
-        lives; when the last one is gone, the slot is queued to be freed. ValueError for a
-        lease this producer could not have sent."""
+        lives; when the last one is gone, the slot is queued to be freed. ``prefix``: the
+        run's (``run_prefix``): the segment may be any output's of the run (a forwarded
+        lease names the segment it was first sent in). ValueError for a lease no producer of
+        this run could have sent."""
         if len(lease) != 6:
             raise ValueError("malformed lease")
         _, name, slot, gen, size, mac = lease
-        if type(name) is not str or not name.startswith(prefix) or len(name) != len(prefix) + _RANDOM:
-            raise ValueError("a lease on a segment this producer does not own")
+        if type(name) is not str or not name.startswith(prefix) or _NAME_TAIL.fullmatch(name, len(prefix)) is None:
+            raise ValueError("a lease on a segment no output of this run made")
         if type(slot) is not int or type(gen) is not int or type(size) is not int or not 0 < size <= max_bytes \
                 or not 0 <= slot <= INT64_MAX or not 0 <= gen <= INT64_MAX or type(mac) is not bytes:
             raise ValueError("malformed lease")
@@ -268,22 +392,37 @@ class ShmMaps:
             raise ValueError("a lease this run's producer did not make")  # before anything is opened
         mapping = self.maps.get(name)
         if mapping is None:
-            mine = [n for n in self.maps if n.startswith(prefix)]
+            owner = name[:-_RANDOM]  # the output that made it: at most max_maps of its segments
+            mine = [n for n in self.maps if n.startswith(owner)]
             if len(mine) >= self.max_maps:
                 for old in [n for n in mine if self.maps[n].live == 0]:
                     self.maps.pop(old).close()
-                if sum(1 for n in self.maps if n.startswith(prefix)) >= self.max_maps:
+                if sum(1 for n in self.maps if n.startswith(owner)) >= self.max_maps:
                     raise ValueError("too many shared-memory segments mapped for this producer")
             mapping = self.maps[name] = _Mapping(name)
         if size > mapping.size:
             raise ValueError("the slot is smaller than the lease says")
         holder = (ctypes.c_char * size).from_address(mapping.address)
         mapping.live += 1
-        weakref.finalize(holder, self._gone, edge, slot, gen, mapping)
+        received = _RECEIVED.get(mapping.address)
+        if received is None:
+            _RECEIVED[mapping.address] = [name, 1]
+        else:
+            received[1] += 1
+        # a plain weakref with a callback: a third of what weakref.finalize costs per message
+        ref = weakref.ref(holder, self._gone)
+        self.live[id(ref)] = (ref, edge, slot, gen, mapping)
         return memoryview(holder).toreadonly()
 
-    def _gone(self, edge: int, slot: int, gen: int, mapping: _Mapping) -> None:
+    def _gone(self, ref: Any) -> None:
+        """The last array over a lease is gone: its slot is queued to be freed."""
+        _, edge, slot, gen, mapping = self.live.pop(id(ref))
         mapping.live -= 1
+        received = _RECEIVED.get(mapping.address)
+        if received is not None:
+            received[1] -= 1
+            if received[1] <= 0:
+                del _RECEIVED[mapping.address]
         # look the list up now: send_frees swaps in a new one, and a bound append would miss it
         self.frees.append((edge, slot, gen))
 

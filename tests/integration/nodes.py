@@ -197,6 +197,16 @@ class Frames(Node):
             yield "frames", np.full(ctx.params.size, i, dtype=np.float32)
 
 
+class Relay(Node):
+    """Passes every frame on as it got it (a received slot's lease is forwarded, not copied)."""
+
+    frames = Input(Tensor("float32", shape=(None,)))
+    out = Output(Tensor("float32", shape=(None,)))
+
+    def on_frames(self, frame: Any, ctx: Any) -> None:
+        ctx.emit("out", frame)
+
+
 class Keeper(Node):
     """Keeps every frame it receives and, at the end, checks none changed under it."""
 

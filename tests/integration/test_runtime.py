@@ -528,6 +528,29 @@ def test_large_tensors_through_shared_memory_stay_intact_while_a_node_keeps_them
     assert 0 < result["via_shm"] <= 16
 
 
+@pytest.mark.parametrize("policy", ["block", "drop"])
+def test_a_relayed_slot_is_not_reused_while_the_last_consumer_keeps_it(tmp_path, monkeypatch, policy):
+    """src -> relay -> keep, 1 MiB frames: the relay forwards each lease it got (push and pub),
+    the keeper keeps all 40; none is overwritten, though src has 16 slots and reuses them."""
+    monkeypatch.chdir(ROOT)
+    g = write(tmp_path / "relay.yaml", f"""
+        defaults: {{policy: {policy}}}
+        nodes:
+          src: {{uses: tests.integration.nodes:Frames, params: {{count: 40, size: 262144}}}}
+          relay: {{uses: tests.integration.nodes:Relay, inputs: {{frames: src.frames}}}}
+          keep:
+            uses: tests.integration.nodes:Keeper
+            inputs: {{frames: relay.out}}
+            params: {{path: {tmp_path}/k.json}}
+        """)
+    report = launch(dmnflow.compile_graph(g), duration_s=120)
+    assert report.status == "finished", report.errors
+    result = json.loads((tmp_path / "k.json").read_text())
+    [edge] = [e for e in report.edges if e.dst == "keep.frames"]
+    assert result["intact"] and result["received"] + edge.lost == 40 and edge.decode_errors == 0, result
+    assert result["via_shm"] > 0
+
+
 @pytest.mark.parametrize("kind", ["bytes", "tensor"])
 def test_large_payloads_reach_several_subscribers_and_replicas_through_shared_memory(tmp_path, monkeypatch, kind):
     """A pub output with two subscribers (drop) and a push output to two replicas (block),

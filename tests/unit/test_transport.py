@@ -15,7 +15,7 @@ from dmnflow.node import Tensor
 from dmnflow.plan import BindPlan, CoalescePlan, ConnectPlan, EdgePlan
 from dmnflow.transport import BATCH, DATA, Counters, Histogram, Inlet, Layout, Link, Outlet
 from dmnflow.transport.outlet import Flusher
-from dmnflow.transport.shm import ShmMaps, ShmPool, lease_key, lease_mac, segment_prefix
+from dmnflow.transport.shm import ShmMaps, ShmPool, lease_key, lease_mac, run_prefix, segment_prefix
 from dmnflow.transport.stats import N_CONFLATED, POS_DONE, POS_RECEIVED
 from dmnflow.transport.wire import EOS, SEP, control, eos_header, identity
 
@@ -25,6 +25,7 @@ EDGE, SRC = 7, 3
 TOKEN = b"0123456789abcdef0123456789abcdef"
 TAG = "tag000000000"
 KEY = lease_key(TOKEN)
+RUN = run_prefix(TAG)  # what an inlet checks a lease's segment name against
 
 
 
@@ -208,12 +209,12 @@ def test_a_shared_memory_slot_is_reused_only_after_every_view_of_it_is_gone():
     try:
         meta, frames = encode(np.full(1024, 1, dtype=np.float32))
         lease = pool.put(frames)
-        first = decode(meta, [maps.attach(0, lease, prefix, 1 << 20)])
+        first = decode(meta, [maps.attach(0, lease, RUN, 1 << 20)])
         view = first[10:20]  # a node keeps only a view
         del first
         assert maps.frees == [] and pool.in_use() == 1  # the view still holds the slot
         meta2, frames2 = encode(np.full(1024, 2, dtype=np.float32))
-        second = decode(meta2, [maps.attach(0, pool.put(frames2), prefix, 1 << 20)])
+        second = decode(meta2, [maps.attach(0, pool.put(frames2), RUN, 1 << 20)])
         assert (view == 1).all() and (second == 2).all() and len(pool.slots) == 2  # no overwrite
         del view
         [(edge, slot, gen)] = maps.frees
@@ -375,7 +376,7 @@ def test_an_emitted_loan_goes_without_a_copy_and_its_slot_waits_for_both_sides()
         array[:] = 7
         lease = pool.put([memoryview(array).cast("B")])
         assert lease is not None and len(pool.slots) == 1  # the loaned slot itself, no second one
-        received = decode(["np", "float32", [1024]], [maps.attach(0, lease, prefix, 1 << 20)])
+        received = decode(["np", "float32", [1024]], [maps.attach(0, lease, RUN, 1 << 20)])
         array[0] = 9  # (never do this after emit) the consumer sees it: one memory, nothing copied
         assert received[0] == 9 and (received[1:] == 7).all()
         del received
@@ -398,7 +399,7 @@ def test_an_emitted_loan_goes_without_a_copy_and_its_slot_waits_for_both_sides()
         pool.close()
 
 
-def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
+def test_outlet_alloc_loans_only_on_a_lone_shared_memory_edge(ctx):
     tp = Tensor("float32", (None,))
     link = make_link(ctx)
 
@@ -415,7 +416,9 @@ def test_outlet_alloc_loans_only_on_a_lone_shared_memory_push_edge(ctx):
         loaned = push.alloc((16, 64), "float32")
         assert loaned.shape == (16, 64) and loaned.dtype == np.float32 and loaned.flags.writeable
         assert push.channels[0].pool.in_use() == 1
-        assert pub.alloc(1024, np.float32).base is None  # a pub edge: ordinary memory
+        on_pub = pub.alloc(1024, np.float32)  # a pub edge lends a slot too
+        assert on_pub.base is not None and pub.channels[0].pool.in_use() == 1
+        del on_pub
         assert push.alloc(8, "float32").base is None  # small: ordinary memory
     finally:
         del loaned
@@ -506,17 +509,22 @@ def test_a_slot_its_readers_have_passed_without_freeing_it_is_replaced_and_the_o
     try:
         # edges 7 and 8 get three leases; 7 keeps the first (mapped), 8 never got it (the pub socket dropped it)
         leases = [pool.put([bytes([i]) * 2048], readers=[7, 8]) for i in (1, 2, 3)]
-        held = maps.attach(7, leases[0], prefix, 1 << 20)
+        held = maps.attach(7, leases[0], RUN, 1 << 20)
         pool.free(leases[2][2], leases[2][3], 8)  # 8 is past the first (it freed the third)...
         assert pool.put([b"x" * 2048], readers=[7, 8]) is None  # ...7 is not (it might not have read it): wait
         pool.free(leases[1][2], leases[1][3], 7)  # 7 frees the second: so it maps the first already
         lease = pool.put([b"z" * 2048], readers=[7, 8])  # the oldest slot both are past is replaced
         assert lease is not None and pool.reclaimed == 1 and lease[2] == 0 and lease[1] != leases[0][1]
         assert bytes(held) == bytes([1]) * 2048  # the old segment, still mapped by 7, unchanged
-        pool.free(leases[0][2], leases[0][3], 7)  # a late free of the replaced lease changes nothing
-        assert pool.slots[0][1] == {7, 8}
+        import os
+
+        old = f"/dev/shm/{leases[0][1]}"
+        assert pool.retired and os.path.exists(old)  # still linked: a forward of its lease may be on its way
+        pool.free(leases[0][2], leases[0][3], 7)  # a late free of the replaced lease: only the old one's
+        assert pool.slots[0][1] == {7, 8} and os.path.exists(old)  # 8 has not freed it
         pool.gone(8)  # a consumer that left frees nothing more, and holds nothing any longer
         assert all(8 not in slot[1] for slot in pool.slots)
+        assert not pool.retired and not os.path.exists(old)  # nobody reads the old segment: unlinked
     finally:
         del held
         maps.close()
@@ -684,9 +692,9 @@ def test_a_lease_whose_fields_were_changed_fails_its_mac():
             changed = list(lease)
             changed[index] = value
             with pytest.raises(ValueError, match="did not make"):
-                maps.attach(0, changed, prefix, 1 << 20)
+                maps.attach(0, changed, RUN, 1 << 20)
         assert not maps.maps
-        assert bytes(maps.attach(0, lease, prefix, 1 << 20))[:3] == b"\x01\x01\x01"  # the real one maps
+        assert bytes(maps.attach(0, lease, RUN, 1 << 20))[:3] == b"\x01\x01\x01"  # the real one maps
     finally:
         maps.close()
         pool.close()
@@ -698,7 +706,7 @@ def test_a_received_shared_memory_array_is_read_only(ctx):
     decode = get_codec("tensor").decoder(Tensor("float32", (None,)), Limits())
     try:
         meta, frames = get_codec("tensor").encoder(Tensor("float32", (None,)))(np.ones(1024, np.float32))
-        array = decode(meta, [maps.attach(0, pool.put(frames), prefix, 1 << 20)])
+        array = decode(meta, [maps.attach(0, pool.put(frames), RUN, 1 << 20)])
         assert not array.flags.writeable
         with pytest.raises(ValueError, match="read-only"):
             array[0] = 5
@@ -888,3 +896,260 @@ def test_a_block_push_edge_runs_on_its_consumers_credit(ctx, tmp_path):
     outlet.service(router.sock)
     assert router.peers[EDGE] == new
     dealer.close(linger=0)
+
+
+# ------------------------------------------------------------------ forwarded leases: an echo sends no copy
+
+FWD_SRC, FWD_EDGE = 4, 8  # the forwarder's output and the edge to its consumer (A -> B on EDGE/SRC)
+
+
+def _chain(ctx, tp, *, consumers: int = 1, pattern: str = "push"):
+    """A (output SRC) -> B (input on EDGE) and B (output FWD_SRC) -> C (input on FWD_EDGE, or
+    several subscribers FWD_EDGE.. on a pub bind): tensor or raw by ``tp``, shared memory
+    above 1 KiB, in one process."""
+    codec = "tensor" if isinstance(tp, Tensor) else "raw"
+    edges = [FWD_EDGE + i for i in range(consumers)]
+    link = Link(ctx, "/nonexistent", TOKEN, TAG,
+                Counters(Layout(edges=max(edges) + 1, nodes=1, outputs=FWD_SRC + 1, binds=1)))
+
+    def outlet(src: int, endpoint: str, out_edges: list[int], kind: str) -> Outlet:
+        plans = {e: edge_plan(kind, edge=e) for e in out_edges}
+        bind = BindPlan(id=endpoint, counter=0, endpoint=endpoint, transport="inproc", pattern=kind, hwm=1000,
+                        control_hwm=limits.control_hwm("inproc", kind), edges=out_edges,
+                        coalesce=COALESCE if kind == "push" else None, shm=True)
+        made = Outlet(link, src, 0, "p", "out", [bind], plans, get_codec(codec).encoder(tp), shm_above=1024,
+                      flusher=flusher(), own_flusher=True, loans=True)
+        link.resolved.update(made.bound)
+        return made
+
+    def inlet(edge: int, src: int, endpoint: str, kind: str) -> Inlet:
+        c = ConnectPlan(edge=edge, bind=endpoint, node="p", port="out", endpoint=endpoint, transport="inproc",
+                        pattern=kind, hwm=1000, credit_every=limits.credit_every(kind, 1000))
+        return Inlet(link, "in", "c", [c], {edge: src}, [], 1000,
+                     {edge: get_codec(codec).decoder(tp, Limits())}, feedback=False, max_bytes=1 << 20)
+
+    a = outlet(SRC, "inproc://fwd-a", [EDGE], "push")
+    b_in = inlet(EDGE, SRC, "inproc://fwd-a", "push")
+    b_out = outlet(FWD_SRC, "inproc://fwd-b", edges, pattern)
+    c_ins = [inlet(e, FWD_SRC, "inproc://fwd-b", pattern) for e in edges]
+    joined(a)
+    joined(b_out)
+    return a, b_in, b_out, c_ins
+
+
+def _one(inlet: Inlet):
+    """Wait for one record: the generator, suspended inside it as a handler would be."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for sock in inlet.socks:
+            records = inlet.receive(sock, 1)
+            for value, _ in records:
+                return value, records
+        time.sleep(0.001)
+    raise AssertionError("nothing arrived")
+
+
+def _settle(outlets, inlets, until=None) -> None:
+    """Frees travel (each inlet sends, each outlet reads) until ``until()`` (None: a while)."""
+    import gc
+
+    gc.collect()
+    deadline = time.monotonic() + (5 if until else 0.2)
+    while not (until and until()) and time.monotonic() < deadline:
+        for inlet in inlets:
+            inlet.send_frees()
+        time.sleep(0.002)
+        for outlet in outlets:
+            for ch in outlet.channels:
+                ch.service()
+    assert until is None or until()
+
+
+def _close(*things) -> None:
+    for thing in things:
+        for one in (thing if isinstance(thing, list) else [thing]):
+            one.close()
+
+
+def test_an_echoed_array_forwards_its_lease_and_the_first_slot_waits_for_the_forwards_reader(ctx):
+    tp = Tensor("float32", (None,))
+    a, b_in, b_out, [c_in] = _chain(ctx, tp)
+    pool_a, pool_b = a.channels[0].pool, b_out.channels[0].pool
+    try:
+        a.send(np.full(1024, 5, np.float32), None, 1, 0, None)
+        got, records = _one(b_in)
+        assert not got.flags.writeable
+        b_out.send(got, None, 1, 0, None)  # the echo: what it received, as it is
+        b_out.flush()
+        del got, records
+        assert pool_b.slots == [] and pool_b.forwarded() == 1  # nothing copied into a slot of B's
+        far, far_records = _one(c_in)
+        assert (far == 5).all() and not far.flags.writeable
+        name = pool_a.slots[0][0].name
+        assert c_in.shm.maps.keys() == {name}  # C maps A's segment: the one the payload was written in
+        _settle([a, b_out], [b_in, c_in], )
+        assert pool_a.in_use() == 1 and pool_b.forwarded() == 1  # C still holds its array: A's slot waits
+        del far, far_records
+        _settle([a, b_out], [b_in, c_in], lambda: pool_a.in_use() == 0)
+        assert pool_b.forwarded() == 0
+        a.send(np.full(1024, 6, np.float32), None, 1, 0, None)  # the slot is reused, not made again
+        again, records = _one(b_in)
+        assert (again == 6).all() and len(pool_a.slots) == 1 and pool_a.slots[0][0].name == name
+        del again, records
+    finally:
+        _close(a, b_in, b_out, c_in)
+
+
+def test_a_view_kept_after_its_handler_returned_stays_intact_and_holds_its_slot(ctx):
+    from typing_extensions import Buffer
+
+    a, b_in, b_out, [c_in] = _chain(ctx, Buffer)
+    pool_a = a.channels[0].pool
+    try:
+        a.send(b"k" * 4096, None, 1, 0, None)
+        kept, records = _one(b_in)
+        assert type(kept) is memoryview and kept.readonly  # a Buffer port: the slot itself, read-only
+        list(records)  # the handler returned: the generator went on and ended
+        del records
+        a.send(b"m" * 4096, None, 1, 0, None)
+        later, records = _one(b_in)
+        del records
+        assert bytes(kept) == b"k" * 4096 and bytes(later) == b"m" * 4096 and pool_a.in_use() == 2
+        del later
+        _settle([a], [b_in], lambda: pool_a.in_use() == 1)  # the one still kept holds its slot
+        assert bytes(kept) == b"k" * 4096
+        del kept
+        _settle([a], [b_in], lambda: pool_a.in_use() == 0)
+    finally:
+        _close(a, b_in, b_out, c_in)
+
+
+def test_a_bytes_ports_copy_forwards_its_slot_only_while_its_handler_runs(ctx):
+    a, b_in, b_out, [c_in] = _chain(ctx, bytes)
+    pool_b = b_out.channels[0].pool
+    try:
+        a.send(b"p" * 4096, None, 1, 0, None)
+        got, records = _one(b_in)
+        assert type(got) is bytes  # a bytes port gets bytes: a copy (bytes cannot be a view)
+        b_out.send(got, None, 1, 0, None)  # inside the handler: forwarded
+        assert pool_b.slots == [] and pool_b.forwarded() == 1
+        list(records)  # the handler returned
+        b_out.send(got, None, 1, 0, None)  # after it: an ordinary copy into B's own slot
+        assert len(pool_b.slots) == 1
+        b_out.send(b"p" * 4096, None, 1, 0, None)  # equal bytes, another object: copied too
+        assert len(pool_b.slots) == 2 and pool_b.forwarded() == 1
+        b_out.flush()
+        values = [bytes(_one(c_in)[0]) for _ in range(3)]
+        assert values == [b"p" * 4096] * 3
+    finally:
+        _close(a, b_in, b_out, c_in)
+
+
+def test_a_forward_to_several_subscribers_frees_the_first_slot_only_after_each_of_them(ctx):
+    tp = Tensor("uint8", (None,))
+    a, b_in, b_out, c_ins = _chain(ctx, tp, consumers=2, pattern="pub")
+    pool_a, pool_b = a.channels[0].pool, b_out.channels[0].pool
+    try:
+        a.send(np.full(4096, 3, np.uint8), None, 1, 0, None)
+        got, records = _one(b_in)
+        b_out.send(got, None, 1, 0, None)
+        del got, records
+        first, first_records = _one(c_ins[0])
+        second, second_records = _one(c_ins[1])
+        assert (first == 3).all() and (second == 3).all() and pool_b.slots == []
+        del first, first_records
+        _settle([a, b_out], [b_in, *c_ins], )
+        assert pool_a.in_use() == 1 and pool_b.forwarded() == 1  # the second subscriber still reads it
+        del second, second_records
+        _settle([a, b_out], [b_in, *c_ins], lambda: pool_a.in_use() == 0)
+        assert pool_b.forwarded() == 0
+    finally:
+        _close(a, b_in, b_out, c_ins)
+
+
+def test_pub_slots_are_reused_round_after_round_with_several_subscribers(ctx, tmp_path):
+    outlet, inlets = _pub_to_two(ctx, f"ipc://{tmp_path}/pub-reuse")
+    pool = outlet.channels[0].pool
+    names = None
+    try:
+        for round_ in range(6):
+            payloads = [bytes([round_ * 4 + i]) * 4096 for i in range(4)]
+            for p in payloads:
+                outlet.send(p, None, 1, 0, None)
+            got = {e: drain(inlet, 4) for e, inlet in inlets.items()}
+            assert all([bytes(v) for v in got[e]] == payloads for e in got)
+            del got
+            _frees_reach(outlet, inlets.values(), lambda: pool.in_use() == 0)
+            now = [slot[0].name for slot in pool.slots]
+            names = names or now
+            assert now == names and len(now) == 4 and pool.reclaimed == 0  # the same four segments
+    finally:
+        outlet.close()
+        for inlet in inlets.values():
+            inlet.close()
+
+
+def test_a_forged_forward_naming_another_outputs_real_segment_is_refused(ctx):
+    from multiprocessing import shared_memory
+
+    tp = Tensor("uint8", (None,))
+    a, b_in, b_out, [c_in] = _chain(ctx, tp)
+    other = shared_memory.SharedMemory(create=True, size=4096, name=f"dmn_othertag000_{SRC}_" + "cd" * 8)
+    try:
+        a.send(np.full(4096, 9, np.uint8), None, 1, 0, None)
+        got, records = _one(b_in)  # A's segment exists now; its name is in /dev/shm for all to see
+        name = a.channels[0].pool.slots[0][0].name
+        router = b_out.channels[0]
+        meta = ["np", "uint8", [5]]
+        forged = [["shm", name, 0, 1, 5, b"\x00" * 16, meta],  # a real segment of the run, no MAC
+                  ["shm", name, 0, 1, 5, lease_mac(lease_key(b"another run's token"), name, 0, 1, 5), meta],
+                  ["shm", other.name, 0, 1, 5, lease_mac(KEY, other.name, 0, 1, 5), meta],  # not this run's
+                  ["shm", segment_prefix(TAG, FWD_SRC) + "x" * 16, 0, 1, 5, KEY[:16], meta]]
+        for seq, lease in enumerate(forged):
+            router.sock.send_multipart([router.peers[FWD_EDGE], b"out",
+                                        header(seq, lease, src=FWD_SRC)])
+        router.seq[FWD_EDGE][b"out"] = len(forged)
+        b_out.send(got, None, 1, 0, None)  # the real forward of the same segment
+        b_out.flush()
+        del got, records
+        far, _ = _one(c_in)
+        assert far.tolist() == [9] * 4096  # only the real one, and only once
+        assert c_in.stats[FWD_EDGE].decode_errors == len(forged)
+        assert set(c_in.shm.maps) == {name}  # nothing else was mapped
+        del far
+    finally:
+        other.close()
+        other.unlink()
+        _close(a, b_in, b_out, c_in)
+
+
+def test_ctx_alloc_works_for_bytes_on_a_buffer_port_and_sends_the_slot_itself(ctx):
+    """uint8 from alloc on a raw port typed Buffer: the subscribers get the loaned slot, read-only."""
+    from typing_extensions import Buffer
+
+    link = Link(ctx, "/nonexistent", TOKEN, TAG, Counters(Layout(edges=9, nodes=1, outputs=SRC + 1, binds=1)))
+    plans = {e: edge_plan("pub", edge=e) for e in (7, 8)}
+    bind = BindPlan(id="b", counter=0, endpoint="inproc://alloc-bytes", transport="inproc", pattern="pub",
+                    hwm=1000, control_hwm=0, edges=[7, 8], shm=True)
+    outlet = Outlet(link, SRC, 0, "p", "out", [bind], plans, get_codec("raw").encoder(Buffer), shm_above=1024,
+                    flusher=flusher(), own_flusher=True, loans=True)
+    link.resolved.update(outlet.bound)
+    inlets = [Inlet(link, "in", f"c{e}", [connect_plan(e, "inproc://alloc-bytes", "inproc", "pub", 1000)],
+                    {e: SRC}, [], 1000, {e: get_codec("raw").decoder(Buffer, Limits())}, feedback=False,
+                    max_bytes=1 << 20) for e in (7, 8)]
+    joined(outlet)
+    pool = outlet.channels[0].pool
+    try:
+        buf = outlet.alloc(4096, "uint8")
+        buf[:] = 42
+        outlet.send(buf, None, 1, 0, None)
+        got = [drain(inlet, 1)[0] for inlet in inlets]
+        assert len(pool.slots) == 1 and all(type(v) is memoryview and v.readonly for v in got)
+        assert all(bytes(v) == b"*" * 4096 for v in got)
+        assert got[0].obj is not buf.base  # the consumers' own read-only mappings of the one slot
+        del buf, got
+        _frees_reach(outlet, inlets, lambda: pool.in_use() == 0)
+    finally:
+        outlet.close()
+        for inlet in inlets:
+            inlet.close()
