@@ -11,14 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-from rich.tree import Tree
+try:  # the command's own start-up (typer and rich take a few hundred ms): Ctrl-C may land here
+    import typer
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+    from rich.tree import Tree
 
-from . import __version__
-from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, IssueList, LaunchError, format_issues
+    from . import __version__
+    from .errors import ControlError, DmnflowError, ExitCode, GraphError, Issue, IssueList, LaunchError, format_issues
+except KeyboardInterrupt:  # as a command's Ctrl-C later: ExitCode.INTERRUPTED, a word, no traceback
+    sys.stderr.write("interrupted while dmnflow started\n")
+    raise SystemExit(130) from None
 
 if TYPE_CHECKING:
     from .cache import Compiled

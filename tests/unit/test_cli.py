@@ -211,6 +211,23 @@ def test_cli_imports_lightly():
     assert done.stdout.splitlines()[-1] == "imported: "
 
 
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback():
+    """issue 18.3: Ctrl-C in the CLI's own start-up (typer and rich load for a few hundred ms)
+    is the signal landing inside those imports; a finder raises it there, deterministically."""
+    code = ("import sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'rich.tree':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "sys.argv = ['dmnflow', 'validate', 'graphs/quickstart.yaml']\n"
+            "from dmnflow.cli import main\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted while dmnflow started\n"
+
+
 def test_viz_format_choices_match_the_renderer():
     from dmnflow import cli, viz
 
