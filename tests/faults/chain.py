@@ -19,6 +19,8 @@ N = 20_000
 QUEUE = 500  # each edge's queue: a block edge's credit window is twice that
 BATCH = 64  # defaults.coalesce.records: a coalesced batch may go into the last free place of the window
 WINDOW = 2 * QUEUE + BATCH - 1  # the most one kill can cut from the sockets of one block edge
+READ_BATCH = 256  # defaults.read_batch: what a node takes from one socket in a turn (it commits after each)
+HELD = 2 * READ_BATCH  # the most one kill can cut inside a node: a turn's read (two, killed inside a commit)
 
 
 def chain(tmp_path: Path, delivery: str) -> Path:

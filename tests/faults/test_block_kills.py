@@ -5,14 +5,15 @@ A block edge runs on credit (docs/runtime.md, "Delivery guarantees under kill -9
 producer sends one consumer incarnation records only while fewer than ``2 x queue`` it sent
 are not reported taken, so each kill loses at most ``2 x queue - 1`` plus one coalesced batch in the
 sockets of each edge it cuts, plus what the killed node had taken and not handled (or, for
-the sink, handled after its last commit), which the report counts as that node's ``lost``.
+the sink, handled after its last commit: a node commits after each turn, and a turn reads at
+most ``read_batch`` from a socket), which the report counts as that node's ``lost``.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from .chain import WINDOW, N, edges_of, run_and_kill
+from .chain import HELD, WINDOW, N, edges_of, run_and_kill
 
 
 @pytest.mark.parametrize(("victim", "kills"), [("mid", 1), ("mid", 2), ("mid", 3), ("src", 2), ("sink", 2),
@@ -30,6 +31,7 @@ def test_kills_on_a_block_chain_lose_at_most_the_killed_incarnations_window(tmp_
             assert e["lost"] == 0, e
     for name, node in nodes.items():
         assert node["lost"] == 0 or name == victim, (name, node)
+    assert nodes[victim]["lost"] <= kills * HELD, nodes[victim]  # each kill: at most a turn's read inside it
     # what the sink's file holds is exactly what the source emitted less what the report lost
     # (emitted, not sent: an emit a kill took before its outlet had it is the source's own loss)
     emitted = nodes["src"]["messages_out"]
