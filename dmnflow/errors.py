@@ -146,6 +146,18 @@ def closest(word: str, options: Iterable[object]) -> str | None:
     return near[0] if near else None
 
 
+GOT_CHARS = 80  # the most of a refused value a message repeats
+
+
+def got(value: object) -> str:
+    """`` (got VALUE)``: the one way a message repeats what it refused, cut to `GOT_CHARS`, so a
+    5,000-digit number or a pasted file does not fill the terminal."""
+    text = repr(value)
+    if len(text) > GOT_CHARS:
+        text = f"{text[:GOT_CHARS - 20]}...{text[-8:]} ({len(text):,} characters)"
+    return f" (got {text})"
+
+
 def suggest(option: str, shown: Callable[[str], str] = repr) -> str:
     """``did you mean 'x'?``: the one wording of a suggestion; ``shown`` writes the option as the
     user would type it (a path unquoted, ``module:Name``)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import did_you_mean
+from ..errors import did_you_mean, got
 from ..importing import ImportPathError, load_object, subclass_of, user_frame
 from ..node import Input, Node, Output, Ports, describe_type
 from ..plan import ModelPlan
@@ -77,8 +77,8 @@ class _Binding(_Compilation):
                              self.key_loc(base, ("nodes", name)), dotted, hint)
                 else:
                     msg = err["msg"].removeprefix("Value error, ")
-                    got = f" (got {err['input']!r})" if "input" in err and err["type"] != "value_error" else ""
-                    self.add("invalid-param", msg[:1].lower() + msg[1:] + got,
+                    shown = got(err["input"]) if "input" in err and err["type"] != "value_error" else ""
+                    self.add("invalid-param", msg[:1].lower() + msg[1:] + shown,
                              where if parts else self.key_loc(base, ("nodes", name)), dotted, hint)
             return
         except Exception as exc:  # a validator in the user's Params raised something else

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import IssueList, closest
+from ..errors import IssueList, closest, got
 from .schema import RENAMED
 from .source import Path_, SourceMap, _dotted, _is_union_tag, _suggest
 
@@ -94,7 +94,7 @@ def _pydantic_issue(model: type[BaseModel], err: Any, path: Path_, base: Path_,
         message = message[len("Value error, "):]
     message = message[:1].lower() + message[1:]
     if kind not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict):
-        message += f" (got {err['input']!r})"
+        message += got(err["input"])
     issues.add("invalid-value", message, srcmap.at(path), path=dotted)
 
 

@@ -77,3 +77,13 @@ def test_did_you_mean_has_one_cutoff_and_one_wording() -> None:
     hint = errors.did_you_mean("Countr", ["Counter"], lambda n: f"nodes.basic:{n}")
     assert hint == "did you mean nodes.basic:Counter?"
     assert errors.suggest("a/b") == "did you mean 'a/b'?"
+
+
+def test_a_refused_value_is_repeated_cut_to_a_line():
+    """A 5,000-digit number from ``${env:...}`` refused by a node's Params: the message says
+    what it got in one line, with its length, not the whole value."""
+    from dmnflow.errors import GOT_CHARS, got
+
+    assert got(3) == " (got 3)" and got("abc") == " (got 'abc')"
+    shown = got("7" * 5000)
+    assert len(shown) < GOT_CHARS + 40 and shown.endswith("(5,002 characters))") and "..." in shown
