@@ -39,6 +39,9 @@ def _num(value: Any, digits: int = 4) -> str:
             return "-"
         if abs(value) >= 10 ** digits:  # 31,320, not 3.132e+04: g goes exponential past its digits
             return f"{value:,.0f}"
+        if 1e-7 <= abs(value) < 1e-4:  # a drawdown 0.00006762, not 6.762e-05: g goes exponential below 1e-4
+            fixed = f"{value:.{digits - 1 - math.floor(math.log10(abs(value)))}f}"
+            return fixed.rstrip("0").rstrip(".")
         return f"{value:,.{digits}g}"
     return str(value)
 

@@ -229,6 +229,16 @@ def test_the_report_shows_latencies_and_latency_figures_scaled() -> None:
 
 
 @pytest.mark.parametrize(("value", "text"), [
+    (6.762e-05, "0.00006762"), (-6.7e-05, "-0.000067"), (0.001801, "0.001801"), (31_320.5, "31,320"), (1.25, "1.25"),
+])
+def test_a_small_figure_is_no_exponential_either(value, text) -> None:
+    """The status line's ``drawdown 6.762e-05`` (a real first minute of the trading graph)."""
+    from dmnflow.observe.view import figures
+
+    assert figures({"drawdown": value}) == [("drawdown", text)]
+
+
+@pytest.mark.parametrize(("value", "text"), [
     (1_451_865_600_000_000_000, "2016-01-04"),  # a bar's day, epoch ns (the market nodes)
     (1_451_917_800_250_000_000, "2016-01-04 14:30:00.25Z"),  # a tick's
     (1_451_865_600, "2016-01-04"), (1_451_865_600_123, "2016-01-04 00:00:00.123Z"), (20160104, "2016-01-04"),
