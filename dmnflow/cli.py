@@ -734,11 +734,19 @@ def info_cmd(
              ("messages", f"{info['messages']:,}")]
     for key, value in lines:
         out.print(f"{key + ':':<10} {value}", soft_wrap=True, highlight=False)
-    table = Table(title=f"channels: {len(info['channels'])}", title_justify="left")
+    # never cut a name (at 80 columns "/counter.num…"): the output and a schema named after it
+    # are said once, in the topic (the recorder's "/" + output); where they differ, in full
+    chans = info["channels"]
+    show_output = any(ch["topic"] != "/" + ch["output"] for ch in chans)
+    table = Table(title=f"channels: {len(chans)}", title_justify="left")
     for col in ("topic", "output", "type", "encoding", "schema", "messages"):
-        table.add_column(col, justify="right" if col == "messages" else "left")
-    for ch in info["channels"]:
-        table.add_row(ch["topic"], ch["output"], ch["type"] or "-", ch["encoding"], ch["schema"], f"{ch['messages']:,}")
+        if col != "output" or show_output:
+            table.add_column(col, justify="right" if col == "messages" else "left",
+                             no_wrap=col in ("topic", "output"))
+    for ch in chans:
+        schema = ch["schema_encoding"] if ch["schema_name"] and ch["schema_name"] == ch["output"] else ch["schema"]
+        cells = [ch["topic"], ch["output"], ch["type"] or "-", ch["encoding"], schema, f"{ch['messages']:,}"]
+        table.add_row(*(c for i, c in enumerate(cells) if i != 1 or show_output))
     out.print(table)
 
 

@@ -15,8 +15,8 @@ Foxglove and any MCAP reader open (docs/observe.md, "The file"):
   ``{"$map": [[key, value], ...]}`` for a mapping whose keys are not all text),
   ``event_time``, ``attrs``, ``origin_ns``, ``send_ns`` (where the record has them),
   ``recorded_ns`` (when the recorder got it), ``count`` (the output's running count);
-  ``log_time`` is the record's event time where that is an integer (ns), else when it was
-  recorded; ``publish_time`` when the node emitted it, ``sequence`` the count;
+  ``log_time`` is the record's event time where that is an epoch time in ns (an int from
+  1973 on), else when it was recorded; ``publish_time`` when the node emitted it, ``sequence`` the count;
 - a metadata record ``dmnflow`` with the graph's name, file and the recorded outputs.
 
 ``dmnflow replay`` (``observe/replay.py``) feeds such a file into a subgraph; files of
@@ -210,9 +210,15 @@ def value_schema(output: str, type_text: str, kind: str) -> dict[str, Any]:
             "required": ["value", "recorded_ns", "count"]}
 
 
+# An epoch time in ns from 1973 on (echo's floor for ns, observe/listen.py): a smaller int is a
+# count or an index (the quickstart counter's 0, 1, 2...), which would put the file at 1970.
+EPOCH_NS_FROM = 10**17
+
+
 def _log_time(event_time: Any, recorded_ns: int) -> int:
-    """Where a message sits on the file's time line: its event time when that is a time (ns)."""
-    if type(event_time) is int and 0 <= event_time < 1 << 64:
+    """Where a message sits on the file's time line: its event time when that is a time (epoch
+    ns), else when it was recorded."""
+    if type(event_time) is int and EPOCH_NS_FROM <= event_time < 1 << 64:
         return event_time
     return recorded_ns
 

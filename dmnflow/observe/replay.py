@@ -120,6 +120,8 @@ def recording_info(path: str | Path) -> dict[str, Any]:
         schema = schemas.get(ch.schema_id)
         rows.append({"topic": ch.topic, "output": ch.metadata.get("output", ""), "encoding": ch.message_encoding,
                      "schema": f"{schema.name} ({schema.encoding})" if schema is not None else "-",
+                     "schema_name": schema.name if schema is not None else "",
+                     "schema_encoding": schema.encoding if schema is not None else "",
                      "type": ch.metadata.get("type", ""), "codec": ch.metadata.get("codec", ""),
                      "messages": counts.get(cid, 0)})
     return {"file": str(recording.path), "bytes": recording.path.stat().st_size, "complete": complete,

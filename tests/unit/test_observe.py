@@ -299,6 +299,8 @@ def test_info_of_a_recording_shows_its_graph_time_range_and_channels(tmp_path: P
     for line in ("graph:     quickstart (graphs/quickstart.yaml)", "duration:  500 ms",
                  "start:     2016-01-04", "end:       2016-01-04 00:00:00.5Z", "messages:  5"):
         assert line in result.output
+    narrow = CliRunner().invoke(app, ["info", str(path)], env={"COLUMNS": "80"}).output
+    assert "…" not in narrow and "/counter.numbers │ int " in narrow  # the output is said once, whole
     cut = tmp_path / "cut.mcap"
     cut.write_bytes(path.read_bytes()[:-200])  # a killed run's file: no summary
     assert recording_info(cut)["complete"] is False
@@ -452,3 +454,15 @@ def test_a_record_goes_to_json_its_schema_holds_and_it_comes_back_identical() ->
             assert envelope["value"]["shape"] == [3, 4]
         else:
             assert repr(back["value"]) == repr(value)  # identical, to the last float, its type and key order
+
+
+@pytest.mark.parametrize(("event_time", "log_time"), [
+    (1_451_865_600_000_000_000, 1_451_865_600_000_000_000),  # a market bar's epoch ns: Foxglove's time line
+    (299, 7_000_000_000_000_000_000), (0, 7_000_000_000_000_000_000),  # a counter's index: when recorded
+    (1.5e18, 7_000_000_000_000_000_000), (None, 7_000_000_000_000_000_000), ("2016-01-04", 7_000_000_000_000_000_000),
+])
+def test_a_recordings_time_line_is_the_event_time_only_where_that_is_a_time(event_time, log_time) -> None:
+    """The quickstart's recording read 'duration: 299 ns, start: 0' (its counter's 0..299 as ns)."""
+    from dmnflow.observe.record import _log_time
+
+    assert _log_time(event_time, 7_000_000_000_000_000_000) == log_time
