@@ -43,11 +43,11 @@ def _domain(param: Param) -> Any:
     if param.kind == "int":
         step = int(param.step or 1)
         return (rt.lograndint(int(param.low), int(param.high) + 1) if param.log  # type: ignore[arg-type]
-                else rt.qrandint(int(param.low), int(param.high), step))  # type: ignore[arg-type]
+                else rt.qrandint(int(param.low), int(param.top), step))  # type: ignore[arg-type]
     if param.log:
         return rt.loguniform(float(param.low), float(param.high))  # type: ignore[arg-type]
     if param.step is not None:
-        return rt.quniform(float(param.low), float(param.high), float(param.step))  # type: ignore[arg-type]
+        return rt.quniform(float(param.low), float(param.top), float(param.step))  # type: ignore[arg-type]
     return rt.uniform(float(param.low), float(param.high))  # type: ignore[arg-type]
 
 

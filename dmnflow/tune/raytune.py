@@ -249,9 +249,9 @@ def _suggest(param: Param, trial: Any, name: str) -> Any:
     if param.kind == "choice":
         return trial.suggest_categorical(name, list(param.choices))
     if param.kind == "int":
-        return trial.suggest_int(name, int(param.low), int(param.high), step=int(param.step or 1),  # type: ignore[arg-type]
+        return trial.suggest_int(name, int(param.low), int(param.top), step=int(param.step or 1),  # type: ignore[arg-type]
                                  log=param.log)
-    return trial.suggest_float(name, float(param.low), float(param.high), log=param.log,  # type: ignore[arg-type]
+    return trial.suggest_float(name, float(param.low), float(param.top), log=param.log,  # type: ignore[arg-type]
                                step=None if param.step is None else float(param.step))
 
 

@@ -16,9 +16,16 @@ from typing import Any, Literal
 from ..errors import Location
 from ..spec import Override
 
-__all__ = ["Param", "Space", "overrides_for"]
+__all__ = ["Param", "Space", "last_step", "overrides_for"]
 
 Kind = Literal["float", "int", "choice"]
+
+
+def last_step(low: float, high: float, step: float) -> float:
+    """The highest ``low + n * step`` within ``high`` (what Optuna draws at most; float noise forgiven)."""
+    n = math.floor((high - low) / step + 1e-9)
+    top = round(low + n * step, 12)  # 0.3, not 0.30000000000000004: Optuna checks the range in decimals
+    return high if math.isclose(top, high, rel_tol=1e-9, abs_tol=1e-12) else top
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,19 @@ class Param:
         if self.kind == "choice":
             return d.CategoricalDistribution(list(self.choices))
         if self.kind == "int":
-            return d.IntDistribution(int(self.low), int(self.high), log=self.log,  # type: ignore[arg-type]
+            return d.IntDistribution(int(self.low), int(self.top), log=self.log,  # type: ignore[arg-type]
                                      step=int(self.step or 1))
-        return d.FloatDistribution(float(self.low), float(self.high), log=self.log,  # type: ignore[arg-type]
+        return d.FloatDistribution(float(self.low), float(self.top), log=self.log,  # type: ignore[arg-type]
                                    step=None if self.step is None else float(self.step))
+
+    @property
+    def top(self) -> float | int | None:
+        """The highest value drawn: ``high``, or the last step below it (the tune file's
+        uneven-step warning said so; Optuna is given it, so it warns no second time)."""
+        if self.step is None or self.low is None or self.high is None:
+            return self.high
+        top = last_step(self.low, self.high, self.step)
+        return int(top) if self.kind == "int" else top
 
     def active(self, values: Mapping[str, Any]) -> bool:
         """Whether the key is searched, given the values drawn before it."""
@@ -56,9 +72,9 @@ class Param:
         if self.kind == "choice":
             return trial.suggest_categorical(self.key, list(self.choices))
         if self.kind == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1),  # type: ignore[arg-type]
+            return trial.suggest_int(self.key, int(self.low), int(self.top), step=int(self.step or 1),  # type: ignore[arg-type]
                                      log=self.log)
-        return trial.suggest_float(self.key, float(self.low), float(self.high),  # type: ignore[arg-type]
+        return trial.suggest_float(self.key, float(self.low), float(self.top),  # type: ignore[arg-type]
                                    step=None if self.step is None else float(self.step), log=self.log)
 
     def probes(self) -> list[Any]:
@@ -66,13 +82,8 @@ class Param:
         if self.kind == "choice":
             return list(self.choices)
         if self.kind == "int":
-            step = int(self.step or 1)
-            last = int(self.low) + (int(self.high) - int(self.low)) // step * step  # type: ignore[arg-type]
-            return [int(self.low), last]  # type: ignore[arg-type]
-        if self.step is not None:
-            n = math.floor((float(self.high) - float(self.low)) / float(self.step) + 1e-9)  # type: ignore[arg-type]
-            return [float(self.low), float(self.low) + n * float(self.step)]  # type: ignore[arg-type]
-        return [float(self.low), float(self.high)]  # type: ignore[arg-type]
+            return [int(self.low), int(self.top)]  # type: ignore[arg-type]
+        return [float(self.low), float(self.top)]  # type: ignore[arg-type]
 
     def grid(self) -> list[Any]:
         """Every value of the key (a choice, or a range with a step): what a grid sampler walks."""

@@ -13,7 +13,6 @@ pruner exist and take their options; the trainer, holdout and publishing setting
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -40,7 +39,7 @@ from ..spec import (
 from ..spec.source import _display, _suggest
 from .objectives import REPORT_FIGURES, Objective, match_node
 from .schema import ParamSpec, TuneSpec
-from .space import Param, Space
+from .space import Param, Space, last_step
 from .trainer import Trainer, load_trainer
 
 __all__ = ["PRUNERS", "SAMPLERS", "Intermediate", "TrainerRef", "TuneFile", "load_tune"]
@@ -140,13 +139,6 @@ def load_tune(path: str | os.PathLike[str], settings: Mapping[str, Any] | None =
 
 
 _BAD_REF = object()  # a set: value naming an unknown ${tune.X}
-
-
-def _last_step(low: float, high: float, step: float) -> float:
-    """The highest ``low + n * step`` within ``high`` (what Optuna draws at most; float noise forgiven)."""
-    n = math.floor((high - low) / step + 1e-9)
-    top = low + n * step
-    return high if math.isclose(top, high, rel_tol=1e-9, abs_tol=1e-12) else top
 
 
 class _Loader:
@@ -478,7 +470,7 @@ class _Loader:
         if step is not None and step > high - low:
             self.add("invalid-value", f"step {step:g} is larger than the range {high - low:g}",
                      self.at(*where, "step"), path)
-        elif step is not None and (top := _last_step(low, high, step)) != high:
+        elif step is not None and (top := last_step(low, high, step)) != high:
             self.add("uneven-step", f"step {step:g} does not divide [{low:g}, {high:g}]: the highest value drawn is "
                      f"{top:g}, never {high:g}", self.at(*where, "step"), path,
                      f"make the range end on a step ({bounds_key}: [{low:g}, {top:g}] or [{low:g}, {top + step:g}]), "

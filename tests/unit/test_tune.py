@@ -153,6 +153,17 @@ def test_a_step_that_does_not_divide_its_range_is_a_located_warning(tmp_path: Pa
     assert (warning.code, warning.severity, warning.loc.line, warning.loc.col) == ("uneven-step", "warning", 4, 56)
     assert "the highest value drawn is 231, never 250" in warning.message and "[21, 252]" in warning.hint
     assert [i.code for i in load_tune(ROOT / "graphs" / "tune_dmn.yaml").issues] == []  # 21 divides [21, 252]
+    import warnings
+
+    import optuna
+
+    window, gross = tune.space.params
+    with warnings.catch_warnings():  # said once, located: not again by Optuna from site-packages
+        warnings.simplefilter("error")
+        assert window.distribution().high == 231 and window.probes() == [21, 231]
+        assert gross.distribution().high == 4.0 and gross.top == 4.0
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+        assert 21 <= window.suggest(trial) <= 231
 
 
 def test_schema_of_tune_files_accepts_the_shipped_ones() -> None:
