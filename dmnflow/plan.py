@@ -121,6 +121,7 @@ class ConnectPlan(_Frozen):
     pattern: Pattern
     hwm: int  # the receiving socket's high-water mark, in ZeroMQ messages (0: unbounded)
     credit_every: int  # records taken before the consumer tells the producer (credit, acks; 0: never)
+    control_hwm: int  # an iox edge's control messages queued for its producer (both ends size them alike; 0: zmq's)
 
 
 class OutputPlan(_Frozen):

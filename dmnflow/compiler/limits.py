@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from ..plan import CoalescePlan, LimitsPlan
 
-__all__ = ["LIMITS", "PUSH_HWM_MIN", "STREAM_SLACK", "control_hwm", "credit", "credit_every", "push_hwm", "receive_hwm",
-           "send_hwm"]
+__all__ = ["IOX_CONTROL_HWM", "IOX_QUEUE_MAX", "LIMITS", "PUSH_HWM_MIN", "STREAM_SLACK", "connect_control_hwm",
+           "control_hwm", "credit", "credit_every", "push_hwm", "receive_hwm", "send_hwm"]
 
 PUSH_HWM_MIN = 64  # a coalescing push pipe holds at least this many messages (large records go alone)
 STREAM_SLACK = 64  # a stream's pipes hold its control traffic (hellos, credit, acks) beside the records
@@ -39,6 +39,7 @@ def push_hwm(queue: int, coalesce: CoalescePlan | None) -> int:
 
 
 IOX_QUEUE_MAX = 1024  # records in an iox consumer's buffer at most: each is a slot of the producer's segment
+IOX_CONTROL_HWM = 64  # an iox edge's control messages (hello, ack) waiting at either end: read every turn
 
 
 def credit(transport: str, pattern: str, policy: str, queue: int) -> int:
@@ -62,8 +63,17 @@ def credit_every(pattern: str, queue: int) -> int:
 def control_hwm(transport: str, pattern: str) -> int:
     """Control messages a producer's socket queues per peer: push and stream binds read their
     consumers' hellos, credit and acks (a flooding peer fills only its own queue); a PUB reads
-    only subscriptions (0: libzmq's own bound); an iox edge's control service has a buffer of its own."""
-    return 0 if pattern == "pub" or transport in ("iox", "memory") else LIMITS.control_hwm
+    only subscriptions (0: libzmq's own bound); an iox edge's control service holds
+    ``IOX_CONTROL_HWM`` (both ends: ``connect_control_hwm``)."""
+    if transport == "iox":
+        return IOX_CONTROL_HWM
+    return 0 if pattern == "pub" or transport == "memory" else LIMITS.control_hwm
+
+
+def connect_control_hwm(transport: str) -> int:
+    """What a consumer's end queues of its control messages to the producer: an iox edge's
+    control service is one both ends open, alike; a zmq socket's is libzmq's own (0)."""
+    return IOX_CONTROL_HWM if transport == "iox" else 0
 
 
 def send_hwm(transport: str, pattern: str, queue: int, coalesce: CoalescePlan | None, window: int) -> int:

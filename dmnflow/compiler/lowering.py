@@ -197,7 +197,8 @@ class _Lowering(_Compilation):
                                           transport=e.transport, pattern=e.pattern,
                                           hwm=limits.receive_hwm(e.transport, e.pattern, queue,
                                                                  bind_by_id[e.bind].coalesce),
-                                          credit_every=limits.credit_every(e.pattern, queue)) for e in edges],
+                                          credit_every=limits.credit_every(e.pattern, queue),
+                                          control_hwm=limits.connect_control_hwm(e.transport)) for e in edges],
                     delivery=inp.delivery, max_bytes=inp.max_message, read_batch=node.entry.defaults.read_batch))
             final_nodes.append(plan_node.model_copy(update={"inputs": inputs}))
 

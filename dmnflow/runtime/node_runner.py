@@ -44,7 +44,8 @@ from ..transport.wire import ATTRS, EVENT_TIME, ORIGIN, ORIGIN_NS, SEQ, SRC, TOP
 if TYPE_CHECKING:
     from ..transport.inlet import Inlet
 
-__all__ = ["Batch", "Join", "NodeRunner", "Sender", "StopSource", "message_of", "progress_of"]
+__all__ = ["SOURCE_STEPS", "Batch", "Join", "NodeRunner", "Receiver", "Sender", "StopSource", "message_of",
+           "node_class", "progress_of"]
 
 
 SOURCE_STEPS = 64  # items taken from a source's generator per turn

@@ -48,7 +48,6 @@ __all__ = ["IoxChannel", "IoxSocket", "available", "service_names"]
 
 HELLO = CONTROL_PREFIX + b"hello/"
 ONE, PARTS = 1, 2  # a sample's first byte: one frame (the zmq one-frame form), or a msgpack list of parts
-CTL_QUEUE = 64  # control messages waiting at the producer (it reads them every turn)
 CLEANUP_S = 0.01  # a blocked send looks this often whether its consumer died ...
 CLEANUP_IDLE_S = 0.05  # ... the spinning loop this often (~0.2 ms each: 0.4% of its core)
 SLICE = 1024  # bytes a sample starts with; larger records grow the segment (powers of two)
@@ -122,7 +121,7 @@ class IoxSocket:
         data, ctl = service_names(link, connect.endpoint)
         # the buffer is the plan's (compiler/limits.py: the input's queue, at most IOX_QUEUE_MAX)
         self.data = _service(data, connect.hwm, False)
-        self.ctl = _service(ctl, CTL_QUEUE, True)
+        self.ctl = _service(ctl, connect.control_hwm, True)  # the plan's, as the producer's bind says
         self.sub = self.data.subscriber_builder().buffer_size(connect.hwm).create()
         self.pub = _publisher(self.ctl)
         self.parts: list[Any] = []  # the rest of a message of several parts
@@ -202,9 +201,9 @@ class IoxChannel:
         self.held: dict[int, Any] = {}
         data, ctl = service_names(link, bind.endpoint)
         self.data = _service(data, bind.hwm, False)  # the consumer's buffer: the plan's, as its connect says
-        self.ctl = _service(ctl, CTL_QUEUE, True)
+        self.ctl = _service(ctl, bind.control_hwm, True)  # the plan's (compiler/limits.py), as the connect's
         self.pub = _publisher(self.data)
-        self.sub = self.ctl.subscriber_builder().buffer_size(CTL_QUEUE).create()
+        self.sub = self.ctl.subscriber_builder().buffer_size(bind.control_hwm).create()
         self.block = edge.policy == "block"
         self.block_timeout = edge.block_timeout_s if self.block else None
         self.timed_out = f"{what}: no consumer took a record for {edge.block_timeout_s or 0:g}s (block_timeout of " \

@@ -441,9 +441,10 @@ def test_edges_between_spinning_processes_go_on_iceoryx2_a_bind_each(tmp_path, m
     assert fast.transport == "iox" and fast.endpoint == "iox://src.numbers.spin.value" and fast.credit == 0
     assert by[("src", "sink")].transport == "ipc" and by[("spin", "sink")].transport == "ipc"  # sink sleeps
     [bind] = [b for b in _binds(plan, "src", "numbers") if b.transport == "iox"]
-    assert bind.edges == [fast.id] and bind.coalesce is None and not bind.shm and bind.control_hwm == 0
+    assert bind.edges == [fast.id] and bind.coalesce is None and not bind.shm and bind.control_hwm == 64
     [inp] = plan.node("spin").inputs
-    assert [(c.transport, c.hwm) for c in inp.connects] == [("iox", bind.hwm)]  # one buffer size, both ends
+    # one buffer size for the data and one for the control messages, both ends (the plan's, not a constant)
+    assert [(c.transport, c.hwm, c.control_hwm) for c in inp.connects] == [("iox", bind.hwm, bind.control_hwm)]
     assert plan.notes == [] and Plan.from_json(plan.to_json()) == plan
 
 

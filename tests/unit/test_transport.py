@@ -53,7 +53,8 @@ def flusher() -> Flusher:
 
 def connect_plan(edge: int, endpoint: str, transport: str, pattern: str, hwm: int, queue: int = 1000) -> ConnectPlan:
     return ConnectPlan(edge=edge, bind="b", node="p", port="out", endpoint=endpoint, transport=transport,
-                       pattern=pattern, hwm=hwm, credit_every=limits.credit_every(pattern, queue))
+                       pattern=pattern, hwm=hwm, credit_every=limits.credit_every(pattern, queue),
+                       control_hwm=limits.connect_control_hwm(transport))
 
 
 def wire(ctx, codec: str, tp, endpoint: str, pattern: str, *, hwm: int = 1000, policy: str = "drop",
@@ -924,7 +925,7 @@ def _chain(ctx, tp, *, consumers: int = 1, pattern: str = "push"):
 
     def inlet(edge: int, src: int, endpoint: str, kind: str) -> Inlet:
         c = ConnectPlan(edge=edge, bind=endpoint, node="p", port="out", endpoint=endpoint, transport="inproc",
-                        pattern=kind, hwm=1000, credit_every=limits.credit_every(kind, 1000))
+                        pattern=kind, hwm=1000, credit_every=limits.credit_every(kind, 1000), control_hwm=0)
         return Inlet(link, "in", "c", [c], {edge: src}, [], 1000,
                      {edge: get_codec(codec).decoder(tp, Limits())}, feedback=False, max_bytes=1 << 20)
 

@@ -66,7 +66,7 @@ def make_plan(graph: str, nodes: list[dict[str, Any]], edges: list[tuple[Any, ..
                                  connects=[ConnectPlan(edge=e.id, bind=e.bind, node=e.src, port=e.src_port,
                                                        endpoint=e.endpoint,
                                                        transport=e.transport, pattern="pub", hwm=64,
-                                                       credit_every=0)
+                                                       credit_every=0, control_hwm=0)
                                            for e in es])
                        for p, es in ins.items()],
             "outputs": [OutputPlan(port=p, type="Any", codec=es[0].codec, compress_above=None,
