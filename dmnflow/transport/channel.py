@@ -30,6 +30,7 @@ The worker polls each channel's ``sockets()`` and calls ``service()`` when one h
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import zmq
@@ -40,8 +41,9 @@ from .pub import PubChannel
 from .push import PushChannel
 from .shm import ShmPool, lease_key, segment_prefix
 from .stream import StreamChannel, StreamPort
+from .wire import eos_header
 
-__all__ = ["Channel", "channel_for"]
+__all__ = ["Channel", "SocketlessChannel", "channel_for"]
 
 
 class Channel(Protocol):
@@ -114,3 +116,68 @@ def channel_for(link: Link, bind: BindPlan, edges: list[EdgePlan], *, src: int, 
     if bind.pattern == "pub":
         return PubChannel(link, bind, edges, src, inc, what, pool)
     return PushChannel(link, bind, edges, src, inc, what, pool, flusher, room_ms)
+
+
+class SocketlessChannel:
+    """What the channels to one consumer without a socket to poll share (iox, memory): the
+    worker's loop services them every turn (``Outlet.spin``); their consumer's hello and ack,
+    and the end-of-stream, said again until acknowledged. A subclass sets ``edge``, ``src``,
+    ``inc``, ``link``, ``packer``, ``seq``, ``inc_of``, ``acked`` and ``eos``, and gives
+    ``here``, ``resend_eos`` and ``service``."""
+
+    edge: int
+    src: int
+    inc: int
+    link: Link
+    packer: Any
+    seq: dict[bytes, int]
+    inc_of: int | None
+    acked: bool
+    eos: bytes
+
+    def sockets(self) -> list[zmq.Socket]:
+        return []
+
+    def service(self) -> None:
+        raise NotImplementedError
+
+    def here(self) -> bool:
+        """Whether the consumer is there: joined, and its end not gone."""
+        raise NotImplementedError
+
+    def resend_eos(self) -> None:
+        """The end-of-stream once more (never waiting)."""
+        raise NotImplementedError
+
+    def restarted(self) -> None:
+        """A new incarnation of the consumer said hello."""
+
+    def heard(self, verb: bytes, args: list[int]) -> bool:
+        """A consumer's ``hello`` or ``ack``; False for any other verb (junk here)."""
+        if verb == b"hello":
+            if args[0] != self.inc_of:
+                if self.inc_of is not None:
+                    self.restarted()
+                self.acked = False
+            self.inc_of = args[0]
+        elif verb == b"ack":
+            self.acked = True
+        else:
+            return False
+        return True
+
+    def consumer(self, edge: int) -> int | None:
+        return self.inc_of if edge == self.edge and self.here() else None
+
+    def flush(self) -> None:
+        """Nothing waits: every record goes as it is sent."""
+
+    def end(self) -> None:
+        self.eos = eos_header(self.packer, self.src, self.inc, self.seq, time.time_ns(), self.link.token)
+
+    def flush_eos(self, feedback: set[int]) -> bool:
+        self.service()
+        if self.acked or (self.edge in feedback and self.inc_of is not None and not self.here()):
+            return True  # (a feedback consumer may have ended and gone before our end reached it)
+        self.resend_eos()
+        return False

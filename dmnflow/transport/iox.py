@@ -40,9 +40,10 @@ import zmq
 
 from ..errors import SendTimeout, TransportError
 from ..plan import BindPlan, ConnectPlan, EdgePlan
+from .channel import SocketlessChannel
 from .link import Link, Part, junk
 from .stats import DROPPED, SENT
-from .wire import CONTROL_PREFIX, DATA, EOS_TOPIC, SEP, eos_header, parse_control
+from .wire import CONTROL_PREFIX, DATA, EOS_TOPIC, SEP, parse_control
 
 __all__ = ["IoxChannel", "IoxSocket", "available", "service_names"]
 
@@ -185,7 +186,7 @@ class IoxSocket:
             self.sub = self.pub = None
 
 
-class IoxChannel:
+class IoxChannel(SocketlessChannel):
     """The producer's end of one iox edge (one consumer): the ``Channel`` seam over iceoryx2."""
 
     def __init__(self, link: Link, bind: BindPlan, edges: list[EdgePlan], src: int, inc: int, what: str) -> None:
@@ -234,18 +235,11 @@ class IoxChannel:
             body = ctypes.string_at(sample.payload_ptr, sample.header.number_of_elements)
             sample.delete()
             ctl = parse_control(body[1:], token, edges) if body[:1] == b"\x01" else None
-            if ctl is None:
+            if ctl is None or not self.heard(ctl.verb, ctl.args):
                 junk(self.link, self.bind)
-            elif ctl.verb == b"hello":
-                if ctl.args[0] != self.inc_of:
-                    if self.inc_of is not None:  # a restarted consumer: its predecessor's port may linger
-                        self.data.try_cleanup_dead_nodes()
-                    self.acked = False
-                self.inc_of = ctl.args[0]
-            elif ctl.verb == b"ack":
-                self.acked = True
-            else:
-                junk(self.link, self.bind)
+
+    def restarted(self) -> None:
+        self.data.try_cleanup_dead_nodes()  # its predecessor's port may linger
 
     def here(self) -> bool:
         """Whether the consumer is there: joined, and its subscriber not gone."""
@@ -258,9 +252,6 @@ class IoxChannel:
         self.service()
         here = self.inc_of is not None or self.data.dynamic_config.number_of_subscribers > 0
         return set() if here else {self.edge}
-
-    def consumer(self, edge: int) -> int | None:
-        return self.inc_of if edge == self.edge and self.here() else None
 
     def send(self, topic: bytes, meta: Any, frames: list[Any], origin_ns: int, origin: int, now: int,
              event_time: Any, attrs: Any) -> None:
@@ -298,18 +289,8 @@ class IoxChannel:
                 raise SendTimeout(self.timed_out)
         self.seq[topic] = seq + 1
 
-    def flush(self) -> None:
-        """Nothing waits: every record goes as it is sent."""
-
-    def end(self) -> None:
-        self.eos = eos_header(self.packer, self.src, self.inc, self.seq, time.time_ns(), self.link.token)
-
-    def flush_eos(self, feedback: set[int]) -> bool:
-        self.service()
-        if self.acked or (self.edge in feedback and self.inc_of is not None and not self.here()):
-            return True  # (a feedback consumer may have ended and gone before our end reached it)
+    def resend_eos(self) -> None:
         _publish(self.pub, PARTS, self.packer.pack([EOS_TOPIC, self.eos]))  # again next time, if full
-        return False
 
     def close(self) -> None:
         if self.pub is not None:  # (once: an outlet may be closed again)

@@ -21,9 +21,10 @@ import numpy as np
 import zmq
 
 from ..errors import SendTimeout, TransportError
+from .channel import SocketlessChannel
 from .link import Part, junk
 from .stats import DROPPED, SENT
-from .wire import DATA, EOS_TOPIC, SEP, eos_header, parse_control
+from .wire import DATA, EOS_TOPIC, SEP, parse_control
 
 __all__ = ["MemoryChannel", "MemoryInlet", "MemoryOutlet", "MemorySocket", "Sent"]
 
@@ -183,7 +184,7 @@ class MemorySocket:
             self.pipe.readers -= 1
 
 
-class MemoryChannel:
+class MemoryChannel(SocketlessChannel):
     """The producer's end of a memory edge (one consumer): a queue of ``queue`` records in this
     process, with the push edges' rules (``drop`` counts at the sender, ``block`` waits for the
     consumer, up to ``block_timeout``), their hello, ack and end-of-stream. What a channel is
@@ -215,22 +216,12 @@ class MemoryChannel:
         self.timed_out = (f"{what}: no consumer took a record for {edge.block_timeout_s or 0:g}s (block_timeout of "
                           f"input {edge.dst}.{edge.dst_port}); the record is counted as dropped")
 
-    def sockets(self) -> list[Any]:
-        return []
-
     def service(self) -> None:
         ctl = self.pipe.ctl
         while ctl:
             msg = parse_control(ctl.popleft(), self.link.token, self.edges)
-            if msg is None:
-                junk(self.link, self.bind)
-            elif msg.verb == b"hello":
-                if msg.args[0] != self.inc_of:
-                    self.acked = False
-                self.inc_of = msg.args[0]
-            elif msg.verb == b"ack":
-                self.acked = True
-            elif msg.verb != b"took":  # (credit reports: a memory edge waits on its queue, not on credit)
+            # (credit reports, `took`, are not junk: a memory edge waits on its queue, not on credit)
+            if msg is None or not (self.heard(msg.verb, msg.args) or msg.verb == b"took"):
                 junk(self.link, self.bind)
 
     def here(self) -> bool:
@@ -239,10 +230,6 @@ class MemoryChannel:
     def waiting_for(self) -> set[int]:
         self.service()
         return set() if self.inc_of is not None else {self.edge}
-
-    def consumer(self, edge: int) -> int | None:
-        self.service()
-        return self.inc_of if edge == self.edge and self.here() else None
 
     def send(self, topic: bytes, meta: Any, frames: list[Any], origin_ns: int, origin: int, now: int,
              event_time: Any, attrs: Any) -> None:
@@ -273,19 +260,9 @@ class MemoryChannel:
         pipe.data.append(item)
         self.seq[topic] = seq + 1
 
-    def flush(self) -> None:
-        """Nothing waits: every record goes as it is sent."""
-
-    def end(self) -> None:
-        self.eos = eos_header(self.packer, self.src, self.inc, self.seq, time.time_ns(), self.link.token)
-
-    def flush_eos(self, feedback: set[int]) -> bool:
-        self.service()
-        if self.acked or (self.edge in feedback and self.inc_of is not None and not self.here()):
-            return True
+    def resend_eos(self) -> None:
         if self.here() and not any(type(i) is tuple and i[0] == EOS_TOPIC for i in self.pipe.data):
-            self.pipe.data.append((EOS_TOPIC, self.eos))
-        return False
+            self.pipe.data.append((EOS_TOPIC, self.eos))  # (one copy waiting is enough: a queue loses nothing)
 
     def close(self) -> None:
         """Nothing to let go: the pipe goes with the link."""
